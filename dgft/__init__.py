@@ -1,0 +1,1 @@
+"""dgft: fine-tune diffusion language models on constraint tasks."""

@@ -1,0 +1,113 @@
+"""Checkpoints that a crash never tears: written to a temporary directory, renamed into place, and sealed
+by a manifest (step, files, sizes, sha256) written last. A checkpoint without a valid manifest is skipped.
+
+Layout: RUN/checkpoints/step-000500/{model or adapter files, trainer_state.pt, rng.json, manifest.json}.
+Weights are safetensors; `trainer_state.pt` (optimizer, scheduler) is the only pickle and is loaded with
+`weights_only=True`.
+
+Example: `save(run_dir, step, model, {"optimizer": opt.state_dict(), ...}, rng_state)`; `latest_valid(run_dir)`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+import torch
+
+MANIFEST = "manifest.json"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_weights(model, out_dir: Path) -> None:
+    """Model or adapter as safetensors (peft models save the adapter only)."""
+    model.save_pretrained(str(out_dir), safe_serialization=True)
+
+
+def save(run_dir: Path, step: int, model, trainer_state: dict, extra: dict, keep_last: int = 2) -> Path:
+    """Write checkpoint `step-XXXXXX` atomically, then prune to the last `keep_last` valid ones."""
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:06d}"
+    tmp = root / f".tmp-step-{step:06d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_weights(model, tmp)
+    torch.save(trainer_state, tmp / "trainer_state.pt")
+    (tmp / "extra.json").write_text(json.dumps(extra))
+    files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir()) if p.is_file()}
+    manifest = tmp / MANIFEST
+    manifest.write_text(json.dumps({"step": step, "files": files}, indent=1))
+    _fsync_dir(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(root)
+    prune(root, keep_last)
+    return final
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def is_valid(ckpt: Path, verify_hashes: bool = True) -> bool:
+    try:
+        manifest = json.loads((ckpt / MANIFEST).read_text())
+        for name, meta in manifest["files"].items():
+            p = ckpt / name
+            if p.stat().st_size != meta["bytes"] or (verify_hashes and _sha256(p) != meta["sha256"]):
+                return False
+        return True
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    """Checkpoint dirs of a run, oldest first (valid or not)."""
+    root = Path(run_dir) / "checkpoints"
+    return sorted(root.glob("step-*")) if root.exists() else []
+
+
+def latest_valid(run_dir: Path) -> Path | None:
+    """Newest checkpoint whose manifest checks out; invalid newer ones are reported and skipped."""
+    for ckpt in reversed(checkpoints(run_dir)):
+        if is_valid(ckpt):
+            return ckpt
+        warnings.warn(f"{ckpt}: missing or invalid {MANIFEST}; using an earlier checkpoint", stacklevel=2)
+    return None
+
+
+def prune(root: Path, keep_last: int) -> None:
+    """Delete all but the newest `keep_last` valid checkpoints (never the newest valid one)."""
+    valid = [c for c in sorted(root.glob("step-*")) if is_valid(c, verify_hashes=False)]
+    for old in valid[: max(len(valid) - max(keep_last, 1), 0)]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def load_trainer_state(ckpt: Path) -> dict:
+    return torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=True)
+
+
+def load_extra(ckpt: Path) -> dict:
+    return json.loads((ckpt / "extra.json").read_text())

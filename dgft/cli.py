@@ -1,0 +1,92 @@
+"""`dgft train|eval|export`: split off the subcommand, hand the rest to Hydra.
+
+    dgft train recipe=sudoku trainer.max_steps=200 seed=7
+    dgft train --cfg job                      # print the composed config
+    dgft train -m seed=0,1,2                  # sweep
+    dgft eval outputs/sudoku/<run> data=puzzles.csv
+    dgft export outputs/sudoku/<run>
+
+For eval and export the first argument without '=' is the run directory (`run=PATH` works too).
+Hydra never changes the working directory.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+COMMANDS = {"train": "train a model (Hydra overrides follow)", "eval": "evaluate a run: dgft eval RUN [data=PATH]",
+            "export": "write a standalone merged model: dgft export RUN"}
+USAGE = "usage: dgft {train,eval,export} [RUN] [overrides ...]\n\n" + "\n".join(
+    f"  {k:<7} {v}" for k, v in COMMANDS.items()) + "\n\nEach subcommand takes --help for its config groups."
+
+
+def recipes_dir() -> Path:
+    env = os.environ.get("DGFT_RECIPES")
+    path = Path(env) if env else Path(__file__).resolve().parent.parent / "recipes"
+    if not (path / "train.yaml").exists():
+        sys.exit(f"dgft: recipes not found at {path}; install dgft from its checkout (pip install -e .) "
+                 f"or set DGFT_RECIPES to the recipes/ directory")
+    return path
+
+
+def _known_errors():
+    from dgft.config import ConfigError
+    from dgft.model import ModelLoadError
+    from dgft.runs import RunError
+    from dgft.tasks.sudoku.io import PuzzleFileError
+
+    return (ConfigError, ModelLoadError, RunError, PuzzleFileError)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        sys.exit(f"dgft: unknown command {command!r}\n\n{USAGE}")
+    if command in ("eval", "export") and rest and "=" not in rest[0] and not rest[0].startswith("-"):
+        rest = [f"run={_quote(rest[0])}"] + rest[1:]
+
+    import hydra
+
+    from dgft.config import register
+
+    register()
+    errors = _known_errors()
+
+    @hydra.main(config_path=str(recipes_dir()), config_name=command, version_base="1.3")
+    def _run(cfg) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        try:
+            if command == "train":
+                from dgft.train import train
+
+                train(cfg, HydraConfig.get().runtime.output_dir)
+            elif command == "eval":
+                from dgft.evaluate import evaluate
+
+                evaluate(cfg)
+            else:
+                from dgft.export import export
+
+                export(cfg)
+        except errors as err:
+            print(f"dgft {command}: error: {err}", file=sys.stderr)
+            sys.exit(2)
+
+    sys.argv = [f"dgft {command}"] + rest
+    _run()
+
+
+def _quote(path: str) -> str:
+    # Hydra's override grammar needs quotes around paths with characters such as ':' or spaces.
+    return f"'{path}'" if any(c in path for c in " :,=[]{}()'\"") else path
+
+
+if __name__ == "__main__":
+    main()

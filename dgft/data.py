@@ -1,0 +1,187 @@
+"""Generated Sudoku data: base puzzles cached as a `datasets.DatasetDict`, and random training batches.
+
+Generation is the slow part (a uniqueness check per removed cell), so it runs once per seed and settings,
+in parallel, and is cached under `task.cache_dir`. Each base puzzle keeps its removal order: adding back
+the last-removed cells gives puzzles with the same unique solution at any larger number of givens, so one
+base yields a whole range of difficulties. Batches then draw a base, a number of givens and a random
+symmetry (augmentation), which keeps training data diverse at no generation cost.
+
+The held-out split is generated from other grids and checked against training (exactly for 4x4, by a
+symmetry invariant of the solution for 9x9) so it shares no puzzle with training up to augmentation.
+
+Example: `splits = build_splits(cfg.task, seed=0)`; `batches = TrainBatches(splits["train"], task, cfg.task,
+batch_size=64, seed=0)`; `next(batches)` -> dict of tensors from `SudokuTask.encode`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from dgft.tasks.sudoku import grid as G
+from dgft.tasks.sudoku.io import SudokuRecord
+from dgft.tasks.sudoku.task import equivalence_key
+
+GENERATOR_VERSION = 2
+_CHUNK = 50
+
+
+def _givens_range(n: int, blank_fraction) -> tuple[int, int]:
+    lo, hi = blank_fraction
+    L = n * n
+    return max(1, round(L * (1 - hi))), max(1, round(L * (1 - lo)))
+
+
+def _generate_chunk(args) -> list[dict]:
+    n, count, seed_seq, split, blank_fraction = args
+    rng = np.random.default_rng(seed_seq)
+    gmin, gmax = _givens_range(n, blank_fraction)
+    rows = []
+    for _ in range(count):
+        puzzle, solution, order = G.generate(n, givens=gmin, rng=rng, max_tries=1)
+        if split == "heldout":
+            # 9x9: a fixed puzzle at a random number of givens. 4x4 held-out puzzles stay minimal: a minimal
+            # puzzle is reachable from a training base only if that base is equivalent to it (see below).
+            if n == 9:
+                puzzle = G.with_givens(puzzle, solution, order, int(rng.integers(gmin, gmax + 1)))
+            order = np.zeros(0, dtype=np.int64)
+        rows.append({"size": n, "puzzle": G.to_string(puzzle), "solution": G.to_string(solution),
+                     "order": order.tolist()})
+    return rows
+
+
+def _generate(n: int, count: int, seed: int, split: str, blank_fraction, workers: int, keep=None) -> list[dict]:
+    """`count` rows accepted by `keep`, generated in seeded rounds (independent of the number of workers)."""
+    tag = {"train": 0, "heldout": 1}[split]
+    rows: list[dict] = []
+    for round_ in range(1000):
+        need = count - len(rows)
+        if need <= 0:
+            break
+        chunks = math.ceil(need / _CHUNK)
+        seeds = np.random.SeedSequence([seed, n, tag, round_]).spawn(chunks)
+        jobs = [(n, min(_CHUNK, need - i * _CHUNK), seeds[i], split, tuple(blank_fraction)) for i in range(chunks)]
+        if workers > 1 and chunks > 1:
+            with ProcessPoolExecutor(workers) as pool:
+                parts = list(pool.map(_generate_chunk, jobs))
+        else:
+            parts = [_generate_chunk(j) for j in jobs]
+        rows += [row for part in parts for row in part if keep is None or keep(row)]
+    return rows[:count]
+
+
+def heldout_class(row: dict, seed: int, share: float = 0.2) -> bool:
+    """4x4 only: whether a puzzle's symmetry class is reserved for held-out (about `share` of classes).
+
+    There are only a few dozen classes of minimal 4x4 puzzles, so a random held-out draw would repeat
+    training classes; reserving classes keeps the two apart exactly.
+    """
+    key = equivalence_key(G.from_string(row["puzzle"]), G.from_string(row["solution"]))
+    return hashlib.sha1(f"{seed}:{key}".encode()).digest()[0] < 256 * share
+
+
+def cache_key(task_cfg, seed: int) -> str:
+    fields = {"seed": seed, "sizes": list(task_cfg.sizes), "base": task_cfg.base_puzzles,
+              "heldout": task_cfg.heldout_puzzles, "blank_fraction": list(task_cfg.blank_fraction),
+              "version": GENERATOR_VERSION}
+    return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def build_splits(task_cfg, seed: int, workers: int | None = None, log=print):
+    """The cached DatasetDict {"train", "heldout"} for these settings, generating it if needed."""
+    from datasets import Dataset, DatasetDict, load_from_disk
+
+    path = Path(os.path.expanduser(task_cfg.cache_dir)) / f"sudoku-{cache_key(task_cfg, seed)}"
+    if (path / "dataset_dict.json").exists():
+        return load_from_disk(str(path))
+    workers = workers or min(os.cpu_count() or 1, 4)
+    train, heldout = [], []
+    for n in task_cfg.sizes:
+        log(f"generating {task_cfg.base_puzzles} + {task_cfg.heldout_puzzles} {n}x{n} puzzles (seed {seed}) ...")
+        keep_train = (lambda r: not heldout_class(r, seed)) if n == 4 else None
+        keep_heldout = (lambda r: heldout_class(r, seed)) if n == 4 else None
+        train += _generate(n, task_cfg.base_puzzles, seed, "train", task_cfg.blank_fraction, workers, keep_train)
+        heldout += _generate(n, task_cfg.heldout_puzzles, seed, "heldout", task_cfg.blank_fraction, workers,
+                             keep_heldout)
+    heldout, dropped = disjoint_heldout(train, heldout)
+    if dropped:
+        log(f"dropped {dropped} held-out puzzles equivalent to a training puzzle")
+    splits = DatasetDict({"train": Dataset.from_list(train), "heldout": Dataset.from_list(heldout)})
+    tmp = path.with_name(path.name + ".tmp")
+    splits.save_to_disk(str(tmp))
+    os.replace(tmp, path) if not path.exists() else None
+    return load_from_disk(str(path))
+
+
+def disjoint_heldout(train: list[dict], heldout: list[dict]) -> tuple[list[dict], int]:
+    """Held-out rows whose puzzle is not equivalent (up to augmentation) to any training puzzle.
+
+    9x9: training puzzles are their base's grid at any number of givens, so the solution grid's invariant
+    stands for all of them. 4x4: held-out puzzles are minimal, and a training chain (a base plus givens
+    added back) passes through a minimal puzzle only if its base is equivalent to it, so comparing exact
+    canonical forms of the bases suffices.
+    """
+    seen = {equivalence_key(G.from_string(r["puzzle"]), G.from_string(r["solution"])) for r in train}
+    kept = [r for r in heldout
+            if equivalence_key(G.from_string(r["puzzle"]), G.from_string(r["solution"])) not in seen]
+    return kept, len(heldout) - len(kept)
+
+
+def records(split) -> list[SudokuRecord]:
+    """Rows of a generated split as SudokuRecords (for evaluation)."""
+    return [SudokuRecord(puzzle=G.from_string(r["puzzle"]), solution=G.from_string(r["solution"]),
+                         source=f"heldout:{i + 1}") for i, r in enumerate(split)]
+
+
+class TrainBatches:
+    """Endless random training batches; all examples of a batch share one grid size.
+
+    The state is one numpy Generator, so `state_dict()`/`load_state_dict()` resume the exact sequence.
+    """
+
+    def __init__(self, split, task, task_cfg, batch_size: int, seed: int):
+        self.task, self.batch_size, self.cfg = task, batch_size, task_cfg
+        self.rng = np.random.default_rng([seed, 7])
+        self.sizes = list(task_cfg.sizes)
+        w = np.asarray(task_cfg.size_weights, dtype=float)
+        self.weights = w / w.sum()
+        self.pool = {}
+        for n in self.sizes:
+            rows = split.filter(lambda r, n=n: r["size"] == n)
+            L = n * n
+            orders = np.full((len(rows), L), -1, dtype=np.int64)
+            for i, o in enumerate(rows["order"]):
+                orders[i, :len(o)] = o
+            self.pool[n] = (np.stack([G.from_string(p) for p in rows["puzzle"]]),
+                            np.stack([G.from_string(s) for s in rows["solution"]]), orders)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        n = int(self.rng.choice(self.sizes, p=self.weights))
+        puzzles, solutions, orders = self.pool[n]
+        gmin, gmax = _givens_range(n, self.cfg.blank_fraction)
+        out_p, out_s = [], []
+        for i in self.rng.integers(0, len(puzzles), self.batch_size):
+            order = orders[i][orders[i] >= 0]
+            p = G.with_givens(puzzles[i], solutions[i], order, int(self.rng.integers(gmin, gmax + 1)))
+            s = solutions[i]
+            if self.cfg.augment:
+                p, s = G.augment(p, s, self.rng)
+            out_p.append(p)
+            out_s.append(s)
+        corrupt = self.rng.random(self.batch_size) < self.cfg.corrupt_givens_p
+        return self.task.encode(np.stack(out_p), np.stack(out_s), corrupt)
+
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]

@@ -1,0 +1,252 @@
+"""The export recipe: a run -> a standalone model dir. `dgft export RUN` runs `export(cfg)`.
+
+RUN/export/ gets safetensors weights, config.json, generation_config.json, the run's tokenizer, its sampler
+settings (`dgft_sampler.json`) and `export.json` (source hashes, step, measured logit differences).
+A LoRA adapter is merged into its base (peft `merge_and_unload`, then the encoder re-tied to the merged
+decoder layers) and checked: merged logits must equal adapter logits on a fixed batch within `atol`, and the
+re-loaded export must give the same logits again. Everything runs in fp32. A second export of an unchanged
+run is a no-op; the directory is written beside `out` and renamed into place.
+
+Example: `dgft export outputs/sudoku/<run>`, then
+`DiffusionGemmaForBlockDiffusion.from_pretrained("outputs/sudoku/<run>/export")`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from dgft import checkpoint as ckpt
+from dgft.model import denoise, encode, retie_encoder, unwrap
+from dgft.runs import RunError, load_config, load_model
+from dgft.train import pick_device
+
+SAMPLER_FILE = "dgft_sampler.json"
+RECORD_FILE = "export.json"
+CHECK_SEED, CHECK_BATCH, CHECK_PROMPT = 0, 2, 12
+
+
+class ExportError(RunError):
+    """The export would not reproduce the run's model (logits differ, or the adapter did not load)."""
+
+
+def export(cfg) -> Path:
+    # --- setup -------------------------------------------------------------------------------------
+    run_dir = Path(cfg.run)
+    if not run_dir.is_dir():
+        raise RunError(f"{run_dir}: no such run directory")
+    rcfg = load_config(run_dir)
+    out = Path(cfg.out) if cfg.out else run_dir / "export"
+    checkpoint = _checkpoint_dir(run_dir, cfg.checkpoint) if cfg.checkpoint else None
+    source = source_hashes(run_dir, rcfg, checkpoint)
+    if _recorded_source(out) == source:
+        print(f"{out}: up to date")
+        return out
+    device = pick_device(cfg.device)
+
+    # --- load, merge, check ------------------------------------------------------------------------
+    model = load_model(run_dir, rcfg, checkpoint=checkpoint, device=device)
+    if rcfg.model.finetune == "lora":
+        check_adapter_loaded(model, checkpoint or run_dir / "adapter")
+    model = model.float()
+    prompt, mask, canvas = check_batch(unwrap(model).config, device)
+    reference = check_logits(model, prompt, mask, canvas)
+    merged_diff = None
+    if rcfg.model.finetune == "lora":
+        model = merge_adapter(model)
+        merged_diff = _max_diff(reference, check_logits(model, prompt, mask, canvas))
+        _require(merged_diff, cfg.atol, "merged model vs adapter")
+
+    # --- save (beside `out`, renamed into place) ---------------------------------------------------
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        model.generation_config.save_pretrained(str(tmp))
+        model = None  # one copy of the weights in memory at a time
+        _copy_tokenizer(run_dir / "tokenizer", tmp)
+        sampler = {"sampler": OmegaConf.to_container(rcfg.sampler, resolve=True),
+                   "noise": {"kind": rcfg.noise.kind, "support": rcfg.noise.support}}
+        (tmp / SAMPLER_FILE).write_text(json.dumps(sampler, indent=1))
+
+        from transformers import DiffusionGemmaForBlockDiffusion
+
+        reloaded = DiffusionGemmaForBlockDiffusion.from_pretrained(str(tmp), dtype=torch.float32, use_safetensors=True)
+        reload_diff = _max_diff(reference, check_logits(reloaded.to(device).eval(), prompt, mask, canvas))
+        _require(reload_diff, cfg.atol, "re-loaded export vs run")
+        record = {"source": source, "finetune": rcfg.model.finetune,
+                  "checkpoint": str(checkpoint) if checkpoint else None, "step": _step(run_dir, checkpoint),
+                  "merged_max_abs_diff": merged_diff, "reload_max_abs_diff": reload_diff, "atol": cfg.atol,
+                  "dtype": "float32", "check_batch": {"seed": CHECK_SEED, "batch": CHECK_BATCH,
+                                                      "prompt": CHECK_PROMPT, "canvas": int(canvas.shape[1])},
+                  "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        (tmp / RECORD_FILE).write_text(json.dumps(record, indent=1))
+        _replace_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    diffs = f"merged {merged_diff:.2e}, " if merged_diff is not None else ""
+    print(f"exported {run_dir} -> {out} (max |logit diff|: {diffs}re-loaded {reload_diff:.2e}; atol {cfg.atol})")
+    return out
+
+
+# --- merge and check ------------------------------------------------------------------------------
+def merge_adapter(peft_model):
+    """Fold a shared-adapter LoRA model (`dgft.model.attach_lora`) into its base; the plain model back."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    core = peft_model.merge_and_unload()
+    retie_encoder(core)
+    left = [name for name, m in core.named_modules() if isinstance(m, BaseTunerLayer)]
+    if left:
+        raise ExportError(f"LoRA wrappers left after the merge: {', '.join(left[:5])}")
+    return core
+
+
+def check_adapter_loaded(model, adapter_dir: Path) -> None:
+    """Every tensor of the adapter file must be in the model: a dropped tensor would pass the logit checks."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    saved = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    loaded = get_peft_model_state_dict(model)
+    wrong = [k for k, v in saved.items() if k not in loaded or not torch.equal(loaded[k].detach().cpu().to(v.dtype), v)]
+    if wrong:
+        raise ExportError(f"{adapter_dir}: {len(wrong)} of {len(saved)} adapter tensors did not load into the model "
+                          f"(first: {wrong[0]}); was it saved by another version of dgft.model.attach_lora?")
+
+
+def check_batch(config, device="cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A fixed random prompt (B, P), its mask (B, P) and a canvas (B, L) from a seeded generator.
+
+    Multimodal placeholder ids (image, begin/end of image) are replaced: the encoder would look for pixels.
+    """
+    gen = torch.Generator().manual_seed(CHECK_SEED)
+    text = config.get_text_config()
+    length = getattr(config, "canvas_length", None) or 16
+    prompt = torch.randint(0, text.vocab_size, (CHECK_BATCH, CHECK_PROMPT), generator=gen)
+    canvas = torch.randint(0, text.vocab_size, (CHECK_BATCH, length), generator=gen)
+    media = [getattr(config, k, None) for k in ("image_token_id", "boi_token_id", "eoi_token_id", "video_token_id",
+                                                "audio_token_id")]
+    media = torch.tensor([i for i in media if i is not None], dtype=torch.long)
+    fill = text.bos_token_id if text.bos_token_id is not None else 0
+    prompt[torch.isin(prompt, media)] = fill
+    canvas[torch.isin(canvas, media)] = fill
+    return prompt.to(device), torch.ones_like(prompt).to(device), canvas.to(device)
+
+
+@torch.no_grad()
+def check_logits(model, prompt, mask, canvas) -> torch.Tensor:
+    """Decoder logits (2, B, L, V): a plain pass, then one self-conditioned on it (covers that block too)."""
+    model.eval()
+    cache = encode(model, prompt, mask)
+    first = denoise(model, cache, canvas, mask)
+    sc_mask = torch.ones(canvas.shape[0], dtype=torch.bool, device=canvas.device)
+    second = denoise(model, cache, canvas, mask, sc_logits=first, sc_mask=sc_mask)
+    return torch.stack([first.float(), second.float()])
+
+
+def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max())
+
+
+def _require(diff: float, atol: float, what: str) -> None:
+    if not diff <= atol:  # also catches NaN
+        raise ExportError(f"{what}: max |logit difference| {diff:.3e} exceeds atol={atol:g}; nothing was exported")
+
+
+# --- files ----------------------------------------------------------------------------------------
+def _checkpoint_dir(run_dir: Path, name: str) -> Path:
+    """A checkpoint given as a path, or relative to the run (`checkpoints/step-000500` or `step-000500`)."""
+    for path in (Path(name), run_dir / name, run_dir / "checkpoints" / name):
+        if path.is_dir():
+            if not ckpt.is_valid(path):
+                raise RunError(f"{path}: missing or invalid {ckpt.MANIFEST}; the checkpoint may be torn")
+            return path
+    raise RunError(f"checkpoint={name}: no such directory (also looked in {run_dir / 'checkpoints'})")
+
+
+def source_hashes(run_dir: Path, rcfg, checkpoint: Path | None) -> dict[str, str]:
+    """sha256 of every file the export is made from (weights, their configs, tokenizer, config.yaml).
+
+    A pretrained base is named by its path, not hashed (tens of GB); a tiny LoRA base (RUN/base) is hashed.
+    """
+    lora = rcfg.model.finetune == "lora"
+    weights = checkpoint or run_dir / ("adapter" if lora else "model")
+    marker = weights / ("adapter_config.json" if lora else "config.json")
+    if not marker.exists():
+        raise RunError(f"{weights}: no {'LoRA adapter' if lora else 'model weights'} ({marker.name}); "
+                       f"did training finish?")
+    files = [run_dir / "config.yaml", *_weight_files(weights)]
+    if lora and rcfg.model.name == "tiny":
+        if not (run_dir / "base" / "config.json").exists():
+            raise RunError(f"{run_dir / 'base'}: no base weights (config.json) for this LoRA run")
+        files += _weight_files(run_dir / "base")
+    tokenizer = run_dir / "tokenizer"
+    if not tokenizer.is_dir():
+        raise RunError(f"{tokenizer}: no tokenizer saved in this run")
+    files += sorted(p for p in tokenizer.iterdir() if p.is_file())
+    out = {os.path.relpath(p, run_dir): _sha256(p) for p in files}
+    if lora and rcfg.model.name != "tiny":
+        out["base"] = str(rcfg.model.path)
+    return out
+
+
+def _weight_files(path: Path) -> list[Path]:
+    files = sorted(p for p in path.iterdir() if p.suffix == ".safetensors" or p.name.endswith("config.json"))
+    if not any(p.suffix == ".safetensors" for p in files):
+        raise RunError(f"{path}: no .safetensors weights")
+    return files
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _recorded_source(out: Path) -> dict | None:
+    try:
+        return json.loads((out / RECORD_FILE).read_text())["source"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _step(run_dir: Path, checkpoint: Path | None) -> int | None:
+    try:
+        if checkpoint:
+            return int(json.loads((checkpoint / ckpt.MANIFEST).read_text())["step"])
+        return int(json.loads((run_dir / "train_summary.json").read_text())["steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _copy_tokenizer(src: Path, dst: Path) -> None:
+    for path in sorted(src.iterdir()):
+        if path.is_file():
+            if (dst / path.name).exists():
+                raise RunError(f"{path}: would overwrite the model's {path.name} in the export")
+            shutil.copy2(path, dst / path.name)
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Rename `tmp` to `out`; an old `out` is moved aside first and removed only after the swap."""
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if out.exists():
+        os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except OSError:
+        if old.exists():
+            os.replace(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

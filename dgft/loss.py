@@ -1,0 +1,32 @@
+"""The denoising objective, returned as (sum, count) so a trainer can normalise by the number of scored
+tokens across a whole gradient-accumulation window rather than per micro-batch.
+
+Uniform-state noise scores every scored position (flat cross-entropy, as DiffusionGemma trains); absorbing
+noise scores only the masked ones, optionally weighted by 1/t (MDLM's ELBO weight).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def denoising_loss(logits, target, scored, hit, kind: str = "uniform", t=None, weight: str = "flat"):
+    """logits (B, L, V), target (B, L), scored (B, L) bool, hit (B, L) bool, t (B,) -> (loss_sum, n_tokens).
+
+    n_tokens counts the positions that entered the sum (a float tensor, for exact normalisation).
+    """
+    positions = scored if kind == "uniform" else scored & hit
+    ce = F.cross_entropy(logits.float().transpose(1, 2), target, reduction="none")  # (B, L)
+    w = positions.float()
+    if weight == "inv_t":
+        w = w / t[:, None]
+    return (ce * w).sum(), positions.sum().float()
+
+
+def encoder_ar_loss(logits, prompt_ids, prompt_mask):
+    """Next-token cross-entropy on the prompt from encoder logits (B, P, V) -> (loss_sum, n_tokens)."""
+    pred, tgt = logits[:, :-1].float(), prompt_ids[:, 1:]
+    valid = (prompt_mask[:, 1:] * prompt_mask[:, :-1]).bool()
+    ce = F.cross_entropy(pred.transpose(1, 2), tgt, reduction="none")
+    return (ce * valid).sum(), valid.sum().float()

@@ -1,0 +1,57 @@
+"""Sudoku scores as an offline `evaluate` module (no hub fetch), plus the per-puzzle scoring it uses.
+
+An answer is `exact` when it is a complete grid that keeps every given and breaks no rule: validity,
+not equality with the listed solution, since some 4x4 puzzles (d1's set) have several completions; a
+unique-solution 9x9 puzzle has only one valid answer anyway. `cell_accuracy` counts blank cells equal
+to the listed solution (all of them when the answer is valid).
+
+Example: `SudokuAccuracy().compute(predictions=["1234..."], references=["1234..."], puzzles=["1200..."])`
+-> {"n": 1, "exact": 1.0, "cell_accuracy": 1.0, "givens_kept": 1.0, "rule_violations": 0.0}.
+"""
+
+from __future__ import annotations
+
+import datasets
+import evaluate
+import numpy as np
+
+from dgft.tasks.sudoku import grid as G
+
+
+def score_answer(puzzle: np.ndarray, solution: np.ndarray, answer: np.ndarray) -> dict:
+    """One puzzle's scores; arrays are 1-D digits with 0 for blank or empty."""
+    blanks = puzzle == 0
+    givens = ~blanks
+    exact = bool(G.is_solution(answer, puzzle))
+    right = int(blanks.sum()) if exact else int(((answer == solution) & blanks).sum())
+    return {"exact": exact, "blanks_right": right, "blanks": int(blanks.sum()),
+            "givens_kept": float((answer[givens] == puzzle[givens]).mean()) if givens.any() else 1.0,
+            "rule_violations": int(G.rule_violations(answer))}
+
+
+def aggregate(scores: list[dict]) -> dict:
+    """Scores of many puzzles -> n, exact, cell_accuracy, givens_kept, rule_violations (mean per puzzle)."""
+    n = len(scores)
+    if n == 0:
+        return {"n": 0, "exact": 0.0, "cell_accuracy": 0.0, "givens_kept": 0.0, "rule_violations": 0.0}
+    return {"n": n, "exact": sum(s["exact"] for s in scores) / n,
+            "cell_accuracy": sum(s["blanks_right"] for s in scores) / max(1, sum(s["blanks"] for s in scores)),
+            "givens_kept": sum(s["givens_kept"] for s in scores) / n,
+            "rule_violations": sum(s["rule_violations"] for s in scores) / n}
+
+
+class SudokuAccuracy(evaluate.Metric):
+    """Exact (valid and complete), blank-cell accuracy, givens kept and rule violations of Sudoku answers."""
+
+    def _info(self):
+        return evaluate.MetricInfo(
+            description=__doc__, citation="", inputs_description="81- or 16-char strings, '0' for blank",
+            features=datasets.Features({"predictions": datasets.Value("string"),
+                                        "references": datasets.Value("string"),
+                                        "puzzles": datasets.Value("string")}),
+        )
+
+    def _compute(self, predictions, references, puzzles):
+        scores = [score_answer(G.from_string(p), G.from_string(r), G.from_string(a))
+                  for a, r, p in zip(predictions, references, puzzles)]
+        return aggregate(scores)

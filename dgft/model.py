@@ -1,0 +1,216 @@
+"""Build or load a DiffusionGemma, attach LoRA, and run its two halves.
+
+One job: hand the rest of dgft a `DiffusionGemmaForBlockDiffusion` (optionally LoRA-wrapped) and two calls
+that hide transformers' API drift: `encode` (prompt -> KV cache) and `denoise` (cache + canvas -> logits).
+
+Example: `model = build_tiny(cfg.model, vocab_size=812)` gives a 4-layer random-init model whose
+`denoise(model, encode(model, ids, mask), canvas, mask)` returns (B, L, V) logits.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from pathlib import Path
+
+import torch
+from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion
+
+try:
+    from transformers.models.diffusion_gemma import DiffusionGemmaGenerationConfig
+except ImportError:  # pragma: no cover - older layouts
+    from transformers.models.diffusion_gemma.generation_diffusion_gemma import DiffusionGemmaGenerationConfig
+
+from dgft.tasks.sudoku.task import BOI, BOS, EOI, EOS, IMG, PAD
+
+# LoRA goes on the encoder's copy of each tied layer weight (the name peft saves it under, see attach_lora)
+ENCODER_LAYERS = "model.encoder.language_model.layers"
+LORA_TARGETS = r"model\.encoder\.language_model\.layers\.\d+\.(?:self_attn|mlp)\.(?:{names})"
+
+
+class ModelLoadError(RuntimeError):
+    """The model cannot be loaded; the message says what to do."""
+
+
+# --- build / load ---------------------------------------------------------------------------------
+def tiny_config(mcfg, vocab_size: int) -> DiffusionGemmaConfig:
+    """A small DiffusionGemma config (real class, few layers) for a task vocabulary."""
+    from transformers.models.gemma4 import Gemma4VisionConfig
+
+    vision = Gemma4VisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                num_key_value_heads=1, head_dim=8, position_embedding_size=16)
+    text = dict(
+        vocab_size=vocab_size, hidden_size=mcfg.hidden_size, intermediate_size=mcfg.intermediate_size,
+        num_hidden_layers=mcfg.num_layers, num_attention_heads=mcfg.num_heads, num_key_value_heads=mcfg.num_kv_heads,
+        head_dim=mcfg.head_dim, global_head_dim=mcfg.head_dim, num_experts=mcfg.num_experts,
+        top_k_experts=mcfg.top_k_experts, moe_intermediate_size=mcfg.moe_intermediate_size,
+        layer_types=["full_attention"] * mcfg.num_layers, sliding_window=512, max_position_embeddings=1024,
+        pad_token_id=PAD, eos_token_id=EOS, bos_token_id=BOS,
+    )
+    return DiffusionGemmaConfig(text_config=text, vision_config=vision, canvas_length=mcfg.canvas_length,
+                                image_token_id=IMG, boi_token_id=BOI, eoi_token_id=EOI)
+
+
+def build_tiny(mcfg, vocab_size: int, seed: int = 0) -> DiffusionGemmaForBlockDiffusion:
+    torch.manual_seed(seed)
+    model = DiffusionGemmaForBlockDiffusion(tiny_config(mcfg, vocab_size))
+    model.generation_config = DiffusionGemmaGenerationConfig(bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD)
+    return model
+
+
+def load_pretrained(path: str, dtype=None, trust_remote_code: bool = False) -> DiffusionGemmaForBlockDiffusion:
+    """Load weights from a local dir or hub id; a clear error when they are not there."""
+    local = Path(os.path.expanduser(path))
+    if not local.exists() and (path.startswith((".", "/", "~")) or os.sep in path.strip("/").split("/", 1)[-1]):
+        raise ModelLoadError(f"model.path={path!r}: no such directory")
+    try:
+        return DiffusionGemmaForBlockDiffusion.from_pretrained(
+            str(local) if local.exists() else path, dtype=dtype, trust_remote_code=trust_remote_code,
+            use_safetensors=True,
+        )
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(
+            f"model.path={path!r}: could not load DiffusionGemma weights ({type(err).__name__}: "
+            f"{str(err).splitlines()[0]}). Download the checkpoint where a hub is reachable and pass its local "
+            f"directory as model.path=/path/to/diffusiongemma-26B-A4B-it."
+        ) from err
+
+
+def torch_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "fp32":
+        return torch.float32
+    if name == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+# --- LoRA -----------------------------------------------------------------------------------------
+def attach_lora(model, lcfg):
+    """LoRA on the text layers' projections, one adapter per tied weight, used by encoder and decoder alike.
+
+    peft would otherwise wrap the encoder and decoder copies of each tied weight separately, and a merge
+    would then add two deltas to one tensor. So peft wraps only the encoder's copy and the decoder's twin
+    points at the same wrapped module. The encoder's side is the one peft sees: it comes first in
+    `named_modules()`, so the adapter is saved under encoder names, and loading (`PeftModel.from_pretrained`
+    with the saved target list, then `share_adapters_with_encoder`) finds its weights under the same names.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    names = "|".join(lcfg.target_modules)
+    kwargs = {}
+    if lcfg.target_experts:
+        n_layers = len(model.get_submodule(ENCODER_LAYERS))
+        kwargs["target_parameters"] = [f"{ENCODER_LAYERS}.{i}.experts.{p}" for i in range(n_layers)
+                                       for p in ("gate_up_proj", "down_proj")]
+    config = LoraConfig(r=lcfg.r, lora_alpha=lcfg.alpha, lora_dropout=lcfg.dropout,
+                        target_modules=LORA_TARGETS.format(names=names), **kwargs)
+    core = model
+    model = get_peft_model(model, config)
+    if share_adapters_with_encoder(core) == 0:
+        raise ValueError(f"model.lora.target_modules={list(lcfg.target_modules)}: no text-layer module matches")
+    return model
+
+
+def _pairs(core):
+    """(encoder layer, decoder layer) module pairs of a DiffusionGemmaForBlockDiffusion."""
+    enc = core.model.encoder.language_model.layers
+    dec = core.model.decoder.layers
+    return zip(enc, dec)
+
+
+def _wrappers(layer):
+    """(path, module) of the outermost peft tuner layers inside `layer` (a wrapper may wrap another wrapper)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    found = []
+    for name, module in layer.named_modules():
+        if isinstance(module, BaseTunerLayer) and not any(name.startswith(f"{outer}.") for outer, _ in found):
+            found.append((name, module))
+    return found
+
+
+def _put(layer, name: str, module) -> None:
+    parent_name, _, leaf = name.rpartition(".")
+    setattr(layer.get_submodule(parent_name) if parent_name else layer, leaf, module)
+
+
+def share_adapters_with_encoder(core) -> int:
+    """Make each decoder layer use its encoder twin's LoRA-wrapped submodules, so one adapter serves both.
+
+    Call after `get_peft_model` or `PeftModel.from_pretrained` (which wrap only the encoder's copies).
+    Returns how many modules are shared.
+    """
+    count = 0
+    for enc_layer, dec_layer in _pairs(core):
+        for name, module in _wrappers(enc_layer):
+            _put(dec_layer, name, module)
+            count += 1
+    return count
+
+
+def retie_encoder(core) -> int:
+    """After `merge_and_unload()`: put the plain (merged) module back at both twin paths. Returns how many.
+
+    peft unloads a shared wrapper once, at the first path `named_modules()` yields for it (the encoder's), so
+    the decoder keeps a merged wrapper and the state dict would still hold LoRA keys. A wrapper that is not
+    merged would lose its adapter here, so that is an error. Either path may hold the leftover wrapper.
+    """
+    count = 0
+    for enc_layer, dec_layer in _pairs(core):
+        for layer in (dec_layer, enc_layer):
+            for name, module in _wrappers(layer):
+                if not module.merged:
+                    raise ValueError(f"{name}: LoRA wrapper not merged; call merge_and_unload() first")
+                plain = module.get_base_layer()
+                _put(enc_layer, name, plain)
+                _put(dec_layer, name, plain)
+                count += 1
+    return count
+
+
+def unwrap(model):
+    """The DiffusionGemmaForBlockDiffusion inside a peft wrapper (or the model itself)."""
+    base = getattr(model, "base_model", None)
+    if base is not None and hasattr(base, "model") and isinstance(base.model, DiffusionGemmaForBlockDiffusion):
+        return base.model
+    return model
+
+
+# --- forward halves -------------------------------------------------------------------------------
+def _cache_kw(module) -> str:
+    params = inspect.signature(module.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def encode(model, prompt_ids, prompt_mask, return_hidden: bool = False):
+    """Run the causal encoder over the prompt (B, P) -> KV cache (and last hidden state if asked)."""
+    core = unwrap(model)
+    out = core.model.encoder(input_ids=prompt_ids, attention_mask=prompt_mask, use_cache=True)
+    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+    return (cache, out.last_hidden_state) if return_hidden else cache
+
+
+def denoise(model, cache, canvas, prompt_mask, sc_logits=None, sc_mask=None):
+    """Decoder pass: canvas (B, L) reading the prompt cache -> logits (B, L, V) (float32, soft-capped)."""
+    core = unwrap(model)
+    decoder_mask = torch.cat([prompt_mask, torch.ones_like(canvas)], dim=1)
+    kwargs = {_cache_kw(core): cache}
+    out = core(decoder_input_ids=canvas, decoder_attention_mask=decoder_mask, self_conditioning_logits=sc_logits,
+               self_conditioning_mask=sc_mask, **kwargs)
+    return out.logits
+
+
+def prompt_logits(model, hidden):
+    """LM-head logits of encoder hidden states (B, P, H) -> (B, P, V), soft-capped like the decoder's."""
+    core = unwrap(model)
+    logits = core.lm_head(hidden).float()
+    cap = core.final_logit_softcapping
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total) unique parameters."""
+    params = {id(p): p for p in model.parameters()}.values()
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)

@@ -1,0 +1,58 @@
+"""Corruption processes, as pure tensor functions.
+
+Uniform-state (DiffusionGemma's): at noise level t each corruptible position is replaced, with
+probability t, by a token drawn uniformly from its support (the task's answer tokens for that position,
+or the whole vocabulary). Absorbing-state (LLaDA, MDLM): replaced by the mask token instead.
+t ~ U(eps, 1) per example.
+
+Example: target (1, 4) = [7, 8, 9, 7], t = [0.5], corruptible = [T, T, F, T] -> about half of positions
+0, 1, 3 hold a random support token; position 2 is never touched.
+"""
+
+from __future__ import annotations
+
+import torch
+
+Support = "int | torch.Tensor"  # vocabulary size V (draw from 0..V-1), or (L, K) token ids per position
+
+
+def sample_t(batch: int, eps: float, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+    """(B,) noise levels uniform in [eps, 1)."""
+    return eps + (1 - eps) * torch.rand(batch, generator=generator, device=device)
+
+
+def draw(support, shape: tuple[int, int], generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+    """(B, L) tokens drawn uniformly from `support` at each position (the uniform prior)."""
+    B, L = shape
+    if isinstance(support, int):
+        return torch.randint(0, support, (B, L), generator=generator, device=device)
+    K = support.shape[-1]
+    idx = torch.randint(0, K, (B, L), generator=generator, device=device)
+    return torch.gather(support.to(device).expand(B, L, K), 2, idx[..., None])[..., 0]
+
+
+def corrupt_uniform(target, t, corruptible, support, generator=None):
+    """Uniform-state corruption. target (B, L), t (B,), corruptible (B, L) bool -> (noisy (B, L), hit (B, L)).
+
+    `hit` marks positions that were resampled (they may still hold the clean token by chance, 1/K).
+    """
+    B, L = target.shape
+    hit = (torch.rand((B, L), generator=generator, device=target.device) < t[:, None]) & corruptible
+    noise = draw(support, (B, L), generator, target.device)
+    return torch.where(hit, noise, target), hit
+
+
+def corrupt_mask(target, t, corruptible, mask_id: int, generator=None):
+    """Absorbing-state corruption: positions hit with probability t hold `mask_id`. Returns (noisy, hit)."""
+    B, L = target.shape
+    hit = (torch.rand((B, L), generator=generator, device=target.device) < t[:, None]) & corruptible
+    return torch.where(hit, torch.full_like(target, mask_id), target), hit
+
+
+def corrupt(kind: str, target, t, corruptible, support, mask_id: int, generator=None):
+    """Dispatch on `noise.kind` ("uniform" or "mask")."""
+    if kind == "uniform":
+        return corrupt_uniform(target, t, corruptible, support, generator)
+    if kind == "mask":
+        return corrupt_mask(target, t, corruptible, mask_id, generator)
+    raise ValueError(f"noise.kind={kind!r}: expected 'uniform' or 'mask'")

@@ -1,0 +1,71 @@
+"""A run directory: what `dgft train` writes and what `dgft eval` / `dgft export` read back.
+
+RUN/config.yaml (resolved), RUN/tokenizer/, RUN/model/ (full weights) or RUN/adapter/ + RUN/base/ (LoRA on a
+tiny base; a pretrained base is named by model.path), RUN/checkpoints/, RUN/metrics.jsonl, RUN/tb/,
+RUN/loss.png, RUN/data/heldout.csv, RUN/eval/, RUN/export/.
+
+Example: `model, tokenizer, cfg = load_run("outputs/sudoku/2026-11-27_15-00-00")`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+
+class RunError(RuntimeError):
+    """A run directory that is missing something; the message names the path."""
+
+
+def load_config(run_dir: str | Path):
+    path = Path(run_dir) / "config.yaml"
+    if not path.exists():
+        raise RunError(f"{path}: not found; is {run_dir} a directory written by `dgft train`?")
+    return OmegaConf.load(path)
+
+
+def load_model(run_dir: str | Path, cfg=None, checkpoint: str | Path | None = None, device="cpu"):
+    """The trained model of a run (full weights, or base + adapter, optionally from a checkpoint)."""
+    from transformers import DiffusionGemmaForBlockDiffusion
+
+    from dgft.model import share_adapters_with_encoder
+
+    run_dir = Path(run_dir)
+    cfg = cfg or load_config(run_dir)
+    src = Path(checkpoint) if checkpoint else run_dir
+    if cfg.model.finetune == "full":
+        weights = src if checkpoint else run_dir / "model"
+        if not (weights / "config.json").exists():
+            raise RunError(f"{weights}: no model weights (config.json); did training finish?")
+        return DiffusionGemmaForBlockDiffusion.from_pretrained(str(weights), use_safetensors=True).to(device).eval()
+    from peft import PeftModel
+
+    adapter = src if checkpoint else run_dir / "adapter"
+    if not (adapter / "adapter_config.json").exists():
+        raise RunError(f"{adapter}: no LoRA adapter (adapter_config.json); did training finish?")
+    base = load_base(run_dir, cfg)
+    model = PeftModel.from_pretrained(base, str(adapter))
+    share_adapters_with_encoder(model.base_model.model)
+    return model.to(device).eval()
+
+
+def load_base(run_dir: str | Path, cfg):
+    """The frozen base a LoRA run trained on."""
+    from transformers import DiffusionGemmaForBlockDiffusion
+
+    from dgft.model import load_pretrained
+
+    if cfg.model.name == "tiny":
+        return DiffusionGemmaForBlockDiffusion.from_pretrained(str(Path(run_dir) / "base"), use_safetensors=True)
+    return load_pretrained(cfg.model.path, dtype=torch.bfloat16, trust_remote_code=cfg.model.trust_remote_code)
+
+
+def load_tokenizer(run_dir: str | Path):
+    from transformers import AutoTokenizer
+
+    path = Path(run_dir) / "tokenizer"
+    if not path.exists():
+        raise RunError(f"{path}: no tokenizer saved in this run")
+    return AutoTokenizer.from_pretrained(str(path))

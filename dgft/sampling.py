@@ -1,0 +1,182 @@
+"""dgft's denoising loop over the model's forward, with pinned positions and per-step constraints.
+
+transformers' `generate()` renoises any canvas it is given, so it cannot keep a Sudoku's givens or an
+infill's prefix; this loop can. One encoder pass per batch, then per step: a decoder pass (fed the
+previous step's logits as self-conditioning), the constraints of the mode, an acceptance rule that fixes
+some positions for good, and fresh noise on the rest.
+
+Modes: `free` pins nothing and lets each position take any vocabulary token; `clamped` pins the fixed
+positions and restricts every position to its answer tokens; `rules` is clamped plus the task's
+`rule_mask` (for Sudoku: no digit already fixed among a cell's peers), applied against everything fixed
+so far, including earlier acceptances of the same step. No search, no backtracking: a cell the rules leave
+without any digit is left empty (token [PAD]) rather than filled with a rule-breaking digit.
+
+Example: `sample(model, batch, task, cfg.sampler, mode="rules", noise_kind="uniform")` -> SampleResult
+with canvas (B, L) tokens and steps (B,) used.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from dgft import noise as N
+from dgft.model import denoise, encode
+
+MODES = ("free", "clamped", "rules")
+
+
+@dataclass
+class SampleResult:
+    canvas: torch.Tensor  # (B, L) final tokens ([PAD] where rules left a cell empty)
+    steps: torch.Tensor  # (B,) decoder passes until every position was accepted
+    history: list = field(default_factory=list)  # per step (canvas (B, L), accepted (B, L)) if recorded
+
+
+# --- acceptance rules (pure) ----------------------------------------------------------------------
+def entropy(probs: torch.Tensor) -> torch.Tensor:
+    """(..., K) probabilities -> (...) entropy in nats."""
+    return -(probs * probs.clamp_min(1e-12).log()).sum(-1)
+
+
+def accept_count(score: torch.Tensor, open_: torch.Tensor, rule: str, step: int, steps: int,
+                 entropy_bound: float = 0.1, confidence: float = 0.9, ent: torch.Tensor | None = None):
+    """How many open positions each example accepts this step, and their order.
+
+    score (B, L): higher = more certain (max probability); ent (B, L) entropies; open_ (B, L) bool.
+    Returns (order (B, L) positions by decreasing certainty, count (B,) >= 1 where anything is open).
+    `entropy`: the largest k lowest-entropy positions with sum - max <= bound (DiffusionGemma's rule);
+    `confidence`: positions with max probability >= confidence; `fixed`: ceil(open / steps left).
+    The last step accepts everything still open.
+    """
+    n_open = open_.sum(-1)
+    key = torch.where(open_, score, torch.full_like(score, -math.inf))
+    order = key.argsort(-1, descending=True)
+    if step >= steps - 1:
+        count = n_open
+    elif rule == "fixed":
+        count = torch.ceil(n_open / (steps - step)).long()
+    elif rule == "confidence":
+        count = ((score >= confidence) & open_).sum(-1)
+    elif rule == "entropy":
+        e = torch.gather(torch.where(open_, ent, torch.full_like(ent, math.inf)), 1, order)
+        e = torch.nan_to_num(e, posinf=1e9)
+        bound = e.cumsum(-1) - e.cummax(-1).values
+        count = (bound <= entropy_bound).sum(-1)
+    else:
+        raise ValueError(f"sampler.acceptance={rule!r}: expected entropy, confidence or fixed")
+    return order, torch.minimum(count.clamp_min(1), n_open)
+
+
+# --- the loop -------------------------------------------------------------------------------------
+@torch.no_grad()
+def sample(model, batch: dict, task, scfg, mode: str, noise_kind: str = "uniform", support: str = "answer",
+           generator: torch.Generator | None = None, record: bool = False, pad_id: int = 0,
+           mask_id: int = 6) -> SampleResult:
+    if mode not in MODES:
+        raise ValueError(f"sampling mode {mode!r}: expected one of {', '.join(MODES)}")
+    device = next(model.parameters()).device
+    prompt_ids, prompt_mask = batch["prompt_ids"].to(device), batch["prompt_mask"].to(device)
+    target, choices = batch["target"].to(device), batch["choices"].to(device)  # (B, L), (L, K)
+    n = batch.get("size")
+    B, L = target.shape
+    vocab = model.config.text_config.vocab_size if hasattr(model.config, "text_config") else model.config.vocab_size
+    prior = choices if support == "answer" else vocab
+
+    def noise_like():
+        if noise_kind == "mask":
+            return torch.full((B, L), mask_id, dtype=torch.long, device=device)
+        return N.draw(prior, (B, L), generator, device)
+
+    pinned = batch["fixed"].to(device) if mode != "free" else torch.zeros_like(target, dtype=torch.bool)
+    canvas = torch.where(pinned, target, noise_like())
+    accepted, empty = pinned.clone(), torch.zeros_like(pinned)
+    steps_used = torch.zeros(B, dtype=torch.long, device=device)
+    cache = encode(model, prompt_ids, prompt_mask)
+    sc_logits, history = None, []
+    for step in range(scfg.steps):
+        open_ = ~accepted
+        if not open_.any():
+            break
+        steps_used += open_.any(-1).long()
+        logits = denoise(model, cache, canvas, prompt_mask, sc_logits=sc_logits)  # (B, L, V)
+        sc_logits = logits if scfg.self_conditioning else None
+        if mode == "free":
+            scores = logits
+        else:
+            scores = torch.gather(logits, 2, choices[None].expand(B, L, -1))  # (B, L, K)
+            if mode == "rules":
+                allowed = task.rule_mask(_choice_index(canvas, choices), accepted, n)
+                scores = scores.masked_fill(~allowed, -math.inf)
+        no_digit = torch.isinf(scores).all(-1)
+        dead = no_digit & open_  # rules left no digit: leave the cell empty
+        scores = scores.masked_fill(no_digit[..., None], 0.0)
+        probs = _probs(scores, scfg.temperature)
+        pick = _pick(probs, scfg.temperature, generator)  # (B, L) index into scores' last dim
+        certainty = probs.max(-1).values
+        order, count = accept_count(certainty, open_ & ~dead, scfg.acceptance, step, scfg.steps,
+                                    scfg.entropy_bound, scfg.confidence, ent=entropy(probs))
+        tokens = pick if mode == "free" else torch.gather(choices[None].expand(B, L, -1), 2, pick[..., None])[..., 0]
+        new = _accept(order, count, open_ & ~dead, tokens, canvas, accepted, task, choices, n, mode)
+        canvas = torch.where(new, tokens, canvas)
+        accepted |= new | dead
+        empty |= dead
+        canvas = torch.where(empty, torch.full_like(canvas, pad_id), canvas)
+        canvas = torch.where(accepted, canvas, noise_like())
+        if record:
+            history.append((canvas.clone().cpu(), accepted.clone().cpu()))
+    # Out of steps with positions still open (rules rejected a same-step conflict): leave them empty.
+    canvas = torch.where(accepted, canvas, torch.full_like(canvas, pad_id))
+    return SampleResult(canvas=canvas, steps=steps_used, history=history)
+
+
+def _probs(scores, temperature: float):
+    t = temperature if temperature > 0 else 1.0
+    return torch.softmax(scores / t, dim=-1)
+
+
+def _pick(probs, temperature: float, generator):
+    if temperature <= 0:
+        return probs.argmax(-1)
+    B, L, K = probs.shape
+    return torch.multinomial(probs.reshape(-1, K), 1, generator=generator).reshape(B, L)
+
+
+def _choice_index(canvas, choices):
+    """(B, L) index of each canvas token within its position's choices (0 where absent)."""
+    return (canvas[..., None] == choices[None]).float().argmax(-1)
+
+
+def _accept(order, count, open_, tokens, canvas, accepted, task, choices, n, mode):
+    """(B, L) bool of positions accepted this step.
+
+    In `rules` mode acceptances go one rank at a time, each checked against the rules with everything
+    accepted so far, so two peers never take the same digit in one step; a rejected one waits.
+    """
+    B, L = canvas.shape
+    rank = torch.arange(L, device=canvas.device)[None, :]
+    chosen = torch.zeros_like(open_)
+    chosen.scatter_(1, order, rank < count[:, None])
+    chosen &= open_
+    if mode != "rules" or int(count.max()) <= 1:
+        return chosen
+    new = torch.zeros_like(chosen)
+    state, acc = canvas.clone(), accepted.clone()
+    for r in range(int(count.max())):
+        pos = order[:, r]
+        take = chosen.gather(1, pos[:, None])[:, 0]
+        if not take.any():
+            continue
+        allowed = task.rule_mask(_choice_index(state, choices), acc, n)  # (B, L, K)
+        tok = tokens.gather(1, pos[:, None])[:, 0]
+        k = (tok[:, None] == choices[pos]).float().argmax(-1)
+        ok = take & allowed[torch.arange(B), pos, k]
+        if r == 0:
+            ok = take  # the best candidate was already filtered by the rule mask
+        idx = torch.arange(B, device=canvas.device)[ok]
+        new[idx, pos[ok]] = True
+        state[idx, pos[ok]] = tok[ok]
+        acc[idx, pos[ok]] = True
+    return new

@@ -1,0 +1,1 @@
+"""Sudoku task: grids, files, rendering."""

@@ -1,0 +1,170 @@
+"""Reading and writing Sudoku puzzle files, with errors that name the file and line.
+
+Two formats are read. Plain text has one 16- or 81-character grid a line ('0' or '.' for blanks;
+blank lines and lines starting with '#' are ignored). CSV has a puzzle column and optionally a
+solution column, found by header name or, without a header, by position:
+
+    Puzzle,Solution                       <- line 1: header ('puzzle'/'quiz', 'solution' columns)
+    3102200002100320,3142243142131324     <- line 2: a 4x4 record, source "file.csv:2"
+
+`read_puzzles("file.csv")` returns the records and the messages of any skipped lines.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dgft.tasks.sudoku.grid import from_string, is_solution, rule_violations, side, solve, to_string, units
+
+_HEADER_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_ ]*")  # a column name; grids start with a digit or '.'
+
+
+class PuzzleFileError(ValueError):
+    """A puzzle file cannot be read; the message starts with "file:line:" or "file:"."""
+
+
+@dataclass
+class SudokuRecord:
+    """One puzzle, its solution (None when unknown) and where it came from ("file:line")."""
+
+    puzzle: np.ndarray
+    solution: np.ndarray | None
+    source: str
+
+    @property
+    def givens(self) -> int:
+        """Number of filled cells in the puzzle."""
+        return int((self.puzzle != 0).sum())
+
+
+def _first_conflict(grid: np.ndarray) -> str:
+    """Where a grid first repeats a digit, e.g. "digit 5 twice in row 3" (1-based)."""
+    n = side(grid)
+    values = grid[units(n)]
+    for unit_index, unit_values in enumerate(values):
+        digits, counts = np.unique(unit_values[unit_values != 0], return_counts=True)
+        if (counts > 1).any():
+            kind = ("row", "column", "box")[unit_index // n]
+            digit = int(digits[counts > 1][0])
+            return f"digit {digit} repeated in {kind} {unit_index % n + 1}"
+    return "no repeated digit"
+
+
+def _check_record(puzzle_text: str, solution_text: str | None, check_solvable: bool) -> tuple:
+    """Parse and validate one puzzle (and solution); ValueError describes the first problem."""
+    puzzle = from_string(puzzle_text, what="puzzle")
+    solution = from_string(solution_text, what="solution") if solution_text else None
+    if rule_violations(puzzle):
+        raise ValueError(f"puzzle givens break a rule: {_first_conflict(puzzle)}")
+    if solution is not None:
+        n_puzzle, n_solution = side(puzzle), side(solution)
+        if n_puzzle != n_solution:
+            raise ValueError(f"puzzle is {n_puzzle}x{n_puzzle} but solution is {n_solution}x{n_solution}")
+        if (solution == 0).any():
+            raise ValueError(f"solution has {int((solution == 0).sum())} blank cells")
+        if rule_violations(solution):
+            raise ValueError(f"solution breaks a rule: {_first_conflict(solution)}")
+        if not is_solution(solution, puzzle):
+            cell = int(np.flatnonzero((puzzle != 0) & (puzzle != solution))[0])
+            n = side(puzzle)
+            raise ValueError(
+                f"solution contradicts the given {puzzle[cell]} at row {cell // n + 1}, column {cell % n + 1}"
+            )
+    elif check_solvable:
+        solutions = solve(puzzle, limit=1)
+        if not solutions:
+            raise ValueError("puzzle has no solution")
+        solution = solutions[0]
+    return puzzle, solution
+
+
+def _data_lines(text: str) -> list[tuple[int, str]]:
+    """(1-based line number, stripped line) for every line that is not blank or a '#' comment."""
+    numbered = ((number, line.strip()) for number, line in enumerate(text.splitlines(), start=1))
+    return [(number, line) for number, line in numbered if line and not line.startswith("#")]
+
+
+def _fields(line: str) -> list[str]:
+    return [field.strip() for field in next(csv.reader([line]))]
+
+
+def _columns(header: list[str], where: str) -> tuple[int, int | None]:
+    """Indices of the puzzle and (optional) solution columns named in a CSV header."""
+    names = [name.lower() for name in header]
+    puzzle_column = next((i for i, name in enumerate(names) if "puzzle" in name), None)
+    if puzzle_column is None:
+        puzzle_column = next((i for i, name in enumerate(names) if "quiz" in name), None)
+    if puzzle_column is None:
+        raise PuzzleFileError(f"{where}: header {header} has no puzzle column (a name containing 'puzzle' or 'quiz')")
+    solution_column = next((i for i, name in enumerate(names) if "solution" in name), None)
+    return puzzle_column, solution_column
+
+
+def read_puzzles(
+    path: str | Path, on_error: str = "raise", check_solvable: bool = True
+) -> tuple[list[SudokuRecord], list[str]]:
+    """Records of a plain-text or CSV puzzle file, and one message per skipped bad line.
+
+    on_error="raise" raises PuzzleFileError at the first bad line; "skip" skips it and returns its
+    message instead. Without a solution column and with `check_solvable`, each puzzle is solved
+    (first solution found) and unsolvable ones are bad lines; otherwise `solution` is None.
+    A missing file, a file with no puzzles or a CSV header without a puzzle column always raises.
+    """
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    name = str(path)
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise PuzzleFileError(f"{name}: file not found") from None
+    lines = _data_lines(text)
+    if not lines:
+        raise PuzzleFileError(f"{name}: no puzzles in file")
+
+    is_csv = "," in lines[0][1]
+    puzzle_column, solution_column = 0, (1 if is_csv else None)
+    if is_csv:
+        header_number, header = lines[0][0], _fields(lines[0][1])
+        if any(_HEADER_FIELD.fullmatch(field) for field in header):
+            puzzle_column, solution_column = _columns(header, f"{name}:{header_number}")
+            lines = lines[1:]
+
+    records: list[SudokuRecord] = []
+    skipped: list[str] = []
+    for number, line in lines:
+        where = f"{name}:{number}"
+        fields = _fields(line) if is_csv else [line]
+        try:
+            if len(fields) <= puzzle_column:
+                raise ValueError(f"row has {len(fields)} fields, the puzzle is in field {puzzle_column + 1}")
+            has_solution = solution_column is not None and solution_column < len(fields)
+            solution_text = fields[solution_column] if has_solution else None
+            puzzle, solution = _check_record(fields[puzzle_column], solution_text, check_solvable)
+        except ValueError as error:
+            message = f"{where}: {error}"
+            if on_error == "raise":
+                raise PuzzleFileError(message) from None
+            skipped.append(message)
+            continue
+        records.append(SudokuRecord(puzzle=puzzle, solution=solution, source=where))
+
+    if not records:
+        first = f"; first: {skipped[0]}" if skipped else ""
+        raise PuzzleFileError(f"{name}: no valid puzzles ({len(skipped)} lines skipped{first})")
+    return records, skipped
+
+
+def write_puzzles(path: str | Path, records: list[SudokuRecord]) -> None:
+    """Write records as CSV with a `puzzle,solution` header ('0' blanks; empty solution if unknown)."""
+    buffer = _io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["puzzle", "solution"])
+    for record in records:
+        writer.writerow([to_string(record.puzzle), "" if record.solution is None else to_string(record.solution)])
+    Path(path).write_text(buffer.getvalue())

@@ -1,0 +1,233 @@
+"""Sudoku as a denoising task: tokens, prompt and canvas, fixed cells, rules and decoding.
+
+Example (4x4, `tokens=cell`): the puzzle `1200 0000 0000 0021` becomes the prompt
+`[BOS] [4x4] 4x4_r1c1=1 4x4_r1c2=2 4x4_r4c3=2 4x4_r4c4=1 [SEP]` for the encoder, and the canvas target is
+the 16 tokens `4x4_r1c1=1 4x4_r1c2=2 4x4_r1c3=3 ...` of the solution. Each cell token carries its row,
+column and box, so the model need not learn the grid's geometry from 1-D positions; `tokens=digit`
+uses plain digit tokens (prompt `[BOS] [4x4] 1 2 . . ...`) and leaves the geometry to the model.
+
+Given cells stay clean in the canvas (they are `fixed`) and are not scored, unless an example is drawn
+to have its givens corrupted too (`corrupt_givens_p`), which `free` sampling needs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dgft.tasks.sudoku import grid as G
+
+SPECIALS = ["[PAD]", "[EOS]", "[BOS]", "[IMG]", "[BOI]", "[EOI]", "[MASK]", "[SEP]", "[UNK]", "[4x4]", "[9x9]"]
+PAD, EOS, BOS, IMG, BOI, EOI, MASK, SEP, UNK = range(9)
+SIZE_TOKEN = {4: 9, 9: 10}
+SIZES = (4, 9)
+
+
+def vocabulary(tokens: str) -> list[str]:
+    """Every token of the task's vocabulary, in id order."""
+    words = list(SPECIALS)
+    if tokens == "cell":
+        for n in SIZES:
+            words += [f"{n}x{n}_r{c // n + 1}c{c % n + 1}={d}" for c in range(n * n) for d in range(1, n + 1)]
+    else:
+        words += ["."] + [str(d) for d in range(1, 10)]
+    return words
+
+
+@lru_cache(maxsize=None)
+def _offsets(tokens: str) -> dict[int, int]:
+    """First cell-token id per size (cell mode) or id of digit 1 (digit mode)."""
+    if tokens == "cell":
+        start, out = len(SPECIALS), {}
+        for n in SIZES:
+            out[n] = start
+            start += n * n * n
+        return out
+    return {n: len(SPECIALS) + 1 for n in SIZES}
+
+
+@lru_cache(maxsize=None)
+def _adjacency(n: int) -> torch.Tensor:
+    """(L, L) float 1 where two distinct cells share a row, column or box."""
+    adj = torch.zeros(n * n, n * n)
+    for unit in G.units(n):
+        idx = torch.tensor(np.array(unit), dtype=torch.long)
+        adj[idx[:, None], idx[None, :]] = 1
+    adj.fill_diagonal_(0)
+    return adj
+
+
+class SudokuTask:
+    """Renders Sudoku records into tensors and scores answers. One object per run (holds settings)."""
+
+    name = "sudoku"
+
+    def __init__(self, cfg):
+        self.tokens = cfg.tokens
+        self.cfg = cfg
+        self.offsets = _offsets(self.tokens)
+
+    # --- tokenizer --------------------------------------------------------------------------------
+    def build_tokenizer(self):
+        """A WordLevel tokenizer over the task vocabulary, as a transformers fast tokenizer."""
+        from tokenizers import Tokenizer, models, pre_tokenizers
+        from transformers import PreTrainedTokenizerFast
+
+        vocab = {w: i for i, w in enumerate(vocabulary(self.tokens))}
+        tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+        tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        return PreTrainedTokenizerFast(
+            tokenizer_object=tok, bos_token="[BOS]", eos_token="[EOS]", pad_token="[PAD]", unk_token="[UNK]",
+            mask_token="[MASK]", sep_token="[SEP]", padding_side="left",
+        )
+
+    @property
+    def vocab_size(self) -> int:
+        return len(vocabulary(self.tokens))
+
+    # --- tokens of one size -----------------------------------------------------------------------
+    def answer_tokens(self, n: int) -> torch.Tensor:
+        """(L, K) token ids a canvas position may hold: position i, digit k+1."""
+        L = n * n
+        if self.tokens == "cell":
+            return self.offsets[n] + torch.arange(L)[:, None] * n + torch.arange(n)[None, :]
+        return (self.offsets[n] + torch.arange(n))[None, :].expand(L, n).clone()
+
+    def _cell_ids(self, n: int, digits: np.ndarray) -> np.ndarray:
+        """(B, L) token ids of digits 1..n at each cell (digits must be nonzero)."""
+        L = n * n
+        if self.tokens == "cell":
+            return self.offsets[n] + np.arange(L)[None, :] * n + (digits.astype(np.int64) - 1)
+        return self.offsets[n] + digits.astype(np.int64) - 1
+
+    def prompt_ids(self, puzzle: np.ndarray) -> list[int]:
+        """Encoder prompt of one puzzle (1-D digits, 0 blank)."""
+        n = G.side(puzzle)
+        head = [BOS, SIZE_TOKEN[n]]
+        if self.tokens == "cell":
+            cells = np.flatnonzero(puzzle)
+            body = self._cell_ids(n, puzzle[None, :].clip(min=1))[0][cells].tolist()
+        else:
+            dot = len(SPECIALS)
+            body = [dot if v == 0 else self.offsets[n] + int(v) - 1 for v in puzzle]
+        return head + body + [SEP]
+
+    # --- batches ----------------------------------------------------------------------------------
+    def encode(self, puzzles: np.ndarray, solutions: np.ndarray, corrupt_givens: np.ndarray | None = None) -> dict:
+        """Tensors for a batch of same-size puzzles (B, L) -> dict.
+
+        prompt_ids/prompt_mask (B, P) left-padded; target (B, L) solution tokens; fixed (B, L) cells kept clean
+        and pinned; scored (B, L) cells in the loss; choices (L, K) tokens a position may hold.
+        """
+        n = G.side(puzzles[0])
+        prompts = [self.prompt_ids(p) for p in puzzles]
+        P = max(len(p) for p in prompts)
+        prompt_ids = torch.full((len(prompts), P), PAD, dtype=torch.long)
+        prompt_mask = torch.zeros((len(prompts), P), dtype=torch.long)
+        for b, p in enumerate(prompts):
+            prompt_ids[b, P - len(p):] = torch.tensor(p)
+            prompt_mask[b, P - len(p):] = 1
+        target = torch.as_tensor(self._cell_ids(n, solutions), dtype=torch.long)
+        fixed = torch.as_tensor(puzzles != 0)
+        scored = ~fixed
+        if corrupt_givens is not None:
+            cg = torch.as_tensor(corrupt_givens, dtype=torch.bool)[:, None]
+            fixed = fixed & ~cg
+            scored = scored | cg
+        return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "target": target, "fixed": fixed,
+                "scored": scored, "choices": self.answer_tokens(n), "size": n}
+
+    # --- model initialisation ---------------------------------------------------------------------
+    @torch.no_grad()
+    def init_embeddings(self, embedding: torch.Tensor, std: float, generator: torch.Generator) -> None:
+        """Give each cell token a structured start: the sum of random row, column, box and digit vectors.
+
+        The model is unchanged; only the starting point of its (tied) embedding table is. Tokens that share a
+        row, column, box or digit then share a direction from step one, so attention can match peers and
+        digits before it has learned anything, instead of discovering the grid from 729 unrelated vectors.
+        """
+        if self.tokens != "cell":
+            return
+        H = embedding.shape[1]
+        for n in SIZES:
+            b = math.isqrt(n)
+            parts = [torch.randn(n, H, generator=generator) for _ in range(4)]  # row, col, box, digit
+            cells = torch.arange(n * n)
+            rows, cols = cells // n, cells % n
+            boxes = (rows // b) * b + cols // b
+            place = parts[0][rows] + parts[1][cols] + parts[2][boxes]  # (L, H)
+            vec = place[:, None, :] + parts[3][None, :, :]  # (L, n, H)
+            vec = vec + 0.5 * torch.randn(vec.shape, generator=generator)  # room for token-specific features
+            vec = vec / vec.std() * std
+            start = self.offsets[n]
+            embedding[start:start + n * n * n] = vec.reshape(-1, H).to(embedding.dtype)
+
+    # --- sampling hooks ---------------------------------------------------------------------------
+    def rule_mask(self, choice: torch.Tensor, accepted: torch.Tensor, n: int) -> torch.Tensor:
+        """(B, L, K) bool: digits not yet fixed among a cell's peers. choice (B, L) digit index, accepted (B, L)."""
+        present = torch.nn.functional.one_hot(choice.clamp(0, n - 1), n).float() * accepted[..., None].float()
+        counts = torch.einsum("ij,bjk->bik", _adjacency(n).to(present.device), present)
+        return counts == 0
+
+    def decode(self, canvas: torch.Tensor, n: int) -> np.ndarray:
+        """(B, L) token ids -> (B, L) digits, 0 where a token is not a digit of that cell."""
+        choices = self.answer_tokens(n).to(canvas.device)  # (L, K)
+        hit = canvas[..., None] == choices[None]  # (B, L, K)
+        digits = hit.float().argmax(-1) + 1
+        return (digits * hit.any(-1)).cpu().numpy().astype(np.int8)
+
+    def render(self, digits: np.ndarray) -> str:
+        """One grid as rows of digits ('.' for blank), for logs and pictures."""
+        n = G.side(digits)
+        rows = ["".join("." if v == 0 else str(int(v)) for v in digits[r * n:(r + 1) * n]) for r in range(n)]
+        return "\n".join(rows)
+
+
+# --- equivalence of small puzzles -----------------------------------------------------------------
+@lru_cache(maxsize=None)
+def _positional_symmetries(n: int) -> np.ndarray:
+    """(S, L) cell permutations from band/stack swaps, row/column swaps inside them, and transpose."""
+    b = math.isqrt(n)
+    line_perms = []
+    for bands in itertools.permutations(range(b)):
+        for inner in itertools.product(itertools.permutations(range(b)), repeat=b):
+            line_perms.append([bands[i] * b + inner[i][j] for i in range(b) for j in range(b)])
+    out = []
+    for rows in line_perms:
+        for cols in line_perms:
+            perm = np.array([rows[r] * n + cols[c] for r in range(n) for c in range(n)])
+            out.append(perm)
+            out.append(perm.reshape(n, n).T.reshape(-1))
+    return np.unique(np.stack(out), axis=0)
+
+
+def canonical_form(puzzle: np.ndarray) -> str:
+    """A string equal for all augmentations of a puzzle (exact; enumerates symmetries, for 4x4 only)."""
+    n = G.side(puzzle)
+    if n != 4:
+        raise ValueError("canonical_form enumerates every symmetry: use it for 4x4 puzzles only")
+    best = None
+    for perm in _positional_symmetries(n):
+        moved = puzzle[perm]
+        labels: dict[int, int] = {}
+        s = "".join("0" if v == 0 else str(labels.setdefault(int(v), len(labels) + 1)) for v in moved)
+        best = s if best is None or s < best else best
+    return best
+
+
+def equivalence_key(puzzle: np.ndarray, solution: np.ndarray) -> tuple:
+    """Key for keeping held-out puzzles apart from training ones: exact for 4x4, G.invariant for 9x9."""
+    if G.side(puzzle) == 4:
+        return ("4x4", canonical_form(puzzle))
+    return ("9x9", G.invariant(solution))
+
+
+def load_tokenizer(run_dir: str | Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(run_dir))

@@ -1,0 +1,66 @@
+"""The real entry points on a tiny model: dgft train -> eval -> export, through the CLI."""
+
+import json
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer, DiffusionGemmaForBlockDiffusion
+
+from dgft.cli import main
+
+TINY = ["model.hidden_size=32", "model.num_layers=2", "model.num_heads=2", "model.num_kv_heads=1",
+        "model.head_dim=16", "model.intermediate_size=64", "model.moe_intermediate_size=32"]
+
+
+def _train(tmp_path, run, *extra):
+    main(["train", f"hydra.run.dir={run}", f"task.cache_dir={tmp_path / 'cache'}", "task.base_puzzles=20",
+          "task.heldout_puzzles=6", "trainer.max_steps=4", "trainer.batch_size=8", "trainer.eval_every=2",
+          "trainer.eval_puzzles=3", "trainer.ckpt_every=2", "trainer.log_every=1", "sampler.steps=8", *TINY, *extra])
+
+
+@pytest.mark.parametrize("finetune", ["full", "lora"])
+def test_train_eval_export(tmp_path, finetune, capsys):
+    run = tmp_path / "run"
+    _train(tmp_path, run, f"model.finetune={finetune}", "noise.encoder_ar_weight=0.1")
+    for name in ("config.yaml", "tokenizer/tokenizer.json", "metrics.jsonl", "loss.png", "data/heldout.csv",
+                 "run.json", "train_summary.json"):
+        assert (run / name).exists(), name
+    assert (run / ("adapter" if finetune == "lora" else "model")).exists()
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any("loss" in r for r in rows) and any("9x9_clamped_exact" in r for r in rows)
+    assert len(list((run / "checkpoints").glob("step-*"))) == 2  # keep_last
+
+    puzzles = tmp_path / "p.txt"
+    puzzles.write_text("1200000000000021\n" + "0" * 81 + "x\n")  # second line is bad
+    with pytest.raises(SystemExit) as err:
+        main(["eval", str(run), f"data={puzzles}", "limit=2"])
+    assert err.value.code == 2 and "p.txt:2" in capsys.readouterr().err
+    main(["eval", str(run), f"data={puzzles}", "on_error=skip"])
+    result = json.loads((run / "eval" / "p.json").read_text())
+    assert result["n"] == 1 and result["skipped_lines"] == 1
+    assert set(result["modes"]) == {"free", "clamped", "rules"} and "baseline_untrained_rules" in result
+    for m in result["modes"].values():
+        assert {"n", "exact", "cell_accuracy", "givens_kept", "rule_violations", "mean_steps", "puzzles_per_s",
+                "tokens_per_s", "by_givens"} <= set(m)
+    assert result["modes"]["rules"]["rule_violations"] == 0
+    main(["eval", str(run), "limit=4", "baseline=false"])  # the run's own held-out split
+    assert (run / "eval" / "heldout.json").exists() and (run / "eval" / "heldout_denoising.png").exists()
+
+    main(["export", str(run)])
+    out = run / "export"
+    model = DiffusionGemmaForBlockDiffusion.from_pretrained(str(out))
+    assert model.config.canvas_length == 81
+    assert AutoTokenizer.from_pretrained(str(out)).vocab_size > 0
+    assert (out / "dgft_sampler.json").exists()
+
+
+def test_missing_run_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as err:
+        main(["eval", str(tmp_path / "nope")])
+    assert err.value.code == 2 and "config.yaml" in capsys.readouterr().err
+
+
+def test_help(capsys):
+    main(["--help"])
+    assert "train" in capsys.readouterr().out

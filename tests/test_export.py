@@ -1,0 +1,217 @@
+"""Export round trips on tiny real DiffusionGemma models (CPU, seconds): merged logits == adapter logits."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from dgft.config import ExportRecipe, ModelConfig, TrainRecipe
+from dgft.export import ExportError, check_batch, check_logits, export, merge_adapter
+from dgft.model import attach_lora, build_tiny, unwrap
+from dgft.runs import RunError, load_model
+
+SIZES = dict(hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, head_dim=16, intermediate_size=64,
+             moe_intermediate_size=32, canvas_length=16)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matmuls: one thread is fastest, and far faster than threads competing with other jobs."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_model_cfg(**kw):
+    return OmegaConf.structured(ModelConfig(**{**SIZES, **kw}))
+
+
+def randomize_lora(model, seed: int = 1) -> None:
+    """peft starts B at 0 (adapter == base); random B makes a wrong merge visible."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+
+
+def logits_of(model):
+    return check_logits(model, *check_batch(unwrap(model).config))
+
+
+def make_run(tmp_path, finetune: str, target_experts: bool = False):
+    """A run dir as `dgft train` leaves it; returns (run dir, the trained model's logits on the check batch)."""
+    from dgft.tasks.sudoku.task import SudokuTask
+
+    cfg = OmegaConf.structured(TrainRecipe())
+    cfg.model = tiny_model_cfg(finetune=finetune)
+    cfg.model.lora.target_experts = target_experts
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    task = SudokuTask(cfg.task)
+    task.build_tokenizer().save_pretrained(str(run / "tokenizer"))
+    model = build_tiny(cfg.model, task.vocab_size)
+    if finetune == "lora":
+        model.save_pretrained(str(run / "base"))
+        model = attach_lora(model, cfg.model.lora)
+        randomize_lora(model)
+        model.save_pretrained(str(run / "adapter"))
+    else:
+        with torch.no_grad():  # "trained": not the seed-0 init that build_tiny would give again
+            for p in model.parameters():
+                p.add_(0.01 * torch.randn_like(p))
+        model.save_pretrained(str(run / "model"))
+        model.generation_config.save_pretrained(str(run / "model"))
+    return run, logits_of(model)
+
+
+def export_cfg(run, **kw):
+    return OmegaConf.structured(ExportRecipe(run=str(run), **kw))
+
+
+def mtimes(path):
+    return {p: p.stat().st_mtime_ns for p in path.rglob("*")}
+
+
+# --- LoRA merge -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("target_experts", [False, True])
+def test_merged_logits_equal_adapter_logits(target_experts):
+    mcfg = tiny_model_cfg(finetune="lora")
+    mcfg.lora.target_experts = target_experts
+    base = build_tiny(mcfg, vocab_size=120)
+    base_logits = logits_of(base)
+    model = attach_lora(base, mcfg.lora)
+    randomize_lora(model)
+    adapter = logits_of(model)
+    assert (adapter - base_logits).abs().max() > 1e-2  # the adapter does something
+
+    merged = merge_adapter(model)
+    assert (logits_of(merged) - adapter).abs().max() <= 1e-4
+    assert not [k for k in merged.state_dict() if "lora_" in k or "base_layer" in k]
+    enc, dec = merged.model.encoder.language_model.layers[0], merged.model.decoder.layers[0]
+    assert enc.self_attn.q_proj.weight is dec.self_attn.q_proj.weight
+    assert enc.experts.gate_up_proj is dec.experts.gate_up_proj
+
+
+def test_separate_encoder_and_decoder_adapters_merge_wrongly():
+    """What attach_lora avoids: peft's "all-linear" adapts both tied copies, and the merge adds both deltas."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(build_tiny(tiny_model_cfg(), vocab_size=120), LoraConfig(r=4, target_modules="all-linear"))
+    randomize_lora(model)
+    adapter = logits_of(model)
+    merged = model.merge_and_unload()
+    assert (logits_of(merged) - adapter).abs().max() > 1e-2
+
+
+# --- run dirs -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("target_experts", [False, True])
+def test_lora_run_export_round_trip(tmp_path, capsys, target_experts):
+    from transformers import AutoTokenizer, DiffusionGemmaForBlockDiffusion
+
+    run, adapter = make_run(tmp_path, "lora", target_experts)
+    assert (logits_of(load_model(run)) - adapter).abs().max() <= 1e-5
+
+    out = export(export_cfg(run))
+    assert out == run / "export"
+    reloaded = DiffusionGemmaForBlockDiffusion.from_pretrained(str(out))
+    assert (logits_of(reloaded) - adapter).abs().max() <= 1e-4
+    tok = AutoTokenizer.from_pretrained(str(out))
+    assert tok.convert_tokens_to_ids("[MASK]") == 6
+    assert (out / "generation_config.json").exists()
+    sampler = json.loads((out / "dgft_sampler.json").read_text())
+    assert sampler["noise"] == {"kind": "uniform", "support": "answer"} and "steps" in sampler["sampler"]
+    record = json.loads((out / "export.json").read_text())
+    assert record["merged_max_abs_diff"] <= record["atol"] == 1e-4
+    assert record["reload_max_abs_diff"] <= 1e-4
+    assert "adapter/adapter_model.safetensors" in record["source"]
+    assert not list(run.glob(".export.*"))  # no temporary dirs left
+
+    before = mtimes(out)
+    capsys.readouterr()
+    export(export_cfg(run))
+    assert "up to date" in capsys.readouterr().out
+    assert mtimes(out) == before
+
+    # a changed adapter is a new source: exported again
+    model = load_model(run)
+    randomize_lora(model, seed=2)
+    model.save_pretrained(str(run / "adapter"))
+    export(export_cfg(run))
+    assert json.loads((out / "export.json").read_text())["source"] != record["source"]
+    reloaded = DiffusionGemmaForBlockDiffusion.from_pretrained(str(out))
+    assert (logits_of(reloaded) - logits_of(model)).abs().max() <= 1e-4
+
+
+def test_logit_mismatch_raises_and_writes_nothing(tmp_path):
+    run, _ = make_run(tmp_path, "lora")
+    with pytest.raises(ExportError, match="merged model vs adapter: max"):
+        export(export_cfg(run, atol=0.0, out=str(tmp_path / "out")))
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))
+
+
+def test_adapter_that_does_not_load_is_refused(tmp_path):
+    """An adapter whose targets miss its saved tensors (here: the decoder's copies, as an older attach_lora
+    named them) loads with B=0; merged == adapter would still hold, so export checks the load itself."""
+    run, _ = make_run(tmp_path, "lora")
+    path = run / "adapter" / "adapter_config.json"
+    config = json.loads(path.read_text())
+    config["target_modules"] = config["target_modules"].replace(r"encoder\.language_model", "decoder")
+    path.write_text(json.dumps(config))
+    with pytest.warns(UserWarning, match="missing adapter keys"), pytest.raises(ExportError, match="did not load"):
+        export(export_cfg(run))
+    assert not (run / "export").exists()
+
+
+def test_full_run_export_through_cli(tmp_path):
+    from transformers import AutoTokenizer, DiffusionGemmaForBlockDiffusion
+
+    from dgft.cli import main
+
+    run, trained = make_run(tmp_path, "full")
+    main(["export", str(run), f"out={tmp_path / 'standalone'}"])
+    out = tmp_path / "standalone"
+    reloaded = DiffusionGemmaForBlockDiffusion.from_pretrained(str(out))
+    assert (logits_of(reloaded) - trained).abs().max() <= 1e-4
+    assert AutoTokenizer.from_pretrained(str(out)).convert_tokens_to_ids("[PAD]") == 0
+    record = json.loads((out / "export.json").read_text())
+    assert record["finetune"] == "full" and record["merged_max_abs_diff"] is None
+    assert "model/model.safetensors" in record["source"]
+
+
+# --- errors ---------------------------------------------------------------------------------------
+def test_missing_run_dir(tmp_path):
+    missing = tmp_path / "no-such-run"
+    with pytest.raises(RunError, match="no-such-run"):
+        export(export_cfg(missing))
+
+
+def test_missing_config_and_weights(tmp_path):
+    run, _ = make_run(tmp_path, "lora")
+    for name in ("adapter_model.safetensors", "adapter_config.json"):
+        (run / "adapter" / name).rename(run / name)
+        with pytest.raises(RunError, match="adapter"):
+            export(export_cfg(run))
+        (run / name).rename(run / "adapter" / name)
+    with pytest.raises(RunError, match="step-000001"):
+        export(export_cfg(run, checkpoint="step-000001"))
+    (run / "config.yaml").unlink()
+    with pytest.raises(RunError, match="config.yaml"):
+        export(export_cfg(run))
+
+
+def test_cli_prints_run_errors(tmp_path, capsys):
+
+    from dgft.cli import main
+
+    run = tmp_path / "empty-run"
+    run.mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", str(run)])
+    assert exit_info.value.code == 2
+    assert "config.yaml: not found" in capsys.readouterr().err

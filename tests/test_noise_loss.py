@@ -1,0 +1,69 @@
+"""Corruption statistics and the loss's normalisation, on plain tensors."""
+
+import math
+
+import torch
+
+from dgft import noise as N
+from dgft.loss import denoising_loss, encoder_ar_loss
+
+
+def test_sample_t_range():
+    t = N.sample_t(10000, 0.05, torch.Generator().manual_seed(0))
+    assert t.min() >= 0.05 and t.max() < 1
+    assert abs(t.mean().item() - 0.525) < 0.01
+
+
+def test_uniform_corruption_rate_support_and_fixed_positions():
+    g = torch.Generator().manual_seed(0)
+    B, L, K = 4000, 20, 5
+    support = 100 + torch.arange(L)[:, None] * K + torch.arange(K)[None]  # (L, K)
+    target = support[:, 0].expand(B, L).clone()
+    corruptible = torch.ones(B, L, dtype=torch.bool)
+    corruptible[:, :3] = False
+    t = torch.full((B,), 0.3)
+    noisy, hit = N.corrupt_uniform(target, t, corruptible, support, g)
+    assert not hit[:, :3].any() and torch.equal(noisy[:, :3], target[:, :3])
+    assert abs(hit[:, 3:].float().mean().item() - 0.3) < 0.01
+    # every noise token lies in its own position's support, spread uniformly over it
+    assert ((noisy[..., None] == support[None]).any(-1)).all()
+    counts = torch.stack([(noisy[:, 3:][hit[:, 3:]] == support[3:, k].expand(B, L - 3)[hit[:, 3:]]).sum()
+                          for k in range(K)]).float()
+    assert (counts / counts.sum() - 1 / K).abs().max() < 0.02
+
+
+def test_uniform_corruption_with_vocab_support_and_mask():
+    g = torch.Generator().manual_seed(1)
+    target = torch.zeros(1000, 30, dtype=torch.long)
+    t = torch.rand(1000, generator=g)
+    noisy, hit = N.corrupt("uniform", target, t, torch.ones_like(target, dtype=torch.bool), 50, 6, g)
+    assert noisy.max() < 50 and noisy.min() >= 0
+    noisy, hit = N.corrupt("mask", target, t, torch.ones_like(target, dtype=torch.bool), 50, 6, g)
+    assert torch.equal(noisy == 6, hit)
+    assert abs(hit.float().mean().item() - t.mean().item()) < 0.01
+
+
+def test_zero_loss_at_perfect_logits_and_normalisation():
+    target = torch.tensor([[3, 1, 2], [0, 0, 4]])
+    logits = torch.full((2, 3, 5), -1e4)
+    logits.scatter_(2, target[..., None], 1e4)
+    scored = torch.tensor([[True, False, True], [True, True, True]])
+    s, n = denoising_loss(logits, target, scored, torch.ones_like(scored))
+    assert s.item() < 1e-6 and n.item() == 5
+    uniform = torch.zeros(2, 3, 5)
+    s, n = denoising_loss(uniform, target, scored, torch.ones_like(scored))
+    assert math.isclose(s.item() / n.item(), math.log(5), rel_tol=1e-5)
+    # absorbing noise scores only the hit positions, 1/t weighting scales them
+    hit = torch.tensor([[True, True, False], [False, False, False]])
+    s, n = denoising_loss(uniform, target, scored, hit, kind="mask")
+    assert n.item() == 1 and math.isclose(s.item(), math.log(5), rel_tol=1e-5)
+    s2, _ = denoising_loss(uniform, target, scored, hit, kind="mask", t=torch.tensor([0.5, 1.0]), weight="inv_t")
+    assert math.isclose(s2.item(), 2 * s.item(), rel_tol=1e-5)
+
+
+def test_encoder_ar_loss_counts_only_real_pairs():
+    ids = torch.tensor([[0, 0, 5, 6, 7]])
+    mask = torch.tensor([[0, 0, 1, 1, 1]])
+    logits = torch.zeros(1, 5, 10)
+    s, n = encoder_ar_loss(logits, ids, mask)
+    assert n.item() == 2 and math.isclose(s.item(), 2 * math.log(10), rel_tol=1e-5)

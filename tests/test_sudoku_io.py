@@ -1,0 +1,130 @@
+"""Reading and writing Sudoku puzzle files: formats, bad lines, benchmark files."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dgft.tasks.sudoku.grid import from_string, is_solution, to_string
+from dgft.tasks.sudoku.io import PuzzleFileError, SudokuRecord, read_puzzles, write_puzzles
+
+BENCHMARKS = Path("/work/shared/benchmarks/sudoku")
+needs_benchmarks = pytest.mark.skipif(not BENCHMARKS.is_dir(), reason="benchmark files not present")
+
+PUZZLE_4 = "3102200002100320"  # first row of d1's 4x4 set
+SOLUTION_4 = "3142243142131324"
+PUZZLE_9 = "003020600900305001001806400008102900700000008006708200002609500800203009005010300"
+SOLUTION_9 = "483921657967345821251876493548132976729564138136798245372689514814253769695417382"
+
+
+def _write(tmp_path, text, name="puzzles.csv"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_plain_text_with_comments_dots_and_mixed_sizes(tmp_path):
+    path = _write(tmp_path, f"# a comment\n\n{PUZZLE_9.replace('0', '.')}\n{PUZZLE_4}\n", "puzzles.txt")
+    records, skipped = read_puzzles(path)
+    assert skipped == []
+    assert [to_string(r.puzzle) for r in records] == [PUZZLE_9, PUZZLE_4]
+    assert [to_string(r.solution) for r in records] == [SOLUTION_9, SOLUTION_4]  # filled by the solver
+    assert [r.source for r in records] == [f"{path}:3", f"{path}:4"]
+    assert records[0].givens == 32 and records[0].puzzle.dtype == np.int8
+
+
+def test_csv_header_finds_columns_in_any_order(tmp_path):
+    path = _write(tmp_path, f"id,Solution,clues,quizzes\nx,{SOLUTION_4},8,{PUZZLE_4}\n")
+    (record,), _ = read_puzzles(path)
+    assert to_string(record.puzzle) == PUZZLE_4 and to_string(record.solution) == SOLUTION_4
+    assert record.source == f"{path}:2"
+
+
+def test_headerless_csv_and_unchecked_puzzles(tmp_path):
+    path = _write(tmp_path, f"{PUZZLE_4},{SOLUTION_4}\n{PUZZLE_4}\n")
+    records, _ = read_puzzles(path)
+    assert [to_string(r.solution) for r in records] == [SOLUTION_4, SOLUTION_4]
+    records, _ = read_puzzles(_write(tmp_path, f"{PUZZLE_4}\n", "plain.txt"), check_solvable=False)
+    assert records[0].solution is None
+
+
+def test_write_read_round_trip(tmp_path):
+    records = [
+        SudokuRecord(from_string(PUZZLE_9), from_string(SOLUTION_9), "a"),
+        SudokuRecord(from_string(PUZZLE_4), None, "b"),
+    ]
+    path = tmp_path / "out.csv"
+    write_puzzles(path, records)
+    assert path.read_text().splitlines()[0] == "puzzle,solution"
+    back, _ = read_puzzles(path)
+    assert [to_string(r.puzzle) for r in back] == [PUZZLE_9, PUZZLE_4]
+    assert to_string(back[0].solution) == SOLUTION_9 and is_solution(back[1].solution, back[1].puzzle)
+    back, _ = read_puzzles(path, check_solvable=False)
+    assert back[1].solution is None
+
+
+WRONG_SOLUTION_4 = SOLUTION_4[1] + SOLUTION_4[0] + SOLUTION_4[2:]  # swapped: breaks two columns
+CONTRADICTING_4 = "4213" "3142" "1324" "2431"  # valid grid, but its first cell is not the given 3
+BAD_LINES = {
+    "wrong length": (f"{PUZZLE_4[:-1]},", "puzzle has 15 cells, expected 16 or 81"),
+    "bad character": (f"31x2{PUZZLE_4[4:]},", "puzzle has bad character 'x' at position 2"),
+    "solution bad character": (f"{PUZZLE_4},{SOLUTION_4[:-1]}?", "solution has bad character '?'"),
+    "size mismatch": (f"{PUZZLE_4},{SOLUTION_9}", "puzzle is 4x4 but solution is 9x9"),
+    "givens break a rule": ("3300" + "0" * 12 + ",", "puzzle givens break a rule: digit 3 repeated in row 1"),
+    "invalid solution": (f"{PUZZLE_4},{WRONG_SOLUTION_4}", "solution breaks a rule"),
+    "incomplete solution": (f"{PUZZLE_4},0{SOLUTION_4[1:]}", "solution has 1 blank cells"),
+    "contradicting solution": (f"{PUZZLE_4},{CONTRADICTING_4}", "solution contradicts the given 3 at row 1, column 1"),
+    "no solution": ("1230" "0000" "0000" "0004,", "puzzle has no solution"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_LINES))
+def test_bad_line_raises_or_is_skipped(tmp_path, case):
+    line, problem = BAD_LINES[case]
+    path = _write(tmp_path, f"puzzle,solution\n{PUZZLE_4},{SOLUTION_4}\n# note\n{line}\n{PUZZLE_4},\n")
+    with pytest.raises(PuzzleFileError) as error:
+        read_puzzles(path)
+    assert str(error.value).startswith(f"{path}:4: ") and problem in str(error.value)
+    records, skipped = read_puzzles(path, on_error="skip")
+    assert [r.source for r in records] == [f"{path}:2", f"{path}:5"]
+    assert skipped == [str(error.value)]
+
+
+def test_bad_plain_text_line(tmp_path):
+    path = _write(tmp_path, f"{PUZZLE_4}\n{'0' * 80}\n", "p.txt")
+    with pytest.raises(PuzzleFileError, match=r"p\.txt:2: puzzle has 80 cells, expected 16 or 81"):
+        read_puzzles(path)
+
+
+def test_file_level_errors(tmp_path):
+    with pytest.raises(PuzzleFileError, match="missing.csv: file not found"):
+        read_puzzles(tmp_path / "missing.csv")
+    with pytest.raises(PuzzleFileError, match="no puzzles"):
+        read_puzzles(_write(tmp_path, "# only a comment\n\n", "empty.txt"))
+    with pytest.raises(PuzzleFileError, match="no valid puzzles"):
+        read_puzzles(_write(tmp_path, "puzzle,solution\n", "header_only.csv"))
+    with pytest.raises(PuzzleFileError, match="no valid puzzles .1 lines skipped"):
+        read_puzzles(_write(tmp_path, "12\n", "all_bad.txt"), on_error="skip")
+    with pytest.raises(PuzzleFileError, match=r"nocol.csv:1: header .* has no puzzle column"):
+        read_puzzles(_write(tmp_path, f"id,grid\n1,{PUZZLE_4}\n", "nocol.csv"))
+    with pytest.raises(ValueError, match="on_error"):
+        read_puzzles(_write(tmp_path, f"{PUZZLE_4}\n", "ok.txt"), on_error="ignore")
+
+
+@needs_benchmarks
+@pytest.mark.parametrize(
+    "name, count, size",
+    [("norvig_easy50.csv", 50, 81), ("norvig_top95.csv", 95, 81), ("d1_4x4_test_sudoku.csv", 500, 16)],
+)
+def test_benchmark_files_parse(name, count, size):
+    records, skipped = read_puzzles(BENCHMARKS / name)
+    assert len(records) == count and skipped == []
+    assert all(r.puzzle.size == size and is_solution(r.solution, r.puzzle) for r in records)
+
+
+@needs_benchmarks
+def test_raw_top95_matches_csv():
+    raw, _ = read_puzzles(BENCHMARKS / "raw" / "norvig_top95.txt")
+    listed, _ = read_puzzles(BENCHMARKS / "norvig_top95.csv")
+    assert [to_string(r.puzzle) for r in raw] == [to_string(r.puzzle) for r in listed]
+    assert [to_string(r.solution) for r in raw] == [to_string(r.solution) for r in listed]  # unique
