@@ -22,6 +22,10 @@ import torch
 MANIFEST = "manifest.json"
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written; the previous one is intact."""
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -41,19 +45,27 @@ def save(run_dir: Path, step: int, model, trainer_state: dict, extra: dict, keep
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
     tmp = root / f".tmp-step-{step:06d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_weights(model, tmp)
-    torch.save(trainer_state, tmp / "trainer_state.pt")
-    (tmp / "extra.json").write_text(json.dumps(extra))
-    files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir()) if p.is_file()}
-    manifest = tmp / MANIFEST
-    manifest.write_text(json.dumps({"step": step, "files": files}, indent=1))
-    _fsync_dir(tmp)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    _fsync_dir(root)
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        save_weights(model, tmp)
+        torch.save(trainer_state, tmp / "trainer_state.pt")
+        (tmp / "extra.json").write_text(json.dumps(extra))
+        files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+                 for p in sorted(tmp.iterdir()) if p.is_file()}
+        (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=1))  # written last
+        _fsync_dir(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(root)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        previous = latest_valid(run_dir)
+        raise CheckpointError(
+            f"could not write checkpoint step {step} to {final}: {err.strerror or err}. "
+            + (f"The previous checkpoint {previous} is intact; resume with `dgft train resume={run_dir}` "
+               f"once there is space." if previous else "No earlier checkpoint exists.")) from err
     prune(root, keep_last)
     return final
 

@@ -121,11 +121,26 @@ class TrainRecipe:
     name: str = "sudoku"  # names the run directory outputs/<name>/<timestamp>
     seed: int = 0  # seeds python, numpy, torch and the data generator
     device: str = "auto"  # "auto", "cpu", "cuda"
+    resume: Optional[str] = None  # a run dir to continue from its newest valid checkpoint, or "auto"
     task: TaskConfig = field(default_factory=TaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
+
+
+@dataclass
+class SamplerOverrides:
+    """Eval-time overrides of a run's sampler settings; None keeps the run's value."""
+
+    steps: Optional[int] = None
+    acceptance: Optional[str] = None
+    entropy_bound: Optional[float] = None
+    confidence: Optional[float] = None
+    temperature: Optional[float] = None
+    self_conditioning: Optional[bool] = None
+    batch_size: Optional[int] = None
+    modes: Optional[list[str]] = None
 
 
 @dataclass
@@ -140,7 +155,7 @@ class EvalRecipe:
     seed: int = 0
     device: str = "auto"
     plot: bool = True  # write a PNG of one puzzle being denoised
-    sampler: dict[str, Any] = field(default_factory=dict)  # overrides of the run's sampler settings
+    sampler: SamplerOverrides = field(default_factory=SamplerOverrides)  # overrides of the run's sampler
 
 
 @dataclass
@@ -201,6 +216,10 @@ def validate(cfg: DictConfig | Any) -> None:
         raise ConfigError(f"task.sizes={sizes}: each size must be 4 or 9")
     if len(weights) != len(sizes) or any(w < 0 for w in weights) or sum(weights) <= 0:
         raise ConfigError(f"task.size_weights={weights}: one non-negative weight per entry of task.sizes")
+    answer = max(sizes) ** 2
+    if get("model.canvas_length") < answer:
+        raise ConfigError(f"model.canvas_length={get('model.canvas_length')}: shorter than the task's answer "
+                          f"({answer} cells for a {max(sizes)}x{max(sizes)} grid)")
     lo, hi = list(get("task.blank_fraction"))
     if not 0 < lo <= hi < 1:
         raise ConfigError(f"task.blank_fraction=[{lo}, {hi}]: need 0 < low <= high < 1")

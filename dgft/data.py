@@ -99,7 +99,13 @@ def build_splits(task_cfg, seed: int, workers: int | None = None, log=print):
 
     path = Path(os.path.expanduser(task_cfg.cache_dir)) / f"sudoku-{cache_key(task_cfg, seed)}"
     if (path / "dataset_dict.json").exists():
-        return load_from_disk(str(path))
+        try:
+            return load_from_disk(str(path))
+        except Exception as err:  # a torn or corrupted cache is regenerated, not trusted
+            log(f"{path}: unreadable cache ({type(err).__name__}); generating it again")
+            import shutil
+
+            shutil.rmtree(path, ignore_errors=True)
     workers = workers or min(os.cpu_count() or 1, 4)
     train, heldout = [], []
     for n in task_cfg.sizes:

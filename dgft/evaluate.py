@@ -36,7 +36,8 @@ def evaluate(cfg) -> dict:
     run = Path(cfg.run)
     run_cfg = load_config(run)
     device = pick_device(cfg.device)
-    scfg = OmegaConf.merge(run_cfg.sampler, cfg.sampler or {})
+    overrides = {k: v for k, v in OmegaConf.to_container(cfg.sampler).items() if v is not None}
+    scfg = OmegaConf.merge(run_cfg.sampler, overrides)
     task = get_task(run_cfg.task)
     data = Path(cfg.data) if cfg.data else run / "data" / "heldout.csv"
     name = cfg.name or data.stem
@@ -119,14 +120,14 @@ def summarise(recs, answers, stats) -> dict:
 
 
 def by_givens(recs, answers) -> dict:
-    groups = defaultdict(list)
-    for r, a in zip(recs, answers):
-        groups[f"{len(r.puzzle) and int(round(len(r.puzzle) ** 0.5))}x:{r.givens}"].append(
-            score_answer(r.puzzle, r.solution, a))
+    """The same scores per grid size and number of givens, keyed like "9x9/30"."""
     from dgft.metrics import aggregate
 
-    return {k: aggregate(v) for k, v in sorted(groups.items(), key=lambda kv: (kv[0].split(":")[0],
-                                                                              int(kv[0].split(":")[1])))}
+    groups = defaultdict(list)
+    for r, a in zip(recs, answers):
+        n = G.side(r.puzzle)
+        groups[(n, r.givens)].append(score_answer(r.puzzle, r.solution, a))
+    return {f"{n}x{n}/{g}": aggregate(v) for (n, g), v in sorted(groups.items())}
 
 
 def untrained_model(run_cfg, run: Path, device):

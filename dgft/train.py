@@ -32,6 +32,9 @@ from dgft.tasks.sudoku.io import write_puzzles
 from dgft.tasks.sudoku.task import MASK
 
 
+_KILL_AT_STEP = int(os.environ.get("DGFT_TEST_KILL_AT_STEP", "0") or 0)
+
+
 def seed_everything(seed: int) -> torch.Generator:
     random.seed(seed)
     np.random.seed(seed)
@@ -60,8 +63,14 @@ def lr_lambda(tcfg):
 
 def train(cfg, run_dir: str | Path) -> Path:
     # --- setup -------------------------------------------------------------------------------------
-    validate(cfg)
     run_dir = Path(run_dir)
+    resume_from = None
+    if cfg.resume:
+        from dgft.cli import run_dir_for
+
+        run_dir = Path(run_dir_for(cfg.name, cfg.resume))  # the run being continued, whatever hydra.run.dir says
+        cfg, resume_from = _resume_target(cfg, run_dir)
+    validate(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     gen = seed_everything(cfg.seed)
     if cfg.trainer.num_threads:
@@ -96,6 +105,11 @@ def train(cfg, run_dir: str | Path) -> Path:
     params = [p for p in {id(p): p for p in model.parameters()}.values() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.trainer))
+    start_step = 0
+    if resume_from is not None:
+        start_step = _restore(resume_from, model, opt, sched, batches, gen, cfg)
+        _truncate_metrics(run_dir / "metrics.jsonl", start_step)
+        tqdm.write(f"resumed from {resume_from} (step {start_step})")
 
     from torch.utils.tensorboard import SummaryWriter
 
@@ -111,16 +125,26 @@ def train(cfg, run_dir: str | Path) -> Path:
     # --- loop --------------------------------------------------------------------------------------
     model.train()
     t0, tokens_seen, step = time.time(), 0, 0
-    bar = tqdm(total=cfg.trainer.max_steps, desc="train", unit="step", dynamic_ncols=True)
-    for step in range(1, cfg.trainer.max_steps + 1):
+    bar = tqdm(total=cfg.trainer.max_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+    step = start_step
+    for step in range(start_step + 1, cfg.trainer.max_steps + 1):
         micro = [_corrupt(next(batches), cfg, gen) for _ in range(cfg.trainer.grad_accum)]
         n_scored = sum(float(m["count"]) for m in micro) or 1.0
         loss_total = 0.0
         for m in micro:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-                loss_sum, extra = _loss(model, m, cfg, gen, device)
-            (loss_sum / n_scored + extra).backward()
-            loss_total += float(loss_sum)
+            try:
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+                    loss_sum, extra = _loss(model, m, cfg, gen, device)
+                (loss_sum / n_scored + extra).backward()
+            except torch.OutOfMemoryError as err:
+                from dgft.cli import OutOfMemory
+
+                raise OutOfMemory(
+                    f"out of {device.type} memory at step {step} (batch {cfg.trainer.batch_size}). Lower "
+                    f"trainer.batch_size (and raise trainer.grad_accum to keep the effective batch), set "
+                    f"model.gradient_checkpointing=true, noise.self_conditioning_p=0, model.finetune=lora, or "
+                    f"model.quantize=nf4.") from err
+            loss_total += loss_sum.item()
             tokens_seen += int(m["tokens"])
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.trainer.max_grad_norm)
         opt.step()
@@ -128,6 +152,8 @@ def train(cfg, run_dir: str | Path) -> Path:
         opt.zero_grad(set_to_none=True)
 
         loss = loss_total / n_scored
+        if step == _KILL_AT_STEP:  # fault injection for the test suite: die as a SIGKILL would
+            os.kill(os.getpid(), signal.SIGKILL)
         elapsed = time.time() - t0
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_seen / elapsed:,.0f}")
@@ -156,6 +182,7 @@ def train(cfg, run_dir: str | Path) -> Path:
     bar.close()
 
     # --- save --------------------------------------------------------------------------------------
+    loss = loss if step > start_step else float("nan")
     _checkpoint(run_dir, step, model, opt, sched, batches, gen, cfg)
     out = run_dir / ("adapter" if cfg.model.finetune == "lora" else "model")
     ckpt.save_weights(model, out)
@@ -201,8 +228,12 @@ def _loss(model, m: dict, cfg, gen, device):
     if cfg.noise.self_conditioning_p > 0:
         sc_mask = (torch.rand(noisy.shape[0], generator=gen) < cfg.noise.self_conditioning_p).to(device)
         if sc_mask.any():
+            # The first pass runs only for the examples that use it; the others get zero logits (masked anyway).
             with torch.no_grad():
-                sc_logits = denoise(model, cache, noisy, mask).detach()
+                idx = sc_mask.nonzero()[:, 0]
+                sub = denoise(model, _select_cache(cache, idx), noisy[idx], mask[idx])
+                sc_logits = torch.zeros(noisy.shape + (sub.shape[-1],), dtype=sub.dtype, device=device)
+                sc_logits[idx] = sub
         else:
             sc_mask = None
     logits = denoise(model, cache, noisy, mask, sc_logits=sc_logits, sc_mask=sc_mask)
@@ -213,6 +244,17 @@ def _loss(model, m: dict, cfg, gen, device):
         ar_sum, ar_n = encoder_ar_loss(prompt_logits(model, hidden), ids, mask)
         extra = cfg.noise.encoder_ar_weight * ar_sum / ar_n.clamp_min(1)
     return loss_sum, extra
+
+
+def _select_cache(cache, idx):
+    """A copy of an encoder KV cache restricted to the batch rows `idx` (the original is untouched)."""
+    import copy
+
+    sub = copy.copy(cache)
+    sub.layers = [copy.copy(layer) for layer in cache.layers]
+    for layer in sub.layers:
+        layer.keys, layer.values = layer.keys[idx], layer.values[idx]
+    return sub
 
 
 def _eval_batch(task, heldout, count: int) -> list[dict]:
@@ -251,9 +293,67 @@ def quick_eval(model, batches: list[dict], task, cfg, gen) -> dict:
 def _checkpoint(run_dir, step, model, opt, sched, batches, gen, cfg):
     state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state(),
              "gen_rng": gen.get_state()}
-    extra = {"step": step, "data": _jsonable(batches.state_dict()), "python_rng": repr(random.getstate()),
+    extra = {"step": step, "data": _jsonable(batches.state_dict()), "python_rng": _jsonable(random.getstate()),
              "numpy_rng": _jsonable(np.random.get_state(legacy=False))}
     ckpt.save(run_dir, step, model, state, extra, keep_last=cfg.trainer.keep_last)
+
+
+def _resume_target(cfg, run_dir: Path):
+    """(saved config of the run, its newest valid checkpoint); resume=auto picks the newest resumable run."""
+    from dgft.config import ConfigError
+
+    if not (run_dir / "config.yaml").exists():
+        raise ConfigError(f"resume={cfg.resume}: {run_dir} holds no config.yaml; nothing to resume")
+    saved = OmegaConf.merge(OmegaConf.structured(type(OmegaConf.to_object(cfg))),
+                            OmegaConf.load(run_dir / "config.yaml"))
+    saved.resume = cfg.resume
+    if cfg.trainer.max_steps != saved.trainer.max_steps:  # the one setting a resume may change
+        saved.trainer.max_steps = cfg.trainer.max_steps
+    last = ckpt.latest_valid(run_dir)
+    if last is None:
+        raise ConfigError(f"resume={cfg.resume}: {run_dir}/checkpoints holds no valid checkpoint")
+    return saved, last
+
+
+def _restore(path: Path, model, opt, sched, batches, gen, cfg) -> int:
+    """Load weights, optimizer, scheduler, every RNG and the data position from a checkpoint. -> step."""
+    from safetensors.torch import load_file
+
+    if cfg.model.finetune == "lora":
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_file(str(path / "adapter_model.safetensors")))
+    else:
+        state = {}
+        for f in sorted(path.glob("*.safetensors")):
+            state.update(load_file(str(f)))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        tied = {k for k in missing if "encoder" in k or k == "lm_head.weight"}
+        if set(missing) - tied or unexpected:
+            raise RuntimeError(f"{path}: checkpoint does not match the model ({sorted(set(missing) - tied)[:3]} "
+                               f"missing, {sorted(unexpected)[:3]} unexpected)")
+        model.tie_weights()
+    state = ckpt.load_trainer_state(path)
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    gen.set_state(state["gen_rng"])
+    extra = ckpt.load_extra(path)
+    batches.load_state_dict(extra["data"])
+    version, internal, gauss = extra["python_rng"]
+    random.setstate((version, tuple(internal), gauss))
+    np_state = extra["numpy_rng"]
+    np_state["state"] = {k: v for k, v in np_state["state"].items()}
+    np.random.set_state(np_state)
+    return int(extra["step"])
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric rows logged after the checkpoint we resume from (they will be logged again)."""
+    if path.exists():
+        rows = [line for line in path.read_text().splitlines() if line.strip()]
+        keep = [line for line in rows if json.loads(line).get("step", 0) <= step]
+        path.write_text("".join(line + "\n" for line in keep))
 
 
 def _jsonable(obj):

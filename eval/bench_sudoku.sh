@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Evaluate a Sudoku run on the shared benchmarks (never trained on): all modes + untrained baseline.
+#   bash eval/bench_sudoku.sh [RUN] [extra dgft eval overrides ...]
+set -euo pipefail
+RUN=${1:-outputs/sudoku/latest}
+shift || true
+BENCH=${BENCH:-../shared/benchmarks/sudoku}
+for f in norvig_easy50.csv norvig_top95.csv d1_4x4_test_sudoku.csv; do
+  dgft eval "$RUN" data="$BENCH/$f" "$@"
+done
+dgft eval "$RUN" "$@"   # the run's own generated held-out split
+cat "$RUN"/eval/*.md
