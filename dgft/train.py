@@ -81,21 +81,22 @@ def train(cfg, run_dir: str | Path) -> Path:
     tokenizer = task.build_tokenizer()
     tokenizer.save_pretrained(str(run_dir / "tokenizer"))
 
+    dtype = torch_dtype(cfg.model.dtype, device)
+    if cfg.model.name != "tiny":  # load pretrained weights first: a missing checkpoint fails in seconds
+        model = load_pretrained(cfg.model.path, dtype=dtype, trust_remote_code=cfg.model.trust_remote_code)
+
     splits = build_splits(cfg.task, cfg.seed, log=tqdm.write)
     (run_dir / "data").mkdir(exist_ok=True)
     write_puzzles(run_dir / "data" / "heldout.csv", records(splits["heldout"]))
     batches = TrainBatches(splits["train"], task, cfg.task, cfg.trainer.batch_size, cfg.seed)
     eval_batch = _eval_batch(task, splits["heldout"], cfg.trainer.eval_puzzles)
 
-    dtype = torch_dtype(cfg.model.dtype, device)
     if cfg.model.name == "tiny":
         model = build_tiny(cfg.model, task.vocab_size, seed=cfg.seed)
         if cfg.model.structured_init:
             task.init_embeddings(model.get_input_embeddings().weight, model.config.initializer_range, gen)
         if cfg.model.finetune == "lora":
             model.save_pretrained(str(run_dir / "base"))
-    else:
-        model = load_pretrained(cfg.model.path, dtype=dtype, trust_remote_code=cfg.model.trust_remote_code)
     if cfg.model.finetune == "lora":
         model = attach_lora(model, cfg.model.lora)
     model.to(device)
