@@ -106,10 +106,16 @@ def attach_lora(model, lcfg):
                                        for p in ("gate_up_proj", "down_proj")]
     config = LoraConfig(r=lcfg.r, lora_alpha=lcfg.alpha, lora_dropout=lcfg.dropout,
                         target_modules=LORA_TARGETS.format(names=names), **kwargs)
+    from dgft.config import ConfigError
+
     core = model
-    model = get_peft_model(model, config)
+    try:
+        model = get_peft_model(model, config)
+    except ValueError as err:  # peft: no module matched the targets
+        raise ConfigError(f"model.lora.target_modules={list(lcfg.target_modules)}: no text-layer module of this "
+                          f"model matches ({str(err).splitlines()[0][:200]})") from err
     if share_adapters_with_encoder(core) == 0:
-        raise ValueError(f"model.lora.target_modules={list(lcfg.target_modules)}: no text-layer module matches")
+        raise ConfigError(f"model.lora.target_modules={list(lcfg.target_modules)}: no text-layer module matches")
     return model
 
 

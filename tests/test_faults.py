@@ -166,3 +166,41 @@ def test_corrupted_data_cache_is_regenerated(tmp_path):
     again = build_splits(cfg, seed=1, workers=1, log=messages.append)
     assert any("unreadable cache" in m for m in messages)
     assert list(again["train"]["puzzle"]) == first  # regenerated identically from the seed
+
+
+def test_lora_with_no_matching_module_names_the_key(cfg):
+    from dgft.config import ConfigError
+    from dgft.model import attach_lora, build_tiny
+
+    model = build_tiny(cfg.model, 812)
+    cfg.model.lora.target_modules = ["no_such_proj"]
+    with pytest.raises(ConfigError, match="model.lora.target_modules"):
+        attach_lora(model, cfg.model.lora)
+
+
+def test_out_of_memory_names_the_settings_that_help(tmp_path, monkeypatch, capsys):
+    from dgft import train as T
+    from dgft.cli import main
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(T, "_loss", oom)
+    with pytest.raises(SystemExit) as err:
+        main(_cmd(tmp_path, tmp_path / "run", "trainer.num_threads=0")[3:])
+    msg = capsys.readouterr().err
+    assert err.value.code == 2 and "trainer.batch_size" in msg and "gradient_checkpointing" in msg
+
+
+def test_resume_auto_picks_the_newest_resumable_run(tmp_path):
+    """`resume=auto` continues the newest run under outputs/<name>/ that has a valid checkpoint."""
+    base = _cmd(tmp_path, "x")
+    cmd = [c for c in base if not c.startswith("hydra.run.dir=")]
+    env = {"DGFT_TEST_KILL_AT_STEP": "5"}
+    out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env={**os.environ, **env}, timeout=600)
+    assert out.returncode == -signal.SIGKILL
+    (run,) = [p for p in (tmp_path / "outputs" / "sudoku").iterdir() if p.is_dir() and not p.is_symlink()]
+    out = subprocess.run(cmd + ["resume=auto"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"resumed from {run}" in out.stdout + out.stderr or "resumed from outputs" in out.stdout + out.stderr
+    assert json.loads((run / "train_summary.json").read_text())["steps"] == 7
