@@ -26,7 +26,8 @@ class CheckpointError(RuntimeError):
     """A checkpoint could not be written; the previous one is intact."""
 
 
-def _sha256(path: Path) -> str:
+def sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -51,7 +52,7 @@ def save(run_dir: Path, step: int, model, trainer_state: dict, extra: dict, keep
         save_weights(model, tmp)
         torch.save(trainer_state, tmp / "trainer_state.pt")
         (tmp / "extra.json").write_text(json.dumps(extra))
-        files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+        files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256(p)}
                  for p in sorted(tmp.iterdir()) if p.is_file()}
         (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=1))  # written last
         _fsync_dir(tmp)
@@ -88,7 +89,7 @@ def is_valid(ckpt: Path, verify_hashes: bool = True) -> bool:
         manifest = json.loads((ckpt / MANIFEST).read_text())
         for name, meta in manifest["files"].items():
             p = ckpt / name
-            if p.stat().st_size != meta["bytes"] or (verify_hashes and _sha256(p) != meta["sha256"]):
+            if p.stat().st_size != meta["bytes"] or (verify_hashes and sha256(p) != meta["sha256"]):
                 return False
         return True
     except (OSError, ValueError, KeyError, TypeError):

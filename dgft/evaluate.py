@@ -15,7 +15,6 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import torch
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 

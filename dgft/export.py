@@ -13,7 +13,6 @@ Example: `dgft export outputs/sudoku/<run>`, then
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -193,7 +192,7 @@ def source_hashes(run_dir: Path, rcfg, checkpoint: Path | None) -> dict[str, str
     if not tokenizer.is_dir():
         raise RunError(f"{tokenizer}: no tokenizer saved in this run")
     files += sorted(p for p in tokenizer.iterdir() if p.is_file())
-    out = {os.path.relpath(p, run_dir): _sha256(p) for p in files}
+    out = {os.path.relpath(p, run_dir): ckpt.sha256(p) for p in files}
     if lora and rcfg.model.name != "tiny":
         out["base"] = str(rcfg.model.path)
     return out
@@ -204,14 +203,6 @@ def _weight_files(path: Path) -> list[Path]:
     if not any(p.suffix == ".safetensors" for p in files):
         raise RunError(f"{path}: no .safetensors weights")
     return files
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _recorded_source(out: Path) -> dict | None:

@@ -7,7 +7,6 @@ noise scores only the masked ones, optionally weighted by 1/t (MDLM's ELBO weigh
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 
 

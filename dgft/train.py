@@ -26,7 +26,7 @@ from dgft.config import validate
 from dgft.data import TrainBatches, build_splits, records
 from dgft.loss import denoising_loss, encoder_ar_loss
 from dgft.model import (attach_lora, build_tiny, count_parameters, denoise, encode, load_pretrained, prompt_logits,
-                        torch_dtype)
+                        torch_dtype, unwrap)
 from dgft.tasks import get_task
 from dgft.tasks.sudoku.io import write_puzzles
 from dgft.tasks.sudoku.task import MASK
@@ -102,6 +102,7 @@ def train(cfg, run_dir: str | Path) -> Path:
     model.to(device)
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    vocab_size = unwrap(model).config.get_text_config().vocab_size
     trainable, total = count_parameters(model)
     params = [p for p in {id(p): p for p in model.parameters()}.values() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay, betas=(0.9, 0.98))
@@ -129,7 +130,7 @@ def train(cfg, run_dir: str | Path) -> Path:
     bar = tqdm(total=cfg.trainer.max_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
     step = start_step
     for step in range(start_step + 1, cfg.trainer.max_steps + 1):
-        micro = [_corrupt(next(batches), cfg, gen) for _ in range(cfg.trainer.grad_accum)]
+        micro = [_corrupt(next(batches), cfg, gen, vocab_size) for _ in range(cfg.trainer.grad_accum)]
         n_scored = sum(float(m["count"]) for m in micro) or 1.0
         loss_total = 0.0
         for m in micro:
@@ -205,13 +206,11 @@ def train(cfg, run_dir: str | Path) -> Path:
 
 
 # --- pieces of a step -----------------------------------------------------------------------------
-def _corrupt(batch: dict, cfg, gen) -> dict:
+def _corrupt(batch: dict, cfg, gen, vocab_size: int) -> dict:
     """Add noise level t, the corrupted canvas and the counts to a batch."""
     target, scored = batch["target"], batch["scored"]
     t = N.sample_t(target.shape[0], cfg.noise.eps, gen)
-    support = batch["choices"] if cfg.noise.support == "answer" else None
-    if support is None:
-        support = int(cfg.get("_vocab_size", 0)) or int(target.max()) + 1
+    support = batch["choices"] if cfg.noise.support == "answer" else vocab_size
     noisy, hit = N.corrupt(cfg.noise.kind, target, t, ~batch["fixed"], support, MASK, gen)
     positions = scored if cfg.noise.kind == "uniform" else scored & hit
     tokens = batch["prompt_mask"].sum() + target.numel()

@@ -1,7 +1,6 @@
 """The real entry points on a tiny model: dgft train -> eval -> export, through the CLI."""
 
 import json
-from pathlib import Path
 
 import pytest
 from transformers import AutoTokenizer, DiffusionGemmaForBlockDiffusion

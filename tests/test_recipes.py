@@ -1,6 +1,5 @@
 """Every shipped recipe and group option composes against the schema; bad overrides fail by key."""
 
-from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir

@@ -15,7 +15,6 @@ from __future__ import annotations
 import itertools
 import math
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -225,9 +224,3 @@ def equivalence_key(puzzle: np.ndarray, solution: np.ndarray) -> tuple:
     if G.side(puzzle) == 4:
         return ("4x4", canonical_form(puzzle))
     return ("9x9", G.invariant(solution))
-
-
-def load_tokenizer(run_dir: str | Path):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(run_dir))
