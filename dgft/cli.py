@@ -104,8 +104,22 @@ def main(argv: list[str] | None = None) -> None:
             print(f"dgft {command}: error: {err}", file=sys.stderr)
             sys.exit(2)
 
+    if command == "train":
+        _check_output_dir(rest)
     sys.argv = [f"dgft {command}"] + rest
     _run()
+
+
+def _check_output_dir(overrides: list[str]) -> None:
+    """Fail with the path named, before Hydra tries to create a run directory it cannot create."""
+    target = next((o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")), "outputs")
+    path = Path(target.strip("'\"")).absolute()
+    while not path.exists():
+        path = path.parent
+    if not path.is_dir():
+        sys.exit(f"dgft train: error: cannot create the run directory {target}: {path} is not a directory")
+    if not os.access(path, os.W_OK | os.X_OK):
+        sys.exit(f"dgft train: error: cannot create the run directory {target}: {path} is not writable")
 
 
 def _quote(path: str) -> str:
