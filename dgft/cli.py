@@ -31,24 +31,14 @@ def recipes_dir() -> Path:
     return path
 
 
-class OutOfMemory(RuntimeError):
-    """The device ran out of memory; the message says which settings reduce memory."""
+def _run_dir(name: str, resume) -> str:
+    """Hydra resolver for the run dir; an impossible resume=auto ends with the message, not a traceback."""
+    from dgft.runs import RunError, run_dir_for
 
-
-def run_dir_for(name: str, resume) -> str:
-    """Hydra's run dir: a new timestamped dir, or (resume=RUN / resume=auto) the run being continued."""
-    import time
-
-    from dgft.checkpoint import latest_valid
-
-    if resume in (None, "", "None"):
-        return f"outputs/{name}/{time.strftime('%Y-%m-%d_%H-%M-%S')}"
-    if resume != "auto":
-        return str(resume)
-    runs = [p for p in sorted(Path("outputs", name).glob("20*")) if p.is_dir() and latest_valid(p) is not None]
-    if not runs:
-        sys.exit(f"dgft train: resume=auto: no run with a valid checkpoint under outputs/{name}/")
-    return str(runs[-1])
+    try:
+        return run_dir_for(name, resume)
+    except RunError as err:
+        sys.exit(f"dgft train: error: {err}")
 
 
 def _known_errors():
@@ -57,6 +47,7 @@ def _known_errors():
     from dgft.model import ModelLoadError
     from dgft.runs import RunError
     from dgft.tasks.sudoku.io import PuzzleFileError
+    from dgft.train import OutOfMemory
 
     return (ConfigError, ModelLoadError, RunError, PuzzleFileError, CheckpointError, OutOfMemory)
 
@@ -80,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     from omegaconf import OmegaConf
 
     if not OmegaConf.has_resolver("dgft_run_dir"):
-        OmegaConf.register_new_resolver("dgft_run_dir", run_dir_for, use_cache=True)
+        OmegaConf.register_new_resolver("dgft_run_dir", _run_dir, use_cache=True)
     errors = _known_errors()
 
     @hydra.main(config_path=str(recipes_dir()), config_name=command, version_base="1.3")

@@ -19,6 +19,23 @@ class RunError(RuntimeError):
     """A run directory that is missing something; the message names the path."""
 
 
+def run_dir_for(name: str, resume) -> str:
+    """Where a training run writes: a new outputs/<name>/<timestamp>, or (resume=RUN / resume=auto) the run
+    being continued; `auto` is the newest run under outputs/<name>/ with a valid checkpoint."""
+    import time
+
+    from dgft.checkpoint import latest_valid
+
+    if resume in (None, "", "None"):
+        return f"outputs/{name}/{time.strftime('%Y-%m-%d_%H-%M-%S')}"
+    if resume != "auto":
+        return str(resume)
+    runs = [p for p in sorted(Path("outputs", name).glob("20*")) if p.is_dir() and latest_valid(p) is not None]
+    if not runs:
+        raise RunError(f"resume=auto: no run with a valid checkpoint under outputs/{name}/")
+    return str(runs[-1])
+
+
 def load_config(run_dir: str | Path):
     path = Path(run_dir) / "config.yaml"
     if not path.exists():

@@ -32,6 +32,10 @@ from dgft.tasks.sudoku.io import write_puzzles
 from dgft.tasks.sudoku.task import MASK
 
 
+class OutOfMemory(RuntimeError):
+    """The device ran out of memory; the message says which settings reduce memory."""
+
+
 _KILL_AT_STEP = int(os.environ.get("DGFT_TEST_KILL_AT_STEP", "0") or 0)
 
 
@@ -66,7 +70,7 @@ def train(cfg, run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     resume_from = None
     if cfg.resume:
-        from dgft.cli import run_dir_for
+        from dgft.runs import run_dir_for
 
         run_dir = Path(run_dir_for(cfg.name, cfg.resume))  # the run being continued, whatever hydra.run.dir says
         cfg, resume_from = _resume_target(cfg, run_dir)
@@ -139,8 +143,6 @@ def train(cfg, run_dir: str | Path) -> Path:
                     loss_sum, extra = _loss(model, m, cfg, gen, device)
                 (loss_sum / n_scored + extra).backward()
             except torch.OutOfMemoryError as err:
-                from dgft.cli import OutOfMemory
-
                 raise OutOfMemory(
                     f"out of {device.type} memory at step {step} (batch {cfg.trainer.batch_size}). Lower "
                     f"trainer.batch_size (and raise trainer.grad_accum to keep the effective batch), set "
@@ -304,11 +306,11 @@ def _resume_target(cfg, run_dir: Path):
 
     if not (run_dir / "config.yaml").exists():
         raise ConfigError(f"resume={cfg.resume}: {run_dir} holds no config.yaml; nothing to resume")
-    saved = OmegaConf.merge(OmegaConf.structured(type(OmegaConf.to_object(cfg))),
-                            OmegaConf.load(run_dir / "config.yaml"))
+    from dgft.config import TrainRecipe
+
+    saved = OmegaConf.merge(OmegaConf.structured(TrainRecipe), OmegaConf.load(run_dir / "config.yaml"))
     saved.resume = cfg.resume
-    if cfg.trainer.max_steps != saved.trainer.max_steps:  # the one setting a resume may change
-        saved.trainer.max_steps = cfg.trainer.max_steps
+    saved.trainer.max_steps = cfg.trainer.max_steps  # the one setting a resume may change
     last = ckpt.latest_valid(run_dir)
     if last is None:
         raise ConfigError(f"resume={cfg.resume}: {run_dir}/checkpoints holds no valid checkpoint")
@@ -342,9 +344,7 @@ def _restore(path: Path, model, opt, sched, batches, gen, cfg) -> int:
     batches.load_state_dict(extra["data"])
     version, internal, gauss = extra["python_rng"]
     random.setstate((version, tuple(internal), gauss))
-    np_state = extra["numpy_rng"]
-    np_state["state"] = {k: v for k, v in np_state["state"].items()}
-    np.random.set_state(np_state)
+    np.random.set_state(extra["numpy_rng"])
     return int(extra["step"])
 
 
