@@ -1,0 +1,190 @@
+"""Load a DiffusionGemma checkpoint shard by shard, tensor by tensor, straight into (4-bit) device memory.
+
+One job: turn a directory of safetensors shards into a model on the GPU without a bf16 copy of the
+model anywhere. The skeleton is built on the meta device; each checkpoint tensor is read lazily from its
+shard (expert stacks one expert at a time), moved to the device and, for 4-bit slots, quantized there;
+tied names (the encoder and decoder share every text weight) get the one tensor. Host memory holds at
+most one tensor (one expert for expert stacks); device memory never holds more than one bf16 expert
+matrix beyond the 4-bit model.
+
+`random_source` gives the same code path random weights, for measuring the real architecture where the
+released weights cannot be downloaded (bench/qlora_memory.py).
+
+Example: `model = load_streaming("/models/diffusiongemma-26B-A4B-it", quantize="nf4", device="cuda")`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dgft import quant
+
+
+class StreamLoadError(RuntimeError):
+    """The checkpoint does not match the model; the message names the file and tensor."""
+
+
+def skeleton(config):
+    """The model with every weight on the meta device (buffers real, on the CPU)."""
+    from accelerate import init_empty_weights
+    from transformers import DiffusionGemmaForBlockDiffusion
+
+    with init_empty_weights(include_buffers=False):
+        model = DiffusionGemmaForBlockDiffusion(config)
+    model.tie_weights()  # post_init skips the encoder/decoder tie on meta weights
+    return model
+
+
+def shard_files(path: Path) -> list[Path]:
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (ValueError, KeyError) as err:
+            raise StreamLoadError(f"{index}: not a safetensors index ({err})") from err
+        return [path / name for name in sorted(set(weight_map.values()))]
+    single = path / "model.safetensors"
+    if single.exists():
+        return [single]
+    raise StreamLoadError(f"{path}: no model.safetensors or model.safetensors.index.json")
+
+
+class _Lazy:
+    """A safetensors slice that reads one index (one expert) or everything on demand."""
+
+    def __init__(self, handle, name):
+        self._slice = handle.get_slice(name)
+        self.shape = tuple(self._slice.get_shape())
+
+    def __getitem__(self, item):
+        return self._slice[item]
+
+
+def iter_checkpoint(path: Path):
+    """(shard file, tensor name, lazy source) for every tensor of every shard, one shard open at a time."""
+    from safetensors import safe_open
+
+    for file in shard_files(path):
+        with safe_open(str(file), framework="pt", device="cpu") as handle:
+            for name in handle.keys():
+                yield file, name, _Lazy(handle, name)
+
+
+def _aliases(model) -> dict[str, list[tuple[nn.Module, str]]]:
+    """Every name of every parameter -> all (module, attribute) that hold that same parameter."""
+    holders = defaultdict(list)
+    names = defaultdict(list)
+    for module_name, module in model.named_modules(remove_duplicate=False):
+        for attr, param in module._parameters.items():
+            if param is None:
+                continue
+            holders[id(param)].append((module, attr))
+            names[id(param)].append(f"{module_name}.{attr}" if module_name else attr)
+    return {name: holders[key] for key, group in names.items() for name in group}
+
+
+def _buffers(model) -> dict[str, list[tuple[nn.Module, str]]]:
+    """Every name of every buffer -> all (module, key) holding it (a checkpoint may carry buffers)."""
+    found = defaultdict(list)
+    for module_name, module in model.named_modules(remove_duplicate=False):
+        for key, buf in module._buffers.items():
+            if buf is not None:
+                found[f"{module_name}.{key}" if module_name else key].append((module, key))
+    return found
+
+
+def _is_vision(name: str) -> bool:
+    return ".vision_tower." in name or ".embed_vision." in name
+
+
+class Loader:
+    """Places named tensors into a meta skeleton; `finish()` checks nothing was left out."""
+
+    def __init__(self, config, quantize: str = "nf4", device="cuda", dtype=torch.bfloat16, vision_device="cpu",
+                 group_size: int = 16):
+        self.model = skeleton(config)
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.vision_device = torch.device(vision_device)
+        self.slots = quant.make_slots(self.model, self.device, dtype, group_size) if quantize == "nf4" else {}
+        self.aliases = _aliases(self.model)
+        self.buffers = _buffers(self.model)
+        self.done: set[str] = set()
+
+    def place(self, name: str, source, where: str = "") -> None:
+        if quant.place(self.slots, name, source, self.device):
+            self.done.add(name)
+            return
+        if name in self.buffers:
+            tensor = source if torch.is_tensor(source) else source[:]
+            for module, key in self.buffers[name]:
+                module._buffers[key] = tensor.to(module._buffers[key].dtype)
+            self.done.add(name)
+            return
+        holders = self.aliases.get(name)
+        if holders is None:
+            raise StreamLoadError(f"{where}{name}: tensor not in the model (shape {tuple(source.shape)})")
+        tensor = source if torch.is_tensor(source) else source[:]
+        device = self.vision_device if _is_vision(name) else self.device
+        module, attr = holders[0]
+        old = module._parameters[attr]
+        if old is not None and tuple(old.shape) != tuple(tensor.shape):
+            raise StreamLoadError(f"{where}{name}: shape {tuple(tensor.shape)}, model expects {tuple(old.shape)}")
+        dtype = self.dtype if tensor.is_floating_point() else tensor.dtype
+        param = nn.Parameter(tensor.to(device, dtype), requires_grad=False)
+        for module, attr in holders:
+            module._parameters[attr] = param
+        self.done.add(name)
+
+    def finish(self):
+        """Buffers to their devices; error naming any weight that never arrived."""
+        missing = sorted({n for n, p in self.model.named_parameters() if p.is_meta})
+        for m in set(self.slots.values()):
+            if isinstance(m, quant.NF4Experts):
+                for stack_name in ("gate_up", "down"):
+                    stack = getattr(m, stack_name)
+                    if not bool(stack.filled.all()):
+                        missing.append(f"experts.{stack_name} ({int((~stack.filled).sum())} experts unfilled)")
+        if missing:
+            shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+            raise StreamLoadError(f"checkpoint lacks {len(missing)} weight(s): {shown}")
+        for name, module in self.model.named_modules():
+            for key, buf in module._buffers.items():
+                if buf is not None and not isinstance(module, quant.NF4Stack):
+                    module._buffers[key] = buf.to(self.vision_device if _is_vision(name) else self.device)
+        self.model.eval()
+        return self.model
+
+
+def load_streaming(path, quantize: str = "nf4", device="cuda", dtype=torch.bfloat16, group_size: int = 16):
+    """A DiffusionGemma from a local checkpoint dir, streamed shard by shard (4-bit if quantize="nf4")."""
+    from transformers import DiffusionGemmaConfig
+
+    path = Path(path).expanduser()
+    try:
+        config = DiffusionGemmaConfig.from_pretrained(str(path))
+    except (OSError, ValueError) as err:
+        raise StreamLoadError(f"{path}: no readable DiffusionGemma config.json ({err})") from err
+    loader = Loader(config, quantize, device, dtype, group_size=group_size)
+    for file, name, source in iter_checkpoint(path):
+        loader.place(name, source, where=f"{file.name}: ")
+    return loader.finish()
+
+
+def random_source(shape, device, generator=None, std: float = 0.02, dtype=torch.bfloat16):
+    """Random weights created directly on `device`; expert stacks are generated one expert at a time."""
+
+    class _Random:
+        def __init__(self):
+            self.shape = tuple(shape)
+
+        def __getitem__(self, item):
+            sub = self.shape[1:] if isinstance(item, int) else self.shape
+            return (torch.randn(sub, device=device, generator=generator, dtype=torch.float32) * std).to(dtype)
+
+    return _Random()
