@@ -1,0 +1,355 @@
+"""Run an untrusted Python program in a sandbox and return a verdict; the machine is left as it was.
+
+Example: `run_program("print(1 + 1)")` -> Verdict(status="passed", stdout="2\\n", ...);
+`run_program("while True: pass", timeout_s=1)` -> Verdict(status="timeout", ...).
+
+Each program gets a fresh interpreter (`python -I -S -B`, minimal environment, stdin /dev/null) in a session
+and process group of its own and a fresh temporary directory, removed afterwards. The layers, and who
+enforces them (`Verdict.isolation` names those that held for a run):
+
+- Always, by the kernel or this process: wall-clock timeout (SIGKILL); RLIMIT_CPU, RLIMIT_AS (memory),
+  RLIMIT_FSIZE, RLIMIT_NOFILE, RLIMIT_CORE = 0; output read to the end but kept only up to
+  `max_output_bytes`; at the end SIGKILL to its process group, to every process of its user id and to every
+  process whose command line holds its directory's name (forks that left the group), repeated until none
+  is left, and only then is the first process reaped.
+- With namespaces ("namespaces", the default where the kernel allows; as root directly, otherwise inside
+  a user namespace), by the kernel: new pid namespace (the first process's end kills everything it
+  started), network namespace (no interface but a loopback that is down), IPC and UTS namespaces, and a
+  mount namespace chrooted into a read-only tmpfs that holds only read-only binds of the interpreter's
+  directories and /usr plus /dev/null, /dev/zero, /dev/urandom: the user's files are not there to read,
+  write or delete. Its directory is a private tmpfs of `disk_mb`. `no_new_privs` is set.
+- As root, by the kernel: a user id of its own (FIRST_UID + pid, owning nothing), under which
+  RLIMIT_NPROC holds (root is exempt from it). Without namespaces this needs the interpreter's
+  directories to be readable by others; a user namespace gets the same limit counted inside it.
+- Unless `guard=False`, by Python: an audit hook (PEP 578) that refuses sockets, subprocesses, exec,
+  spawn, os.system, ctypes, writes/deletes/renames/chmods outside its directory, reads outside it and the
+  interpreter, signals to processes outside its group, and forks beyond `max_processes - 1` (forked
+  children may not fork again). It is the only guard of files and network under "process" isolation, and
+  it is not a security boundary: code that means harm can get round it (`_posixsubprocess`, `os.open`
+  relative to a directory descriptor, tampering with the hook's state through introspection). Hence the
+  kernel layers come first.
+
+Linux only. Under "process" isolation, killed forks become zombies of init until it reaps them. The
+program's side of all this is `dgft/sandbox_child.py`.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import math
+import os
+import selectors
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+CHILD_PATH = Path(__file__).with_name("sandbox_child.py")
+FIRST_UID = 200_000_000  # sandbox user ids are FIRST_UID + the boot process's pid: unused, unique while it runs
+STATUSES = ("passed", "failed", "timeout", "oom", "killed", "error")
+
+
+@dataclass
+class Verdict:
+    """How a program ended. `status`: passed (ran to its last line, exit 0), failed (exception, non-zero
+    exit, or exit before the end), timeout (wall or CPU limit), oom (memory limit), killed (another signal),
+    error (the sandbox could not be set up: nothing of the program ran)."""
+
+    status: str
+    returncode: int | None
+    stdout: str
+    stderr: str
+    stdout_truncated: bool
+    stderr_truncated: bool
+    wall_s: float
+    completed: bool  # the program's last line ran
+    detail: str  # one line on why: "wall-clock limit of 1 s", the exception's last line, ...
+    isolation: str  # layers that held, e.g. "namespaces uid hook" or "process hook"
+    pgid: int  # its process group (for checks that nothing survived)
+    uid: int | None  # its own user id, when it had one
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+
+def run_program(source: str, *, timeout_s: float = 3.0, memory_mb: int = 1024, file_size_mb: int = 16,
+                disk_mb: int = 64, max_processes: int = 16, max_open_files: int = 64,
+                max_output_bytes: int = 64 * 1024, isolation: str = "auto", guard: bool = True,
+                workroot: str | None = None) -> Verdict:
+    """Run `source` as `__main__` in a sandbox; never raises for anything the program does.
+
+    `memory_mb` is address space (Python itself takes about 30 MB); `disk_mb` is the size of the program's
+    directory with namespaces (without, only `file_size_mb` per file holds); output beyond
+    `max_output_bytes` per stream is read and dropped, keeping the head and the last 4 KiB. `isolation`:
+    "auto" (namespaces when the kernel allows), "namespaces" (status error when it does not) or "process".
+    `guard=False` leaves out the audit hook (to test the kernel layers alone). `workroot`: where the
+    temporary directory goes (default: the system's).
+    """
+    if isolation not in ("auto", "namespaces", "process"):
+        raise ValueError(f"isolation={isolation!r}: expected auto, namespaces or process")
+    if isolation == "auto":
+        isolation = "namespaces" if namespaces_available() else "process"
+    tmp = tempfile.mkdtemp(prefix="dgft-sandbox-", dir=workroot)
+    workdir, root = os.path.join(tmp, "work"), os.path.join(tmp, "root")
+    os.mkdir(workdir)
+    os.mkdir(root)
+    Path(workdir, "program.py").write_text(source, encoding="utf-8")
+    read_roots = interpreter_paths()
+    own_uid = os.geteuid() == 0 and (isolation == "namespaces" or readable_by_others(read_roots))
+    token = os.path.basename(tmp)  # on every sandbox process's command line, for the final sweep
+    status_r, status_w = os.pipe()
+    cfg = {"status_fd": status_w, "isolation": isolation, "workdir": workdir, "root": root, "token": token,
+           "read_roots": read_roots, "first_uid": FIRST_UID if own_uid else None, "guard": guard,
+           "memory_mb": memory_mb, "file_size_mb": file_size_mb, "disk_mb": disk_mb,
+           "max_processes": max_processes, "max_open_files": max_open_files,
+           "cpu_s": max(1, math.ceil(timeout_s)) + 1}
+    argv = [sys.executable, "-I", "-S", "-B", str(CHILD_PATH), "boot", json.dumps(cfg)]
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+    start = time.monotonic()
+    proc, uid = None, None
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=env, cwd=workdir, start_new_session=True, pass_fds=(status_w,))
+        os.close(status_w)
+        status_w = -1
+        uid = FIRST_UID + proc.pid if own_uid else None  # what the boot stage computes from its own pid
+        out, err, timed_out = collect(proc, start + timeout_s, max_output_bytes,
+                                      cleanup=lambda: kill_all(proc.pid, uid, token))
+    finally:
+        if status_w >= 0:
+            os.close(status_w)
+        if proc is not None:
+            kill_all(proc.pid, uid, token)
+            proc.wait()
+            proc.stdout.close()
+            proc.stderr.close()
+        status = read_all(status_r)
+        remove_tree(tmp)
+    wall = time.monotonic() - start
+    verdict = judge(proc.returncode, status, out, err, timed_out, timeout_s, cfg["cpu_s"])
+    return Verdict(**verdict, stdout=out.text(), stderr=err.text(), stdout_truncated=out.truncated,
+                   stderr_truncated=err.truncated, wall_s=wall, pgid=proc.pid, uid=uid,
+                   isolation=verdict_isolation(status, guard))
+
+
+def collect(proc, deadline, cap, cleanup):
+    """Read both streams until the first process has ended and they are closed, or the deadline passes
+    -> (stdout, stderr, timed_out). Once the first process has ended, `cleanup` kills what it left behind,
+    while the unreaped process still holds its pid (so neither its group id nor its user id can be reused)."""
+    out, err = Capture(cap), Capture(cap)
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ, out)
+    sel.register(proc.stderr, selectors.EVENT_READ, err)
+    ended = False
+    while True:
+        if not ended and exited(proc.pid):
+            ended = True
+            cleanup()
+            deadline = min(deadline, time.monotonic() + 1.0)  # a stray holder of the pipes cannot stall us
+        now = time.monotonic()
+        if (ended and not sel.get_map()) or now >= deadline:
+            break
+        if not sel.get_map():  # it closed both streams and runs on
+            time.sleep(min(0.02, deadline - now))
+        for key, _ in sel.select(timeout=min(0.05, deadline - now)) if sel.get_map() else ():
+            chunk = os.read(key.fd, 65536)
+            if chunk:
+                key.data.feed(chunk)
+            else:
+                sel.unregister(key.fileobj)
+    sel.close()
+    return out, err, not ended
+
+
+def exited(pid: int) -> bool:
+    """Whether our child `pid` has ended, without reaping it."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
+
+
+class Capture:
+    """One output stream: its first `cap` bytes and its last 4 KiB, with the total seen."""
+
+    TAIL = 4096
+
+    def __init__(self, cap: int):
+        self.cap, self.head, self.tail, self.total = cap, bytearray(), collections.deque(maxlen=self.TAIL), 0
+
+    def feed(self, chunk: bytes):
+        self.total += len(chunk)
+        if len(self.head) < self.cap:
+            self.head += chunk[: self.cap - len(self.head)]
+        self.tail.extend(chunk[-self.TAIL:])
+
+    @property
+    def truncated(self) -> bool:
+        return self.total > self.cap
+
+    def text(self) -> str:
+        head = self.head.decode("utf-8", "replace")
+        if not self.truncated:
+            return head
+        shown = min(self.TAIL, self.total - self.cap)
+        tail = bytes(self.tail)[-shown:].decode("utf-8", "replace")
+        return f"{head}\n[... {self.total - self.cap - shown} bytes cut ...]\n{tail}"
+
+
+def judge(returncode, status, out, err, timed_out, timeout_s, cpu_s) -> dict:
+    """status, returncode, completed and detail of a run, from its end and its status-pipe lines."""
+    lines = status.splitlines()
+    signal_line = next((line for line in lines if line.startswith("signal ")), None)
+    if signal_line:  # the namespace's first process died of this signal (the boot stage exits 128 + n)
+        returncode = -int(signal_line.split()[1])
+    error = next((line[len("error "):] for line in lines if line.startswith("error ")), None)
+    completed = "completed" in lines
+    last = next((line for line in reversed(err.text().splitlines()) if line.strip()), "")
+    if error is not None and not completed:
+        status_, detail = "error", f"sandbox set-up failed: {error}"
+    elif timed_out:
+        status_, detail = "timeout", f"wall-clock limit of {timeout_s:g} s"
+    elif returncode == -signal.SIGXCPU:
+        status_, detail = "timeout", f"CPU limit of {cpu_s} s"
+    elif returncode == 0 and completed:
+        status_, detail = "passed", ""
+    elif last.startswith("MemoryError"):
+        status_, detail = "oom", last
+    elif returncode < 0:
+        status_, detail = "killed", f"signal {signal.Signals(-returncode).name}"
+    elif returncode == 0:
+        status_, detail = "failed", "exited with status 0 before its last line (os._exit or sys.exit)"
+    else:
+        status_, detail = "failed", last or f"exit status {returncode}"
+    return {"status": status_, "returncode": returncode, "completed": completed, "detail": detail}
+
+
+def verdict_isolation(status: str, guard: bool) -> str:
+    line = next((line for line in status.splitlines() if line.startswith("isolation ")), "isolation none")
+    return line[len("isolation "):] + (" hook" if guard else "")
+
+
+# --- cleanup -----------------------------------------------------------------------------------------
+
+
+def kill_all(pgid: int, uid: int | None, token: str):
+    """SIGKILL the process group, every process of `uid` and every process whose command line holds
+    `token` (forks of the sandbox's interpreters that left the group), until none is left."""
+    for _ in range(50):
+        victims = sandbox_processes(pgid, uid, token)
+        if not victims:
+            return
+        for pid in victims:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if _alive_group(pgid):
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.01)
+
+
+def sandbox_processes(pgid: int, uid: int | None, token: str, include_zombies: bool = False) -> list[int]:
+    """Live processes that belong to a sandbox run (its group, its uid, or its token on the command line)."""
+    found = []
+    me = os.getpid()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            stat_fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+            state, pg = stat_fields[0], int(stat_fields[2])
+            if state == "Z" and not include_zombies:
+                continue
+            owner = os.stat(entry.path).st_uid
+            hit = pg == pgid or (uid is not None and owner == uid)
+            if not hit:
+                hit = token.encode() in Path(entry.path, "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if hit:
+            found.append(int(entry.name))
+    return found
+
+
+def _alive_group(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def read_all(fd: int) -> str:
+    """Whatever the stages wrote on the status pipe (non-blocking: a stray holder cannot stall us)."""
+    os.set_blocking(fd, False)
+    chunks = []
+    try:
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+def remove_tree(path: str):
+    """rmtree that also removes what a program left read-only."""
+    def force(func, target, _):
+        try:
+            os.chmod(os.path.dirname(target), 0o700)
+            os.chmod(target, 0o700)
+            func(target)
+        except OSError:
+            pass
+
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=force)
+    else:
+        shutil.rmtree(path, onerror=force)
+
+
+# --- environment -------------------------------------------------------------------------------------
+
+
+def interpreter_paths() -> list[str]:
+    """Directories the program may read: the interpreter's prefixes and /usr (shared libraries, time zones)."""
+    paths = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)} | {"/usr"}
+    return sorted(p for p in paths if os.path.isdir(p))
+
+
+def readable_by_others(paths: list[str]) -> bool:
+    """Whether a user that owns nothing can reach and read each of `paths` (every parent searchable)."""
+    for path in paths:
+        parts = Path(path).parts
+        for i in range(1, len(parts) + 1):
+            mode = os.stat(os.path.join(*parts[:i])).st_mode
+            if not (mode & stat.S_IXOTH and mode & stat.S_IROTH):
+                return False
+    return True
+
+
+_NAMESPACES: bool | None = None
+
+
+def namespaces_available() -> bool:
+    """Whether this kernel lets us enter the namespaces (probed once by running an empty program)."""
+    global _NAMESPACES
+    if _NAMESPACES is None:
+        _NAMESPACES = sys.platform == "linux" and run_program("", isolation="namespaces", timeout_s=10).passed
+    return _NAMESPACES

@@ -1,0 +1,1 @@
+"""Code infilling: HumanEval-Infilling problems, executed in `dgft.sandbox` (`humaneval.py`)."""

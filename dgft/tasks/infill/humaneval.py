@@ -1,0 +1,172 @@
+"""HumanEval-Infilling: read its files, run candidate middles in the sandbox, count passes, pass@k.
+
+A problem file (`.jsonl` or `.jsonl.gz`) has one JSON object a line with `task_id, entry_point, prompt,
+suffix, canonical_solution, test`; a sample file (upstream's `example_samples.jsonl` format) has
+`task_id, completion`. A middle passes when this program, upstream's layout, runs to its last line in
+`dgft.sandbox` within 3 s (upstream's timeout):
+
+    prompt + middle + suffix + "\\n" + test + "\\n" + f"check({entry_point})"
+
+Example: the problem {"prompt": "def return1():\\n", "suffix": "1", "test": "def check(candidate):\\n
+    assert candidate() == 1", "entry_point": "return1", ...} passes the middle "    return " and fails
+"    return 1" (it reads `return 11`). Bad lines stop with `file:line: problem`, never a bare traceback.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import zlib
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from dgft.sandbox import run_program
+
+PROBLEM_KEYS = ("task_id", "entry_point", "prompt", "suffix", "canonical_solution", "test")
+SAMPLE_KEYS = ("task_id", "completion")
+TIMEOUT_S = 3.0  # upstream's per-program timeout
+
+
+class InfillFileError(ValueError):
+    """A problem or sample file cannot be read; the message starts with "file:line:" or "file:"."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    task_id: str
+    entry_point: str
+    prompt: str
+    suffix: str
+    canonical_solution: str
+    test: str
+    source: str = ""  # "file:line"
+
+
+@dataclass(frozen=True)
+class Sample:
+    task_id: str
+    completion: str
+    source: str = ""  # "file:line"
+
+
+# --- files -------------------------------------------------------------------------------------------
+
+
+def read_problems(path: str | Path) -> dict[str, Problem]:
+    """task_id -> Problem, in file order. Missing keys, non-string values, duplicate ids: InfillFileError."""
+    problems: dict[str, Problem] = {}
+    for where, record in _records(path, PROBLEM_KEYS):
+        if record["task_id"] in problems:
+            raise InfillFileError(f"{where}: task_id {record['task_id']!r} already at "
+                                  f"{problems[record['task_id']].source}")
+        problems[record["task_id"]] = Problem(**{k: record[k] for k in PROBLEM_KEYS}, source=where)
+    if not problems:
+        raise InfillFileError(f"{path}: no problems")
+    return problems
+
+
+def read_samples(path: str | Path) -> list[Sample]:
+    """Samples in file order (several per task_id for pass@k)."""
+    samples = [Sample(record["task_id"], record["completion"], where)
+               for where, record in _records(path, SAMPLE_KEYS)]
+    if not samples:
+        raise InfillFileError(f"{path}: no samples")
+    return samples
+
+
+def _records(path, keys):
+    """("file:line", object) for each non-blank line, every key in `keys` present and a string."""
+    path = Path(path)
+    if not (path.name.endswith(".jsonl") or path.name.endswith(".jsonl.gz")):
+        raise InfillFileError(f"{path}: expected a .jsonl or .jsonl.gz file")
+    opener = gzip.open if path.name.endswith(".gz") else open
+    lineno = 0
+    try:
+        with opener(path, "rb") as f:
+            for lineno, raw in enumerate(f, start=1):
+                where = f"{path}:{lineno}"
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise InfillFileError(f"{where}: not UTF-8 ({e.reason} at byte {e.start})") from None
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise InfillFileError(f"{where}: bad JSON: {e.msg} at column {e.colno}") from None
+                if not isinstance(record, dict):
+                    raise InfillFileError(f"{where}: expected a JSON object, got {type(record).__name__}")
+                missing = [k for k in keys if k not in record]
+                if missing:
+                    raise InfillFileError(f"{where}: missing key{'s' * (len(missing) > 1)} "
+                                          + ", ".join(map(repr, missing)))
+                for k in keys:
+                    if not isinstance(record[k], str):
+                        raise InfillFileError(f"{where}: {k!r} must be a string, got {type(record[k]).__name__}")
+                yield where, record
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise InfillFileError(f"{path}:{lineno + 1}: broken gzip data ({e})") from None
+    except OSError as e:
+        raise InfillFileError(f"{path}: {e.strerror or e}") from None
+
+
+# --- scoring -----------------------------------------------------------------------------------------
+
+
+def program(problem: Problem, middle: str) -> str:
+    """The program that checks `middle` (upstream's layout)."""
+    return problem.prompt + middle + problem.suffix + "\n" + problem.test + "\n" + f"check({problem.entry_point})"
+
+
+def exact_match(middle: str, canonical: str) -> bool:
+    """Equal up to trailing whitespace on each line and trailing blank lines (indentation counts)."""
+    def norm(text):
+        return "\n".join(line.rstrip() for line in text.rstrip().splitlines())
+    return norm(middle) == norm(canonical)
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c pass: 1 - C(n-c, k) / C(n, k) (Chen et al. 2021)."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass_at_k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def evaluate_samples(problems: dict[str, Problem], samples: list[Sample], ks=(1, 10, 100), workers: int = 2,
+                     timeout_s: float = TIMEOUT_S, **sandbox) -> dict:
+    """Run every sample in the sandbox, `workers` at a time -> summary and per-sample results.
+
+    Threads are enough for the pool: each sample runs in its own sandboxed process, the thread only waits.
+    pass@k is the mean over attempted tasks, reported for each k that every attempted task has n >= k
+    (as upstream); `missing` lists problems without a sample (none are scored for them).
+    """
+    for s in samples:
+        if s.task_id not in problems:
+            raise InfillFileError(f"{s.source or 'sample'}: task_id {s.task_id!r} is not a problem of this set")
+
+    def run(s):
+        return run_program(program(problems[s.task_id], s.completion), timeout_s=timeout_s, **sandbox)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        verdicts = list(pool.map(run, samples))
+    results = [{"task_id": s.task_id, "source": s.source, "status": v.status, "passed": v.passed,
+                "detail": v.detail, "exact": exact_match(s.completion, problems[s.task_id].canonical_solution),
+                "wall_s": round(v.wall_s, 3)} for s, v in zip(samples, verdicts)]
+    n, c = Counter(), Counter()
+    for r in results:
+        n[r["task_id"]] += 1
+        c[r["task_id"]] += r["passed"]
+    pass_k = {f"pass@{k}": sum(pass_at_k(n[t], c[t], k) for t in n) / len(n)
+              for k in ks if n and all(n[t] >= k for t in n)}
+    return {"samples": len(samples), "tasks": len(n), **pass_k,
+            "exact_match": sum(r["exact"] for r in results) / max(1, len(results)),
+            "statuses": dict(Counter(r["status"] for r in results)),
+            "missing": [t for t in problems if t not in n],
+            "per_task": {t: {"n": n[t], "c": c[t]} for t in n}, "results": results,
+            "isolation": verdicts[0].isolation if verdicts else ""}

@@ -1,0 +1,233 @@
+"""The sandbox against hostile programs: each ends with a verdict and leaves the machine as it was.
+
+Every run is checked the same way (`after`): no process of its group, user id or temporary directory is
+alive, the canary file outside the sandbox is unchanged, nothing new appeared beside it or at the escape
+path in /tmp, and the sandbox's temporary directory is gone. Each program runs with all layers
+(`full`, namespaces when the kernel allows), with the audit hook and no namespaces (`hook`), and where it
+is safe to try, with the kernel layers alone (`kernel`: namespaces, no hook).
+"""
+
+import os
+import socket
+import uuid
+
+import pytest
+
+from dgft.sandbox import STATUSES, Capture, namespaces_available, run_program, sandbox_processes
+
+NS = namespaces_available()
+needs_ns = pytest.mark.skipif(not NS, reason="this kernel refuses the namespaces")
+MODES = {"full": {"isolation": "auto"}, "hook": {"isolation": "process"},
+         "kernel": {"isolation": "namespaces", "guard": False},
+         "bare": {"isolation": "process", "guard": False}}  # only the final sweep: for harmless programs
+
+
+@pytest.fixture
+def box(tmp_path, request):
+    """Runs a program in the test's `mode` with `{canary}`, `{home}` and `{escape}` filled in, then checks
+    the machine."""
+    mode = request.node.callspec.params["mode"]
+    home = tmp_path / "home"
+    home.mkdir()
+    canary = home / "canary.txt"
+    canary.write_text("keep me\n")
+    before = canary.stat()
+    escape = f"/tmp/dgft-escape-{uuid.uuid4().hex}"
+    workroot = tmp_path / "work"
+    workroot.mkdir()
+
+    def run(source, **kw):
+        source = source.format(canary=str(canary), home=str(home), escape=escape)
+        v = run_program(source, workroot=str(workroot), **MODES[mode], **kw)
+        assert v.status in STATUSES and v.status != "error", v
+        left = sandbox_processes(v.pgid, v.uid, str(workroot))
+        assert left == [], f"processes left behind: {left}"
+        assert canary.read_text() == "keep me\n" and canary.stat().st_mtime_ns == before.st_mtime_ns
+        assert sorted(p.name for p in home.iterdir()) == ["canary.txt"]
+        assert not os.path.exists(escape)
+        assert list(workroot.iterdir()) == [], "the sandbox's directory was not removed"
+        return v
+
+    yield run
+    if os.path.exists(escape):  # a failed test must not leave it behind either
+        os.remove(escape)
+
+
+def modes(*names):
+    return pytest.mark.parametrize("mode", [pytest.param(m, marks=needs_ns) if m in ("full", "kernel") else m
+                                            for m in names])
+
+
+# --- ordinary programs -----------------------------------------------------------------------------
+
+
+@modes("full", "hook")
+def test_a_program_runs_and_its_output_comes_back(box, mode):
+    v = box("import math, hashlib\nprint(math.comb(5, 2), hashlib.md5(b'a').hexdigest()[:6])")
+    assert v.status == "passed" and v.completed and v.returncode == 0
+    assert v.stdout == "10 0cc175\n" and not v.stdout_truncated
+    assert ("namespaces" in v.isolation) == (mode == "full") and "hook" in v.isolation
+
+
+@modes("full", "hook")
+def test_an_exception_fails_with_its_last_line(box, mode):
+    v = box("def f():\n    assert 1 == 2, 'no'\nf()")
+    assert v.status == "failed" and v.returncode == 1 and v.detail == "AssertionError: no"
+    assert 'File "program.py", line 2, in f' in v.stderr
+
+
+@modes("full", "kernel")
+def test_the_limits_are_set_inside(box, mode):
+    v = box("import os, resource as r\n"
+            "print(*[r.getrlimit(k)[1] for k in (r.RLIMIT_AS, r.RLIMIT_FSIZE, r.RLIMIT_NPROC, r.RLIMIT_CORE)])\n"
+            "print(os.getuid() != 0 or 'root', os.getcwd())", memory_mb=300, file_size_mb=2, max_processes=9)
+    limits, ident = v.stdout.splitlines()
+    assert limits == f"{300 * 2**20} {2 * 2**20} 9 0"
+    assert ident == "True /sandbox"
+
+
+# --- hostile programs ------------------------------------------------------------------------------
+
+
+@modes("full", "hook")
+def test_infinite_loop_times_out(box, mode):
+    v = box("while True:\n    pass", timeout_s=1)
+    assert v.status == "timeout" and "wall-clock" in v.detail and 1 <= v.wall_s < 3
+
+
+@modes("full", "hook")
+def test_sleep_times_out(box, mode):
+    v = box("import time\ntime.sleep(60)", timeout_s=1)
+    assert v.status == "timeout" and v.wall_s < 3
+
+
+@modes("full", "hook")
+def test_input_gets_end_of_file(box, mode):
+    v = box("x = input('enter a number')\nprint('got', x)")
+    assert v.status == "failed" and v.detail.startswith("EOFError")
+
+
+@modes("full", "hook")
+def test_fork_loop_is_refused_beyond_the_limit(box, mode):
+    v = box("import os\nwhile True:\n    os.fork()", max_processes=8)
+    assert v.status == "failed" and "os.fork refused" in v.stderr  # several processes share stderr
+
+
+@modes("kernel")
+def test_fork_bomb_is_held_by_the_process_limit_and_cleaned_up(box, mode):
+    count = box("import os, time\nfor i in range(100):\n    try:\n        pid = os.fork()\n"
+                "    except OSError as e:\n        print(i, e.errno); break\n"
+                "    if pid == 0:\n        time.sleep(30)\n        os._exit(0)", max_processes=10)
+    assert count.status == "passed" and int(count.stdout.split()[0]) < 10  # EAGAIN before the 10th
+    bomb = box("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass",
+               timeout_s=1, max_processes=10)
+    assert bomb.status == "timeout"
+
+
+@modes("full", "hook", "kernel", "bare")
+def test_a_daemon_that_leaves_the_group_is_killed(box, mode):
+    v = box("import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        time.sleep(60)\n"
+            "    os._exit(0)\nprint('parent done')")
+    assert v.status == "passed" and v.stdout == "parent done\n"  # `box` checks that nothing is left
+
+
+@modes("full", "hook")
+def test_huge_allocation_is_out_of_memory(box, mode):
+    assert box("x = bytearray(64 * 2**30)", memory_mb=256).status == "oom"
+    v = box("chunks = []\nwhile True:\n    chunks.append(bytearray(10**7))", memory_mb=256)
+    assert v.status == "oom" and "256 MB" in v.detail
+
+
+@modes("full", "hook", "kernel")
+def test_writing_outside_fails(box, mode):
+    for target in ("{escape}", "{home}/new.txt", "../../escape.txt"):
+        v = box(f"open({target!r}, 'w').write('x')")
+        assert v.status == "failed", (target, v)
+    v = box("open({canary!r}, 'a').write('more')")
+    assert v.status == "failed"
+    expected = "PermissionError: sandbox: open refused" if mode != "kernel" else "FileNotFoundError"
+    assert v.detail.startswith(expected)
+
+
+@modes("full", "kernel")
+def test_big_files_and_a_full_disk_fail(box, mode):
+    v = box("open('big', 'wb').write(bytes(3 * 2**20))", file_size_mb=1)
+    assert v.status == "failed" and "File too large" in v.detail
+    v = box("for i in range(10):\n    open(f'f{{i}}', 'wb').write(bytes(2**20))", file_size_mb=1, disk_mb=4)
+    assert v.status == "failed" and "No space left" in v.detail
+
+
+@modes("full", "hook", "kernel")
+def test_reading_the_users_files_fails(box, mode):
+    v = box("print(open({canary!r}).read())")
+    assert v.status == "failed" and "keep me" not in v.stdout
+    assert v.detail.startswith("FileNotFoundError" if mode == "kernel" else "PermissionError: sandbox: open")
+
+
+@modes("full", "hook", "kernel")
+def test_deleting_files_outside_fails(box, mode):
+    for source in ("import os\nos.remove({canary!r})", "import shutil\nshutil.rmtree({home!r})",
+                   "import os\nos.rename({canary!r}, 'mine.txt')"):
+        v = box(source)
+        assert v.status == "failed"
+        assert v.detail.startswith("FileNotFoundError" if mode == "kernel" else "PermissionError: sandbox:")
+    v = box("import subprocess\nsubprocess.run(['rm', '-rf', {home!r}], check=True)")
+    if mode == "kernel":  # rm runs, and finds nothing: the user's files are out of sight
+        assert v.status == "passed"
+    else:
+        assert v.status == "failed" and "subprocess.Popen refused" in v.detail
+
+
+@modes("full", "hook", "kernel")
+def test_a_socket_reaches_nothing(box, mode):
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.setblocking(False)
+        port = listener.getsockname()[1]
+        v = box(f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1).sendall(b'hi')")
+        assert v.status == "failed"
+        with pytest.raises(BlockingIOError):
+            listener.accept()
+    assert box("import socket\ns = socket.socket()\ns.bind(('0.0.0.0', 0))\ns.listen()").status \
+        == ("passed" if mode == "kernel" else "failed")  # with namespaces alone: its own empty network
+
+
+@modes("full", "hook")
+def test_os_exit_before_the_end_is_not_a_pass(box, mode):
+    v = box("import os\nos._exit(0)\nprint('never')")
+    assert v.status == "failed" and v.returncode == 0 and not v.completed
+    assert box("import sys\nsys.exit(0)").status == "failed"
+
+
+@modes("full", "hook")
+def test_printing_megabytes_is_cut(box, mode):
+    v = box("import sys\nfor _ in range(800):\n    sys.stdout.write('x' * 10_000 + '\\n')\nprint('END')",
+            max_output_bytes=50_000)
+    assert v.status == "passed" and v.stdout_truncated
+    assert v.stdout.startswith("x" * 1000) and v.stdout.endswith("END\n") and len(v.stdout) < 60_000
+
+
+# --- the parts ----------------------------------------------------------------------------------------
+
+
+def test_capture_keeps_head_and_tail():
+    c = Capture(10)
+    for chunk in (b"0123456789", b"abcdef", b"XYZ"):
+        c.feed(chunk)
+    assert c.truncated and c.total == 19
+    assert c.text() == "0123456789\n[... 0 bytes cut ...]\nabcdefXYZ"
+    small = Capture(10)
+    small.feed(b"hi")
+    assert small.text() == "hi" and not small.truncated
+
+
+def test_bad_isolation_is_named():
+    with pytest.raises(ValueError, match="isolation='chroot'"):
+        run_program("", isolation="chroot")
+
+
+def test_a_set_up_failure_is_an_error_not_a_failure(tmp_path):
+    v = run_program("print(1)", max_open_files=0, workroot=str(tmp_path))  # it cannot open program.py
+    assert v.status == "error" and "set-up failed" in v.detail and not v.completed
+    assert list(tmp_path.iterdir()) == []
