@@ -86,7 +86,10 @@ class NoiseConfig:
 @dataclass
 class TrainerConfig:
     max_steps: int = 1000
-    time_limit_min: float = 0.0  # stop after this many minutes (0: no limit); the step count stays the plan
+    # Stop after this many minutes in the training loop, counted over resumes (0: no limit). The cosine then
+    # follows the share of this time used when that is ahead of the share of max_steps done, so it ends at
+    # its floor when the time is up; such a schedule depends on the clock, so resume is no longer bitwise.
+    time_limit_min: float = 0.0
     batch_size: int = 64  # examples per micro-batch
     grad_accum: int = 1  # micro-batches per optimizer step (loss normalised over all of them)
     lr: float = 3e-3

@@ -152,7 +152,10 @@ class TrainBatches:
     """
 
     def __init__(self, split, task, task_cfg, batch_size: int, seed: int):
-        self.task, self.batch_size, self.cfg = task, batch_size, task_cfg
+        self.task, self.batch_size = task, batch_size
+        # plain values, not the config: attribute access on an OmegaConf node costs as much as an augmentation
+        self.augment, self.corrupt_givens_p = bool(task_cfg.augment), float(task_cfg.corrupt_givens_p)
+        self.blank_fraction = tuple(task_cfg.blank_fraction)
         self.rng = np.random.default_rng([seed, 7])
         self.sizes = list(task_cfg.sizes)
         w = np.asarray(task_cfg.size_weights, dtype=float)
@@ -173,17 +176,17 @@ class TrainBatches:
     def __next__(self) -> dict:
         n = int(self.rng.choice(self.sizes, p=self.weights))
         puzzles, solutions, orders = self.pool[n]
-        gmin, gmax = _givens_range(n, self.cfg.blank_fraction)
+        gmin, gmax = _givens_range(n, self.blank_fraction)
         out_p, out_s = [], []
         for i in self.rng.integers(0, len(puzzles), self.batch_size):
             order = orders[i][orders[i] >= 0]
             p = G.with_givens(puzzles[i], solutions[i], order, int(self.rng.integers(gmin, gmax + 1)))
             s = solutions[i]
-            if self.cfg.augment:
+            if self.augment:
                 p, s = G.augment(p, s, self.rng)
             out_p.append(p)
             out_s.append(s)
-        corrupt = self.rng.random(self.batch_size) < self.cfg.corrupt_givens_p
+        corrupt = self.rng.random(self.batch_size) < self.corrupt_givens_p
         return self.task.encode(np.stack(out_p), np.stack(out_s), corrupt)
 
     def state_dict(self) -> dict:

@@ -84,6 +84,8 @@ def sample(model, batch: dict, task, scfg, mode: str, noise_kind: str = "uniform
     B, L = target.shape
     vocab = model.config.text_config.vocab_size if hasattr(model.config, "text_config") else model.config.vocab_size
     prior = choices if support == "answer" else vocab
+    if generator is not None and generator.device != device:  # a host generator seeds one on the model's device
+        generator = torch.Generator(device).manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
 
     def noise_like():
         if noise_kind == "mask":

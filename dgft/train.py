@@ -3,6 +3,9 @@
 Each step: draw micro-batches, corrupt their canvases (t ~ U(eps, 1)), optionally a no-grad decoder pass
 whose logits self-condition the graded pass (probability p per example), cross-entropy on the scored
 positions normalised by their count over the whole accumulation window, AdamW with warmup + cosine.
+With `trainer.time_limit_min` the cosine follows the time used when that is further along than the steps, so
+a run ends at the schedule's floor whatever the device's speed. On CUDA a step waits for the device only when
+it logs (batches go through pinned memory, losses stay on the device until then).
 """
 
 from __future__ import annotations
@@ -48,19 +51,29 @@ def seed_everything(seed: int) -> torch.Generator:
 
 def pick_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         from dgft.config import ConfigError
 
         raise ConfigError("device=cuda: no CUDA device found")
+    if name == "cuda":  # fp32 matmuls (evaluation, the parts autocast keeps in fp32) on tensor cores
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     return torch.device(name)
 
 
-def lr_lambda(tcfg):
+def lr_lambda(tcfg, elapsed_s=lambda: 0.0):
+    """Step -> learning-rate factor: linear warmup, then cosine from 1 to min_lr_ratio.
+
+    Progress is the share of max_steps done or, with a time limit, of the time used (`elapsed_s()`, seconds),
+    whichever is larger: a time-limited run reaches the floor when its time is up.
+    """
     def f(step: int) -> float:
         if step < tcfg.warmup_steps:
             return (step + 1) / tcfg.warmup_steps
-        progress = min(1.0, (step - tcfg.warmup_steps) / max(1, tcfg.max_steps - tcfg.warmup_steps))
+        progress = (step - tcfg.warmup_steps) / max(1, tcfg.max_steps - tcfg.warmup_steps)
+        if tcfg.time_limit_min:
+            progress = max(progress, elapsed_s() / (60 * tcfg.time_limit_min))
+        progress = min(1.0, progress)
         return tcfg.min_lr_ratio + (1 - tcfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
     return f
 
@@ -109,11 +122,14 @@ def train(cfg, run_dir: str | Path) -> Path:
     vocab_size = unwrap(model).config.get_text_config().vocab_size
     trainable, total = count_parameters(model)
     params = [p for p in {id(p): p for p in model.parameters()}.values() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay, betas=(0.9, 0.98))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.trainer))
+    opt = torch.optim.AdamW(params, lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay, betas=(0.9, 0.98),
+                            fused=device.type == "cuda")
+    clock = {"start": time.time(), "before": 0.0}  # training seconds: this session's, plus those before a resume
+    elapsed_s = lambda: clock["before"] + time.time() - clock["start"]  # noqa: E731
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.trainer, elapsed_s))
     start_step = 0
     if resume_from is not None:
-        start_step = _restore(resume_from, model, opt, sched, batches, gen, cfg)
+        start_step, clock["before"] = _restore(resume_from, model, opt, sched, batches, gen, cfg)
         _truncate_metrics(run_dir / "metrics.jsonl", start_step)
         tqdm.write(f"resumed from {resume_from} (step {start_step})")
 
@@ -131,12 +147,13 @@ def train(cfg, run_dir: str | Path) -> Path:
     # --- loop --------------------------------------------------------------------------------------
     model.train()
     t0, tokens_seen, step = time.time(), 0, 0
+    clock["start"] = t0
     bar = tqdm(total=cfg.trainer.max_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
     step = start_step
     for step in range(start_step + 1, cfg.trainer.max_steps + 1):
         micro = [_corrupt(next(batches), cfg, gen, vocab_size) for _ in range(cfg.trainer.grad_accum)]
         n_scored = sum(float(m["count"]) for m in micro) or 1.0
-        loss_total = 0.0
+        loss_total = torch.zeros((), dtype=torch.float64, device=device)  # read back only when logged
         for m in micro:
             try:
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
@@ -148,7 +165,7 @@ def train(cfg, run_dir: str | Path) -> Path:
                     f"trainer.batch_size (and raise trainer.grad_accum to keep the effective batch), set "
                     f"model.gradient_checkpointing=true, noise.self_conditioning_p=0, model.finetune=lora, or "
                     f"model.quantize=nf4.") from err
-            loss_total += loss_sum.item()
+            loss_total += loss_sum.detach()
             tokens_seen += int(m["tokens"])
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.trainer.max_grad_norm)
         opt.step()
@@ -160,10 +177,11 @@ def train(cfg, run_dir: str | Path) -> Path:
             os.kill(os.getpid(), signal.SIGKILL)
         elapsed = time.time() - t0
         bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_seen / elapsed:,.0f}")
         if step % cfg.trainer.log_every == 0 or step == 1:
+            loss = float(loss)
+            bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_seen / elapsed:,.0f}")
             row = {"step": step, "loss": loss, "lr": sched.get_last_lr()[0], "grad_norm": float(grad_norm),
-                   "tokens_per_s": tokens_seen / elapsed, "elapsed_s": elapsed}
+                   "tokens_per_s": tokens_seen / elapsed, "elapsed_s": elapsed_s()}
             metrics.write(json.dumps(row) + "\n")
             metrics.flush()
             for k in ("loss", "lr", "grad_norm", "tokens_per_s"):
@@ -177,8 +195,8 @@ def train(cfg, run_dir: str | Path) -> Path:
             tqdm.write(f"step {step}: held-out " + ", ".join(f"{k} {v:.3f}" for k, v in row.items() if k != "step"))
             model.train()
         if cfg.trainer.ckpt_every and step % cfg.trainer.ckpt_every == 0 and step < cfg.trainer.max_steps:
-            _checkpoint(run_dir, step, model, opt, sched, batches, gen, cfg)
-        over_time = cfg.trainer.time_limit_min and elapsed > 60 * cfg.trainer.time_limit_min
+            _checkpoint(run_dir, step, model, opt, sched, batches, gen, cfg, elapsed_s())
+        over_time = cfg.trainer.time_limit_min and elapsed_s() > 60 * cfg.trainer.time_limit_min
         if stop["signal"] or over_time:
             why = f"signal {stop['signal']}" if stop["signal"] else f"time limit {cfg.trainer.time_limit_min} min"
             tqdm.write(f"stopping at step {step} ({why})")
@@ -186,8 +204,8 @@ def train(cfg, run_dir: str | Path) -> Path:
     bar.close()
 
     # --- save --------------------------------------------------------------------------------------
-    loss = loss if step > start_step else float("nan")
-    _checkpoint(run_dir, step, model, opt, sched, batches, gen, cfg)
+    loss = float(loss) if step > start_step else float("nan")
+    _checkpoint(run_dir, step, model, opt, sched, batches, gen, cfg, elapsed_s())
     out = run_dir / ("adapter" if cfg.model.finetune == "lora" else "model")
     ckpt.save_weights(model, out)
     if cfg.model.finetune == "full":
@@ -219,28 +237,33 @@ def _corrupt(batch: dict, cfg, gen, vocab_size: int) -> dict:
     return {**batch, "t": t, "noisy": noisy, "hit": hit, "count": positions.sum(), "tokens": tokens}
 
 
+def _to(x: torch.Tensor, device) -> torch.Tensor:
+    """Host tensor -> device; to CUDA through pinned memory, so the copy does not wait for the device."""
+    if device.type != "cuda":
+        return x.to(device)
+    return x.pin_memory().to(device, non_blocking=True)
+
+
 def _loss(model, m: dict, cfg, gen, device):
     """Summed denoising loss of one micro-batch, plus the (already normalised) encoder AR term."""
-    ids, mask = m["prompt_ids"].to(device), m["prompt_mask"].to(device)
-    noisy = m["noisy"].to(device)
+    ids, mask = _to(m["prompt_ids"], device), _to(m["prompt_mask"], device)
+    noisy = _to(m["noisy"], device)
     want_hidden = cfg.noise.encoder_ar_weight > 0
     enc = encode(model, ids, mask, return_hidden=want_hidden)
     cache, hidden = enc if want_hidden else (enc, None)
     sc_logits = sc_mask = None
     if cfg.noise.self_conditioning_p > 0:
-        sc_mask = (torch.rand(noisy.shape[0], generator=gen) < cfg.noise.self_conditioning_p).to(device)
-        if sc_mask.any():
+        drawn = torch.rand(noisy.shape[0], generator=gen) < cfg.noise.self_conditioning_p  # on the host: no sync
+        if drawn.any():
             # The first pass runs only for the examples that use it; the others get zero logits (masked anyway).
+            sc_mask, idx = _to(drawn, device), _to(drawn.nonzero()[:, 0], device)
             with torch.no_grad():
-                idx = sc_mask.nonzero()[:, 0]
                 sub = denoise(model, _select_cache(cache, idx), noisy[idx], mask[idx])
                 sc_logits = torch.zeros(noisy.shape + (sub.shape[-1],), dtype=sub.dtype, device=device)
                 sc_logits[idx] = sub
-        else:
-            sc_mask = None
     logits = denoise(model, cache, noisy, mask, sc_logits=sc_logits, sc_mask=sc_mask)
-    loss_sum, _ = denoising_loss(logits, m["target"].to(device), m["scored"].to(device), m["hit"].to(device),
-                                 cfg.noise.kind, m["t"].to(device), cfg.noise.loss_weight)
+    loss_sum, _ = denoising_loss(logits, _to(m["target"], device), _to(m["scored"], device), _to(m["hit"], device),
+                                 cfg.noise.kind, _to(m["t"], device), cfg.noise.loss_weight)
     extra = torch.zeros((), device=device)
     if want_hidden:
         ar_sum, ar_n = encoder_ar_loss(prompt_logits(model, hidden), ids, mask)
@@ -292,11 +315,11 @@ def quick_eval(model, batches: list[dict], task, cfg, gen) -> dict:
     return out
 
 
-def _checkpoint(run_dir, step, model, opt, sched, batches, gen, cfg):
+def _checkpoint(run_dir, step, model, opt, sched, batches, gen, cfg, elapsed_s: float):
     state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state(),
              "gen_rng": gen.get_state()}
     extra = {"step": step, "data": _jsonable(batches.state_dict()), "python_rng": _jsonable(random.getstate()),
-             "numpy_rng": _jsonable(np.random.get_state(legacy=False))}
+             "numpy_rng": _jsonable(np.random.get_state(legacy=False)), "elapsed_s": elapsed_s}
     ckpt.save(run_dir, step, model, state, extra, keep_last=cfg.trainer.keep_last)
 
 
@@ -317,8 +340,11 @@ def _resume_target(cfg, run_dir: Path):
     return saved, last
 
 
-def _restore(path: Path, model, opt, sched, batches, gen, cfg) -> int:
-    """Load weights, optimizer, scheduler, every RNG and the data position from a checkpoint. -> step."""
+def _restore(path: Path, model, opt, sched, batches, gen, cfg) -> tuple[int, float]:
+    """Load weights, optimizer, scheduler, every RNG and the data position from a checkpoint.
+
+    -> (step, training seconds before it), the seconds counting against trainer.time_limit_min.
+    """
     from safetensors.torch import load_file
 
     if cfg.model.finetune == "lora":
@@ -345,7 +371,7 @@ def _restore(path: Path, model, opt, sched, batches, gen, cfg) -> int:
     version, internal, gauss = extra["python_rng"]
     random.setstate((version, tuple(internal), gauss))
     np.random.set_state(extra["numpy_rng"])
-    return int(extra["step"])
+    return int(extra["step"]), float(extra.get("elapsed_s", 0.0))
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
