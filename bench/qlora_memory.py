@@ -32,6 +32,7 @@ RELEASED = dict(vocab_size=262144, hidden_size=2816, intermediate_size=2112, num
 GIB = 1024**3
 DIMS = RELEASED
 DEVICE = torch.device("cuda")
+GROUP = 16  # experts dequantized at once (--group-size)
 
 
 TINY = dict(RELEASED, vocab_size=512, hidden_size=128, intermediate_size=128, num_attention_heads=2,
@@ -73,7 +74,7 @@ def build(depth: int, quantize: str, device):
 
     config = released_config(depth)
     names = [(n, tuple(p.shape)) for n, p in skeleton(config).named_parameters()]  # unique (tied once)
-    loader = Loader(config, quantize=quantize, device=device, vision_device=device)
+    loader = Loader(config, quantize=quantize, device=device, vision_device=device, group_size=GROUP)
     for name, shape in names:
         loader.place(name, seeded_source(name, shape, device))
     return loader.finish()
@@ -112,6 +113,8 @@ def measure(depth: int, quantize: str, steps: int, ar_weight: float, want_logits
             ids, mask = batch["prompt_ids"].to(device), batch["prompt_mask"].to(device)
             logits = denoise(model, encode(model, ids, mask), batch["noisy"].to(device), mask).float().cpu()
 
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()  # the training peak, apart from the loader's
     freeze_base_(model)
     lcfg = OmegaConf.create(dict(r=16, alpha=32, dropout=0.0, target_experts=False,
                                  target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
@@ -143,7 +146,7 @@ def measure(depth: int, quantize: str, steps: int, ar_weight: float, want_logits
         if i >= 2:
             times.append(time.time() - t)
     row = dict(mode=quantize, depth=depth, ar_weight=ar_weight, load_s=round(load_s, 1),
-               weights_gib=weights / GIB, load_peak_gib=load_peak / GIB,
+               weights_gib=weights / GIB, load_peak_gib=load_peak / GIB, steps=steps,
                peak_gib=torch.cuda.max_memory_allocated() / GIB if cuda else 0.0,
                reserved_gib=torch.cuda.max_memory_reserved() / GIB if cuda else 0.0,
                step_s=sorted(times)[len(times) // 2], loss=float(loss), quantized_gib=quantized_bytes(model) / GIB,
@@ -176,8 +179,10 @@ def main():
     ap.add_argument("--ar-weight", type=float, default=0.0, help="encoder AR co-loss weight in the main matrix")
     ap.add_argument("--out", default="qlora_memory.json")
     ap.add_argument("--tiny", action="store_true", help="tiny dims on the CPU: checks this script, measures nothing")
+    ap.add_argument("--group-size", type=int, default=16, help="experts dequantized at once (nf4)")
     args = ap.parse_args()
-    global DEVICE, DIMS
+    global DEVICE, DIMS, GROUP
+    GROUP = args.group_size
     if args.tiny:
         DEVICE, DIMS = torch.device("cpu"), TINY
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -189,6 +194,7 @@ def main():
             row, lg = measure(depth, "nf4" if mode == "nf4" else "none", args.steps, args.ar_weight,
                               want_logits=depth == args.depths[0])
             row["mode"] = mode
+            row["group_size"] = GROUP
             rows.append(row)
             if lg is not None:
                 logits[mode] = lg

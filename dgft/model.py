@@ -76,6 +76,48 @@ def load_pretrained(path: str, dtype=None, trust_remote_code: bool = False) -> D
         ) from err
 
 
+def local_checkpoint(path: str) -> Path:
+    """A local checkpoint dir for `path` (a dir, or a hub id fetched into the hub cache when a hub is reachable)."""
+    local = Path(os.path.expanduser(path))
+    if local.is_dir():
+        return local
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(path, allow_patterns=["*.json", "*.safetensors", "tokenizer*"]))
+    except Exception as err:  # offline, unknown id, gated: all mean "no weights here"
+        raise ModelLoadError(
+            f"model.path={path!r}: not a local directory, and fetching it failed ({type(err).__name__}: "
+            f"{str(err).splitlines()[0][:200] if str(err) else ''}). Download the checkpoint where a hub is reachable "
+            f"and pass its local directory as model.path=/path/to/diffusiongemma-26B-A4B-it.") from err
+
+
+def load_quantized(path: str, device, group_size: int = 16):
+    """A pretrained DiffusionGemma streamed shard by shard into 4-bit (NF4) weights on `device`, frozen."""
+    from dgft.quant import freeze_base_
+    from dgft.stream import StreamLoadError, load_streaming
+
+    local = local_checkpoint(path)
+    try:
+        model = load_streaming(local, quantize="nf4", device=device, group_size=group_size)
+    except StreamLoadError as err:
+        raise ModelLoadError(f"model.path={path!r}: {err}") from err
+    freeze_base_(model)
+    return model
+
+
+def quantize_tiny_(model, device):
+    """The embedded model in 4 bits (tests and CPU runs of the QLoRA path): weights moved, then quantized."""
+    from dgft.quant import freeze_base_, quantize_model_
+
+    model.to(device)
+    for p in model.parameters():  # weights to bf16; buffers (rotary frequencies) keep their precision
+        p.data = p.data.to(torch.bfloat16)
+    quantize_model_(model)
+    freeze_base_(model)
+    return model
+
+
 def torch_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "fp32":
         return torch.float32

@@ -136,7 +136,8 @@ class _NF4ExpertsFunction(torch.autograd.Function):
     """out[t] = sum_k w[t,k] * down_e(act(gate_e(x_t)) * up_e(x_t)), e = index[t,k]; weights frozen 4-bit.
 
     Saves only the inputs; backward dequantizes each group again and recomputes its activations, so
-    no more than one group of bf16 experts is alive at any time, forward or backward.
+    no more than one group of bf16 experts is alive at any time, forward or backward. The backward
+    matmuls are written out (dz = gy W_down, dx = dh W_gate_up): no autograd through grouped_mm.
     """
 
     @staticmethod
@@ -162,13 +163,20 @@ class _NF4ExpertsFunction(torch.autograd.Function):
         for first, last, row, n in _expert_groups(counts, experts.group_size):
             rows = slice(row, row + n)
             group_counts = counts[first:last]
-            gate_up = experts.gate_up.dequantize(first, last)
-            down = experts.down.dequantize(first, last)
-            with torch.enable_grad():
-                xg = x[rows].detach().requires_grad_(True)
-                y = experts.mlp(xg, gate_up, down, group_counts)
-                dw[rows] = (g[rows].float() * y.detach().float()).sum(-1)
-                (dx[rows],) = torch.autograd.grad(y, xg, (g[rows].float() * w[rows, None].float()).to(y.dtype))
+            gate_up = experts.gate_up.dequantize(first, last)  # (G, 2I, H)
+            down = experts.down.dequantize(first, last)  # (G, H, I)
+            xg = x[rows].to(gate_up.dtype)
+            gate, up = grouped_matmul(xg, gate_up.transpose(-2, -1), group_counts).chunk(2, dim=-1)
+            with torch.enable_grad():  # only the elementwise activation goes through autograd
+                gate = gate.detach().requires_grad_(True)
+                act = experts.act_fn(gate)
+            z = act.detach() * up
+            y = grouped_matmul(z, down.transpose(-2, -1), group_counts)
+            dw[rows] = (g[rows].float() * y.float()).sum(-1)
+            dz = grouped_matmul((g[rows].float() * w[rows, None].float()).to(down.dtype), down, group_counts)
+            (d_gate,) = torch.autograd.grad(act, gate, dz * up)
+            dh = torch.cat([d_gate, dz * act.detach()], dim=-1)
+            dx[rows] = grouped_matmul(dh.to(gate_up.dtype), gate_up, group_counts).to(dx.dtype)
             del gate_up, down
         d_hidden = _unsort_sum(dx.float(), order, index.shape).to(hidden.dtype)
         d_weights = torch.empty_like(dw)

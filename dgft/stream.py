@@ -185,6 +185,6 @@ def random_source(shape, device, generator=None, std: float = 0.02, dtype=torch.
 
         def __getitem__(self, item):
             sub = self.shape[1:] if isinstance(item, int) else self.shape
-            return (torch.randn(sub, device=device, generator=generator, dtype=torch.float32) * std).to(dtype)
+            return torch.randn(sub, device=device, generator=generator, dtype=dtype).mul_(std)
 
     return _Random()

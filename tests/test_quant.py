@@ -216,3 +216,27 @@ def test_streaming_merge_equals_the_adapter_model(tmp_path):
     save_file(tensors, tmp_path / "adapter" / "adapter_model.safetensors")
     with pytest.raises(MergeError, match="layers.7"):
         merge_streaming(tmp_path / "base", tmp_path / "adapter", tmp_path / "merged2", log=lambda *_: None)
+
+
+def test_nf4_experts_backward_in_bf16_with_idle_experts():
+    """The grouped (bf16) path, with experts that get no token, against the fp32 reference."""
+    torch.manual_seed(5)
+    model = tiny_moe()
+    experts = model.model.decoder.layers[0].experts
+    q = quant.NF4Experts.like(experts, dtype=torch.bfloat16, group_size=4)
+    for e in range(experts.num_experts):
+        q.gate_up.set(e, experts.gate_up_proj[e].detach())
+        q.down.set(e, experts.down_proj[e].detach())
+    gate_up, down = q.gate_up.dequantize(0, 4).float(), q.down.dequantize(0, 4).float()
+    x = torch.randn(6, 64)
+    index = torch.tensor([[0, 3], [3, 0], [0, 3], [3, 0], [0, 3], [3, 0]])  # experts 1 and 2 idle
+    w = torch.rand(6, 2)
+    xb, wb = x.clone().bfloat16().requires_grad_(True), w.clone().requires_grad_(True)
+    out = q(xb, index, wb)
+    xr, wr = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    ref = reference_experts(xr, index, wr, gate_up, down, experts.act_fn)
+    g = torch.randn_like(ref)
+    out.float().backward(g.bfloat16().float())
+    ref.backward(g.bfloat16().float())
+    rel = lambda a, b: float((a.float() - b).norm() / b.norm())  # noqa: E731
+    assert rel(out, ref) < 0.02 and rel(xb.grad, xr.grad) < 0.03 and rel(wb.grad, wr.grad) < 0.03

@@ -1,0 +1,246 @@
+"""Code infilling as a denoising task: prompt, canvas, end marker, fixed positions and decoding.
+
+Example (canvas_length=8): prefix "def f(x):\n", middle "    y = x\n", suffix "    return y\n" give the
+encoder prompt `[BOS] [PRE] def| f|(|x|):|\n [SUF]    | return| y|\n [MID]` (BPE tokens split by |) and the
+canvas target `   | y| =| x|\n [EOS] [PAD] [PAD]`: the middle's tokens, the end marker, padding. Prefix and
+suffix are tokenized on their own, the prefix cut from the left and the suffix from the right so the prompt
+fits `prompt_tokens`; when one side is short the other gets its share.
+
+The canvas has a fixed length, so the model says where the middle ends by writing [EOS]; `decode` reads up
+to the first [EOS]. Scored (graded): the middle and its [EOS]. Loss weight (`weight`): 1 there, `pad_weight`
+(default 0.1) on the padding after it. Padding carries no information but is most of a short middle's
+canvas: at full weight it swamps the loss (on a toy copy task learning was seed-sensitive until it was
+down-weighted), at weight 0 the sampler's padding positions would be left to chance.
+
+Nothing is fixed, except: with `oracle_length` the [EOS] and the padding after the true end are pinned, so
+the model is given the length (the "oracle" evaluation, and a share `oracle_length_p` of training); with
+`canvas_prefix_tokens = c > 0` the canvas starts with the last c prefix tokens, pinned, so the decoder also
+sees the left context in its own bidirectional attention. Every canvas position may hold any ordinary
+token, [EOS] or [PAD] (`choices`); there is no `rules` mode.
+
+Middles longer than `canvas_length - canvas_prefix_tokens - 1` tokens do not fit: `fits` says which, and
+the data side skips and counts them. A pretrained model's own tokenizer works when it has fill-in-the-middle
+markers (`[PRE]`, `<|fim_prefix|>`, ...), which are read from its vocabulary.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+
+from dgft.tasks.infill import tokenizer as T
+from dgft.tasks.infill.corpus import KINDS
+
+MARKERS = {"pre": ("[PRE]", "<|fim_prefix|>", "<fim_prefix>"), "suf": ("[SUF]", "<|fim_suffix|>", "<fim_suffix>"),
+           "mid": ("[MID]", "<|fim_middle|>", "<fim_middle>")}
+CHARS_PER_TOKEN_CAP = 8  # prefix/suffix text is cut to prompt_tokens * this before tokenizing (saves time only)
+
+
+@dataclass
+class InfillConfig:
+    """The `task` settings the infill task reads (a proposal for config.py; names as in the code)."""
+    name: str = "infill"
+    sources: list[str] = field(default_factory=lambda: ["stdlib"])  # "stdlib", dirs, .py files, saved datasets
+    text_column: Optional[str] = None  # a dataset's text column (default: content, text, code or source)
+    unit_column: Optional[str] = None  # rows the split keeps together (default: module, repo_name, repo, ... path)
+    heldout_share: float = 0.1  # share of top-level packages held out (never trained on)
+    split_seed: int = 0  # seeds the module split and the held-out spans (not the run seed: same held-out set)
+    max_file_bytes: int = 256_000  # larger files are skipped (generated tables, vendored blobs)
+    kinds: list[str] = field(default_factory=lambda: list(KINDS))  # span shapes to train and evaluate on
+    kind_weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])  # share of training spans per kind
+    max_lines: int = 8  # multi_line spans take 2..max_lines lines
+    max_span_chars: int = 128  # random_span spans take 1..max_span_chars characters
+    context_chars: int = 1000  # characters kept around the enclosing function
+    max_side_chars: int = 2000  # at most this many characters of prefix, and of suffix
+    prompt_tokens: int = 384  # encoder prompt budget: [BOS] [PRE] prefix [SUF] suffix [MID]
+    canvas_length: int = 64  # must equal model.canvas_length (middle + [EOS] must fit)
+    canvas_prefix_tokens: int = 0  # last prefix tokens also pinned at the start of the canvas (0: none)
+    vocab_size: int = 4096  # byte-level BPE size for the embedded model
+    oracle_length_p: float = 0.0  # share of training examples whose true length is given (end pinned)
+    pad_weight: float = 0.1  # loss weight of the padding after [EOS] (the middle and [EOS] weigh 1)
+    heldout_examples: int = 500  # held-out examples per kind (fixed, drawn with split_seed)
+    cache_dir: str = "~/.cache/dgft"
+
+
+_DEFAULTS = InfillConfig()
+
+
+def setting(cfg, key: str):
+    """A setting from a task config (dataclass, DictConfig, namespace), or its default when the config lacks it."""
+    return getattr(cfg, key, getattr(_DEFAULTS, key))
+
+
+class InfillTask:
+    """Renders infilling examples into tensors and decodes canvases. One object per run (holds the tokenizer)."""
+
+    name = "infill"
+
+    def __init__(self, cfg=None, tokenizer=None):
+        self.cfg = cfg
+        self.canvas_length = int(setting(cfg, "canvas_length"))
+        self.prompt_tokens = int(setting(cfg, "prompt_tokens"))
+        self.context = int(setting(cfg, "canvas_prefix_tokens"))
+        self.pad_weight = float(setting(cfg, "pad_weight"))
+        if self.canvas_length < self.context + 2:
+            raise ValueError(f"canvas_length={self.canvas_length}: needs room for canvas_prefix_tokens="
+                             f"{self.context}, one middle token and [EOS]")
+        if self.prompt_tokens < 8:
+            raise ValueError(f"prompt_tokens={self.prompt_tokens}: too small for [BOS] [PRE] [SUF] [MID] and context")
+        self.tokenizer = None
+        if tokenizer is not None:
+            self.use_tokenizer(tokenizer)
+
+    # --- tokenizer --------------------------------------------------------------------------------
+    def build_tokenizer(self, texts=None):
+        """Train the byte-level BPE on `texts` (default: the training split's files, cached per corpus)."""
+        if texts is None:
+            from dgft.tasks.infill.data import corpus_tokenizer
+
+            tok = corpus_tokenizer(self.cfg)
+        else:
+            tok = T.train_tokenizer(texts, vocab_size=int(setting(self.cfg, "vocab_size")))
+        self.use_tokenizer(tok)
+        return tok
+
+    def use_tokenizer(self, tok) -> None:
+        """Read the special and marker ids from a tokenizer (the run's, or a pretrained model's)."""
+        vocab = tok.get_vocab()
+        self.tokenizer = tok
+        self.pad, self.eos, self.bos = tok.pad_token_id, tok.eos_token_id, tok.bos_token_id
+        if None in (self.pad, self.eos, self.bos):
+            raise ValueError("tokenizer: needs pad, eos and bos tokens")
+        self.markers = {}
+        for key, names in MARKERS.items():
+            found = next((vocab[n] for n in names if n in vocab), None)
+            if found is None:
+                raise ValueError(f"tokenizer has no fill-in-the-middle marker for {key} (tried {', '.join(names)}); "
+                                 "add one with tokenizer.add_special_tokens and resize the embeddings")
+            self.markers[key] = found
+        special = set(tok.all_special_ids) | set(self.markers.values())
+        ordinary = [i for i in range(len(tok)) if i not in special]
+        self._choices = torch.tensor([self.pad, self.eos] + ordinary, dtype=torch.long)
+        self._special = torch.zeros(len(tok), dtype=torch.bool)
+        self._special[sorted(special)] = True
+
+    @property
+    def vocab_size(self) -> int:
+        if self.tokenizer is None:
+            return int(setting(self.cfg, "vocab_size"))
+        return len(self.tokenizer)
+
+    def _ids(self, texts: list[str]) -> list[list[int]]:
+        if self.tokenizer is None:
+            raise RuntimeError("InfillTask has no tokenizer yet: call build_tokenizer() or pass tokenizer=")
+        if not texts:
+            return []
+        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+    # --- sizes ------------------------------------------------------------------------------------
+    def middle_tokens(self, examples: list[dict]) -> np.ndarray:
+        """(B,) number of tokens of each middle."""
+        return np.array([len(ids) for ids in self._ids([e["middle"] for e in examples])], dtype=np.int64)
+
+    def fits(self, examples: list[dict]) -> np.ndarray:
+        """(B,) bool: the middle, its [EOS] and the canvas prefix fit the canvas."""
+        return self.middle_tokens(examples) + 1 + self.context <= self.canvas_length
+
+    def choices(self, L: int | None = None) -> torch.Tensor:
+        """(L, K) token ids a canvas position may hold: [PAD], [EOS] and every ordinary token (a view)."""
+        L = L or self.canvas_length
+        return self._choices[None, :].expand(L, -1)
+
+    # --- batches ----------------------------------------------------------------------------------
+    def encode(self, examples: list[dict], oracle_length=None) -> dict:
+        """Tensors for a batch of examples (dicts with prefix, middle, suffix) -> dict.
+
+        prompt_ids/prompt_mask (B, P) left-padded; target (B, L) [canvas prefix] middle [EOS] [PAD]...; fixed (B, L)
+        pinned positions; scored (B, L) the middle and [EOS] (what is graded); weight (B, L) float loss weight
+        (1 where scored, pad_weight on unpinned padding, 0 elsewhere); choices (L, K); lengths (B,) middle tokens.
+        `oracle_length`: bool, or (B,) bools, to pin [EOS] and the padding after the true end.
+        """
+        B, L, c = len(examples), self.canvas_length, self.context
+        cut = self.prompt_tokens * CHARS_PER_TOKEN_CAP
+        pre = self._ids([e["prefix"][-cut:] for e in examples])
+        suf = self._ids([e["suffix"][:cut] for e in examples])
+        mid = self._ids([e["middle"] for e in examples])
+        oracle = np.broadcast_to(np.asarray(bool(oracle_length) if oracle_length is None else oracle_length,
+                                            dtype=bool), (B,))
+        avail = self.prompt_tokens - 4
+        prompts = []
+        target = torch.full((B, L), self.pad, dtype=torch.long)
+        fixed = torch.zeros((B, L), dtype=torch.bool)
+        scored = torch.zeros((B, L), dtype=torch.bool)
+        for b in range(B):
+            p, s, m = pre[b], suf[b], mid[b]
+            if len(m) + 1 + c > L:
+                raise ValueError(f"{examples[b].get('path', 'example')} ({examples[b].get('function', '')}): middle "
+                                 f"of {len(m)} tokens does not fit canvas_length={L}; filter with task.fits")
+            s_take = min(len(s), max(avail // 2, avail - len(p)))
+            p_take = min(len(p), avail - s_take)
+            prompts.append([self.bos, self.markers["pre"]] + p[len(p) - p_take:] + [self.markers["suf"]] + s[:s_take]
+                           + [self.markers["mid"]])
+            if c:
+                ctx = p[max(0, len(p) - c):]
+                target[b, c - len(ctx):c] = torch.tensor(ctx, dtype=torch.long)
+                fixed[b, :c] = True
+            end = c + len(m)
+            target[b, c:end] = torch.tensor(m, dtype=torch.long)
+            target[b, end] = self.eos
+            scored[b, c:end + 1] = True
+            if oracle[b]:
+                fixed[b, end:] = True
+        scored &= ~fixed
+        padding = (torch.arange(L)[None, :] > torch.tensor([c + len(m) for m in mid])[:, None]) & ~fixed
+        weight = scored.float() + self.pad_weight * padding.float()
+        P = max(len(p) for p in prompts)
+        prompt_ids = torch.full((B, P), self.pad, dtype=torch.long)
+        prompt_mask = torch.zeros((B, P), dtype=torch.long)
+        for b, p in enumerate(prompts):
+            prompt_ids[b, P - len(p):] = torch.tensor(p, dtype=torch.long)
+            prompt_mask[b, P - len(p):] = 1
+        return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "target": target, "fixed": fixed,
+                "scored": scored, "weight": weight, "choices": self.choices(L),
+                "lengths": torch.tensor([len(m) for m in mid], dtype=torch.long)}
+
+    # --- reading answers --------------------------------------------------------------------------
+    def decode(self, canvas: torch.Tensor) -> list[str]:
+        """(B, L) token ids -> the middle of each row: tokens after the canvas prefix up to the first [EOS].
+
+        Special tokens before the [EOS] ([PAD] where a sampler left a position empty) are dropped.
+        """
+        out = []
+        special = self._special.to(canvas.device)
+        for row in canvas[:, self.context:]:
+            ends = (row == self.eos).nonzero()
+            row = row[:int(ends[0])] if len(ends) else row
+            known = row < len(special)  # a model's vocabulary may be padded past the tokenizer's
+            row = row[known & ~special[row.clamp(0, len(special) - 1)]]
+            out.append(self.tokenizer.decode(row.tolist()))
+        return out
+
+    def score(self, predictions: list[str], examples: list[dict]) -> dict:
+        """Exact match of predicted middles, overall and per kind.
+
+        `exact`: the same string, indentation and newlines included; `exact_lines`: equal up to trailing
+        whitespace on each line and trailing blank lines (HumanEval-Infilling's `exact_match`).
+        """
+        from dgft.tasks.infill.humaneval import exact_match
+
+        rows = [(p == e["middle"], exact_match(p, e["middle"]), e.get("kind", ""))
+                for p, e in zip(predictions, examples)]
+        out = {"n": len(rows)}
+        for kind in [None] + sorted({k for _, _, k in rows}):
+            sel = [r for r in rows if kind is None or r[2] == kind]
+            head = "" if kind is None else f"{kind}_"
+            out[f"{head}exact"] = float(np.mean([r[0] for r in sel])) if sel else 0.0
+            out[f"{head}exact_lines"] = float(np.mean([r[1] for r in sel])) if sel else 0.0
+        return out
+
+    # --- hooks the Sudoku task has ----------------------------------------------------------------
+    def init_embeddings(self, embedding: torch.Tensor, std: float, generator: torch.Generator) -> None:
+        """No structured start for code tokens: the model's random init stays."""
+
+    def rule_mask(self, *args, **kwargs):
+        raise ValueError("task infill has no rules: sample with modes free and clamped")
