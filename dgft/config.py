@@ -53,7 +53,8 @@ class ModelConfig:
     name: str = "tiny"  # "tiny": built from the config below; "diffusiongemma": pretrained weights
     path: Optional[str] = None  # local dir or hub id of pretrained weights (name=diffusiongemma)
     finetune: str = "full"  # "full" or "lora"
-    quantize: str = "none"  # "none" or "nf4" (4-bit base weights; needs CUDA)
+    quantize: str = "none"  # "none" or "nf4": 4-bit base, experts included (dgft.quant); LoRA only
+    quant_group_size: int = 32  # nf4: experts dequantized at once inside the MoE matmul (memory vs speed)
     dtype: str = "auto"  # "auto" (bf16 where supported, else fp32), "bf16", "fp32"
     gradient_checkpointing: bool = False
     trust_remote_code: bool = False
@@ -101,6 +102,7 @@ class TrainerConfig:
     eval_puzzles: int = 64  # held-out puzzles per periodic evaluation
     ckpt_every: int = 500  # steps between checkpoints (0: only the final one)
     keep_last: int = 2  # checkpoints kept
+    optimizer: str = "adamw"  # "adamw" (torch, fused on CUDA) or "paged_adamw_8bit" (bitsandbytes; CUDA only)
     log_every: int = 10
     num_threads: int = 0  # torch CPU threads (0: torch's default)
 
@@ -167,6 +169,7 @@ class ExportRecipe:
     out: Optional[str] = None  # default RUN/export
     checkpoint: Optional[str] = None
     atol: float = 1e-4  # max |merged - adapter| logit difference accepted
+    max_check_gb: float = 4.0  # 4-bit runs: compare logits only when the base checkpoint is at most this big
     device: str = "cpu"
 
 
@@ -185,6 +188,7 @@ _CHOICES = {
     "model.finetune": ("full", "lora"),
     "model.quantize": ("none", "nf4"),
     "model.dtype": ("auto", "bf16", "fp32"),
+    "trainer.optimizer": ("adamw", "paged_adamw_8bit"),
     "noise.kind": ("uniform", "mask"),
     "noise.support": ("answer", "vocab"),
     "noise.loss_weight": ("flat", "inv_t"),
@@ -193,7 +197,7 @@ _CHOICES = {
 }
 _POSITIVE = ["trainer.max_steps", "trainer.batch_size", "trainer.grad_accum", "trainer.lr", "model.hidden_size",
              "model.num_layers", "model.canvas_length", "sampler.steps", "sampler.batch_size", "task.base_puzzles",
-             "task.heldout_puzzles", "model.lora.r"]
+             "task.heldout_puzzles", "model.lora.r", "model.quant_group_size"]
 _FRACTIONS = ["noise.eps", "noise.self_conditioning_p", "task.corrupt_givens_p", "trainer.min_lr_ratio"]
 _NON_NEGATIVE = ["trainer.weight_decay", "trainer.warmup_steps", "trainer.eval_every", "trainer.ckpt_every",
                  "trainer.time_limit_min", "noise.encoder_ar_weight", "sampler.temperature", "sampler.entropy_bound"]
@@ -233,7 +237,18 @@ def validate(cfg: DictConfig | Any) -> None:
     if get("model.quantize") != "none":
         import torch
 
-        if not torch.cuda.is_available():
-            raise ConfigError(f"model.quantize={get('model.quantize')}: 4-bit training needs a CUDA GPU, none found")
+        if get("model.finetune") != "lora":
+            raise ConfigError(f"model.quantize={get('model.quantize')}: a 4-bit base is frozen; set model.finetune=lora")
+        if get("model.name") != "tiny" and not torch.cuda.is_available():
+            raise ConfigError(f"model.quantize={get('model.quantize')}: 4-bit training of a pretrained model needs a "
+                              f"CUDA GPU, none found (the embedded model=tiny also runs it on the CPU)")
+        if get("model.lora.target_experts"):
+            raise ConfigError("model.lora.target_experts=true: LoRA on 4-bit experts is not supported yet; "
+                              "use model.quantize=none for expert LoRA")
+    if get("trainer.optimizer") == "paged_adamw_8bit":
+        import torch
+
+        if not torch.cuda.is_available() or get("device") == "cpu":
+            raise ConfigError("trainer.optimizer=paged_adamw_8bit: needs a CUDA GPU; use trainer.optimizer=adamw")
     if get("model.hidden_size") % get("model.num_heads") and get("model.name") == "tiny":
         raise ConfigError("model.hidden_size: must be divisible by model.num_heads")

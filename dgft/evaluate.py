@@ -136,6 +136,8 @@ def untrained_model(run_cfg, run: Path, device):
 
     if run_cfg.model.name == "tiny":
         return build_tiny(run_cfg.model, get_task(run_cfg.task).vocab_size, seed=run_cfg.seed + 1).to(device).eval()
+    if run_cfg.model.get("quantize", "none") == "nf4":
+        return load_base(run, run_cfg, device=device).eval()
     return load_base(run, run_cfg).to(device).eval()
 
 

@@ -49,6 +49,8 @@ def export(cfg) -> Path:
         print(f"{out}: up to date")
         return out
     device = pick_device(cfg.device)
+    if rcfg.model.get("quantize", "none") == "nf4":
+        return export_streaming(cfg, rcfg, run_dir, out, checkpoint, source, device)
 
     # --- load, merge, check ------------------------------------------------------------------------
     model = load_model(run_dir, rcfg, checkpoint=checkpoint, device=device)
@@ -93,6 +95,69 @@ def export(cfg) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
     diffs = f"merged {merged_diff:.2e}, " if merged_diff is not None else ""
     print(f"exported {run_dir} -> {out} (max |logit diff|: {diffs}re-loaded {reload_diff:.2e}; atol {cfg.atol})")
+    return out
+
+
+def export_streaming(cfg, rcfg, run_dir: Path, out: Path, checkpoint, source: dict, device) -> Path:
+    """A QLoRA run: merge the adapter into the unquantized base shard by shard (`dgft.merge`), keep the base's
+    dtype (bf16 for a released checkpoint), and ship the unmerged adapter beside it (`adapter/`), since
+    servers without LoRA support need the merged weights and others prefer the adapter.
+
+    Checks, where the base fits in host memory (`max_check_gb`): merged logits vs the adapter on the same
+    unquantized base (the merge itself; must be within atol), and vs the adapter on the 4-bit base the run
+    trained with (the quantization gap; recorded, not gated).
+    """
+    from peft import PeftModel
+    from transformers import DiffusionGemmaForBlockDiffusion
+
+    from dgft.merge import merge_streaming
+    from dgft.model import local_checkpoint, share_adapters_with_encoder
+    from dgft.runs import load_model
+
+    base_dir = run_dir / "base" if rcfg.model.name == "tiny" else local_checkpoint(rcfg.model.path)
+    adapter = checkpoint or run_dir / "adapter"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        summary = merge_streaming(base_dir, adapter, tmp)
+        shutil.copytree(adapter, tmp / "adapter", ignore=shutil.ignore_patterns("trainer_state.pt", "rng.json",
+                                                                                 ckpt.MANIFEST))
+        _copy_tokenizer(run_dir / "tokenizer", tmp)
+        sampler = {"sampler": OmegaConf.to_container(rcfg.sampler, resolve=True),
+                   "noise": {"kind": rcfg.noise.kind, "support": rcfg.noise.support}}
+        (tmp / SAMPLER_FILE).write_text(json.dumps(sampler, indent=1))
+        checks = {"merged_max_abs_diff": None, "quantization_gap_max_abs_diff": None}
+        if summary["bytes"] <= cfg.max_check_gb * 1e9:
+            merged = DiffusionGemmaForBlockDiffusion.from_pretrained(str(tmp), dtype=torch.float32,
+                                                                     use_safetensors=True).eval()
+            prompt, mask, canvas = check_batch(merged.config)
+            got = check_logits(merged, prompt, mask, canvas)
+            merged = None
+            plain = DiffusionGemmaForBlockDiffusion.from_pretrained(str(base_dir), dtype=torch.float32,
+                                                                    use_safetensors=True)
+            plain = PeftModel.from_pretrained(plain, str(adapter))
+            share_adapters_with_encoder(plain.base_model.model)
+            checks["merged_max_abs_diff"] = _max_diff(check_logits(plain, prompt, mask, canvas), got)
+            plain = None
+            _require(checks["merged_max_abs_diff"], cfg.atol, "merged model vs adapter on the unquantized base")
+            trained = load_model(run_dir, rcfg, checkpoint=checkpoint, device=device)
+            checks["quantization_gap_max_abs_diff"] = _max_diff(
+                check_logits(trained, prompt.to(device), mask.to(device), canvas.to(device)).cpu(), got)
+        record = {"source": source, "finetune": "lora", "quantize": "nf4", "merge": summary,
+                  "checkpoint": str(checkpoint) if checkpoint else None, "step": _step(run_dir, checkpoint),
+                  **checks, "atol": cfg.atol, "checked": checks["merged_max_abs_diff"] is not None,
+                  "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        (tmp / RECORD_FILE).write_text(json.dumps(record, indent=1))
+        _replace_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if checks["merged_max_abs_diff"] is None:
+        print(f"exported {run_dir} -> {out} ({summary['merged_tensors']} tensors merged; the base is over "
+              f"max_check_gb={cfg.max_check_gb}, so logits were not compared here)")
+    else:
+        print(f"exported {run_dir} -> {out} (max |logit diff| merged vs adapter {checks['merged_max_abs_diff']:.2e}, "
+              f"atol {cfg.atol}; vs the 4-bit training model {checks['quantization_gap_max_abs_diff']:.2e})")
     return out
 
 

@@ -65,8 +65,10 @@ def _twin(path: str) -> str:
     return path
 
 
-def merge_streaming(base_dir, adapter_dir, out_dir, dtype=torch.bfloat16, log=print) -> dict:
-    """Write the merged checkpoint to `out_dir` (shards named as the base's); returns a summary."""
+def merge_streaming(base_dir, adapter_dir, out_dir, dtype=None, log=print) -> dict:
+    """Write the merged checkpoint to `out_dir` (shards named as the base's); returns a summary.
+
+    dtype None keeps each tensor's dtype (a bf16 checkpoint stays bf16)."""
     from safetensors.torch import save_file
 
     base_dir, out_dir = Path(base_dir).expanduser(), Path(out_dir)
@@ -97,10 +99,10 @@ def merge_streaming(base_dir, adapter_dir, out_dir, dtype=torch.bfloat16, log=pr
             if tuple(tensor.shape) != (b.shape[0], a.shape[1]):
                 raise MergeError(f"{file.name}: {name} has shape {tuple(tensor.shape)}, adapter {key} gives "
                                  f"{(b.shape[0], a.shape[1])}")
-            tensor = (tensor.float() + scale * (b.float() @ a.float())).to(dtype)
+            tensor = (tensor.float() + scale * (b.float() @ a.float())).to(dtype or tensor.dtype)
             used.add(key)
             merged += 1
-        elif tensor.is_floating_point():
+        elif tensor.is_floating_point() and dtype is not None:
             tensor = tensor.to(dtype)
         tensors[name] = tensor.contiguous()
         weight_map[name] = file.name

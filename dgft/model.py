@@ -92,7 +92,7 @@ def local_checkpoint(path: str) -> Path:
             f"and pass its local directory as model.path=/path/to/diffusiongemma-26B-A4B-it.") from err
 
 
-def load_quantized(path: str, device, group_size: int = 16):
+def load_quantized(path: str, device, group_size: int = 32):
     """A pretrained DiffusionGemma streamed shard by shard into 4-bit (NF4) weights on `device`, frozen."""
     from dgft.quant import freeze_base_
     from dgft.stream import StreamLoadError, load_streaming
@@ -106,14 +106,14 @@ def load_quantized(path: str, device, group_size: int = 16):
     return model
 
 
-def quantize_tiny_(model, device):
+def quantize_tiny_(model, device, group_size: int = 32):
     """The embedded model in 4 bits (tests and CPU runs of the QLoRA path): weights moved, then quantized."""
     from dgft.quant import freeze_base_, quantize_model_
 
     model.to(device)
     for p in model.parameters():  # weights to bf16; buffers (rotary frequencies) keep their precision
         p.data = p.data.to(torch.bfloat16)
-    quantize_model_(model)
+    quantize_model_(model, group_size)
     freeze_base_(model)
     return model
 

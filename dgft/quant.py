@@ -196,7 +196,7 @@ class NF4Experts(nn.Module):
     """Drop-in for `DiffusionGemmaTextExperts` with 4-bit weights; same forward signature."""
 
     def __init__(self, num_experts: int, hidden_dim: int, intermediate_dim: int, act_fn, dtype=torch.bfloat16,
-                 device=None, group_size: int = 16):
+                 device=None, group_size: int = 32):
         super().__init__()
         self.num_experts = num_experts
         self.hidden_dim = hidden_dim
@@ -207,7 +207,7 @@ class NF4Experts(nn.Module):
         self.down = NF4Stack(num_experts, hidden_dim, intermediate_dim, dtype, device)
 
     @classmethod
-    def like(cls, experts, device=None, dtype=torch.bfloat16, group_size: int = 16) -> "NF4Experts":
+    def like(cls, experts, device=None, dtype=torch.bfloat16, group_size: int = 32) -> "NF4Experts":
         """An empty NF4Experts with the shapes of a `DiffusionGemmaTextExperts` (which may be on meta)."""
         return cls(experts.num_experts, experts.hidden_dim, experts.intermediate_dim, experts.act_fn, dtype,
                    device, group_size)
@@ -301,7 +301,7 @@ def _put(layer, path: str, module) -> None:
     setattr(layer.get_submodule(parent) if parent else layer, leaf, module)
 
 
-def make_slots(core, device, dtype=torch.bfloat16, group_size: int = 16) -> dict:
+def make_slots(core, device, dtype=torch.bfloat16, group_size: int = 32) -> dict:
     """Replace each twin pair's projections and experts by ONE empty 4-bit module placed at both paths.
 
     Returns {param name prefix: 4-bit module} for every encoder and decoder path, which the loader
@@ -340,7 +340,7 @@ def place(slots: dict, name: str, source, device) -> bool:
 
 
 @torch.no_grad()
-def quantize_model_(core, group_size: int = 16):
+def quantize_model_(core, group_size: int = 32):
     """Make an already-loaded bf16 DiffusionGemma's text layers 4-bit in place (tests, small models)."""
     device = core.model.decoder.embed_tokens.weight.device
     sources = {}

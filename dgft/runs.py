@@ -62,20 +62,26 @@ def load_model(run_dir: str | Path, cfg=None, checkpoint: str | Path | None = No
     adapter = src if checkpoint else run_dir / "adapter"
     if not (adapter / "adapter_config.json").exists():
         raise RunError(f"{adapter}: no LoRA adapter (adapter_config.json); did training finish?")
-    base = load_base(run_dir, cfg)
+    quantized = cfg.model.get("quantize", "none") == "nf4"
+    base = load_base(run_dir, cfg, device=device if quantized else "cpu")
     model = PeftModel.from_pretrained(base, str(adapter))
     share_adapters_with_encoder(model.base_model.model)
-    return model.to(device).eval()
+    return (model if quantized else model.to(device)).eval()
 
 
-def load_base(run_dir: str | Path, cfg):
-    """The frozen base a LoRA run trained on."""
+def load_base(run_dir: str | Path, cfg, device="cpu"):
+    """The frozen base a LoRA run trained on (4-bit, on `device`, if the run trained on a 4-bit base)."""
     from transformers import DiffusionGemmaForBlockDiffusion
 
-    from dgft.model import load_pretrained
+    from dgft.model import load_pretrained, load_quantized, quantize_tiny_
 
+    quantized = cfg.model.get("quantize", "none") == "nf4"
+    group = cfg.model.get("quant_group_size", 32)
     if cfg.model.name == "tiny":
-        return DiffusionGemmaForBlockDiffusion.from_pretrained(str(Path(run_dir) / "base"), use_safetensors=True)
+        base = DiffusionGemmaForBlockDiffusion.from_pretrained(str(Path(run_dir) / "base"), use_safetensors=True)
+        return quantize_tiny_(base, device, group) if quantized else base
+    if quantized:
+        return load_quantized(cfg.model.path, device, group)
     return load_pretrained(cfg.model.path, dtype=torch.bfloat16, trust_remote_code=cfg.model.trust_remote_code)
 
 

@@ -106,7 +106,7 @@ class Loader:
     """Places named tensors into a meta skeleton; `finish()` checks nothing was left out."""
 
     def __init__(self, config, quantize: str = "nf4", device="cuda", dtype=torch.bfloat16, vision_device="cpu",
-                 group_size: int = 16):
+                 group_size: int = 32):
         self.model = skeleton(config)
         self.device = torch.device(device)
         self.dtype = dtype
@@ -161,7 +161,7 @@ class Loader:
         return self.model
 
 
-def load_streaming(path, quantize: str = "nf4", device="cuda", dtype=torch.bfloat16, group_size: int = 16):
+def load_streaming(path, quantize: str = "nf4", device="cuda", dtype=torch.bfloat16, group_size: int = 32):
     """A DiffusionGemma from a local checkpoint dir, streamed shard by shard (4-bit if quantize="nf4")."""
     from transformers import DiffusionGemmaConfig
 

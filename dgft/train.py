@@ -28,8 +28,8 @@ from dgft import noise as N
 from dgft.config import validate
 from dgft.data import TrainBatches, build_splits, records
 from dgft.loss import denoising_loss, encoder_ar_loss
-from dgft.model import (attach_lora, build_tiny, count_parameters, denoise, encode, load_pretrained, prompt_logits,
-                        torch_dtype, unwrap)
+from dgft.model import (attach_lora, build_tiny, count_parameters, denoise, encode, load_pretrained, load_quantized,
+                        prompt_logits, quantize_tiny_, torch_dtype, unwrap)
 from dgft.tasks import get_task
 from dgft.tasks.sudoku.io import write_puzzles
 from dgft.tasks.sudoku.task import MASK
@@ -78,6 +78,16 @@ def lr_lambda(tcfg, elapsed_s=lambda: 0.0):
     return f
 
 
+def make_optimizer(params, tcfg, device):
+    """AdamW over the trainable parameters: torch's (fused on CUDA) or bitsandbytes' paged 8-bit one."""
+    kwargs = dict(lr=tcfg.lr, weight_decay=tcfg.weight_decay, betas=(0.9, 0.98))
+    if tcfg.optimizer == "paged_adamw_8bit":
+        import bitsandbytes as bnb
+
+        return bnb.optim.PagedAdamW8bit(params, **kwargs)
+    return torch.optim.AdamW(params, fused=device.type == "cuda", **kwargs)
+
+
 def train(cfg, run_dir: str | Path) -> Path:
     # --- setup -------------------------------------------------------------------------------------
     run_dir = Path(run_dir)
@@ -100,7 +110,10 @@ def train(cfg, run_dir: str | Path) -> Path:
 
     dtype = torch_dtype(cfg.model.dtype, device)
     if cfg.model.name != "tiny":  # load pretrained weights first: a missing checkpoint fails in seconds
-        model = load_pretrained(cfg.model.path, dtype=dtype, trust_remote_code=cfg.model.trust_remote_code)
+        if cfg.model.quantize == "nf4":  # streamed shard by shard into 4-bit weights on the device
+            model = load_quantized(cfg.model.path, device, cfg.model.quant_group_size)
+        else:
+            model = load_pretrained(cfg.model.path, dtype=dtype, trust_remote_code=cfg.model.trust_remote_code)
 
     splits = build_splits(cfg.task, cfg.seed, log=tqdm.write)
     (run_dir / "data").mkdir(exist_ok=True)
@@ -114,16 +127,18 @@ def train(cfg, run_dir: str | Path) -> Path:
             task.init_embeddings(model.get_input_embeddings().weight, model.config.initializer_range, gen)
         if cfg.model.finetune == "lora":
             model.save_pretrained(str(run_dir / "base"))
+        if cfg.model.quantize == "nf4":
+            model = quantize_tiny_(model, device, cfg.model.quant_group_size)
     if cfg.model.finetune == "lora":
         model = attach_lora(model, cfg.model.lora)
-    model.to(device)
+    if cfg.model.quantize == "none":  # a 4-bit model is placed by its loader (a vision tower stays on the host)
+        model.to(device)
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     vocab_size = unwrap(model).config.get_text_config().vocab_size
     trainable, total = count_parameters(model)
     params = [p for p in {id(p): p for p in model.parameters()}.values() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay, betas=(0.9, 0.98),
-                            fused=device.type == "cuda")
+    opt = make_optimizer(params, cfg.trainer, device)
     clock = {"start": time.time(), "before": 0.0}  # training seconds: this session's, plus those before a resume
     elapsed_s = lambda: clock["before"] + time.time() - clock["start"]  # noqa: E731
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.trainer, elapsed_s))

@@ -240,3 +240,31 @@ def test_nf4_experts_backward_in_bf16_with_idle_experts():
     ref.backward(g.bfloat16().float())
     rel = lambda a, b: float((a.float() - b).norm() / b.norm())  # noqa: E731
     assert rel(out, ref) < 0.02 and rel(xb.grad, xr.grad) < 0.03 and rel(wb.grad, wr.grad) < 0.03
+
+
+def test_qlora_train_eval_export_through_the_cli(tmp_path):
+    """model.quantize=nf4 end to end on the embedded model (CPU): 4-bit base, LoRA, eval, streaming export."""
+    import json
+
+    from transformers import DiffusionGemmaForBlockDiffusion
+
+    from dgft.cli import main
+
+    run = tmp_path / "run"
+    dims = ["model.hidden_size=64", "model.num_layers=2", "model.num_heads=2", "model.num_kv_heads=1",
+            "model.head_dim=32", "model.intermediate_size=128", "model.moe_intermediate_size=64",
+            "model.num_experts=2", "model.top_k_experts=1"]
+    main(["train", f"hydra.run.dir={run}", f"task.cache_dir={tmp_path / 'cache'}", "task.base_puzzles=20",
+          "task.heldout_puzzles=6", "trainer.max_steps=3", "trainer.batch_size=8", "trainer.eval_every=0",
+          "trainer.log_every=1", "sampler.steps=8", "model.finetune=lora", "model.quantize=nf4", *dims])
+    assert (run / "adapter" / "adapter_config.json").exists() and (run / "base" / "config.json").exists()
+    info = json.loads((run / "run.json").read_text())
+    assert info["trainable_parameters"] < info["parameters"] / 2
+    main(["eval", str(run), "limit=3"])
+    assert json.loads((run / "eval" / "heldout.json").read_text())["modes"]["rules"]["rule_violations"] == 0
+    main(["export", str(run)])
+    record = json.loads((run / "export" / "export.json").read_text())
+    assert record["quantize"] == "nf4" and record["merged_max_abs_diff"] <= record["atol"]
+    assert record["quantization_gap_max_abs_diff"] > 0  # the 4-bit training model is not the merged bf16 one
+    assert (run / "export" / "adapter" / "adapter_config.json").exists()
+    DiffusionGemmaForBlockDiffusion.from_pretrained(str(run / "export"))
