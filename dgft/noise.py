@@ -42,14 +42,18 @@ def corrupt_uniform(target, t, corruptible, support, generator=None):
     return torch.where(hit, noise, target), hit
 
 
-def corrupt_mask(target, t, corruptible, mask_id: int, generator=None):
-    """Absorbing-state corruption: positions hit with probability t hold `mask_id`. Returns (noisy, hit)."""
+def corrupt_mask(target, t, corruptible, mask_id, generator=None):
+    """Absorbing-state corruption: positions hit with probability t hold the mask token. Returns (noisy, hit).
+
+    `mask_id` is one id, or (L,) ids, one per position (a per-cell mask keeps the position's identity).
+    """
     B, L = target.shape
     hit = (torch.rand((B, L), generator=generator, device=target.device) < t[:, None]) & corruptible
-    return torch.where(hit, torch.full_like(target, mask_id), target), hit
+    mask = torch.as_tensor(mask_id, device=target.device).expand(B, L)
+    return torch.where(hit, mask, target), hit
 
 
-def corrupt(kind: str, target, t, corruptible, support, mask_id: int, generator=None):
+def corrupt(kind: str, target, t, corruptible, support, mask_id, generator=None):
     """Dispatch on `noise.kind` ("uniform" or "mask")."""
     if kind == "uniform":
         return corrupt_uniform(target, t, corruptible, support, generator)

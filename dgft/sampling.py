@@ -87,8 +87,12 @@ def sample(model, batch: dict, task, scfg, mode: str, noise_kind: str = "uniform
     if generator is not None and generator.device != device:  # a host generator seeds one on the model's device
         generator = torch.Generator(device).manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
 
+    mask_ids = batch.get("mask_ids")  # (L,) per-position mask tokens, if the task has them
+
     def noise_like():
         if noise_kind == "mask":
+            if mask_ids is not None:
+                return mask_ids.to(device)[None].expand(B, L).clone()
             return torch.full((B, L), mask_id, dtype=torch.long, device=device)
         return N.draw(prior, (B, L), generator, device)
 

@@ -246,7 +246,7 @@ def _corrupt(batch: dict, cfg, gen, vocab_size: int) -> dict:
     target, scored = batch["target"], batch["scored"]
     t = N.sample_t(target.shape[0], cfg.noise.eps, gen)
     support = batch["choices"] if cfg.noise.support == "answer" else vocab_size
-    noisy, hit = N.corrupt(cfg.noise.kind, target, t, ~batch["fixed"], support, MASK, gen)
+    noisy, hit = N.corrupt(cfg.noise.kind, target, t, ~batch["fixed"], support, batch.get("mask_ids", MASK), gen)
     positions = scored if cfg.noise.kind == "uniform" else scored & hit
     tokens = batch["prompt_mask"].sum() + target.numel()
     return {**batch, "t": t, "noisy": noisy, "hit": hit, "count": positions.sum(), "tokens": tokens}
