@@ -1,0 +1,95 @@
+"""Sudoku for a pretrained tokenizer: chat-template prompt, digit canvas, pinning and rules on cell positions."""
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import tiny_cfg
+from dgft.model import build_tiny
+from dgft.sampling import sample
+from dgft.tasks.sudoku import grid as G
+from dgft.tasks.sudoku.text import SudokuTextTask, TextLayoutError
+
+SPECIAL = ["[PAD]", "[EOS]", "[BOS]", "[IMG]", "[BOI]", "[EOI]", "[MASK]", "[SEP]", "[UNK]",
+           "<start_of_turn>", "<end_of_turn>"]
+TEMPLATE = ("{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{{ m['content'] }}<end_of_turn>\n{% endfor %}"
+            "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+
+
+def chat_tokenizer(split_digits: bool = True):
+    """A word-level tokenizer with a Gemma-like chat template; digits one token each (or whole numbers)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = SPECIAL + ["\n", " ", ".", "'", ":", ",", "user", "model", "x"] + [str(d) for d in range(10)]
+    words += "Solve this Sudoku Blanks are Answer with the completed grid only rows of digits one row per line".split()
+    if not split_digits:
+        words += [str(i) for i in range(10, 100000)]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(dict.fromkeys(words))}, unk_token="[UNK]"))
+    pattern = r"<start_of_turn>|<end_of_turn>|\d|\n| |x|[^\s\d.':,x]+|[.':,]" if split_digits else \
+        r"<start_of_turn>|<end_of_turn>|\d+|\n| |x|[^\s\d.':,x]+|[.':,]"
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="[BOS]", eos_token="[EOS]", pad_token="[PAD]",
+                                   unk_token="[UNK]", additional_special_tokens=["<start_of_turn>", "<end_of_turn>"])
+    fast.chat_template = TEMPLATE
+    return fast
+
+
+def puzzles(n=9, count=3, seed=0):
+    rng = np.random.default_rng(seed)
+    sols = [G.random_solution(n, rng) for _ in range(count)]
+    out = []
+    for s in sols:
+        p = s.copy()
+        p[rng.choice(n * n, size=n * n // 2, replace=False)] = 0
+        out.append(p)
+    return np.stack(out), np.stack(sols)
+
+
+def task(sizes=(9, 4), canvas=96, tok=None):
+    return SudokuTextTask(OmegaConf.create({"tokens": "text", "sizes": list(sizes)}), tok or chat_tokenizer(), canvas)
+
+
+def test_prompt_goes_through_the_chat_template_and_the_canvas_holds_the_answer():
+    t = task()
+    p, s = puzzles()
+    batch = t.encode(p, s)
+    text = t.tokenizer.decode(batch["prompt_ids"][0][batch["prompt_mask"][0].bool()])
+    assert text.startswith("<start_of_turn>user\nSolve this 9x9 Sudoku") and text.endswith("<start_of_turn>model\n")
+    assert "\n".join(["".join("." if v == 0 else str(v) for v in p[0][r * 9:(r + 1) * 9]) for r in range(9)]) in text
+    assert np.array_equal(t.decode(batch["target"], 9), s)
+    answer = t.tokenizer.decode(batch["target"][0][:90])
+    assert answer.startswith("".join(map(str, s[0][:9])) + "\n") and answer.endswith("<end_of_turn>")
+    cells = t.layouts[9]["cells"]
+    assert batch["scored"][:, cells].eq(torch.as_tensor(p == 0)).all() and batch["scored"].sum() == (p == 0).sum()
+    structure = torch.ones(96, dtype=torch.bool)
+    structure[cells] = False
+    assert batch["fixed"][:, structure].all()  # newlines, the end token and padding are pinned
+
+
+def test_a_tokenizer_that_merges_digits_is_refused():
+    with pytest.raises(TextLayoutError, match="one token per cell|digit"):
+        task(tok=chat_tokenizer(split_digits=False))
+    with pytest.raises(TextLayoutError, match="canvas_length"):
+        task(canvas=60)
+
+
+@pytest.mark.parametrize("mode", ["clamped", "rules"])
+def test_sampling_keeps_structure_and_givens_and_rules(mode):
+    t = task(sizes=(4,), canvas=24)
+    cfg = tiny_cfg(model={"canvas_length": 24})
+    model = build_tiny(cfg.model, t.vocab_size).eval()
+    p, s = puzzles(n=4, count=4, seed=1)
+    batch = t.encode(p, s)
+    res = sample(model, batch, t, cfg.sampler, mode=mode, generator=torch.Generator().manual_seed(0))
+    fixed = batch["fixed"]
+    assert torch.equal(res.canvas[fixed], batch["target"][fixed])
+    digits = t.decode(res.canvas, 4)
+    assert (digits[p != 0] == p[p != 0]).all()
+    if mode == "rules":
+        for d in digits:
+            for unit in G.units(4):
+                vals = [v for v in d[list(unit)] if v]
+                assert len(vals) == len(set(vals))
