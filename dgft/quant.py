@@ -146,15 +146,15 @@ class _NF4ExpertsFunction(torch.autograd.Function):
         x = hidden[tokens]
         y = experts.expert_outputs(x, counts)  # (S, H), sorted by expert
         out = _unsort_sum(y.float() * weights.reshape(-1)[order, None].float(), order, index.shape)
-        ctx.save_for_backward(hidden, weights, index)
-        ctx.experts = experts
+        ctx.save_for_backward(hidden, weights, index, order)
+        ctx.experts, ctx.counts = experts, counts  # backward reuses the routing: no second host sync
         return out.to(hidden.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
-        hidden, weights, index = ctx.saved_tensors
-        experts = ctx.experts
-        order, tokens, counts = experts.route(index)
+        hidden, weights, index, order = ctx.saved_tensors
+        experts, counts = ctx.experts, ctx.counts
+        tokens = order // index.shape[1]
         x = hidden[tokens]
         w = weights.reshape(-1)[order]
         g = grad_out[tokens]
