@@ -4,6 +4,8 @@
     dgft train --cfg job                      # print the composed config
     dgft train -m seed=0,1,2                  # sweep
     dgft eval outputs/sudoku/<run> data=puzzles.csv
+    dgft train recipe=infill                  # code infilling
+    dgft eval outputs/infill/<run> data=HumanEval-SingleLineInfilling.jsonl.gz
     dgft export outputs/sudoku/<run>
 
 For eval and export the first argument without '=' is the run directory (`run=PATH` works too).
@@ -46,10 +48,13 @@ def _known_errors():
     from dgft.config import ConfigError
     from dgft.model import ModelLoadError
     from dgft.runs import RunError
+    from dgft.tasks.infill.corpus import CorpusError
+    from dgft.tasks.infill.humaneval import InfillFileError
     from dgft.tasks.sudoku.io import PuzzleFileError
     from dgft.train import OutOfMemory
 
-    return (ConfigError, ModelLoadError, RunError, PuzzleFileError, CheckpointError, OutOfMemory)
+    return (ConfigError, ModelLoadError, RunError, PuzzleFileError, InfillFileError, CorpusError, CheckpointError,
+            OutOfMemory)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -5,6 +5,10 @@ one line on what each knob does. Hydra checks overrides against them when the co
 `dgft train trainer.lr=abc` or `trainer.lrr=1e-3` fail before anything runs. Range checks that types
 cannot express live in `validate()`, which every recipe calls first.
 
+Each task has a schema of its own (`TaskConfig` for Sudoku, `InfillTaskConfig` for code infilling); the
+option picked in the `task` group brings it in (`recipes/task/infill.yaml` starts from `infill_schema`), so
+`dgft train recipe=infill task.sizes=[4]` fails at composition like any other typo.
+
 Example: `dgft train recipe=sudoku trainer.max_steps=200 seed=7`.
 """
 
@@ -23,8 +27,18 @@ class ConfigError(ValueError):
 
 # --- task -----------------------------------------------------------------------------------------
 @dataclass
-class TaskConfig:
-    name: str = "sudoku"  # which task module renders and scores examples
+class TaskBase:
+    """What every task schema has. `TrainRecipe.task` is typed with it, so the `task` group's option can bring in
+    its own schema (a subclass); composing starts from this base (see `register`)."""
+
+    name: str = MISSING  # which task module renders and scores examples
+
+
+@dataclass
+class TaskConfig(TaskBase):
+    """Sudoku (`task=sudoku`)."""
+
+    name: str = "sudoku"
     sizes: list[int] = field(default_factory=lambda: [9, 4])  # grid sizes to train on (4 and/or 9)
     size_weights: list[float] = field(default_factory=lambda: [0.8, 0.2])  # share of batches per size
     tokens: str = "cell"  # "cell": one token per (cell, digit); "digit": tokens 1..9 and position alone
@@ -34,6 +48,39 @@ class TaskConfig:
     corrupt_givens_p: float = 0.0  # share of examples whose given cells are also corrupted and scored
     augment: bool = True  # random digit relabelling, row/column/band/stack swaps, transpose per example
     cache_dir: str = "~/.cache/dgft"  # generated data are cached here, keyed by seed and settings
+
+
+INFILL_KINDS = ("line", "multi_line", "random_span")  # HumanEval-Infilling's span shapes (dgft.tasks.infill.corpus)
+
+
+@dataclass
+class InfillTaskConfig(TaskBase):
+    """Code infilling (`task=infill`): spans cut from Python functions, the middle written on the canvas."""
+
+    name: str = "infill"
+    sources: list[str] = field(default_factory=lambda: ["stdlib"])  # "stdlib", dirs, .py files, saved datasets
+    text_column: Optional[str] = None  # a dataset's text column (default: content, text, code or source)
+    unit_column: Optional[str] = None  # rows the split keeps together (default: module, repo_name, repo, ... path)
+    heldout_share: float = 0.1  # share of top-level packages held out (never trained on)
+    split_seed: int = 0  # seeds the module split and the held-out spans (not the run seed: same held-out set)
+    max_file_bytes: int = 256_000  # larger files are skipped (generated tables, vendored blobs)
+    kinds: list[str] = field(default_factory=lambda: list(INFILL_KINDS))  # span shapes to train and evaluate on
+    kind_weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])  # share of training spans per kind
+    max_lines: int = 8  # multi_line spans take 2..max_lines lines
+    max_span_chars: int = 128  # random_span spans take 1..max_span_chars characters
+    context_chars: int = 1000  # characters kept around the enclosing function
+    max_side_chars: int = 2000  # at most this many characters of prefix, and of suffix
+    prompt_tokens: int = 384  # encoder prompt budget: [BOS] [PRE] prefix [SUF] suffix [MID]
+    canvas_length: int = 64  # must equal model.canvas_length (middle + [EOS] must fit)
+    canvas_prefix_tokens: int = 0  # last prefix tokens also pinned at the start of the canvas (0: none)
+    vocab_size: int = 4096  # byte-level BPE size for the embedded model
+    oracle_length_p: float = 0.0  # share of training examples whose true length is given (end pinned)
+    pad_weight: float = 0.1  # loss weight of the padding after [EOS] (the middle and [EOS] weigh 1)
+    heldout_examples: int = 500  # held-out examples per kind (fixed, drawn with split_seed)
+    cache_dir: str = "~/.cache/dgft"  # corpus split and tokenizer are cached here, keyed by settings and files
+
+
+TASK_SCHEMAS = {"sudoku": TaskConfig, "infill": InfillTaskConfig}
 
 
 # --- model ----------------------------------------------------------------------------------------
@@ -99,7 +146,7 @@ class TrainerConfig:
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     eval_every: int = 250  # steps between held-out evaluations (0: never)
-    eval_puzzles: int = 64  # held-out puzzles per periodic evaluation
+    eval_puzzles: int = 64  # held-out puzzles (infill: examples) per periodic evaluation
     ckpt_every: int = 500  # steps between checkpoints (0: only the final one)
     keep_last: int = 2  # checkpoints kept
     optimizer: str = "adamw"  # "adamw" (torch, fused on CUDA) or "paged_adamw_8bit" (bitsandbytes; CUDA only)
@@ -127,7 +174,7 @@ class TrainRecipe:
     seed: int = 0  # seeds python, numpy, torch and the data generator
     device: str = "auto"  # "auto", "cpu", "cuda"
     resume: Optional[str] = None  # a run dir to continue from its newest valid checkpoint, or "auto"
-    task: TaskConfig = field(default_factory=TaskConfig)
+    task: TaskBase = field(default_factory=TaskConfig)  # the schema of the task picked (Sudoku by default)
     model: ModelConfig = field(default_factory=ModelConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -159,7 +206,10 @@ class EvalRecipe:
     checkpoint: Optional[str] = None  # evaluate this checkpoint dir instead of the final weights
     seed: int = 0
     device: str = "auto"
-    plot: bool = True  # write a PNG of one puzzle being denoised
+    plot: bool = True  # write a PNG of one puzzle being denoised (Sudoku)
+    samples: int = 1  # infill: samples per problem; pass@k (unbiased) for each k in 1, 10, 100 up to it
+    rerank: bool = False  # infill: also report the first of the samples that compiles with prefix and suffix
+    workers: int = 2  # infill: test programs run in the sandbox at once (HumanEval data)
     sampler: SamplerOverrides = field(default_factory=SamplerOverrides)  # overrides of the run's sampler
 
 
@@ -175,15 +225,25 @@ class ExportRecipe:
 
 def register() -> None:
     cs = ConfigStore.instance()
-    cs.store(name="train_schema", node=TrainRecipe)
+    # Composition starts from the bare task base, which the `task` option's schema then extends; code that
+    # builds a TrainRecipe directly (tests, `typed_train_config`) gets a Sudoku task by default.
+    cs.store(name="train_schema", node=TrainRecipe(task=TaskBase()))
+    for name, schema in TASK_SCHEMAS.items():
+        cs.store(group="task", name=f"{name}_schema", node=schema)
     cs.store(name="eval_schema", node=EvalRecipe)
     cs.store(name="export_schema", node=ExportRecipe)
 
 
+def typed_train_config(saved) -> DictConfig:
+    """A saved train config (RUN/config.yaml) typed again with the schema of its task."""
+    schema = TASK_SCHEMAS.get(OmegaConf.select(saved, "task.name") or "sudoku")
+    if schema is None:
+        raise ConfigError(f"task.name={saved.task.name!r}: expected one of {', '.join(TASK_SCHEMAS)}")
+    return OmegaConf.merge(OmegaConf.structured(TrainRecipe(task=schema())), saved)
+
+
 # --- range checks ---------------------------------------------------------------------------------
 _CHOICES = {
-    "task.name": ("sudoku",),
-    "task.tokens": ("cell", "digit"),
     "model.name": ("tiny", "diffusiongemma"),
     "model.finetune": ("full", "lora"),
     "model.quantize": ("none", "nf4"),
@@ -196,28 +256,54 @@ _CHOICES = {
     "device": ("auto", "cpu", "cuda"),
 }
 _POSITIVE = ["trainer.max_steps", "trainer.batch_size", "trainer.grad_accum", "trainer.lr", "model.hidden_size",
-             "model.num_layers", "model.canvas_length", "sampler.steps", "sampler.batch_size", "task.base_puzzles",
-             "task.heldout_puzzles", "model.lora.r", "model.quant_group_size"]
-_FRACTIONS = ["noise.eps", "noise.self_conditioning_p", "task.corrupt_givens_p", "trainer.min_lr_ratio"]
+             "model.num_layers", "model.canvas_length", "sampler.steps", "sampler.batch_size", "model.lora.r",
+             "model.quant_group_size"]
+_FRACTIONS = ["noise.eps", "noise.self_conditioning_p", "trainer.min_lr_ratio"]
 _NON_NEGATIVE = ["trainer.weight_decay", "trainer.warmup_steps", "trainer.eval_every", "trainer.ckpt_every",
                  "trainer.time_limit_min", "noise.encoder_ar_weight", "sampler.temperature", "sampler.entropy_bound"]
+_MODES = {"sudoku": ("free", "clamped", "rules"), "infill": ("free", "clamped")}
+# per task: (choices, positive, fractions, non-negative) of its own keys
+_TASK_CHECKS = {
+    "sudoku": ({"task.tokens": ("cell", "digit")}, ["task.base_puzzles", "task.heldout_puzzles"],
+               ["task.corrupt_givens_p"], []),
+    "infill": ({}, ["task.max_file_bytes", "task.max_lines", "task.max_span_chars", "task.max_side_chars",
+                    "task.prompt_tokens", "task.canvas_length", "task.vocab_size", "task.heldout_examples"],
+               ["task.heldout_share", "task.oracle_length_p"],
+               ["task.context_chars", "task.canvas_prefix_tokens", "task.pad_weight"]),
+}
 
 
 def validate(cfg: DictConfig | Any) -> None:
     """Range and consistency checks on a composed train config; raises ConfigError naming the key."""
     get = lambda key: OmegaConf.select(cfg, key)  # noqa: E731
-    for key, choices in _CHOICES.items():
-        if get(key) not in choices:
-            raise ConfigError(f"{key}={get(key)!r}: expected one of {', '.join(choices)}")
-    for key in _POSITIVE:
+    task = get("task.name")
+    if task not in TASK_SCHEMAS:
+        raise ConfigError(f"task.name={task!r}: expected one of {', '.join(TASK_SCHEMAS)}")
+    if isinstance(cfg.task, DictConfig) and OmegaConf.get_type(cfg.task) not in (TASK_SCHEMAS[task], dict):
+        raise ConfigError(f"task.name={task}: pick a task with `task={task}` (or a recipe), which brings its "
+                          f"settings, rather than renaming the {OmegaConf.get_type(cfg.task).__name__} settings")
+    choices, positive, fractions, non_negative = _TASK_CHECKS[task]
+    for key, allowed in {**_CHOICES, **choices}.items():
+        if get(key) not in allowed:
+            raise ConfigError(f"{key}={get(key)!r}: expected one of {', '.join(allowed)}")
+    for key in _POSITIVE + positive:
         if not get(key) > 0:
             raise ConfigError(f"{key}={get(key)!r}: must be > 0")
-    for key in _NON_NEGATIVE:
+    for key in _NON_NEGATIVE + non_negative:
         if get(key) < 0:
             raise ConfigError(f"{key}={get(key)!r}: must be >= 0")
-    for key in _FRACTIONS:
+    for key in _FRACTIONS + fractions:
         if not 0 <= get(key) <= 1:
             raise ConfigError(f"{key}={get(key)!r}: must be in [0, 1]")
+    modes = list(get("sampler.modes"))
+    if not modes or any(m not in _MODES[task] for m in modes):
+        raise ConfigError(f"sampler.modes={modes}: task {task} samples in {', '.join(_MODES[task])}"
+                          + (" (infilling has no rules)" if task == "infill" else ""))
+    (_validate_sudoku if task == "sudoku" else _validate_infill)(get)
+    _validate_model(get)
+
+
+def _validate_sudoku(get) -> None:
     sizes, weights = list(get("task.sizes")), list(get("task.size_weights"))
     if not sizes or any(n not in (4, 9) for n in sizes):
         raise ConfigError(f"task.sizes={sizes}: each size must be 4 or 9")
@@ -230,6 +316,38 @@ def validate(cfg: DictConfig | Any) -> None:
     lo, hi = list(get("task.blank_fraction"))
     if not 0 < lo <= hi < 1:
         raise ConfigError(f"task.blank_fraction=[{lo}, {hi}]: need 0 < low <= high < 1")
+
+
+def _validate_infill(get) -> None:
+    kinds, weights = list(get("task.kinds")), list(get("task.kind_weights"))
+    if not kinds or len(set(kinds)) != len(kinds) or any(k not in INFILL_KINDS for k in kinds):
+        raise ConfigError(f"task.kinds={kinds}: distinct span kinds among {', '.join(INFILL_KINDS)}")
+    if len(weights) != len(kinds) or any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise ConfigError(f"task.kind_weights={weights}: one non-negative weight per entry of task.kinds, not all 0")
+    if not list(get("task.sources")):
+        raise ConfigError("task.sources=[]: name at least one source (stdlib, a directory, a .py file, a dataset)")
+    if get("task.heldout_share") >= 1:
+        raise ConfigError(f"task.heldout_share={get('task.heldout_share')}: must be < 1 (something must be trained on)")
+    if get("task.max_lines") < 2:
+        raise ConfigError(f"task.max_lines={get('task.max_lines')}: a multi_line span takes at least 2 lines")
+    if get("task.canvas_length") != get("model.canvas_length"):
+        raise ConfigError(f"task.canvas_length={get('task.canvas_length')} differs from model.canvas_length="
+                          f"{get('model.canvas_length')}: set one (recipe=infill sets the model's from the task's)")
+    if get("task.canvas_length") < get("task.canvas_prefix_tokens") + 2:
+        raise ConfigError(f"task.canvas_length={get('task.canvas_length')}: needs room for task.canvas_prefix_tokens="
+                          f"{get('task.canvas_prefix_tokens')}, one middle token and [EOS]")
+    if get("task.prompt_tokens") < 8:
+        raise ConfigError(f"task.prompt_tokens={get('task.prompt_tokens')}: at least 8 ([BOS] [PRE] [SUF] [MID] "
+                          "and some context)")
+    if get("task.vocab_size") < 268:
+        raise ConfigError(f"task.vocab_size={get('task.vocab_size')}: a byte-level BPE needs at least 268 "
+                          "(12 special tokens and the 256 bytes)")
+    if get("model.name") != "tiny":
+        raise ConfigError(f"model.name={get('model.name')}: task infill trains the embedded model only so far (a "
+                          "pretrained model needs its own tokenizer with fill-in-the-middle markers wired in)")
+
+
+def _validate_model(get) -> None:
     if get("noise.loss_weight") == "inv_t" and get("noise.kind") != "mask":
         raise ConfigError("noise.loss_weight=inv_t: only meaningful with noise.kind=mask")
     if get("model.name") == "diffusiongemma" and not get("model.path"):

@@ -1,132 +1,62 @@
-"""The evaluation recipe: `dgft eval RUN [data=PATH]` -> RUN/eval/<name>.json, <name>.md, <name>_denoising.png.
+"""The evaluation recipe: `dgft eval RUN [data=PATH]` -> RUN/eval/<name>.json and <name>.md.
 
-Every sampling mode (free, clamped, rules) runs on the same puzzles and is reported side by side, with an
-untrained model of the same config driving the same sampler as the `rules` baseline: the rule masks alone
-solve part of a puzzle, and the model's contribution is the difference.
+Shared setup (the run's saved config, the device, the run's sampler settings with the eval-time overrides,
+checks of the eval options), then the run's task evaluates, each in its own module: Sudoku
+(`dgft.tasks.sudoku.evaluate`: free, clamped and rules side by side, an untrained-model baseline for rules)
+and code infilling (`dgft.tasks.infill.evaluate`: free and clamped, each with the model's own length and
+the true one; exact match, and pass@k in the sandbox on HumanEval-Infilling files).
 
-Example: `dgft eval outputs/sudoku/2026-11-27_15-00-00 data=../shared/benchmarks/sudoku/norvig_easy50.csv`.
+Example: `dgft eval outputs/sudoku/2026-11-27_15-00-00 data=../shared/benchmarks/sudoku/norvig_easy50.csv`;
+`dgft eval outputs/infill/latest data=../shared/benchmarks/infill/HumanEval-SingleLineInfilling.jsonl.gz`.
 """
 
 from __future__ import annotations
 
-import json
-import time
-from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
 from omegaconf import OmegaConf
-from tqdm.auto import tqdm
 
-from dgft.metrics import SudokuAccuracy, score_answer
-from dgft.runs import load_config, load_model
-from dgft.sampling import sample
+from dgft.config import ConfigError
+from dgft.runs import load_config
 from dgft.tasks import get_task
-from dgft.tasks.sudoku import grid as G
-from dgft.tasks.sudoku.io import read_puzzles
-from dgft.train import pick_device, seed_everything
-
-METRICS = ("n", "exact", "cell_accuracy", "givens_kept", "rule_violations", "mean_steps", "puzzles_per_s",
-           "tokens_per_s")
+from dgft.train import pick_device
 
 
 def evaluate(cfg) -> dict:
-    # --- setup -------------------------------------------------------------------------------------
     run = Path(cfg.run)
     run_cfg = load_config(run)
-    device = pick_device(cfg.device)
     overrides = {k: v for k, v in OmegaConf.to_container(cfg.sampler).items() if v is not None}
     scfg = OmegaConf.merge(run_cfg.sampler, overrides)
-    task = get_task(run_cfg.task)
-    data = Path(cfg.data) if cfg.data else run / "data" / "heldout.csv"
-    name = cfg.name or data.stem
-    recs, skipped = read_puzzles(data, on_error=cfg.on_error)
-    for msg in skipped:
-        tqdm.write(f"skipped {msg}")
-    if cfg.limit:
-        recs = recs[: cfg.limit]
-    model = load_model(run, run_cfg, checkpoint=cfg.checkpoint, device=device)
-    out_dir = run / "eval"
-    out_dir.mkdir(exist_ok=True)
-
-    # --- sample every mode, then the untrained baseline --------------------------------------------
-    result = {"run": str(run), "data": str(data), "n": len(recs), "skipped_lines": len(skipped),
-              "sampler": OmegaConf.to_container(scfg), "device": str(device), "modes": {}}
-    picture = None
-    for mode in scfg.modes:
-        answers, stats = run_mode(model, task, recs, scfg, run_cfg, mode, cfg.seed, record=(mode == "rules"))
-        result["modes"][mode] = {**summarise(recs, answers, stats), "by_givens": by_givens(recs, answers)}
-        picture = picture or stats.get("history")
-    if cfg.baseline:
-        baseline = untrained_model(run_cfg, run, device)
-        answers, stats = run_mode(baseline, task, recs, scfg, run_cfg, "rules", cfg.seed)
-        result["baseline_untrained_rules"] = {**summarise(recs, answers, stats), "by_givens": by_givens(recs, answers)}
-
-    # --- write ------------------------------------------------------------------------------------
-    (out_dir / f"{name}.json").write_text(json.dumps(result, indent=1))
-    (out_dir / f"{name}.md").write_text(markdown(name, result))
-    if cfg.plot and picture:
-        from dgft.plots import plot_denoising
-
-        rec, frames, accepted = picture
-        plot_denoising(frames, accepted, rec.puzzle, rec.solution, out_dir / f"{name}_denoising.png",
-                       title=f"{name}: {rec.source}, rules mode")
-    print(markdown(name, result))
-    return result
+    check_options(cfg, run_cfg, scfg)
+    device = pick_device(cfg.device)
+    if run_cfg.task.name == "infill":
+        from dgft.tasks.infill.evaluate import evaluate_run
+    else:
+        from dgft.tasks.sudoku.evaluate import evaluate_run
+    return evaluate_run(cfg, run, run_cfg, scfg, device)
 
 
-def run_mode(model, task, recs, scfg, run_cfg, mode: str, seed: int, record: bool = False):
-    """Sample answers for all records in one mode, batching same-size puzzles. -> (answers, stats)."""
-    gen = seed_everything(seed)
-    answers: list = [None] * len(recs)
-    steps = np.zeros(len(recs))
-    history, elapsed, cells = None, 0.0, 0
-    by_size = defaultdict(list)
-    for i, r in enumerate(recs):
-        by_size[len(r.puzzle)].append(i)
-    bar = tqdm(total=len(recs), desc=f"eval {mode}", unit="puzzle", leave=False)
-    for idx_all in by_size.values():
-        for start in range(0, len(idx_all), scfg.batch_size):
-            idx = idx_all[start:start + scfg.batch_size]
-            puzzles = np.stack([recs[i].puzzle for i in idx])
-            solutions = np.stack([recs[i].solution for i in idx])
-            batch = task.encode(puzzles, solutions)
-            t0 = time.perf_counter()
-            res = sample(model, batch, task, scfg, mode, run_cfg.noise.kind, run_cfg.noise.support, gen,
-                         record=record and history is None)
-            elapsed += time.perf_counter() - t0
-            cells += puzzles.size
-            digits = task.decode(res.canvas, batch["size"])
-            for j, i in enumerate(idx):
-                answers[i] = digits[j]
-                steps[i] = int(res.steps[j])
-            if res.history:
-                frames = [task.decode(c, batch["size"])[0] * a[0].numpy() for c, a in res.history]
-                history = (recs[idx[0]], frames, [a[0].numpy() for _, a in res.history])
-            bar.update(len(idx))
-            bar.set_postfix(puzzles_s=f"{(start + len(idx)) / max(elapsed, 1e-9):.1f}")
-    bar.close()
-    return answers, {"steps": steps, "seconds": elapsed, "cells": cells, "history": history}
-
-
-def summarise(recs, answers, stats) -> dict:
-    metric = SudokuAccuracy()
-    out = metric.compute(predictions=[G.to_string(a) for a in answers], references=[G.to_string(r.solution) for r in recs],
-                         puzzles=[G.to_string(r.puzzle) for r in recs])
-    secs = max(stats["seconds"], 1e-9)
-    return {**out, "mean_steps": float(stats["steps"].mean()) if len(recs) else 0.0,
-            "puzzles_per_s": len(recs) / secs, "tokens_per_s": stats["cells"] / secs}
-
-
-def by_givens(recs, answers) -> dict:
-    """The same scores per grid size and number of givens, keyed like "9x9/30"."""
-    from dgft.metrics import aggregate
-
-    groups = defaultdict(list)
-    for r, a in zip(recs, answers):
-        n = G.side(r.puzzle)
-        groups[(n, r.givens)].append(score_answer(r.puzzle, r.solution, a))
-    return {f"{n}x{n}/{g}": aggregate(v) for (n, g), v in sorted(groups.items())}
+def check_options(cfg, run_cfg, scfg) -> None:
+    """Eval options that compose but do not fit the run's task; raises ConfigError naming the key."""
+    name = run_cfg.task.name
+    if name not in ("sudoku", "infill"):
+        raise ConfigError(f"{cfg.run}: task.name={name!r} in its config.yaml is not a task dgft evaluates")
+    if cfg.samples < 1 or cfg.workers < 1:
+        raise ConfigError(f"samples={cfg.samples}, workers={cfg.workers}: both must be >= 1")
+    if name == "sudoku":
+        if cfg.samples != 1 or cfg.rerank:
+            raise ConfigError(f"samples={cfg.samples}, rerank={cfg.rerank}: several samples and their rerank are "
+                              "options of infill runs")
+        return
+    if "rules" in scfg.modes:
+        raise ConfigError(f"sampler.modes={list(scfg.modes)}: task infill has no rules; use free and clamped")
+    if cfg.on_error != "raise":
+        raise ConfigError("on_error: infilling files have no lines to skip; a bad line always stops the run")
+    if cfg.rerank and cfg.samples < 2:
+        raise ConfigError("rerank=true: needs samples >= 2 to choose among (and sampler.temperature > 0)")
+    if cfg.samples > 1 and scfg.temperature == 0 and run_cfg.noise.kind == "mask":
+        raise ConfigError(f"samples={cfg.samples}: with mask noise and sampler.temperature=0 every sample is the "
+                          "same; set sampler.temperature > 0")
 
 
 def untrained_model(run_cfg, run: Path, device):
@@ -141,15 +71,3 @@ def untrained_model(run_cfg, run: Path, device):
     return load_base(run, run_cfg).to(device).eval()
 
 
-def markdown(name: str, result: dict) -> str:
-    head = "| mode | n | exact | cell acc | givens kept | rule viol./puzzle | mean steps | puzzles/s | tokens/s |"
-    rows = [head, "|" + "---|" * 9]
-    entries = list(result["modes"].items())
-    if "baseline_untrained_rules" in result:
-        entries.append(("rules, untrained baseline", result["baseline_untrained_rules"]))
-    for mode, m in entries:
-        rows.append(f"| {mode} | {m['n']} | {m['exact']:.1%} | {m['cell_accuracy']:.1%} | {m['givens_kept']:.1%} | "
-                    f"{m['rule_violations']:.2f} | {m['mean_steps']:.1f} | {m['puzzles_per_s']:.2f} | "
-                    f"{m['tokens_per_s']:.0f} |")
-    skipped = f", {result['skipped_lines']} bad lines skipped" if result["skipped_lines"] else ""
-    return f"### {name} ({result['n']} puzzles{skipped}; {result['data']})\n\n" + "\n".join(rows) + "\n"

@@ -2,7 +2,9 @@
 tokens across a whole gradient-accumulation window rather than per micro-batch.
 
 Uniform-state noise scores every scored position (flat cross-entropy, as DiffusionGemma trains); absorbing
-noise scores only the masked ones, optionally weighted by 1/t (MDLM's ELBO weight).
+noise scores only the masked ones, optionally weighted by 1/t (MDLM's ELBO weight). A task may weigh
+positions unequally (`position_weight`, e.g. an infill's padding after [EOS] at 0.1); the count is then the
+weighted count, so a batch of short middles does not pull harder than one of long middles.
 """
 
 from __future__ import annotations
@@ -10,17 +12,30 @@ from __future__ import annotations
 import torch.nn.functional as F
 
 
-def denoising_loss(logits, target, scored, hit, kind: str = "uniform", t=None, weight: str = "flat"):
-    """logits (B, L, V), target (B, L), scored (B, L) bool, hit (B, L) bool, t (B,) -> (loss_sum, n_tokens).
+def loss_weights(scored, hit, kind: str = "uniform", position_weight=None):
+    """(B, L) float weight of each position in the loss, before any 1/t: scored (B, L) bool, hit (B, L) bool.
 
-    n_tokens counts the positions that entered the sum (a float tensor, for exact normalisation).
+    Uniform noise: `scored` (or `position_weight` when given); absorbing noise: the same, on hit positions only.
     """
     positions = scored if kind == "uniform" else scored & hit
+    if position_weight is None:
+        return positions.float()
+    return position_weight.float() if kind == "uniform" else position_weight.float() * hit
+
+
+def denoising_loss(logits, target, scored, hit, kind: str = "uniform", t=None, weight: str = "flat",
+                   position_weight=None):
+    """logits (B, L, V), target (B, L), scored (B, L) bool, hit (B, L) bool, t (B,) -> (loss_sum, n_tokens).
+
+    n_tokens counts the positions that entered the sum (a float tensor, for exact normalisation); with
+    `position_weight` (B, L) float it is their summed weight.
+    """
+    w = loss_weights(scored, hit, kind, position_weight)
+    n = w.sum()
     ce = F.cross_entropy(logits.float().transpose(1, 2), target, reduction="none")  # (B, L)
-    w = positions.float()
     if weight == "inv_t":
         w = w / t[:, None]
-    return (ce * w).sum(), positions.sum().float()
+    return (ce * w).sum(), n
 
 
 def encoder_ar_loss(logits, prompt_ids, prompt_mask):

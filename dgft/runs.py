@@ -2,7 +2,8 @@
 
 RUN/config.yaml (resolved), RUN/tokenizer/, RUN/model/ (full weights) or RUN/adapter/ + RUN/base/ (LoRA on a
 tiny base; a pretrained base is named by model.path), RUN/checkpoints/, RUN/metrics.jsonl, RUN/tb/,
-RUN/loss.png, RUN/data/heldout.csv, RUN/eval/, RUN/export/.
+RUN/loss.png, RUN/data/ (the held-out split: heldout.csv for Sudoku, heldout.jsonl.gz for infill), RUN/eval/,
+RUN/export/.
 
 Example: `model, tokenizer, cfg = load_run("outputs/sudoku/2026-11-27_15-00-00")`.
 """

@@ -5,8 +5,10 @@ infill's prefix; this loop can. One encoder pass per batch, then per step: a dec
 previous step's logits as self-conditioning), the constraints of the mode, an acceptance rule that fixes
 some positions for good, and fresh noise on the rest.
 
-Modes: `free` pins nothing and lets each position take any vocabulary token; `clamped` pins the fixed
-positions and restricts every position to its answer tokens; `rules` is clamped plus the task's
+Modes: `free` pins nothing (except the positions a batch marks `always_pinned`: context rather than answer,
+such as an infill's given length) and lets each position take any vocabulary token; `clamped` pins the fixed
+positions and restricts every position to its answer tokens (and, where a batch has `allowed` (B, L, K), to
+those of its choices the example allows); `rules` is clamped plus the task's
 `rule_mask` (for Sudoku: no digit already fixed among a cell's peers), applied against everything fixed
 so far, including earlier acceptances of the same step. No search, no backtracking: a cell the rules leave
 without any digit is left empty (token [PAD]) rather than filled with a rule-breaking digit.
@@ -88,6 +90,7 @@ def sample(model, batch: dict, task, scfg, mode: str, noise_kind: str = "uniform
         generator = torch.Generator(device).manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
 
     mask_ids = batch.get("mask_ids")  # (L,) per-position mask tokens, if the task has them
+    example_choices = batch["allowed"].to(device) if "allowed" in batch else None  # (B, L, K) bool, if any
 
     def noise_like():
         if noise_kind == "mask":
@@ -96,7 +99,12 @@ def sample(model, batch: dict, task, scfg, mode: str, noise_kind: str = "uniform
             return torch.full((B, L), mask_id, dtype=torch.long, device=device)
         return N.draw(prior, (B, L), generator, device)
 
-    pinned = batch["fixed"].to(device) if mode != "free" else torch.zeros_like(target, dtype=torch.bool)
+    if mode != "free":
+        pinned = batch["fixed"].to(device)
+    elif "always_pinned" in batch:
+        pinned = batch["always_pinned"].to(device)
+    else:
+        pinned = torch.zeros_like(target, dtype=torch.bool)
     canvas = torch.where(pinned, target, noise_like())
     accepted, empty = pinned.clone(), torch.zeros_like(pinned)
     steps_used = torch.zeros(B, dtype=torch.long, device=device)
@@ -113,6 +121,8 @@ def sample(model, batch: dict, task, scfg, mode: str, noise_kind: str = "uniform
             scores = logits
         else:
             scores = torch.gather(logits, 2, choices[None].expand(B, L, -1))  # (B, L, K)
+            if example_choices is not None:
+                scores = scores.masked_fill(~example_choices, -math.inf)
             if mode == "rules":
                 allowed = task.rule_mask(_choice_index(canvas, choices), accepted, n)
                 scores = scores.masked_fill(~allowed, -math.inf)

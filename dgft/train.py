@@ -26,13 +26,11 @@ from tqdm.auto import tqdm
 from dgft import checkpoint as ckpt
 from dgft import noise as N
 from dgft.config import validate
-from dgft.data import TrainBatches, build_splits, records
-from dgft.loss import denoising_loss, encoder_ar_loss
+from dgft.loss import denoising_loss, encoder_ar_loss, loss_weights
 from dgft.model import (attach_lora, build_tiny, count_parameters, denoise, encode, load_pretrained, load_quantized,
                         prompt_logits, quantize_tiny_, torch_dtype, unwrap)
 from dgft.tasks import get_task
-from dgft.tasks.sudoku.io import write_puzzles
-from dgft.tasks.sudoku.task import MASK
+from dgft.tasks.sudoku.task import MASK  # the [MASK] id every task's tokenizer shares
 
 
 class OutOfMemory(RuntimeError):
@@ -115,11 +113,11 @@ def train(cfg, run_dir: str | Path) -> Path:
         else:
             model = load_pretrained(cfg.model.path, dtype=dtype, trust_remote_code=cfg.model.trust_remote_code)
 
-    splits = build_splits(cfg.task, cfg.seed, log=tqdm.write)
+    splits = task.build_splits(cfg.seed, log=tqdm.write)
     (run_dir / "data").mkdir(exist_ok=True)
-    write_puzzles(run_dir / "data" / "heldout.csv", records(splits["heldout"]))
-    batches = TrainBatches(splits["train"], task, cfg.task, cfg.trainer.batch_size, cfg.seed)
-    eval_batch = _eval_batch(task, splits["heldout"], cfg.trainer.eval_puzzles)
+    task.write_heldout(splits["heldout"], run_dir / "data")
+    batches = task.train_batches(splits["train"], cfg.trainer.batch_size, cfg.seed)
+    eval_batch = task.eval_batches(splits["heldout"], cfg.trainer.eval_puzzles)
 
     if cfg.model.name == "tiny":
         model = build_tiny(cfg.model, task.vocab_size, seed=cfg.seed)
@@ -202,7 +200,7 @@ def train(cfg, run_dir: str | Path) -> Path:
             for k in ("loss", "lr", "grad_norm", "tokens_per_s"):
                 writer.add_scalar(f"train/{k}", row[k], step)
         if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0:
-            row = {"step": step, **quick_eval(model, eval_batch, task, cfg, gen)}
+            row = {"step": step, **task.quick_eval(model, eval_batch, cfg, gen)}
             metrics.write(json.dumps(row) + "\n")
             for k, v in row.items():
                 if k != "step":
@@ -242,14 +240,21 @@ def train(cfg, run_dir: str | Path) -> Path:
 
 # --- pieces of a step -----------------------------------------------------------------------------
 def _corrupt(batch: dict, cfg, gen, vocab_size: int) -> dict:
-    """Add noise level t, the corrupted canvas and the counts to a batch."""
+    """Add noise level t, the corrupted canvas and the counts to a batch.
+
+    `count` is what the loss is normalised by: the scored positions, or their summed weight when the batch
+    weighs positions (`weight`, (B, L) float).
+    """
     target, scored = batch["target"], batch["scored"]
     t = N.sample_t(target.shape[0], cfg.noise.eps, gen)
     support = batch["choices"] if cfg.noise.support == "answer" else vocab_size
     noisy, hit = N.corrupt(cfg.noise.kind, target, t, ~batch["fixed"], support, batch.get("mask_ids", MASK), gen)
-    positions = scored if cfg.noise.kind == "uniform" else scored & hit
+    if "weight" in batch:
+        count = loss_weights(scored, hit, cfg.noise.kind, batch["weight"]).sum()
+    else:
+        count = (scored if cfg.noise.kind == "uniform" else scored & hit).sum()
     tokens = batch["prompt_mask"].sum() + target.numel()
-    return {**batch, "t": t, "noisy": noisy, "hit": hit, "count": positions.sum(), "tokens": tokens}
+    return {**batch, "t": t, "noisy": noisy, "hit": hit, "count": count, "tokens": tokens}
 
 
 def _to(x: torch.Tensor, device) -> torch.Tensor:
@@ -277,8 +282,9 @@ def _loss(model, m: dict, cfg, gen, device):
                 sc_logits = torch.zeros(noisy.shape + (sub.shape[-1],), dtype=sub.dtype, device=device)
                 sc_logits[idx] = sub
     logits = denoise(model, cache, noisy, mask, sc_logits=sc_logits, sc_mask=sc_mask)
+    weight = _to(m["weight"], device) if "weight" in m else None
     loss_sum, _ = denoising_loss(logits, _to(m["target"], device), _to(m["scored"], device), _to(m["hit"], device),
-                                 cfg.noise.kind, _to(m["t"], device), cfg.noise.loss_weight)
+                                 cfg.noise.kind, _to(m["t"], device), cfg.noise.loss_weight, weight)
     extra = torch.zeros((), device=device)
     if want_hidden:
         ar_sum, ar_n = encoder_ar_loss(prompt_logits(model, hidden), ids, mask)
@@ -297,39 +303,6 @@ def _select_cache(cache, idx):
     return sub
 
 
-def _eval_batch(task, heldout, count: int) -> list[dict]:
-    """A few fixed held-out batches (one per size) for periodic evaluation."""
-    from dgft.tasks.sudoku import grid as G
-
-    out = []
-    for n in sorted(set(heldout["size"])):
-        rows = [r for r in heldout if r["size"] == n][:count]
-        if rows:
-            p = np.stack([G.from_string(r["puzzle"]) for r in rows])
-            s = np.stack([G.from_string(r["solution"]) for r in rows])
-            out.append(task.encode(p, s))
-    return out
-
-
-@torch.no_grad()
-def quick_eval(model, batches: list[dict], task, cfg, gen) -> dict:
-    """Clamped-mode exact and blank-cell accuracy on a few held-out puzzles per size."""
-    from dgft.sampling import sample
-
-    model.eval()
-    out = {}
-    for b in batches:
-        n = b["size"]
-        res = sample(model, b, task, cfg.sampler, mode="clamped", noise_kind=cfg.noise.kind,
-                     support=cfg.noise.support, generator=gen)
-        pred = task.decode(res.canvas, n)
-        sol = task.decode(b["target"], n)
-        blanks = ~b["fixed"].numpy()
-        out[f"{n}x{n}_clamped_cell_acc"] = float(((pred == sol) & blanks).sum() / max(blanks.sum(), 1))
-        out[f"{n}x{n}_clamped_exact"] = float((pred == sol).all(-1).mean())
-    return out
-
-
 def _checkpoint(run_dir, step, model, opt, sched, batches, gen, cfg, elapsed_s: float):
     state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state(),
              "gen_rng": gen.get_state()}
@@ -344,9 +317,9 @@ def _resume_target(cfg, run_dir: Path):
 
     if not (run_dir / "config.yaml").exists():
         raise ConfigError(f"resume={cfg.resume}: {run_dir} holds no config.yaml; nothing to resume")
-    from dgft.config import TrainRecipe
+    from dgft.config import typed_train_config
 
-    saved = OmegaConf.merge(OmegaConf.structured(TrainRecipe), OmegaConf.load(run_dir / "config.yaml"))
+    saved = typed_train_config(OmegaConf.load(run_dir / "config.yaml"))
     saved.resume = cfg.resume
     saved.trainer.max_steps = cfg.trainer.max_steps  # the one setting a resume may change
     last = ckpt.latest_valid(run_dir)
@@ -442,5 +415,6 @@ def _write_run_info(run_dir: Path, cfg, trainable: int, total: int, device) -> N
             "layout": {"config.yaml": "resolved config", "tokenizer/": "task tokenizer",
                        "model/ or adapter/": "final weights", "checkpoints/": "resumable checkpoints",
                        "metrics.jsonl": "training and held-out metrics", "tb/": "TensorBoard events",
-                       "loss.png": "loss curve", "data/heldout.csv": "held-out puzzles", "eval/": "dgft eval results"}}
+                       "loss.png": "loss curve", "data/": "the held-out split (Sudoku: heldout.csv; infill: "
+                       "heldout.jsonl.gz)", "eval/": "dgft eval results"}}
     (run_dir / "run.json").write_text(json.dumps(info, indent=1))

@@ -420,8 +420,11 @@ def test_batches_run_through_noise_model_loss_and_sampler(tok):
     pinned = batch["fixed"]
     assert (res.canvas[pinned] == batch["target"][pinned]).all()  # the oracle's end stays where it was put
     assert all(isinstance(s, str) for s in task.decode(res.canvas))
+    for b in range(0, len(exs), 2):  # the true length given: no [PAD] or [EOS] before it, ordinary tokens only
+        assert (res.canvas[b, :int(batch["lengths"][b])] >= len(T.SPECIALS)).all()
     free = sample(model, batch, task, cfg.sampler, mode="free", generator=gen)
     assert len(task.decode(free.canvas)) == len(exs)
+    assert (free.canvas[pinned] == batch["target"][pinned]).all()  # the given length is context: kept in free too
     with pytest.raises(ValueError, match="no rules"):
         sample(model, batch, task, cfg.sampler, mode="rules", generator=gen)
 
@@ -453,3 +456,17 @@ def test_score_and_decode_of_foreign_ids(tok):
     ids = tok.encode("x = 1", add_special_tokens=False)
     canvas[0, :len(ids) + 2] = torch.tensor(ids + [len(tok) + 5, T.EOS])  # an id past the tokenizer is dropped
     assert task.decode(canvas) == ["x = 1"]
+
+
+def test_compile_check_falls_back_to_the_enclosing_function():
+    from dgft.tasks.infill.evaluate import compiles, enclosing_function
+
+    window = {"prefix": "    def m(self, a):\n        b = a - 1\n", "suffix": "\n    def n(self):\n        return 2\n"}
+    assert compiles(window, "        return b\n")  # the window starts indented: only its function compiles
+    assert enclosing_function(window["prefix"], "        return b\n", window["suffix"]) == \
+        "if True:\n    def m(self, a):\n        b = a - 1\n        return b\n\n"
+    assert not compiles(window, "        return (b\n") and not compiles(window, "    return b\n  x\n")
+    program = {"prefix": "def f(x):\n    y = [x,\n", "suffix": "         1]\n    return y\n\nprint(f(1))\n"}
+    assert compiles(program, "         x + 1,\n") and not compiles(program, "         x +,\n")
+    assert not compiles({"prefix": "", "suffix": ""}, "import os; os.system('touch /tmp/never')\n(") \
+        and not Path("/tmp/never").exists()  # compiled, never run

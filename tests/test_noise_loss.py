@@ -67,3 +67,15 @@ def test_encoder_ar_loss_counts_only_real_pairs():
     logits = torch.zeros(1, 5, 10)
     s, n = encoder_ar_loss(logits, ids, mask)
     assert n.item() == 2 and math.isclose(s.item(), 2 * math.log(10), rel_tol=1e-5)
+
+
+def test_position_weights_scale_the_loss_and_its_count():
+    uniform = torch.zeros(1, 4, 5)
+    target = torch.zeros(1, 4, dtype=torch.long)
+    scored = torch.tensor([[True, True, False, False]])
+    weight = torch.tensor([[1.0, 1.0, 0.1, 0.1]])  # an infill: middle + [EOS], then padding at 0.1
+    s, n = denoising_loss(uniform, target, scored, torch.ones_like(scored), position_weight=weight)
+    assert math.isclose(n.item(), 2.2, rel_tol=1e-6) and math.isclose(s.item(), 2.2 * math.log(5), rel_tol=1e-5)
+    hit = torch.tensor([[True, False, True, False]])  # absorbing noise: only the hit positions count
+    s, n = denoising_loss(uniform, target, scored, hit, kind="mask", position_weight=weight)
+    assert math.isclose(n.item(), 1.1, rel_tol=1e-6) and math.isclose(s.item(), 1.1 * math.log(5), rel_tol=1e-5)

@@ -54,3 +54,41 @@ def test_range_checks_name_the_key(override, key):
     cfg = _compose("train", [override])
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         validate(cfg)
+
+
+# --- the infill task's schema ---------------------------------------------------------------------
+def test_infill_recipe_derives_the_canvas_and_keeps_its_own_schema():
+    cfg = _compose("train", ["recipe=infill", "task.canvas_length=96"])
+    assert cfg.task.name == "infill" and cfg.model.canvas_length == 96
+    validate(cfg)
+    assert "sizes" not in cfg.task and "sources" not in _compose("train", []).task
+    from dgft.config import INFILL_KINDS
+    from dgft.tasks.infill.corpus import KINDS
+
+    assert tuple(INFILL_KINDS) == KINDS
+
+
+@pytest.mark.parametrize("overrides", [["recipe=infill", "task.sizes=[4]"], ["task.prompt_tokens=64"],
+                                       ["recipe=infill", "task.canvas_length=long"]])
+def test_keys_of_the_other_task_fail_at_composition(overrides):
+    with pytest.raises(ConfigCompositionException) as err:
+        _compose("train", overrides)
+    key = overrides[-1].split("=")[0].split(".")[-1]
+    assert key in str(err.value) + str(err.value.__cause__)
+
+
+@pytest.mark.parametrize("overrides,key", [
+    (["recipe=infill", "model.canvas_length=32"], "task.canvas_length"),
+    (["recipe=infill", "task.kind_weights=[1.0]"], "task.kind_weights"),
+    (["recipe=infill", "task.kinds=[line,block]", "task.kind_weights=[1.0,1.0]"], "task.kinds"),
+    (["recipe=infill", "sampler.modes=[free,rules]"], "sampler.modes"),
+    (["recipe=infill", "task.heldout_share=1.5"], "task.heldout_share"),
+    (["recipe=infill", "task.pad_weight=-1"], "task.pad_weight"),
+    (["recipe=infill", "task.vocab_size=100"], "task.vocab_size"),
+    (["recipe=infill", "model=diffusiongemma", "model.canvas_length=64"], "model.name"),
+    (["task.name=infill"], "task.name"),
+])
+def test_infill_range_checks_name_the_key(overrides, key):
+    cfg = _compose("train", overrides)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate(cfg)

@@ -3,6 +3,14 @@
 A task owns everything task-specific: its files, its tokenizer, how an example becomes a prompt and a
 canvas, which canvas positions are fixed, what tokens each position may hold, its rules (for `rules`
 sampling) and how an answer is scored. The trainer, noise, loss and sampler see only tensors.
+
+What the trainer calls on a task (`dgft.train`): `build_tokenizer()`, `vocab_size`, `build_splits(seed, log)`
+-> {"train", "heldout"}, `write_heldout(heldout, data_dir)`, `train_batches(train, batch_size, seed)` (an
+iterator with `state_dict`/`load_state_dict`), `eval_batches(heldout, count)` and `quick_eval(model, batches,
+cfg, generator)` -> {metric: value}, `init_embeddings(...)`. A batch is a dict of tensors: prompt_ids,
+prompt_mask, target, fixed, scored, choices, and optionally mask_ids (per-position mask tokens), weight
+(per-position loss weight) and always_pinned (positions pinned even in `free` sampling).
+Each task's evaluation is `dgft.tasks.<task>.evaluate.evaluate_run`, which `dgft.evaluate` dispatches to.
 """
 
 from __future__ import annotations
@@ -14,4 +22,8 @@ def get_task(cfg):
         from dgft.tasks.sudoku.task import SudokuTask
 
         return SudokuTask(cfg)
+    if cfg.name == "infill":
+        from dgft.tasks.infill.task import InfillTask
+
+        return InfillTask(cfg)
     raise ValueError(f"task.name={cfg.name!r}: unknown task")

@@ -24,45 +24,18 @@ markers (`[PRE]`, `<|fim_prefix|>`, ...), which are read from its vocabulary.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Optional
-
 import numpy as np
 import torch
 
+from dgft.config import InfillTaskConfig
 from dgft.tasks.infill import tokenizer as T
-from dgft.tasks.infill.corpus import KINDS
 
 MARKERS = {"pre": ("[PRE]", "<|fim_prefix|>", "<fim_prefix>"), "suf": ("[SUF]", "<|fim_suffix|>", "<fim_suffix>"),
            "mid": ("[MID]", "<|fim_middle|>", "<fim_middle>")}
 CHARS_PER_TOKEN_CAP = 8  # prefix/suffix text is cut to prompt_tokens * this before tokenizing (saves time only)
 
 
-@dataclass
-class InfillConfig:
-    """The `task` settings the infill task reads (a proposal for config.py; names as in the code)."""
-    name: str = "infill"
-    sources: list[str] = field(default_factory=lambda: ["stdlib"])  # "stdlib", dirs, .py files, saved datasets
-    text_column: Optional[str] = None  # a dataset's text column (default: content, text, code or source)
-    unit_column: Optional[str] = None  # rows the split keeps together (default: module, repo_name, repo, ... path)
-    heldout_share: float = 0.1  # share of top-level packages held out (never trained on)
-    split_seed: int = 0  # seeds the module split and the held-out spans (not the run seed: same held-out set)
-    max_file_bytes: int = 256_000  # larger files are skipped (generated tables, vendored blobs)
-    kinds: list[str] = field(default_factory=lambda: list(KINDS))  # span shapes to train and evaluate on
-    kind_weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])  # share of training spans per kind
-    max_lines: int = 8  # multi_line spans take 2..max_lines lines
-    max_span_chars: int = 128  # random_span spans take 1..max_span_chars characters
-    context_chars: int = 1000  # characters kept around the enclosing function
-    max_side_chars: int = 2000  # at most this many characters of prefix, and of suffix
-    prompt_tokens: int = 384  # encoder prompt budget: [BOS] [PRE] prefix [SUF] suffix [MID]
-    canvas_length: int = 64  # must equal model.canvas_length (middle + [EOS] must fit)
-    canvas_prefix_tokens: int = 0  # last prefix tokens also pinned at the start of the canvas (0: none)
-    vocab_size: int = 4096  # byte-level BPE size for the embedded model
-    oracle_length_p: float = 0.0  # share of training examples whose true length is given (end pinned)
-    pad_weight: float = 0.1  # loss weight of the padding after [EOS] (the middle and [EOS] weigh 1)
-    heldout_examples: int = 500  # held-out examples per kind (fixed, drawn with split_seed)
-    cache_dir: str = "~/.cache/dgft"
-
+InfillConfig = InfillTaskConfig  # the task's settings; the schema, a comment per field, is in dgft/config.py
 
 _DEFAULTS = InfillConfig()
 
@@ -157,7 +130,10 @@ class InfillTask:
 
         prompt_ids/prompt_mask (B, P) left-padded; target (B, L) [canvas prefix] middle [EOS] [PAD]...; fixed (B, L)
         pinned positions; scored (B, L) the middle and [EOS] (what is graded); weight (B, L) float loss weight
-        (1 where scored, pad_weight on unpinned padding, 0 elsewhere); choices (L, K); lengths (B,) middle tokens.
+        (1 where scored, pad_weight on unpinned padding, 0 elsewhere); choices (L, K); lengths (B,) middle tokens;
+        always_pinned (B, L) the fixed positions again: they are context (the canvas prefix, the given length),
+        so even `free` sampling keeps them; with an oracle length, allowed (B, L, K): [PAD] and [EOS] (the first
+        two choices) are not allowed before the true end.
         `oracle_length`: bool, or (B,) bools, to pin [EOS] and the padding after the true end.
         """
         B, L, c = len(examples), self.canvas_length, self.context
@@ -192,6 +168,12 @@ class InfillTask:
             if oracle[b]:
                 fixed[b, end:] = True
         scored &= ~fixed
+        extra = {}
+        if oracle.any():  # clamped sampling: with the length given, no [PAD] or [EOS] before the end
+            before_end = torch.arange(L)[None, :] < torch.tensor([c + len(m) for m in mid])[:, None]  # (B, L)
+            allowed = torch.ones((B, L, len(self._choices)), dtype=torch.bool)
+            allowed[:, :, :2] = ~(torch.tensor(oracle.tolist())[:, None] & before_end)[..., None]
+            extra["allowed"] = allowed
         padding = (torch.arange(L)[None, :] > torch.tensor([c + len(m) for m in mid])[:, None]) & ~fixed
         weight = scored.float() + self.pad_weight * padding.float()
         P = max(len(p) for p in prompts)
@@ -201,8 +183,8 @@ class InfillTask:
             prompt_ids[b, P - len(p):] = torch.tensor(p, dtype=torch.long)
             prompt_mask[b, P - len(p):] = 1
         return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "target": target, "fixed": fixed,
-                "scored": scored, "weight": weight, "choices": self.choices(L),
-                "lengths": torch.tensor([len(m) for m in mid], dtype=torch.long)}
+                "scored": scored, "weight": weight, "choices": self.choices(L), "always_pinned": fixed,
+                "lengths": torch.tensor([len(m) for m in mid], dtype=torch.long), **extra}
 
     # --- reading answers --------------------------------------------------------------------------
     def decode(self, canvas: torch.Tensor) -> list[str]:
@@ -236,6 +218,61 @@ class InfillTask:
             head = "" if kind is None else f"{kind}_"
             out[f"{head}exact"] = float(np.mean([r[0] for r in sel])) if sel else 0.0
             out[f"{head}exact_lines"] = float(np.mean([r[1] for r in sel])) if sel else 0.0
+        return out
+
+    # --- data for the trainer (dgft.train) -------------------------------------------------------
+    def build_splits(self, seed: int, log=print):
+        """The cached DatasetDict {"train": files, "heldout": examples}. The split is seeded by `split_seed`,
+        not the run's seed, so every run of a corpus is evaluated on the same held-out examples."""
+        from dgft.tasks.infill.data import build_splits
+
+        return build_splits(self.cfg, log=log)
+
+    def write_heldout(self, heldout, data_dir) -> None:
+        """RUN/data/heldout.jsonl.gz: the held-out examples, one JSON object a line, for `dgft eval RUN`."""
+        import gzip
+        import json
+        from pathlib import Path
+
+        with gzip.open(Path(data_dir) / "heldout.jsonl.gz", "wt", encoding="utf-8") as f:
+            for row in heldout:
+                f.write(json.dumps(dict(row)) + "\n")
+
+    def train_batches(self, train, batch_size: int, seed: int):
+        from dgft.tasks.infill.data import InfillBatches
+
+        return InfillBatches(train, self, self.cfg, batch_size, seed)
+
+    def eval_batches(self, heldout, count: int) -> list[dict]:
+        """One fixed batch of `count` held-out examples that fit, taken in turn from each kind (model's length)."""
+        from dgft.tasks.infill.data import heldout_examples
+
+        rows, _ = heldout_examples(heldout, self, log=lambda *_: None)
+        by_kind: dict[str, list] = {}
+        for r in rows:
+            by_kind.setdefault(r["kind"], []).append(r)
+        picked = [r for group in zip(*by_kind.values()) for r in group][:count] if by_kind else []
+        if not picked:
+            return []
+        return [{**self.encode(picked), "examples": picked}]
+
+    @torch.no_grad()
+    def quick_eval(self, model, batches: list[dict], cfg, gen) -> dict:
+        """Clamped sampling with the model's own length: exact middles (overall and per kind) and the share of
+        graded positions ([EOS] included) right."""
+        from dgft.sampling import sample
+
+        model.eval()
+        out = {}
+        for b in batches:
+            res = sample(model, b, self, cfg.sampler, mode="clamped", noise_kind=cfg.noise.kind,
+                         support=cfg.noise.support, generator=gen)
+            scored = b["scored"]
+            right = (res.canvas.cpu() == b["target"]) & scored
+            out["clamped_token_acc"] = float(right.sum() / max(int(scored.sum()), 1))
+            for key, value in self.score(self.decode(res.canvas), b["examples"]).items():
+                if key.endswith("exact"):
+                    out[f"clamped_{key}"] = value
         return out
 
     # --- hooks the Sudoku task has ----------------------------------------------------------------

@@ -160,6 +160,56 @@ class SudokuTask:
         return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "target": target, "fixed": fixed,
                 "scored": scored, "choices": self.answer_tokens(n), "mask_ids": self.mask_tokens(n), "size": n}
 
+    # --- data for the trainer (dgft.train) -------------------------------------------------------
+    def build_splits(self, seed: int, log=print):
+        """The generated, cached DatasetDict {"train": base puzzles, "heldout": puzzles} (dgft.data)."""
+        from dgft.data import build_splits
+
+        return build_splits(self.cfg, seed, log=log)
+
+    def write_heldout(self, heldout, data_dir) -> None:
+        """RUN/data/heldout.csv: what `dgft eval RUN` evaluates when no data file is given."""
+        from pathlib import Path
+
+        from dgft.data import records
+        from dgft.tasks.sudoku.io import write_puzzles
+
+        write_puzzles(Path(data_dir) / "heldout.csv", records(heldout))
+
+    def train_batches(self, train, batch_size: int, seed: int):
+        from dgft.data import TrainBatches
+
+        return TrainBatches(train, self, self.cfg, batch_size, seed)
+
+    def eval_batches(self, heldout, count: int) -> list[dict]:
+        """A few fixed held-out batches (one per size) for periodic evaluation."""
+        out = []
+        for n in sorted(set(heldout["size"])):
+            rows = [r for r in heldout if r["size"] == n][:count]
+            if rows:
+                p = np.stack([G.from_string(r["puzzle"]) for r in rows])
+                s = np.stack([G.from_string(r["solution"]) for r in rows])
+                out.append(self.encode(p, s))
+        return out
+
+    @torch.no_grad()
+    def quick_eval(self, model, batches: list[dict], cfg, gen) -> dict:
+        """Clamped-mode exact and blank-cell accuracy on a few held-out puzzles per size."""
+        from dgft.sampling import sample
+
+        model.eval()
+        out = {}
+        for b in batches:
+            n = b["size"]
+            res = sample(model, b, self, cfg.sampler, mode="clamped", noise_kind=cfg.noise.kind,
+                         support=cfg.noise.support, generator=gen)
+            pred = self.decode(res.canvas, n)
+            sol = self.decode(b["target"], n)
+            blanks = ~b["fixed"].numpy()
+            out[f"{n}x{n}_clamped_cell_acc"] = float(((pred == sol) & blanks).sum() / max(blanks.sum(), 1))
+            out[f"{n}x{n}_clamped_exact"] = float((pred == sol).all(-1).mean())
+        return out
+
     # --- model initialisation ---------------------------------------------------------------------
     @torch.no_grad()
     def init_embeddings(self, embedding: torch.Tensor, std: float, generator: torch.Generator) -> None:

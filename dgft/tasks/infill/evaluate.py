@@ -1,0 +1,307 @@
+"""Infilling evaluation: `dgft eval RUN [data=FILE] [samples=N] [rerank=true]` -> RUN/eval/<name>.json, <name>.md
+and <name>_samples.jsonl (every middle written, with its scores).
+
+Data: a HumanEval-Infilling file (`.jsonl` or `.jsonl.gz`: task_id, entry_point, prompt, suffix,
+canonical_solution, test) or, by default, the run's held-out split (RUN/data/heldout.jsonl.gz: spans cut from
+modules never trained on; any file of such rows works). Each sampling mode (free, clamped) runs twice: with
+the model's own length (it writes [EOS] where it thinks the middle ends) and with the true length given
+(`oracle`: [EOS] and the padding after it pinned), so the gap between the two shows.
+
+Scores, overall and per span kind: `exact` (the same string), `exact_lines` (equal up to trailing whitespace,
+HumanEval's exact_match), `compiles` (prefix + middle + suffix compiles) and, for HumanEval files, `pass@1`:
+the program prompt + middle + suffix + tests run in `dgft.sandbox`, the only place model-written code runs.
+With `samples=N` every score is the mean over the N samples and pass@k is the unbiased estimator for k = 1,
+10, 100 up to N. `rerank=true` adds a row per mode and length: of the N samples, the first whose prefix +
+middle + suffix compiles (Python's `compile()`, which runs nothing), or the first sample when none does.
+Middles longer than the canvas cannot be written: they are left out and counted (`too_long`); `pass@1_all`
+counts them as failures. `workers` sandboxed programs run at once; `baseline` and `plot` are Sudoku's options.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from omegaconf import OmegaConf
+from tqdm.auto import tqdm
+
+from dgft.runs import load_model, load_tokenizer
+from dgft.sampling import sample
+from dgft.tasks.infill import data as D
+from dgft.tasks.infill import humaneval as H
+from dgft.tasks.infill.task import InfillTask
+from dgft.train import seed_everything
+
+LENGTHS = ("model", "oracle")  # the model writes [EOS] itself / the true length is pinned
+KS = (1, 10, 100)
+FILE_KINDS = {"SingleLine": "line", "MultiLine": "multi_line", "RandomSpan": "random_span"}  # upstream file names
+ROW_KEYS = ("kind", "prefix", "middle", "suffix")  # what a file of held-out examples must have
+
+
+def evaluate_run(cfg, run: Path, run_cfg, scfg, device) -> dict:
+    """`dgft eval RUN [data=PATH]` for an infill run (`dgft.evaluate` has done the shared setup)."""
+    # --- data and model ----------------------------------------------------------------------------
+    task = InfillTask(run_cfg.task, tokenizer=load_tokenizer(run))
+    data = Path(cfg.data) if cfg.data else run / "data" / "heldout.jsonl.gz"
+    name = cfg.name or data.name.removesuffix(".gz").removesuffix(".jsonl")
+    examples, problems = read_examples(data)
+    if cfg.limit:
+        examples = examples[: cfg.limit]
+    fit = task.fits(examples)
+    too_long = Counter(e["kind"] for e, ok in zip(examples, fit) if not ok)
+    examples = [e for e, ok in zip(examples, fit) if ok]
+    if too_long:
+        tqdm.write(f"left out {sum(too_long.values())} middles longer than the canvas ({task.canvas_length} tokens "
+                   f"with [EOS]): " + ", ".join(f"{k} {n}" for k, n in sorted(too_long.items())))
+    model = load_model(run, run_cfg, checkpoint=cfg.checkpoint, device=device)
+    out_dir = run / "eval"
+    out_dir.mkdir(exist_ok=True)
+
+    # --- sample every mode with both lengths, then score (tests in the sandbox) --------------------
+    written, stats = {}, {}
+    for mode in scfg.modes:
+        for length in LENGTHS:
+            key = f"{mode}/{length}"
+            written[key], stats[key] = sample_middles(model, task, examples, scfg, run_cfg, mode, length == "oracle",
+                                                      cfg.samples, cfg.seed)
+    compiled = {key: [[compiles(e, m) for m in ms] for e, ms in zip(examples, rows)] for key, rows in written.items()}
+    verdicts = run_tests(problems, examples, written, cfg.workers) if problems else None
+
+    result = {"run": str(run), "data": str(data), "n": len(examples), "too_long": dict(too_long),
+              "reference_compiles": float(np.mean([compiles(e, e["middle"]) for e in examples])) if examples else 0.0,
+              "samples": cfg.samples, "sampler": OmegaConf.to_container(scfg), "device": str(device),
+              "humaneval": problems is not None, "rows": {}}
+    picks = {}
+    for key in written:
+        passed = _lookup(verdicts, examples, written[key])
+        rows = {key: (written[key], compiled[key], passed)}
+        if cfg.rerank:
+            picks[key] = [next((s for s, ok in enumerate(c) if ok), 0) for c in compiled[key]]
+            rows[f"{key}/rerank"] = tuple(_pick(x, picks[key]) if x is not None else None
+                                          for x in (written[key], compiled[key], passed))
+        for row, (middles, comp, ok) in rows.items():
+            result["rows"][row] = {**summarise(examples, middles, comp, ok, sum(too_long.values())),
+                                   **stats[key], "by_kind": by_kind(examples, middles, comp, ok)}
+
+    # --- write ------------------------------------------------------------------------------------
+    (out_dir / f"{name}.json").write_text(json.dumps(result, indent=1))
+    (out_dir / f"{name}.md").write_text(markdown(name, result))
+    write_samples(out_dir / f"{name}_samples.jsonl", examples, written, compiled, verdicts, picks)
+    print(markdown(name, result))
+    return result
+
+
+# --- data -----------------------------------------------------------------------------------------
+def read_examples(path: Path) -> tuple[list[dict], dict | None]:
+    """(examples, HumanEval problems or None) from a HumanEval-Infilling file or a file of held-out examples.
+
+    The first record decides: one with HumanEval's keys makes the file a problem file. Held-out examples are
+    taken in turn from each kind (the split lists them kind by kind), so `limit=N` covers every kind. Bad lines
+    stop with `file:line: problem` (InfillFileError).
+    """
+    records = H._records(path, ())
+    first = next(records, None)
+    records.close()
+    if first is None:
+        raise H.InfillFileError(f"{path}: no examples")
+    if all(k in first[1] for k in H.PROBLEM_KEYS):
+        problems = H.read_problems(path)
+        kind = next((k for marker, k in FILE_KINDS.items() if marker in Path(path).name), "humaneval")
+        return [{**e, "id": e["path"]} for e in D.humaneval_examples(problems, kind)], problems
+    by_kind: dict[str, list] = {}
+    for where, row in H._records(path, ROW_KEYS):
+        row["id"] = f"{row.get('path', where)}::{row.get('function', '')}"
+        by_kind.setdefault(row["kind"], []).append(row)
+    turns = max(map(len, by_kind.values()))
+    return [group[i] for i in range(turns) for group in by_kind.values() if i < len(group)], None
+
+
+# --- sampling -------------------------------------------------------------------------------------
+def sample_middles(model, task, examples, scfg, run_cfg, mode: str, oracle: bool, samples: int, seed: int):
+    """N middles per example in one mode -> ([[str] * N per example], {mean_steps, examples_per_s, tokens_per_s})."""
+    gen = seed_everything(seed)  # every mode and length from the same seed: comparable noise
+    out: list[list[str]] = [[] for _ in examples]
+    steps, seconds, tokens = [], 0.0, 0
+    label = f"eval {mode}, {'true' if oracle else 'own'} length"
+    bar = tqdm(total=len(examples) * samples, desc=label, unit="middle", leave=False)
+    for start in range(0, len(examples), scfg.batch_size):
+        batch = task.encode(examples[start:start + scfg.batch_size], oracle_length=oracle)
+        for _ in range(samples):
+            t0 = time.perf_counter()
+            res = sample(model, batch, task, scfg, mode, run_cfg.noise.kind, run_cfg.noise.support, gen)
+            seconds += time.perf_counter() - t0
+            tokens += batch["target"].numel()
+            steps += res.steps.tolist()
+            for j, text in enumerate(task.decode(res.canvas)):
+                out[start + j].append(text)
+            bar.update(len(res.steps))
+    bar.close()
+    seconds = max(seconds, 1e-9)
+    return out, {"mean_steps": float(np.mean(steps)) if steps else 0.0,
+                 "examples_per_s": len(examples) * samples / seconds, "tokens_per_s": tokens / seconds}
+
+
+# --- scores ---------------------------------------------------------------------------------------
+def compiles(example: dict, middle: str) -> bool:
+    """Whether prefix + middle + suffix compiles, or failing that the function around the middle does.
+
+    A held-out example is a window cut from a file at arbitrary lines, which rarely compiles whatever the
+    middle, so the check falls back to the innermost `def` before the middle (through the last line of its
+    body in the suffix): 98% of held-out references compile so, 27% of empty middles. `compile()` parses and
+    builds bytecode; it runs none of it.
+    """
+    text = example["prefix"] + middle + example["suffix"]
+    return _compiles(text) or _compiles(enclosing_function(example["prefix"], middle, example["suffix"]))
+
+
+def enclosing_function(prefix: str, middle: str, suffix: str) -> str:
+    """The source from the nearest `def` above the middle that is indented less than the middle's line, to the
+    end of its body (the first code line after the middle indented no deeper than the `def`); wrapped in an
+    `if True:` block when the `def` is indented. "" when the prefix holds no such `def`."""
+    text = prefix + middle + suffix
+    head = prefix.rfind("\n") + 1  # where the middle's line starts
+    indent = _indent((prefix[head:] + middle + suffix).split("\n", 1)[0])
+    start, pos = None, head
+    for line in reversed(prefix[:head].splitlines(keepends=True)):
+        pos -= len(line)
+        if _DEF.match(line) and _indent(line) < indent:
+            start, depth = pos, _indent(line)
+            break
+    if start is None:
+        return ""
+    after = max(len(prefix) + len(middle) - 1, 0)  # from the middle's last character: the lines after its end
+    end = len(text)
+    for m in re.finditer(r"\n([^\n]*)", text[after:]):
+        line = m.group(1)
+        if line.strip() and not line.lstrip().startswith("#") and _indent(line) <= depth:
+            end = after + m.start() + 1
+            break
+    unit = text[start:end]
+    return unit if depth == 0 else "if True:\n" + unit
+
+
+_DEF = re.compile(r"[ \t]*(?:async[ \t]+)?def[ \t]")
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip(" \t"))
+
+
+def _compiles(source: str) -> bool:
+    if not source:
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # SyntaxWarning for odd escapes is not a failure
+        try:
+            compile(source, "<infill>", "exec", dont_inherit=True)
+        except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError):
+            return False
+    return True
+
+
+def run_tests(problems: dict, examples: list[dict], written: dict, workers: int) -> dict:
+    """{(task_id, middle): passed} for every distinct middle written, each run once in the sandbox."""
+    todo = sorted({(e["id"], m) for rows in written.values() for e, ms in zip(examples, rows) for m in ms})
+    tqdm.write(f"running {len(todo)} distinct programs in the sandbox ({workers} at a time) ...")
+    t0 = time.time()
+    out = H.evaluate_samples(problems, [H.Sample(t, m) for t, m in todo], ks=(1,), workers=workers)
+    tqdm.write(f"sandbox: {dict(out['statuses'])} in {time.time() - t0:.0f} s ({out['isolation']})")
+    return {key: r["passed"] for key, r in zip(todo, out["results"])}
+
+
+def _lookup(verdicts, examples, rows):
+    if verdicts is None:
+        return None
+    return [[verdicts[(e["id"], m)] for m in ms] for e, ms in zip(examples, rows)]
+
+
+def _pick(rows: list[list], picks: list[int]) -> list[list]:
+    return [[r[s]] for r, s in zip(rows, picks)]
+
+
+def summarise(examples, middles, compiled, passed, left_out: int = 0) -> dict:
+    """Means over examples (and their samples): n, exact, exact_lines, compiles, pass@k (when tests ran; each k
+    up to the samples per example), pass@1_all (the `left_out` examples counted as failures)."""
+    n = len(examples)
+    out = {"n": n,
+           "exact": _mean([[m == e["middle"] for m in ms] for e, ms in zip(examples, middles)]),
+           "exact_lines": _mean([[H.exact_match(m, e["middle"]) for m in ms] for e, ms in zip(examples, middles)]),
+           "compiles": _mean(compiled)}
+    if passed is not None:
+        count = len(passed[0]) if passed else 1
+        for k in KS:
+            if k <= count:
+                out[f"pass@{k}"] = float(np.mean([H.pass_at_k(count, sum(p), k) for p in passed])) if passed else 0.0
+        out["pass@1_all"] = out["pass@1"] * n / max(n + left_out, 1)
+    return out
+
+
+def by_kind(examples, middles, compiled, passed) -> dict:
+    out = {}
+    for kind in sorted({e["kind"] for e in examples}):
+        idx = [i for i, e in enumerate(examples) if e["kind"] == kind]
+        sub = lambda rows: None if rows is None else [rows[i] for i in idx]  # noqa: E731
+        out[kind] = summarise(sub(examples), sub(middles), sub(compiled), sub(passed))
+    return out
+
+
+def _mean(rows: list[list[bool]]) -> float:
+    return float(np.mean([np.mean(r) for r in rows])) if rows else 0.0
+
+
+# --- reports --------------------------------------------------------------------------------------
+def markdown(name: str, result: dict) -> str:
+    """The rows as a table (one line per mode, length and pick), then per span kind when there are several."""
+    tests = result["humaneval"]
+    ks = [f"pass@{k}" for k in KS if k <= result["samples"]] if tests else []
+    main, kinds = [], []
+    for key, m in result["rows"].items():
+        mode, length, *rerank = key.split("/")
+        pick = "rerank" if rerank else ("sample" if result["samples"] == 1 else f"{result['samples']} samples")
+        main.append([mode, length, pick, m["n"], *_percent(m, ["exact", "exact_lines", "compiles", *ks]),
+                     f"{m['mean_steps']:.1f}", f"{m['tokens_per_s']:.0f}"])
+        for kind, k in m["by_kind"].items():
+            kinds.append([mode, length, pick, kind, k["n"], *_percent(k, ["exact", "exact_lines", "compiles"]
+                                                                     + ["pass@1"] * tests)])
+    left = sum(result["too_long"].values())
+    note = (f"; {left} left out, longer than the canvas" if left else "") + \
+        f"; the true middle compiles in {result['reference_compiles']:.0%}"
+    rerank = "; `rerank`: the first sample that compiles with prefix and suffix" if any(
+        k.endswith("/rerank") for k in result["rows"]) else ""
+    text = (f"### {name} ({result['n']} examples{note}; {result['data']})\n\n"
+            f"length `model`: the model ends the middle with [EOS]; `oracle`: the true length is given. "
+            f"{result['samples']} sample(s) per example at temperature {result['sampler'].get('temperature')}"
+            f"{rerank}.\n\n"
+            + _table(["mode", "length", "pick", "n", "exact", "exact (lines)", "compiles", *ks, "mean steps",
+                      "tokens/s"], main))
+    if len({row[3] for row in kinds}) > 1:
+        text += "\nBy span kind:\n\n" + _table(["mode", "length", "pick", "kind", "n", "exact", "exact (lines)",
+                                                  "compiles"] + ["pass@1"] * tests, kinds)
+    return text
+
+
+def _percent(m: dict, keys: list[str]) -> list[str]:
+    return [f"{m[k]:.1%}" if k in m else "-" for k in keys]  # a rerank row has one pick: no pass@10
+
+
+def _table(head: list[str], rows: list[list]) -> str:
+    lines = [head, ["---"] * len(head), *rows]
+    return "".join("| " + " | ".join(map(str, line)) + " |\n" for line in lines)
+
+
+def write_samples(path: Path, examples, written, compiled, verdicts, picks) -> None:
+    """One JSON line per middle written: row, example id and kind, sample index, the middle and its scores."""
+    with open(path, "w", encoding="utf-8") as f:
+        for key, rows in written.items():
+            for i, (e, ms) in enumerate(zip(examples, rows)):
+                for s, m in enumerate(ms):
+                    rec = {"row": key, "id": e["id"], "kind": e["kind"], "sample": s, "middle": m,
+                           "exact": m == e["middle"], "compiles": compiled[key][i][s],
+                           "passed": verdicts[(e["id"], m)] if verdicts is not None else None,
+                           "reranked": picks[key][i] == s if key in picks else None}
+                    f.write(json.dumps(rec) + "\n")

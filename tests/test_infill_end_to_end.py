@@ -1,0 +1,123 @@
+"""The real entry points for code infilling on a tiny model: dgft train recipe=infill -> eval (held-out split and a
+HumanEval-Infilling file, tests in the sandbox) -> export, through the CLI, on a corpus of a few files."""
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+from transformers import AutoTokenizer, DiffusionGemmaForBlockDiffusion
+
+from dgft.cli import main
+
+TINY = ["model.hidden_size=32", "model.num_layers=2", "model.num_heads=2", "model.num_kv_heads=1",
+        "model.head_dim=16", "model.intermediate_size=64", "model.moe_intermediate_size=32"]
+BENCH = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "infill" / "HumanEval-SingleLineInfilling.jsonl.gz"
+PROBLEMS = [  # used when the benchmark file is not there
+    {"task_id": "test/0", "entry_point": "return1", "prompt": "def return1():\n", "suffix": "1",
+     "canonical_solution": "    return ", "test": "def check(candidate):\n    assert candidate() == 1"},
+    {"task_id": "test/1", "entry_point": "add", "prompt": "def add(a, b):\n    total = a + b\n",
+     "suffix": "", "canonical_solution": "    return total\n",
+     "test": "def check(candidate):\n    assert candidate(2, 3) == 5"},
+]
+
+
+def source(i: int) -> str:
+    return (f"def f{i}(x):\n    y = x + {i}\n    z = y * {i}\n    return z - 1\n\n\n"
+            f"class K{i}:\n    def m(self, a):\n        b = a - {i}\n        if b:\n            return b\n"
+            f"        return {i}\n")
+
+
+def _train(tmp_path, run, *extra):
+    corpus = tmp_path / "corpus"
+    if not corpus.exists():
+        corpus.mkdir()
+        for i in range(8):
+            (corpus / f"mod{i}.py").write_text(source(i))
+    main(["train", "recipe=infill", f"hydra.run.dir={run}", f"task.sources=[{corpus}]",
+          f"task.cache_dir={tmp_path / 'cache'}", "task.vocab_size=300", "task.canvas_length=32",
+          "task.prompt_tokens=64", "task.heldout_share=0.3", "task.heldout_examples=4", "task.oracle_length_p=0.5",
+          "trainer.batch_size=4", "trainer.eval_every=2", "trainer.eval_puzzles=3", "trainer.ckpt_every=2",
+          "trainer.log_every=1", "trainer.num_threads=1", "sampler.steps=8", "sampler.batch_size=8", *TINY, *extra])
+
+
+def _humaneval_file(tmp_path) -> Path:
+    """5 problems of HumanEval-SingleLineInfilling (or 2 made-up ones), named like the upstream file."""
+    if BENCH.exists():
+        with gzip.open(BENCH, "rt", encoding="utf-8") as f:
+            lines = [next(f) for _ in range(5)]
+    else:
+        lines = [json.dumps(p) + "\n" for p in PROBLEMS]
+    path = tmp_path / "HumanEval-SingleLineInfilling-head.jsonl"
+    path.write_text("".join(lines))
+    return path
+
+
+def test_infill_train_eval_export(tmp_path):
+    run = tmp_path / "run"
+    _train(tmp_path, run, "trainer.max_steps=4")
+    for name in ("config.yaml", "tokenizer/tokenizer.json", "metrics.jsonl", "loss.png", "data/heldout.jsonl.gz",
+                 "run.json", "train_summary.json", "model/model.safetensors"):
+        assert (run / name).exists(), name
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any("loss" in r for r in rows) and any("clamped_exact" in r and "clamped_token_acc" in r for r in rows)
+
+    # the run's held-out split: both modes, each with the model's own length and the true one
+    main(["eval", str(run), "limit=6"])
+    result = json.loads((run / "eval" / "heldout.json").read_text())
+    assert set(result["rows"]) == {"free/model", "free/oracle", "clamped/model", "clamped/oracle"}
+    assert 0 < result["n"] <= 6 and not result["humaneval"]
+    for row in result["rows"].values():
+        assert {"n", "exact", "exact_lines", "compiles", "mean_steps", "tokens_per_s", "by_kind"} <= set(row)
+        assert "pass@1" not in row
+    assert (run / "eval" / "heldout.md").exists()
+
+    # a HumanEval-Infilling file, 2 samples per problem at temperature > 0, with the compile rerank
+    data = _humaneval_file(tmp_path)
+    main(["eval", str(run), f"data={data}", "samples=2", "sampler.temperature=0.7", "rerank=true"])
+    result = json.loads((run / "eval" / "HumanEval-SingleLineInfilling-head.json").read_text())
+    assert result["humaneval"] and result["n"] + sum(result["too_long"].values()) == len(data.read_text().splitlines())
+    assert result["reference_compiles"] == 1.0
+    assert {"clamped/oracle", "clamped/oracle/rerank", "free/model/rerank"} <= set(result["rows"])
+    for key, row in result["rows"].items():
+        assert {"pass@1", "pass@1_all", "exact", "compiles"} <= set(row) and "pass@10" not in row
+        assert list(row["by_kind"]) == (["line"] if result["n"] else [])
+    samples = [json.loads(line) for line in
+               (run / "eval" / "HumanEval-SingleLineInfilling-head_samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 4 * 2 * result["n"] and all(isinstance(s["passed"], bool) for s in samples)
+    if result["n"]:  # the rerank picks the first sample that compiles, else the first
+        reranked = {(s["row"], s["id"]): s["sample"] for s in samples if s["reranked"]}
+        for s in samples:
+            if s["compiles"] and s["sample"] == 0:
+                assert reranked[(s["row"], s["id"])] == 0
+
+    main(["export", str(run)])
+    model = DiffusionGemmaForBlockDiffusion.from_pretrained(str(run / "export"))
+    assert model.config.canvas_length == 32
+    assert len(AutoTokenizer.from_pretrained(str(run / "export"))) == model.config.get_text_config().vocab_size
+
+
+def test_infill_resume_is_bitwise_identical(tmp_path):
+    """A run stopped at step 2 and resumed to step 4 ends with the weights of a straight 4-step run (the warmup
+    spans all 4 steps, so the schedule does not depend on max_steps)."""
+    _train(tmp_path, tmp_path / "straight", "trainer.max_steps=4", "trainer.warmup_steps=10")
+    _train(tmp_path, tmp_path / "split", "trainer.max_steps=2", "trainer.warmup_steps=10")
+    _train(tmp_path, tmp_path / "ignored", "trainer.max_steps=4", f"resume={tmp_path / 'split'}")
+    a = load_file(str(tmp_path / "straight" / "model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "split" / "model" / "model.safetensors"))
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+
+
+def test_infill_eval_errors_name_the_option(tmp_path, capsys):
+    run = tmp_path / "run"
+    _train(tmp_path, run, "trainer.max_steps=1", "trainer.eval_every=0")
+    for args, key in ((["rerank=true"], "rerank"), (["sampler.modes=[rules]"], "sampler.modes")):
+        with pytest.raises(SystemExit) as err:
+            main(["eval", str(run), *args])
+        assert err.value.code == 2 and key in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(PROBLEMS[0]) + "\n{not json\n")
+    with pytest.raises(SystemExit) as err:
+        main(["eval", str(run), f"data={bad}"])
+    assert err.value.code == 2 and "bad.jsonl:2" in capsys.readouterr().err
