@@ -41,7 +41,10 @@ class TaskConfig(TaskBase):
     name: str = "sudoku"
     sizes: list[int] = field(default_factory=lambda: [9, 4])  # grid sizes to train on (4 and/or 9)
     size_weights: list[float] = field(default_factory=lambda: [0.8, 0.2])  # share of batches per size
-    tokens: str = "cell"  # "cell": one token per (cell, digit); "digit": tokens 1..9 and position alone
+    tokens: str = "cell"  # "cell": one token per (cell, digit); "digit": tokens 1..9 and position alone;
+    # "text": a pretrained tokenizer's chat template and digits (dgft.tasks.sudoku.text)
+    tokenizer: Optional[str] = None  # tokens=text: the tokenizer's dir or hub id (recipes: ${model.path})
+    canvas_length: Optional[int] = None  # tokens=text: the canvas the answer is laid out on (${model.canvas_length})
     blank_fraction: list[float] = field(default_factory=lambda: [0.4, 0.78])  # range of blanks per training puzzle
     base_puzzles: int = 2000  # distinct generated puzzles per size; augmentation multiplies them
     heldout_puzzles: int = 200  # generated held-out puzzles per size (never trained on)
@@ -264,7 +267,7 @@ _NON_NEGATIVE = ["trainer.weight_decay", "trainer.warmup_steps", "trainer.eval_e
 _MODES = {"sudoku": ("free", "clamped", "rules"), "infill": ("free", "clamped")}
 # per task: (choices, positive, fractions, non-negative) of its own keys
 _TASK_CHECKS = {
-    "sudoku": ({"task.tokens": ("cell", "digit")}, ["task.base_puzzles", "task.heldout_puzzles"],
+    "sudoku": ({"task.tokens": ("cell", "digit", "text")}, ["task.base_puzzles", "task.heldout_puzzles"],
                ["task.corrupt_givens_p"], []),
     "infill": ({}, ["task.max_file_bytes", "task.max_lines", "task.max_span_chars", "task.max_side_chars",
                     "task.prompt_tokens", "task.canvas_length", "task.vocab_size", "task.heldout_examples"],
@@ -309,6 +312,12 @@ def _validate_sudoku(get) -> None:
         raise ConfigError(f"task.sizes={sizes}: each size must be 4 or 9")
     if len(weights) != len(sizes) or any(w < 0 for w in weights) or sum(weights) <= 0:
         raise ConfigError(f"task.size_weights={weights}: one non-negative weight per entry of task.sizes")
+    if get("task.tokens") == "text":
+        if not get("task.tokenizer"):
+            raise ConfigError("task.tokenizer: task.tokens=text needs the pretrained tokenizer (dir or hub id)")
+        if get("task.canvas_length") != get("model.canvas_length"):
+            raise ConfigError(f"task.canvas_length={get('task.canvas_length')}: must equal model.canvas_length="
+                              f"{get('model.canvas_length')}")
     answer = max(sizes) ** 2
     if get("model.canvas_length") < answer:
         raise ConfigError(f"model.canvas_length={get('model.canvas_length')}: shorter than the task's answer "

@@ -19,6 +19,10 @@ from __future__ import annotations
 def get_task(cfg):
     """The task object for a `task` config node."""
     if cfg.name == "sudoku":
+        if cfg.get("tokens") == "text":
+            from dgft.tasks.sudoku.text import load_text_task
+
+            return load_text_task(cfg)
         from dgft.tasks.sudoku.task import SudokuTask
 
         return SudokuTask(cfg)

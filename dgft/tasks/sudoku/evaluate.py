@@ -98,8 +98,10 @@ def run_mode(model, task, recs, scfg, run_cfg, mode: str, seed: int, record: boo
                 answers[i] = digits[j]
                 steps[i] = int(res.steps[j])
             if res.history:
-                frames = [task.decode(c, batch["size"])[0] * a[0].numpy() for c, a in res.history]
-                history = (recs[idx[0]], frames, [a[0].numpy() for _, a in res.history])
+                n = batch["size"]
+                accepted = [task.at_cells(a, n)[0].numpy() for _, a in res.history]
+                frames = [task.decode(c, n)[0] * a for (c, _), a in zip(res.history, accepted)]
+                history = (recs[idx[0]], frames, accepted)
             bar.update(len(idx))
             bar.set_postfix(puzzles_s=f"{(start + len(idx)) / max(elapsed, 1e-9):.1f}")
     bar.close()

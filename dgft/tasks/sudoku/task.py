@@ -247,6 +247,10 @@ class SudokuTask:
         counts = torch.einsum("ij,bjk->bik", _adjacency(n).to(present.device), present)
         return counts == 0
 
+    def at_cells(self, canvas_values: torch.Tensor, n: int) -> torch.Tensor:
+        """(B, L) per-canvas-position values -> (B, n*n) per cell (here every position is a cell)."""
+        return canvas_values
+
     def decode(self, canvas: torch.Tensor, n: int) -> np.ndarray:
         """(B, L) token ids -> (B, L) digits, 0 where a token is not a digit of that cell."""
         choices = self.answer_tokens(n).to(canvas.device)  # (L, K)

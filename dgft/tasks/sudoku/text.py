@@ -30,8 +30,27 @@ INSTRUCTION = ("Solve this {n}x{n} Sudoku. Blanks are '.'. Answer with the compl
                "{n} rows of {n} digits, one row per line.\n\n{grid}")
 
 
-class TextLayoutError(ValueError):
+from dgft.config import ConfigError
+
+
+class TextLayoutError(ConfigError):
     """The tokenizer cannot give each Sudoku cell one canvas position; the message says why."""
+
+
+def load_text_task(cfg) -> "SudokuTextTask":
+    """The text task for a `task` node with tokens=text: its tokenizer loaded from `task.tokenizer`."""
+    from transformers import AutoTokenizer
+
+    from dgft.model import ModelLoadError
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(cfg.tokenizer))
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"task.tokenizer={cfg.tokenizer!r}: no tokenizer there ({type(err).__name__}: "
+                             f"{str(err).splitlines()[0][:200]})") from err
+    if not getattr(tokenizer, "chat_template", None):
+        raise TextLayoutError(f"task.tokenizer={cfg.tokenizer!r}: the tokenizer has no chat template")
+    return SudokuTextTask(cfg, tokenizer, int(cfg.canvas_length))
 
 
 def grid_text(digits: np.ndarray) -> str:
@@ -160,6 +179,9 @@ class SudokuTextTask(SudokuTask):
         out = torch.ones(choice.shape + (n,), dtype=torch.bool, device=choice.device)
         out[:, cells] = inner
         return out
+
+    def at_cells(self, canvas_values: torch.Tensor, n: int) -> torch.Tensor:
+        return canvas_values[:, self.layouts[n]["cells"].to(canvas_values.device)]
 
     def decode(self, canvas: torch.Tensor, n: int) -> np.ndarray:
         lay = self.layouts[n]
