@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from dgft.tasks.sudoku import grid as G
 from dgft.tasks.sudoku.task import PAD, SudokuTask, canonical_form, vocabulary
@@ -71,17 +70,3 @@ def test_canonical_form_is_invariant():
         q, _ = G.augment(p, s, rng)
         assert canonical_form(q) == key
 
-
-def test_cell_mask_tokens_keep_the_cell_identity():
-    from dgft import noise as N
-
-    task = SudokuTask(OmegaConf.create({"tokens": "cell"}))
-    masks = task.mask_tokens(9)
-    digits = task.answer_tokens(9)
-    assert masks.shape == (81,) and len(set(masks.tolist())) == 81
-    assert not set(masks.tolist()) & set(digits.flatten().tolist()) and int(masks.max()) < task.vocab_size
-    target = digits[:, 0][None].repeat(2, 1)
-    noisy, hit = N.corrupt_mask(target, torch.tensor([1.0, 1.0]), torch.ones_like(target, dtype=torch.bool), masks)
-    assert torch.equal(noisy, masks[None].expand(2, 81)) and hit.all()
-    tok = task.build_tokenizer()
-    assert tok.convert_ids_to_tokens(int(masks[13])) == "9x9_r2c5=?"

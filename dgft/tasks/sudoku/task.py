@@ -33,8 +33,6 @@ def vocabulary(tokens: str) -> list[str]:
     if tokens == "cell":
         for n in SIZES:
             words += [f"{n}x{n}_r{c // n + 1}c{c % n + 1}={d}" for c in range(n * n) for d in range(1, n + 1)]
-        for n in SIZES:  # a mask token per cell: absorbing noise that keeps the cell's identity
-            words += [f"{n}x{n}_r{c // n + 1}c{c % n + 1}=?" for c in range(n * n)]
     else:
         words += ["."] + [str(d) for d in range(1, 10)]
     return words
@@ -50,17 +48,6 @@ def _offsets(tokens: str) -> dict[int, int]:
             start += n * n * n
         return out
     return {n: len(SPECIALS) + 1 for n in SIZES}
-
-
-@lru_cache(maxsize=None)
-def _mask_offsets() -> dict[int, int]:
-    """First per-cell mask-token id per size (cell mode; they follow every digit token)."""
-    start = len(SPECIALS) + sum(n ** 3 for n in SIZES)
-    out = {}
-    for n in SIZES:
-        out[n] = start
-        start += n * n
-    return out
 
 
 @lru_cache(maxsize=None)
@@ -111,9 +98,8 @@ class SudokuTask:
         return (self.offsets[n] + torch.arange(n))[None, :].expand(L, n).clone()
 
     def mask_tokens(self, n: int) -> torch.Tensor:
-        """(L,) the token absorbing noise puts at each cell: that cell's own mask (cell mode) or [MASK]."""
-        if self.tokens == "cell":
-            return _mask_offsets()[n] + torch.arange(n * n)
+        """(L,) the token absorbing noise puts at each cell: [MASK]. (A mask token per cell, keeping the cell's
+        identity, was tried and learned no better within the CPU budget: eval/RESULTS.md.)"""
         return torch.full((n * n,), MASK, dtype=torch.long)
 
     def _cell_ids(self, n: int, digits: np.ndarray) -> np.ndarray:
@@ -234,11 +220,6 @@ class SudokuTask:
             vec = vec / vec.std() * std
             start = self.offsets[n]
             embedding[start:start + n * n * n] = vec.reshape(-1, H).to(embedding.dtype)
-            unknown = torch.randn(H, generator=generator)  # the mask tokens: the place, and "no digit yet"
-            masks = place + unknown + 0.5 * torch.randn(place.shape, generator=generator)
-            start = _mask_offsets()[n]
-            if start + n * n <= embedding.shape[0]:
-                embedding[start:start + n * n] = (masks / masks.std() * std).to(embedding.dtype)
 
     # --- sampling hooks ---------------------------------------------------------------------------
     def rule_mask(self, choice: torch.Tensor, accepted: torch.Tensor, n: int) -> torch.Tensor:
