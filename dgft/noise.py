@@ -45,7 +45,7 @@ def corrupt_uniform(target, t, corruptible, support, generator=None):
 def corrupt_mask(target, t, corruptible, mask_id, generator=None):
     """Absorbing-state corruption: positions hit with probability t hold the mask token. Returns (noisy, hit).
 
-    `mask_id` is one id, or (L,) ids, one per position (a per-cell mask keeps the position's identity).
+    `mask_id` is one id, or (L,) ids, one per position (a task's `mask_ids`).
     """
     B, L = target.shape
     hit = (torch.rand((B, L), generator=generator, device=target.device) < t[:, None]) & corruptible

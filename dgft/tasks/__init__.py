@@ -16,6 +16,19 @@ Each task's evaluation is `dgft.tasks.<task>.evaluate.evaluate_run`, which `dgft
 from __future__ import annotations
 
 
+def left_pad(prompts: list[list[int]], pad_id: int):
+    """Token lists -> (ids (B, P), mask (B, P)) left-padded to the longest, as the encoder's prompts are."""
+    import torch
+
+    P = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), P), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), P), dtype=torch.long)
+    for b, p in enumerate(prompts):
+        ids[b, P - len(p):] = torch.tensor(p, dtype=torch.long)
+        mask[b, P - len(p):] = 1
+    return ids, mask
+
+
 def get_task(cfg):
     """The task object for a `task` config node."""
     if cfg.name == "sudoku":

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from dgft.config import InfillTaskConfig
+from dgft.tasks import left_pad
 from dgft.tasks.infill import tokenizer as T
 
 MARKERS = {"pre": ("[PRE]", "<|fim_prefix|>", "<fim_prefix>"), "suf": ("[SUF]", "<|fim_suffix|>", "<fim_suffix>"),
@@ -176,12 +177,7 @@ class InfillTask:
             extra["allowed"] = allowed
         padding = (torch.arange(L)[None, :] > torch.tensor([c + len(m) for m in mid])[:, None]) & ~fixed
         weight = scored.float() + self.pad_weight * padding.float()
-        P = max(len(p) for p in prompts)
-        prompt_ids = torch.full((B, P), self.pad, dtype=torch.long)
-        prompt_mask = torch.zeros((B, P), dtype=torch.long)
-        for b, p in enumerate(prompts):
-            prompt_ids[b, P - len(p):] = torch.tensor(p, dtype=torch.long)
-            prompt_mask[b, P - len(p):] = 1
+        prompt_ids, prompt_mask = left_pad(prompts, self.pad)
         return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "target": target, "fixed": fixed,
                 "scored": scored, "weight": weight, "choices": self.choices(L), "always_pinned": fixed,
                 "lengths": torch.tensor([len(m) for m in mid], dtype=torch.long), **extra}

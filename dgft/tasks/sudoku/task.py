@@ -19,6 +19,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from dgft.tasks import left_pad
 from dgft.tasks.sudoku import grid as G
 
 SPECIALS = ["[PAD]", "[EOS]", "[BOS]", "[IMG]", "[BOI]", "[EOI]", "[MASK]", "[SEP]", "[UNK]", "[4x4]", "[9x9]"]
@@ -129,13 +130,7 @@ class SudokuTask:
         and pinned; scored (B, L) cells in the loss; choices (L, K) tokens a position may hold.
         """
         n = G.side(puzzles[0])
-        prompts = [self.prompt_ids(p) for p in puzzles]
-        P = max(len(p) for p in prompts)
-        prompt_ids = torch.full((len(prompts), P), PAD, dtype=torch.long)
-        prompt_mask = torch.zeros((len(prompts), P), dtype=torch.long)
-        for b, p in enumerate(prompts):
-            prompt_ids[b, P - len(p):] = torch.tensor(p)
-            prompt_mask[b, P - len(p):] = 1
+        prompt_ids, prompt_mask = left_pad([self.prompt_ids(p) for p in puzzles], PAD)
         target = torch.as_tensor(self._cell_ids(n, solutions), dtype=torch.long)
         fixed = torch.as_tensor(puzzles != 0)
         scored = ~fixed

@@ -23,14 +23,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from dgft.config import ConfigError
+from dgft.tasks import left_pad
 from dgft.tasks.sudoku import grid as G
 from dgft.tasks.sudoku.task import SudokuTask
 
 INSTRUCTION = ("Solve this {n}x{n} Sudoku. Blanks are '.'. Answer with the completed grid only: "
                "{n} rows of {n} digits, one row per line.\n\n{grid}")
-
-
-from dgft.config import ConfigError
 
 
 class TextLayoutError(ConfigError):
@@ -146,14 +145,8 @@ class SudokuTextTask(SudokuTask):
     def encode(self, puzzles: np.ndarray, solutions: np.ndarray, corrupt_givens: np.ndarray | None = None) -> dict:
         n = G.side(puzzles[0])
         lay = self.layouts[n]
-        prompts = [self.prompt_ids(p) for p in puzzles]
-        P = max(len(p) for p in prompts)
-        B = len(prompts)
-        prompt_ids = torch.full((B, P), self.pad_id, dtype=torch.long)
-        prompt_mask = torch.zeros((B, P), dtype=torch.long)
-        for b, p in enumerate(prompts):
-            prompt_ids[b, P - len(p):] = torch.tensor(p)
-            prompt_mask[b, P - len(p):] = 1
+        prompt_ids, prompt_mask = left_pad([self.prompt_ids(p) for p in puzzles], self.pad_id)
+        B = len(puzzles)
         target = lay["template"][None].repeat(B, 1)
         target[:, lay["cells"]] = lay["digits"][torch.as_tensor(solutions, dtype=torch.long) - 1]
         given = torch.as_tensor(puzzles != 0)
