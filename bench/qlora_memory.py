@@ -90,9 +90,39 @@ def step_inputs(device, vocab: int, seed: int = 0):
             "t": torch.tensor([0.5])}
 
 
+def training_setup(model, quantize: str, device):
+    """Frozen base + LoRA r16 on attention and dense-MLP projections, gradient checkpointing, train mode, and
+    the optimizer (paged 8-bit AdamW for nf4 on CUDA, else AdamW) -> (model, trainable params, optimizer)."""
+    from dgft.model import attach_lora
+    from dgft.quant import freeze_base_
+
+    cuda = device.type == "cuda"
+    freeze_base_(model)
+    lcfg = OmegaConf.create(dict(r=16, alpha=32, dropout=0.0, target_experts=False,
+                                 target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                 "down_proj"]))
+    model = attach_lora(model, lcfg)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    if quantize == "nf4" and cuda:
+        import bitsandbytes as bnb
+
+        opt = bnb.optim.PagedAdamW8bit(params, lr=1e-4)
+    else:
+        opt = torch.optim.AdamW(params, lr=1e-4, fused=cuda)
+    return model, params, opt
+
+
+def step_config(ar_weight: float):
+    """The config `dgft.train._loss` reads: uniform noise, self-conditioning on every step."""
+    return OmegaConf.create({"noise": {"encoder_ar_weight": ar_weight, "self_conditioning_p": 1.0, "kind": "uniform",
+                                       "loss_weight": "flat"}})
+
+
 def measure(depth: int, quantize: str, steps: int, ar_weight: float, want_logits: bool):
-    from dgft.model import attach_lora, denoise, encode
-    from dgft.quant import freeze_base_, quantized_bytes
+    from dgft.model import denoise, encode
+    from dgft.quant import quantized_bytes
     from dgft.train import _loss
 
     device = DEVICE
@@ -115,22 +145,8 @@ def measure(depth: int, quantize: str, steps: int, ar_weight: float, want_logits
 
     if cuda:
         torch.cuda.reset_peak_memory_stats()  # the training peak, apart from the loader's
-    freeze_base_(model)
-    lcfg = OmegaConf.create(dict(r=16, alpha=32, dropout=0.0, target_experts=False,
-                                 target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                                                 "down_proj"]))
-    model = attach_lora(model, lcfg)
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    if quantize == "nf4" and cuda:
-        import bitsandbytes as bnb
-
-        opt = bnb.optim.PagedAdamW8bit(params, lr=1e-4)
-    else:
-        opt = torch.optim.AdamW(params, lr=1e-4, fused=cuda)
-    cfg = OmegaConf.create({"noise": {"encoder_ar_weight": ar_weight, "self_conditioning_p": 1.0, "kind": "uniform",
-                                      "loss_weight": "flat"}})
+    model, params, opt = training_setup(model, quantize, device)
+    cfg = step_config(ar_weight)
     gen = torch.Generator().manual_seed(0)
     times = []
     for i in range(steps + 2):  # two warm-up steps

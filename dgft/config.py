@@ -73,12 +73,17 @@ class InfillTaskConfig(TaskBase):
     max_span_chars: int = 128  # random_span spans take 1..max_span_chars characters
     context_chars: int = 1000  # characters kept around the enclosing function
     max_side_chars: int = 2000  # at most this many characters of prefix, and of suffix
-    prompt_tokens: int = 384  # encoder prompt budget: [BOS] [PRE] prefix [SUF] suffix [MID]
-    canvas_length: int = 64  # must equal model.canvas_length (middle + [EOS] must fit)
+    # How the encoder is asked: "fim": [BOS] [PRE] prefix [SUF] suffix [MID] (the tokenizer's fill-in-the-middle
+    # markers); "chat": one user turn through the tokenizer's chat template (instruction, prefix, hole, suffix);
+    # "auto": fim if the tokenizer has the markers, else chat if it has a chat template (dgft.tasks.infill.task)
+    prompt_format: str = "auto"
+    tokenizer: Optional[str] = None  # a pretrained tokenizer's dir or hub id (None: a BPE trained on the corpus)
+    prompt_tokens: int = 384  # encoder prompt budget: the FIM prompt or the chat turn, prefix and suffix cut to fit
+    canvas_length: int = 64  # must equal model.canvas_length (middle + its end token must fit)
     canvas_prefix_tokens: int = 0  # last prefix tokens also pinned at the start of the canvas (0: none)
-    vocab_size: int = 4096  # byte-level BPE size for the embedded model
+    vocab_size: int = 4096  # byte-level BPE size for the embedded model (unused with `tokenizer`)
     oracle_length_p: float = 0.0  # share of training examples whose true length is given (end pinned)
-    pad_weight: float = 0.1  # loss weight of the padding after [EOS] (the middle and [EOS] weigh 1)
+    pad_weight: float = 0.1  # loss weight of the padding after the end token (the middle and the end weigh 1)
     heldout_examples: int = 500  # held-out examples per kind (fixed, drawn with split_seed)
     cache_dir: str = "~/.cache/dgft"  # corpus split and tokenizer are cached here, keyed by settings and files
 
@@ -131,6 +136,7 @@ class NoiseConfig:
     loss_weight: str = "flat"  # "flat" cross-entropy, or "inv_t" (1/t, MDLM-style, for kind=mask)
     self_conditioning_p: float = 0.5  # probability an example gets a no-grad first pass as self-conditioning
     encoder_ar_weight: float = 0.0  # weight of the autoregressive loss on the encoder's prompt
+    known_in_prompt: bool = False  # uncorrupted positions also go into the prompt (pair with sampler.reprompt)
 
 
 # --- trainer --------------------------------------------------------------------------------------
@@ -166,6 +172,7 @@ class SamplerConfig:
     confidence: float = 0.9  # accept tokens with probability >= this ("confidence")
     temperature: float = 0.0  # 0: argmax of the constrained distribution
     self_conditioning: bool = True  # feed the previous step's logits back, as in training
+    reprompt: bool = False  # move accepted cells into the encoder's prompt (tasks with `known_prompt`)
     batch_size: int = 64
     modes: list[str] = field(default_factory=lambda: ["free", "clamped", "rules"])
 
@@ -194,6 +201,7 @@ class SamplerOverrides:
     confidence: Optional[float] = None
     temperature: Optional[float] = None
     self_conditioning: Optional[bool] = None
+    reprompt: Optional[bool] = None
     batch_size: Optional[int] = None
     modes: Optional[list[str]] = None
 
@@ -269,8 +277,9 @@ _MODES = {"sudoku": ("free", "clamped", "rules"), "infill": ("free", "clamped")}
 _TASK_CHECKS = {
     "sudoku": ({"task.tokens": ("cell", "digit", "text")}, ["task.base_puzzles", "task.heldout_puzzles"],
                ["task.corrupt_givens_p"], []),
-    "infill": ({}, ["task.max_file_bytes", "task.max_lines", "task.max_span_chars", "task.max_side_chars",
-                    "task.prompt_tokens", "task.canvas_length", "task.vocab_size", "task.heldout_examples"],
+    "infill": ({"task.prompt_format": ("auto", "fim", "chat")},
+               ["task.max_file_bytes", "task.max_lines", "task.max_span_chars", "task.max_side_chars",
+                "task.prompt_tokens", "task.canvas_length", "task.vocab_size", "task.heldout_examples"],
                ["task.heldout_share", "task.oracle_length_p"],
                ["task.context_chars", "task.canvas_prefix_tokens", "task.pad_weight"]),
 }
@@ -328,6 +337,9 @@ def _validate_sudoku(get) -> None:
 
 
 def _validate_infill(get) -> None:
+    for key in ("noise.known_in_prompt", "sampler.reprompt"):
+        if get(key):
+            raise ConfigError(f"{key}=true: Sudoku only (an infill prompt has no place for accepted tokens)")
     kinds, weights = list(get("task.kinds")), list(get("task.kind_weights"))
     if not kinds or len(set(kinds)) != len(kinds) or any(k not in INFILL_KINDS for k in kinds):
         raise ConfigError(f"task.kinds={kinds}: distinct span kinds among {', '.join(INFILL_KINDS)}")
@@ -348,12 +360,13 @@ def _validate_infill(get) -> None:
     if get("task.prompt_tokens") < 8:
         raise ConfigError(f"task.prompt_tokens={get('task.prompt_tokens')}: at least 8 ([BOS] [PRE] [SUF] [MID] "
                           "and some context)")
-    if get("task.vocab_size") < 268:
+    if get("task.vocab_size") < 268 and not get("task.tokenizer"):
         raise ConfigError(f"task.vocab_size={get('task.vocab_size')}: a byte-level BPE needs at least 268 "
                           "(12 special tokens and the 256 bytes)")
-    if get("model.name") != "tiny":
-        raise ConfigError(f"model.name={get('model.name')}: task infill trains the embedded model only so far (a "
-                          "pretrained model needs its own tokenizer with fill-in-the-middle markers wired in)")
+    if get("model.name") != "tiny" and not get("task.tokenizer"):
+        raise ConfigError(f"task.tokenizer: model.name={get('model.name')} reads its own tokenizer; set "
+                          "task.tokenizer to the model's directory (model.path). Without fill-in-the-middle markers "
+                          "it is asked through its chat template (task.prompt_format)")
 
 
 def _validate_model(get) -> None:

@@ -53,6 +53,16 @@ def corrupt_mask(target, t, corruptible, mask_id, generator=None):
     return torch.where(hit, mask, target), hit
 
 
+def mask_ids(kind: str, batch: dict):
+    """The batch's per-position mask tokens for absorbing noise (None for uniform noise); a clear error when
+    the task's tokenizer has no mask token."""
+    if kind != "mask":
+        return None
+    if "mask_ids" not in batch:
+        raise ValueError("noise.kind=mask: the task's tokenizer has no mask token; use noise=uniform")
+    return batch["mask_ids"]
+
+
 def corrupt(kind: str, target, t, corruptible, support, mask_id, generator=None):
     """Dispatch on `noise.kind` ("uniform" or "mask")."""
     if kind == "uniform":

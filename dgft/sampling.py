@@ -13,6 +13,10 @@ those of its choices the example allows); `rules` is clamped plus the task's
 so far, including earlier acceptances of the same step. No search, no backtracking: a cell the rules leave
 without any digit is left empty (token [PAD]) rather than filled with a rule-breaking digit.
 
+With `sampler.reprompt` every acceptance also moves into the encoder's prompt (the task's `known_prompt`) and
+the prompt is encoded again, so the model reads what is fixed as given rather than guessing which canvas
+tokens are noise; a model trained with `noise.known_in_prompt` expects it.
+
 Example: `sample(model, batch, task, cfg.sampler, mode="rules", noise_kind="uniform")` -> SampleResult
 with canvas (B, L) tokens and steps (B,) used.
 """
@@ -75,8 +79,7 @@ def accept_count(score: torch.Tensor, open_: torch.Tensor, rule: str, step: int,
 # --- the loop -------------------------------------------------------------------------------------
 @torch.no_grad()
 def sample(model, batch: dict, task, scfg, mode: str, noise_kind: str = "uniform", support: str = "answer",
-           generator: torch.Generator | None = None, record: bool = False, pad_id: int = 0,
-           mask_id: int = 6) -> SampleResult:
+           generator: torch.Generator | None = None, record: bool = False, pad_id: int = 0) -> SampleResult:
     if mode not in MODES:
         raise ValueError(f"sampling mode {mode!r}: expected one of {', '.join(MODES)}")
     device = next(model.parameters()).device
@@ -89,14 +92,12 @@ def sample(model, batch: dict, task, scfg, mode: str, noise_kind: str = "uniform
     if generator is not None and generator.device != device:  # a host generator seeds one on the model's device
         generator = torch.Generator(device).manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
 
-    mask_ids = batch.get("mask_ids")  # (L,) per-position mask tokens, if the task has them
+    mask_ids = N.mask_ids(noise_kind, batch)  # (L,) per-position mask tokens, for absorbing noise
     example_choices = batch["allowed"].to(device) if "allowed" in batch else None  # (B, L, K) bool, if any
 
     def noise_like():
         if noise_kind == "mask":
-            if mask_ids is not None:
-                return mask_ids.to(device)[None].expand(B, L).clone()
-            return torch.full((B, L), mask_id, dtype=torch.long, device=device)
+            return mask_ids.to(device)[None].expand(B, L).clone()
         return N.draw(prior, (B, L), generator, device)
 
     if mode != "free":
@@ -105,6 +106,11 @@ def sample(model, batch: dict, task, scfg, mode: str, noise_kind: str = "uniform
         pinned = batch["always_pinned"].to(device)
     else:
         pinned = torch.zeros_like(target, dtype=torch.bool)
+    reprompt = bool(getattr(scfg, "reprompt", False))
+    if reprompt and not hasattr(task, "known_prompt"):
+        raise ValueError(f"sampler.reprompt=true: task {getattr(task, 'name', task)!r} cannot rebuild its prompt "
+                         "from accepted positions; set sampler.reprompt=false")
+    givens = batch["fixed"].to(device)
     canvas = torch.where(pinned, target, noise_like())
     accepted, empty = pinned.clone(), torch.zeros_like(pinned)
     steps_used = torch.zeros(B, dtype=torch.long, device=device)
@@ -141,6 +147,9 @@ def sample(model, batch: dict, task, scfg, mode: str, noise_kind: str = "uniform
         empty |= dead
         canvas = torch.where(empty, torch.full_like(canvas, pad_id), canvas)
         canvas = torch.where(accepted, canvas, noise_like())
+        if reprompt and new.any():
+            prompt_ids, prompt_mask = task.known_prompt(target, givens, canvas, accepted & ~empty, n)
+            cache = encode(model, prompt_ids, prompt_mask)
         if record:
             history.append((canvas.clone().cpu(), accepted.clone().cpu()))
     # Out of steps with positions still open (rules rejected a same-step conflict): leave them empty.

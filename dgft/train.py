@@ -30,7 +30,6 @@ from dgft.loss import denoising_loss, encoder_ar_loss, loss_weights
 from dgft.model import (attach_lora, build_tiny, count_parameters, denoise, encode, load_pretrained, load_quantized,
                         prompt_logits, quantize_tiny_, torch_dtype, unwrap)
 from dgft.tasks import get_task
-from dgft.tasks.sudoku.task import MASK  # the [MASK] id every task's tokenizer shares
 
 
 class OutOfMemory(RuntimeError):
@@ -164,7 +163,7 @@ def train(cfg, run_dir: str | Path) -> Path:
     bar = tqdm(total=cfg.trainer.max_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
     step = start_step
     for step in range(start_step + 1, cfg.trainer.max_steps + 1):
-        micro = [_corrupt(next(batches), cfg, gen, vocab_size) for _ in range(cfg.trainer.grad_accum)]
+        micro = [_corrupt(next(batches), cfg, gen, vocab_size, task) for _ in range(cfg.trainer.grad_accum)]
         n_scored = sum(float(m["count"]) for m in micro) or 1.0
         loss_total = torch.zeros((), dtype=torch.float64, device=device)  # read back only when logged
         for m in micro:
@@ -239,20 +238,25 @@ def train(cfg, run_dir: str | Path) -> Path:
 
 
 # --- pieces of a step -----------------------------------------------------------------------------
-def _corrupt(batch: dict, cfg, gen, vocab_size: int) -> dict:
+def _corrupt(batch: dict, cfg, gen, vocab_size: int, task=None) -> dict:
     """Add noise level t, the corrupted canvas and the counts to a batch.
 
     `count` is what the loss is normalised by: the scored positions, or their summed weight when the batch
-    weighs positions (`weight`, (B, L) float).
+    weighs positions (`weight`, (B, L) float). With `noise.known_in_prompt` the positions the noise left alone
+    are also written into the prompt (the task's `known_prompt`), as `sampler.reprompt` does with accepted ones.
     """
     target, scored = batch["target"], batch["scored"]
     t = N.sample_t(target.shape[0], cfg.noise.eps, gen)
     support = batch["choices"] if cfg.noise.support == "answer" else vocab_size
-    noisy, hit = N.corrupt(cfg.noise.kind, target, t, ~batch["fixed"], support, batch.get("mask_ids", MASK), gen)
+    noisy, hit = N.corrupt(cfg.noise.kind, target, t, ~batch["fixed"], support, N.mask_ids(cfg.noise.kind, batch), gen)
     if "weight" in batch:
         count = loss_weights(scored, hit, cfg.noise.kind, batch["weight"]).sum()
     else:
         count = (scored if cfg.noise.kind == "uniform" else scored & hit).sum()
+    if cfg.noise.known_in_prompt:
+        batch = {**batch}
+        batch["prompt_ids"], batch["prompt_mask"] = task.known_prompt(target, batch["fixed"], noisy,
+                                                                      ~hit & ~batch["fixed"], batch["size"])
     tokens = batch["prompt_mask"].sum() + target.numel()
     return {**batch, "t": t, "noisy": noisy, "hit": hit, "count": count, "tokens": tokens}
 

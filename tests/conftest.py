@@ -8,6 +8,13 @@ from dgft.config import TrainRecipe
 
 torch.set_num_threads(1)  # tiny models: one thread is as fast, and immune to oversubscription
 
+# Test tokenizers for the pretrained (chat) path: the embedded model's special ids, then Gemma's turn markers,
+# and a Gemma-like chat template (test_sudoku_text.py, test_infill_chat.py)
+CHAT_SPECIALS = ["[PAD]", "[EOS]", "[BOS]", "[IMG]", "[BOI]", "[EOI]", "[MASK]", "[SEP]", "[UNK]",
+                 "<start_of_turn>", "<end_of_turn>"]
+CHAT_TEMPLATE = ("{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{{ m['content'] }}<end_of_turn>\n"
+                 "{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+
 
 def tiny_cfg(**overrides):
     """A composed-like TrainRecipe for a 2-layer, hidden-32 model."""

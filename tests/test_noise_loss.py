@@ -79,3 +79,42 @@ def test_position_weights_scale_the_loss_and_its_count():
     hit = torch.tensor([[True, False, True, False]])  # absorbing noise: only the hit positions count
     s, n = denoising_loss(uniform, target, scored, hit, kind="mask", position_weight=weight)
     assert math.isclose(n.item(), 1.1, rel_tol=1e-6) and math.isclose(s.item(), 1.1 * math.log(5), rel_tol=1e-5)
+
+
+def test_absorbing_noise_needs_the_batchs_mask_tokens():
+    batch = {"target": torch.zeros(2, 4, dtype=torch.long)}
+    assert N.mask_ids("uniform", batch) is None
+    try:
+        N.mask_ids("mask", batch)
+        raise AssertionError("no error for absorbing noise without mask tokens")
+    except ValueError as err:
+        assert "no mask token" in str(err)
+    batch["mask_ids"] = torch.full((4,), 6)
+    assert N.mask_ids("mask", batch) is batch["mask_ids"]
+
+
+def test_known_in_prompt_lists_givens_and_the_cells_noise_left_clean():
+    import numpy as np
+    from omegaconf import OmegaConf
+
+    from conftest import tiny_cfg
+    from dgft.tasks.sudoku import grid as G
+    from dgft.tasks.sudoku.task import SudokuTask
+    from dgft.train import _corrupt
+
+    cfg = tiny_cfg()
+    cfg.noise.known_in_prompt = True
+    task = SudokuTask(cfg.task)
+    rng = np.random.default_rng(0)
+    made = [G.generate(9, givens=30, rng=rng, max_tries=1) for _ in range(4)]
+    puzzles, solutions = np.stack([m[0] for m in made]), np.stack([m[1] for m in made])
+    out = _corrupt(task.encode(puzzles, solutions), OmegaConf.create(cfg), torch.Generator().manual_seed(0),
+                   task.vocab_size, task)
+    for b in range(4):
+        known = puzzles[b].copy()
+        clean = ~out["hit"][b].numpy() & (puzzles[b] == 0)
+        known[clean] = solutions[b][clean]
+        assert 0 < clean.sum() < (puzzles[b] == 0).sum() or out["t"][b] > 0.95 or out["t"][b] < 0.05
+        prompt = out["prompt_ids"][b][out["prompt_mask"][b].bool()].tolist()
+        assert prompt == task.prompt_ids(known)
+    assert out["tokens"] == out["prompt_mask"].sum() + out["target"].numel()

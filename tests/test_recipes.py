@@ -85,10 +85,21 @@ def test_keys_of_the_other_task_fail_at_composition(overrides):
     (["recipe=infill", "task.heldout_share=1.5"], "task.heldout_share"),
     (["recipe=infill", "task.pad_weight=-1"], "task.pad_weight"),
     (["recipe=infill", "task.vocab_size=100"], "task.vocab_size"),
-    (["recipe=infill", "model=diffusiongemma", "model.canvas_length=64"], "model.name"),
+    (["recipe=infill", "model=diffusiongemma", "model.canvas_length=64"], "task.tokenizer"),
+    (["recipe=infill", "task.prompt_format=xml"], "task.prompt_format"),
     (["task.name=infill"], "task.name"),
 ])
 def test_infill_range_checks_name_the_key(overrides, key):
     cfg = _compose("train", overrides)
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         validate(cfg)
+
+
+def test_infill_with_a_pretrained_model_reads_its_tokenizer():
+    """model=diffusiongemma needs task.tokenizer; with it the config passes (fim or chat is picked from the tokenizer)."""
+    base = ["recipe=infill", "model=diffusiongemma", "model.quantize=none"]
+    with pytest.raises(ConfigError, match=r"task\.tokenizer"):
+        validate(_compose("train", base))
+    cfg = _compose("train", base + ["task.tokenizer=${model.path}"])
+    validate(cfg)
+    assert cfg.task.tokenizer == cfg.model.path and cfg.task.prompt_format == "auto"

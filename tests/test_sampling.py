@@ -79,3 +79,58 @@ def test_accept_count_entropy_bound():
 def test_entropy_of_uniform():
     p = torch.full((3, 4), 0.25)
     assert torch.allclose(entropy(p), torch.full((3,), np.log(4), dtype=torch.float32))
+
+
+@pytest.mark.parametrize("tokens", ["cell", "digit"])
+def test_known_prompt_is_the_puzzle_with_accepted_cells_given(tokens):
+    cfg = tiny_cfg()
+    cfg.task.tokens = tokens
+    task = SudokuTask(cfg.task)
+    puzzles, solutions = _puzzles(4, 3, seed=5)
+    batch = task.encode(puzzles, solutions)
+    accepted = torch.zeros_like(batch["fixed"])
+    accepted[:, [0, 5]] = True  # two more cells, whatever they were
+    canvas = torch.where(batch["fixed"] | accepted, batch["target"], torch.zeros_like(batch["target"]))
+    ids, mask = task.known_prompt(batch["target"], batch["fixed"], canvas, accepted, 4)
+    for b in range(3):
+        want = puzzles[b].copy()
+        want[[0, 5]] = solutions[b][[0, 5]]
+        assert ids[b][mask[b].bool()].tolist() == task.prompt_ids(want)
+
+
+def test_reprompt_keeps_pins_and_rules_and_ends_with_the_answer_as_prompt(setup):
+    cfg, task, model = setup
+    puzzles, solutions = _puzzles(9, 6, seed=2)
+    batch = task.encode(puzzles, solutions)
+    prompts = []
+
+    class Spy(SudokuTask):
+        def known_prompt(self, *args):
+            out = super().known_prompt(*args)
+            prompts.append(out)
+            return out
+
+    spy = Spy(cfg.task)
+    scfg = OmegaConf.structured(SamplerConfig(steps=81, acceptance="fixed", reprompt=True))
+    res = sample(model, batch, spy, scfg, "rules", generator=torch.Generator().manual_seed(0))
+    fixed = batch["fixed"]
+    assert torch.equal(res.canvas[fixed], batch["target"][fixed])
+    digits = task.decode(res.canvas, 9)
+    assert all(G.rule_violations(d) == 0 for d in digits)
+    assert len(prompts) >= int((~fixed).sum(-1).max()) - 1  # the encoder saw every acceptance
+    ids, mask = prompts[-1]
+    for b in range(6):  # the last prompt holds every cell the sampler filled
+        assert ids[b][mask[b].bool()].tolist() == task.prompt_ids(digits[b])
+
+
+def test_reprompt_needs_a_task_that_can_rebuild_its_prompt(setup):
+    cfg, task, model = setup
+    puzzles, solutions = _puzzles(4, 2, seed=1)
+    batch = task.encode(puzzles, solutions)
+
+    class NoHook:
+        name = "nohook"
+
+    scfg = OmegaConf.structured(SamplerConfig(steps=4, reprompt=True))
+    with pytest.raises(ValueError, match="sampler.reprompt"):
+        sample(model, batch, NoHook(), scfg, "rules")

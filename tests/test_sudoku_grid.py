@@ -19,6 +19,7 @@ from dgft.tasks.sudoku.grid import (
     random_solution,
     rule_violations,
     side,
+    singles_solvable,
     solve,
     to_string,
     units,
@@ -199,3 +200,19 @@ def test_invariant_counts_unavoidable_rectangles():
             if square[r2, c1] == b and square[r2, c2] == a and len(boxes) == 2:
                 brute_force += 1
     assert invariant(grid)[0] == brute_force
+
+
+def test_singles_solvable():
+    holes = SOLVED_4.copy()
+    holes[[0, 5, 10, 15]] = 0  # each blank alone in its row: naked singles
+    assert singles_solvable(holes)
+    assert not singles_solvable(np.zeros(16, dtype=np.int8))
+    assert not singles_solvable(from_string("1000" "0200" "0030" "0004"))  # two solutions
+    assert not singles_solvable(from_string("1100" + "0" * 12))  # breaks a rule
+
+
+@needs_benchmarks
+def test_singles_solvable_separates_easy_from_hard():
+    easy = [singles_solvable(from_string(r["puzzle"])) for r in _rows("norvig_easy50.csv")]
+    hard = [singles_solvable(from_string(r["puzzle"])) for r in _rows("norvig_top95.csv")]
+    assert sum(easy) == 40 and sum(hard) == 0

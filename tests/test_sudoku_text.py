@@ -5,16 +5,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import tiny_cfg
+from conftest import CHAT_SPECIALS, CHAT_TEMPLATE, tiny_cfg
 from dgft.model import build_tiny
 from dgft.sampling import sample
 from dgft.tasks.sudoku import grid as G
 from dgft.tasks.sudoku.text import SudokuTextTask, TextLayoutError
-
-SPECIAL = ["[PAD]", "[EOS]", "[BOS]", "[IMG]", "[BOI]", "[EOI]", "[MASK]", "[SEP]", "[UNK]",
-           "<start_of_turn>", "<end_of_turn>"]
-TEMPLATE = ("{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{{ m['content'] }}<end_of_turn>\n{% endfor %}"
-            "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
 
 
 def chat_tokenizer(split_digits: bool = True):
@@ -22,7 +17,7 @@ def chat_tokenizer(split_digits: bool = True):
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    words = SPECIAL + ["\n", " ", ".", "'", ":", ",", "user", "model", "x"] + [str(d) for d in range(10)]
+    words = CHAT_SPECIALS + ["\n", " ", ".", "'", ":", ",", "user", "model", "x"] + [str(d) for d in range(10)]
     words += "Solve this Sudoku Blanks are Answer with the completed grid only rows of digits one row per line".split()
     if not split_digits:
         words += [str(i) for i in range(10, 100000)]
@@ -33,7 +28,7 @@ def chat_tokenizer(split_digits: bool = True):
     tok.decoder = decoders.Fuse()
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="[BOS]", eos_token="[EOS]", pad_token="[PAD]",
                                    unk_token="[UNK]", additional_special_tokens=["<start_of_turn>", "<end_of_turn>"])
-    fast.chat_template = TEMPLATE
+    fast.chat_template = CHAT_TEMPLATE
     return fast
 
 

@@ -8,9 +8,10 @@ What the trainer calls on a task (`dgft.train`): `build_tokenizer()`, `vocab_siz
 -> {"train", "heldout"}, `write_heldout(heldout, data_dir)`, `train_batches(train, batch_size, seed)` (an
 iterator with `state_dict`/`load_state_dict`), `eval_batches(heldout, count)` and `quick_eval(model, batches,
 cfg, generator)` -> {metric: value}, `init_embeddings(...)`. A batch is a dict of tensors: prompt_ids,
-prompt_mask, target, fixed, scored, choices, and optionally mask_ids (per-position mask tokens), weight
+prompt_mask, target, fixed, scored, choices, and optionally mask_ids (per-position mask tokens; absorbing noise needs them), weight
 (per-position loss weight) and always_pinned (positions pinned even in `free` sampling).
 Each task's evaluation is `dgft.tasks.<task>.evaluate.evaluate_run`, which `dgft.evaluate` dispatches to.
+`chat.py` holds what the tasks that ask a pretrained model through its chat template share.
 """
 
 from __future__ import annotations

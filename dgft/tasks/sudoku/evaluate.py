@@ -50,14 +50,14 @@ def evaluate_run(cfg, run: Path, run_cfg, scfg, device) -> dict:
     picture = None
     for mode in scfg.modes:
         answers, stats = run_mode(model, task, recs, scfg, run_cfg, mode, cfg.seed, record=(mode == "rules"))
-        result["modes"][mode] = {**summarise(recs, answers, stats), "by_givens": by_givens(recs, answers)}
+        result["modes"][mode] = {**summarise(recs, answers, stats), **breakdowns(recs, answers)}
         picture = picture or stats.get("history")
     if cfg.baseline:
         from dgft.evaluate import untrained_model
 
         baseline = untrained_model(run_cfg, run, device)
         answers, stats = run_mode(baseline, task, recs, scfg, run_cfg, "rules", cfg.seed)
-        result["baseline_untrained_rules"] = {**summarise(recs, answers, stats), "by_givens": by_givens(recs, answers)}
+        result["baseline_untrained_rules"] = {**summarise(recs, answers, stats), **breakdowns(recs, answers)}
 
     # --- write ------------------------------------------------------------------------------------
     (out_dir / f"{name}.json").write_text(json.dumps(result, indent=1))
@@ -117,6 +117,23 @@ def summarise(recs, answers, stats) -> dict:
             "puzzles_per_s": len(recs) / secs, "tokens_per_s": stats["cells"] / secs}
 
 
+def breakdowns(recs, answers) -> dict:
+    return {"by_givens": by_givens(recs, answers), "by_difficulty": by_difficulty(recs, answers)}
+
+
+def by_difficulty(recs, answers) -> dict:
+    """The same scores per grid size and difficulty: "9x9/singles" (naked and hidden singles solve it, as they
+    do most of easy50) or "9x9/harder" (needs more, or has several solutions), so easy puzzles can be judged on held-out data."""
+    from dgft.metrics import aggregate
+
+    groups = defaultdict(list)
+    for r, a in zip(recs, answers):
+        n = G.side(r.puzzle)
+        kind = "singles" if G.singles_solvable(r.puzzle) else "harder"
+        groups[(n, kind)].append(score_answer(r.puzzle, r.solution, a))
+    return {f"{n}x{n}/{k}": aggregate(v) for (n, k), v in sorted(groups.items())}
+
+
 def by_givens(recs, answers) -> dict:
     """The same scores per grid size and number of givens, keyed like "9x9/30"."""
     from dgft.metrics import aggregate
@@ -138,5 +155,12 @@ def markdown(name: str, result: dict) -> str:
         rows.append(f"| {mode} | {m['n']} | {m['exact']:.1%} | {m['cell_accuracy']:.1%} | {m['givens_kept']:.1%} | "
                     f"{m['rule_violations']:.2f} | {m['mean_steps']:.1f} | {m['puzzles_per_s']:.2f} | "
                     f"{m['tokens_per_s']:.0f} |")
+    kinds = sorted({k for _, m in entries for k in m.get("by_difficulty", {})})
+    if kinds:
+        rows += ["", "Exact by difficulty (singles: naked and hidden singles alone solve it):", "",
+                 "| mode | " + " | ".join(f"{k} (n={entries[0][1]['by_difficulty'][k]['n']})" for k in kinds) + " |",
+                 "|" + "---|" * (len(kinds) + 1)]
+        rows += [f"| {mode} | " + " | ".join(f"{m['by_difficulty'][k]['exact']:.1%}" for k in kinds) + " |"
+                 for mode, m in entries]
     skipped = f", {result['skipped_lines']} bad lines skipped" if result["skipped_lines"] else ""
     return f"### {name} ({result['n']} puzzles{skipped}; {result['data']})\n\n" + "\n".join(rows) + "\n"

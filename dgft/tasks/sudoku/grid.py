@@ -224,6 +224,22 @@ def solve(puzzle: np.ndarray, limit: int = 2, rng: np.random.Generator | None = 
     return [np.array([mask.bit_length() for mask in masks], dtype=np.int8) for masks in found]
 
 
+def singles_solvable(puzzle: np.ndarray) -> bool:
+    """Whether naked and hidden singles alone (no guessing) solve `puzzle`: the class of Norvig's easy50.
+
+    Used to break held-out results down by difficulty, so a sampler can be judged on easy puzzles without
+    looking at a benchmark.
+    """
+    puzzle = np.asarray(puzzle)
+    if rule_violations(puzzle):
+        return False
+    peer_lists, unit_lists, full = _search_tables(side(puzzle))
+    cands, stack = _masks_from_grid([int(v) for v in puzzle], full)
+    if not _propagate(cands, stack, peer_lists, unit_lists, full):
+        return False
+    return all(not mask & (mask - 1) for mask in cands)
+
+
 def count_solutions(puzzle: np.ndarray, limit: int = 2) -> int:
     """Number of solutions of `puzzle`, counting no further than `limit`."""
     return len(solve(puzzle, limit=limit))

@@ -223,6 +223,20 @@ class SudokuTask:
         counts = torch.einsum("ij,bjk->bik", _adjacency(n).to(present.device), present)
         return counts == 0
 
+    def known_prompt(self, target: torch.Tensor, givens: torch.Tensor, canvas: torch.Tensor, accepted: torch.Tensor,
+                     n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prompt of a puzzle whose givens are the original ones plus every cell accepted so far.
+
+        For `sampler.reprompt`: what the sampler has fixed moves into the encoder's prompt, where the model reads
+        it as given, instead of sitting in the canvas among noise tokens that look just like it.
+        target, canvas (B, L) tokens; givens, accepted (B, L) bool. Returns (prompt_ids, prompt_mask) left-padded.
+        """
+        known = givens | accepted
+        tokens = torch.where(givens, target, canvas)
+        digits = self.decode(torch.where(known, tokens, torch.full_like(tokens, PAD)), n)  # (B, L), 0 unknown
+        ids, mask = left_pad([self.prompt_ids(d) for d in digits], PAD)
+        return ids.to(canvas.device), mask.to(canvas.device)
+
     def at_cells(self, canvas_values: torch.Tensor, n: int) -> torch.Tensor:
         """(B, L) per-canvas-position values -> (B, n*n) per cell (here every position is a cell)."""
         return canvas_values

@@ -25,6 +25,7 @@ import torch
 
 from dgft.config import ConfigError
 from dgft.tasks import left_pad
+from dgft.tasks.chat import end_of_turn_id, load_tokenizer, user_turn_ids
 from dgft.tasks.sudoku import grid as G
 from dgft.tasks.sudoku.task import SudokuTask
 
@@ -38,15 +39,7 @@ class TextLayoutError(ConfigError):
 
 def load_text_task(cfg) -> "SudokuTextTask":
     """The text task for a `task` node with tokens=text: its tokenizer loaded from `task.tokenizer`."""
-    from transformers import AutoTokenizer
-
-    from dgft.model import ModelLoadError
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(cfg.tokenizer))
-    except (OSError, ValueError) as err:
-        raise ModelLoadError(f"task.tokenizer={cfg.tokenizer!r}: no tokenizer there ({type(err).__name__}: "
-                             f"{str(err).splitlines()[0][:200]})") from err
+    tokenizer = load_tokenizer(cfg.tokenizer)
     if not getattr(tokenizer, "chat_template", None):
         raise TextLayoutError(f"task.tokenizer={cfg.tokenizer!r}: the tokenizer has no chat template")
     return SudokuTextTask(cfg, tokenizer, int(cfg.canvas_length))
@@ -65,20 +58,12 @@ class SudokuTextTask(SudokuTask):
         self.tokenizer = tokenizer
         self.canvas_length = canvas_length
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.end_id = self._end_token()
+        self.end_id = end_of_turn_id(tokenizer)
+        if self.end_id is None:
+            raise TextLayoutError("the tokenizer has neither an end-of-turn token nor an EOS token")
         self.layouts = {n: self._layout(n) for n in cfg.sizes}
 
     # --- layout of the answer on the canvas -------------------------------------------------------
-    def _end_token(self) -> int:
-        """The token that ends the model's turn: the chat template's end-of-turn if it has one, else EOS."""
-        for name in ("<end_of_turn>", "<turn|>", "<|im_end|>"):
-            tid = self.tokenizer.convert_tokens_to_ids(name)
-            if isinstance(tid, int) and tid != self.tokenizer.unk_token_id and tid is not None:
-                return tid
-        if self.tokenizer.eos_token_id is None:
-            raise TextLayoutError("the tokenizer has neither an end-of-turn token nor an EOS token")
-        return self.tokenizer.eos_token_id
-
     def _answer_ids(self, digits: np.ndarray) -> list[int]:
         return self.tokenizer(grid_text(digits), add_special_tokens=False)["input_ids"]
 
@@ -138,9 +123,7 @@ class SudokuTextTask(SudokuTask):
 
     def prompt_ids(self, puzzle: np.ndarray) -> list[int]:
         n = G.side(puzzle)
-        message = [{"role": "user", "content": INSTRUCTION.format(n=n, grid=grid_text(puzzle))}]
-        ids = self.tokenizer.apply_chat_template(message, add_generation_prompt=True, tokenize=True)
-        return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+        return user_turn_ids(self.tokenizer, INSTRUCTION.format(n=n, grid=grid_text(puzzle)))
 
     def encode(self, puzzles: np.ndarray, solutions: np.ndarray, corrupt_givens: np.ndarray | None = None) -> dict:
         n = G.side(puzzles[0])

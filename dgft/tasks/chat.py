@@ -1,0 +1,50 @@
+"""Asking a pretrained model through its tokenizer's chat template: the pieces the text tasks share.
+
+Sudoku as text (`sudoku/text.py`) and code infilling with `prompt_format=chat` (`infill/task.py`) put one user
+turn through the chat template with the generation prompt as the encoder's prompt, and end the canvas's answer
+with the token the model ends its turn with, so the model is asked and answers as it was tuned to.
+
+Example: `tok = load_tokenizer("/models/diffusiongemma")`; `user_turn_ids(tok, "Solve ...")` -> the ids of
+`<start_of_turn>user\\nSolve ...<end_of_turn>\\n<start_of_turn>model\\n`; `end_of_turn_id(tok)` -> the id of
+`<end_of_turn>` (a tokenizer without one: its EOS).
+"""
+
+from __future__ import annotations
+
+END_OF_TURN = ("<end_of_turn>", "<turn|>", "<|im_end|>")  # Gemma 2/3, Gemma 4 (DiffusionGemma), ChatML
+
+
+def load_tokenizer(path, key: str = "task.tokenizer"):
+    """A pretrained tokenizer from a directory or hub id; ModelLoadError naming `key` when there is none."""
+    from transformers import AutoTokenizer
+
+    from dgft.model import ModelLoadError
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"{key}={path!r}: no tokenizer there ({type(err).__name__}: "
+                             f"{str(err).splitlines()[0][:200]})") from err
+
+
+def end_of_turn_id(tokenizer) -> int | None:
+    """The token that ends the model's turn: the chat template's end-of-turn if the vocabulary has one, else EOS
+    (None: neither)."""
+    for name in END_OF_TURN:
+        tid = tokenizer.convert_tokens_to_ids(name)
+        if isinstance(tid, int) and tid != tokenizer.unk_token_id:
+            return tid
+    return tokenizer.eos_token_id
+
+
+def user_turn_text(tokenizer, content: str) -> str:
+    """The chat template over one user turn with `content`, then the generation prompt, as text."""
+    return tokenizer.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                         tokenize=False)
+
+
+def user_turn_ids(tokenizer, content: str) -> list[int]:
+    """`user_turn_text` as token ids, as the template's own tokenization gives them."""
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                        tokenize=True)
+    return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)

@@ -1,0 +1,52 @@
+"""bench/profile_step.py on a tiny model: the real recipe step, timed by phase and profiled, on the CPU."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+TINY = ["model.hidden_size=32", "model.num_layers=2", "model.num_heads=2", "model.num_kv_heads=1",
+        "model.head_dim=16", "model.intermediate_size=64", "model.moe_intermediate_size=32"]
+
+
+def _load(name):
+    path = Path(__file__).resolve().parent.parent / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_profile_step_recipe(tmp_path, capsys):
+    profile_step = _load("profile_step")
+    out, trace = tmp_path / "profile.json", tmp_path / "trace.json.gz"
+    profile_step.main(["--warmup", "1", "--steps", "2", "--profile-steps", "1", "--out", str(out),
+                       "--trace", str(trace), "recipe=sudoku", "device=cpu", "trainer.batch_size=4",
+                       f"task.cache_dir={tmp_path / 'cache'}", "task.base_puzzles=12", "task.heldout_puzzles=4",
+                       *TINY])
+    r = json.loads(out.read_text())
+    t = r["timing"]
+    assert set(t["synced_ms"]) == {"data", "forward", "backward", "optimizer", "step"}
+    assert set(t["issue_ms"]) == {"data", "forward", "backward", "optimizer"}
+    assert all(v >= 0 for v in t["synced_ms"].values()) and t["step_ms"] > 0 and t["tokens_per_s"] > 0
+    ops = r["profile"]["ops"]
+    assert ops and all({"name", "calls", "self_cpu_ms", "self_device_ms"} <= set(o) for o in ops)
+    assert any(o["name"].startswith("aten::") for o in ops)
+    assert not any(o["name"].startswith("dgft.") for o in ops)  # phase ranges are reported apart
+    assert set(r["profile"]["phases_host_ms"]) == {"data", "forward", "backward", "optimizer"}
+    assert r["setup"]["recipe"] == "sudoku" and r["setup"]["batch_size"] == 4
+    assert trace.stat().st_size > 0
+    printed = capsys.readouterr().out
+    assert "forward + loss" in printed and "top " in printed
+
+
+def test_profile_step_bad_arguments_are_one_line(capsys):
+    profile_step = _load("profile_step")
+    for argv in (["recipe=no_such_recipe"], ["--qlora", "recipe=sudoku"], ["model.hidden_size"]):
+        with pytest.raises(SystemExit) as err:
+            profile_step.main(argv)
+        assert err.value.code == 2
+        assert "error:" in capsys.readouterr().err

@@ -1,0 +1,166 @@
+"""Code infilling for a pretrained tokenizer without fill-in-the-middle markers: the chat-template prompt, the
+middle + end-of-turn canvas, prompt_format=auto, pinning in clamped sampling, and a run through the CLI."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import CHAT_SPECIALS, CHAT_TEMPLATE, tiny_cfg
+from dgft.config import ConfigError
+from dgft.tasks import chat
+from dgft.tasks.infill import tokenizer as T
+from dgft.tasks.infill.task import HOLE, INSTRUCTION, InfillConfig, InfillTask, chat_frame
+from test_infill_end_to_end import _train, source
+
+EXAMPLES = [
+    {"prefix": "def f(x):\n", "middle": "    y = x + 1\n", "suffix": "    return y\n", "kind": "multi_line"},
+    {"prefix": "class K:\n    def m(self, a):\n        b = a - 2\n", "middle": "        return b\n",
+     "suffix": "", "kind": "line"},
+    {"prefix": "", "middle": "s = '<end_of_turn>'  # [EOS]\n", "suffix": "print(s)\n", "kind": "line"},
+    {"prefix": "def g(z):\n    return z", "middle": " * 3", "suffix": "\n", "kind": "random_span"},
+]
+
+
+def chat_code_tokenizer(template: str | None = CHAT_TEMPLATE, vocab_size: int = 400):
+    """A byte-level BPE (exact round trip of code) with Gemma-like turn markers and chat template, no FIM markers."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=CHAT_SPECIALS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([source(i) for i in range(8)] + [INSTRUCTION] * 20, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="[BOS]", eos_token="[EOS]", pad_token="[PAD]",
+                                   unk_token="[UNK]", mask_token="[MASK]", clean_up_tokenization_spaces=False,
+                                   additional_special_tokens=["<start_of_turn>", "<end_of_turn>"])
+    fast.chat_template = template
+    return fast
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return chat_code_tokenizer()
+
+
+def _prompt(batch, b: int) -> list[int]:
+    return batch["prompt_ids"][b][batch["prompt_mask"][b].bool()].tolist()
+
+
+def test_prompt_goes_through_the_chat_template_and_the_canvas_holds_the_middle(tok):
+    task = InfillTask(InfillConfig(canvas_length=32, prompt_tokens=256), tokenizer=tok)
+    end = tok.convert_tokens_to_ids("<end_of_turn>")
+    assert task.prompt_format == "chat" and task.end == end and task.pad == tok.pad_token_id
+    batch = task.encode(EXAMPLES)
+    for b, e in enumerate(EXAMPLES):
+        text = tok.decode(_prompt(batch, b))
+        assert text == chat.user_turn_text(tok, INSTRUCTION.format(hole=HOLE, prefix=e["prefix"], suffix=e["suffix"]))
+        assert text.startswith("<start_of_turn>user\nFill in the missing middle of this Python code")
+        assert f"```python\n{e['prefix']}{HOLE}{e['suffix']}\n```<end_of_turn>\n" in text
+        assert text.endswith("<start_of_turn>model\n")
+        n = int(batch["lengths"][b])
+        assert tok.decode(batch["target"][b, :n]) == e["middle"]
+        assert batch["target"][b, n] == end and (batch["target"][b, n + 1:] == tok.pad_token_id).all()
+        assert batch["scored"][b].sum() == n + 1 and not batch["fixed"][b].any()
+        assert torch.allclose(batch["weight"][b, n + 1:], torch.tensor(task.pad_weight))
+    assert end not in batch["target"][2, :int(batch["lengths"][2])]  # "<end_of_turn>" in code is text
+    assert task.decode(batch["target"]) == [e["middle"] for e in EXAMPLES]
+    canvas = batch["target"].clone()
+    canvas[0, 1] = end  # the first end token ends the middle
+    assert task.decode(canvas)[0] == tok.decode(batch["target"][0, :1])
+
+
+def test_the_prompt_is_cut_in_the_code_never_in_the_template(tok):
+    head, between, tail = chat_frame(tok)
+    frame = len(head) + len(between) + len(tail)
+    task = InfillTask(InfillConfig(canvas_length=32, prompt_tokens=frame + 12), tokenizer=tok)
+    long = {"prefix": source(1) + source(2), "middle": "x = 1\n", "suffix": source(3), "kind": "line"}
+    short = {**long, "suffix": "pass\n"}
+    batch = task.encode([long, short])
+    for b, e in enumerate([long, short]):
+        ids = _prompt(batch, b)
+        assert len(ids) == frame + 12 and ids[:len(head)] == head and ids[len(ids) - len(tail):] == tail
+        code = ids[len(head):len(ids) - len(tail)]
+        at = next(i for i in range(len(code)) if code[i:i + len(between)] == between)
+        pre, suf = task._ids([e["prefix"]])[0], task._ids([e["suffix"]])[0]
+        assert code[:at] == pre[len(pre) - at:]  # the prefix is cut from the left
+        kept = code[at + len(between):]
+        assert kept == suf[:len(kept)]  # the suffix from the right
+        assert len(kept) == (6 if b == 0 else len(suf))  # half each; a short suffix leaves its share to the prefix
+    with pytest.raises(ConfigError, match=r"task\.prompt_tokens"):
+        InfillTask(InfillConfig(prompt_tokens=frame + 2), tokenizer=tok)
+
+
+def test_auto_picks_fim_for_the_run_bpe_and_chat_for_a_chat_tokenizer(tok):
+    bpe = T.train_tokenizer([source(i) for i in range(8)], vocab_size=300)
+    assert InfillTask(InfillConfig(), tokenizer=bpe).prompt_format == "fim"
+    assert InfillTask(InfillConfig(), tokenizer=tok).prompt_format == "chat"
+    ids = _prompt(InfillTask(InfillConfig(), tokenizer=bpe).encode(EXAMPLES[:1]), 0)
+    assert ids[:2] == [T.BOS, T.PRE] and ids[-1] == T.MID  # the FIM prompt, as before
+    bpe.chat_template = CHAT_TEMPLATE
+    assert InfillTask(InfillConfig(), tokenizer=bpe).prompt_format == "fim"  # markers first
+    assert InfillTask(InfillConfig(prompt_format="chat"), tokenizer=bpe).prompt_format == "chat"
+    with pytest.raises(ConfigError, match="prompt_format=chat"):  # fim asked of a tokenizer without markers
+        InfillTask(InfillConfig(prompt_format="fim"), tokenizer=tok)
+
+
+def test_a_tokenizer_with_neither_markers_nor_template_is_refused_naming_both():
+    with pytest.raises(ConfigError) as err:
+        InfillTask(InfillConfig(), tokenizer=chat_code_tokenizer(template=None))
+    assert "task.prompt_format=fim" in str(err.value) and "task.prompt_format=chat" in str(err.value)
+    assert "[PRE]" in str(err.value)
+    with pytest.raises(ConfigError, match="no chat template"):
+        InfillTask(InfillConfig(prompt_format="chat"), tokenizer=chat_code_tokenizer(template=None))
+
+
+def test_choices_hold_ordinary_tokens_padding_and_the_end(tok):
+    task = InfillTask(InfillConfig(canvas_length=32), tokenizer=tok)
+    choices = task.choices()
+    assert choices.shape[0] == 32 and choices[0, :2].tolist() == [tok.pad_token_id, task.end]
+    others = set(choices[0, 2:].tolist())
+    assert not others & {tok.convert_tokens_to_ids(s) for s in CHAT_SPECIALS}
+    assert len(others) == len(tok) - len(CHAT_SPECIALS)
+
+
+@pytest.mark.parametrize("mode", ["clamped", "free"])
+def test_sampling_keeps_the_pinned_canvas_prefix_and_oracle_end(tok, mode):
+    from dgft.model import build_tiny
+    from dgft.sampling import sample
+
+    cfg = tiny_cfg(model={"canvas_length": 32}, sampler={"steps": 4})
+    task = InfillTask(InfillConfig(canvas_length=32, canvas_prefix_tokens=3), tokenizer=tok)
+    batch = task.encode(EXAMPLES, oracle_length=[True, False, True, False])
+    assert batch["fixed"][:, :3].all() and batch["fixed"][0, 3 + int(batch["lengths"][0]):].all()
+    tail = task._ids([EXAMPLES[1]["prefix"]])[0][-3:]
+    assert batch["target"][1, :3].tolist() == tail
+    model = build_tiny(cfg.model, task.vocab_size, seed=0).eval()
+    res = sample(model, batch, task, cfg.sampler, mode=mode, generator=torch.Generator().manual_seed(0))
+    pinned = batch["fixed"]
+    assert torch.equal(res.canvas[pinned], batch["target"][pinned])
+    if mode == "clamped":  # the true length given: no padding or end token before it
+        for b in (0, 2):
+            middle = res.canvas[b, 3:3 + int(batch["lengths"][b])]
+            assert not torch.isin(middle, torch.tensor([task.pad, task.end])).any()
+    assert all(isinstance(m, str) for m in task.decode(res.canvas))
+
+
+def test_chat_infill_trains_and_evaluates_through_the_cli(tok, tmp_path):
+    """recipe=infill with task.tokenizer at a saved chat tokenizer (the pretrained path, minus the weights)."""
+    from dgft.cli import main
+    from dgft.runs import load_tokenizer
+
+    tok.save_pretrained(tmp_path / "tok")
+    run = tmp_path / "run"
+    frame = sum(map(len, chat_frame(tok)))
+    _train(tmp_path, run, "trainer.max_steps=2", f"task.tokenizer={tmp_path / 'tok'}",
+           f"task.prompt_tokens={frame + 32}")
+    saved = load_tokenizer(run)
+    assert saved.chat_template == CHAT_TEMPLATE and len(saved) == len(tok)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any("loss" in r for r in rows) and any("clamped_exact" in r for r in rows)
+    main(["eval", str(run), "limit=3"])
+    result = json.loads((run / "eval" / "heldout.json").read_text())
+    assert set(result["rows"]) == {"free/model", "free/oracle", "clamped/model", "clamped/oracle"}
+    assert 0 < result["n"] <= 3
