@@ -83,8 +83,7 @@ def recipe_step(overrides: list[str]) -> Step:
     from dgft import train as T
     from dgft.cli import recipes_dir
     from dgft.config import register, validate
-    from dgft.model import (attach_lora, build_tiny, count_parameters, load_pretrained, load_quantized,
-                            quantize_tiny_, torch_dtype, unwrap)
+    from dgft.model import count_parameters, torch_dtype, unwrap
     from dgft.tasks import get_task
 
     register()
@@ -98,25 +97,10 @@ def recipe_step(overrides: list[str]) -> Step:
     task = get_task(cfg.task)
     task.build_tokenizer()
     dtype = torch_dtype(cfg.model.dtype, device)
-    if cfg.model.name != "tiny":
-        if cfg.model.quantize == "nf4":
-            model = load_quantized(cfg.model.path, device, cfg.model.quant_group_size)
-        else:
-            model = load_pretrained(cfg.model.path, dtype=dtype, trust_remote_code=cfg.model.trust_remote_code)
+    model = T.load_base(cfg, device)  # the order of `dgft train`: pretrained weights, data, then the rest
     splits = task.build_splits(cfg.seed, log=lambda msg: print(msg, flush=True))
     batches = task.train_batches(splits["train"], cfg.trainer.batch_size, cfg.seed)
-    if cfg.model.name == "tiny":
-        model = build_tiny(cfg.model, task.vocab_size, seed=cfg.seed)
-        if cfg.model.structured_init:
-            task.init_embeddings(model.get_input_embeddings().weight, model.config.initializer_range, gen)
-        if cfg.model.quantize == "nf4":
-            model = quantize_tiny_(model, device, cfg.model.quant_group_size)
-    if cfg.model.finetune == "lora":
-        model = attach_lora(model, cfg.model.lora)
-    if cfg.model.quantize == "none":
-        model.to(device)
-    if cfg.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = T.trainable_model(model, cfg, task, device, gen)
     vocab_size = unwrap(model).config.get_text_config().vocab_size
     trainable, total = count_parameters(model)
     params = [p for p in {id(p): p for p in model.parameters()}.values() if p.requires_grad]

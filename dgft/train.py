@@ -106,11 +106,7 @@ def train(cfg, run_dir: str | Path) -> Path:
     tokenizer.save_pretrained(str(run_dir / "tokenizer"))
 
     dtype = torch_dtype(cfg.model.dtype, device)
-    if cfg.model.name != "tiny":  # load pretrained weights first: a missing checkpoint fails in seconds
-        if cfg.model.quantize == "nf4":  # streamed shard by shard into 4-bit weights on the device
-            model = load_quantized(cfg.model.path, device, cfg.model.quant_group_size)
-        else:
-            model = load_pretrained(cfg.model.path, dtype=dtype, trust_remote_code=cfg.model.trust_remote_code)
+    model = load_base(cfg, device)  # pretrained weights first: a missing checkpoint fails in seconds
 
     splits = task.build_splits(cfg.seed, log=tqdm.write)
     (run_dir / "data").mkdir(exist_ok=True)
@@ -118,20 +114,7 @@ def train(cfg, run_dir: str | Path) -> Path:
     batches = task.train_batches(splits["train"], cfg.trainer.batch_size, cfg.seed)
     eval_batch = task.eval_batches(splits["heldout"], cfg.trainer.eval_puzzles)
 
-    if cfg.model.name == "tiny":
-        model = build_tiny(cfg.model, task.vocab_size, seed=cfg.seed)
-        if cfg.model.structured_init:
-            task.init_embeddings(model.get_input_embeddings().weight, model.config.initializer_range, gen)
-        if cfg.model.finetune == "lora":
-            model.save_pretrained(str(run_dir / "base"))
-        if cfg.model.quantize == "nf4":
-            model = quantize_tiny_(model, device, cfg.model.quant_group_size)
-    if cfg.model.finetune == "lora":
-        model = attach_lora(model, cfg.model.lora)
-    if cfg.model.quantize == "none":  # a 4-bit model is placed by its loader (a vision tower stays on the host)
-        model.to(device)
-    if cfg.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = trainable_model(model, cfg, task, device, gen, base_dir=run_dir / "base")
     vocab_size = unwrap(model).config.get_text_config().vocab_size
     trainable, total = count_parameters(model)
     params = [p for p in {id(p): p for p in model.parameters()}.values() if p.requires_grad]
@@ -235,6 +218,39 @@ def train(cfg, run_dir: str | Path) -> Path:
     if stop["signal"]:
         tqdm.write(f"interrupted: resume with `dgft train resume={run_dir}`")
     return run_dir
+
+
+# --- the model ----------------------------------------------------------------------------------
+def load_base(cfg, device):
+    """A pretrained model's weights (4-bit with `model.quantize=nf4`, streamed onto the device); None for tiny."""
+    if cfg.model.name == "tiny":
+        return None
+    if cfg.model.quantize == "nf4":  # streamed shard by shard into 4-bit weights on the device
+        return load_quantized(cfg.model.path, device, cfg.model.quant_group_size)
+    dtype = torch_dtype(cfg.model.dtype, device)
+    return load_pretrained(cfg.model.path, dtype=dtype, trust_remote_code=cfg.model.trust_remote_code)
+
+
+def trainable_model(model, cfg, task, device, gen, base_dir=None):
+    """The model as it trains: the tiny one built (None in), LoRA attached, placed, checkpointing on.
+
+    A tiny LoRA run's initial weights are saved to `base_dir` (the adapter's base) when given.
+    """
+    if cfg.model.name == "tiny":
+        model = build_tiny(cfg.model, task.vocab_size, seed=cfg.seed)
+        if cfg.model.structured_init:
+            task.init_embeddings(model.get_input_embeddings().weight, model.config.initializer_range, gen)
+        if cfg.model.finetune == "lora" and base_dir is not None:
+            model.save_pretrained(str(base_dir))
+        if cfg.model.quantize == "nf4":
+            model = quantize_tiny_(model, device, cfg.model.quant_group_size)
+    if cfg.model.finetune == "lora":
+        model = attach_lora(model, cfg.model.lora)
+    if cfg.model.quantize == "none":  # a 4-bit model is placed by its loader (a vision tower stays on the host)
+        model.to(device)
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
 
 
 # --- pieces of a step -----------------------------------------------------------------------------
