@@ -6,6 +6,7 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import CHAT_SPECIALS, CHAT_TEMPLATE, tiny_cfg
+from dgft.config import SamplerConfig
 from dgft.model import build_tiny
 from dgft.sampling import sample
 from dgft.tasks.sudoku import grid as G
@@ -107,3 +108,24 @@ def test_text_task_trains_and_evaluates_through_the_cli(tmp_path):
     main(["eval", str(run), "limit=2", "baseline=false", "plot=false"])
     result = json.loads((run / "eval" / "heldout.json").read_text())
     assert result["modes"]["rules"]["rule_violations"] == 0 and result["modes"]["clamped"]["givens_kept"] == 1.0
+
+
+def test_reprompt_rebuilds_the_chat_prompt_from_the_accepted_cells():
+    t = task(sizes=(4,), canvas=24)
+    cfg = tiny_cfg(model={"canvas_length": 24})
+    model = build_tiny(cfg.model, t.vocab_size).eval()
+    p, s = puzzles(n=4, count=3, seed=2)
+    batch = t.encode(p, s)
+    accepted = torch.zeros_like(batch["fixed"])
+    cells = t.layouts[4]["cells"]
+    accepted[:, cells[:2]] = True  # the first two cells, whatever they are
+    ids, mask = t.known_prompt(batch["target"], batch["fixed"], batch["target"], accepted, 4)
+    for b in range(3):
+        want = p[b].copy()
+        want[:2] = s[b][:2]
+        assert ids[b][mask[b].bool()].tolist() == t.prompt_ids(want)
+    scfg = OmegaConf.structured(SamplerConfig(steps=16, acceptance="fixed", reprompt=True))
+    res = sample(model, batch, t, scfg, "rules", generator=torch.Generator().manual_seed(0))
+    assert torch.equal(res.canvas[batch["fixed"]], batch["target"][batch["fixed"]])
+    digits = t.decode(res.canvas, 4)
+    assert (digits[p != 0] == p[p != 0]).all()

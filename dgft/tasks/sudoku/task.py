@@ -66,6 +66,7 @@ class SudokuTask:
     """Renders Sudoku records into tensors and scores answers. One object per run (holds settings)."""
 
     name = "sudoku"
+    pad_id = PAD  # what an empty position holds (the text task: its tokenizer's padding)
 
     def __init__(self, cfg):
         self.tokens = cfg.tokens
@@ -233,7 +234,7 @@ class SudokuTask:
         """
         known = givens | accepted
         tokens = torch.where(givens, target, canvas)
-        digits = self.decode(torch.where(known, tokens, torch.full_like(tokens, PAD)), n)  # (B, L), 0 unknown
+        digits = self.decode(torch.where(known, tokens, torch.full_like(tokens, self.pad_id)), n)  # 0: unknown
         ids, mask = left_pad([self.prompt_ids(d) for d in digits], PAD)
         return ids.to(canvas.device), mask.to(canvas.device)
 
