@@ -48,16 +48,17 @@ def evaluate_run(cfg, run: Path, run_cfg, scfg, device) -> dict:
     result = {"run": str(run), "data": str(data), "n": len(recs), "skipped_lines": len(skipped),
               "sampler": OmegaConf.to_container(scfg), "device": str(device), "modes": {}}
     picture = None
+    kinds = difficulty(recs)
     for mode in scfg.modes:
         answers, stats = run_mode(model, task, recs, scfg, run_cfg, mode, cfg.seed, record=(mode == "rules"))
-        result["modes"][mode] = {**summarise(recs, answers, stats), **breakdowns(recs, answers)}
+        result["modes"][mode] = {**summarise(recs, answers, stats), **breakdowns(recs, answers, kinds)}
         picture = picture or stats.get("history")
     if cfg.baseline:
         from dgft.evaluate import untrained_model
 
         baseline = untrained_model(run_cfg, run, device)
         answers, stats = run_mode(baseline, task, recs, scfg, run_cfg, "rules", cfg.seed)
-        result["baseline_untrained_rules"] = {**summarise(recs, answers, stats), **breakdowns(recs, answers)}
+        result["baseline_untrained_rules"] = {**summarise(recs, answers, stats), **breakdowns(recs, answers, kinds)}
 
     # --- write ------------------------------------------------------------------------------------
     (out_dir / f"{name}.json").write_text(json.dumps(result, indent=1))
@@ -117,20 +118,23 @@ def summarise(recs, answers, stats) -> dict:
             "puzzles_per_s": len(recs) / secs, "tokens_per_s": stats["cells"] / secs}
 
 
-def breakdowns(recs, answers) -> dict:
-    return {"by_givens": by_givens(recs, answers), "by_difficulty": by_difficulty(recs, answers)}
+def breakdowns(recs, answers, kinds) -> dict:
+    return {"by_givens": by_givens(recs, answers), "by_difficulty": by_difficulty(recs, answers, kinds)}
 
 
-def by_difficulty(recs, answers) -> dict:
-    """The same scores per grid size and difficulty: "9x9/singles" (naked and hidden singles solve it, as they
-    do most of easy50) or "9x9/harder" (needs more, or has several solutions), so easy puzzles can be judged on held-out data."""
+def difficulty(recs) -> list[str]:
+    """Per puzzle: "singles" (naked and hidden singles alone solve it, as they do most of easy50) or "harder"
+    (needs more, or has several solutions), so easy puzzles can be judged on held-out data."""
+    return ["singles" if G.singles_solvable(r.puzzle) else "harder" for r in recs]
+
+
+def by_difficulty(recs, answers, kinds) -> dict:
+    """The same scores per grid size and difficulty (`difficulty`), keyed like "9x9/singles"."""
     from dgft.metrics import aggregate
 
     groups = defaultdict(list)
-    for r, a in zip(recs, answers):
-        n = G.side(r.puzzle)
-        kind = "singles" if G.singles_solvable(r.puzzle) else "harder"
-        groups[(n, kind)].append(score_answer(r.puzzle, r.solution, a))
+    for r, a, kind in zip(recs, answers, kinds):
+        groups[(G.side(r.puzzle), kind)].append(score_answer(r.puzzle, r.solution, a))
     return {f"{n}x{n}/{k}": aggregate(v) for (n, k), v in sorted(groups.items())}
 
 

@@ -235,7 +235,7 @@ class SudokuTask:
         known = givens | accepted
         tokens = torch.where(givens, target, canvas)
         digits = self.decode(torch.where(known, tokens, torch.full_like(tokens, self.pad_id)), n)  # 0: unknown
-        ids, mask = left_pad([self.prompt_ids(d) for d in digits], PAD)
+        ids, mask = left_pad([self.prompt_ids(d) for d in digits], self.pad_id)
         return ids.to(canvas.device), mask.to(canvas.device)
 
     def at_cells(self, canvas_values: torch.Tensor, n: int) -> torch.Tensor:
