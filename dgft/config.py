@@ -49,6 +49,8 @@ class TaskConfig(TaskBase):
     base_puzzles: int = 2000  # distinct generated puzzles per size; augmentation multiplies them
     heldout_puzzles: int = 200  # generated held-out puzzles per size (never trained on)
     corrupt_givens_p: float = 0.0  # share of examples whose given cells are also corrupted and scored
+    singles_weight: float = 1.0  # loss weight of the cells a naked or hidden single fixes, given the cells the
+    # model is shown (givens and cells the noise left clean); 1: every scored cell weighs the same
     augment: bool = True  # random digit relabelling, row/column/band/stack swaps, transpose per example
     cache_dir: str = "~/.cache/dgft"  # generated data are cached here, keyed by seed and settings
 
@@ -173,6 +175,7 @@ class SamplerConfig:
     temperature: float = 0.0  # 0: argmax of the constrained distribution
     self_conditioning: bool = True  # feed the previous step's logits back, as in training
     reprompt: bool = False  # move accepted cells into the encoder's prompt (tasks with `known_prompt`)
+    views: int = 1  # clamped/rules: average the model over this many symmetric forms of each puzzle (Sudoku)
     batch_size: int = 64
     modes: list[str] = field(default_factory=lambda: ["free", "clamped", "rules"])
 
@@ -202,6 +205,7 @@ class SamplerOverrides:
     temperature: Optional[float] = None
     self_conditioning: Optional[bool] = None
     reprompt: Optional[bool] = None
+    views: Optional[int] = None
     batch_size: Optional[int] = None
     modes: Optional[list[str]] = None
 
@@ -267,8 +271,8 @@ _CHOICES = {
     "device": ("auto", "cpu", "cuda"),
 }
 _POSITIVE = ["trainer.max_steps", "trainer.batch_size", "trainer.grad_accum", "trainer.lr", "model.hidden_size",
-             "model.num_layers", "model.canvas_length", "sampler.steps", "sampler.batch_size", "model.lora.r",
-             "model.quant_group_size"]
+             "model.num_layers", "model.canvas_length", "sampler.steps", "sampler.batch_size", "sampler.views",
+             "model.lora.r", "model.quant_group_size"]
 _FRACTIONS = ["noise.eps", "noise.self_conditioning_p", "trainer.min_lr_ratio"]
 _NON_NEGATIVE = ["trainer.weight_decay", "trainer.warmup_steps", "trainer.eval_every", "trainer.ckpt_every",
                  "trainer.time_limit_min", "noise.encoder_ar_weight", "sampler.temperature", "sampler.entropy_bound"]
@@ -334,12 +338,23 @@ def _validate_sudoku(get) -> None:
     lo, hi = list(get("task.blank_fraction"))
     if not 0 < lo <= hi < 1:
         raise ConfigError(f"task.blank_fraction=[{lo}, {hi}]: need 0 < low <= high < 1")
+    if not get("task.singles_weight") > 0:
+        raise ConfigError(f"task.singles_weight={get('task.singles_weight')}: must be > 0 "
+                          "(1 weighs every cell the same)")
+    if get("task.tokens") == "text" and get("sampler.views") > 1:
+        raise ConfigError(f"sampler.views={get('sampler.views')}: views need tokens=cell or tokens=digit (a text "
+                          "answer is not laid out by cell); set sampler.views=1")
+    if get("task.tokens") == "text" and get("task.singles_weight") != 1:
+        raise ConfigError("task.singles_weight: tokens=text lays the answer out as text; weighting cells needs "
+                          "tokens=cell or tokens=digit")
 
 
 def _validate_infill(get) -> None:
     for key in ("noise.known_in_prompt", "sampler.reprompt"):
         if get(key):
             raise ConfigError(f"{key}=true: Sudoku only (an infill prompt has no place for accepted tokens)")
+    if get("sampler.views") > 1:
+        raise ConfigError(f"sampler.views={get('sampler.views')}: Sudoku only (code has no symmetric views)")
     kinds, weights = list(get("task.kinds")), list(get("task.kind_weights"))
     if not kinds or len(set(kinds)) != len(kinds) or any(k not in INFILL_KINDS for k in kinds):
         raise ConfigError(f"task.kinds={kinds}: distinct span kinds among {', '.join(INFILL_KINDS)}")

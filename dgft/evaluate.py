@@ -43,6 +43,11 @@ def check_options(cfg, run_cfg, scfg) -> None:
         raise ConfigError(f"{cfg.run}: task.name={name!r} in its config.yaml is not a task dgft evaluates")
     if cfg.samples < 1 or cfg.workers < 1:
         raise ConfigError(f"samples={cfg.samples}, workers={cfg.workers}: both must be >= 1")
+    views = int(scfg.get("views", 1))
+    if views < 1:
+        raise ConfigError(f"sampler.views={views}: must be >= 1 (1: the puzzle alone)")
+    if views > 1 and (name != "sudoku" or run_cfg.task.get("tokens") == "text"):
+        raise ConfigError(f"sampler.views={views}: symmetric views are for Sudoku with tokens=cell or digit")
     if name == "sudoku":
         if cfg.samples != 1 or cfg.rerank:
             raise ConfigError(f"samples={cfg.samples}, rerank={cfg.rerank}: several samples and their rerank are "

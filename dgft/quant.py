@@ -108,11 +108,18 @@ def _grouped_mm_fn():
     return getattr(torch.nn.functional, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
 
 
-def grouped_matmul(x: torch.Tensor, weight: torch.Tensor, counts: list[int]) -> torch.Tensor:
-    """Rows of `x` (sorted by group, `counts[g]` rows each) times weight[g] (G, in, out) -> (rows, out)."""
+def grouped_matmul(x: torch.Tensor, weight: torch.Tensor, counts: list[int], offs: torch.Tensor | None = None
+                   ) -> torch.Tensor:
+    """Rows of `x` (sorted by group, `counts[g]` rows each) times weight[g] (G, in, out) -> (rows, out).
+
+    `offs`: the groups' cumulative row ends as int32 on x's device, when the caller has them there; built from
+    `counts` otherwise, a host-to-device copy that waits for the device (112 such waits per QLoRA step at 2
+    layers, eval/RESULTS.md).
+    """
     fn = _grouped_mm_fn()
     if fn is not None and x.dtype == torch.bfloat16 and weight.dtype == torch.bfloat16 and x.shape[0] > 0:
-        offs = torch.tensor(counts, device=x.device, dtype=torch.int32).cumsum(0, dtype=torch.int32)
+        if offs is None:
+            offs = torch.tensor(counts, device=x.device, dtype=torch.int32).cumsum(0, dtype=torch.int32)
         return fn(x, weight, offs=offs)
     pieces, start = [], 0
     for g, n in enumerate(counts):
@@ -121,14 +128,15 @@ def grouped_matmul(x: torch.Tensor, weight: torch.Tensor, counts: list[int]) -> 
     return torch.cat(pieces) if pieces else x.new_zeros(0, weight.shape[-1])
 
 
-def _expert_groups(counts: list[int], group_size: int):
-    """(first expert, last expert + 1, first row, row count) of each group that has routed tokens."""
+def _expert_groups(counts: list[int], group_size: int, device_counts: torch.Tensor):
+    """(first expert, last expert + 1, first row, row count, grouped_mm offsets on the device) of each group
+    that has routed tokens. `device_counts`: `counts` as an int32 tensor on the device."""
     row = 0
     for first in range(0, len(counts), group_size):
         last = min(first + group_size, len(counts))
         n = sum(counts[first:last])
         if n:
-            yield first, last, row, n
+            yield first, last, row, n, device_counts[first:last].cumsum(0, dtype=torch.int32)
         row += n
 
 
@@ -142,17 +150,17 @@ class _NF4ExpertsFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weights, index, experts):
-        order, tokens, counts = experts.route(index)
+        order, tokens, counts, device_counts = experts.route(index)
         x = hidden[tokens]
-        y = experts.expert_outputs(x, counts)  # (S, H), sorted by expert
+        y = experts.expert_outputs(x, counts, device_counts)  # (S, H), sorted by expert
         out = _unsort_sum(y.float() * weights.reshape(-1)[order, None].float(), order, index.shape)
-        ctx.save_for_backward(hidden, weights, index, order)
+        ctx.save_for_backward(hidden, weights, index, order, device_counts)
         ctx.experts, ctx.counts = experts, counts  # backward reuses the routing: no second host sync
         return out.to(hidden.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
-        hidden, weights, index, order = ctx.saved_tensors
+        hidden, weights, index, order, device_counts = ctx.saved_tensors
         experts, counts = ctx.experts, ctx.counts
         tokens = order // index.shape[1]
         x = hidden[tokens]
@@ -160,23 +168,23 @@ class _NF4ExpertsFunction(torch.autograd.Function):
         g = grad_out[tokens]
         dx = torch.zeros_like(x)
         dw = torch.zeros(x.shape[0], dtype=torch.float32, device=x.device)
-        for first, last, row, n in _expert_groups(counts, experts.group_size):
+        for first, last, row, n, offs in _expert_groups(counts, experts.group_size, device_counts):
             rows = slice(row, row + n)
             group_counts = counts[first:last]
             gate_up = experts.gate_up.dequantize(first, last)  # (G, 2I, H)
             down = experts.down.dequantize(first, last)  # (G, H, I)
             xg = x[rows].to(gate_up.dtype)
-            gate, up = grouped_matmul(xg, gate_up.transpose(-2, -1), group_counts).chunk(2, dim=-1)
+            gate, up = grouped_matmul(xg, gate_up.transpose(-2, -1), group_counts, offs).chunk(2, dim=-1)
             with torch.enable_grad():  # only the elementwise activation goes through autograd
                 gate = gate.detach().requires_grad_(True)
                 act = experts.act_fn(gate)
             z = act.detach() * up
-            y = grouped_matmul(z, down.transpose(-2, -1), group_counts)
+            y = grouped_matmul(z, down.transpose(-2, -1), group_counts, offs)
             dw[rows] = (g[rows].float() * y.float()).sum(-1)
-            dz = grouped_matmul((g[rows].float() * w[rows, None].float()).to(down.dtype), down, group_counts)
+            dz = grouped_matmul((g[rows].float() * w[rows, None].float()).to(down.dtype), down, group_counts, offs)
             (d_gate,) = torch.autograd.grad(act, gate, dz * up)
             dh = torch.cat([d_gate, dz * act.detach()], dim=-1)
-            dx[rows] = grouped_matmul(dh.to(gate_up.dtype), gate_up, group_counts).to(dx.dtype)
+            dx[rows] = grouped_matmul(dh.to(gate_up.dtype), gate_up, group_counts, offs).to(dx.dtype)
             del gate_up, down
         d_hidden = _unsort_sum(dx.float(), order, index.shape).to(hidden.dtype)
         d_weights = torch.empty_like(dw)
@@ -221,25 +229,26 @@ class NF4Experts(nn.Module):
         raise KeyError(name)
 
     def route(self, index: torch.Tensor):
-        """Sort the (token, k) assignments by expert -> (order, token of each, host list of counts)."""
+        """Sort the (token, k) assignments by expert -> (order, token of each, counts as a host list, counts as
+        int32 on the device). The host list is a routing's one wait for the device: it slices the groups."""
         flat = index.reshape(-1)
         order = torch.argsort(flat, stable=True)
-        counts = torch.bincount(flat, minlength=self.num_experts).tolist()
-        return order, order // index.shape[1], counts
+        device_counts = torch.bincount(flat, minlength=self.num_experts)
+        return order, order // index.shape[1], device_counts.tolist(), device_counts.to(torch.int32)
 
-    def mlp(self, x, gate_up, down, counts):
+    def mlp(self, x, gate_up, down, counts, offs=None):
         """Gated MLP of a group of experts over its sorted rows (weights (G, out, in), compute dtype)."""
-        h = grouped_matmul(x.to(gate_up.dtype), gate_up.transpose(-2, -1), counts)
+        h = grouped_matmul(x.to(gate_up.dtype), gate_up.transpose(-2, -1), counts, offs)
         gate, up = h.chunk(2, dim=-1)
-        return grouped_matmul(self.act_fn(gate) * up, down.transpose(-2, -1), counts)
+        return grouped_matmul(self.act_fn(gate) * up, down.transpose(-2, -1), counts, offs)
 
     @torch.no_grad()
-    def expert_outputs(self, x, counts):
+    def expert_outputs(self, x, counts, device_counts):
         out = torch.empty(x.shape[0], self.hidden_dim, dtype=self.gate_up.dtype, device=x.device)
-        for first, last, row, n in _expert_groups(counts, self.group_size):
+        for first, last, row, n, offs in _expert_groups(counts, self.group_size, device_counts):
             gate_up = self.gate_up.dequantize(first, last)
             down = self.down.dequantize(first, last)
-            out[row:row + n] = self.mlp(x[row:row + n], gate_up, down, counts[first:last])
+            out[row:row + n] = self.mlp(x[row:row + n], gate_up, down, counts[first:last], offs)
             del gate_up, down
         return out
 

@@ -48,7 +48,7 @@ def load_model(run_dir: str | Path, cfg=None, checkpoint: str | Path | None = No
     """The trained model of a run (full weights, or base + adapter, optionally from a checkpoint)."""
     from transformers import DiffusionGemmaForBlockDiffusion
 
-    from dgft.model import share_adapters_with_encoder
+    from dgft.model import one_expert_path, share_adapters_with_encoder
 
     run_dir = Path(run_dir)
     cfg = cfg or load_config(run_dir)
@@ -57,7 +57,8 @@ def load_model(run_dir: str | Path, cfg=None, checkpoint: str | Path | None = No
         weights = src if checkpoint else run_dir / "model"
         if not (weights / "config.json").exists():
             raise RunError(f"{weights}: no model weights (config.json); did training finish?")
-        return DiffusionGemmaForBlockDiffusion.from_pretrained(str(weights), use_safetensors=True).to(device).eval()
+        model = DiffusionGemmaForBlockDiffusion.from_pretrained(str(weights), use_safetensors=True)
+        return one_expert_path(model).to(device).eval()
     from peft import PeftModel
 
     adapter = src if checkpoint else run_dir / "adapter"
@@ -74,12 +75,13 @@ def load_base(run_dir: str | Path, cfg, device="cpu"):
     """The frozen base a LoRA run trained on (4-bit, on `device`, if the run trained on a 4-bit base)."""
     from transformers import DiffusionGemmaForBlockDiffusion
 
-    from dgft.model import load_pretrained, load_quantized, quantize_tiny_
+    from dgft.model import load_pretrained, load_quantized, one_expert_path, quantize_tiny_
 
     quantized = cfg.model.get("quantize", "none") == "nf4"
     group = cfg.model.get("quant_group_size", 32)
     if cfg.model.name == "tiny":
-        base = DiffusionGemmaForBlockDiffusion.from_pretrained(str(Path(run_dir) / "base"), use_safetensors=True)
+        base = one_expert_path(DiffusionGemmaForBlockDiffusion.from_pretrained(str(Path(run_dir) / "base"),
+                                                                               use_safetensors=True))
         return quantize_tiny_(base, device, group) if quantized else base
     if quantized:
         return load_quantized(cfg.model.path, device, group)

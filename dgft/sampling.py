@@ -17,6 +17,11 @@ With `sampler.reprompt` every acceptance also moves into the encoder's prompt (t
 the prompt is encoded again, so the model reads what is fixed as given rather than guessing which canvas
 tokens are noise; a model trained with `noise.known_in_prompt` expects it.
 
+With `sampler.views` > 1 (`clamped` and `rules`; tasks with `views`, i.e. Sudoku) the model reads each puzzle in
+that many symmetric forms per step (view 0 is the puzzle itself; the others relabel digits and swap lines, as
+training's augmentation does), and the acceptance uses the average of their answer log-probabilities, mapped
+back to the puzzle: test-time augmentation. Everything else (pins, rules, acceptance) happens on the puzzle.
+
 Example: `sample(model, batch, task, cfg.sampler, mode="rules", noise_kind="uniform")` -> SampleResult
 with canvas (B, L) tokens and steps (B,) used.
 """
@@ -114,19 +119,31 @@ def sample(model, batch: dict, task, scfg, mode: str, noise_kind: str = "uniform
     canvas = torch.where(pinned, target, noise_like())
     accepted, empty = pinned.clone(), torch.zeros_like(pinned)
     steps_used = torch.zeros(B, dtype=torch.long, device=device)
-    cache = encode(model, prompt_ids, prompt_mask)
+    views = None
+    if int(getattr(scfg, "views", 1)) > 1 and mode != "free":
+        if not hasattr(task, "views"):
+            raise ValueError(f"sampler.views={scfg.views}: task {getattr(task, 'name', task)!r} has no symmetric views "
+                             "of an example; set sampler.views=1")
+        views = _Views(model, task, scfg, n, choices, target, givens, noise_like)
+        views.encode(canvas, accepted)
+    else:
+        cache = encode(model, prompt_ids, prompt_mask)
     sc_logits, history = None, []
     for step in range(scfg.steps):
         open_ = ~accepted
         if not open_.any():
             break
         steps_used += open_.any(-1).long()
-        logits = denoise(model, cache, canvas, prompt_mask, sc_logits=sc_logits)  # (B, L, V)
-        sc_logits = logits if scfg.self_conditioning else None
+        if views is not None:
+            scores = views.scores(canvas, accepted & ~empty)  # (B, L, K) mean log-probabilities over the views
+        else:
+            logits = denoise(model, cache, canvas, prompt_mask, sc_logits=sc_logits)  # (B, L, V)
+            sc_logits = logits if scfg.self_conditioning else None
         if mode == "free":
             scores = logits
         else:
-            scores = torch.gather(logits, 2, choices[None].expand(B, L, -1))  # (B, L, K)
+            if views is None:
+                scores = torch.gather(logits, 2, choices[None].expand(B, L, -1))  # (B, L, K)
             if example_choices is not None:
                 scores = scores.masked_fill(~example_choices, -math.inf)
             if mode == "rules":
@@ -147,7 +164,9 @@ def sample(model, batch: dict, task, scfg, mode: str, noise_kind: str = "uniform
         empty |= dead
         canvas = torch.where(empty, torch.full_like(canvas, pad_id), canvas)
         canvas = torch.where(accepted, canvas, noise_like())
-        if reprompt and new.any():
+        if reprompt and new.any() and views is not None:
+            views.encode(canvas, accepted & ~empty)
+        elif reprompt and new.any():
             prompt_ids, prompt_mask = task.known_prompt(target, givens, canvas, accepted & ~empty, n)
             cache = encode(model, prompt_ids, prompt_mask)
         if record:
@@ -155,6 +174,56 @@ def sample(model, batch: dict, task, scfg, mode: str, noise_kind: str = "uniform
     # Out of steps with positions still open (rules rejected a same-step conflict): leave them empty.
     canvas = torch.where(accepted, canvas, torch.full_like(canvas, pad_id))
     return SampleResult(canvas=canvas, steps=steps_used, history=history)
+
+
+class _Views:
+    """The symmetric views of `sampler.views`: each with its own prompt, encoder cache and self-conditioning.
+
+    The task's `views(n, count)` gives (cells (V, L), digits (V, K)): view v's position j shows cell cells[v, j],
+    and answer index k of a cell appears there as digits[v, k]. Its prompt is the task's `known_prompt` of the
+    view (the givens, plus the accepted cells when `sampler.reprompt` re-encodes after each step).
+    """
+
+    def __init__(self, model, task, scfg, n, choices, target, givens, noise_like):
+        cells, digits = task.views(n, int(scfg.views))
+        device = target.device
+        self.cells, self.digits = cells.to(device), digits.to(device)
+        self.back = self.cells.argsort(-1)  # position of each cell in each view
+        self.model, self.task, self.n, self.choices, self.noise_like = model, task, n, choices, noise_like
+        self.self_conditioning = bool(scfg.self_conditioning)
+        self.target = _choice_index(target, choices)  # (B, L) answer index of the solution
+        self.givens = givens
+        V = self.cells.shape[0]
+        self.caches, self.masks, self.sc = [None] * V, [None] * V, [None] * V
+
+    def _tokens(self, v: int, index: torch.Tensor) -> torch.Tensor:
+        """(B, L) answer indices of the puzzle's cells -> the view's tokens at its positions."""
+        viewed = self.digits[v][index[:, self.cells[v]]]  # (B, L) the view's answer index at each position
+        B, L = viewed.shape
+        return torch.gather(self.choices[None].expand(B, L, -1), 2, viewed[..., None])[..., 0]
+
+    def encode(self, canvas: torch.Tensor, known: torch.Tensor) -> None:
+        """Encode every view's prompt: its givens, and the `known` cells of the canvas (B, L) when re-prompting."""
+        index = _choice_index(canvas, self.choices)
+        for v in range(len(self.caches)):
+            cells = self.cells[v]
+            givens = self.givens[:, cells]
+            ids, mask = self.task.known_prompt(self._tokens(v, self.target), givens, self._tokens(v, index),
+                                               known[:, cells] & ~givens, self.n)
+            self.caches[v], self.masks[v] = encode(self.model, ids, mask), mask
+
+    def scores(self, canvas: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+        """One decoder pass per view -> (B, L, K) the views' answer log-probabilities, averaged, on the puzzle."""
+        index = _choice_index(canvas, self.choices)
+        total = 0.0
+        for v in range(len(self.caches)):
+            view_canvas = torch.where(known[:, self.cells[v]], self._tokens(v, index), self.noise_like())
+            logits = denoise(self.model, self.caches[v], view_canvas, self.masks[v], sc_logits=self.sc[v])
+            self.sc[v] = logits if self.self_conditioning else None
+            B, L = view_canvas.shape
+            logp = torch.gather(logits, 2, self.choices[None].expand(B, L, -1)).log_softmax(-1)  # view's frame
+            total = total + logp[:, self.back[v]][:, :, self.digits[v]]
+        return total / len(self.caches)
 
 
 def _probs(scores, temperature: float):

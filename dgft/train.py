@@ -258,13 +258,18 @@ def _corrupt(batch: dict, cfg, gen, vocab_size: int, task=None) -> dict:
     """Add noise level t, the corrupted canvas and the counts to a batch.
 
     `count` is what the loss is normalised by: the scored positions, or their summed weight when the batch
-    weighs positions (`weight`, (B, L) float). With `noise.known_in_prompt` the positions the noise left alone
+    weighs positions (`weight`, (B, L) float, from the batch or from the task's `position_weight` of the
+    positions the model is shown). With `noise.known_in_prompt` the positions the noise left alone
     are also written into the prompt (the task's `known_prompt`), as `sampler.reprompt` does with accepted ones.
     """
     target, scored = batch["target"], batch["scored"]
     t = N.sample_t(target.shape[0], cfg.noise.eps, gen)
     support = batch["choices"] if cfg.noise.support == "answer" else vocab_size
     noisy, hit = N.corrupt(cfg.noise.kind, target, t, ~batch["fixed"], support, N.mask_ids(cfg.noise.kind, batch), gen)
+    weigh = getattr(task, "position_weight", None)  # a task's own weighting, given what the model is shown
+    if weigh is not None and "weight" not in batch:
+        weight = weigh(target, batch["fixed"] | ~hit, batch["size"])
+        batch = batch if weight is None else {**batch, "weight": weight * scored}
     if "weight" in batch:
         count = loss_weights(scored, hit, cfg.noise.kind, batch["weight"]).sum()
     else:

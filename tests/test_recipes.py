@@ -48,7 +48,8 @@ def test_typos_and_bad_types_fail_at_composition(override):
 @pytest.mark.parametrize("override,key", [
     ("trainer.lr=-0.1", "trainer.lr"), ("noise.kind=gauss", "noise.kind"), ("task.sizes=[5]", "task.sizes"),
     ("noise.self_conditioning_p=1.5", "noise.self_conditioning_p"), ("model.canvas_length=40", "model.canvas_length"),
-    ("model.quantize=nf4", "model.quantize"),
+    ("model.quantize=nf4", "model.quantize"), ("sampler.views=0", "sampler.views"),
+    ("task.singles_weight=0", "task.singles_weight"),
 ])
 def test_range_checks_name_the_key(override, key):
     cfg = _compose("train", [override])
@@ -87,6 +88,7 @@ def test_keys_of_the_other_task_fail_at_composition(overrides):
     (["recipe=infill", "task.vocab_size=100"], "task.vocab_size"),
     (["recipe=infill", "model=diffusiongemma", "model.canvas_length=64"], "task.tokenizer"),
     (["recipe=infill", "task.prompt_format=xml"], "task.prompt_format"),
+    (["recipe=infill", "sampler.views=2"], "sampler.views"),
     (["task.name=infill"], "task.name"),
 ])
 def test_infill_range_checks_name_the_key(overrides, key):

@@ -134,3 +134,67 @@ def test_reprompt_needs_a_task_that_can_rebuild_its_prompt(setup):
     scfg = OmegaConf.structured(SamplerConfig(steps=4, reprompt=True))
     with pytest.raises(ValueError, match="sampler.reprompt"):
         sample(model, batch, NoHook(), scfg, "rules")
+
+
+@pytest.mark.parametrize("reprompt", [False, True])
+def test_views_keep_pins_and_rules(setup, reprompt):
+    cfg, task, model = setup
+    puzzles, solutions = _puzzles(9, 5, seed=4)
+    batch = task.encode(puzzles, solutions)
+    scfg = OmegaConf.structured(SamplerConfig(steps=81, acceptance="fixed", reprompt=reprompt, views=3))
+    for mode in ("clamped", "rules"):
+        res = sample(model, batch, task, scfg, mode, generator=torch.Generator().manual_seed(0))
+        fixed = batch["fixed"]
+        assert torch.equal(res.canvas[fixed], batch["target"][fixed])
+        digits = task.decode(res.canvas, 9)
+        if mode == "rules":
+            assert all(G.rule_violations(d) == 0 for d in digits)
+        else:
+            assert (digits > 0).all()
+
+
+def test_views_map_each_view_back_to_the_puzzle(setup, monkeypatch):
+    """A stand-in model that echoes its canvas: every view then votes for the solution, if mapped back right."""
+    import dgft.sampling as S
+
+    cfg, task, model = setup
+    puzzles, solutions = _puzzles(9, 4, seed=5)
+    batch = task.encode(puzzles, solutions)
+    V = task.vocab_size
+    monkeypatch.setattr(S, "denoise", lambda m, cache, canvas, mask, sc_logits=None:
+                        torch.nn.functional.one_hot(canvas, V).float() * 10)
+    scfg = OmegaConf.structured(SamplerConfig(views=4))
+    target = batch["target"]
+    views = S._Views(model, task, scfg, 9, batch["choices"], target, batch["fixed"],
+                     lambda: torch.zeros_like(target))
+    assert not torch.equal(views.cells[1], views.cells[0]) and torch.equal(views.cells[0], torch.arange(81))
+    views.encode(target, torch.ones_like(batch["fixed"]))
+    scores = views.scores(target, torch.ones_like(batch["fixed"]))  # every cell known: each view echoes it
+    assert torch.equal(scores.argmax(-1), S._choice_index(target, batch["choices"]))
+    assert views.masks[1].sum(-1).eq(81 + 3).all()  # each view's prompt lists all 81 cells as known
+
+
+def test_task_views_are_symmetries_of_the_puzzle():
+    task = SudokuTask(tiny_cfg().task)
+    rng = np.random.default_rng(6)
+    puzzle, solution, _ = G.generate(9, givens=28, rng=rng, max_tries=1)
+    cells, digits = task.views(9, 5)
+    assert torch.equal(cells[0], torch.arange(81)) and torch.equal(digits[0], torch.arange(9))
+    for c, d in zip(cells.numpy(), digits.numpy()):
+        relabel = np.concatenate([[0], d + 1])
+        view_puzzle, view_solution = relabel[puzzle[c]], relabel[solution[c]]
+        assert G.is_solution(view_solution, view_puzzle) and G.invariant(view_solution) == G.invariant(solution)
+    assert torch.equal(task.views(9, 5)[0], cells)  # seeded: the same views every call
+
+
+def test_training_progress_check_reads_the_puzzle_alone(setup, monkeypatch):
+    import dgft.sampling as S
+
+    cfg, task, model = setup
+    cfg = tiny_cfg(sampler={"views": 4, "steps": 4})
+    seen = []
+    real = S.sample
+    monkeypatch.setattr(S, "sample", lambda *a, **k: seen.append(a[3].views) or real(*a, **k))
+    puzzles, solutions = _puzzles(4, 3, seed=1)
+    out = task.quick_eval(model, [task.encode(puzzles, solutions)], cfg, torch.Generator().manual_seed(0))
+    assert seen == [1] and "4x4_clamped_exact" in out

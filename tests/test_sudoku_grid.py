@@ -10,6 +10,7 @@ import pytest
 from dgft.tasks.sudoku.grid import (
     allowed_digits,
     augment,
+    augment_batch,
     count_solutions,
     from_string,
     generate,
@@ -24,6 +25,7 @@ from dgft.tasks.sudoku.grid import (
     to_string,
     units,
     with_givens,
+    with_givens_batch,
 )
 
 BENCHMARKS = Path("/work/shared/benchmarks/sudoku")
@@ -168,6 +170,38 @@ def test_augment_keeps_validity_and_consistency(n):
         assert is_solution(new_solution, new_puzzle)
         assert (new_puzzle != 0).sum() == (puzzle != 0).sum()
         assert count_solutions(new_puzzle) == 1
+
+
+def test_with_givens_batch_matches_with_givens_row_by_row():
+    rng = np.random.default_rng(6)
+    rows = [generate(9, 0, rng, max_tries=1) for _ in range(12)]
+    puzzles, solutions = np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows])
+    orders = np.full((12, 81), -1)
+    for i, (_, _, order) in enumerate(rows):
+        orders[i, :len(order)] = order
+    givens = np.array([0, 100, *rng.integers(17, 60, 10)])  # clamped at both ends, then random
+    got = with_givens_batch(puzzles, solutions, orders, givens)
+    want = np.stack([with_givens(p, s, o, g) for p, s, o, g in zip(puzzles, solutions, [r[2] for r in rows], givens)])
+    assert got.dtype == np.int8 and np.array_equal(got, want)
+    assert np.array_equal(puzzles, np.stack([r[0] for r in rows]))  # inputs untouched
+
+
+@pytest.mark.parametrize("n", [4, 9])
+def test_augment_batch_transforms_each_row_validly_and_independently(n):
+    rng = np.random.default_rng(7)
+    puzzle, solution, _ = generate(n, 6 if n == 4 else 30, rng)
+    B = 64
+    new_puzzles, new_solutions = augment_batch(np.tile(puzzle, (B, 1)), np.tile(solution, (B, 1)), rng)
+    assert new_puzzles.dtype == np.int8 and new_puzzles.shape == (B, n * n)
+    for p, s in zip(new_puzzles, new_solutions):
+        assert is_solution(s, p) and (p != 0).sum() == (puzzle != 0).sum()
+        assert invariant(s) == invariant(solution)  # a symmetry of the same grid
+    assert len({p.tobytes() for p in new_puzzles}) > B // 2  # rows draw their own transforms
+    # transposed in about half the rows: givens only in the top row land in one row, or in one column if transposed
+    top = np.where(np.arange(n * n) < n, solution, 0).astype(np.int8)
+    moved, _ = augment_batch(np.tile(top, (B, 1)), np.tile(solution, (B, 1)), rng)
+    given_rows = [len(set(np.flatnonzero(m) // n)) for m in moved]
+    assert set(given_rows) == {1, n} and 0.25 < given_rows.count(n) / B < 0.75
 
 
 def test_invariant_is_preserved_by_augment():

@@ -70,3 +70,61 @@ def test_canonical_form_is_invariant():
         q, _ = G.augment(p, s, rng)
         assert canonical_form(q) == key
 
+
+
+@pytest.mark.parametrize("tokens", ["cell", "digit"])
+def test_single_cells_propagate_exactly_to_what_singles_solve(tokens):
+    """Filling in every single cell, repeatedly, completes a puzzle exactly when grid.singles_solvable says so."""
+    task = SudokuTask(tiny_cfg(task={"tokens": tokens}).task)
+    rng = np.random.default_rng(5)
+    puzzles, solutions, solvable = [], [], []
+    for givens in (22, 24, 26, 28, 30, 34) * 4:
+        p, s, _ = G.generate(9, givens=givens, rng=rng, max_tries=1)
+        puzzles.append(p)
+        solutions.append(s)
+        solvable.append(G.singles_solvable(p))
+    assert any(solvable) and not all(solvable)  # both kinds are checked
+    batch = task.encode(np.stack(puzzles), np.stack(solutions))
+    known = batch["fixed"].clone()
+    first = task.single_cells(batch["target"], known, 9)
+    assert not (first & known).any() and first.any()
+    for _ in range(81):
+        new = task.single_cells(batch["target"], known, 9)
+        if not new.any():
+            break
+        known |= new
+    assert known.all(-1).tolist() == solvable
+
+
+def test_singles_weight_weighs_single_cells_in_the_loss_count():
+    from dgft.train import _corrupt
+
+    cfg = tiny_cfg(task={"singles_weight": 3.0})
+    task = SudokuTask(cfg.task)
+    p, s, _ = G.generate(9, givens=30, rng=np.random.default_rng(1), max_tries=1)
+    batch = task.encode(p[None], s[None])
+    out = _corrupt(batch, cfg, torch.Generator().manual_seed(0), task.vocab_size, task)
+    known = batch["fixed"] | ~out["hit"]
+    singles = task.single_cells(batch["target"], known, 9)
+    assert singles.any()
+    want = torch.where(singles, 3.0, 1.0) * batch["scored"]
+    assert torch.equal(out["weight"], want)
+    assert float(out["count"]) == pytest.approx(float(want.sum()))
+    flat = _corrupt(batch, tiny_cfg(), torch.Generator().manual_seed(0), task.vocab_size, SudokuTask(tiny_cfg().task))
+    assert "weight" not in flat and float(flat["count"]) == float(batch["scored"].sum())
+
+
+@pytest.mark.parametrize("tokens", ["cell", "digit"])
+def test_batched_prompts_equal_one_prompt_per_puzzle(tokens):
+    from dgft.tasks import left_pad
+
+    task = SudokuTask(tiny_cfg(task={"tokens": tokens}).task)
+    rng = np.random.default_rng(8)
+    for n in (4, 9):
+        puzzles = np.stack([G.generate(n, givens=int(rng.integers(1, n * n)), rng=rng, max_tries=1)[0]
+                            for _ in range(9)])
+        puzzles[2] = 0  # nothing given
+        puzzles[5] = G.random_solution(n, rng)  # everything given
+        ids, mask = task.prompts(puzzles)
+        want_ids, want_mask = left_pad([task.prompt_ids(p) for p in puzzles], PAD)
+        assert torch.equal(ids, want_ids) and torch.equal(mask, want_mask)

@@ -317,6 +317,20 @@ def with_givens(puzzle: np.ndarray, solution: np.ndarray, removal_order: np.ndar
     return puzzle
 
 
+def with_givens_batch(puzzles: np.ndarray, solutions: np.ndarray, removal_orders: np.ndarray,
+                      givens: np.ndarray) -> np.ndarray:
+    """`with_givens` for a batch: puzzles, solutions (B, L); removal_orders (B, L) padded with -1 at the end;
+    givens (B,). Row i equals `with_givens(puzzles[i], solutions[i], its order, givens[i])`."""
+    puzzles = np.array(puzzles, dtype=np.int8)
+    length = (removal_orders >= 0).sum(1)
+    extra = np.clip(np.asarray(givens) - (puzzles != 0).sum(1), 0, length)
+    j = np.arange(removal_orders.shape[1])
+    rows, cols = np.nonzero((j >= (length - extra)[:, None]) & (j < length[:, None]))
+    cells = removal_orders[rows, cols]
+    puzzles[rows, cells] = np.asarray(solutions)[rows, cells]
+    return puzzles
+
+
 # --- symmetry ---------------------------------------------------------------------------------
 
 
@@ -344,6 +358,48 @@ def augment(puzzle: np.ndarray, solution: np.ndarray, rng: np.random.Generator) 
         return relabel[square].reshape(-1)
 
     return transform(puzzle), transform(solution)
+
+
+def _line_permutations(b: int, count: int, rng: np.random.Generator) -> np.ndarray:
+    """`count` random line orders at once, shape (count, b*b): as `_line_permutation`, per row."""
+    bands = np.argsort(rng.random((count, b)), axis=1)
+    inner = np.argsort(rng.random((count, b, b)), axis=2)
+    return (bands[:, :, None] * b + inner).reshape(count, b * b)
+
+
+def augment_batch(puzzles: np.ndarray, solutions: np.ndarray, rng: np.random.Generator
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """`augment` for a batch (B, L): an independent random transform per row, the same for puzzle and solution."""
+    B, L = np.shape(solutions)
+    n = isqrt(L)
+    b = isqrt(n)
+    rows, cols = _line_permutations(b, B, rng), _line_permutations(b, B, rng)
+    relabel = np.concatenate([np.zeros((B, 1), dtype=np.int64), np.argsort(rng.random((B, n)), axis=1) + 1], 1)
+    transpose = rng.random(B) < 0.5
+
+    def transform(grids: np.ndarray) -> np.ndarray:
+        square = np.take_along_axis(np.asarray(grids).reshape(B, n, n), rows[:, :, None], axis=1)
+        square = np.take_along_axis(square, cols[:, None, :], axis=2)
+        square = np.where(transpose[:, None, None], square.transpose(0, 2, 1), square)
+        return np.take_along_axis(relabel, square.reshape(B, L).astype(np.int64), axis=1).astype(np.int8)
+
+    return transform(puzzles), transform(solutions)
+
+
+def random_symmetry(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A random validity-preserving transform as index maps: (cells (L,), digits (n+1,)).
+
+    The transformed grid is `digits[grid[cells]]`: position j shows the digit of cell cells[j], relabelled
+    (0 stays 0). The same transforms as `augment` draws (line swaps within bands and stacks, band and stack
+    swaps, transpose, relabelling).
+    """
+    b = isqrt(n)
+    rows, cols = _line_permutation(b, rng), _line_permutation(b, rng)
+    digits = np.concatenate([[0], rng.permutation(n) + 1]).astype(np.int64)
+    cells = (rows[:, None] * n + cols[None, :])
+    if rng.random() < 0.5:
+        cells = cells.T
+    return cells.reshape(-1), digits
 
 
 def _cycle_type(mapping: list[int]) -> tuple[int, ...]:

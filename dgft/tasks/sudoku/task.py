@@ -19,7 +19,6 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from dgft.tasks import left_pad
 from dgft.tasks.sudoku import grid as G
 
 SPECIALS = ["[PAD]", "[EOS]", "[BOS]", "[IMG]", "[BOI]", "[EOI]", "[MASK]", "[SEP]", "[UNK]", "[4x4]", "[9x9]"]
@@ -60,6 +59,13 @@ def _adjacency(n: int) -> torch.Tensor:
         adj[idx[:, None], idx[None, :]] = 1
     adj.fill_diagonal_(0)
     return adj
+
+
+@lru_cache(maxsize=None)
+def _unit_matrix(n: int) -> torch.Tensor:
+    """(3n, L) float 1 where a cell belongs to a unit (rows, columns, boxes)."""
+    table = torch.tensor(G.units(n))  # a copy: the grid's table is read-only
+    return torch.zeros(3 * n, n * n).scatter_(1, table, 1.0)
 
 
 class SudokuTask:
@@ -123,6 +129,33 @@ class SudokuTask:
             body = [dot if v == 0 else self.offsets[n] + int(v) - 1 for v in puzzle]
         return head + body + [SEP]
 
+    def prompts(self, puzzles: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder prompts of same-size puzzles (B, L digits, 0 blank) -> (prompt_ids, prompt_mask), left-padded.
+
+        The same tensors as `left_pad([self.prompt_ids(p) for p in puzzles], PAD)`, built without a Python loop
+        over the batch (it runs on every training step with `noise.known_in_prompt`, and on every sampling
+        step with `sampler.reprompt`).
+        """
+        puzzles = np.asarray(puzzles)
+        B, L = puzzles.shape
+        n = math.isqrt(L)
+        if self.tokens != "cell":  # a token per cell: every prompt has the same length
+            body = np.where(puzzles == 0, len(SPECIALS), self.offsets[n] + puzzles.astype(np.int64) - 1)
+            ids = np.concatenate([np.full((B, 1), BOS), np.full((B, 1), SIZE_TOKEN[n]), body, np.full((B, 1), SEP)], 1)
+            return torch.as_tensor(ids, dtype=torch.long), torch.ones(ids.shape, dtype=torch.long)
+        given = puzzles != 0
+        k = given.sum(1)
+        order = np.argsort(given, axis=1, kind="stable")  # blanks first, then the givens in cell order
+        cells = self._cell_ids(n, puzzles.clip(min=1))
+        out = np.full((B, L + 3), PAD, dtype=np.int64)  # each prompt right-aligned: BOS, size, givens, SEP
+        out[:, 2:L + 2] = np.where(np.take_along_axis(given, order, 1), np.take_along_axis(cells, order, 1), PAD)
+        out[:, L + 2] = SEP
+        out[np.arange(B), L - k] = BOS
+        out[np.arange(B), L + 1 - k] = SIZE_TOKEN[n]
+        first = L - int(k.max())  # the longest prompt starts here
+        mask = np.arange(L + 3)[None, :] >= (L - k)[:, None]
+        return torch.as_tensor(out[:, first:]), torch.as_tensor(mask[:, first:].astype(np.int64))
+
     # --- batches ----------------------------------------------------------------------------------
     def encode(self, puzzles: np.ndarray, solutions: np.ndarray, corrupt_givens: np.ndarray | None = None) -> dict:
         """Tensors for a batch of same-size puzzles (B, L) -> dict.
@@ -131,7 +164,7 @@ class SudokuTask:
         and pinned; scored (B, L) cells in the loss; choices (L, K) tokens a position may hold.
         """
         n = G.side(puzzles[0])
-        prompt_ids, prompt_mask = left_pad([self.prompt_ids(p) for p in puzzles], PAD)
+        prompt_ids, prompt_mask = self.prompts(puzzles)
         target = torch.as_tensor(self._cell_ids(n, solutions), dtype=torch.long)
         fixed = torch.as_tensor(puzzles != 0)
         scored = ~fixed
@@ -176,14 +209,21 @@ class SudokuTask:
 
     @torch.no_grad()
     def quick_eval(self, model, batches: list[dict], cfg, gen) -> dict:
-        """Clamped-mode exact and blank-cell accuracy on a few held-out puzzles per size."""
+        """Clamped-mode exact and blank-cell accuracy on a few held-out puzzles per size.
+
+        With the puzzle alone (`sampler.views` = 1) whatever the sampler's views: a progress check during training,
+        where V views would cost V times the time.
+        """
+        from omegaconf import OmegaConf
+
         from dgft.sampling import sample
 
         model.eval()
         out = {}
+        scfg = OmegaConf.merge(cfg.sampler, {"views": 1})
         for b in batches:
             n = b["size"]
-            res = sample(model, b, self, cfg.sampler, mode="clamped", noise_kind=cfg.noise.kind,
+            res = sample(model, b, self, scfg, mode="clamped", noise_kind=cfg.noise.kind,
                          support=cfg.noise.support, generator=gen)
             pred = self.decode(res.canvas, n)
             sol = self.decode(b["target"], n)
@@ -235,8 +275,42 @@ class SudokuTask:
         known = givens | accepted
         tokens = torch.where(givens, target, canvas)
         digits = self.decode(torch.where(known, tokens, torch.full_like(tokens, self.pad_id)), n)  # 0: unknown
-        ids, mask = left_pad([self.prompt_ids(d) for d in digits], self.pad_id)
+        ids, mask = self.prompts(digits)
         return ids.to(canvas.device), mask.to(canvas.device)
+
+    def single_cells(self, target: torch.Tensor, known: torch.Tensor, n: int) -> torch.Tensor:
+        """(B, L) bool: the unknown cells that a naked or a hidden single fixes, given the `known` cells.
+
+        target (B, L) solution tokens; known (B, L) bool. A naked single is a cell with one digit left that no
+        peer holds; a hidden single, the one cell of a row, column or box where some digit can still go.
+        """
+        choice = (target[..., None] == self.answer_tokens(n).to(target.device)).float().argmax(-1)  # digit index
+        present = torch.nn.functional.one_hot(choice, n).float() * known[..., None].float()
+        adjacency, unit = _adjacency(n).to(target.device), _unit_matrix(n).to(target.device)
+        candidate = (torch.einsum("ij,bjk->bik", adjacency, present) == 0) & ~known[..., None]  # (B, L, n)
+        naked = candidate.sum(-1) == 1
+        places = torch.einsum("ul,bld->bud", unit, candidate.float())  # cells of unit u where digit d can go
+        hidden = (torch.einsum("ul,bud->bld", unit, (places == 1).float()) > 0) & candidate
+        return ~known & (naked | hidden.any(-1))
+
+    def position_weight(self, target: torch.Tensor, known: torch.Tensor, n: int) -> torch.Tensor | None:
+        """(B, L) loss weight per position for training (None: flat): `task.singles_weight` on the cells that
+        singles fix given what the model is shown (`single_cells`), 1 elsewhere."""
+        w = float(self.cfg.get("singles_weight", 1.0))
+        if w == 1.0:
+            return None
+        return 1.0 + (w - 1.0) * self.single_cells(target, known, n).float()
+
+    def views(self, n: int, count: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """`count` symmetric forms of an n x n puzzle, for `sampler.views`: (cells (V, L), digits (V, n)); view v's
+        position j shows cell cells[v, j], and digit index k appears there as digits[v, k]. View 0 is the puzzle."""
+        rng = np.random.default_rng([seed, n])
+        cells, digits = [np.arange(n * n)], [np.arange(n)]
+        for _ in range(count - 1):
+            c, d = G.random_symmetry(n, rng)
+            cells.append(c)
+            digits.append(d[1:] - 1)
+        return torch.as_tensor(np.stack(cells)), torch.as_tensor(np.stack(digits))
 
     def at_cells(self, canvas_values: torch.Tensor, n: int) -> torch.Tensor:
         """(B, L) per-canvas-position values -> (B, n*n) per cell (here every position is a cell)."""

@@ -125,6 +125,10 @@ class SudokuTextTask(SudokuTask):
         n = G.side(puzzle)
         return user_turn_ids(self.tokenizer, INSTRUCTION.format(n=n, grid=grid_text(puzzle)))
 
+    def prompts(self, puzzles: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Chat prompts differ in length by their text: one `prompt_ids` per puzzle, left-padded."""
+        return left_pad([self.prompt_ids(p) for p in puzzles], self.pad_id)
+
     def encode(self, puzzles: np.ndarray, solutions: np.ndarray, corrupt_givens: np.ndarray | None = None) -> dict:
         n = G.side(puzzles[0])
         lay = self.layouts[n]
