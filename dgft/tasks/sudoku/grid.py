@@ -307,14 +307,8 @@ def with_givens(puzzle: np.ndarray, solution: np.ndarray, removal_order: np.ndar
     Each such puzzle was a step of the removal, so it has the same unique solution. `givens` is
     clamped to [givens of puzzle, givens of puzzle + len(removal_order)].
     """
-    puzzle = np.array(puzzle, dtype=np.int8)
-    removal_order = np.asarray(removal_order)
-    start = int((puzzle != 0).sum())
-    extra = min(max(givens - start, 0), len(removal_order))
-    if extra:
-        cells = removal_order[len(removal_order) - extra :]
-        puzzle[cells] = np.asarray(solution)[cells]
-    return puzzle
+    order = np.asarray(removal_order, dtype=np.int64).reshape(1, -1)
+    return with_givens_batch(np.asarray(puzzle)[None], np.asarray(solution)[None], order, np.array([givens]))[0]
 
 
 def with_givens_batch(puzzles: np.ndarray, solutions: np.ndarray, removal_orders: np.ndarray,
@@ -339,25 +333,29 @@ def _line_permutation(b: int, rng: np.random.Generator) -> np.ndarray:
     return np.concatenate([band * b + rng.permutation(b) for band in rng.permutation(b)])
 
 
+def random_symmetry(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A random validity-preserving transform as index maps: (cells (L,), digits (n+1,)).
+
+    The transformed grid is `digits[grid[cells]]`: position j shows the digit of cell cells[j], relabelled
+    (0 stays 0): line swaps within bands and stacks, band and stack swaps, transpose, relabelling.
+    """
+    b = isqrt(n)
+    rows, cols = _line_permutation(b, rng), _line_permutation(b, rng)
+    digits = np.concatenate([[0], rng.permutation(n) + 1]).astype(np.int64)
+    cells = (rows[:, None] * n + cols[None, :])
+    if rng.random() < 0.5:
+        cells = cells.T
+    return cells.reshape(-1), digits
+
+
 def augment(puzzle: np.ndarray, solution: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """The same random validity-preserving transform applied to `puzzle` and `solution`.
+    """The same random validity-preserving transform (`random_symmetry`) applied to `puzzle` and `solution`.
 
     Digits are relabelled, rows shuffled within bands and bands shuffled, columns likewise within
     stacks, and the grid is transposed with probability 1/2.
     """
-    n = side(solution)
-    b = isqrt(n)
-    rows, cols = _line_permutation(b, rng), _line_permutation(b, rng)
-    relabel = np.concatenate([[0], rng.permutation(n) + 1]).astype(np.int8)  # blanks stay 0
-    transpose = bool(rng.random() < 0.5)
-
-    def transform(grid: np.ndarray) -> np.ndarray:
-        square = np.asarray(grid).reshape(n, n)[rows][:, cols]
-        if transpose:
-            square = square.T
-        return relabel[square].reshape(-1)
-
-    return transform(puzzle), transform(solution)
+    cells, digits = random_symmetry(side(solution), rng)
+    return digits[np.asarray(puzzle)[cells]].astype(np.int8), digits[np.asarray(solution)[cells]].astype(np.int8)
 
 
 def _line_permutations(b: int, count: int, rng: np.random.Generator) -> np.ndarray:
@@ -376,30 +374,14 @@ def augment_batch(puzzles: np.ndarray, solutions: np.ndarray, rng: np.random.Gen
     rows, cols = _line_permutations(b, B, rng), _line_permutations(b, B, rng)
     relabel = np.concatenate([np.zeros((B, 1), dtype=np.int64), np.argsort(rng.random((B, n)), axis=1) + 1], 1)
     transpose = rng.random(B) < 0.5
+    cells = rows[:, :, None] * n + cols[:, None, :]  # per row, as `random_symmetry`'s cell map
+    cells = np.where(transpose[:, None, None], cells.transpose(0, 2, 1), cells).reshape(B, L)
 
     def transform(grids: np.ndarray) -> np.ndarray:
-        square = np.take_along_axis(np.asarray(grids).reshape(B, n, n), rows[:, :, None], axis=1)
-        square = np.take_along_axis(square, cols[:, None, :], axis=2)
-        square = np.where(transpose[:, None, None], square.transpose(0, 2, 1), square)
-        return np.take_along_axis(relabel, square.reshape(B, L).astype(np.int64), axis=1).astype(np.int8)
+        moved = np.take_along_axis(np.asarray(grids, dtype=np.int64), cells, axis=1)
+        return np.take_along_axis(relabel, moved, axis=1).astype(np.int8)
 
     return transform(puzzles), transform(solutions)
-
-
-def random_symmetry(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """A random validity-preserving transform as index maps: (cells (L,), digits (n+1,)).
-
-    The transformed grid is `digits[grid[cells]]`: position j shows the digit of cell cells[j], relabelled
-    (0 stays 0). The same transforms as `augment` draws (line swaps within bands and stacks, band and stack
-    swaps, transpose, relabelling).
-    """
-    b = isqrt(n)
-    rows, cols = _line_permutation(b, rng), _line_permutation(b, rng)
-    digits = np.concatenate([[0], rng.permutation(n) + 1]).astype(np.int64)
-    cells = (rows[:, None] * n + cols[None, :])
-    if rng.random() < 0.5:
-        cells = cells.T
-    return cells.reshape(-1), digits
 
 
 def _cycle_type(mapping: list[int]) -> tuple[int, ...]:

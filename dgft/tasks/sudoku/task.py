@@ -285,9 +285,8 @@ class SudokuTask:
         peer holds; a hidden single, the one cell of a row, column or box where some digit can still go.
         """
         choice = (target[..., None] == self.answer_tokens(n).to(target.device)).float().argmax(-1)  # digit index
-        present = torch.nn.functional.one_hot(choice, n).float() * known[..., None].float()
-        adjacency, unit = _adjacency(n).to(target.device), _unit_matrix(n).to(target.device)
-        candidate = (torch.einsum("ij,bjk->bik", adjacency, present) == 0) & ~known[..., None]  # (B, L, n)
+        candidate = self.rule_mask(choice, known, n) & ~known[..., None]  # (B, L, n) digits no known peer holds
+        unit = _unit_matrix(n).to(target.device)
         naked = candidate.sum(-1) == 1
         places = torch.einsum("ul,bld->bud", unit, candidate.float())  # cells of unit u where digit d can go
         hidden = (torch.einsum("ul,bud->bld", unit, (places == 1).float()) > 0) & candidate
