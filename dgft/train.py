@@ -263,12 +263,13 @@ def _corrupt(batch: dict, cfg, gen, vocab_size: int, task=None) -> dict:
     are also written into the prompt (the task's `known_prompt`), as `sampler.reprompt` does with accepted ones.
     """
     target, scored = batch["target"], batch["scored"]
+    givens = batch.get("givens", batch["fixed"])  # in the prompt always, even where corrupt_givens_p noised them
     t = N.sample_t(target.shape[0], cfg.noise.eps, gen)
     support = batch["choices"] if cfg.noise.support == "answer" else vocab_size
     noisy, hit = N.corrupt(cfg.noise.kind, target, t, ~batch["fixed"], support, N.mask_ids(cfg.noise.kind, batch), gen)
     weigh = getattr(task, "position_weight", None)  # a task's own weighting, given what the model is shown
     if weigh is not None and "weight" not in batch:
-        weight = weigh(target, batch["fixed"] | ~hit, batch["size"])
+        weight = weigh(target, givens | ~hit, batch["size"])
         batch = batch if weight is None else {**batch, "weight": weight * scored}
     if "weight" in batch:
         count = loss_weights(scored, hit, cfg.noise.kind, batch["weight"]).sum()
@@ -276,8 +277,8 @@ def _corrupt(batch: dict, cfg, gen, vocab_size: int, task=None) -> dict:
         count = (scored if cfg.noise.kind == "uniform" else scored & hit).sum()
     if cfg.noise.known_in_prompt:
         batch = {**batch}
-        batch["prompt_ids"], batch["prompt_mask"] = task.known_prompt(target, batch["fixed"], noisy,
-                                                                      ~hit & ~batch["fixed"], batch["size"])
+        batch["prompt_ids"], batch["prompt_mask"] = task.known_prompt(target, givens, noisy, ~hit & ~givens,
+                                                                      batch["size"])
     tokens = batch["prompt_mask"].sum() + target.numel()
     return {**batch, "t": t, "noisy": noisy, "hit": hit, "count": count, "tokens": tokens}
 

@@ -128,3 +128,21 @@ def test_batched_prompts_equal_one_prompt_per_puzzle(tokens):
         ids, mask = task.prompts(puzzles)
         want_ids, want_mask = left_pad([task.prompt_ids(p) for p in puzzles], PAD)
         assert torch.equal(ids, want_ids) and torch.equal(mask, want_mask)
+
+
+def test_corrupted_givens_stay_in_the_known_cells_prompt():
+    """With noise.known_in_prompt and corrupt_givens_p, a given noised in the canvas is still listed in the prompt,
+    as `free` sampling shows it: the model learns to restore a listed cell from noise."""
+    from dgft.train import _corrupt
+
+    cfg = tiny_cfg(noise={"known_in_prompt": True})
+    task = SudokuTask(cfg.task)
+    p, s, _ = G.generate(9, givens=30, rng=np.random.default_rng(2), max_tries=1)
+    batch = task.encode(np.stack([p, p]), np.stack([s, s]), corrupt_givens=np.array([True, False]))
+    assert not batch["fixed"][0].any() and torch.equal(batch["givens"][0], batch["fixed"][1])
+    out = _corrupt(batch, cfg, torch.Generator().manual_seed(0), task.vocab_size, task)
+    noised_givens = out["hit"][0] & batch["givens"][0]
+    assert noised_givens.any() and out["scored"][0][noised_givens].all()
+    given_tokens = set(batch["target"][0][batch["givens"][0]].tolist())
+    for b in range(2):  # every given is listed, with its digit, whatever the canvas holds
+        assert given_tokens <= set(out["prompt_ids"][b][out["prompt_mask"][b].bool()].tolist())

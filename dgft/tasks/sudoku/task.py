@@ -161,7 +161,8 @@ class SudokuTask:
         """Tensors for a batch of same-size puzzles (B, L) -> dict.
 
         prompt_ids/prompt_mask (B, P) left-padded; target (B, L) solution tokens; fixed (B, L) cells kept clean
-        and pinned; scored (B, L) cells in the loss; choices (L, K) tokens a position may hold.
+        and pinned; scored (B, L) cells in the loss; givens (B, L) the puzzle's givens, which stay in the prompt
+        even where `corrupt_givens` frees them in the canvas; choices (L, K) tokens a position may hold.
         """
         n = G.side(puzzles[0])
         prompt_ids, prompt_mask = self.prompts(puzzles)
@@ -173,6 +174,7 @@ class SudokuTask:
             fixed = fixed & ~cg
             scored = scored | cg
         return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "target": target, "fixed": fixed,
+                "givens": torch.as_tensor(puzzles != 0),
                 "scored": scored, "choices": self.answer_tokens(n), "mask_ids": self.mask_tokens(n), "size": n}
 
     # --- data for the trainer (dgft.train) -------------------------------------------------------
