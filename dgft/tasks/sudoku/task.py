@@ -167,15 +167,15 @@ class SudokuTask:
         n = G.side(puzzles[0])
         prompt_ids, prompt_mask = self.prompts(puzzles)
         target = torch.as_tensor(self._cell_ids(n, solutions), dtype=torch.long)
-        fixed = torch.as_tensor(puzzles != 0)
-        scored = ~fixed
+        givens = torch.as_tensor(puzzles != 0)
+        fixed, scored = givens.clone(), ~givens
         if corrupt_givens is not None:
             cg = torch.as_tensor(corrupt_givens, dtype=torch.bool)[:, None]
             fixed = fixed & ~cg
             scored = scored | cg
         return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "target": target, "fixed": fixed,
-                "givens": torch.as_tensor(puzzles != 0),
-                "scored": scored, "choices": self.answer_tokens(n), "mask_ids": self.mask_tokens(n), "size": n}
+                "givens": givens, "scored": scored, "choices": self.answer_tokens(n), "mask_ids": self.mask_tokens(n),
+                "size": n}
 
     # --- data for the trainer (dgft.train) -------------------------------------------------------
     def build_splits(self, seed: int, log=print):
