@@ -3,7 +3,8 @@
 # step, then on the QLoRA step at 2 layers), then the QLoRA memory/time bench of issue 3, then the GPU Sudoku run
 # of issue 2.
 #   bash bench/device_session.sh OUT_DIR [TRAIN_MINUTES] [PARTS]
-# PARTS: which parts run, from "profile qlora sudoku" (the default, all three). A session can run the bench parts
+# PARTS: which parts run, from "profile qlora experts sudoku" (the default: all but experts, the QLoRA bench with
+# LoRA on the experts too, 75 s). A session can run the bench parts
 # in one call and the Sudoku run in the next, so that each call stays within the device tool's 10 minutes:
 #   bash bench/device_session.sh $OUT 5 "profile"; bash bench/device_session.sh $OUT 5 "sudoku"
 # Each part has its own timeout; at most 8 files land in OUT_DIR: bench_log.txt (what the profiles and the QLoRA
@@ -48,6 +49,12 @@ if [[ $PARTS == *" qlora "* ]]; then
   timeout -k 10 65 python3 bench/qlora_memory.py --depths 2 4 --steps 3 --out "$BENCH/qlora_memory.json" \
     2>&1 | grep -v -e Warning -e warnings.warn | tee -a "$OUT/bench_log.txt"
   echo "=== qlora bench: $((SECONDS - t0)) s" | tee -a "$OUT/bench_log.txt"
+fi
+if [[ $PARTS == *" experts "* ]]; then  # LoRA on the experts too (model.lora.target_experts), both bases
+  t0=$SECONDS
+  timeout -k 10 75 python3 bench/qlora_memory.py --depths 2 4 --steps 3 --target-experts \
+    --out "$BENCH/qlora_memory_experts.json" 2>&1 | grep -v -e Warning -e warnings.warn | tee -a "$OUT/bench_log.txt"
+  echo "=== qlora bench, expert LoRA: $((SECONDS - t0)) s" | tee -a "$OUT/bench_log.txt"
 fi
 if [ -n "$(ls -A "$BENCH")" ]; then
   tar czf "$OUT/bench.tar.gz" -C "$BENCH" .

@@ -6,8 +6,9 @@ vocabulary, 128 experts top-8) is built with fewer layers and random weights, cr
 on the GPU and placed by the streaming loader's own code path (`dgft.stream.Loader`), 4-bit slots
 quantized there exactly as a real checkpoint would be. The training step is dgft's own (`dgft.train._loss`):
 prompt 256 + canvas 256, batch 1, self-conditioning first pass on every step, LoRA r16 on attention and
-dense-MLP projections (shared by encoder and decoder), gradient checkpointing, AdamW (bf16) or paged
-8-bit AdamW (nf4). Each depth uses (depth - 1) sliding-attention layers + 1 full-attention layer.
+dense-MLP projections (shared by encoder and decoder; `--target-experts`: on the experts too), gradient
+checkpointing, AdamW (bf16) or paged 8-bit AdamW (nf4). Each depth uses (depth - 1) sliding-attention layers
++ 1 full-attention layer.
 
     python bench/qlora_memory.py --depths 2 3 4 --steps 4 --out qlora.json
 
@@ -33,6 +34,7 @@ GIB = 1024**3
 DIMS = RELEASED
 DEVICE = torch.device("cuda")
 GROUP = 16  # experts dequantized at once (--group-size)
+EXPERT_LORA = False  # --target-experts: LoRA on the experts too (LoraNF4Experts on the 4-bit base, peft on bf16)
 
 
 TINY = dict(RELEASED, vocab_size=512, hidden_size=128, intermediate_size=128, num_attention_heads=2,
@@ -98,7 +100,7 @@ def training_setup(model, quantize: str, device):
 
     cuda = device.type == "cuda"
     freeze_base_(model)
-    lcfg = OmegaConf.create(dict(r=16, alpha=32, dropout=0.0, target_experts=False,
+    lcfg = OmegaConf.create(dict(r=16, alpha=32, dropout=0.0, target_experts=EXPERT_LORA,
                                  target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                                  "down_proj"]))
     model = attach_lora(model, lcfg)
@@ -196,9 +198,10 @@ def main():
     ap.add_argument("--out", default="qlora_memory.json")
     ap.add_argument("--tiny", action="store_true", help="tiny dims on the CPU: checks this script, measures nothing")
     ap.add_argument("--group-size", type=int, default=16, help="experts dequantized at once (nf4)")
+    ap.add_argument("--target-experts", action="store_true", help="LoRA r16 on the experts too")
     args = ap.parse_args()
-    global DEVICE, DIMS, GROUP
-    GROUP = args.group_size
+    global DEVICE, DIMS, GROUP, EXPERT_LORA
+    GROUP, EXPERT_LORA = args.group_size, args.target_experts
     if args.tiny:
         DEVICE, DIMS = torch.device("cpu"), TINY
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -211,6 +214,7 @@ def main():
                               want_logits=depth == args.depths[0])
             row["mode"] = mode
             row["group_size"] = GROUP
+            row["target_experts"] = EXPERT_LORA
             rows.append(row)
             if lg is not None:
                 logits[mode] = lg

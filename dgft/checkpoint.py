@@ -36,8 +36,19 @@ def sha256(path: Path) -> str:
 
 
 def save_weights(model, out_dir: Path) -> None:
-    """Model or adapter as safetensors (peft models save the adapter only)."""
+    """Model or adapter as safetensors (peft models save the adapter only; LoRA on 4-bit experts, which peft
+    does not know of, is added to the adapter file under the keys peft gives expert LoRA)."""
+    from dgft.model import expert_lora_tensors
+
     model.save_pretrained(str(out_dir), safe_serialization=True)
+    experts = expert_lora_tensors(model)
+    if experts:
+        from safetensors.torch import load_file, save_file
+
+        path = Path(out_dir) / "adapter_model.safetensors"
+        tensors = load_file(str(path))
+        tensors.update({k: v.cpu().contiguous() for k, v in experts.items()})
+        save_file(tensors, str(path), metadata={"format": "pt"})
 
 
 def save(run_dir: Path, step: int, model, trainer_state: dict, extra: dict, keep_last: int = 2) -> Path:

@@ -102,7 +102,7 @@ class LoraConfig:
     target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
-    target_experts: bool = False  # also LoRA on the fused expert tensors (peft target_parameters)
+    target_experts: bool = False  # LoRA on the fused expert tensors too (peft target_parameters; 4-bit: LoraNF4Experts)
 
 
 @dataclass
@@ -397,9 +397,6 @@ def _validate_model(get) -> None:
         if get("model.name") != "tiny" and not torch.cuda.is_available():
             raise ConfigError(f"model.quantize={get('model.quantize')}: 4-bit training of a pretrained model needs a "
                               f"CUDA GPU, none found (the embedded model=tiny also runs it on the CPU)")
-        if get("model.lora.target_experts"):
-            raise ConfigError("model.lora.target_experts=true: LoRA on 4-bit experts is not supported yet; "
-                              "use model.quantize=none for expert LoRA")
     if get("trainer.optimizer") == "paged_adamw_8bit":
         import torch
 

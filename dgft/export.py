@@ -107,11 +107,10 @@ def export_streaming(cfg, rcfg, run_dir: Path, out: Path, checkpoint, source: di
     unquantized base (the merge itself; must be within atol), and vs the adapter on the 4-bit base the run
     trained with (the quantization gap; recorded, not gated).
     """
-    from peft import PeftModel
     from transformers import DiffusionGemmaForBlockDiffusion
 
     from dgft.merge import merge_streaming
-    from dgft.model import local_checkpoint, share_adapters_with_encoder
+    from dgft.model import load_adapter, local_checkpoint
     from dgft.runs import load_model
 
     base_dir = run_dir / "base" if rcfg.model.name == "tiny" else local_checkpoint(rcfg.model.path)
@@ -136,8 +135,7 @@ def export_streaming(cfg, rcfg, run_dir: Path, out: Path, checkpoint, source: di
             merged = None
             plain = DiffusionGemmaForBlockDiffusion.from_pretrained(str(base_dir), dtype=torch.float32,
                                                                     use_safetensors=True)
-            plain = PeftModel.from_pretrained(plain, str(adapter))
-            share_adapters_with_encoder(plain.base_model.model)
+            plain = load_adapter(plain, adapter)
             checks["merged_max_abs_diff"] = _max_diff(check_logits(plain, prompt, mask, canvas), got)
             plain = None
             _require(checks["merged_max_abs_diff"], cfg.atol, "merged model vs adapter on the unquantized base")

@@ -8,6 +8,10 @@ encoder's twin (`dgft.model.attach_lora`), so an adapter entry for `model.encode
 merges into the checkpoint tensor of either twin path, once. An adapter entry that matches no base
 tensor is an error (a merge that silently drops part of the adapter would still load).
 
+LoRA on the fused 3-D expert tensors (peft `target_parameters`, `model.lora.target_experts`) merges the same
+way, expert by expert: peft stores one (A, B) pair per parameter, A (E*r, in) and B (out, E*r), and expert e's
+delta is B[:, r-slice of e] @ A[e's rows] (peft's `ParamWrapper.get_delta_weight`, layout (E, out, in)).
+
 Example: `merge_streaming("/models/dg-26b", "outputs/run/adapter", "outputs/run/export")`.
 """
 
@@ -31,7 +35,10 @@ class MergeError(RuntimeError):
 
 
 def load_adapter(adapter_dir: Path) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], float]:
-    """{module path: (A (r, in), B (out, r))} and the scale alpha / r (alpha / sqrt(r) with rsLoRA)."""
+    """{target: (A, B)} and the scale alpha / r (alpha / sqrt(r) with rsLoRA).
+
+    A target is a module path (its `.weight` gets B @ A; A (r, in), B (out, r)) or, for peft
+    `target_parameters`, a parameter path such as `...experts.gate_up_proj` (A (E*r, in), B (out, E*r))."""
     from safetensors.torch import load_file
 
     adapter_dir = Path(adapter_dir)
@@ -40,9 +47,6 @@ def load_adapter(adapter_dir: Path) -> tuple[dict[str, tuple[torch.Tensor, torch
         tensors = load_file(str(adapter_dir / "adapter_model.safetensors"))
     except (OSError, ValueError) as err:
         raise MergeError(f"{adapter_dir}: not a readable LoRA adapter ({err})") from err
-    if config.get("target_parameters"):
-        raise MergeError(f"{adapter_dir}/adapter_config.json: LoRA on expert parameters (target_parameters) is not "
-                         f"supported by the streaming merge yet; train without model.lora.target_experts")
     r, alpha = int(config["r"]), float(config["lora_alpha"])
     scale = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
     pairs: dict[str, dict[str, torch.Tensor]] = {}
@@ -54,7 +58,49 @@ def load_adapter(adapter_dir: Path) -> tuple[dict[str, tuple[torch.Tensor, torch
     broken = [k for k, v in pairs.items() if set(v) != {"A", "B"}]
     if broken:
         raise MergeError(f"{adapter_dir}: LoRA A/B pair incomplete for {broken[0]}")
-    return {k: (v["A"], v["B"]) for k, v in pairs.items()}, scale
+    lora = {k: (v["A"], v["B"]) for k, v in pairs.items()}
+    for key, param in _parameter_keys(config.get("target_parameters") or []).items():
+        if key not in lora:
+            raise MergeError(f"{adapter_dir}: target_parameters names {param}, but the adapter has no "
+                             f"{key}.lora_A/lora_B")
+        lora[param] = lora.pop(key)
+    return lora, scale
+
+
+def _parameter_keys(targets: list[str]) -> dict[str, str]:
+    """peft's adapter key of each `target_parameters` entry -> the parameter path.
+
+    peft wraps the parameters of one module one inside the other, in list order, so the first sits deepest:
+    of n parameters of `m`, the k-th (from 0) is saved under `m` + `.base_layer` * (n - 1 - k)."""
+    by_module: dict[str, list[str]] = {}
+    for target in targets:
+        module, _, _ = target.rpartition(".")
+        by_module.setdefault(module, []).append(target)
+    keys = {}
+    for module, params in by_module.items():
+        for k, param in enumerate(params):
+            keys[module + ".base_layer" * (len(params) - 1 - k)] = param
+    return keys
+
+
+def _delta(tensor: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: float, where: str) -> torch.Tensor:
+    """tensor + scale * B @ A in fp32, cast back; a 3-D (E, out, in) expert tensor expert by expert."""
+    if tensor.dim() == 2:
+        if tuple(tensor.shape) != (b.shape[0], a.shape[1]):
+            raise MergeError(f"{where} has shape {tuple(tensor.shape)}, the adapter gives {(b.shape[0], a.shape[1])}")
+        return (tensor.float() + scale * (b.float() @ a.float())).to(tensor.dtype)
+    experts = tensor.shape[0]
+    if tensor.dim() != 3 or a.shape[0] % experts or tuple(tensor.shape[1:]) != (b.shape[0], a.shape[1]) \
+            or b.shape[1] != a.shape[0]:
+        raise MergeError(f"{where} has shape {tuple(tensor.shape)}; the adapter's A {tuple(a.shape)} and B "
+                         f"{tuple(b.shape)} do not fit (E, out, in) experts")
+    rank = a.shape[0] // experts
+    a3 = a.float().reshape(experts, rank, -1)  # (E, r, in)
+    b3 = b.float().reshape(b.shape[0], rank, experts)  # (out, r, E)
+    out = torch.empty_like(tensor)
+    for e in range(experts):  # one expert's fp32 delta at a time: a 26B layer's would be 2 GB at once
+        out[e] = (tensor[e].float() + scale * (b3[:, :, e] @ a3[e])).to(tensor.dtype)
+    return out
 
 
 def _twin(path: str) -> str:
@@ -63,6 +109,14 @@ def _twin(path: str) -> str:
     if path.startswith(DEC):
         return ENC + path[len(DEC):]
     return path
+
+
+def _adapter_key(name: str, lora: dict) -> str | None:
+    """The adapter entry for checkpoint tensor `name` (a module's `.weight`, or a targeted parameter), if any."""
+    for target in (name[: -len(".weight")] if name.endswith(".weight") else None, name):
+        if target is not None and (target in lora or _twin(target) in lora):
+            return target if target in lora else _twin(target)
+    return None
 
 
 def merge_streaming(base_dir, adapter_dir, out_dir, dtype=None, log=print) -> dict:
@@ -89,17 +143,13 @@ def merge_streaming(base_dir, adapter_dir, out_dir, dtype=None, log=print) -> di
             current, tensors = file, {}
             log(f"merging {file.name} ({files.index(file) + 1}/{len(files)})")
         tensor = source[:]
-        module = name[: -len(".weight")] if name.endswith(".weight") else None
-        key = module if module in lora else _twin(module) if module and _twin(module) in lora else None
+        key = _adapter_key(name, lora)
         if key is not None:
             if key in used or _twin(key) in used:
                 raise MergeError(f"{file.name}: {name}: a second checkpoint tensor for adapter {key}; tied twins "
                                  f"must be stored once")
             a, b = lora[key]
-            if tuple(tensor.shape) != (b.shape[0], a.shape[1]):
-                raise MergeError(f"{file.name}: {name} has shape {tuple(tensor.shape)}, adapter {key} gives "
-                                 f"{(b.shape[0], a.shape[1])}")
-            tensor = (tensor.float() + scale * (b.float() @ a.float())).to(dtype or tensor.dtype)
+            tensor = _delta(tensor, a, b, scale, f"{file.name}: {name}").to(dtype or tensor.dtype)
             used.add(key)
             merged += 1
         elif tensor.is_floating_point() and dtype is not None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -169,17 +171,26 @@ def attach_lora(model, lcfg):
     points at the same wrapped module. The encoder's side is the one peft sees: it comes first in
     `named_modules()`, so the adapter is saved under encoder names, and loading (`PeftModel.from_pretrained`
     with the saved target list, then `share_adapters_with_encoder`) finds its weights under the same names.
+
+    On a 4-bit base, `target_experts` puts dgft's `LoraNF4Experts` on the experts (peft cannot wrap them) and
+    records the same `target_parameters` in the adapter's config, under the names peft uses, so the adapter
+    loads onto a bf16 base with peft alike.
     """
     from peft import LoraConfig, get_peft_model
 
+    from dgft.quant import NF4Experts, add_expert_lora_
+
     names = "|".join(lcfg.target_modules)
-    kwargs = {}
+    experts, nf4_experts = [], False
     if lcfg.target_experts:
         n_layers = len(model.get_submodule(ENCODER_LAYERS))
-        kwargs["target_parameters"] = [f"{ENCODER_LAYERS}.{i}.experts.{p}" for i in range(n_layers)
-                                       for p in ("gate_up_proj", "down_proj")]
+        experts = [f"{ENCODER_LAYERS}.{i}.experts.{p}" for i in range(n_layers) for p in ("gate_up_proj", "down_proj")]
+        nf4_experts = isinstance(model.get_submodule(f"{ENCODER_LAYERS}.0.experts"), NF4Experts)
+        if nf4_experts:
+            experts = add_expert_lora_(model, lcfg.r, lcfg.alpha)
     config = LoraConfig(r=lcfg.r, lora_alpha=lcfg.alpha, lora_dropout=lcfg.dropout,
-                        target_modules=LORA_TARGETS.format(names=names), **kwargs)
+                        target_modules=LORA_TARGETS.format(names=names),
+                        target_parameters=None if nf4_experts else experts or None)
     from dgft.config import ConfigError
 
     core = model
@@ -190,7 +201,70 @@ def attach_lora(model, lcfg):
                           f"model matches ({str(err).splitlines()[0][:200]})") from err
     if share_adapters_with_encoder(core) == 0:
         raise ConfigError(f"model.lora.target_modules={list(lcfg.target_modules)}: no text-layer module matches")
+    if nf4_experts:  # peft trains only the adapters it made itself, and records the targets of its own
+        for name, param in model.named_parameters():
+            if ".experts." in name and "lora_" in name:
+                param.requires_grad_(True)
+        model.peft_config["default"].target_parameters = experts
     return model
+
+
+def load_adapter(base, adapter_dir):
+    """`PeftModel.from_pretrained` for dgft's adapters, then `share_adapters_with_encoder`. On a 4-bit base,
+    expert LoRA (`target_parameters`) goes into `LoraNF4Experts`, loaded from the file by dgft (peft does not
+    know these modules); on a bf16 base peft wraps the expert parameters itself."""
+    from peft import LoraConfig, PeftModel
+
+    from dgft.quant import NF4Experts, add_expert_lora_
+
+    config = LoraConfig.from_pretrained(str(adapter_dir))
+    experts = base.get_submodule(f"{ENCODER_LAYERS}.0.experts")
+    nf4_experts = bool(config.target_parameters) and isinstance(experts, NF4Experts)
+    if nf4_experts:
+        add_expert_lora_(base, config.r, config.lora_alpha)
+        config.target_parameters = None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = PeftModel.from_pretrained(base, str(adapter_dir), config=config)
+    for w in caught:  # peft lists the expert LoRA as missing: it is loaded just below
+        keys = re.findall(r"'([^']+)'", str(w.message))
+        if not (nf4_experts and "missing adapter keys" in str(w.message) and all(".experts." in k for k in keys)):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    share_adapters_with_encoder(model.base_model.model)
+    if nf4_experts:
+        load_expert_lora(model, adapter_dir)
+    return model
+
+
+def expert_lora_tensors(model) -> dict[str, torch.Tensor]:
+    """The `LoraNF4Experts` tensors of a peft model, under the keys peft saves expert LoRA with (the encoder's
+    path; the decoder's twin is the same module). peft saves only the adapters it made itself, so dgft's
+    `checkpoint.save_weights` adds these to the adapter file."""
+    from dgft.quant import LoraNF4Experts
+
+    tensors = {}
+    for name, module in model.named_modules():  # a shared module is yielded once, at its first (encoder) path
+        if isinstance(module, LoraNF4Experts):
+            for leaf, param in module.named_parameters():
+                if "lora_" in leaf:
+                    tensors[f"{name}.{leaf}".replace(".default.", ".")] = param.detach()
+    return tensors
+
+
+def load_expert_lora(model, adapter_dir) -> None:
+    """Copy the adapter file's expert LoRA into the model's `LoraNF4Experts` (peft loads only its own adapters);
+    one the file lacks is an error, not a silently untrained expert."""
+    from safetensors.torch import load_file
+
+    path = Path(adapter_dir) / "adapter_model.safetensors"
+    saved = load_file(str(path))
+    with torch.no_grad():
+        for key, param in expert_lora_tensors(model).items():
+            if key not in saved or saved[key].shape != param.shape:
+                raise ModelLoadError(f"{path}: expert LoRA tensor {key} "
+                                     f"{'missing' if key not in saved else f'has shape {tuple(saved[key].shape)}'}; "
+                                     f"the model expects {tuple(param.shape)}")
+            param.copy_(saved[key])
 
 
 def _pairs(core):

@@ -263,6 +263,115 @@ class NF4Experts(nn.Module):
                 f"nf4, group_size={self.group_size}")
 
 
+# --- LoRA on the 4-bit experts --------------------------------------------------------------------
+class _NF4Matmul(torch.autograd.Function):
+    """Rows of x sorted by expert (`counts[e]` rows each) times their expert's frozen 4-bit W_e (out, in) ->
+    (rows, out). Forward and backward each dequantize `group_size` experts at a time; no weight gradient."""
+
+    @staticmethod
+    def forward(ctx, x, stack, counts, device_counts, group_size):
+        out = torch.empty(x.shape[0], stack.shape[1], dtype=stack.dtype, device=x.device)
+        for first, last, row, n, offs in _expert_groups(counts, group_size, device_counts):
+            w = stack.dequantize(first, last)  # (G, out, in)
+            out[row:row + n] = grouped_matmul(x[row:row + n].to(w.dtype), w.transpose(-2, -1), counts[first:last],
+                                              offs)
+        ctx.stack, ctx.counts, ctx.group_size, ctx.in_dtype = stack, counts, group_size, x.dtype
+        ctx.save_for_backward(device_counts)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (device_counts,) = ctx.saved_tensors
+        dx = torch.empty(grad_out.shape[0], ctx.stack.shape[2], dtype=ctx.in_dtype, device=grad_out.device)
+        for first, last, row, n, offs in _expert_groups(ctx.counts, ctx.group_size, device_counts):
+            w = ctx.stack.dequantize(first, last)
+            dx[row:row + n] = grouped_matmul(grad_out[row:row + n].to(w.dtype), w, ctx.counts[first:last],
+                                             offs).to(dx.dtype)
+        return dx, None, None, None, None
+
+
+def _factors(experts: int, rank: int, in_features: int, out_features: int, device=None):
+    """One expert tensor's LoRA pair as peft's `target_parameters` stores it: A (E*r, in), B (out, E*r), under
+    peft's `lora_A.default` / `lora_B.default` names. A starts random and B at zero (peft's default init), so a
+    new adapter leaves the model unchanged."""
+    a = nn.Linear(in_features, experts * rank, bias=False, device=device)
+    b = nn.Linear(experts * rank, out_features, bias=False, device=device)
+    nn.init.kaiming_uniform_(a.weight, a=5 ** 0.5)
+    nn.init.zeros_(b.weight)
+    return nn.ModuleDict({"default": a}), nn.ModuleDict({"default": b})
+
+
+def _expert_delta(x, a, b, expert_of_row, experts: int) -> torch.Tensor:
+    """Rows x (n, in), each row's expert (n,) -> (n, out) = B_e A_e x_row, with peft's layout: A.view(E, r, in)[e],
+    B.view(out, r, E)[:, :, e]. Dense: x A^T gives every expert's r-vector of a row; the row's own is kept and
+    placed in its expert's columns of B (n x E*r values, a few MB at full width)."""
+    rank = a.shape[0] // experts
+    xa = (x.to(a.dtype) @ a.t()).view(-1, experts, rank)
+    xa = xa.gather(1, expert_of_row[:, None, None].expand(-1, 1, rank))  # (n, 1, r)
+    placed = xa.new_zeros(x.shape[0], rank, experts)
+    placed = placed.scatter(2, expert_of_row[:, None, None].expand(-1, rank, 1), xa.transpose(1, 2))
+    return placed.view(x.shape[0], rank * experts) @ b.t()
+
+
+class _Factors(nn.Module):
+    """Holds gate_up_proj's pair at `base_layer.lora_A/B`, where peft's inner wrapper saves it."""
+
+    def __init__(self, pair):
+        super().__init__()
+        self.lora_A, self.lora_B = pair
+
+
+class LoraNF4Experts(nn.Module):
+    """4-bit experts with trainable LoRA on `gate_up_proj` and `down_proj` (`model.lora.target_experts` with
+    `model.quantize=nf4`), laid out under peft's names for that adapter: `experts.base_layer.lora_A/B` for
+    gate_up_proj and `experts.lora_A/B` for down_proj, so the saved adapter loads onto a bf16 base with peft
+    `target_parameters` and merges with `dgft.merge`. The 4-bit products dequantize a group of experts at a
+    time in forward and backward (`_NF4Matmul`); the rest is ordinary autograd, whose saved activations are
+    one layer's (gradient checkpointing recomputes them layer by layer).
+    """
+
+    def __init__(self, experts: NF4Experts, rank: int, alpha: float):
+        super().__init__()
+        device = experts.gate_up.packed.device
+        E, H, inter = experts.num_experts, experts.hidden_dim, experts.intermediate_dim
+        self.nf4 = experts
+        self.base_layer = _Factors(_factors(E, rank, H, 2 * inter, device))  # gate_up_proj (E, 2I, H)
+        self.lora_A, self.lora_B = _factors(E, rank, inter, H, device)  # down_proj (E, H, I)
+        self.scaling = alpha / rank
+        self.num_experts = E
+
+    def forward(self, hidden_states, top_k_index, top_k_weights):
+        nf4, E = self.nf4, self.num_experts
+        order, tokens, counts, device_counts = nf4.route(top_k_index)
+        expert_of_row = torch.repeat_interleave(torch.arange(E, device=order.device), device_counts,
+                                                output_size=order.shape[0])
+        x = hidden_states[tokens]
+        gate_up, down = self.base_layer, self
+        h = _NF4Matmul.apply(x, nf4.gate_up, counts, device_counts, nf4.group_size)
+        h = h + self.scaling * _expert_delta(x, gate_up.lora_A["default"].weight, gate_up.lora_B["default"].weight,
+                                             expert_of_row, E).to(h.dtype)
+        gate, up = h.chunk(2, dim=-1)
+        z = nf4.act_fn(gate) * up
+        y = _NF4Matmul.apply(z, nf4.down, counts, device_counts, nf4.group_size)
+        y = y + self.scaling * _expert_delta(z, down.lora_A["default"].weight, down.lora_B["default"].weight,
+                                             expert_of_row, E).to(y.dtype)
+        out = _unsort_sum(y.float() * top_k_weights.reshape(-1)[order, None].float(), order, top_k_index.shape)
+        return out.to(hidden_states.dtype)
+
+
+def add_expert_lora_(core, rank: int, alpha: float) -> list[str]:
+    """Wrap every 4-bit experts module of a quantized DiffusionGemma in `LoraNF4Experts` (one module at both
+    twin paths, like the experts). Returns the parameter paths the adapter covers, as peft's
+    `target_parameters` would name them (the encoder's), for the adapter's config."""
+    targets = []
+    for i, (enc, dec) in enumerate(text_layer_pairs(core)):
+        if not isinstance(enc.experts, NF4Experts):
+            raise TypeError(f"layer {i}: experts are {type(enc.experts).__name__}, not 4-bit NF4Experts")
+        enc.experts = dec.experts = LoraNF4Experts(enc.experts, rank, alpha)
+        targets += [f"model.encoder.language_model.layers.{i}.experts.{p}" for p in ("gate_up_proj", "down_proj")]
+    return targets
+
+
 # --- 4-bit linears --------------------------------------------------------------------------------
 def nf4_linear(in_features: int, out_features: int, dtype=torch.bfloat16):
     """An empty bitsandbytes NF4 `Linear4bit` (weight set later by `set_linear_weight`)."""

@@ -48,7 +48,7 @@ def load_model(run_dir: str | Path, cfg=None, checkpoint: str | Path | None = No
     """The trained model of a run (full weights, or base + adapter, optionally from a checkpoint)."""
     from transformers import DiffusionGemmaForBlockDiffusion
 
-    from dgft.model import one_expert_path, share_adapters_with_encoder
+    from dgft.model import load_adapter, one_expert_path
 
     run_dir = Path(run_dir)
     cfg = cfg or load_config(run_dir)
@@ -59,15 +59,12 @@ def load_model(run_dir: str | Path, cfg=None, checkpoint: str | Path | None = No
             raise RunError(f"{weights}: no model weights (config.json); did training finish?")
         model = DiffusionGemmaForBlockDiffusion.from_pretrained(str(weights), use_safetensors=True)
         return one_expert_path(model).to(device).eval()
-    from peft import PeftModel
-
     adapter = src if checkpoint else run_dir / "adapter"
     if not (adapter / "adapter_config.json").exists():
         raise RunError(f"{adapter}: no LoRA adapter (adapter_config.json); did training finish?")
     quantized = cfg.model.get("quantize", "none") == "nf4"
     base = load_base(run_dir, cfg, device=device if quantized else "cpu")
-    model = PeftModel.from_pretrained(base, str(adapter))
-    share_adapters_with_encoder(model.base_model.model)
+    model = load_adapter(base, adapter)
     return (model if quantized else model.to(device)).eval()
 
 

@@ -364,7 +364,11 @@ def _restore(path: Path, model, opt, sched, batches, gen, cfg) -> tuple[int, flo
     if cfg.model.finetune == "lora":
         from peft import set_peft_model_state_dict
 
+        from dgft.model import expert_lora_tensors, load_expert_lora
+
         set_peft_model_state_dict(model, load_file(str(path / "adapter_model.safetensors")))
+        if expert_lora_tensors(model):  # LoRA on 4-bit experts: dgft's own, which peft does not load
+            load_expert_lora(model, path)
     else:
         state = {}
         for f in sorted(path.glob("*.safetensors")):

@@ -78,6 +78,50 @@ def test_nf4_experts_forward_and_backward_are_exact(group_size):
     assert torch.allclose(w.grad, ref_w.grad, atol=1e-6)
 
 
+def peft_expert_delta(a, b, experts):
+    """peft's ParamWrapper.get_delta_weight for (E, out, in) experts, written out: (E, out, in)."""
+    return torch.einsum("o r e, e r i -> e o i", b.reshape(b.shape[0], -1, experts), a.reshape(experts, -1, a.shape[-1]))
+
+
+@pytest.mark.parametrize("group_size", [1, 16])
+def test_nf4_expert_lora_forward_and_backward_are_exact(group_size):
+    """LoRA on the 4-bit experts = the dequantized experts plus peft's expert delta, values and gradients."""
+    torch.manual_seed(6)
+    model = tiny_moe()
+    experts = model.model.decoder.layers[0].experts
+    q = quant.NF4Experts.like(experts, dtype=torch.float32, group_size=group_size)
+    for e in range(experts.num_experts):
+        q.gate_up.set(e, experts.gate_up_proj[e].detach())
+        q.down.set(e, experts.down_proj[e].detach())
+    gate_up, down = q.gate_up.dequantize(0, 4), q.down.dequantize(0, 4)
+    lora = quant.LoraNF4Experts(q, rank=3, alpha=6)
+    factors = {"gate_up": lora.base_layer, "down": lora}
+    for f in factors.values():
+        f.lora_B["default"].weight.data.normal_(0, 0.3)  # B starts at zero: make the delta visible
+    assert lora.scaling == 2.0
+
+    x = torch.randn(7, 64, requires_grad=True)
+    index = torch.tensor([[0, 1], [1, 2], [0, 2], [3, 1], [1, 0], [1, 3], [2, 1]])
+    w = torch.rand(7, 2, requires_grad=True)
+    out = lora(x, index, w)
+    ref_x, ref_w = x.detach().clone().requires_grad_(True), w.detach().clone().requires_grad_(True)
+    ref_ab = {k: (f.lora_A["default"].weight.detach().clone().requires_grad_(True),
+                  f.lora_B["default"].weight.detach().clone().requires_grad_(True)) for k, f in factors.items()}
+    eff = {k: base + 2.0 * peft_expert_delta(*ref_ab[k], 4) for k, base in (("gate_up", gate_up), ("down", down))}
+    ref = reference_experts(ref_x, index, ref_w, eff["gate_up"], eff["down"], experts.act_fn)
+    assert (ref - reference_experts(x.detach(), index, w.detach(), gate_up, down, experts.act_fn)).abs().max() > 0.1
+    assert torch.allclose(out, ref, atol=1e-5)
+    g = torch.randn_like(out)
+    out.backward(g)
+    ref.backward(g)
+    assert torch.allclose(x.grad, ref_x.grad, atol=1e-5)
+    assert torch.allclose(w.grad, ref_w.grad, atol=1e-5)
+    for k, f in factors.items():
+        assert torch.allclose(f.lora_A["default"].weight.grad, ref_ab[k][0].grad, atol=1e-5), k
+        assert torch.allclose(f.lora_B["default"].weight.grad, ref_ab[k][1].grad, atol=1e-5), k
+    assert not any(b.requires_grad for b in q.buffers())
+
+
 def test_grouped_matmul_matches_a_loop_in_bf16():
     torch.manual_seed(2)
     x = torch.randn(9, 64, dtype=torch.bfloat16)
@@ -135,17 +179,25 @@ def test_streaming_load_names_what_is_missing(tmp_path):
         stream.load_streaming(tmp_path, quantize="nf4", device="cpu")
 
 
-def test_qlora_trains_and_the_adapter_reloads(tmp_path):
-    from peft import PeftModel
+@pytest.mark.parametrize("target_experts", [False, True])
+def test_qlora_trains_and_the_adapter_reloads(tmp_path, target_experts):
+    """QLoRA trains and its adapter reloads onto a fresh 4-bit base; with `target_experts` the 4-bit experts
+    take LoRA too, saved as peft saves expert LoRA, so a bf16 base with peft reads the same adapter."""
+    import json
+
+    from dgft.checkpoint import save_weights
+    from dgft.model import load_adapter
 
     _saved(tmp_path / "base")
     model = stream.load_streaming(tmp_path / "base", quantize="nf4", device="cpu", dtype=torch.float32)
     quant.freeze_base_(model)
     lcfg = OmegaConf.create(dict(r=8, alpha=16, dropout=0.0, target_modules=["q_proj", "o_proj", "gate_proj"],
-                                 target_experts=False))
+                                 target_experts=target_experts))
     model = attach_lora(model, lcfg)
     trainable = [p for p in model.parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n, p in model.named_parameters() if p.requires_grad)
+    expert_lora = [n for n, p in model.named_parameters() if p.requires_grad and ".experts." in n]
+    assert len(expert_lora) == 8 * target_experts  # 2 layers x (gate_up, down) x (A, B), encoder and decoder shared
     opt = torch.optim.AdamW(trainable, lr=1e-2)
     torch.manual_seed(3)
     ids = torch.randint(10, 200, (4, 8))
@@ -163,19 +215,38 @@ def test_qlora_trains_and_the_adapter_reloads(tmp_path):
     assert losses[-1] < losses[0] - 0.5, losses
     with torch.no_grad():
         before = denoise(model, encode(model, ids, mask), canvas, mask)
-    model.save_pretrained(tmp_path / "adapter")
-
-    from dgft.model import share_adapters_with_encoder
+    save_weights(model, tmp_path / "adapter")  # as dgft train saves it
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert bool(config["target_parameters"]) == target_experts
 
     base = stream.load_streaming(tmp_path / "base", quantize="nf4", device="cpu", dtype=torch.float32)
-    again = PeftModel.from_pretrained(base, tmp_path / "adapter")
-    share_adapters_with_encoder(base)
+    again = load_adapter(base, tmp_path / "adapter")
     with torch.no_grad():
         after = denoise(again, encode(again, ids, mask), canvas, mask)
     assert torch.allclose(before, after, atol=1e-5)
+    if target_experts:  # the trained expert LoRA is in the reloaded model, and it matters
+        lora = again.base_model.model.model.decoder.layers[0].experts
+        assert isinstance(lora, quant.LoraNF4Experts) and lora.lora_B["default"].weight.abs().max() > 0
+        lora.lora_B["default"].weight.data.zero_()
+        with torch.no_grad():
+            assert (denoise(again, encode(again, ids, mask), canvas, mask) - before).abs().max() > 1e-3
+    # the same adapter on the bf16 base through peft (target_parameters there): the 4-bit model's logits, up to
+    # the quantization gap
+    if target_experts:
+        from transformers import DiffusionGemmaForBlockDiffusion
+
+        plain = load_adapter(DiffusionGemmaForBlockDiffusion.from_pretrained(tmp_path / "base", dtype=torch.float32),
+                             tmp_path / "adapter")
+        with torch.no_grad():
+            bf16 = denoise(plain, encode(plain, ids, mask), canvas, mask)
+        cos = torch.nn.functional.cosine_similarity(bf16.flatten(), before.flatten(), dim=0)
+        assert cos > 0.9, cos
 
 
-def test_streaming_merge_equals_the_adapter_model(tmp_path):
+@pytest.mark.parametrize("target_experts", [False, True])
+def test_streaming_merge_equals_the_adapter_model(tmp_path, target_experts):
+    """Shard by shard, the merged checkpoint gives the adapter model's logits; with `target_experts` the fused
+    3-D expert tensors take their LoRA too (peft target_parameters), expert by expert."""
     import json
 
     from transformers import DiffusionGemmaForBlockDiffusion
@@ -186,7 +257,7 @@ def test_streaming_merge_equals_the_adapter_model(tmp_path):
     base.save_pretrained(tmp_path / "base", max_shard_size="100KB")  # several shards, as a 26B checkpoint has
     assert len(list((tmp_path / "base").glob("*.safetensors"))) > 2
     lcfg = OmegaConf.create(dict(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "o_proj", "down_proj"],
-                                 target_experts=False))
+                                 target_experts=target_experts))
     model = attach_lora(base, lcfg)
     torch.manual_seed(4)
     for name, p in model.named_parameters():
@@ -202,6 +273,7 @@ def test_streaming_merge_equals_the_adapter_model(tmp_path):
     summary = merge_streaming(tmp_path / "base", tmp_path / "adapter", tmp_path / "merged", dtype=torch.float32,
                               log=lambda *_: None)
     assert summary["merged_tensors"] == summary["adapter_modules"] > 0
+    assert summary["merged_tensors"] == 2 * (3 + 2 * target_experts)  # 2 layers: 3 linears (+ 2 expert tensors)
     index = json.loads((tmp_path / "merged" / "model.safetensors.index.json").read_text())
     assert len(set(index["weight_map"].values())) == summary["shards"]
     merged = DiffusionGemmaForBlockDiffusion.from_pretrained(tmp_path / "merged", dtype=torch.float32).eval()
@@ -245,8 +317,10 @@ def test_nf4_experts_backward_in_bf16_with_idle_experts():
     assert rel(out, ref) < 0.02 and rel(xb.grad, xr.grad) < 0.03 and rel(wb.grad, wr.grad) < 0.03
 
 
-def test_qlora_train_eval_export_through_the_cli(tmp_path):
-    """model.quantize=nf4 end to end on the embedded model (CPU): 4-bit base, LoRA, eval, streaming export."""
+@pytest.mark.parametrize("experts", [False, True])
+def test_qlora_train_eval_export_through_the_cli(tmp_path, experts):
+    """model.quantize=nf4 end to end on the embedded model (CPU): 4-bit base, LoRA (on the 4-bit experts too with
+    model.lora.target_experts), eval, streaming export."""
     import json
 
     from transformers import DiffusionGemmaForBlockDiffusion
@@ -259,8 +333,11 @@ def test_qlora_train_eval_export_through_the_cli(tmp_path):
             "model.num_experts=2", "model.top_k_experts=1"]
     main(["train", f"hydra.run.dir={run}", f"task.cache_dir={tmp_path / 'cache'}", "task.base_puzzles=20",
           "task.heldout_puzzles=6", "trainer.max_steps=3", "trainer.batch_size=8", "trainer.eval_every=0",
-          "trainer.log_every=1", "sampler.steps=8", "model.finetune=lora", "model.quantize=nf4", *dims])
+          "trainer.log_every=1", "sampler.steps=8", "model.finetune=lora", "model.quantize=nf4", *dims,
+          f"model.lora.target_experts={str(experts).lower()}"])
     assert (run / "adapter" / "adapter_config.json").exists() and (run / "base" / "config.json").exists()
+    adapter_config = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    assert bool(adapter_config["target_parameters"]) == experts
     info = json.loads((run / "run.json").read_text())
     assert info["trainable_parameters"] < info["parameters"] / 2
     main(["eval", str(run), "limit=3"])
@@ -268,6 +345,12 @@ def test_qlora_train_eval_export_through_the_cli(tmp_path):
     main(["export", str(run)])
     record = json.loads((run / "export" / "export.json").read_text())
     assert record["quantize"] == "nf4" and record["merged_max_abs_diff"] <= record["atol"]
+    from safetensors.torch import load_file
+
+    saved = load_file(run / "adapter" / "adapter_model.safetensors")
+    pairs = [k for k in saved if "lora_A" in k]
+    assert len([k for k in pairs if ".experts." in k]) == 4 * experts  # 2 layers x (gate_up_proj, down_proj)
+    assert record["merge"]["merged_tensors"] == record["merge"]["adapter_modules"] == len(pairs)
     assert record["quantization_gap_max_abs_diff"] > 0  # the 4-bit training model is not the merged bf16 one
     assert (run / "export" / "adapter" / "adapter_config.json").exists()
     DiffusionGemmaForBlockDiffusion.from_pretrained(str(run / "export"))
