@@ -53,16 +53,20 @@ def test_stack_roundtrip_matches_bitsandbytes_nf4():
     assert stack.nbytes() < w.numel() * 2 / 3.5  # about 4x smaller than bf16
 
 
-@pytest.mark.parametrize("group_size", [1, 3, 16])
-def test_nf4_experts_forward_and_backward_are_exact(group_size):
-    torch.manual_seed(1)
-    model = tiny_moe()
-    experts = model.model.decoder.layers[0].experts
-    q = quant.NF4Experts.like(experts, dtype=torch.float32, group_size=group_size)
+def quantized_experts(dtype, group_size):
+    """A tiny MoE layer's experts, their NF4Experts copy, and its dequantized (gate_up, down) as the reference."""
+    experts = tiny_moe().model.decoder.layers[0].experts
+    q = quant.NF4Experts.like(experts, dtype=dtype, group_size=group_size)
     for e in range(experts.num_experts):
         q.gate_up.set(e, experts.gate_up_proj[e].detach())
         q.down.set(e, experts.down_proj[e].detach())
-    gate_up, down = q.gate_up.dequantize(0, 4), q.down.dequantize(0, 4)
+    return experts, q, q.gate_up.dequantize(0, 4), q.down.dequantize(0, 4)
+
+
+@pytest.mark.parametrize("group_size", [1, 3, 16])
+def test_nf4_experts_forward_and_backward_are_exact(group_size):
+    torch.manual_seed(1)
+    experts, q, gate_up, down = quantized_experts(dtype=torch.float32, group_size=group_size)
 
     x = torch.randn(7, 64, requires_grad=True)
     index = torch.tensor([[0, 1], [1, 2], [0, 2], [3, 1], [1, 0], [1, 3], [2, 1]])  # expert 1 busiest
@@ -87,13 +91,7 @@ def peft_expert_delta(a, b, experts):
 def test_nf4_expert_lora_forward_and_backward_are_exact(group_size):
     """LoRA on the 4-bit experts = the dequantized experts plus peft's expert delta, values and gradients."""
     torch.manual_seed(6)
-    model = tiny_moe()
-    experts = model.model.decoder.layers[0].experts
-    q = quant.NF4Experts.like(experts, dtype=torch.float32, group_size=group_size)
-    for e in range(experts.num_experts):
-        q.gate_up.set(e, experts.gate_up_proj[e].detach())
-        q.down.set(e, experts.down_proj[e].detach())
-    gate_up, down = q.gate_up.dequantize(0, 4), q.down.dequantize(0, 4)
+    experts, q, gate_up, down = quantized_experts(dtype=torch.float32, group_size=group_size)
     lora = quant.LoraNF4Experts(q, rank=3, alpha=6)
     factors = {"gate_up": lora.base_layer, "down": lora}
     for f in factors.values():
@@ -296,13 +294,8 @@ def test_streaming_merge_equals_the_adapter_model(tmp_path, target_experts):
 def test_nf4_experts_backward_in_bf16_with_idle_experts():
     """The grouped (bf16) path, with experts that get no token, against the fp32 reference."""
     torch.manual_seed(5)
-    model = tiny_moe()
-    experts = model.model.decoder.layers[0].experts
-    q = quant.NF4Experts.like(experts, dtype=torch.bfloat16, group_size=4)
-    for e in range(experts.num_experts):
-        q.gate_up.set(e, experts.gate_up_proj[e].detach())
-        q.down.set(e, experts.down_proj[e].detach())
-    gate_up, down = q.gate_up.dequantize(0, 4).float(), q.down.dequantize(0, 4).float()
+    experts, q, gate_up, down = quantized_experts(dtype=torch.bfloat16, group_size=4)
+    gate_up, down = gate_up.float(), down.float()
     x = torch.randn(6, 64)
     index = torch.tensor([[0, 3], [3, 0], [0, 3], [3, 0], [0, 3], [3, 0]])  # experts 1 and 2 idle
     w = torch.rand(6, 2)
