@@ -83,12 +83,12 @@ def _parameter_keys(targets: list[str]) -> dict[str, str]:
     return keys
 
 
-def _delta(tensor: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: float, where: str) -> torch.Tensor:
-    """tensor + scale * B @ A in fp32, cast back; a 3-D (E, out, in) expert tensor expert by expert."""
+def _delta(tensor: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: float, where: str, dtype) -> torch.Tensor:
+    """tensor + scale * B @ A in fp32, cast to `dtype`; a 3-D (E, out, in) expert tensor expert by expert."""
     if tensor.dim() == 2:
         if tuple(tensor.shape) != (b.shape[0], a.shape[1]):
             raise MergeError(f"{where} has shape {tuple(tensor.shape)}, the adapter gives {(b.shape[0], a.shape[1])}")
-        return (tensor.float() + scale * (b.float() @ a.float())).to(tensor.dtype)
+        return (tensor.float() + scale * (b.float() @ a.float())).to(dtype)
     experts = tensor.shape[0]
     if tensor.dim() != 3 or a.shape[0] % experts or tuple(tensor.shape[1:]) != (b.shape[0], a.shape[1]) \
             or b.shape[1] != a.shape[0]:
@@ -97,9 +97,9 @@ def _delta(tensor: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: float,
     rank = a.shape[0] // experts
     a3 = a.float().reshape(experts, rank, -1)  # (E, r, in)
     b3 = b.float().reshape(b.shape[0], rank, experts)  # (out, r, E)
-    out = torch.empty_like(tensor)
+    out = torch.empty(tensor.shape, dtype=dtype)
     for e in range(experts):  # one expert's fp32 delta at a time: a 26B layer's would be 2 GB at once
-        out[e] = (tensor[e].float() + scale * (b3[:, :, e] @ a3[e])).to(tensor.dtype)
+        out[e] = (tensor[e].float() + scale * (b3[:, :, e] @ a3[e])).to(dtype)
     return out
 
 
@@ -149,7 +149,7 @@ def merge_streaming(base_dir, adapter_dir, out_dir, dtype=None, log=print) -> di
                 raise MergeError(f"{file.name}: {name}: a second checkpoint tensor for adapter {key}; tied twins "
                                  f"must be stored once")
             a, b = lora[key]
-            tensor = _delta(tensor, a, b, scale, f"{file.name}: {name}").to(dtype or tensor.dtype)
+            tensor = _delta(tensor, a, b, scale, f"{file.name}: {name}", dtype or tensor.dtype)
             used.add(key)
             merged += 1
         elif tensor.is_floating_point() and dtype is not None:
