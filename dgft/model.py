@@ -187,7 +187,7 @@ def attach_lora(model, lcfg):
         experts = [f"{ENCODER_LAYERS}.{i}.experts.{p}" for i in range(n_layers) for p in ("gate_up_proj", "down_proj")]
         nf4_experts = isinstance(model.get_submodule(f"{ENCODER_LAYERS}.0.experts"), NF4Experts)
         if nf4_experts:
-            experts = add_expert_lora_(model, lcfg.r, lcfg.alpha)
+            add_expert_lora_(model, lcfg.r, lcfg.alpha)
     config = LoraConfig(r=lcfg.r, lora_alpha=lcfg.alpha, lora_dropout=lcfg.dropout,
                         target_modules=LORA_TARGETS.format(names=names),
                         target_parameters=None if nf4_experts else experts or None)

@@ -359,17 +359,13 @@ class LoraNF4Experts(nn.Module):
         return out.to(hidden_states.dtype)
 
 
-def add_expert_lora_(core, rank: int, alpha: float) -> list[str]:
+def add_expert_lora_(core, rank: int, alpha: float) -> None:
     """Wrap every 4-bit experts module of a quantized DiffusionGemma in `LoraNF4Experts` (one module at both
-    twin paths, like the experts). Returns the parameter paths the adapter covers, as peft's
-    `target_parameters` would name them (the encoder's), for the adapter's config."""
-    targets = []
+    twin paths, like the experts)."""
     for i, (enc, dec) in enumerate(text_layer_pairs(core)):
         if not isinstance(enc.experts, NF4Experts):
             raise TypeError(f"layer {i}: experts are {type(enc.experts).__name__}, not 4-bit NF4Experts")
         enc.experts = dec.experts = LoraNF4Experts(enc.experts, rank, alpha)
-        targets += [f"model.encoder.language_model.layers.{i}.experts.{p}" for p in ("gate_up_proj", "down_proj")]
-    return targets
 
 
 # --- 4-bit linears --------------------------------------------------------------------------------
