@@ -178,14 +178,14 @@ def attach_lora(model, lcfg):
     """
     from peft import LoraConfig, get_peft_model
 
-    from dgft.quant import NF4Experts, add_expert_lora_
+    from dgft.quant import add_expert_lora_
 
     names = "|".join(lcfg.target_modules)
     experts, nf4_experts = [], False
     if lcfg.target_experts:
         n_layers = len(model.get_submodule(ENCODER_LAYERS))
         experts = [f"{ENCODER_LAYERS}.{i}.experts.{p}" for i in range(n_layers) for p in ("gate_up_proj", "down_proj")]
-        nf4_experts = isinstance(model.get_submodule(f"{ENCODER_LAYERS}.0.experts"), NF4Experts)
+        nf4_experts = _has_nf4_experts(model)
         if nf4_experts:
             add_expert_lora_(model, lcfg.r, lcfg.alpha)
     config = LoraConfig(r=lcfg.r, lora_alpha=lcfg.alpha, lora_dropout=lcfg.dropout,
@@ -215,11 +215,10 @@ def load_adapter(base, adapter_dir):
     know these modules); on a bf16 base peft wraps the expert parameters itself."""
     from peft import LoraConfig, PeftModel
 
-    from dgft.quant import NF4Experts, add_expert_lora_
+    from dgft.quant import add_expert_lora_
 
     config = LoraConfig.from_pretrained(str(adapter_dir))
-    experts = base.get_submodule(f"{ENCODER_LAYERS}.0.experts")
-    nf4_experts = bool(config.target_parameters) and isinstance(experts, NF4Experts)
+    nf4_experts = bool(config.target_parameters) and _has_nf4_experts(base)
     if nf4_experts:
         add_expert_lora_(base, config.r, config.lora_alpha)
         config.target_parameters = None
@@ -234,6 +233,13 @@ def load_adapter(base, adapter_dir):
     if nf4_experts:
         load_expert_lora(model, adapter_dir)
     return model
+
+
+def _has_nf4_experts(model) -> bool:
+    """Whether the text layers' experts are 4-bit `NF4Experts` (which peft's `target_parameters` cannot wrap)."""
+    from dgft.quant import NF4Experts
+
+    return isinstance(model.get_submodule(f"{ENCODER_LAYERS}.0.experts"), NF4Experts)
 
 
 def expert_lora_tensors(model) -> dict[str, torch.Tensor]:
