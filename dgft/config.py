@@ -135,6 +135,7 @@ class NoiseConfig:
     kind: str = "uniform"  # "uniform" (DiffusionGemma's: random tokens) or "mask" (absorbing state)
     support: str = "answer"  # uniform noise draws from the task's answer tokens ("answer") or the vocab
     eps: float = 1e-3  # t ~ U(eps, 1)
+    t_power: float = 1.0  # k: t = eps + (1 - eps) u^(1/k); 1: uniform, 2: density rising with t (more noise)
     loss_weight: str = "flat"  # "flat" cross-entropy, or "inv_t" (1/t, MDLM-style, for kind=mask)
     self_conditioning_p: float = 0.5  # probability an example gets a no-grad first pass as self-conditioning
     encoder_ar_weight: float = 0.0  # weight of the autoregressive loss on the encoder's prompt
@@ -163,6 +164,7 @@ class TrainerConfig:
     optimizer: str = "adamw"  # "adamw" (torch, fused on CUDA) or "paged_adamw_8bit" (bitsandbytes; CUDA only)
     log_every: int = 10
     num_threads: int = 0  # torch CPU threads (0: torch's default)
+    ema_decay: float = 0.0  # > 0: evaluate and save an exponential moving average of the weights (dgft.ema)
 
 
 # --- sampler --------------------------------------------------------------------------------------
@@ -272,7 +274,7 @@ _CHOICES = {
 }
 _POSITIVE = ["trainer.max_steps", "trainer.batch_size", "trainer.grad_accum", "trainer.lr", "model.hidden_size",
              "model.num_layers", "model.canvas_length", "sampler.steps", "sampler.batch_size", "sampler.views",
-             "model.lora.r", "model.quant_group_size"]
+             "model.lora.r", "model.quant_group_size", "noise.t_power"]
 _FRACTIONS = ["noise.eps", "noise.self_conditioning_p", "trainer.min_lr_ratio"]
 _NON_NEGATIVE = ["trainer.weight_decay", "trainer.warmup_steps", "trainer.eval_every", "trainer.ckpt_every",
                  "trainer.time_limit_min", "noise.encoder_ar_weight", "sampler.temperature", "sampler.entropy_bound"]
@@ -311,6 +313,8 @@ def validate(cfg: DictConfig | Any) -> None:
     for key in _FRACTIONS + fractions:
         if not 0 <= get(key) <= 1:
             raise ConfigError(f"{key}={get(key)!r}: must be in [0, 1]")
+    if not 0 <= get("trainer.ema_decay") < 1:
+        raise ConfigError(f"trainer.ema_decay={get('trainer.ema_decay')!r}: must be in [0, 1) (0: no average)")
     modes = list(get("sampler.modes"))
     if not modes or any(m not in _MODES[task] for m in modes):
         raise ConfigError(f"sampler.modes={modes}: task {task} samples in {', '.join(_MODES[task])}"

@@ -16,9 +16,15 @@ import torch
 Support = "int | torch.Tensor"  # vocabulary size V (draw from 0..V-1), or (L, K) token ids per position
 
 
-def sample_t(batch: int, eps: float, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
-    """(B,) noise levels uniform in [eps, 1)."""
-    return eps + (1 - eps) * torch.rand(batch, generator=generator, device=device)
+def sample_t(batch: int, eps: float, generator: torch.Generator | None = None, device=None,
+             power: float = 1.0) -> torch.Tensor:
+    """(B,) noise levels in [eps, 1): uniform, or with `power` k != 1 eps + (1 - eps) u^(1/k), u ~ U(0, 1).
+
+    k = 2 draws t with density growing linearly in t (P(t < 1/2) = 1/4): more of the training on the heavily
+    corrupted states where a sampler makes its first, least informed choices.
+    """
+    u = torch.rand(batch, generator=generator, device=device)
+    return eps + (1 - eps) * (u if power == 1 else u ** (1 / power))
 
 
 def draw(support, shape: tuple[int, int], generator: torch.Generator | None = None, device=None) -> torch.Tensor:

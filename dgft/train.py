@@ -10,6 +10,7 @@ it logs (batches go through pinned memory, losses stay on the device until then)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -26,6 +27,7 @@ from tqdm.auto import tqdm
 from dgft import checkpoint as ckpt
 from dgft import noise as N
 from dgft.config import validate
+from dgft.ema import EMA
 from dgft.loss import denoising_loss, encoder_ar_loss, loss_weights
 from dgft.model import (attach_lora, build_tiny, count_parameters, denoise, encode, load_pretrained, load_quantized,
                         prompt_logits, quantize_tiny_, torch_dtype, unwrap)
@@ -119,12 +121,14 @@ def train(cfg, run_dir: str | Path) -> Path:
     trainable, total = count_parameters(model)
     params = [p for p in {id(p): p for p in model.parameters()}.values() if p.requires_grad]
     opt = make_optimizer(params, cfg.trainer, device)
+    ema = EMA(params, cfg.trainer.ema_decay) if cfg.trainer.ema_decay else None
+    averaged = ema.applied if ema else contextlib.nullcontext  # the weights evaluated and saved
     clock = {"start": time.time(), "before": 0.0}  # training seconds: this session's, plus those before a resume
     elapsed_s = lambda: clock["before"] + time.time() - clock["start"]  # noqa: E731
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.trainer, elapsed_s))
     start_step = 0
     if resume_from is not None:
-        start_step, clock["before"] = _restore(resume_from, model, opt, sched, batches, gen, cfg)
+        start_step, clock["before"] = _restore(resume_from, model, opt, sched, batches, gen, cfg, ema)
         _truncate_metrics(run_dir / "metrics.jsonl", start_step)
         tqdm.write(f"resumed from {resume_from} (step {start_step})")
 
@@ -166,6 +170,8 @@ def train(cfg, run_dir: str | Path) -> Path:
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
+        if ema:
+            ema.update()
 
         loss = loss_total / n_scored
         if step == _KILL_AT_STEP:  # fault injection for the test suite: die as a SIGKILL would
@@ -182,7 +188,8 @@ def train(cfg, run_dir: str | Path) -> Path:
             for k in ("loss", "lr", "grad_norm", "tokens_per_s"):
                 writer.add_scalar(f"train/{k}", row[k], step)
         if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0:
-            row = {"step": step, **task.quick_eval(model, eval_batch, cfg, gen)}
+            with averaged():
+                row = {"step": step, **task.quick_eval(model, eval_batch, cfg, gen)}
             metrics.write(json.dumps(row) + "\n")
             for k, v in row.items():
                 if k != "step":
@@ -190,7 +197,7 @@ def train(cfg, run_dir: str | Path) -> Path:
             tqdm.write(f"step {step}: held-out " + ", ".join(f"{k} {v:.3f}" for k, v in row.items() if k != "step"))
             model.train()
         if cfg.trainer.ckpt_every and step % cfg.trainer.ckpt_every == 0 and step < cfg.trainer.max_steps:
-            _checkpoint(run_dir, step, model, opt, sched, batches, gen, cfg, elapsed_s())
+            _checkpoint(run_dir, step, model, opt, sched, batches, gen, cfg, elapsed_s(), ema)
         over_time = cfg.trainer.time_limit_min and elapsed_s() > 60 * cfg.trainer.time_limit_min
         if stop["signal"] or over_time:
             why = f"signal {stop['signal']}" if stop["signal"] else f"time limit {cfg.trainer.time_limit_min} min"
@@ -200,9 +207,10 @@ def train(cfg, run_dir: str | Path) -> Path:
 
     # --- save --------------------------------------------------------------------------------------
     loss = float(loss) if step > start_step else float("nan")
-    _checkpoint(run_dir, step, model, opt, sched, batches, gen, cfg, elapsed_s())
+    _checkpoint(run_dir, step, model, opt, sched, batches, gen, cfg, elapsed_s(), ema)
     out = run_dir / ("adapter" if cfg.model.finetune == "lora" else "model")
-    ckpt.save_weights(model, out)
+    with averaged():
+        ckpt.save_weights(model, out)
     if cfg.model.finetune == "full":
         model.generation_config.save_pretrained(str(out))
     writer.close()
@@ -264,7 +272,7 @@ def _corrupt(batch: dict, cfg, gen, vocab_size: int, task=None) -> dict:
     """
     target, scored = batch["target"], batch["scored"]
     givens = batch.get("givens", batch["fixed"])  # in the prompt always, even where corrupt_givens_p noised them
-    t = N.sample_t(target.shape[0], cfg.noise.eps, gen)
+    t = N.sample_t(target.shape[0], cfg.noise.eps, gen, power=cfg.noise.t_power)
     support = batch["choices"] if cfg.noise.support == "answer" else vocab_size
     noisy, hit = N.corrupt(cfg.noise.kind, target, t, ~batch["fixed"], support, N.mask_ids(cfg.noise.kind, batch), gen)
     weigh = getattr(task, "position_weight", None)  # a task's own weighting, given what the model is shown
@@ -329,9 +337,10 @@ def _select_cache(cache, idx):
     return sub
 
 
-def _checkpoint(run_dir, step, model, opt, sched, batches, gen, cfg, elapsed_s: float):
+def _checkpoint(run_dir, step, model, opt, sched, batches, gen, cfg, elapsed_s: float, ema=None):
+    """A resumable checkpoint: the trained weights (not the average), optimizer, schedule, RNGs, data, EMA."""
     state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state(),
-             "gen_rng": gen.get_state()}
+             "gen_rng": gen.get_state(), **({"ema": ema.state_dict()} if ema else {})}
     extra = {"step": step, "data": _jsonable(batches.state_dict()), "python_rng": _jsonable(random.getstate()),
              "numpy_rng": _jsonable(np.random.get_state(legacy=False)), "elapsed_s": elapsed_s}
     ckpt.save(run_dir, step, model, state, extra, keep_last=cfg.trainer.keep_last)
@@ -354,7 +363,7 @@ def _resume_target(cfg, run_dir: Path):
     return saved, last
 
 
-def _restore(path: Path, model, opt, sched, batches, gen, cfg) -> tuple[int, float]:
+def _restore(path: Path, model, opt, sched, batches, gen, cfg, ema=None) -> tuple[int, float]:
     """Load weights, optimizer, scheduler, every RNG and the data position from a checkpoint.
 
     -> (step, training seconds before it), the seconds counting against trainer.time_limit_min.
@@ -382,6 +391,8 @@ def _restore(path: Path, model, opt, sched, batches, gen, cfg) -> tuple[int, flo
     state = ckpt.load_trainer_state(path)
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
+    if ema:
+        ema.load_state_dict(state["ema"])
     torch.set_rng_state(state["torch_rng"])
     gen.set_state(state["gen_rng"])
     extra = ckpt.load_extra(path)

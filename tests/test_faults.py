@@ -41,15 +41,17 @@ def _losses(run):
     return [(r["step"], r["loss"]) for r in rows if "loss" in r]
 
 
-@pytest.mark.parametrize("finetune", ["full", "lora"])
-def test_sigkill_then_resume_is_bitwise_identical(tmp_path, finetune):
+@pytest.mark.parametrize("finetune,extra", [("full", []), ("lora", []), ("full", ["trainer.ema_decay=0.9"])])
+def test_sigkill_then_resume_is_bitwise_identical(tmp_path, finetune, extra):
+    """With trainer.ema_decay the saved model is the average, so it also checks that the average resumes."""
     ref, killed = tmp_path / "ref", tmp_path / "killed"
-    assert _run(_cmd(tmp_path, ref, f"model.finetune={finetune}")).returncode == 0
+    assert _run(_cmd(tmp_path, ref, f"model.finetune={finetune}", *extra)).returncode == 0
     kill_at = random.Random().randint(3, 6)  # a random step after the first checkpoint
-    out = _run(_cmd(tmp_path, killed, f"model.finetune={finetune}"), env={"DGFT_TEST_KILL_AT_STEP": str(kill_at)})
+    out = _run(_cmd(tmp_path, killed, f"model.finetune={finetune}", *extra),
+               env={"DGFT_TEST_KILL_AT_STEP": str(kill_at)})
     assert out.returncode == -signal.SIGKILL
     assert not (killed / "train_summary.json").exists()
-    out = _run(_cmd(tmp_path, tmp_path / "other", f"model.finetune={finetune}", f"resume={killed}"))
+    out = _run(_cmd(tmp_path, tmp_path / "other", f"model.finetune={finetune}", *extra, f"resume={killed}"))
     assert out.returncode == 0, out.stderr[-2000:]
     assert "resumed from" in out.stdout + out.stderr
     sub = "adapter" if finetune == "lora" else "model"
@@ -58,6 +60,9 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path, finetune):
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), f"weights differ after kill at step {kill_at} and resume"
     assert _losses(ref) == _losses(killed)
+    if extra:  # the saved model is the average, not the last weights (those are in the final checkpoint)
+        last = load_file(str(ckpt.latest_valid(ref) / "model.safetensors"))
+        assert any(not torch.equal(a[k], last[k]) for k in a)
 
 
 def test_sigterm_finishes_step_and_checkpoints(tmp_path):

@@ -14,6 +14,15 @@ def test_sample_t_range():
     assert abs(t.mean().item() - 0.525) < 0.01
 
 
+def test_sample_t_power_skews_toward_high_noise():
+    t = N.sample_t(20000, 0.0, torch.Generator().manual_seed(0), power=2.0)
+    assert t.min() >= 0 and t.max() < 1
+    assert abs((t < 0.5).float().mean().item() - 0.25) < 0.01  # P(t < x) = x^2
+    assert abs(t.mean().item() - 2 / 3) < 0.01
+    same = N.sample_t(100, 0.05, torch.Generator().manual_seed(1), power=1.0)
+    assert torch.equal(same, N.sample_t(100, 0.05, torch.Generator().manual_seed(1)))
+
+
 def test_uniform_corruption_rate_support_and_fixed_positions():
     g = torch.Generator().manual_seed(0)
     B, L, K = 4000, 20, 5
