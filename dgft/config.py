@@ -401,6 +401,10 @@ def _validate_model(get) -> None:
         if get("model.name") != "tiny" and not torch.cuda.is_available():
             raise ConfigError(f"model.quantize={get('model.quantize')}: 4-bit training of a pretrained model needs a "
                               f"CUDA GPU, none found (the embedded model=tiny also runs it on the CPU)")
+    if get("model.finetune") == "lora" and get("model.lora.target_experts") and get("model.lora.dropout"):
+        raise ConfigError(f"model.lora.dropout={get('model.lora.dropout')}: LoRA on the fused experts "
+                          "(model.lora.target_experts=true) has no dropout (peft's target_parameters refuses it, "
+                          "and dgft's 4-bit experts follow peft); set model.lora.dropout=0")
     if get("trainer.optimizer") == "paged_adamw_8bit":
         import torch
 

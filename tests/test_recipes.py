@@ -51,12 +51,22 @@ def test_typos_and_bad_types_fail_at_composition(override):
     ("trainer.lr=-0.1", "trainer.lr"), ("noise.kind=gauss", "noise.kind"), ("task.sizes=[5]", "task.sizes"),
     ("noise.self_conditioning_p=1.5", "noise.self_conditioning_p"), ("model.canvas_length=40", "model.canvas_length"),
     ("model.quantize=nf4", "model.quantize"), ("sampler.views=0", "sampler.views"),
-    ("task.singles_weight=0", "task.singles_weight"),
+    ("task.singles_weight=0", "task.singles_weight"), ("trainer.ema_decay=1.0", "trainer.ema_decay"),
+    ("noise.t_power=0", "noise.t_power"),
 ])
 def test_range_checks_name_the_key(override, key):
     cfg = _compose("train", [override])
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         validate(cfg)
+
+
+def test_expert_lora_refuses_dropout():
+    """peft's target_parameters has no LoRA dropout, and the 4-bit experts follow it: an error, not ignored."""
+    lora = ["model.finetune=lora", "model.lora.target_experts=true"]
+    validate(_compose("train", lora))
+    with pytest.raises(ConfigError, match=r"model\.lora\.dropout=0\.1"):
+        validate(_compose("train", lora + ["model.lora.dropout=0.1"]))
+    validate(_compose("train", ["model.finetune=lora", "model.lora.dropout=0.1"]))
 
 
 # --- the infill task's schema ---------------------------------------------------------------------
