@@ -49,6 +49,8 @@ class TaskConfig(TaskBase):
     base_puzzles: int = 2000  # distinct generated puzzles per size; augmentation multiplies them
     heldout_puzzles: int = 200  # generated held-out puzzles per size (never trained on)
     corrupt_givens_p: float = 0.0  # share of examples whose given cells are also corrupted and scored
+    sc_rules_p: float = 0.0  # share of self-conditioned examples whose first pass is fed back without the digits a
+    # known peer holds (what sampler.self_conditioning_from=rules feeds in rules mode)
     singles_weight: float = 1.0  # loss weight of the cells a naked or hidden single fixes, given the cells the
     # model is shown (givens and cells the noise left clean); 1: every scored cell weighs the same
     augment: bool = True  # random digit relabelling, row/column/band/stack swaps, transpose per example
@@ -178,6 +180,8 @@ class SamplerConfig:
     self_conditioning: bool = True  # feed the previous step's logits back, as in training
     reprompt: bool = False  # move accepted cells into the encoder's prompt (tasks with `known_prompt`)
     views: int = 1  # clamped/rules: average the model over this many symmetric forms of each puzzle (Sudoku)
+    self_conditioning_from: str = "model"  # "model": its logits as they are; "rules" (rules mode): without the digits
+    # a peer already holds, as task.sc_rules_p trains (dgft.sampling)
     batch_size: int = 64
     modes: list[str] = field(default_factory=lambda: ["free", "clamped", "rules"])
 
@@ -208,6 +212,7 @@ class SamplerOverrides:
     self_conditioning: Optional[bool] = None
     reprompt: Optional[bool] = None
     views: Optional[int] = None
+    self_conditioning_from: Optional[str] = None
     batch_size: Optional[int] = None
     modes: Optional[list[str]] = None
 
@@ -270,6 +275,7 @@ _CHOICES = {
     "noise.support": ("answer", "vocab"),
     "noise.loss_weight": ("flat", "inv_t"),
     "sampler.acceptance": ("entropy", "confidence", "fixed"),
+    "sampler.self_conditioning_from": ("model", "rules"),
     "device": ("auto", "cpu", "cuda"),
 }
 _POSITIVE = ["trainer.max_steps", "trainer.batch_size", "trainer.grad_accum", "trainer.lr", "model.hidden_size",
@@ -282,7 +288,7 @@ _MODES = {"sudoku": ("free", "clamped", "rules"), "infill": ("free", "clamped")}
 # per task: (choices, positive, fractions, non-negative) of its own keys
 _TASK_CHECKS = {
     "sudoku": ({"task.tokens": ("cell", "digit", "text")}, ["task.base_puzzles", "task.heldout_puzzles"],
-               ["task.corrupt_givens_p"], []),
+               ["task.corrupt_givens_p", "task.sc_rules_p"], []),
     "infill": ({"task.prompt_format": ("auto", "fim", "chat")},
                ["task.max_file_bytes", "task.max_lines", "task.max_span_chars", "task.max_side_chars",
                 "task.prompt_tokens", "task.canvas_length", "task.vocab_size", "task.heldout_examples"],
@@ -348,6 +354,9 @@ def _validate_sudoku(get) -> None:
     if get("task.tokens") == "text" and get("sampler.views") > 1:
         raise ConfigError(f"sampler.views={get('sampler.views')}: views need tokens=cell or tokens=digit (a text "
                           "answer is not laid out by cell); set sampler.views=1")
+    if get("task.tokens") == "text" and get("task.sc_rules_p"):
+        raise ConfigError("task.sc_rules_p: tokens=text lays the answer out as text; the rules need tokens=cell or "
+                          "tokens=digit")
     if get("task.tokens") == "text" and get("task.singles_weight") != 1:
         raise ConfigError("task.singles_weight: tokens=text lays the answer out as text; weighting cells needs "
                           "tokens=cell or tokens=digit")
@@ -359,6 +368,9 @@ def _validate_infill(get) -> None:
             raise ConfigError(f"{key}=true: Sudoku only (an infill prompt has no place for accepted tokens)")
     if get("sampler.views") > 1:
         raise ConfigError(f"sampler.views={get('sampler.views')}: Sudoku only (code has no symmetric views)")
+    if get("sampler.self_conditioning_from") != "model":
+        raise ConfigError(f"sampler.self_conditioning_from={get('sampler.self_conditioning_from')}: code has no "
+                          "rules; use model")
     kinds, weights = list(get("task.kinds")), list(get("task.kind_weights"))
     if not kinds or len(set(kinds)) != len(kinds) or any(k not in INFILL_KINDS for k in kinds):
         raise ConfigError(f"task.kinds={kinds}: distinct span kinds among {', '.join(INFILL_KINDS)}")

@@ -43,6 +43,9 @@ def check_options(cfg, run_cfg, scfg) -> None:
         raise ConfigError(f"{cfg.run}: task.name={name!r} in its config.yaml is not a task dgft evaluates")
     if cfg.samples < 1 or cfg.workers < 1:
         raise ConfigError(f"samples={cfg.samples}, workers={cfg.workers}: both must be >= 1")
+    source = scfg.get("self_conditioning_from", "model")
+    if source not in ("model", "rules"):
+        raise ConfigError(f"sampler.self_conditioning_from={source!r}: expected model or rules")
     views = int(scfg.get("views", 1))
     if views < 1:
         raise ConfigError(f"sampler.views={views}: must be >= 1 (1: the puzzle alone)")

@@ -362,6 +362,17 @@ def denoise(model, cache, canvas, prompt_mask, sc_logits=None, sc_mask=None):
     return out.logits
 
 
+def forbid_answers(logits, choices, forbid):
+    """Self-conditioning input without some answers: logits (B, L, V), choices (L, K) each position's answer tokens,
+    forbid (B, L, K) bool -> logits with the forbidden answers at -1e4 (no mass after the softmax the model's
+    self-conditioning block takes). A position whose every answer is forbidden keeps its logits."""
+    B, L, K = forbid.shape
+    forbid = forbid & ~forbid.all(-1, keepdim=True)
+    index = choices[None].expand(B, L, K)
+    picked = torch.gather(logits, 2, index).masked_fill(forbid, -1e4)
+    return logits.scatter(2, index, picked)
+
+
 def prompt_logits(model, hidden):
     """LM-head logits of encoder hidden states (B, P, H) -> (B, P, V), soft-capped like the decoder's."""
     core = unwrap(model)

@@ -22,6 +22,10 @@ that many symmetric forms per step (view 0 is the puzzle itself; the others rela
 training's augmentation does), and the acceptance uses the average of their answer log-probabilities, mapped
 back to the puzzle: test-time augmentation. Everything else (pins, rules, acceptance) happens on the puzzle.
 
+`sampler.self_conditioning_from=rules` (`rules` mode): the next pass reads its own logits without the digits a
+peer already holds at the open cells (each view in its own layout), so the model reads the candidates the rules
+leave, as a model trained with `task.sc_rules_p` saw them; `model` (the default) feeds the logits back as they are.
+
 Example: `sample(model, batch, task, cfg.sampler, mode="rules", noise_kind="uniform")` -> SampleResult
 with canvas (B, L) tokens and steps (B,) used.
 """
@@ -34,7 +38,7 @@ from dataclasses import dataclass, field
 import torch
 
 from dgft import noise as N
-from dgft.model import denoise, encode
+from dgft.model import denoise, encode, forbid_answers
 
 MODES = ("free", "clamped", "rules")
 
@@ -129,6 +133,7 @@ def sample(model, batch: dict, task, scfg, mode: str, noise_kind: str = "uniform
     else:
         cache = encode(model, prompt_ids, prompt_mask)
     sc_logits, history = None, []
+    sc_from = getattr(scfg, "self_conditioning_from", "model")
     for step in range(scfg.steps):
         open_ = ~accepted
         if not open_.any():
@@ -149,6 +154,12 @@ def sample(model, batch: dict, task, scfg, mode: str, noise_kind: str = "uniform
             if mode == "rules":
                 allowed = task.rule_mask(_choice_index(canvas, choices), accepted, n)
                 scores = scores.masked_fill(~allowed, -math.inf)
+                if scfg.self_conditioning and sc_from == "rules":  # the next pass reads what the rules leave
+                    forbid = ~allowed & open_[..., None]
+                    if views is not None:
+                        views.forbid(forbid)
+                    else:
+                        sc_logits = forbid_answers(sc_logits, choices, forbid)
         no_digit = torch.isinf(scores).all(-1)
         dead = no_digit & open_  # rules left no digit: leave the cell empty
         scores = scores.masked_fill(no_digit[..., None], 0.0)
@@ -188,6 +199,7 @@ class _Views:
         cells, digits = task.views(n, int(scfg.views))
         device = target.device
         self.cells, self.digits = cells.to(device), digits.to(device)
+        self.digit_back = self.digits.argsort(-1)  # view answer index -> the puzzle's
         self.back = self.cells.argsort(-1)  # position of each cell in each view
         self.model, self.task, self.n, self.choices, self.noise_like = model, task, n, choices, noise_like
         self.self_conditioning = bool(scfg.self_conditioning)
@@ -224,6 +236,14 @@ class _Views:
             logp = torch.gather(logits, 2, self.choices[None].expand(B, L, -1)).log_softmax(-1)  # view's frame
             total = total + logp[:, self.back[v]][:, :, self.digits[v]]
         return total / len(self.caches)
+
+    def forbid(self, forbid: torch.Tensor) -> None:
+        """Remove the puzzle's `forbid` (B, L, K) answers from each view's self-conditioning logits, laid out in
+        the view's cells and digits (`sampler.self_conditioning_from=rules`)."""
+        for v in range(len(self.caches)):
+            if self.sc[v] is not None:
+                viewed = forbid[:, self.cells[v]][:, :, self.digit_back[v]]
+                self.sc[v] = forbid_answers(self.sc[v], self.choices, viewed)
 
 
 def _probs(scores, temperature: float):

@@ -29,8 +29,8 @@ from dgft import noise as N
 from dgft.config import validate
 from dgft.ema import EMA
 from dgft.loss import denoising_loss, encoder_ar_loss, loss_weights
-from dgft.model import (attach_lora, build_tiny, count_parameters, denoise, encode, load_pretrained, load_quantized,
-                        prompt_logits, quantize_tiny_, torch_dtype, unwrap)
+from dgft.model import (attach_lora, build_tiny, count_parameters, denoise, encode, forbid_answers, load_pretrained,
+                        load_quantized, prompt_logits, quantize_tiny_, torch_dtype, unwrap)
 from dgft.tasks import get_task
 
 
@@ -156,7 +156,7 @@ def train(cfg, run_dir: str | Path) -> Path:
         for m in micro:
             try:
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-                    loss_sum, extra = _loss(model, m, cfg, gen, device)
+                    loss_sum, extra = _loss(model, m, cfg, gen, device, task)
                 (loss_sum / n_scored + extra).backward()
             except torch.OutOfMemoryError as err:
                 raise OutOfMemory(
@@ -298,7 +298,7 @@ def _to(x: torch.Tensor, device) -> torch.Tensor:
     return x.pin_memory().to(device, non_blocking=True)
 
 
-def _loss(model, m: dict, cfg, gen, device):
+def _loss(model, m: dict, cfg, gen, device, task=None):
     """Summed denoising loss of one micro-batch, plus the (already normalised) encoder AR term."""
     ids, mask = _to(m["prompt_ids"], device), _to(m["prompt_mask"], device)
     noisy = _to(m["noisy"], device)
@@ -315,6 +315,11 @@ def _loss(model, m: dict, cfg, gen, device):
                 sub = denoise(model, _select_cache(cache, idx), noisy[idx], mask[idx])
                 sc_logits = torch.zeros(noisy.shape + (sub.shape[-1],), dtype=sub.dtype, device=device)
                 sc_logits[idx] = sub
+            rules_p = float(cfg.task.get("sc_rules_p", 0.0))
+            if rules_p > 0:  # these examples' first pass is fed back without the digits a shown peer holds
+                rows = drawn & (torch.rand(noisy.shape[0], generator=gen) < rules_p)
+                forbid = task.rules_forbid(m) & rows[:, None, None]
+                sc_logits = forbid_answers(sc_logits, _to(m["choices"], device), _to(forbid, device))
     logits = denoise(model, cache, noisy, mask, sc_logits=sc_logits, sc_mask=sc_mask)
     weight = _to(m["weight"], device) if "weight" in m else None
     loss_sum, _ = denoising_loss(logits, _to(m["target"], device), _to(m["scored"], device), _to(m["hit"], device),

@@ -44,3 +44,17 @@ def test_one_expert_path_is_not_saved_and_larger_models_keep_the_default(tmp_pat
     moe = build_tiny(tiny_cfg(model={"num_experts": 4, "top_k_experts": 2}).model, 120, seed=1)
     assert moe.config.get_text_config()._experts_implementation != ONE_EXPERT
     assert json.loads((tmp_path / "config.json").read_text())["text_config"]["num_experts"] == 1
+
+
+def test_forbid_answers_removes_only_the_forbidden_answers():
+    from dgft.model import forbid_answers
+
+    logits = torch.randn(2, 3, 20)
+    choices = torch.tensor([[4, 5, 6], [7, 8, 9], [10, 11, 12]])
+    forbid = torch.zeros(2, 3, 3, dtype=torch.bool)
+    forbid[0, 0, 1] = forbid[1, 2, 0] = True
+    forbid[1, 1] = True  # every answer forbidden: the position keeps its logits
+    out = forbid_answers(logits, choices, forbid)
+    assert out[0, 0, 5] == -1e4 and out[1, 2, 10] == -1e4
+    changed = out != logits
+    assert int(changed.sum()) == 2 and torch.equal(out[1, 1], logits[1, 1])

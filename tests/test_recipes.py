@@ -52,7 +52,8 @@ def test_typos_and_bad_types_fail_at_composition(override):
     ("noise.self_conditioning_p=1.5", "noise.self_conditioning_p"), ("model.canvas_length=40", "model.canvas_length"),
     ("model.quantize=nf4", "model.quantize"), ("sampler.views=0", "sampler.views"),
     ("task.singles_weight=0", "task.singles_weight"), ("trainer.ema_decay=1.0", "trainer.ema_decay"),
-    ("noise.t_power=0", "noise.t_power"),
+    ("noise.t_power=0", "noise.t_power"), ("task.sc_rules_p=1.5", "task.sc_rules_p"),
+    ("sampler.self_conditioning_from=views", "sampler.self_conditioning_from"),
 ])
 def test_range_checks_name_the_key(override, key):
     cfg = _compose("train", [override])
@@ -101,6 +102,7 @@ def test_keys_of_the_other_task_fail_at_composition(overrides):
     (["recipe=infill", "model=diffusiongemma", "model.canvas_length=64"], "task.tokenizer"),
     (["recipe=infill", "task.prompt_format=xml"], "task.prompt_format"),
     (["recipe=infill", "sampler.views=2"], "sampler.views"),
+    (["recipe=infill", "sampler.self_conditioning_from=rules"], "sampler.self_conditioning_from"),
     (["task.name=infill"], "task.name"),
 ])
 def test_infill_range_checks_name_the_key(overrides, key):

@@ -136,12 +136,13 @@ def test_reprompt_needs_a_task_that_can_rebuild_its_prompt(setup):
         sample(model, batch, NoHook(), scfg, "rules")
 
 
-@pytest.mark.parametrize("reprompt", [False, True])
-def test_views_keep_pins_and_rules(setup, reprompt):
+@pytest.mark.parametrize("reprompt,source", [(False, "model"), (True, "model"), (True, "rules")])
+def test_views_keep_pins_and_rules(setup, reprompt, source):
     cfg, task, model = setup
     puzzles, solutions = _puzzles(9, 5, seed=4)
     batch = task.encode(puzzles, solutions)
-    scfg = OmegaConf.structured(SamplerConfig(steps=81, acceptance="fixed", reprompt=reprompt, views=3))
+    scfg = OmegaConf.structured(SamplerConfig(steps=81, acceptance="fixed", reprompt=reprompt, views=3,
+                                              self_conditioning_from=source))
     for mode in ("clamped", "rules"):
         res = sample(model, batch, task, scfg, mode, generator=torch.Generator().manual_seed(0))
         fixed = batch["fixed"]
@@ -172,6 +173,40 @@ def test_views_map_each_view_back_to_the_puzzle(setup, monkeypatch):
     scores = views.scores(target, torch.ones_like(batch["fixed"]))  # every cell known: each view echoes it
     assert torch.equal(scores.argmax(-1), S._choice_index(target, batch["choices"]))
     assert views.masks[1].sum(-1).eq(81 + 3).all()  # each view's prompt lists all 81 cells as known
+    # the digits the rules forbid on the puzzle are removed from each view's self-conditioning in its own layout:
+    # forbid every digit but the solution's, and each view's self-conditioning points at its view of the solution
+    solution = S._choice_index(target, batch["choices"])
+    on_answers = torch.full((4, 81, V), -1e3).scatter(2, batch["choices"][None].expand(4, 81, 9), 0.0)
+    views.sc = [on_answers.clone() for _ in range(4)]
+    views.forbid(torch.nn.functional.one_hot(solution, 9) == 0)
+    for v in range(4):
+        assert torch.equal(views.sc[v].argmax(-1), views._tokens(v, solution))
+
+
+def test_rules_self_conditioning_reads_what_the_rules_leave(setup, monkeypatch):
+    """sampler.self_conditioning_from=rules: the next pass reads no mass on a digit a peer already holds."""
+    import dgft.sampling as S
+
+    cfg, task, model = setup
+    puzzles, solutions = _puzzles(9, 3, seed=6)
+    batch = task.encode(puzzles, solutions)
+    fed, real = [], S.denoise
+    monkeypatch.setattr(S, "denoise", lambda m, cache, canvas, mask, sc_logits=None:
+                        fed.append((canvas.clone(), sc_logits)) or real(m, cache, canvas, mask, sc_logits=sc_logits))
+    for source in ("model", "rules"):
+        fed.clear()
+        scfg = OmegaConf.structured(SamplerConfig(steps=81, acceptance="fixed", self_conditioning_from=source))
+        sample(model, batch, task, scfg, "rules", generator=torch.Generator().manual_seed(0))
+        canvas, sc = fed[1]  # the second pass reads the first step's distribution
+        probs = sc.softmax(-1)
+        first_open = ~batch["fixed"]
+        allowed = task.rule_mask(S._choice_index(batch["target"], batch["choices"]), batch["fixed"], 9)
+        on_choices = torch.gather(probs, 2, batch["choices"][None].expand(3, 81, 9))
+        forbidden_mass = (on_choices * (~allowed & first_open[..., None])).sum()
+        if source == "rules":
+            assert forbidden_mass < 1e-6
+        else:
+            assert forbidden_mass > 1e-3  # an untrained model spreads mass over forbidden digits too
 
 
 def test_task_views_are_symmetries_of_the_puzzle():

@@ -146,3 +146,29 @@ def test_corrupted_givens_stay_in_the_known_cells_prompt():
     given_tokens = set(batch["target"][0][batch["givens"][0]].tolist())
     for b in range(2):  # every given is listed, with its digit, whatever the canvas holds
         assert given_tokens <= set(out["prompt_ids"][b][out["prompt_mask"][b].bool()].tolist())
+
+
+def test_sc_rules_p_feeds_the_first_pass_back_without_the_digits_a_shown_peer_holds(monkeypatch):
+    """task.sc_rules_p=1 with self-conditioning on every example: the graded pass's self-conditioning puts no mass
+    on a digit that a shown cell (given, or left clean by the noise) holds in the same row, column or box."""
+    import dgft.train as T
+    from dgft.model import build_tiny
+
+    cfg = tiny_cfg(task={"sc_rules_p": 1.0}, noise={"self_conditioning_p": 1.0, "known_in_prompt": True})
+    task = SudokuTask(cfg.task)
+    rng = np.random.default_rng(3)
+    grids = [G.generate(9, givens=28, rng=rng, max_tries=1) for _ in range(3)]
+    batch = task.encode(np.stack([g[0] for g in grids]), np.stack([g[1] for g in grids]))
+    gen = torch.Generator().manual_seed(0)
+    m = T._corrupt(batch, cfg, gen, task.vocab_size, task)
+    forbid = task.rules_forbid(m)
+    known = m["fixed"] | ~m["hit"]
+    assert forbid.any() and not forbid[known].any()
+    assert not (forbid & task.rule_mask(
+        (m["target"][..., None] == m["choices"][None]).float().argmax(-1), known, 9)).any()
+    seen, real = [], T.denoise
+    monkeypatch.setattr(T, "denoise", lambda *a, **k: seen.append(k.get("sc_logits")) or real(*a, **k))
+    model = build_tiny(cfg.model, task.vocab_size, seed=0)
+    T._loss(model, m, cfg, gen, torch.device("cpu"), task)
+    fed = torch.gather(seen[-1].softmax(-1), 2, m["choices"][None].expand(3, 81, 9))
+    assert float(fed[forbid].max()) < 1e-6 and float(fed[~forbid].min()) > 0

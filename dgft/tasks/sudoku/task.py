@@ -266,6 +266,17 @@ class SudokuTask:
         counts = torch.einsum("ij,bjk->bik", _adjacency(n).to(present.device), present)
         return counts == 0
 
+    def rules_forbid(self, batch: dict) -> torch.Tensor:
+        """(B, L, K) bool: at each cell of a training batch the model is not shown, the digits a shown peer holds.
+
+        Shown: the givens and the cells the noise left clean (what `noise.known_in_prompt` lists). `task.sc_rules_p`
+        removes these from the self-conditioning input, as `sampler.self_conditioning_from=rules` does in `rules`
+        mode with the accepted cells.
+        """
+        known = batch.get("givens", batch["fixed"]) | ~batch["hit"]
+        index = (batch["target"][..., None] == batch["choices"][None]).float().argmax(-1)
+        return ~self.rule_mask(index, known, batch["size"]) & ~known[..., None]
+
     def known_prompt(self, target: torch.Tensor, givens: torch.Tensor, canvas: torch.Tensor, accepted: torch.Tensor,
                      n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The prompt of a puzzle whose givens are the original ones plus every cell accepted so far.
