@@ -180,6 +180,7 @@ class SamplerConfig:
     self_conditioning: bool = True  # feed the previous step's logits back, as in training
     reprompt: bool = False  # move accepted cells into the encoder's prompt (tasks with `known_prompt`)
     views: int = 1  # clamped/rules: average the model over this many symmetric forms of each puzzle (Sudoku)
+    passes: int = 1  # decoder passes per step, each reading the one before as self-conditioning (needs it on)
     self_conditioning_from: str = "model"  # "model": its logits as they are; "rules" (rules mode): without the digits
     # a peer already holds, as task.sc_rules_p trains (dgft.sampling)
     batch_size: int = 64
@@ -213,6 +214,7 @@ class SamplerOverrides:
     reprompt: Optional[bool] = None
     views: Optional[int] = None
     self_conditioning_from: Optional[str] = None
+    passes: Optional[int] = None
     batch_size: Optional[int] = None
     modes: Optional[list[str]] = None
 
@@ -280,7 +282,7 @@ _CHOICES = {
 }
 _POSITIVE = ["trainer.max_steps", "trainer.batch_size", "trainer.grad_accum", "trainer.lr", "model.hidden_size",
              "model.num_layers", "model.canvas_length", "sampler.steps", "sampler.batch_size", "sampler.views",
-             "model.lora.r", "model.quant_group_size", "noise.t_power"]
+             "sampler.passes", "model.lora.r", "model.quant_group_size", "noise.t_power"]
 _FRACTIONS = ["noise.eps", "noise.self_conditioning_p", "trainer.min_lr_ratio"]
 _NON_NEGATIVE = ["trainer.weight_decay", "trainer.warmup_steps", "trainer.eval_every", "trainer.ckpt_every",
                  "trainer.time_limit_min", "noise.encoder_ar_weight", "sampler.temperature", "sampler.entropy_bound"]

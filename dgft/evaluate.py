@@ -46,6 +46,8 @@ def check_options(cfg, run_cfg, scfg) -> None:
     source = scfg.get("self_conditioning_from", "model")
     if source not in ("model", "rules"):
         raise ConfigError(f"sampler.self_conditioning_from={source!r}: expected model or rules")
+    if int(scfg.get("passes", 1)) < 1:
+        raise ConfigError(f"sampler.passes={scfg.passes}: must be >= 1 (decoder passes per step)")
     views = int(scfg.get("views", 1))
     if views < 1:
         raise ConfigError(f"sampler.views={views}: must be >= 1 (1: the puzzle alone)")

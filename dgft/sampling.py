@@ -26,6 +26,9 @@ back to the puzzle: test-time augmentation. Everything else (pins, rules, accept
 peer already holds at the open cells (each view in its own layout), so the model reads the candidates the rules
 leave, as a model trained with `task.sc_rules_p` saw them; `model` (the default) feeds the logits back as they are.
 
+`sampler.passes=P` runs P decoder passes per step before accepting, each self-conditioned on the one before
+(the recurrence self-conditioning trains, run longer): P times the time.
+
 Example: `sample(model, batch, task, cfg.sampler, mode="rules", noise_kind="uniform")` -> SampleResult
 with canvas (B, L) tokens and steps (B,) used.
 """
@@ -134,16 +137,18 @@ def sample(model, batch: dict, task, scfg, mode: str, noise_kind: str = "uniform
         cache = encode(model, prompt_ids, prompt_mask)
     sc_logits, history = None, []
     sc_from = getattr(scfg, "self_conditioning_from", "model")
+    passes = int(getattr(scfg, "passes", 1)) if scfg.self_conditioning else 1
     for step in range(scfg.steps):
         open_ = ~accepted
         if not open_.any():
             break
         steps_used += open_.any(-1).long()
-        if views is not None:
-            scores = views.scores(canvas, accepted & ~empty)  # (B, L, K) mean log-probabilities over the views
-        else:
-            logits = denoise(model, cache, canvas, prompt_mask, sc_logits=sc_logits)  # (B, L, V)
-            sc_logits = logits if scfg.self_conditioning else None
+        for _ in range(passes):  # each pass after the first reads the one before as self-conditioning
+            if views is not None:
+                scores = views.scores(canvas, accepted & ~empty)  # (B, L, K) mean log-probabilities over the views
+            else:
+                logits = denoise(model, cache, canvas, prompt_mask, sc_logits=sc_logits)  # (B, L, V)
+                sc_logits = logits if scfg.self_conditioning else None
         if mode == "free":
             scores = logits
         else:

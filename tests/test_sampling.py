@@ -233,3 +233,19 @@ def test_training_progress_check_reads_the_puzzle_alone(setup, monkeypatch):
     puzzles, solutions = _puzzles(4, 3, seed=1)
     out = task.quick_eval(model, [task.encode(puzzles, solutions)], cfg, torch.Generator().manual_seed(0))
     assert seen == [1] and "4x4_clamped_exact" in out
+
+
+def test_passes_run_that_many_decoder_passes_per_step_each_reading_the_last(setup, monkeypatch):
+    import dgft.sampling as S
+
+    cfg, task, model = setup
+    puzzles, solutions = _puzzles(4, 3, seed=7)
+    batch = task.encode(puzzles, solutions)
+    calls, real = [], S.denoise
+    monkeypatch.setattr(S, "denoise", lambda m, cache, canvas, mask, sc_logits=None:
+                        calls.append(sc_logits) or real(m, cache, canvas, mask, sc_logits=sc_logits))
+    scfg = OmegaConf.structured(SamplerConfig(steps=16, acceptance="fixed", passes=3))
+    res = sample(model, batch, task, scfg, "rules", generator=torch.Generator().manual_seed(0))
+    assert len(calls) == 3 * int(res.steps.max())
+    assert calls[0] is None and all(c is not None for c in calls[1:])  # each pass reads the one before
+    assert all(G.rule_violations(d) == 0 for d in task.decode(res.canvas, 4))
