@@ -45,4 +45,5 @@ def test_state_round_trip_and_mismatch():
     b.load_state_dict(a.state_dict())
     assert b.updates == 1 and torch.equal(b.shadow[0], a.shadow[0])
     with pytest.raises(RuntimeError, match="EMA state holds 1"):
-        EMA([torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(1))], 0.99).load_state_dict(a.state_dict())
+        two = EMA([torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(1))], 0.99)
+        two.load_state_dict(a.state_dict())
