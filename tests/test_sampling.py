@@ -20,6 +20,15 @@ def _puzzles(n, count, seed):
     return np.stack([p for p, _, _ in out]), np.stack([s for _, s, _ in out])
 
 
+def _record_denoise(monkeypatch, record):
+    """The sampler's decoder passes call record(canvas, sc_logits) before they run."""
+    import dgft.sampling as S
+
+    real = S.denoise
+    monkeypatch.setattr(S, "denoise", lambda m, cache, canvas, mask, sc_logits=None:
+                        record(canvas, sc_logits) or real(m, cache, canvas, mask, sc_logits=sc_logits))
+
+
 @pytest.fixture(scope="module")
 def setup():
     cfg = tiny_cfg()
@@ -190,9 +199,8 @@ def test_rules_self_conditioning_reads_what_the_rules_leave(setup, monkeypatch):
     cfg, task, model = setup
     puzzles, solutions = _puzzles(9, 3, seed=6)
     batch = task.encode(puzzles, solutions)
-    fed, real = [], S.denoise
-    monkeypatch.setattr(S, "denoise", lambda m, cache, canvas, mask, sc_logits=None:
-                        fed.append((canvas.clone(), sc_logits)) or real(m, cache, canvas, mask, sc_logits=sc_logits))
+    fed = []
+    _record_denoise(monkeypatch, lambda canvas, sc_logits: fed.append((canvas.clone(), sc_logits)))
     for source in ("model", "rules"):
         fed.clear()
         scfg = OmegaConf.structured(SamplerConfig(steps=81, acceptance="fixed", self_conditioning_from=source))
@@ -236,14 +244,11 @@ def test_training_progress_check_reads_the_puzzle_alone(setup, monkeypatch):
 
 
 def test_passes_run_that_many_decoder_passes_per_step_each_reading_the_last(setup, monkeypatch):
-    import dgft.sampling as S
-
     cfg, task, model = setup
     puzzles, solutions = _puzzles(4, 3, seed=7)
     batch = task.encode(puzzles, solutions)
-    calls, real = [], S.denoise
-    monkeypatch.setattr(S, "denoise", lambda m, cache, canvas, mask, sc_logits=None:
-                        calls.append(sc_logits) or real(m, cache, canvas, mask, sc_logits=sc_logits))
+    calls = []
+    _record_denoise(monkeypatch, lambda canvas, sc_logits: calls.append(sc_logits))
     scfg = OmegaConf.structured(SamplerConfig(steps=16, acceptance="fixed", passes=3))
     res = sample(model, batch, task, scfg, "rules", generator=torch.Generator().manual_seed(0))
     assert len(calls) == 3 * int(res.steps.max())
