@@ -143,12 +143,19 @@ def sample(model, batch: dict, task, scfg, mode: str, noise_kind: str = "uniform
         if not open_.any():
             break
         steps_used += open_.any(-1).long()
+        allowed = task.rule_mask(_choice_index(canvas, choices), accepted, n) if mode == "rules" else None
+        forbid = ~allowed & open_[..., None] if allowed is not None and sc_from == "rules" else None
         for _ in range(passes):  # each pass after the first reads the one before as self-conditioning
             if views is not None:
                 scores = views.scores(canvas, accepted & ~empty)  # (B, L, K) mean log-probabilities over the views
             else:
                 logits = denoise(model, cache, canvas, prompt_mask, sc_logits=sc_logits)  # (B, L, V)
                 sc_logits = logits if scfg.self_conditioning else None
+            if forbid is not None and scfg.self_conditioning:  # the next pass reads what the rules leave
+                if views is not None:
+                    views.forbid(forbid)
+                else:
+                    sc_logits = forbid_answers(sc_logits, choices, forbid)
         if mode == "free":
             scores = logits
         else:
@@ -157,14 +164,7 @@ def sample(model, batch: dict, task, scfg, mode: str, noise_kind: str = "uniform
             if example_choices is not None:
                 scores = scores.masked_fill(~example_choices, -math.inf)
             if mode == "rules":
-                allowed = task.rule_mask(_choice_index(canvas, choices), accepted, n)
                 scores = scores.masked_fill(~allowed, -math.inf)
-                if scfg.self_conditioning and sc_from == "rules":  # the next pass reads what the rules leave
-                    forbid = ~allowed & open_[..., None]
-                    if views is not None:
-                        views.forbid(forbid)
-                    else:
-                        sc_logits = forbid_answers(sc_logits, choices, forbid)
         no_digit = torch.isinf(scores).all(-1)
         dead = no_digit & open_  # rules left no digit: leave the cell empty
         scores = scores.masked_fill(no_digit[..., None], 0.0)
