@@ -144,14 +144,15 @@ def sample(model, batch: dict, task, scfg, mode: str, noise_kind: str = "uniform
             break
         steps_used += open_.any(-1).long()
         allowed = task.rule_mask(_choice_index(canvas, choices), accepted, n) if mode == "rules" else None
-        forbid = ~allowed & open_[..., None] if allowed is not None and sc_from == "rules" else None
+        feed_rules = allowed is not None and sc_from == "rules" and scfg.self_conditioning
+        forbid = ~allowed & open_[..., None] if feed_rules else None
         for _ in range(passes):  # each pass after the first reads the one before as self-conditioning
             if views is not None:
                 scores = views.scores(canvas, accepted & ~empty)  # (B, L, K) mean log-probabilities over the views
             else:
                 logits = denoise(model, cache, canvas, prompt_mask, sc_logits=sc_logits)  # (B, L, V)
                 sc_logits = logits if scfg.self_conditioning else None
-            if forbid is not None and scfg.self_conditioning:  # the next pass reads what the rules leave
+            if forbid is not None:  # the next pass reads what the rules leave
                 if views is not None:
                     views.forbid(forbid)
                 else:
