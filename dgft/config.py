@@ -51,6 +51,8 @@ class TaskConfig(TaskBase):
     corrupt_givens_p: float = 0.0  # share of examples whose given cells are also corrupted and scored
     sc_rules_p: float = 0.0  # share of self-conditioned examples whose first pass is fed back without the digits a
     # known peer holds (what sampler.self_conditioning_from=rules feeds in rules mode)
+    solver_order_p: float = 0.0  # share of examples whose corrupted cells are those a singles solver fills last,
+    # so the clean ones are what it fills first (the states a sampler passes through); 0: uniform random cells
     singles_weight: float = 1.0  # loss weight of the cells a naked or hidden single fixes, given the cells the
     # model is shown (givens and cells the noise left clean); 1: every scored cell weighs the same
     augment: bool = True  # random digit relabelling, row/column/band/stack swaps, transpose per example
@@ -140,6 +142,8 @@ class NoiseConfig:
     t_power: float = 1.0  # k: t = eps + (1 - eps) u^(1/k); 1: uniform, 2: density rising with t (more noise)
     loss_weight: str = "flat"  # "flat" cross-entropy, or "inv_t" (1/t, MDLM-style, for kind=mask)
     self_conditioning_p: float = 0.5  # probability an example gets a no-grad first pass as self-conditioning
+    self_conditioning_passes: int = 1  # up to this many no-grad passes, each reading the one before; each batch
+    # draws its number from 1..N (a sampler with sampler.passes > 1 runs such chains)
     encoder_ar_weight: float = 0.0  # weight of the autoregressive loss on the encoder's prompt
     known_in_prompt: bool = False  # uncorrupted positions also go into the prompt (pair with sampler.reprompt)
 
@@ -282,7 +286,8 @@ _CHOICES = {
 }
 _POSITIVE = ["trainer.max_steps", "trainer.batch_size", "trainer.grad_accum", "trainer.lr", "model.hidden_size",
              "model.num_layers", "model.canvas_length", "sampler.steps", "sampler.batch_size", "sampler.views",
-             "sampler.passes", "model.lora.r", "model.quant_group_size", "noise.t_power"]
+             "sampler.passes", "noise.self_conditioning_passes", "model.lora.r", "model.quant_group_size",
+             "noise.t_power"]
 _FRACTIONS = ["noise.eps", "noise.self_conditioning_p", "trainer.min_lr_ratio"]
 _NON_NEGATIVE = ["trainer.weight_decay", "trainer.warmup_steps", "trainer.eval_every", "trainer.ckpt_every",
                  "trainer.time_limit_min", "noise.encoder_ar_weight", "sampler.temperature", "sampler.entropy_bound"]
@@ -290,7 +295,7 @@ _MODES = {"sudoku": ("free", "clamped", "rules"), "infill": ("free", "clamped")}
 # per task: (choices, positive, fractions, non-negative) of its own keys
 _TASK_CHECKS = {
     "sudoku": ({"task.tokens": ("cell", "digit", "text")}, ["task.base_puzzles", "task.heldout_puzzles"],
-               ["task.corrupt_givens_p", "task.sc_rules_p"], []),
+               ["task.corrupt_givens_p", "task.sc_rules_p", "task.solver_order_p"], []),
     "infill": ({"task.prompt_format": ("auto", "fim", "chat")},
                ["task.max_file_bytes", "task.max_lines", "task.max_span_chars", "task.max_side_chars",
                 "task.prompt_tokens", "task.canvas_length", "task.vocab_size", "task.heldout_examples"],
@@ -359,6 +364,9 @@ def _validate_sudoku(get) -> None:
     if get("task.tokens") == "text" and get("task.sc_rules_p"):
         raise ConfigError("task.sc_rules_p: tokens=text lays the answer out as text; the rules need tokens=cell or "
                           "tokens=digit")
+    if get("task.tokens") == "text" and get("task.solver_order_p"):
+        raise ConfigError("task.solver_order_p: tokens=text lays the answer out as text; a solving order needs "
+                          "tokens=cell or tokens=digit")
     if get("task.tokens") == "text" and get("task.singles_weight") != 1:
         raise ConfigError("task.singles_weight: tokens=text lays the answer out as text; weighting cells needs "
                           "tokens=cell or tokens=digit")

@@ -59,6 +59,18 @@ def corrupt_mask(target, t, corruptible, mask_id, generator=None):
     return torch.where(hit, mask, target), hit
 
 
+def order_hits(hit: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """Move each row's hits onto its highest-`key` positions, keeping how many: (B, L) bool -> (B, L) bool.
+
+    key (B, L) float, -inf where a position may not be hit. With random keys the result has the distribution of
+    `hit`; with a solving order as the key, the positions a solver would fill last are the corrupted ones.
+    Example: hit [[T, F, T, F]], key [[0, 3, 1, 2]] -> [[F, T, F, T]].
+    """
+    order = key.argsort(-1, descending=True)
+    ranked = torch.arange(hit.shape[-1], device=hit.device)[None] < hit.sum(-1, keepdim=True)
+    return torch.zeros_like(hit).scatter_(1, order, ranked)
+
+
 def mask_ids(kind: str, batch: dict):
     """The batch's per-position mask tokens for absorbing noise (None for uniform noise); a clear error when
     the task's tokenizer has no mask token."""

@@ -275,6 +275,9 @@ def _corrupt(batch: dict, cfg, gen, vocab_size: int, task=None) -> dict:
     t = N.sample_t(target.shape[0], cfg.noise.eps, gen, power=cfg.noise.t_power)
     support = batch["choices"] if cfg.noise.support == "answer" else vocab_size
     noisy, hit = N.corrupt(cfg.noise.kind, target, t, ~batch["fixed"], support, N.mask_ids(cfg.noise.kind, batch), gen)
+    order_p = float(cfg.task.get("solver_order_p", 0.0))
+    if order_p > 0:
+        noisy, hit = _solver_ordered(batch, noisy, hit, order_p, cfg, gen, support, task)
     weigh = getattr(task, "position_weight", None)  # a task's own weighting, given what the model is shown
     if weigh is not None and "weight" not in batch:
         weight = weigh(target, givens | ~hit, batch["size"])
@@ -289,6 +292,26 @@ def _corrupt(batch: dict, cfg, gen, vocab_size: int, task=None) -> dict:
                                                                       batch["size"])
     tokens = batch["prompt_mask"].sum() + target.numel()
     return {**batch, "t": t, "noisy": noisy, "hit": hit, "count": count, "tokens": tokens}
+
+
+def _solver_ordered(batch: dict, noisy, hit, p: float, cfg, gen, support, task):
+    """`task.solver_order_p`: in that share of examples (those whose givens stay clean), the same number of
+    corrupted cells, moved onto the cells a solver fills last (the task's `solving_rank`, ties in random order),
+    so the clean ones are what it fills first: the states a sampler passes through, accepting its surest cell
+    first. Uniform random subsets of clean cells are far easier to complete than these (eval/RESULTS.md)."""
+    target, fixed = batch["target"], batch["fixed"]
+    rows = (torch.rand(target.shape[0], generator=gen) < p) & (fixed == batch.get("givens", fixed)).all(-1)
+    if not rows.any():
+        return noisy, hit
+    rank = task.solving_rank(target[rows], fixed[rows], batch["size"])
+    key = (rank + 0.5 * torch.rand(rank.shape, generator=gen)).masked_fill(fixed[rows], -math.inf)
+    moved = N.order_hits(hit[rows], key)
+    ones = torch.ones(int(rows.sum()))
+    noisy, hit = noisy.clone(), hit.clone()
+    noisy[rows], _ = N.corrupt(cfg.noise.kind, target[rows], ones, moved, support, N.mask_ids(cfg.noise.kind, batch),
+                               gen)
+    hit[rows] = moved
+    return noisy, hit
 
 
 def _to(x: torch.Tensor, device) -> torch.Tensor:
@@ -312,7 +335,10 @@ def _loss(model, m: dict, cfg, gen, device, task=None):
             # The first pass runs only for the examples that use it; the others get zero logits (masked anyway).
             sc_mask, idx = _to(drawn, device), _to(drawn.nonzero()[:, 0], device)
             with torch.no_grad():
-                sub = denoise(model, _select_cache(cache, idx), noisy[idx], mask[idx])
+                chosen, passes = _select_cache(cache, idx), int(cfg.noise.get("self_conditioning_passes", 1))
+                sub = denoise(model, chosen, noisy[idx], mask[idx])
+                for _ in range(int(torch.randint(passes, (1,), generator=gen)) if passes > 1 else 0):
+                    sub = denoise(model, chosen, noisy[idx], mask[idx], sc_logits=sub)
                 sc_logits = torch.zeros(noisy.shape + (sub.shape[-1],), dtype=sub.dtype, device=device)
                 sc_logits[idx] = sub
             rules_p = float(cfg.task.get("sc_rules_p", 0.0))

@@ -50,3 +50,22 @@ def test_profile_step_bad_arguments_are_one_line(capsys):
             profile_step.main(argv)
         assert err.value.code == 2
         assert "error:" in capsys.readouterr().err
+
+
+def test_solver_states_on_a_tiny_run(tmp_path, capsys):
+    """bench/solver_states.py on a 4-step run trained with solver-ordered corruption: both state kinds at each
+    share, figures in [0, 1], as many open cells as asked."""
+    from dgft.cli import main
+
+    run = tmp_path / "run"
+    main(["train", f"hydra.run.dir={run}", f"task.cache_dir={tmp_path / 'cache'}", "task.base_puzzles=12",
+          "task.heldout_puzzles=4", "trainer.max_steps=4", "trainer.batch_size=8", "trainer.eval_every=0",
+          "task.solver_order_p=0.5", "noise.known_in_prompt=true", *TINY])
+    out = tmp_path / "states.json"
+    r = _load("solver_states").main([str(run), "--open", "0.8", "0.4", "--draws", "1", "--out", str(out)])
+    assert json.loads(out.read_text()) == r and r["puzzles"] == 4
+    assert [(row["open_share"], row["state"]) for row in r["rows"]] == [
+        (0.8, "random"), (0.8, "solver"), (0.4, "random"), (0.4, "solver")]
+    for row in r["rows"]:
+        assert 0 <= row["open_accuracy"] <= 1 and 0 <= row["surest_right"] <= 1
+    assert "surest open cell right" in capsys.readouterr().out

@@ -52,6 +52,20 @@ def test_uniform_corruption_with_vocab_support_and_mask():
     assert abs(hit.float().mean().item() - t.mean().item()) < 0.01
 
 
+def test_order_hits_keeps_each_rows_count_and_takes_the_highest_keys():
+    g = torch.Generator().manual_seed(2)
+    hit = torch.rand(200, 30, generator=g) < 0.4
+    key = torch.rand(200, 30, generator=g)
+    key[:, :5] = -math.inf  # never hit
+    moved = N.order_hits(hit, key)
+    assert torch.equal(moved.sum(-1), hit.sum(-1)) and not moved[:, :5].any()
+    for row in range(200):
+        if 0 < moved[row].sum() < 25:
+            assert key[row][moved[row]].min() > key[row][~moved[row]].max()
+    assert N.order_hits(torch.tensor([[True, False, True, False]]),
+                        torch.tensor([[0.0, 3.0, 1.0, 2.0]])).tolist() == [[False, True, False, True]]
+
+
 def test_zero_loss_at_perfect_logits_and_normalisation():
     target = torch.tensor([[3, 1, 2], [0, 0, 4]])
     logits = torch.full((2, 3, 5), -1e4)

@@ -53,12 +53,23 @@ def test_typos_and_bad_types_fail_at_composition(override):
     ("model.quantize=nf4", "model.quantize"), ("sampler.views=0", "sampler.views"),
     ("task.singles_weight=0", "task.singles_weight"), ("trainer.ema_decay=1.0", "trainer.ema_decay"),
     ("noise.t_power=0", "noise.t_power"), ("task.sc_rules_p=1.5", "task.sc_rules_p"),
+    ("task.solver_order_p=-0.1", "task.solver_order_p"),
     ("sampler.self_conditioning_from=views", "sampler.self_conditioning_from"),
 ])
 def test_range_checks_name_the_key(override, key):
     cfg = _compose("train", [override])
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         validate(cfg)
+
+
+@pytest.mark.parametrize("key", ["task.sc_rules_p=0.5", "task.singles_weight=2", "task.solver_order_p=0.5"])
+def test_cell_options_refuse_a_text_answer(key):
+    """Options that read the answer cell by cell are errors with tokens=text, naming the key."""
+    text = ["task.tokens=text", "task.tokenizer=/nowhere", "task.canvas_length=96", "model.canvas_length=96",
+            "sampler.views=1"]
+    validate(_compose("train", text))
+    with pytest.raises(ConfigError, match=key.split("=")[0].replace(".", r"\.")):
+        validate(_compose("train", text + [key]))
 
 
 def test_expert_lora_refuses_dropout():

@@ -96,6 +96,41 @@ def test_single_cells_propagate_exactly_to_what_singles_solve(tokens):
     assert known.all(-1).tolist() == solvable
 
 
+def test_solving_rank_is_the_waves_of_singles():
+    task = SudokuTask(tiny_cfg().task)
+    rng = np.random.default_rng(6)
+    puzzles, solutions = zip(*[G.generate(9, givens=g, rng=rng, max_tries=1)[:2] for g in (22, 26, 30, 34) * 3])
+    batch = task.encode(np.stack(puzzles), np.stack(solutions))
+    target, givens = batch["target"], batch["fixed"]
+    rank = task.solving_rank(target, givens, 9)
+    assert (rank[givens] == -1).all() and (rank[~givens] >= 0).all()
+    for wave in range(int(rank[rank < 81].max()) + 1):  # each wave is what singles fix once the waves before are known
+        assert torch.equal(rank == wave, task.single_cells(target, rank < wave, 9))
+    assert ((rank < 81).all(-1)).tolist() == [G.singles_solvable(p) for p in puzzles]
+
+
+def test_solver_order_p_corrupts_the_cells_singles_fill_last():
+    from dgft.train import _corrupt
+
+    task = SudokuTask(tiny_cfg().task)
+    rng = np.random.default_rng(7)
+    puzzles, solutions = zip(*[G.generate(9, givens=26, rng=rng, max_tries=1)[:2] for _ in range(8)])
+    batch = task.encode(np.stack(puzzles), np.stack(solutions), np.array([True] + [False] * 7))
+    ordered = _corrupt(batch, tiny_cfg(task={"solver_order_p": 1.0}), torch.Generator().manual_seed(0),
+                       task.vocab_size, task)
+    plain = _corrupt(batch, tiny_cfg(), torch.Generator().manual_seed(0), task.vocab_size, task)
+    assert torch.equal(ordered["hit"].sum(-1), plain["hit"].sum(-1))  # as many cells corrupted, other cells
+    assert torch.equal(ordered["hit"][0], plain["hit"][0])  # givens corrupted too: left as drawn
+    rank = task.solving_rank(batch["target"], batch["fixed"], 9)
+    hit, clean = ordered["hit"], ~ordered["hit"] & ~batch["fixed"]
+    for row in range(1, 8):
+        assert not (hit[row] & batch["fixed"][row]).any()
+        if hit[row].any() and clean[row].any():
+            assert rank[row][clean[row]].max() <= rank[row][hit[row]].min()
+    assert torch.equal(ordered["noisy"][~hit], batch["target"][~hit])
+    assert not torch.equal(ordered["hit"], plain["hit"])
+
+
 def test_singles_weight_weighs_single_cells_in_the_loss_count():
     from dgft.train import _corrupt
 
@@ -172,3 +207,36 @@ def test_sc_rules_p_feeds_the_first_pass_back_without_the_digits_a_shown_peer_ho
     T._loss(model, m, cfg, gen, torch.device("cpu"), task)
     fed = torch.gather(seen[-1].softmax(-1), 2, m["choices"][None].expand(3, 81, 9))
     assert float(fed[forbid].max()) < 1e-6 and float(fed[~forbid].min()) > 0
+
+
+def test_self_conditioning_passes_chain_no_grad_passes_before_the_graded_one(monkeypatch):
+    """noise.self_conditioning_passes=3: each batch runs 1 to 3 passes without gradient, each reading the one
+    before, then the graded pass reads the last; every chain length occurs."""
+    import dgft.train as T
+    from dgft.model import build_tiny
+
+    cfg = tiny_cfg(noise={"self_conditioning_p": 1.0, "self_conditioning_passes": 3})
+    task = SudokuTask(cfg.task)
+    p, s, _ = G.generate(9, givens=28, rng=np.random.default_rng(4), max_tries=1)
+    batch = task.encode(p[None].repeat(2, 0), s[None].repeat(2, 0))
+    model = build_tiny(cfg.model, task.vocab_size, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    calls, real = [], T.denoise
+
+    def record(*a, **k):
+        out = real(*a, **k)
+        calls.append((k.get("sc_logits"), out, torch.is_grad_enabled()))
+        return out
+
+    monkeypatch.setattr(T, "denoise", record)
+    lengths = set()
+    for _ in range(12):
+        calls.clear()
+        T._loss(model, T._corrupt(batch, cfg, gen, task.vocab_size, task), cfg, gen, torch.device("cpu"), task)
+        assert [grad for *_, grad in calls] == [False] * (len(calls) - 1) + [True]
+        assert calls[0][0] is None
+        for (_, before, _), (fed, _, _) in zip(calls[:-2], calls[1:-1]):
+            assert fed is before  # each no-grad pass reads the one before
+        assert torch.equal(calls[-1][0], calls[-2][1])  # the graded pass reads the last
+        lengths.add(len(calls) - 1)
+    assert lengths == {1, 2, 3}

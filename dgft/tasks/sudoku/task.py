@@ -305,6 +305,23 @@ class SudokuTask:
         hidden = (torch.einsum("ul,bud->bld", unit, (places == 1).float()) > 0) & candidate
         return ~known & (naked | hidden.any(-1))
 
+    def solving_rank(self, target: torch.Tensor, known: torch.Tensor, n: int) -> torch.Tensor:
+        """(B, L) float: the wave in which singles fix each cell, starting from the `known` cells (-1).
+
+        Wave 0 is every cell a naked or hidden single fixes given the known cells (`single_cells`), wave 1 those
+        fixed once wave 0 is known, and so on; cells that singles never reach rank `L` (after all waves). This is
+        the order a solver, or a sampler accepting its surest cell first, fills a grid in: `task.solver_order_p`
+        trains on the states along it.
+        """
+        rank = torch.where(known, -1.0, float(target.shape[-1]))
+        known, wave = known.clone(), 0
+        while True:
+            fixed = self.single_cells(target, known, n)
+            if not fixed.any():
+                return rank
+            rank = rank.masked_fill(fixed, float(wave))
+            known, wave = known | fixed, wave + 1
+
     def position_weight(self, target: torch.Tensor, known: torch.Tensor, n: int) -> torch.Tensor | None:
         """(B, L) loss weight per position for training (None: flat): `task.singles_weight` on the cells that
         singles fix given what the model is shown (`single_cells`), 1 elsewhere."""
