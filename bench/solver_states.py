@@ -64,10 +64,10 @@ def corrupted(kind: str, task, batch: dict, share: float, gen: torch.Generator) 
     """(B, L) bool: `share` of each puzzle's blanks, at random or those a singles solver fills last."""
     target, givens = batch["target"], batch["fixed"]
     count = ((~givens).sum(-1).float() * share).round().long()
-    key = torch.rand(target.shape, generator=gen)
     if kind == "solver":
-        key = task.solving_rank(target, givens, batch["size"]) + 0.5 * key
-    key = key.masked_fill(givens, -torch.inf)
+        key = task.solving_key(target, givens, batch["size"], gen)
+    else:
+        key = torch.rand(target.shape, generator=gen).masked_fill(givens, -torch.inf)
     return N.order_hits(torch.arange(target.shape[1])[None] < count[:, None], key)
 
 

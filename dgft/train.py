@@ -303,9 +303,7 @@ def _solver_ordered(batch: dict, noisy, hit, p: float, cfg, gen, support, task):
     rows = (torch.rand(target.shape[0], generator=gen) < p) & (fixed == batch.get("givens", fixed)).all(-1)
     if not rows.any():
         return noisy, hit
-    rank = task.solving_rank(target[rows], fixed[rows], batch["size"])
-    key = (rank + 0.5 * torch.rand(rank.shape, generator=gen)).masked_fill(fixed[rows], -math.inf)
-    moved = N.order_hits(hit[rows], key)
+    moved = N.order_hits(hit[rows], task.solving_key(target[rows], fixed[rows], batch["size"], gen))
     ones = torch.ones(int(rows.sum()))
     noisy, hit = noisy.clone(), hit.clone()
     noisy[rows], _ = N.corrupt(cfg.noise.kind, target[rows], ones, moved, support, N.mask_ids(cfg.noise.kind, batch),
@@ -335,10 +333,10 @@ def _loss(model, m: dict, cfg, gen, device, task=None):
             # The first pass runs only for the examples that use it; the others get zero logits (masked anyway).
             sc_mask, idx = _to(drawn, device), _to(drawn.nonzero()[:, 0], device)
             with torch.no_grad():
-                chosen, passes = _select_cache(cache, idx), int(cfg.noise.get("self_conditioning_passes", 1))
-                sub = denoise(model, chosen, noisy[idx], mask[idx])
+                sub_cache, passes = _select_cache(cache, idx), int(cfg.noise.get("self_conditioning_passes", 1))
+                sub = denoise(model, sub_cache, noisy[idx], mask[idx])
                 for _ in range(int(torch.randint(passes, (1,), generator=gen)) if passes > 1 else 0):
-                    sub = denoise(model, chosen, noisy[idx], mask[idx], sc_logits=sub)
+                    sub = denoise(model, sub_cache, noisy[idx], mask[idx], sc_logits=sub)
                 sc_logits = torch.zeros(noisy.shape + (sub.shape[-1],), dtype=sub.dtype, device=device)
                 sc_logits[idx] = sub
             rules_p = float(cfg.task.get("sc_rules_p", 0.0))

@@ -322,6 +322,13 @@ class SudokuTask:
             rank = rank.masked_fill(fixed, float(wave))
             known, wave = known | fixed, wave + 1
 
+    def solving_key(self, target: torch.Tensor, known: torch.Tensor, n: int,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B, L) float: `solving_rank` with ties in random order and -inf at the known cells, the key that
+        `noise.order_hits` moves corrupted cells by: the highest are the cells a singles solver fills last."""
+        rank = self.solving_rank(target, known, n)
+        return (rank + 0.5 * torch.rand(rank.shape, generator=generator)).masked_fill(known, -math.inf)
+
     def position_weight(self, target: torch.Tensor, known: torch.Tensor, n: int) -> torch.Tensor | None:
         """(B, L) loss weight per position for training (None: flat): `task.singles_weight` on the cells that
         singles fix given what the model is shown (`single_cells`), 1 elsewhere."""
