@@ -53,6 +53,8 @@ class TaskConfig(TaskBase):
     # known peer holds (what sampler.self_conditioning_from=rules feeds in rules mode)
     solver_order_p: float = 0.0  # share of examples whose corrupted cells are those a singles solver fills last,
     # so the clean ones are what it fills first (the states a sampler passes through); 0: uniform random cells
+    wrong_known_p: float = 0.0  # share of examples in which one or two of the cells the model is shown as known hold
+    # a wrong digit no known peer holds, scored with the true one: a sampler's mistake, which sampler.revise undoes
     singles_weight: float = 1.0  # loss weight of the cells a naked or hidden single fixes, given the cells the
     # model is shown (givens and cells the noise left clean); 1: every scored cell weighs the same
     augment: bool = True  # random digit relabelling, row/column/band/stack swaps, transpose per example
@@ -295,7 +297,7 @@ _MODES = {"sudoku": ("free", "clamped", "rules"), "infill": ("free", "clamped")}
 # per task: (choices, positive, fractions, non-negative) of its own keys
 _TASK_CHECKS = {
     "sudoku": ({"task.tokens": ("cell", "digit", "text")}, ["task.base_puzzles", "task.heldout_puzzles"],
-               ["task.corrupt_givens_p", "task.sc_rules_p", "task.solver_order_p"], []),
+               ["task.corrupt_givens_p", "task.sc_rules_p", "task.solver_order_p", "task.wrong_known_p"], []),
     "infill": ({"task.prompt_format": ("auto", "fim", "chat")},
                ["task.max_file_bytes", "task.max_lines", "task.max_span_chars", "task.max_side_chars",
                 "task.prompt_tokens", "task.canvas_length", "task.vocab_size", "task.heldout_examples"],
@@ -367,6 +369,9 @@ def _validate_sudoku(get) -> None:
     if get("task.tokens") == "text" and get("task.solver_order_p"):
         raise ConfigError("task.solver_order_p: tokens=text lays the answer out as text; a solving order needs "
                           "tokens=cell or tokens=digit")
+    if get("task.tokens") == "text" and get("task.wrong_known_p"):
+        raise ConfigError("task.wrong_known_p: tokens=text lays the answer out as text; wrong digits that keep the "
+                          "rules need tokens=cell or tokens=digit")
     if get("task.tokens") == "text" and get("task.singles_weight") != 1:
         raise ConfigError("task.singles_weight: tokens=text lays the answer out as text; weighting cells needs "
                           "tokens=cell or tokens=digit")

@@ -278,6 +278,9 @@ def _corrupt(batch: dict, cfg, gen, vocab_size: int, task=None) -> dict:
     order_p = float(cfg.task.get("solver_order_p", 0.0))
     if order_p > 0:
         noisy, hit = _solver_ordered(batch, noisy, hit, order_p, cfg, gen, support, task)
+    wrong_p = float(cfg.task.get("wrong_known_p", 0.0))
+    if wrong_p > 0:
+        noisy = _wrong_known(batch, noisy, hit, wrong_p, gen, task)
     weigh = getattr(task, "position_weight", None)  # a task's own weighting, given what the model is shown
     if weigh is not None and "weight" not in batch:
         weight = weigh(target, givens | ~hit, batch["size"])
@@ -310,6 +313,25 @@ def _solver_ordered(batch: dict, noisy, hit, p: float, cfg, gen, support, task):
                                gen)
     hit[rows] = moved
     return noisy, hit
+
+
+def _wrong_known(batch: dict, noisy, hit, p: float, gen, task):
+    """`task.wrong_known_p`: in that share of examples (those whose givens stay clean), one or two of the blank
+    cells the noise left clean (shown as known, in the prompt too with `noise.known_in_prompt`) get a wrong digit
+    no known peer holds (the task's `plant_wrong`), and are still scored with the true one: what a sampler's
+    mistaken acceptance looks like, so the model learns to doubt it rather than build on it (`sampler.revise`)."""
+    target, fixed, givens = batch["target"], batch["fixed"], batch.get("givens", batch["fixed"])
+    rows = (torch.rand(target.shape[0], generator=gen) < p) & (fixed == givens).all(-1)
+    if not rows.any():
+        return noisy
+    known = givens | ~hit
+    second = torch.rand(target.shape[0], generator=gen) < 0.5
+    planted = torch.zeros_like(hit)
+    for candidates in (rows, rows & second):
+        allowed = candidates[:, None] & ~hit & ~givens & ~planted & batch["scored"]
+        noisy, new = task.plant_wrong(noisy, allowed, known, batch["size"], gen)
+        planted |= new
+    return noisy
 
 
 def _to(x: torch.Tensor, device) -> torch.Tensor:

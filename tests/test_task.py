@@ -131,6 +131,46 @@ def test_solver_order_p_corrupts_the_cells_singles_fill_last():
     assert not torch.equal(ordered["hit"], plain["hit"])
 
 
+def test_wrong_known_p_plants_rule_keeping_mistakes_among_the_known_cells():
+    from dgft.train import _corrupt
+
+    task = SudokuTask(tiny_cfg().task)
+    rng = np.random.default_rng(8)
+    puzzles, solutions = zip(*[G.generate(9, givens=26, rng=rng, max_tries=1)[:2] for _ in range(16)])
+    batch = task.encode(np.stack(puzzles), np.stack(solutions), np.array([True] + [False] * 15))
+    cfg = tiny_cfg(task={"wrong_known_p": 1.0}, noise={"known_in_prompt": True})
+    wrong = _corrupt(batch, cfg, torch.Generator().manual_seed(0), task.vocab_size, task)
+    plain = _corrupt(batch, tiny_cfg(noise={"known_in_prompt": True}), torch.Generator().manual_seed(0),
+                     task.vocab_size, task)
+    hit, target, fixed = wrong["hit"], batch["target"], batch["fixed"]
+    assert torch.equal(hit, plain["hit"])  # the same cells corrupted; only clean cells change
+    planted = ~hit & (wrong["noisy"] != target)
+    assert not planted[0].any()  # givens corrupted too: left alone
+    assert not (planted & fixed).any()  # never a given
+    assert set(planted[1:].sum(-1).tolist()) <= {0, 1, 2} and planted[1:].sum() >= 10  # 0 where every other digit is held
+    known = fixed | ~hit
+    index = (wrong["noisy"][..., None] == task.answer_tokens(9)[None]).float().argmax(-1)
+    allowed = task.rule_mask(index, known, 9)
+    assert allowed.gather(2, index[..., None])[..., 0][planted].all()  # no known peer holds the planted digit
+    assert wrong["scored"][planted].all()  # scored, with the true digit as the target
+    same = (wrong["prompt_ids"] == plain["prompt_ids"]).all(-1)
+    assert same.tolist() == (~planted.any(-1)).tolist()  # listed as known in the prompt: it differs where planted
+
+
+def test_plant_wrong_leaves_rows_without_a_candidate():
+    task = SudokuTask(tiny_cfg().task)
+    p, s, _ = G.generate(4, givens=0, rng=np.random.default_rng(2), max_tries=1)
+    batch = task.encode(np.stack([p, p]), np.stack([s, s]))
+    everything = torch.ones_like(batch["fixed"])
+    candidates = torch.stack([everything[0], torch.zeros_like(everything[1])])
+    tokens, planted = task.plant_wrong(batch["target"], candidates, everything, 4, torch.Generator().manual_seed(0))
+    assert not planted.any()  # a full grid: every other digit is held by a peer
+    none_known = torch.zeros_like(everything)
+    tokens, planted = task.plant_wrong(batch["target"], candidates, none_known, 4, torch.Generator().manual_seed(0))
+    assert planted.sum(-1).tolist() == [1, 0] and not torch.equal(tokens[0], batch["target"][0])
+    assert torch.equal(tokens[1], batch["target"][1])
+
+
 def test_singles_weight_weighs_single_cells_in_the_loss_count():
     from dgft.train import _corrupt
 

@@ -329,6 +329,28 @@ class SudokuTask:
         rank = self.solving_rank(target, known, n)
         return (rank + 0.5 * torch.rand(rank.shape, generator=generator)).masked_fill(known, -math.inf)
 
+    def plant_wrong(self, tokens: torch.Tensor, candidates: torch.Tensor, known: torch.Tensor, n: int,
+                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A mistake the rules would let a sampler make, in each row: -> (tokens (B, L), planted (B, L) bool).
+
+        At one random `candidates` cell per row (B, L bool), a random digit other than the one it holds that no
+        `known` peer holds; rows where no candidate has such a digit are left as they are. `task.wrong_known_p`
+        trains on states with one or two of these among the known cells, so the model learns to doubt an accepted
+        cell (`sampler.revise`).
+        """
+        answers = self.answer_tokens(n).to(tokens.device)  # (L, n)
+        choice = (tokens[..., None] == answers).float().argmax(-1)
+        own = torch.nn.functional.one_hot(choice, n).bool()
+        alt = self.rule_mask(choice, known, n) & ~own & candidates[..., None]  # (B, L, n) wrong, rule-keeping digits
+        ok = alt.any(-1)
+        rows = torch.nonzero(ok.any(-1))[:, 0]
+        cell = torch.rand(ok.shape, generator=generator).masked_fill(~ok, -1.0).argmax(-1)[rows]
+        digit = torch.rand((len(rows), n), generator=generator).masked_fill(~alt[rows, cell], -1.0).argmax(-1)
+        tokens, planted = tokens.clone(), torch.zeros_like(ok)
+        tokens[rows, cell] = answers[cell, digit]
+        planted[rows, cell] = True
+        return tokens, planted
+
     def position_weight(self, target: torch.Tensor, known: torch.Tensor, n: int) -> torch.Tensor | None:
         """(B, L) loss weight per position for training (None: flat): `task.singles_weight` on the cells that
         singles fix given what the model is shown (`single_cells`), 1 elsewhere."""
