@@ -187,6 +187,8 @@ class SamplerConfig:
     reprompt: bool = False  # move accepted cells into the encoder's prompt (tasks with `known_prompt`)
     views: int = 1  # clamped/rules: average the model over this many symmetric forms of each puzzle (Sudoku)
     passes: int = 1  # decoder passes per step, each reading the one before as self-conditioning (needs it on)
+    revise: float = 0.0  # > 0 (uniform noise): each step reopens the accepted, unpinned position whose token the
+    # model now gives the lowest probability, if below this (task.wrong_known_p trains the doubt); 0: acceptances final
     self_conditioning_from: str = "model"  # "model": its logits as they are; "rules" (rules mode): without the digits
     # a peer already holds, as task.sc_rules_p trains (dgft.sampling)
     batch_size: int = 64
@@ -221,6 +223,7 @@ class SamplerOverrides:
     views: Optional[int] = None
     self_conditioning_from: Optional[str] = None
     passes: Optional[int] = None
+    revise: Optional[float] = None
     batch_size: Optional[int] = None
     modes: Optional[list[str]] = None
 
@@ -328,6 +331,11 @@ def validate(cfg: DictConfig | Any) -> None:
     for key in _FRACTIONS + fractions:
         if not 0 <= get(key) <= 1:
             raise ConfigError(f"{key}={get(key)!r}: must be in [0, 1]")
+    if not 0 <= get("sampler.revise") < 1:
+        raise ConfigError(f"sampler.revise={get('sampler.revise')!r}: must be in [0, 1) (0: acceptances are final)")
+    if get("sampler.revise") > 0 and get("noise.kind") != "uniform":
+        raise ConfigError("sampler.revise: needs noise.kind=uniform (a mask-noise model never scores an unmasked "
+                          "token); set sampler.revise=0")
     if not 0 <= get("trainer.ema_decay") < 1:
         raise ConfigError(f"trainer.ema_decay={get('trainer.ema_decay')!r}: must be in [0, 1) (0: no average)")
     modes = list(get("sampler.modes"))

@@ -48,6 +48,12 @@ def check_options(cfg, run_cfg, scfg) -> None:
         raise ConfigError(f"sampler.self_conditioning_from={source!r}: expected model or rules")
     if int(scfg.get("passes", 1)) < 1:
         raise ConfigError(f"sampler.passes={scfg.passes}: must be >= 1 (decoder passes per step)")
+    revise = float(scfg.get("revise", 0.0))
+    if not 0 <= revise < 1:
+        raise ConfigError(f"sampler.revise={revise}: must be in [0, 1) (a probability; 0: acceptances are final)")
+    if revise > 0 and run_cfg.noise.kind != "uniform":
+        raise ConfigError(f"sampler.revise={revise}: needs noise.kind=uniform (a mask-noise model never scores an "
+                          "unmasked token); set sampler.revise=0")
     views = int(scfg.get("views", 1))
     if views < 1:
         raise ConfigError(f"sampler.views={views}: must be >= 1 (1: the puzzle alone)")

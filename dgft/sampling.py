@@ -29,6 +29,14 @@ leave, as a model trained with `task.sc_rules_p` saw them; `model` (the default)
 `sampler.passes=P` runs P decoder passes per step before accepting, each self-conditioned on the one before
 (the recurrence self-conditioning trains, run longer): P times the time.
 
+`sampler.revise=R` (uniform noise, where the model scores every position, clean or not) lets the model take back
+its own acceptances: after each step's acceptances, of the unpinned positions accepted in earlier steps, the one
+whose token the model now gives the lowest probability is reopened (renoised, and out of the prompt) if that
+probability is below R: at most one per example per step, never on the last step. The model decides, not the
+rules: a cell the rules leave without a digit stays open (rather than empty) while steps remain, so the model may
+revise a peer; whatever is still open at the last step is left empty as before. A model trained with
+`task.wrong_known_p` has seen wrong digits among the known cells and learned to doubt them.
+
 Example: `sample(model, batch, task, cfg.sampler, mode="rules", noise_kind="uniform")` -> SampleResult
 with canvas (B, L) tokens and steps (B,) used.
 """
@@ -138,6 +146,10 @@ def sample(model, batch: dict, task, scfg, mode: str, noise_kind: str = "uniform
     sc_logits, history = None, []
     sc_from = getattr(scfg, "self_conditioning_from", "model")
     passes = int(getattr(scfg, "passes", 1)) if scfg.self_conditioning else 1
+    revise = float(getattr(scfg, "revise", 0.0))
+    if revise > 0 and noise_kind != "uniform":
+        raise ValueError(f"sampler.revise={revise}: needs uniform noise (a mask-noise model never scores an unmasked "
+                         "token); set sampler.revise=0")
     for step in range(scfg.steps):
         open_ = ~accepted
         if not open_.any():
@@ -158,32 +170,38 @@ def sample(model, batch: dict, task, scfg, mode: str, noise_kind: str = "uniform
                 else:
                     sc_logits = forbid_answers(sc_logits, choices, forbid)
         if mode == "free":
-            scores = logits
+            scores = belief = logits
         else:
             if views is None:
                 scores = torch.gather(logits, 2, choices[None].expand(B, L, -1))  # (B, L, K)
             if example_choices is not None:
                 scores = scores.masked_fill(~example_choices, -math.inf)
+            belief = scores  # the model's own, before the rules: what judges earlier acceptances (revise)
             if mode == "rules":
                 scores = scores.masked_fill(~allowed, -math.inf)
         no_digit = torch.isinf(scores).all(-1)
-        dead = no_digit & open_  # rules left no digit: leave the cell empty
+        stuck = no_digit & open_  # rules left no digit: never filled; left empty (with revise, at the last step)
+        dead = stuck if revise == 0 or step >= scfg.steps - 1 else torch.zeros_like(stuck)
         scores = scores.masked_fill(no_digit[..., None], 0.0)
         probs = _probs(scores, scfg.temperature)
         pick = _pick(probs, scfg.temperature, generator)  # (B, L) index into scores' last dim
         certainty = probs.max(-1).values
-        order, count = accept_count(certainty, open_ & ~dead, scfg.acceptance, step, scfg.steps,
+        order, count = accept_count(certainty, open_ & ~stuck, scfg.acceptance, step, scfg.steps,
                                     scfg.entropy_bound, scfg.confidence, ent=entropy(probs))
         tokens = pick if mode == "free" else torch.gather(choices[None].expand(B, L, -1), 2, pick[..., None])[..., 0]
-        new = _accept(order, count, open_ & ~dead, tokens, canvas, accepted, task, choices, n, mode)
+        new = _accept(order, count, open_ & ~stuck, tokens, canvas, accepted, task, choices, n, mode)
+        reopened = torch.zeros_like(new)
+        if revise > 0 and step < scfg.steps - 1:
+            reopened = _doubted(belief, canvas, accepted & ~pinned & ~empty, choices, mode, revise)
         canvas = torch.where(new, tokens, canvas)
-        accepted |= new | dead
+        accepted = (accepted | new | dead) & ~reopened
         empty |= dead
         canvas = torch.where(empty, torch.full_like(canvas, pad_id), canvas)
         canvas = torch.where(accepted, canvas, noise_like())
-        if reprompt and new.any() and views is not None:
+        changed = new.any() or reopened.any()
+        if reprompt and changed and views is not None:
             views.encode(canvas, accepted & ~empty)
-        elif reprompt and new.any():
+        elif reprompt and changed:
             prompt_ids, prompt_mask = task.known_prompt(target, givens, canvas, accepted & ~empty, n)
             cache = encode(model, prompt_ids, prompt_mask)
         if record:
@@ -262,6 +280,19 @@ def _pick(probs, temperature: float, generator):
         return probs.argmax(-1)
     B, L, K = probs.shape
     return torch.multinomial(probs.reshape(-1, K), 1, generator=generator).reshape(B, L)
+
+
+def _doubted(scores, canvas, revisable, choices, mode: str, below: float):
+    """(B, L) bool: in each example, the `revisable` position whose current token has the lowest probability under
+    `scores` (B, L, K: answer scores, or (B, L, V) logits in `free` mode), if that probability is below `below`."""
+    current = canvas if mode == "free" else _choice_index(canvas, choices)
+    prob = torch.softmax(scores, -1).gather(2, current[..., None])[..., 0]
+    prob = torch.nan_to_num(prob, nan=1.0).masked_fill(~revisable, math.inf)
+    low, where = prob.min(-1)
+    out = torch.zeros_like(revisable)
+    rows = torch.nonzero(low < below)[:, 0]
+    out[rows, where[rows]] = True
+    return out
 
 
 def _choice_index(canvas, choices):

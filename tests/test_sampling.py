@@ -254,3 +254,54 @@ def test_passes_run_that_many_decoder_passes_per_step_each_reading_the_last(setu
     assert len(calls) == 3 * int(res.steps.max())
     assert calls[0] is None and all(c is not None for c in calls[1:])  # each pass reads the one before
     assert all(G.rule_violations(d) == 0 for d in task.decode(res.canvas, 4))
+
+
+def test_doubted_picks_each_rows_least_likely_revisable_token_below_the_bound():
+    from dgft.sampling import _doubted
+
+    choices = torch.tensor([[10, 11], [20, 21], [30, 31]])  # (L, K)
+    canvas = torch.tensor([[10, 21, 30], [11, 20, 31], [10, 20, 30]])
+    scores = torch.log(torch.tensor([[[0.9, 0.1], [0.8, 0.2], [0.6, 0.4]],  # row 0: cell 1 holds 21 at p 0.2
+                                     [[0.9, 0.1], [0.7, 0.3], [0.6, 0.4]],  # row 1: cell 0 (p 0.1) is not revisable
+                                     [[0.9, 0.1], [0.9, 0.1], [0.9, 0.1]]]))  # row 2: all likely
+    revisable = torch.tensor([[True, True, True], [False, True, True], [True, True, True]])
+    out = _doubted(scores, canvas, revisable, choices, "rules", below=0.5)
+    assert out.tolist() == [[False, True, False], [False, False, True], [False, False, False]]
+    assert not _doubted(scores, canvas, revisable, choices, "rules", below=0.15)[0].any()
+
+
+@pytest.mark.parametrize("views", [1, 3])
+def test_revise_reopens_acceptances_and_still_keeps_pins_and_rules(setup, views):
+    """With a bound no untrained model's token clears, every step takes an acceptance back; the end state still
+    holds the givens, breaks no rule, and a cell reopened once can be accepted again."""
+    cfg, task, model = setup
+    puzzles, solutions = _puzzles(9, 4, seed=5)
+    batch = task.encode(puzzles, solutions)
+    scfg = OmegaConf.structured(SamplerConfig(steps=90, acceptance="fixed", reprompt=True, views=views,
+                                              revise=0.99))
+    for mode in ("clamped", "rules"):
+        res = sample(model, batch, task, scfg, mode, generator=torch.Generator().manual_seed(0), record=True)
+        fixed = batch["fixed"]
+        assert torch.equal(res.canvas[fixed], batch["target"][fixed])
+        reopened = [(before & ~after).any(-1) for (_, before), (_, after) in zip(res.history, res.history[1:])]
+        assert torch.stack(reopened).any(0).all(), "no acceptance was taken back"
+        assert not any((before & ~after & fixed).any() for (_, before), (_, after) in zip(res.history, res.history[1:]))
+        digits = task.decode(res.canvas, 9)
+        if mode == "rules":
+            assert all(G.rule_violations(d) == 0 for d in digits)
+        else:
+            assert (digits > 0).all()
+
+
+def test_revise_off_is_the_plain_sampler_and_needs_uniform_noise(setup):
+    cfg, task, model = setup
+    puzzles, solutions = _puzzles(4, 6, seed=6)
+    batch = task.encode(puzzles, solutions)
+    plain = OmegaConf.structured(SamplerConfig(steps=16, acceptance="fixed"))
+    off = OmegaConf.structured(SamplerConfig(steps=16, acceptance="fixed", revise=0.0))
+    a = sample(model, batch, task, plain, "rules", generator=torch.Generator().manual_seed(1))
+    b = sample(model, batch, task, off, "rules", generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a.canvas, b.canvas)
+    with pytest.raises(ValueError, match="sampler.revise"):
+        sample(model, batch, task, OmegaConf.structured(SamplerConfig(steps=16, revise=0.5)), "rules",
+               noise_kind="mask")
