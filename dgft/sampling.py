@@ -59,6 +59,7 @@ class SampleResult:
     canvas: torch.Tensor  # (B, L) final tokens ([PAD] where rules left a cell empty)
     steps: torch.Tensor  # (B,) decoder passes until every position was accepted
     history: list = field(default_factory=list)  # per step (canvas (B, L), accepted (B, L)) if recorded
+    revisions: torch.Tensor | None = None  # (B,) acceptances taken back (sampler.revise)
 
 
 # --- acceptance rules (pure) ----------------------------------------------------------------------
@@ -134,6 +135,7 @@ def sample(model, batch: dict, task, scfg, mode: str, noise_kind: str = "uniform
     canvas = torch.where(pinned, target, noise_like())
     accepted, empty = pinned.clone(), torch.zeros_like(pinned)
     steps_used = torch.zeros(B, dtype=torch.long, device=device)
+    revisions = torch.zeros(B, dtype=torch.long, device=device)
     views = None
     if int(getattr(scfg, "views", 1)) > 1 and mode != "free":
         if not hasattr(task, "views"):
@@ -193,6 +195,7 @@ def sample(model, batch: dict, task, scfg, mode: str, noise_kind: str = "uniform
         reopened = torch.zeros_like(new)
         if revise > 0 and step < scfg.steps - 1:
             reopened = _doubted(belief, canvas, accepted & ~pinned & ~empty, choices, mode, revise)
+            revisions += reopened.sum(-1)
         canvas = torch.where(new, tokens, canvas)
         accepted = (accepted | new | dead) & ~reopened
         empty |= dead
@@ -208,7 +211,7 @@ def sample(model, batch: dict, task, scfg, mode: str, noise_kind: str = "uniform
             history.append((canvas.clone().cpu(), accepted.clone().cpu()))
     # Out of steps with positions still open (rules rejected a same-step conflict): leave them empty.
     canvas = torch.where(accepted, canvas, torch.full_like(canvas, pad_id))
-    return SampleResult(canvas=canvas, steps=steps_used, history=history)
+    return SampleResult(canvas=canvas, steps=steps_used, history=history, revisions=revisions)
 
 
 class _Views:

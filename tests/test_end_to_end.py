@@ -40,8 +40,9 @@ def test_train_eval_export(tmp_path, finetune, capsys):
     assert result["n"] == 1 and result["skipped_lines"] == 1
     assert set(result["modes"]) == {"free", "clamped", "rules"} and "baseline_untrained_rules" in result
     for m in result["modes"].values():
-        assert {"n", "exact", "cell_accuracy", "givens_kept", "rule_violations", "mean_steps", "puzzles_per_s",
-                "tokens_per_s", "by_givens"} <= set(m)
+        assert {"n", "exact", "cell_accuracy", "givens_kept", "rule_violations", "mean_steps", "mean_revisions",
+                "puzzles_per_s", "tokens_per_s", "by_givens"} <= set(m)
+        assert m["mean_revisions"] == 0  # sampler.revise is off by default
     assert result["modes"]["rules"]["rule_violations"] == 0
     main(["eval", str(run), "limit=4", "baseline=false"])  # the run's own held-out split
     assert (run / "eval" / "heldout.json").exists() and (run / "eval" / "heldout_denoising.png").exists()

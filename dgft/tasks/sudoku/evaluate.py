@@ -25,8 +25,8 @@ from dgft.tasks.sudoku import grid as G
 from dgft.tasks.sudoku.io import read_puzzles
 from dgft.train import seed_everything
 
-METRICS = ("n", "exact", "cell_accuracy", "givens_kept", "rule_violations", "mean_steps", "puzzles_per_s",
-           "tokens_per_s")
+METRICS = ("n", "exact", "cell_accuracy", "givens_kept", "rule_violations", "mean_steps", "mean_revisions",
+           "puzzles_per_s", "tokens_per_s")
 
 
 def evaluate_run(cfg, run: Path, run_cfg, scfg, device) -> dict:
@@ -77,7 +77,7 @@ def run_mode(model, task, recs, scfg, run_cfg, mode: str, seed: int, record: boo
     """Sample answers for all records in one mode, batching same-size puzzles. -> (answers, stats)."""
     gen = seed_everything(seed)
     answers: list = [None] * len(recs)
-    steps = np.zeros(len(recs))
+    steps, revisions = np.zeros(len(recs)), np.zeros(len(recs))
     history, elapsed, cells = None, 0.0, 0
     by_size = defaultdict(list)
     for i, r in enumerate(recs):
@@ -97,7 +97,7 @@ def run_mode(model, task, recs, scfg, run_cfg, mode: str, seed: int, record: boo
             digits = task.decode(res.canvas, batch["size"])
             for j, i in enumerate(idx):
                 answers[i] = digits[j]
-                steps[i] = int(res.steps[j])
+                steps[i], revisions[i] = int(res.steps[j]), int(res.revisions[j])
             if res.history:
                 n = batch["size"]
                 accepted = [task.at_cells(a, n)[0].numpy() for _, a in res.history]
@@ -106,7 +106,7 @@ def run_mode(model, task, recs, scfg, run_cfg, mode: str, seed: int, record: boo
             bar.update(len(idx))
             bar.set_postfix(puzzles_s=f"{(start + len(idx)) / max(elapsed, 1e-9):.1f}")
     bar.close()
-    return answers, {"steps": steps, "seconds": elapsed, "cells": cells, "history": history}
+    return answers, {"steps": steps, "revisions": revisions, "seconds": elapsed, "cells": cells, "history": history}
 
 
 def summarise(recs, answers, stats) -> dict:
@@ -115,6 +115,7 @@ def summarise(recs, answers, stats) -> dict:
                          puzzles=[G.to_string(r.puzzle) for r in recs])
     secs = max(stats["seconds"], 1e-9)
     return {**out, "mean_steps": float(stats["steps"].mean()) if len(recs) else 0.0,
+            "mean_revisions": float(stats["revisions"].mean()) if len(recs) else 0.0,
             "puzzles_per_s": len(recs) / secs, "tokens_per_s": stats["cells"] / secs}
 
 
@@ -166,5 +167,8 @@ def markdown(name: str, result: dict) -> str:
                  "|" + "---|" * (len(kinds) + 1)]
         rows += [f"| {mode} | " + " | ".join(f"{m['by_difficulty'][k]['exact']:.1%}" for k in kinds) + " |"
                  for mode, m in entries]
+    revised = [f"{mode} {m['mean_revisions']:.2f}" for mode, m in entries if m.get("mean_revisions")]
+    if revised:
+        rows += ["", "Acceptances the model took back per puzzle (sampler.revise): " + ", ".join(revised) + "."]
     skipped = f", {result['skipped_lines']} bad lines skipped" if result["skipped_lines"] else ""
     return f"### {name} ({result['n']} puzzles{skipped}; {result['data']})\n\n" + "\n".join(rows) + "\n"
