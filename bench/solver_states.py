@@ -13,6 +13,11 @@ peer holds) and how often the open cell it is surest of is right, overall and le
 rules leave one digit, which any model gets right). The sampler accepts that surest cell each step, so a miss
 rate r over ~50 steps loses about 1 - (1 - r)^50 of the puzzles.
 
+Then what `sampler.revise` would do on the same states: one known (non-given) cell per state is given a wrong digit
+no known peer holds (`SudokuTask.plant_wrong`, as `task.wrong_known_p` trains), and the script prints how often the
+known cell whose digit the model gives the lowest probability is that planted one with probability below the bound
+(`caught`), and, on the states without a plant, how often some known cell falls below it (`false alarms`).
+
     python bench/solver_states.py outputs/sudoku/RUN                       # its generated held-out 9x9 puzzles
     python bench/solver_states.py outputs/sudoku/RUN --data puzzles.csv --puzzles 200 --open 0.9 0.7 0.5
 """
@@ -60,6 +65,34 @@ def state_scores(model, task, batch: dict, hit: torch.Tensor, gen: torch.Generat
     return counts
 
 
+@torch.no_grad()
+def doubt_scores(model, task, batch: dict, hit: torch.Tensor, gen: torch.Generator, bound: float) -> dict:
+    """`sampler.revise` on one set of states: with one planted wrong known cell, and without."""
+    target, givens, choices, n = batch["target"], batch["fixed"], batch["choices"], batch["size"]
+    known = ~hit
+    revisable = known & ~givens
+    noisy = torch.where(hit, N.draw(choices, target.shape, gen), target)
+    wrong, planted = task.plant_wrong(noisy, revisable, known, n, gen)
+    counts = {}
+    for name, tokens in (("planted", wrong), ("clean", noisy)):
+        ids, mask = task.known_prompt(target, givens, tokens, revisable, n)
+        cache = encode(model, ids, mask)
+        logits = denoise(model, cache, tokens, mask, sc_logits=denoise(model, cache, tokens, mask))
+        index = (tokens[..., None] == choices[None]).float().argmax(-1)
+        prob = torch.gather(logits, 2, choices[None].expand(*target.shape, -1)).softmax(-1).gather(2, index[..., None])
+        prob = prob[..., 0].masked_fill(~revisable, 2.0)
+        low, where = prob.min(-1)
+        flagged = low < bound
+        if name == "planted":
+            rows = planted.any(-1)
+            counts["caught"] = (flagged & planted.gather(1, where[:, None])[:, 0])[rows].sum().item()
+            counts["planted"] = rows.sum().item()
+        else:
+            rows = revisable.any(-1)
+            counts["false_alarms"], counts["clean"] = flagged[rows].sum().item(), rows.sum().item()
+    return counts
+
+
 def corrupted(kind: str, task, batch: dict, share: float, gen: torch.Generator) -> torch.Tensor:
     """(B, L) bool: `share` of each puzzle's blanks, at random or those a singles solver fills last."""
     target, givens = batch["target"], batch["fixed"]
@@ -78,6 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--puzzles", type=int, default=128, help="9x9 puzzles used, the file's first")
     ap.add_argument("--open", type=float, nargs="+", default=[0.9, 0.7, 0.5, 0.3], help="shares of blanks left open")
     ap.add_argument("--draws", type=int, default=2, help="noise draws per state")
+    ap.add_argument("--bound", type=float, default=0.5, help="sampler.revise's bound for the planted-mistake figures")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--out", help="write the figures as JSON here")
@@ -112,6 +146,18 @@ def main(argv: list[str] | None = None) -> dict:
             out["rows"].append(row)
             print(f"{share:10.0%} | {kind:6s} | {row['open_accuracy']:16.1%} | {row['surest_right']:22.1%} | "
                   f"{row['surest_not_naked_right']:.1%}", flush=True)
+    print(f"\nsampler.revise={args.bound} on solver-ordered states with one planted wrong known cell, and without:")
+    print("open share | planted cell caught | false alarms on clean states")
+    for share in args.open:
+        total = {}
+        for _ in range(args.draws):
+            hit = corrupted("solver", task, batch, share, gen)
+            for key, value in doubt_scores(model, task, batch, hit, gen, args.bound).items():
+                total[key] = total.get(key, 0) + value
+        row = {"open_share": share, "bound": args.bound, "caught": total["caught"] / max(total["planted"], 1),
+               "false_alarms": total["false_alarms"] / max(total["clean"], 1), "states_planted": total["planted"]}
+        out.setdefault("doubt", []).append(row)
+        print(f"{share:10.0%} | {row['caught']:19.1%} | {row['false_alarms']:.1%}", flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=1))
     return out

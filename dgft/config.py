@@ -132,6 +132,8 @@ class ModelConfig:
     moe_intermediate_size: int = 128
     canvas_length: int = 81  # tokens the decoder denoises at once (must fit the task's answer)
     structured_init: bool = True  # tiny model: start task token embeddings from the task's structure
+    structured_attention: bool = False  # tiny model, Sudoku cell tokens: start three heads per layer as row,
+    # column and box lookups (SudokuTask.init_attention)
     lora: LoraConfig = field(default_factory=LoraConfig)
 
 

@@ -60,6 +60,28 @@ def build_tiny(mcfg, vocab_size: int, seed: int = 0) -> DiffusionGemmaForBlockDi
     return one_expert_path(model)
 
 
+def attention_layout(model) -> dict:
+    """Where a text layer's attention heads live, for initialising them by hand (`model.structured_attention`).
+
+    -> {"layers": [(q_proj weight (heads*D, H), k_proj weight (kv_heads*D, H))] of the encoder's text layers (the
+    decoder shares them), "head_dim": D, "groups": query heads per key/value head, "free": the head dims that rotary
+    embeddings leave alone in full-attention layers (dim pairs i, i + D/2 with frequency 0; proportional RoPE
+    rotates only a share), "rotated": the others}. In full-attention layers the values are the keys' projection
+    (there is no v_proj), so what a key carries is also what the head reads.
+    """
+    text = model.model.encoder.language_model
+    cfg = model.config.get_text_config()
+    if any(layer.self_attn.v_proj is not None for layer in text.layers):
+        raise ValueError("model.structured_attention: every layer must be full attention (values = keys); "
+                         f"layer_types={cfg.layer_types}")
+    inv_freq = getattr(text.rotary_emb, "full_attention_inv_freq")
+    half = cfg.head_dim // 2
+    free, rotated = torch.nonzero(inv_freq == 0)[:, 0], torch.nonzero(inv_freq != 0)[:, 0]
+    return {"layers": [(layer.self_attn.q_proj.weight, layer.self_attn.k_proj.weight) for layer in text.layers],
+            "head_dim": cfg.head_dim, "groups": cfg.num_attention_heads // cfg.num_key_value_heads,
+            "free": torch.cat([free, free + half]), "rotated": torch.cat([rotated, rotated + half])}
+
+
 # --- the experts block of a one-expert model ------------------------------------------------------
 ONE_EXPERT = "dgft_one_expert"
 

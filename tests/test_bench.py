@@ -53,14 +53,14 @@ def test_profile_step_bad_arguments_are_one_line(capsys):
 
 
 def test_solver_states_on_a_tiny_run(tmp_path, capsys):
-    """bench/solver_states.py on a 4-step run trained with solver-ordered corruption: both state kinds at each
-    share, figures in [0, 1], as many open cells as asked."""
+    """bench/solver_states.py on a 4-step run trained with solver-ordered corruption and planted mistakes: both
+    state kinds at each share, figures in [0, 1], as many open cells as asked; the revise figures per share."""
     from dgft.cli import main
 
     run = tmp_path / "run"
     main(["train", f"hydra.run.dir={run}", f"task.cache_dir={tmp_path / 'cache'}", "task.base_puzzles=12",
           "task.heldout_puzzles=4", "trainer.max_steps=4", "trainer.batch_size=8", "trainer.eval_every=0",
-          "task.solver_order_p=0.5", "noise.known_in_prompt=true", *TINY])
+          "task.solver_order_p=0.5", "task.wrong_known_p=0.5", "noise.known_in_prompt=true", *TINY])
     out = tmp_path / "states.json"
     r = _load("solver_states").main([str(run), "--open", "0.8", "0.4", "--draws", "1", "--out", str(out)])
     assert json.loads(out.read_text()) == r and r["puzzles"] == 4
@@ -68,4 +68,8 @@ def test_solver_states_on_a_tiny_run(tmp_path, capsys):
         (0.8, "random"), (0.8, "solver"), (0.4, "random"), (0.4, "solver")]
     for row in r["rows"]:
         assert 0 <= row["open_accuracy"] <= 1 and 0 <= row["surest_right"] <= 1
-    assert "surest open cell right" in capsys.readouterr().out
+    assert [row["open_share"] for row in r["doubt"]] == [0.8, 0.4]
+    assert all(0 <= row["caught"] <= 1 and 0 <= row["false_alarms"] <= 1 for row in r["doubt"])
+    assert sum(row["states_planted"] for row in r["doubt"]) > 0
+    printed = capsys.readouterr().out
+    assert "surest open cell right" in printed and "planted cell caught" in printed

@@ -20,7 +20,8 @@ def _train(tmp_path, run, *extra):
 @pytest.mark.parametrize("finetune", ["full", "lora"])
 def test_train_eval_export(tmp_path, finetune, capsys):
     run = tmp_path / "run"
-    _train(tmp_path, run, f"model.finetune={finetune}", "noise.encoder_ar_weight=0.1")
+    heads = ["model.structured_attention=true"] if finetune == "full" else []  # row and column heads at the start
+    _train(tmp_path, run, f"model.finetune={finetune}", "noise.encoder_ar_weight=0.1", *heads)
     for name in ("config.yaml", "tokenizer/tokenizer.json", "metrics.jsonl", "loss.png", "data/heldout.csv",
                  "run.json", "train_summary.json"):
         assert (run / name).exists(), name

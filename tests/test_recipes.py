@@ -54,6 +54,7 @@ def test_typos_and_bad_types_fail_at_composition(override):
     ("task.singles_weight=0", "task.singles_weight"), ("trainer.ema_decay=1.0", "trainer.ema_decay"),
     ("noise.t_power=0", "noise.t_power"), ("task.sc_rules_p=1.5", "task.sc_rules_p"),
     ("task.solver_order_p=-0.1", "task.solver_order_p"), ("task.wrong_known_p=2", "task.wrong_known_p"),
+    ("sampler.revise=1.0", "sampler.revise"),
     ("sampler.self_conditioning_from=views", "sampler.self_conditioning_from"),
 ])
 def test_range_checks_name_the_key(override, key):
@@ -131,3 +132,18 @@ def test_infill_with_a_pretrained_model_reads_its_tokenizer():
     cfg = _compose("train", base + ["task.tokenizer=${model.path}"])
     validate(cfg)
     assert cfg.task.tokenizer == cfg.model.path and cfg.task.prompt_format == "auto"
+
+
+@pytest.mark.parametrize("override,noise", [("sampler.revise=1.5", "uniform"), ("sampler.revise=0.5", "mask")])
+def test_eval_checks_revise_against_the_run(override, noise):
+    """An eval override of sampler.revise is range-checked, and refused for a mask-noise run, naming the key."""
+    from dgft.evaluate import check_options
+
+    cfg = _compose("eval", ["run=/tmp/x", override])
+    run_cfg = _compose("train", [f"noise={noise}"])
+    scfg = OmegaConf.merge(run_cfg.sampler, {k: v for k, v in cfg.sampler.items() if v is not None})
+    with pytest.raises(ConfigError, match=r"sampler\.revise"):
+        check_options(cfg, run_cfg, scfg)
+    validate(_compose("train", ["sampler.revise=0.5"]))
+    with pytest.raises(ConfigError, match=r"sampler\.revise"):
+        validate(_compose("train", ["noise=mask", "sampler.revise=0.5"]))

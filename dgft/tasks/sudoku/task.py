@@ -259,6 +259,58 @@ class SudokuTask:
             start = self.offsets[n]
             embedding[start:start + n * n * n] = vec.reshape(-1, H).to(embedding.dtype)
 
+    def init_attention(self, layout: dict, embedding: torch.Tensor, generator: torch.Generator) -> None:
+        """Start three attention heads of every layer as peer lookups (`model.structured_attention`).
+
+        Query head 0 matches the tokens of the same row, head 1 of the same column, head 2 of the same box: in the
+        head dims rotary embeddings leave alone (`dgft.model.attention_layout`), the query and the key projections
+        get a fitted map from a cell token's (normalised) embedding to a code of its unit, orthonormal across a
+        grid's units, added to their random start. The keys, which are also the values, carry a code of the
+        token's digit in the rotated dims, so each head starts by reading the digits of a cell's peers. Query heads
+        sharing a key head take its two halves of free dims; a third sharing one is left as it was. The model is
+        unchanged; only its starting point is (like `init_embeddings`, which this builds on).
+        """
+        if self.tokens != "cell":
+            return
+        D, groups = layout["head_dim"], layout["groups"]
+        free, rotated = layout["free"], layout["rotated"]
+        halves = (free[: len(free) // 2], free[len(free) // 2:])
+        tokens, labels = [], {"row": [], "col": [], "box": [], "digit": []}
+        for n in SIZES:
+            b, cells = math.isqrt(n), torch.arange(n * n)
+            unit = {"row": cells // n, "col": cells % n, "box": (cells // n // b) * b + cells % n // b}
+            for name, per_cell in unit.items():  # each size's units get their own codes
+                labels[name].append(per_cell.repeat_interleave(n) + (0 if n == 9 else 9))
+            labels["digit"].append(torch.arange(n).repeat(n * n))
+            tokens.append(self.offsets[n] + torch.arange(n ** 3))
+        x = embedding.detach().float()[torch.cat(tokens)]
+        x = x / x.pow(2).mean(-1, keepdim=True).sqrt()  # what the first layer reads, after its input RMSNorm
+
+        def fitted(label: torch.Tensor, dims: torch.Tensor) -> torch.Tensor:  # (len(dims), H): embedding -> code
+            codes = torch.nn.functional.normalize(torch.randn(13, len(dims), generator=generator), dim=-1)
+            if len(dims) >= 9:  # a 9x9 grid's nine units orthonormal
+                codes[:9] = torch.linalg.qr(torch.randn(len(dims), len(dims), generator=generator))[0][:9]
+            w = torch.linalg.lstsq(x, codes[label]).solution.T
+            return w / w.std()
+
+        queries, keys = [], []  # (rows of q_proj or k_proj within a layer, fitted map)
+        for head, name in enumerate(("row", "col", "box")[: len(layout["layers"][0][0]) // D]):
+            slot = head % groups
+            if slot >= 2:
+                continue
+            dims = halves[slot]
+            w = fitted(torch.cat(labels[name]), dims)
+            queries.append((head * D + dims, w))
+            keys.append(((head // groups) * D + dims, w))
+        digit = fitted(torch.cat(labels["digit"]), rotated)
+        keys += [(kv * D + rotated, digit) for kv in sorted({int(rows[0]) // D for rows, _ in keys})]
+        with torch.no_grad():
+            for q, k in layout["layers"]:
+                for weight, parts in ((q, queries), (k, keys)):
+                    scale = weight.std()
+                    for rows, w in parts:
+                        weight[rows] += (scale * w).to(weight.dtype)
+
     # --- sampling hooks ---------------------------------------------------------------------------
     def rule_mask(self, choice: torch.Tensor, accepted: torch.Tensor, n: int) -> torch.Tensor:
         """(B, L, K) bool: digits not yet fixed among a cell's peers. choice (B, L) digit index, accepted (B, L)."""
