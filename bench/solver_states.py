@@ -34,22 +34,31 @@ import torch
 from dgft import noise as N
 from dgft.model import denoise, encode
 from dgft.runs import load_config, load_model
+from dgft.sampling import doubted
 from dgft.tasks import get_task
 from dgft.tasks.sudoku.io import read_puzzles
 
 
 @torch.no_grad()
+def answer_logits(model, task, batch: dict, tokens: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    """(B, L, K) the model's answer logits on a state: canvas `tokens` (B, L), the `known` (B, L) cells listed in the
+    prompt with the givens (as `sampler.reprompt` lists accepted ones), two self-conditioned decoder passes."""
+    target, givens, choices = batch["target"], batch["fixed"], batch["choices"]
+    ids, mask = task.known_prompt(target, givens, tokens, known & ~givens, batch["size"])
+    cache = encode(model, ids, mask)
+    logits = denoise(model, cache, tokens, mask, sc_logits=denoise(model, cache, tokens, mask))
+    return torch.gather(logits, 2, choices[None].expand(*target.shape, -1))
+
+
+@torch.no_grad()
 def state_scores(model, task, batch: dict, hit: torch.Tensor, gen: torch.Generator) -> dict:
     """The model on one set of states: `hit` (B, L) the open (corrupted) cells, the rest known."""
-    target, givens, choices, n = batch["target"], batch["fixed"], batch["choices"], batch["size"]
+    target, choices, n = batch["target"], batch["choices"], batch["size"]
     known = ~hit
     noisy = torch.where(hit, N.draw(choices, target.shape, gen), target)
-    ids, mask = task.known_prompt(target, givens, noisy, known & ~givens, n)
-    cache = encode(model, ids, mask)
-    logits = denoise(model, cache, noisy, mask, sc_logits=denoise(model, cache, noisy, mask))
     truth = (target[..., None] == choices[None]).float().argmax(-1)  # (B, L) answer index
     allowed = task.rule_mask(truth, known, n)  # no digit a known peer holds
-    scores = torch.gather(logits, 2, choices[None].expand(*target.shape, -1)).masked_fill(~allowed, -torch.inf)
+    scores = answer_logits(model, task, batch, noisy, known).masked_fill(~allowed, -torch.inf)
     certainty, pick = scores.softmax(-1).max(-1)
     right = pick == truth
     naked = (allowed.sum(-1) == 1) & hit
@@ -75,21 +84,15 @@ def doubt_scores(model, task, batch: dict, hit: torch.Tensor, gen: torch.Generat
     wrong, planted = task.plant_wrong(noisy, revisable, known, n, gen)
     counts = {}
     for name, tokens in (("planted", wrong), ("clean", noisy)):
-        ids, mask = task.known_prompt(target, givens, tokens, revisable, n)
-        cache = encode(model, ids, mask)
-        logits = denoise(model, cache, tokens, mask, sc_logits=denoise(model, cache, tokens, mask))
-        index = (tokens[..., None] == choices[None]).float().argmax(-1)
-        prob = torch.gather(logits, 2, choices[None].expand(*target.shape, -1)).softmax(-1).gather(2, index[..., None])
-        prob = prob[..., 0].masked_fill(~revisable, 2.0)
-        low, where = prob.min(-1)
-        flagged = low < bound
+        reopened = doubted(answer_logits(model, task, batch, tokens, known), tokens, revisable, choices, "rules",
+                           bound)  # what the sampler would reopen
         if name == "planted":
             rows = planted.any(-1)
-            counts["caught"] = (flagged & planted.gather(1, where[:, None])[:, 0])[rows].sum().item()
+            counts["caught"] = (reopened & planted).any(-1)[rows].sum().item()
             counts["planted"] = rows.sum().item()
         else:
             rows = revisable.any(-1)
-            counts["false_alarms"], counts["clean"] = flagged[rows].sum().item(), rows.sum().item()
+            counts["false_alarms"], counts["clean"] = reopened.any(-1)[rows].sum().item(), rows.sum().item()
     return counts
 
 

@@ -181,9 +181,10 @@ def sample(model, batch: dict, task, scfg, mode: str, noise_kind: str = "uniform
             belief = scores  # the model's own, before the rules: what judges earlier acceptances (revise)
             if mode == "rules":
                 scores = scores.masked_fill(~allowed, -math.inf)
+        revising = revise > 0 and step < scfg.steps - 1  # never on the last step: what is open then stays empty
         no_digit = torch.isinf(scores).all(-1)
-        stuck = no_digit & open_  # rules left no digit: never filled; left empty (with revise, at the last step)
-        dead = stuck if revise == 0 or step >= scfg.steps - 1 else torch.zeros_like(stuck)
+        stuck = no_digit & open_  # rules left no digit: never filled; left empty (while revising, kept open)
+        dead = torch.zeros_like(stuck) if revising else stuck
         scores = scores.masked_fill(no_digit[..., None], 0.0)
         probs = _probs(scores, scfg.temperature)
         pick = _pick(probs, scfg.temperature, generator)  # (B, L) index into scores' last dim
@@ -193,8 +194,8 @@ def sample(model, batch: dict, task, scfg, mode: str, noise_kind: str = "uniform
         tokens = pick if mode == "free" else torch.gather(choices[None].expand(B, L, -1), 2, pick[..., None])[..., 0]
         new = _accept(order, count, open_ & ~stuck, tokens, canvas, accepted, task, choices, n, mode)
         reopened = torch.zeros_like(new)
-        if revise > 0 and step < scfg.steps - 1:
-            reopened = _doubted(belief, canvas, accepted & ~pinned & ~empty, choices, mode, revise)
+        if revising:
+            reopened = doubted(belief, canvas, accepted & ~pinned & ~empty, choices, mode, revise)
             revisions += reopened.sum(-1)
         canvas = torch.where(new, tokens, canvas)
         accepted = (accepted | new | dead) & ~reopened
@@ -285,7 +286,7 @@ def _pick(probs, temperature: float, generator):
     return torch.multinomial(probs.reshape(-1, K), 1, generator=generator).reshape(B, L)
 
 
-def _doubted(scores, canvas, revisable, choices, mode: str, below: float):
+def doubted(scores, canvas, revisable, choices, mode: str, below: float):
     """(B, L) bool: in each example, the `revisable` position whose current token has the lowest probability under
     `scores` (B, L, K: answer scores, or (B, L, V) logits in `free` mode), if that probability is below `below`."""
     current = canvas if mode == "free" else _choice_index(canvas, choices)

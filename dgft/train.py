@@ -299,13 +299,20 @@ def _corrupt(batch: dict, cfg, gen, vocab_size: int, task=None) -> dict:
     return {**batch, "t": t, "noisy": noisy, "hit": hit, "count": count, "tokens": tokens}
 
 
+def _drawn_with_clean_givens(batch: dict, p: float, gen) -> torch.Tensor:
+    """(B,) bool: each example drawn with probability p, among those whose givens the noise leaves clean (not
+    freed by `task.corrupt_givens_p`)."""
+    fixed = batch["fixed"]
+    return (torch.rand(fixed.shape[0], generator=gen) < p) & (fixed == batch.get("givens", fixed)).all(-1)
+
+
 def _solver_ordered(batch: dict, noisy, hit, p: float, cfg, gen, support, task):
     """`task.solver_order_p`: in that share of examples (those whose givens stay clean), the same number of
     corrupted cells, moved onto the cells a solver fills last (the task's `solving_rank`, ties in random order),
     so the clean ones are what it fills first: the states a sampler passes through, accepting its surest cell
     first. Uniform random subsets of clean cells are far easier to complete than these (eval/RESULTS.md)."""
     target, fixed = batch["target"], batch["fixed"]
-    rows = (torch.rand(target.shape[0], generator=gen) < p) & (fixed == batch.get("givens", fixed)).all(-1)
+    rows = _drawn_with_clean_givens(batch, p, gen)
     if not rows.any():
         return noisy, hit
     moved = N.order_hits(hit[rows], task.solving_key(target[rows], fixed[rows], batch["size"], gen))
@@ -322,8 +329,8 @@ def _wrong_known(batch: dict, noisy, hit, p: float, gen, task):
     cells the noise left clean (shown as known, in the prompt too with `noise.known_in_prompt`) get a wrong digit
     no known peer holds (the task's `plant_wrong`), and are still scored with the true one: what a sampler's
     mistaken acceptance looks like, so the model learns to doubt it rather than build on it (`sampler.revise`)."""
-    target, fixed, givens = batch["target"], batch["fixed"], batch.get("givens", batch["fixed"])
-    rows = (torch.rand(target.shape[0], generator=gen) < p) & (fixed == givens).all(-1)
+    target, givens = batch["target"], batch.get("givens", batch["fixed"])
+    rows = _drawn_with_clean_givens(batch, p, gen)
     if not rows.any():
         return noisy
     known = givens | ~hit

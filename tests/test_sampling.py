@@ -257,7 +257,7 @@ def test_passes_run_that_many_decoder_passes_per_step_each_reading_the_last(setu
 
 
 def test_doubted_picks_each_rows_least_likely_revisable_token_below_the_bound():
-    from dgft.sampling import _doubted
+    from dgft.sampling import doubted
 
     choices = torch.tensor([[10, 11], [20, 21], [30, 31]])  # (L, K)
     canvas = torch.tensor([[10, 21, 30], [11, 20, 31], [10, 20, 30]])
@@ -265,9 +265,9 @@ def test_doubted_picks_each_rows_least_likely_revisable_token_below_the_bound():
                                      [[0.9, 0.1], [0.7, 0.3], [0.6, 0.4]],  # row 1: cell 0 (p 0.1) is not revisable
                                      [[0.9, 0.1], [0.9, 0.1], [0.9, 0.1]]]))  # row 2: all likely
     revisable = torch.tensor([[True, True, True], [False, True, True], [True, True, True]])
-    out = _doubted(scores, canvas, revisable, choices, "rules", below=0.5)
+    out = doubted(scores, canvas, revisable, choices, "rules", below=0.5)
     assert out.tolist() == [[False, True, False], [False, False, True], [False, False, False]]
-    assert not _doubted(scores, canvas, revisable, choices, "rules", below=0.15)[0].any()
+    assert not doubted(scores, canvas, revisable, choices, "rules", below=0.15)[0].any()
 
 
 @pytest.mark.parametrize("views", [1, 3])

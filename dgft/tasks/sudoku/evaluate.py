@@ -25,9 +25,6 @@ from dgft.tasks.sudoku import grid as G
 from dgft.tasks.sudoku.io import read_puzzles
 from dgft.train import seed_everything
 
-METRICS = ("n", "exact", "cell_accuracy", "givens_kept", "rule_violations", "mean_steps", "mean_revisions",
-           "puzzles_per_s", "tokens_per_s")
-
 
 def evaluate_run(cfg, run: Path, run_cfg, scfg, device) -> dict:
     """`dgft eval RUN [data=PATH]` for a Sudoku run (`dgft.evaluate` has done the shared setup)."""

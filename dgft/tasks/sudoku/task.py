@@ -61,6 +61,11 @@ def _adjacency(n: int) -> torch.Tensor:
     return adj
 
 
+def _cell_unit_index(n: int) -> torch.Tensor:
+    """(L, 3) each cell's row, column and box, each numbered 0..n-1 (`grid._cell_units` without its offsets)."""
+    return torch.as_tensor(G._cell_units(n) - np.arange(3) * n)
+
+
 @lru_cache(maxsize=None)
 def _unit_matrix(n: int) -> torch.Tensor:
     """(3n, L) float 1 where a cell belongs to a unit (rows, columns, boxes)."""
@@ -247,11 +252,8 @@ class SudokuTask:
             return
         H = embedding.shape[1]
         for n in SIZES:
-            b = math.isqrt(n)
             parts = [torch.randn(n, H, generator=generator) for _ in range(4)]  # row, col, box, digit
-            cells = torch.arange(n * n)
-            rows, cols = cells // n, cells % n
-            boxes = (rows // b) * b + cols // b
+            rows, cols, boxes = _cell_unit_index(n).T
             place = parts[0][rows] + parts[1][cols] + parts[2][boxes]  # (L, H)
             vec = place[:, None, :] + parts[3][None, :, :]  # (L, n, H)
             vec = vec + 0.5 * torch.randn(vec.shape, generator=generator)  # room for token-specific features
@@ -277,8 +279,7 @@ class SudokuTask:
         halves = (free[: len(free) // 2], free[len(free) // 2:])
         tokens, labels = [], {"row": [], "col": [], "box": [], "digit": []}
         for n in SIZES:
-            b, cells = math.isqrt(n), torch.arange(n * n)
-            unit = {"row": cells // n, "col": cells % n, "box": (cells // n // b) * b + cells % n // b}
+            unit = dict(zip(("row", "col", "box"), _cell_unit_index(n).T))
             for name, per_cell in unit.items():  # each size's units get their own codes
                 labels[name].append(per_cell.repeat_interleave(n) + (0 if n == 9 else 9))
             labels["digit"].append(torch.arange(n).repeat(n * n))
