@@ -382,6 +382,9 @@ def _validate_sudoku(get) -> None:
     if get("task.tokens") == "text" and get("task.wrong_known_p"):
         raise ConfigError("task.wrong_known_p: tokens=text lays the answer out as text; wrong digits that keep the "
                           "rules need tokens=cell or tokens=digit")
+    if get("model.structured_attention") and get("task.tokens") != "cell":
+        raise ConfigError(f"model.structured_attention=true: the row, column and box heads are fitted to cell tokens; "
+                          f"task.tokens={get('task.tokens')} has none (set model.structured_attention=false)")
     if get("task.tokens") == "text" and get("task.singles_weight") != 1:
         raise ConfigError("task.singles_weight: tokens=text lays the answer out as text; weighting cells needs "
                           "tokens=cell or tokens=digit")
@@ -396,6 +399,8 @@ def _validate_infill(get) -> None:
     if get("sampler.self_conditioning_from") != "model":
         raise ConfigError(f"sampler.self_conditioning_from={get('sampler.self_conditioning_from')}: code has no "
                           "rules; use model")
+    if get("model.structured_attention"):
+        raise ConfigError("model.structured_attention=true: Sudoku only (row, column and box heads); set it false")
     kinds, weights = list(get("task.kinds")), list(get("task.kind_weights"))
     if not kinds or len(set(kinds)) != len(kinds) or any(k not in INFILL_KINDS for k in kinds):
         raise ConfigError(f"task.kinds={kinds}: distinct span kinds among {', '.join(INFILL_KINDS)}")
@@ -430,6 +435,9 @@ def _validate_model(get) -> None:
         raise ConfigError("noise.loss_weight=inv_t: only meaningful with noise.kind=mask")
     if get("model.name") == "diffusiongemma" and not get("model.path"):
         raise ConfigError("model.path: model=diffusiongemma needs a local directory or hub id of the weights")
+    if get("model.structured_attention") and get("model.name") != "tiny":
+        raise ConfigError(f"model.structured_attention=true: sets the starting weights of a model built from a config "
+                          f"(model=tiny or small); model.name={get('model.name')} keeps its pretrained weights")
     if get("model.quantize") != "none":
         import torch
 

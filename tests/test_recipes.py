@@ -68,7 +68,7 @@ def test_range_checks_name_the_key(override, key):
 def test_cell_options_refuse_a_text_answer(key):
     """Options that read the answer cell by cell are errors with tokens=text, naming the key."""
     text = ["task.tokens=text", "task.tokenizer=/nowhere", "task.canvas_length=96", "model.canvas_length=96",
-            "sampler.views=1"]
+            "sampler.views=1", "model.structured_attention=false"]
     validate(_compose("train", text))
     with pytest.raises(ConfigError, match=key.split("=")[0].replace(".", r"\.")):
         validate(_compose("train", text + [key]))
@@ -81,6 +81,16 @@ def test_expert_lora_refuses_dropout():
     with pytest.raises(ConfigError, match=r"model\.lora\.dropout=0\.1"):
         validate(_compose("train", lora + ["model.lora.dropout=0.1"]))
     validate(_compose("train", ["model.finetune=lora", "model.lora.dropout=0.1"]))
+
+
+def test_structured_attention_needs_a_tiny_model_with_cell_tokens():
+    """Row, column and box heads are fitted to Sudoku cell tokens of a model built from a config: anywhere else
+    the option would do nothing, so it is an error naming the key."""
+    on = ["model.structured_attention=true"]
+    validate(_compose("train", on))
+    for other in (["task.tokens=digit"], ["model=diffusiongemma", "model.path=/nowhere"], ["recipe=infill"]):
+        with pytest.raises(ConfigError, match=r"model\.structured_attention"):
+            validate(_compose("train", other + on))
 
 
 # --- the infill task's schema ---------------------------------------------------------------------

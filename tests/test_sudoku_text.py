@@ -103,7 +103,8 @@ def test_text_task_trains_and_evaluates_through_the_cli(tmp_path):
     main(["train", f"hydra.run.dir={run}", f"task.cache_dir={tmp_path / 'cache'}", "task.base_puzzles=20",
           "task.heldout_puzzles=4", "task.tokens=text", f"task.tokenizer={tok_dir}", "task.canvas_length=96",
           "model.canvas_length=96", "trainer.max_steps=2", "trainer.batch_size=4", "trainer.eval_every=0",
-          "sampler.steps=8", "sampler.views=1", "model.hidden_size=32", "model.num_layers=1", "model.num_heads=2",
+          "sampler.steps=8", "sampler.views=1", "model.structured_attention=false", "model.hidden_size=32",
+          "model.num_layers=1", "model.num_heads=2",
           "model.num_kv_heads=1", "model.head_dim=16", "model.intermediate_size=64", "model.moe_intermediate_size=32"])
     main(["eval", str(run), "limit=2", "baseline=false", "plot=false"])
     with pytest.raises(SystemExit) as err:  # views are laid out by cell: a text run refuses them, naming the key

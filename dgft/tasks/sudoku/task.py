@@ -284,15 +284,18 @@ class SudokuTask:
                 labels[name].append(per_cell.repeat_interleave(n) + (0 if n == 9 else 9))
             labels["digit"].append(torch.arange(n).repeat(n * n))
             tokens.append(self.offsets[n] + torch.arange(n ** 3))
-        x = embedding.detach().float()[torch.cat(tokens)]
+        x = embedding.detach().double()[torch.cat(tokens)]
         x = x / x.pow(2).mean(-1, keepdim=True).sqrt()  # what the first layer reads, after its input RMSNorm
 
         def fitted(label: torch.Tensor, dims: torch.Tensor) -> torch.Tensor:  # (len(dims), H): embedding -> code
             codes = torch.nn.functional.normalize(torch.randn(13, len(dims), generator=generator), dim=-1)
             if len(dims) >= 9:  # a 9x9 grid's nine units orthonormal
                 codes[:9] = torch.linalg.qr(torch.randn(len(dims), len(dims), generator=generator))[0][:9]
-            w = torch.linalg.lstsq(x, codes[label]).solution.T
-            return w / w.std()
+            # The embeddings span few dims (sums of unit and digit vectors), so x is rank-deficient: the fit is the
+            # minimum-norm one, by SVD in float64 with the rank cut well above rounding. (float32's default solver
+            # gave answers that differed in the last bits from one process to the next.)
+            w = torch.linalg.lstsq(x, codes[label].double(), rcond=1e-9, driver="gelsd").solution.T
+            return (w / w.std()).float()
 
         queries, keys = [], []  # (rows of q_proj or k_proj within a layer, fitted map)
         for head, name in enumerate(("row", "col", "box")[: len(layout["layers"][0][0]) // D]):
