@@ -230,17 +230,19 @@ def test_task_views_are_symmetries_of_the_puzzle():
     assert torch.equal(task.views(9, 5)[0], cells)  # seeded: the same views every call
 
 
-def test_training_progress_check_reads_the_puzzle_alone(setup, monkeypatch):
+def test_training_progress_check_reads_the_puzzle_alone_with_one_pass(setup, monkeypatch):
+    """Whatever the sampler's views and passes, the trainer's check samples with one of each (its figures stay
+    comparable across sampler settings, and cheap)."""
     import dgft.sampling as S
 
     cfg, task, model = setup
-    cfg = tiny_cfg(sampler={"views": 4, "steps": 4})
+    cfg = tiny_cfg(sampler={"views": 4, "passes": 2, "steps": 4})
     seen = []
     real = S.sample
-    monkeypatch.setattr(S, "sample", lambda *a, **k: seen.append(a[3].views) or real(*a, **k))
+    monkeypatch.setattr(S, "sample", lambda *a, **k: seen.append((a[3].views, a[3].passes)) or real(*a, **k))
     puzzles, solutions = _puzzles(4, 3, seed=1)
     out = task.quick_eval(model, [task.encode(puzzles, solutions)], cfg, torch.Generator().manual_seed(0))
-    assert seen == [1] and "4x4_clamped_exact" in out
+    assert seen == [(1, 1)] and "4x4_clamped_exact" in out
 
 
 def test_passes_run_that_many_decoder_passes_per_step_each_reading_the_last(setup, monkeypatch):

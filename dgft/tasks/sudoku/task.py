@@ -218,8 +218,8 @@ class SudokuTask:
     def quick_eval(self, model, batches: list[dict], cfg, gen) -> dict:
         """Clamped-mode exact and blank-cell accuracy on a few held-out puzzles per size.
 
-        With the puzzle alone (`sampler.views` = 1) whatever the sampler's views: a progress check during training,
-        where V views would cost V times the time.
+        With the puzzle alone and one pass per step (`sampler.views` = `sampler.passes` = 1) whatever the sampler's
+        settings: a progress check during training, where V views and P passes would cost V x P times the time.
         """
         from omegaconf import OmegaConf
 
@@ -227,7 +227,7 @@ class SudokuTask:
 
         model.eval()
         out = {}
-        scfg = OmegaConf.merge(cfg.sampler, {"views": 1})
+        scfg = OmegaConf.merge(cfg.sampler, {"views": 1, "passes": 1})
         for b in batches:
             n = b["size"]
             res = sample(model, b, self, scfg, mode="clamped", noise_kind=cfg.noise.kind,
