@@ -47,6 +47,16 @@ def test_train_eval_export(tmp_path, finetune, capsys):
     assert result["modes"]["rules"]["rule_violations"] == 0
     main(["eval", str(run), "limit=4", "baseline=false"])  # the run's own held-out split
     assert (run / "eval" / "heldout.json").exists() and (run / "eval" / "heldout_denoising.png").exists()
+    held = json.loads((run / "eval" / "heldout.json").read_text())
+    lines = [json.loads(x) for x in (run / "eval" / "heldout_samples.jsonl").read_text().splitlines()]
+    assert len(lines) == 4 * 3 and {x["row"] for x in lines} == {"free", "clamped", "rules"}
+    for mode, m in held["modes"].items():  # every answer is written, and the file agrees with the summary
+        mine = [x for x in lines if x["row"] == mode]
+        assert [x["index"] for x in mine] == [0, 1, 2, 3]
+        assert sum(x["exact"] for x in mine) / 4 == m["exact"]
+        assert all(len(x["answer"]) == len(x["puzzle"]) == len(x["solution"]) for x in mine)
+        if mode != "free":  # pinned givens are in every answer
+            assert all(a == p for x in mine for a, p in zip(x["answer"], x["puzzle"]) if p != "0")
 
     main(["export", str(run)])
     out = run / "export"

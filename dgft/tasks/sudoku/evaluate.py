@@ -3,7 +3,8 @@ untrained model of the same config driving the same sampler as the `rules` basel
 solve part of a puzzle, and the model's contribution is the difference.
 
 Example: `dgft eval outputs/sudoku/2026-11-27_15-00-00 data=../shared/benchmarks/sudoku/norvig_easy50.csv`
--> RUN/eval/norvig_easy50.json, .md and _denoising.png.
+-> RUN/eval/norvig_easy50.json, .md, _samples.jsonl (every answer, one line per puzzle and mode, for paired
+comparisons: `python eval/paired.py A_samples.jsonl B_samples.jsonl`) and _denoising.png.
 """
 
 from __future__ import annotations
@@ -46,20 +47,23 @@ def evaluate_run(cfg, run: Path, run_cfg, scfg, device) -> dict:
               "sampler": OmegaConf.to_container(scfg), "device": str(device), "modes": {}}
     picture = None
     kinds = difficulty(recs)
+    rows = {}  # row name -> (answers, stats)
     for mode in scfg.modes:
-        answers, stats = run_mode(model, task, recs, scfg, run_cfg, mode, cfg.seed, record=(mode == "rules"))
-        result["modes"][mode] = {**summarise(recs, answers, stats), **breakdowns(recs, answers, kinds)}
-        picture = picture or stats.get("history")
+        rows[mode] = run_mode(model, task, recs, scfg, run_cfg, mode, cfg.seed, record=(mode == "rules"))
+        result["modes"][mode] = {**summarise(recs, *rows[mode]), **breakdowns(recs, rows[mode][0], kinds)}
+        picture = picture or rows[mode][1].get("history")
     if cfg.baseline:
         from dgft.evaluate import untrained_model
 
         baseline = untrained_model(run_cfg, run, device)
-        answers, stats = run_mode(baseline, task, recs, scfg, run_cfg, "rules", cfg.seed)
-        result["baseline_untrained_rules"] = {**summarise(recs, answers, stats), **breakdowns(recs, answers, kinds)}
+        key = "baseline_untrained_rules"
+        rows[key] = run_mode(baseline, task, recs, scfg, run_cfg, "rules", cfg.seed)
+        result[key] = {**summarise(recs, *rows[key]), **breakdowns(recs, rows[key][0], kinds)}
 
     # --- write ------------------------------------------------------------------------------------
     (out_dir / f"{name}.json").write_text(json.dumps(result, indent=1))
     (out_dir / f"{name}.md").write_text(markdown(name, result))
+    write_samples(out_dir / f"{name}_samples.jsonl", recs, kinds, rows)
     if cfg.plot and picture:
         from dgft.plots import plot_denoising
 
@@ -106,9 +110,23 @@ def run_mode(model, task, recs, scfg, run_cfg, mode: str, seed: int, record: boo
     return answers, {"steps": steps, "revisions": revisions, "seconds": elapsed, "cells": cells, "history": history}
 
 
+def write_samples(path: Path, recs, kinds, rows: dict) -> None:
+    """One JSON line per puzzle and row (mode, or the untrained baseline): where the puzzle came from, the puzzle,
+    its listed solution, its difficulty, the answer, its scores and the steps taken. Two evaluations of the same
+    file line up by `index`, so they can be compared puzzle by puzzle (`eval/paired.py`)."""
+    with open(path, "w", encoding="utf-8") as f:
+        for row, (answers, stats) in rows.items():
+            for i, (r, a, kind) in enumerate(zip(recs, answers, kinds)):
+                rec = {"row": row, "index": i, "source": r.source, "puzzle": G.to_string(r.puzzle),
+                       "solution": G.to_string(r.solution), "difficulty": kind, "answer": G.to_string(a),
+                       **score_answer(r.puzzle, r.solution, a), "steps": int(stats["steps"][i])}
+                f.write(json.dumps(rec) + "\n")
+
+
 def summarise(recs, answers, stats) -> dict:
     metric = SudokuAccuracy()
-    out = metric.compute(predictions=[G.to_string(a) for a in answers], references=[G.to_string(r.solution) for r in recs],
+    out = metric.compute(predictions=[G.to_string(a) for a in answers],
+                         references=[G.to_string(r.solution) for r in recs],
                          puzzles=[G.to_string(r.puzzle) for r in recs])
     secs = max(stats["seconds"], 1e-9)
     return {**out, "mean_steps": float(stats["steps"].mean()) if len(recs) else 0.0,

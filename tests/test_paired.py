@@ -1,0 +1,54 @@
+"""eval/paired.py: the puzzle-by-puzzle comparison of two `dgft eval` samples files."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+
+def _paired():
+    path = Path(__file__).resolve().parent.parent / "eval" / "paired.py"
+    spec = importlib.util.spec_from_file_location("eval_paired", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _write(path, exact, puzzles=None, kinds=None):
+    puzzles = puzzles or [f"{i:016d}" for i in range(len(exact))]
+    kinds = kinds or ["singles"] * len(exact)
+    path.write_text("".join(json.dumps({"row": "rules", "index": i, "puzzle": p, "difficulty": k, "exact": e}) + "\n"
+                            for i, (p, k, e) in enumerate(zip(puzzles, kinds, exact))))
+    return path
+
+
+def test_sign_test_exact_values():
+    paired = _paired()
+    assert paired.sign_test(0, 0) == 1.0 and paired.sign_test(3, 3) == 1.0
+    assert paired.sign_test(0, 6) == pytest.approx(2 / 64)  # all six differing puzzles favour B
+    assert paired.sign_test(9, 1) == pytest.approx(2 * 11 / 1024)
+
+
+def test_pairs_count_and_pool(tmp_path, capsys):
+    paired = _paired()
+    a = _write(tmp_path / "a.jsonl", [True, True, False, False, True, False], kinds=["singles"] * 3 + ["harder"] * 3)
+    b = _write(tmp_path / "b.jsonl", [True, False, True, True, True, True], kinds=["singles"] * 3 + ["harder"] * 3)
+    paired.main([str(a), str(b), str(a), str(b)])
+    out = capsys.readouterr().out
+    # both 2 (0, 4), only A 1 (1), only B 3 (2, 3, 5), neither 0; pooled over the two pairs: 4 / 2 / 6 / 0
+    assert "| 6 | 50.0% | 83.3% | +33.3% | 2 | 1 | 3 | 0 | 0.625 |" in out
+    assert "| **pooled** | 12 | 50.0% | 83.3% | +33.3% | 4 | 2 | 6 | 0 |" in out
+    assert "|   harder | 3 | 33.3% | 100.0% |" in out
+
+
+def test_different_puzzles_are_refused(tmp_path):
+    paired = _paired()
+    a = _write(tmp_path / "a.jsonl", [True, False])
+    b = _write(tmp_path / "b.jsonl", [True, False], puzzles=["0" * 16, "1" * 16])
+    with pytest.raises(SystemExit, match="not of the same puzzles"):
+        paired.main([str(a), str(b)])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"row": "rules", "index": 0}\nnot json\n')
+    with pytest.raises(SystemExit, match="bad.jsonl:2"):
+        paired.main([str(bad), str(b)])
