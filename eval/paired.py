@@ -67,6 +67,12 @@ def line(label: str, c: Counter, prefix: str = "") -> str:
             f"{get('only_b')} | {get('neither')} | {p:.3f} |")
 
 
+def block(label: str, c: Counter, kind_prefix: str = "") -> list[str]:
+    """The overall line of `c`, then one line per difficulty."""
+    kinds = sorted({key.split("/")[0] for key in c if "/" in key})
+    return [line(label, c)] + [line(f"  {kind_prefix}{kind}", c, kind + "/") for kind in kinds]
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("files", nargs="+", type=Path, help="A B [A2 B2 ...]: _samples.jsonl files, in pairs")
@@ -81,14 +87,9 @@ def main(argv=None) -> None:
         fa, fb = args.files[k], args.files[k + 1]
         c = compare(read(fa, args.row), read(fb, args.row), f"{fa} / {fb}")
         total += c
-        label = f"{fa.parent.parent.name or fa}: {fa.name} / {fb.name}"
-        lines.append(line(label, c))
-        for kind in sorted({key.split("/")[0] for key in c if "/" in key}):
-            lines.append(line(f"  {kind}", c, kind + "/"))
+        lines += block(f"{fa.parent.parent.name or fa}: {fa.name} / {fb.name}", c)
     if len(args.files) > 2:
-        lines.append(line("**pooled**", total))
-        for kind in sorted({key.split("/")[0] for key in total if "/" in key}):
-            lines.append(line(f"  pooled {kind}", total, kind + "/"))
+        lines += block("**pooled**", total, "pooled ")
     print("\n".join(x for x in lines if x))
 
 
