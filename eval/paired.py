@@ -1,12 +1,17 @@
 """Compare two Sudoku evaluations of the same puzzles, puzzle by puzzle (a paired test).
 
     python eval/paired.py A_samples.jsonl B_samples.jsonl [A2_samples.jsonl B2_samples.jsonl ...] [--row rules]
+                          [--common]
 
 Each file is the `<name>_samples.jsonl` that `dgft eval` writes beside `<name>.json`. A is the setting you have, B
 the one you try; give more pairs (one per trained model, say) and they are also pooled. Per pair it prints the
 puzzles both solve, only A, only B, neither, and the exact two-sided sign test (McNemar's) on the puzzles where the
 two differ: the chance of a split at least this uneven if A and B were equally good. Only the differing puzzles
 carry information, so two settings 4 points apart on 200 puzzles can be clearly different or not at all.
+
+By default the two files must hold the same puzzles in the same order. With --common they are matched by puzzle
+instead and compared on the puzzles both hold (B evaluated on a subset of A's puzzles, say); the line says how many
+each file had that the other did not.
 """
 
 from __future__ import annotations
@@ -43,10 +48,30 @@ def read(path: Path, row: str) -> dict[int, dict]:
     return out
 
 
-def compare(a: dict[int, dict], b: dict[int, dict], where: str) -> Counter:
+def by_puzzle(recs: dict[int, dict], path: Path) -> dict[str, dict]:
+    """puzzle string -> its line; exits if a puzzle appears twice (matching by puzzle would be ambiguous)."""
+    out = {}
+    for rec in recs.values():
+        if rec["puzzle"] in out:
+            sys.exit(f"{path}: puzzle {rec['puzzle']} appears twice; --common matches by puzzle")
+        out[rec["puzzle"]] = rec
+    return out
+
+
+def common(a: dict[str, dict], b: dict[str, dict], where: str) -> tuple[dict, dict, str]:
+    """The lines of the puzzles both hold, and a note of how many each file had alone."""
+    keys = [k for k in a if k in b]
+    if not keys:
+        sys.exit(f"{where}: the two evaluations share no puzzle")
+    note = f" (common {len(keys)}; A alone {len(a) - len(keys)}, B alone {len(b) - len(keys)})"
+    return {k: a[k] for k in keys}, {k: b[k] for k in keys}, note
+
+
+def compare(a: dict, b: dict, where: str) -> Counter:
     """Counts of both / only_a / only_b / neither, overall and per difficulty (keys like "harder/only_b")."""
     if a.keys() != b.keys() or any(a[i]["puzzle"] != b[i]["puzzle"] for i in a):
-        sys.exit(f"{where}: the two evaluations are not of the same puzzles in the same order")
+        sys.exit(f"{where}: the two evaluations are not of the same puzzles in the same order (--common matches "
+                 "by puzzle and compares the puzzles both hold)")
     counts = Counter()
     for i in a:
         ea, eb = a[i]["exact"], b[i]["exact"]
@@ -77,6 +102,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("files", nargs="+", type=Path, help="A B [A2 B2 ...]: _samples.jsonl files, in pairs")
     ap.add_argument("--row", default="rules", help="the mode to compare (default rules)")
+    ap.add_argument("--common", action="store_true", help="match by puzzle; compare the puzzles both files hold")
     args = ap.parse_args(argv)
     if len(args.files) % 2:
         ap.error("give the files in pairs: A B [A2 B2 ...]")
@@ -85,9 +111,12 @@ def main(argv=None) -> None:
     total, lines = Counter(), [head]
     for k in range(0, len(args.files), 2):
         fa, fb = args.files[k], args.files[k + 1]
-        c = compare(read(fa, args.row), read(fb, args.row), f"{fa} / {fb}")
+        a, b, note = read(fa, args.row), read(fb, args.row), ""
+        if args.common:
+            a, b, note = common(by_puzzle(a, fa), by_puzzle(b, fb), f"{fa} / {fb}")
+        c = compare(a, b, f"{fa} / {fb}")
         total += c
-        lines += block(f"{fa.parent.parent.name or fa}: {fa.name} / {fb.name}", c)
+        lines += block(f"{fa.parent.parent.name or fa}: {fa.name} / {fb.name}{note}", c)
     if len(args.files) > 2:
         lines += block("**pooled**", total, "pooled ")
     print("\n".join(x for x in lines if x))

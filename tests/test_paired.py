@@ -52,3 +52,19 @@ def test_different_puzzles_are_refused(tmp_path):
     bad.write_text('{"row": "rules", "index": 0}\nnot json\n')
     with pytest.raises(SystemExit, match="bad.jsonl:2"):
         paired.main([str(bad), str(b)])
+
+
+def test_common_compares_the_shared_puzzles(tmp_path, capsys):
+    paired = _paired()
+    a = _write(tmp_path / "a.jsonl", [True, False, False, True], puzzles=["a" * 16, "b" * 16, "c" * 16, "d" * 16])
+    b = _write(tmp_path / "b.jsonl", [True, True, False], puzzles=["c" * 16, "b" * 16, "e" * 16])  # other order
+    paired.main([str(a), str(b), "--common"])
+    out = capsys.readouterr().out
+    # shared: b (A no, B yes), c (A no, B yes): only B 2
+    assert "(common 2; A alone 2, B alone 1) | 2 | 0.0% | 100.0% | +100.0% | 0 | 0 | 2 | 0 |" in out
+    c = _write(tmp_path / "c.jsonl", [True], puzzles=["z" * 16])
+    with pytest.raises(SystemExit, match="share no puzzle"):
+        paired.main([str(a), str(c), "--common"])
+    twice = _write(tmp_path / "twice.jsonl", [True, True], puzzles=["a" * 16, "a" * 16])
+    with pytest.raises(SystemExit, match="appears twice"):
+        paired.main([str(twice), str(a), "--common"])
