@@ -19,11 +19,13 @@ import hashlib
 import json
 import math
 import os
+import shutil
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
+from dgft.cache import publish
 from dgft.tasks.sudoku import grid as G
 from dgft.tasks.sudoku.io import SudokuRecord
 from dgft.tasks.sudoku.task import equivalence_key
@@ -98,13 +100,11 @@ def build_splits(task_cfg, seed: int, workers: int | None = None, log=print):
     from datasets import Dataset, DatasetDict, load_from_disk
 
     path = Path(os.path.expanduser(task_cfg.cache_dir)) / f"sudoku-{cache_key(task_cfg, seed)}"
-    if (path / "dataset_dict.json").exists():
+    if path.exists():
         try:
             return load_from_disk(str(path))
         except Exception as err:  # a torn or corrupted cache is regenerated, not trusted
             log(f"{path}: unreadable cache ({type(err).__name__}); generating it again")
-            import shutil
-
             shutil.rmtree(path, ignore_errors=True)
     workers = workers or min(os.cpu_count() or 1, 4)
     train, heldout = [], []
@@ -119,9 +119,7 @@ def build_splits(task_cfg, seed: int, workers: int | None = None, log=print):
     if dropped:
         log(f"dropped {dropped} held-out puzzles equivalent to a training puzzle")
     splits = DatasetDict({"train": Dataset.from_list(train), "heldout": Dataset.from_list(heldout)})
-    tmp = path.with_name(path.name + ".tmp")
-    splits.save_to_disk(str(tmp))
-    os.replace(tmp, path) if not path.exists() else None
+    publish(path, lambda tmp: splits.save_to_disk(str(tmp)))
     return load_from_disk(str(path))
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dgft.cache import publish
 from dgft.tasks.infill import corpus as C
 from dgft.tasks.infill.task import setting
 
@@ -82,8 +83,9 @@ def build_splits(task_cfg, log=print):
     from datasets import Dataset, DatasetDict, load_from_disk
 
     path = cache_path(task_cfg)
-    if (path / "dataset_dict.json").exists() and (path / "report.json").exists():
+    if path.exists():
         try:
+            json.loads((path / "report.json").read_text())
             return load_from_disk(str(path))
         except Exception as err:  # a torn or corrupted cache is rebuilt, not trusted
             log(f"{path}: unreadable cache ({type(err).__name__}); building it again")
@@ -112,14 +114,11 @@ def build_splits(task_cfg, log=print):
     splits = DatasetDict({
         "train": Dataset.from_dict(columns([_file_row(f) for f in train], file_features), features=file_features),
         "heldout": Dataset.from_dict(columns(examples, example_features), features=example_features)})
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    splits.save_to_disk(str(tmp), num_shards={k: 1 for k in splits})  # one shard: an empty split loads too
-    (tmp / "report.json").write_text(json.dumps(info, indent=1))
-    if path.exists():  # built meanwhile by another process
-        shutil.rmtree(tmp, ignore_errors=True)
-    else:
-        os.replace(tmp, path)
+    def write(tmp: Path) -> None:
+        splits.save_to_disk(str(tmp), num_shards={k: 1 for k in splits})  # one shard: an empty split loads too
+        (tmp / "report.json").write_text(json.dumps(info, indent=1))
+
+    publish(path, write)
     return load_from_disk(str(path))
 
 
@@ -183,10 +182,7 @@ def corpus_tokenizer(task_cfg, log=print):
     splits = build_splits(task_cfg, log)
     log(f"training a byte-level BPE ({vocab_size} tokens) on {len(splits['train'])} training files ...")
     tok = train_tokenizer(splits["train"]["text"], vocab_size=vocab_size)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tok.save_pretrained(str(tmp))
-    if not path.exists():
-        os.replace(tmp, path)
+    publish(path, lambda tmp: tok.save_pretrained(str(tmp)))
     return tok
 
 

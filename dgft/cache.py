@@ -1,0 +1,35 @@
+"""Cache directories that appear whole or not at all, even with several processes building the same one.
+
+A cache (generated puzzles, an infill corpus split, a trained tokenizer) is written into a directory of this
+process's own, then renamed into place. Two runs started at once with the same seed and settings build the
+same content, so whichever renames first wins and the other's copy is removed: no half-written directory is
+ever read, and none is left behind.
+
+Example: `publish(path, lambda tmp: splits.save_to_disk(str(tmp)))`, then `load_from_disk(str(path))`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+
+def publish(path: Path, write: Callable[[Path], None]) -> None:
+    """Build the directory `path` by `write(tmp)` into a fresh per-process directory, then rename it into place.
+
+    If `path` exists by then (built meanwhile by another process), this process's copy is discarded.
+    """
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a killed process that had this pid
+    try:
+        write(tmp)
+        try:
+            os.replace(tmp, path)  # a directory onto a non-empty one fails: the other process won
+        except OSError:
+            if not path.exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

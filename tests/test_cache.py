@@ -1,0 +1,61 @@
+"""Cache directories are published whole: by rename from a per-process directory, never left half-written."""
+
+import pytest
+
+from dgft.cache import publish
+
+
+def _leftovers(root):
+    return sorted(p.name for p in root.iterdir() if ".tmp" in p.name)
+
+
+def test_publish_renames_into_place(tmp_path):
+    path = tmp_path / "cache"
+    publish(path, lambda tmp: (tmp.mkdir(), (tmp / "a.txt").write_text("mine")))
+    assert (path / "a.txt").read_text() == "mine"
+    assert _leftovers(tmp_path) == []
+
+
+def test_another_process_finishing_first_wins_and_nothing_is_left(tmp_path):
+    path = tmp_path / "cache"
+
+    def write(tmp):  # while this process writes, another one publishes the same cache
+        tmp.mkdir()
+        (tmp / "a.txt").write_text("mine")
+        path.mkdir()
+        (path / "a.txt").write_text("theirs")
+
+    publish(path, write)
+    assert (path / "a.txt").read_text() == "theirs"
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_failed_write_publishes_nothing(tmp_path):
+    path = tmp_path / "cache"
+
+    def write(tmp):
+        tmp.mkdir()
+        (tmp / "half.txt").write_text("x")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        publish(path, write)
+    assert not path.exists()
+    assert _leftovers(tmp_path) == []
+
+
+def test_sudoku_cache_without_its_index_is_generated_again(tmp_path):
+    from omegaconf import OmegaConf
+
+    from dgft.config import TaskConfig
+    from dgft.data import build_splits, cache_key
+
+    cfg = OmegaConf.structured(TaskConfig(base_puzzles=10, heldout_puzzles=4, cache_dir=str(tmp_path)))
+    first = list(build_splits(cfg, seed=1, workers=1, log=lambda *_: None)["train"]["puzzle"])
+    path = tmp_path / f"sudoku-{cache_key(cfg, 1)}"
+    (path / "dataset_dict.json").unlink()  # torn: an interrupted copy, say
+    messages = []
+    again = build_splits(cfg, seed=1, workers=1, log=messages.append)
+    assert any("unreadable cache" in m for m in messages)
+    assert list(again["train"]["puzzle"]) == first
+    assert _leftovers(tmp_path) == []
