@@ -3,8 +3,9 @@
 # step, then on the QLoRA step at 2 layers), then the QLoRA memory/time bench of issue 3, then the GPU Sudoku run
 # of issue 2.
 #   bash bench/device_session.sh OUT_DIR [TRAIN_MINUTES] [PARTS]
-# PARTS: which parts run, from "profile qlora experts sudoku" (the default: all but experts, the QLoRA bench with
-# LoRA on the experts too, 75 s). A session can run the bench parts
+# PARTS: which parts run, from "profile qlora experts views sudoku" (the default: all but experts, the QLoRA bench
+# with LoRA on the experts too, 75 s; views: bench/sample_views.py, the sampler's 16 views in one model call or in
+# 16, at most 90 s). A session can run the bench parts
 # in one call and the Sudoku run in the next, so that each call stays within the device tool's 10 minutes:
 #   bash bench/device_session.sh $OUT 5 "profile"; bash bench/device_session.sh $OUT 5 "sudoku"
 # Each part has its own timeout; at most 8 files land in OUT_DIR: bench_log.txt (what the profiles and the QLoRA
@@ -16,7 +17,7 @@
 set -uo pipefail
 OUT=$1
 MINUTES=${2:-4.5}
-PARTS=" ${3:-profile qlora sudoku} "
+PARTS=" ${3:-profile qlora views sudoku} "
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd) || exit 2
 cd "$(dirname "$0")/.." || exit 2
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -55,6 +56,13 @@ if [[ $PARTS == *" experts "* ]]; then  # LoRA on the experts too (model.lora.ta
   timeout -k 10 75 python3 bench/qlora_memory.py --depths 2 4 --steps 3 --target-experts \
     --out "$BENCH/qlora_memory_experts.json" 2>&1 | grep -v -e Warning -e warnings.warn | tee -a "$OUT/bench_log.txt"
   echo "=== qlora bench, expert LoRA: $((SECONDS - t0)) s" | tee -a "$OUT/bench_log.txt"
+fi
+if [[ $PARTS == *" views "* ]]; then  # the sampler's views one model call each, or stacked (sampler.view_batch)
+  t0=$SECONDS
+  timeout -k 10 90 python3 bench/sample_views.py --device cuda --batch 512 --views 16 --steps 4 --repeats 2 \
+    --view-batch 1 0 --out "$BENCH/sample_views.json" recipe=sudoku_gpu \
+    2>&1 | grep -v -e Warning -e warnings.warn | tee -a "$OUT/bench_log.txt"
+  echo "=== sample_views, 16 views at batch 512: $((SECONDS - t0)) s" | tee -a "$OUT/bench_log.txt"
 fi
 if [ -n "$(ls -A "$BENCH")" ]; then
   tar czf "$OUT/bench.tar.gz" -C "$BENCH" .

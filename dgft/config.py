@@ -188,6 +188,8 @@ class SamplerConfig:
     self_conditioning: bool = True  # feed the previous step's logits back, as in training
     reprompt: bool = False  # move accepted cells into the encoder's prompt (tasks with `known_prompt`)
     views: int = 1  # clamped/rules: average the model over this many symmetric forms of each puzzle (Sudoku)
+    view_batch: int = 1  # views per model call, stacked along the batch (0: all at once); 1 on a CPU, where stacking
+    # 16 views at batch 64 took 2x the time (bench/sample_views.py); recipe=sudoku_gpu stacks them all
     passes: int = 1  # decoder passes per step, each reading the one before as self-conditioning (needs it on)
     revise: float = 0.0  # > 0 (uniform noise): each step reopens the accepted, unpinned position whose token the
     # model now gives the lowest probability, if below this (task.wrong_known_p trains the doubt); 0: acceptances final
@@ -223,6 +225,7 @@ class SamplerOverrides:
     self_conditioning: Optional[bool] = None
     reprompt: Optional[bool] = None
     views: Optional[int] = None
+    view_batch: Optional[int] = None
     self_conditioning_from: Optional[str] = None
     passes: Optional[int] = None
     revise: Optional[float] = None
@@ -297,7 +300,8 @@ _POSITIVE = ["trainer.max_steps", "trainer.batch_size", "trainer.grad_accum", "t
              "noise.t_power"]
 _FRACTIONS = ["noise.eps", "noise.self_conditioning_p", "trainer.min_lr_ratio"]
 _NON_NEGATIVE = ["trainer.weight_decay", "trainer.warmup_steps", "trainer.eval_every", "trainer.ckpt_every",
-                 "trainer.time_limit_min", "noise.encoder_ar_weight", "sampler.temperature", "sampler.entropy_bound"]
+                 "trainer.time_limit_min", "noise.encoder_ar_weight", "sampler.temperature", "sampler.entropy_bound",
+                 "sampler.view_batch"]
 _MODES = {"sudoku": ("free", "clamped", "rules"), "infill": ("free", "clamped")}
 # per task: (choices, positive, fractions, non-negative) of its own keys
 _TASK_CHECKS = {

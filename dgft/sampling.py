@@ -221,6 +221,11 @@ class _Views:
     The task's `views(n, count)` gives (cells (V, L), digits (V, K)): view v's position j shows cell cells[v, j],
     and answer index k of a cell appears there as digits[v, k]. Its prompt is the task's `known_prompt` of the
     view (the givens, plus the accepted cells when `sampler.reprompt` re-encodes after each step).
+
+    Views run `sampler.view_batch` at a time (0: all) as one model call over a batch of (views x B) rows, view-major:
+    on a GPU, where a small model's step costs its kernel launches, that is one call instead of V (on a CPU, which
+    is compute-bound, one view per call is faster). A view's prompt has as many known cells as the puzzle's, so the
+    views of a chunk share the prompt length.
     """
 
     def __init__(self, model, task, scfg, n, choices, target, givens, noise_like):
@@ -234,44 +239,57 @@ class _Views:
         self.target = _choice_index(target, choices)  # (B, L) answer index of the solution
         self.givens = givens
         V = self.cells.shape[0]
-        self.caches, self.masks, self.sc = [None] * V, [None] * V, [None] * V
+        size = int(getattr(scfg, "view_batch", 1)) or V  # a run saved before the setting: one view per call
+        self.chunks = [list(range(s, min(s + size, V))) for s in range(0, V, size)]  # view numbers per model call
+        self.chunk_index = [torch.tensor(vs, device=device) for vs in self.chunks]  # the same, to index with
+        self.caches, self.masks, self.sc = ([None] * len(self.chunks) for _ in range(3))
 
-    def _tokens(self, v: int, index: torch.Tensor) -> torch.Tensor:
-        """(B, L) answer indices of the puzzle's cells -> the view's tokens at its positions."""
-        viewed = self.digits[v][index[:, self.cells[v]]]  # (B, L) the view's answer index at each position
-        B, L = viewed.shape
-        return torch.gather(self.choices[None].expand(B, L, -1), 2, viewed[..., None])[..., 0]
+    def _at(self, vs: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """(B, L, ...) per cell of the puzzle -> (len(vs) * B, L, ...) at each position of views vs (an index
+        tensor), view-major."""
+        return values[:, self.cells[vs]].transpose(0, 1).flatten(0, 1)
+
+    def _tokens(self, vs: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """(B, L) answer indices of the puzzle's cells -> (len(vs) * B, L) the tokens of views vs (an index tensor)
+        at their positions."""
+        B, L = index.shape
+        viewed = self.digits[vs][:, None, None, :].expand(-1, B, L, -1)  # (C, B, L, K)
+        viewed = torch.gather(viewed, 3, index[:, self.cells[vs]].transpose(0, 1)[..., None])[..., 0]  # (C, B, L)
+        return self.choices[torch.arange(L, device=index.device), viewed].flatten(0, 1)
 
     def encode(self, canvas: torch.Tensor, known: torch.Tensor) -> None:
         """Encode every view's prompt: its givens, and the `known` cells of the canvas (B, L) when re-prompting."""
         index = _choice_index(canvas, self.choices)
-        for v in range(len(self.caches)):
-            cells = self.cells[v]
-            givens = self.givens[:, cells]
-            ids, mask = self.task.known_prompt(self._tokens(v, self.target), givens, self._tokens(v, index),
-                                               known[:, cells] & ~givens, self.n)
-            self.caches[v], self.masks[v] = encode(self.model, ids, mask), mask
+        for c, vs in enumerate(self.chunk_index):
+            givens = self._at(vs, self.givens)
+            ids, mask = self.task.known_prompt(self._tokens(vs, self.target), givens, self._tokens(vs, index),
+                                               self._at(vs, known) & ~givens, self.n)
+            self.caches[c], self.masks[c] = encode(self.model, ids, mask), mask
 
     def scores(self, canvas: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
-        """One decoder pass per view -> (B, L, K) the views' answer log-probabilities, averaged, on the puzzle."""
+        """A decoder pass per chunk of views -> (B, L, K) the views' answer log-probabilities, averaged, on the
+        puzzle."""
         index = _choice_index(canvas, self.choices)
+        B, L = canvas.shape
         total = 0.0
-        for v in range(len(self.caches)):
-            view_canvas = torch.where(known[:, self.cells[v]], self._tokens(v, index), self.noise_like())
-            logits = denoise(self.model, self.caches[v], view_canvas, self.masks[v], sc_logits=self.sc[v])
-            self.sc[v] = logits if self.self_conditioning else None
-            B, L = view_canvas.shape
-            logp = torch.gather(logits, 2, self.choices[None].expand(B, L, -1)).log_softmax(-1)  # view's frame
-            total = total + logp[:, self.back[v]][:, :, self.digits[v]]
-        return total / len(self.caches)
+        for c, (views, vs) in enumerate(zip(self.chunks, self.chunk_index)):
+            noise = torch.cat([self.noise_like() for _ in views])  # one (B, L) draw per view, in view order
+            view_canvas = torch.where(self._at(vs, known), self._tokens(vs, index), noise)
+            logits = denoise(self.model, self.caches[c], view_canvas, self.masks[c], sc_logits=self.sc[c])
+            self.sc[c] = logits if self.self_conditioning else None
+            rows = len(views) * B
+            logp = torch.gather(logits, 2, self.choices[None].expand(rows, L, -1)).log_softmax(-1)  # views' frames
+            for i, v in enumerate(views):  # summed view by view, in order: the same rounding for any chunking
+                total = total + logp[i * B:(i + 1) * B][:, self.back[v]][:, :, self.digits[v]]
+        return total / len(self.cells)
 
     def forbid(self, forbid: torch.Tensor) -> None:
         """Remove the puzzle's `forbid` (B, L, K) answers from each view's self-conditioning logits, laid out in
         the view's cells and digits (`sampler.self_conditioning_from=rules`)."""
-        for v in range(len(self.caches)):
-            if self.sc[v] is not None:
-                viewed = forbid[:, self.cells[v]][:, :, self.digit_back[v]]
-                self.sc[v] = forbid_answers(self.sc[v], self.choices, viewed)
+        for c, views in enumerate(self.chunks):
+            if self.sc[c] is not None:
+                viewed = torch.cat([forbid[:, self.cells[v]][:, :, self.digit_back[v]] for v in views])
+                self.sc[c] = forbid_answers(self.sc[c], self.choices, viewed)
 
 
 def _probs(scores, temperature: float):

@@ -73,3 +73,23 @@ def test_solver_states_on_a_tiny_run(tmp_path, capsys):
     assert sum(row["states_planted"] for row in r["doubt"]) > 0
     printed = capsys.readouterr().out
     assert "surest open cell right" in printed and "planted cell caught" in printed
+
+
+def test_sample_views_times_both_chunkings_and_finds_the_same_canvases(tmp_path, capsys):
+    sample_views = _load("sample_views")
+    out = tmp_path / "views.json"
+    assert sample_views.main(["--batch", "3", "--views", "3", "--steps", "2", "--repeats", "1", "--view-batch", "1",
+                              "2", "0", "--out", str(out), *TINY]) == 0
+    r = json.loads(out.read_text())
+    assert r["same"] is True and set(r["rows"]) == {"1", "2", "0"}
+    assert all(row["s_per_step"] > 0 for row in r["rows"].values()) and r["rows"]["1"]["ratio_to_first"] == 1.0
+    assert "same canvases for every view_batch: True" in capsys.readouterr().out
+
+
+def test_sample_views_bad_arguments_are_one_line(capsys):
+    sample_views = _load("sample_views")
+    for argv in (["recipe=no_such_recipe"], ["model.hidden_size"], ["--views", "0"]):
+        with pytest.raises(SystemExit) as err:
+            sample_views.main(argv)
+        assert err.value.code == 2
+        assert "error:" in capsys.readouterr().err

@@ -163,8 +163,10 @@ def test_views_keep_pins_and_rules(setup, reprompt, source):
             assert (digits > 0).all()
 
 
-def test_views_map_each_view_back_to_the_puzzle(setup, monkeypatch):
-    """A stand-in model that echoes its canvas: every view then votes for the solution, if mapped back right."""
+@pytest.mark.parametrize("view_batch,calls", [(1, 4), (3, 2), (0, 1)])
+def test_views_map_each_view_back_to_the_puzzle(setup, monkeypatch, view_batch, calls):
+    """A stand-in model that echoes its canvas: every view then votes for the solution, if mapped back right,
+    however the views are stacked into model calls (`sampler.view_batch`)."""
     import dgft.sampling as S
 
     cfg, task, model = setup
@@ -173,23 +175,43 @@ def test_views_map_each_view_back_to_the_puzzle(setup, monkeypatch):
     V = task.vocab_size
     monkeypatch.setattr(S, "denoise", lambda m, cache, canvas, mask, sc_logits=None:
                         torch.nn.functional.one_hot(canvas, V).float() * 10)
-    scfg = OmegaConf.structured(SamplerConfig(views=4))
+    scfg = OmegaConf.structured(SamplerConfig(views=4, view_batch=view_batch))
     target = batch["target"]
     views = S._Views(model, task, scfg, 9, batch["choices"], target, batch["fixed"],
                      lambda: torch.zeros_like(target))
     assert not torch.equal(views.cells[1], views.cells[0]) and torch.equal(views.cells[0], torch.arange(81))
+    assert len(views.chunks) == calls and sum(views.chunks, []) == [0, 1, 2, 3]
     views.encode(target, torch.ones_like(batch["fixed"]))
     scores = views.scores(target, torch.ones_like(batch["fixed"]))  # every cell known: each view echoes it
     assert torch.equal(scores.argmax(-1), S._choice_index(target, batch["choices"]))
-    assert views.masks[1].sum(-1).eq(81 + 3).all()  # each view's prompt lists all 81 cells as known
+    assert all(mask.sum(-1).eq(81 + 3).all() for mask in views.masks)  # each view's prompt lists all 81 cells
     # the digits the rules forbid on the puzzle are removed from each view's self-conditioning in its own layout:
     # forbid every digit but the solution's, and each view's self-conditioning points at its view of the solution
     solution = S._choice_index(target, batch["choices"])
-    on_answers = torch.full((4, 81, V), -1e3).scatter(2, batch["choices"][None].expand(4, 81, 9), 0.0)
-    views.sc = [on_answers.clone() for _ in range(4)]
+    views.sc = [torch.full((len(vs) * 4, 81, V), -1e3).scatter(2, batch["choices"][None].expand(len(vs) * 4, 81, 9),
+                                                                0.0) for vs in views.chunks]
     views.forbid(torch.nn.functional.one_hot(solution, 9) == 0)
-    for v in range(4):
-        assert torch.equal(views.sc[v].argmax(-1), views._tokens(v, solution))
+    for c, vs in enumerate(views.chunk_index):
+        assert torch.equal(views.sc[c].argmax(-1), views._tokens(vs, solution))
+        for i, v in enumerate(views.chunks[c]):  # row block i of a chunk is view v: its tokens are view v's
+            assert torch.equal(views._tokens(vs, solution)[i * 4:(i + 1) * 4], views._tokens(vs[i:i + 1], solution))
+            relabelled = views.digits[v][solution[:, views.cells[v]]] + 1  # view v: cells moved, digits relabelled
+            assert (task.decode(views._tokens(vs[i:i + 1], solution), 9) == relabelled.numpy()).all()
+
+
+def test_views_stacked_in_one_call_sample_as_one_call_per_view(setup):
+    """`sampler.view_batch` changes how many model calls a step makes, not what the sampler decides."""
+    cfg, task, model = setup
+    puzzles, solutions = _puzzles(9, 6, seed=8)
+    batch = task.encode(puzzles, solutions)
+    out = {}
+    for view_batch in (1, 2, 0):
+        scfg = OmegaConf.structured(SamplerConfig(steps=81, acceptance="fixed", reprompt=True, views=3, passes=2,
+                                                  self_conditioning_from="rules", view_batch=view_batch))
+        out[view_batch] = sample(model, batch, task, scfg, "rules", generator=torch.Generator().manual_seed(1))
+    for view_batch in (2, 0):
+        assert torch.equal(out[view_batch].canvas, out[1].canvas)
+        assert torch.equal(out[view_batch].steps, out[1].steps)
 
 
 def test_rules_self_conditioning_reads_what_the_rules_leave(setup, monkeypatch):
