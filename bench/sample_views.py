@@ -5,8 +5,9 @@ decoder call per view; `0` stacks all V along the batch, one call each. The mode
 (`recipe=sudoku` unless overridden), built untrained: a step's cost does not depend on the weights. The puzzles
 are generated here (9x9 at `--givens`, seeded), never a benchmark file.
 
-After one untimed step with each value, for each `--view-batch` value, alternated `--repeats` times: `sample()` in `rules` mode with `sampler.steps
-= --steps` (with `acceptance=fixed`, every step makes the same calls as in a full run), timed as a whole, and
+After one untimed step with each value, for each `--view-batch` value, alternated `--repeats` times: `sample()`
+in `rules` mode with `sampler.steps = --steps` (with `acceptance=fixed`, every step makes the same calls as in a
+full run), timed as a whole, and
 reported as seconds per step, with the ratio to the first value. The canvases must be equal for every value (the
 same decisions); the script exits 1 if they are not. On CUDA it also reports peak memory.
 
@@ -93,15 +94,17 @@ def main(argv=None) -> int:
     print(f"device {args.device}, {torch.get_num_threads()} threads, batch {args.batch}, {args.views} views, "
           f"passes {cfg.sampler.passes}, {args.steps} steps, model hidden {cfg.model.hidden_size} x "
           f"{cfg.model.num_layers} layers", flush=True)
+    def settings(vb: int, steps: int):
+        return OmegaConf.merge(cfg.sampler, {"views": args.views, "view_batch": vb, "steps": steps,
+                                             "acceptance": "fixed"})
+
     for vb in args.view_batch:  # warm-up: first calls allocate and pick kernels
-        sample(model, batch, task, OmegaConf.merge(cfg.sampler, {"views": args.views, "view_batch": vb, "steps": 1}),
-               "rules", generator=torch.Generator().manual_seed(0))
+        sample(model, batch, task, settings(vb, 1), "rules", generator=torch.Generator().manual_seed(0))
     seconds = {vb: [] for vb in args.view_batch}
     canvases, peaks = {}, {}
     for r in range(args.repeats):
         for vb in args.view_batch:
-            scfg = OmegaConf.merge(cfg.sampler, {"views": args.views, "view_batch": vb, "steps": args.steps,
-                                                 "acceptance": "fixed"})
+            scfg = settings(vb, args.steps)
             if args.device == "cuda":
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
