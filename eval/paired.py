@@ -9,6 +9,13 @@ puzzles both solve, only A, only B, neither, and the exact two-sided sign test (
 two differ: the chance of a split at least this uneven if A and B were equally good. Only the differing puzzles
 carry information, so two settings 4 points apart on 200 puzzles can be clearly different or not at all.
 
+With several pairs, each a separate training of A and of B (one per seed, say), a last line tests the setting
+rather than the trained models: the mean over the pairs of B - A, its standard error, and the exact sign-flip
+(randomisation) test of that mean, the chance, if A and B were equally good, that giving each pair's difference a
+random sign yields a mean at least as far from zero. The pooled sign test counts every puzzle as an independent
+trial, so it speaks of these trained models; trainings of one setting also differ from each other, and only the
+pair-level test carries that noise. It needs several pairs: with n pairs it cannot go below 2 / 2**n.
+
 By default the two files must hold the same puzzles in the same order. With --common they are matched by puzzle
 instead and compared on the puzzles both hold (B evaluated on a subset of A's puzzles, say); the line says how many
 each file had that the other did not.
@@ -30,6 +37,26 @@ def sign_test(only_a: int, only_b: int) -> float:
     if n == 0:
         return 1.0
     return min(1.0, 2 * sum(comb(n, i) for i in range(k + 1)) / 2**n)
+
+
+def sign_flip_test(diffs: list[float]) -> float:
+    """Exact two-sided randomisation test that the mean of paired differences is zero: the share of the 2**n sign
+    patterns whose |sum| is at least the observed |sum| (a difference of zero counts under both signs)."""
+    if len(diffs) > 20:
+        raise ValueError(f"sign_flip_test enumerates 2**n patterns; {len(diffs)} pairs is too many")
+    observed = abs(sum(diffs)) - 1e-12
+    hits = sum(abs(sum(d if mask >> i & 1 else -d for i, d in enumerate(diffs))) >= observed
+               for mask in range(2 ** len(diffs)))
+    return hits / 2 ** len(diffs)
+
+
+def pair_level(diffs: list[float]) -> str:
+    """The line for the mean over pairs of B - A (fractions), with its standard error and sign-flip p."""
+    n = len(diffs)
+    mean = sum(diffs) / n
+    se = (sum((d - mean) ** 2 for d in diffs) / (n - 1) / n) ** 0.5
+    return (f"pair level ({n} pairs): B - A per pair {', '.join(f'{d:+.1%}' for d in diffs)}; mean {mean:+.1%} "
+            f"(standard error {se:.1%}); sign-flip test p = {sign_flip_test(diffs):.3f}")
 
 
 def read(path: Path, row: str) -> dict[int, dict]:
@@ -108,7 +135,7 @@ def main(argv=None) -> None:
         ap.error("give the files in pairs: A B [A2 B2 ...]")
     head = ("| pair | n | A exact | B exact | B - A | both | only A | only B | neither | sign test p |\n"
             "|---|---|---|---|---|---|---|---|---|---|")
-    total, lines = Counter(), [head]
+    total, lines, diffs = Counter(), [head], []
     for k in range(0, len(args.files), 2):
         fa, fb = args.files[k], args.files[k + 1]
         a, b, note = read(fa, args.row), read(fb, args.row), ""
@@ -116,10 +143,13 @@ def main(argv=None) -> None:
             a, b, note = common(by_puzzle(a, fa), by_puzzle(b, fb), f"{fa} / {fb}")
         c = compare(a, b, f"{fa} / {fb}")
         total += c
+        diffs.append((c["only_b"] - c["only_a"]) / sum(c[k] for k in ("both", "only_a", "only_b", "neither")))
         lines += block(f"{fa.parent.parent.name or fa}: {fa.name} / {fb.name}{note}", c)
     if len(args.files) > 2:
         lines += block("**pooled**", total, "pooled ")
     print("\n".join(x for x in lines if x))
+    if len(diffs) > 1:
+        print("\n" + pair_level(diffs))
 
 
 if __name__ == "__main__":

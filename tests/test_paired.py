@@ -68,3 +68,26 @@ def test_common_compares_the_shared_puzzles(tmp_path, capsys):
     twice = _write(tmp_path / "twice.jsonl", [True, True], puzzles=["a" * 16, "a" * 16])
     with pytest.raises(SystemExit, match="appears twice"):
         paired.main([str(twice), str(a), "--common"])
+
+
+def test_sign_flip_test_exact_values():
+    paired = _paired()
+    assert paired.sign_flip_test([0.05] * 5) == pytest.approx(2 / 32)  # only all-plus and all-minus reach it
+    assert paired.sign_flip_test([0.05, -0.05]) == 1.0
+    assert paired.sign_flip_test([0.0, 0.03, 0.03]) == pytest.approx(4 / 8)  # the zero counts under both signs
+    assert paired.sign_flip_test([0.04, 0.01, 0.02]) == pytest.approx(2 / 8)
+    with pytest.raises(ValueError, match="too many"):
+        paired.sign_flip_test([0.01] * 21)
+
+
+def test_pair_level_line(tmp_path, capsys):
+    paired = _paired()
+    a = _write(tmp_path / "a.jsonl", [True, False, False, False])
+    b1 = _write(tmp_path / "b1.jsonl", [True, True, False, False])  # +25%
+    b2 = _write(tmp_path / "b2.jsonl", [True, True, True, False])  # +50%
+    paired.main([str(a), str(b1), str(a), str(b2)])
+    out = capsys.readouterr().out
+    assert "pair level (2 pairs): B - A per pair +25.0%, +50.0%; mean +37.5% (standard error 12.5%); " \
+           "sign-flip test p = 0.500" in out
+    paired.main([str(a), str(b1)])
+    assert "pair level" not in capsys.readouterr().out
