@@ -143,7 +143,7 @@ def main(argv=None) -> None:
             a, b, note = common(by_puzzle(a, fa), by_puzzle(b, fb), f"{fa} / {fb}")
         c = compare(a, b, f"{fa} / {fb}")
         total += c
-        diffs.append((c["only_b"] - c["only_a"]) / sum(c[k] for k in ("both", "only_a", "only_b", "neither")))
+        diffs.append((c["only_b"] - c["only_a"]) / sum(c[key] for key in ("both", "only_a", "only_b", "neither")))
         lines += block(f"{fa.parent.parent.name or fa}: {fa.name} / {fb.name}{note}", c)
     if len(args.files) > 2:
         lines += block("**pooled**", total, "pooled ")
