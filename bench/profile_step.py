@@ -78,18 +78,12 @@ class Fail(Exception):
 # --- the two targets ----------------------------------------------------------------------------
 def recipe_step(overrides: list[str]) -> Step:
     """`dgft train`'s setup and step for the composed config (`dgft.train.train`, minus the run directory)."""
-    from hydra import compose, initialize_config_dir
-
     from dgft import train as T
-    from dgft.cli import recipes_dir
-    from dgft.config import register, validate
+    from dgft.cli import compose_train
     from dgft.model import count_parameters, torch_dtype, unwrap
     from dgft.tasks import get_task
 
-    register()
-    with initialize_config_dir(config_dir=str(recipes_dir()), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides)
-    validate(cfg)
+    cfg = compose_train(overrides)
     gen = T.seed_everything(cfg.seed)
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)

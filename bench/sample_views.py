@@ -30,17 +30,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def setup(overrides: list[str], device: str):
-    from hydra import compose, initialize_config_dir
-
-    from dgft.cli import recipes_dir
-    from dgft.config import register, validate
+    from dgft.cli import compose_train
     from dgft.model import build_tiny
     from dgft.tasks import get_task
 
-    register()
-    with initialize_config_dir(config_dir=str(recipes_dir()), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=["recipe=sudoku", *overrides])
-    validate(cfg)
+    cfg = compose_train(["recipe=sudoku", *overrides])
     task = get_task(cfg.task)
     task.build_tokenizer()
     model = build_tiny(cfg.model, task.vocab_size, seed=0)  # random weights: the step's cost is the same

@@ -33,6 +33,20 @@ def recipes_dir() -> Path:
     return path
 
 
+def compose_train(overrides: list[str]):
+    """The train config `dgft train OVERRIDES` would run with, composed and checked, outside a Hydra app (for the
+    bench scripts)."""
+    from hydra import compose, initialize_config_dir
+
+    from dgft.config import register, validate
+
+    register()
+    with initialize_config_dir(config_dir=str(recipes_dir()), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=list(overrides))
+    validate(cfg)
+    return cfg
+
+
 def _run_dir(name: str, resume) -> str:
     """Hydra resolver for the run dir; an impossible resume=auto ends with the message, not a traceback."""
     from dgft.runs import RunError, run_dir_for

@@ -108,9 +108,14 @@ def compare(a: dict, b: dict, where: str) -> Counter:
     return counts
 
 
+def size(c: Counter, prefix: str = "") -> int:
+    """How many puzzles the counts cover (all, or those of one difficulty with prefix "harder/", say)."""
+    return sum(c[prefix + k] for k in ("both", "only_a", "only_b", "neither"))
+
+
 def line(label: str, c: Counter, prefix: str = "") -> str:
     get = lambda k: c[prefix + k]  # noqa: E731
-    n = sum(get(k) for k in ("both", "only_a", "only_b", "neither"))
+    n = size(c, prefix)
     if n == 0:
         return ""
     ea, eb = (get("both") + get("only_a")) / n, (get("both") + get("only_b")) / n
@@ -143,7 +148,7 @@ def main(argv=None) -> None:
             a, b, note = common(by_puzzle(a, fa), by_puzzle(b, fb), f"{fa} / {fb}")
         c = compare(a, b, f"{fa} / {fb}")
         total += c
-        diffs.append((c["only_b"] - c["only_a"]) / sum(c[key] for key in ("both", "only_a", "only_b", "neither")))
+        diffs.append((c["only_b"] - c["only_a"]) / size(c))
         lines += block(f"{fa.parent.parent.name or fa}: {fa.name} / {fb.name}{note}", c)
     if len(args.files) > 2:
         lines += block("**pooled**", total, "pooled ")
