@@ -191,6 +191,8 @@ class SamplerConfig:
     view_batch: int = 1  # views per model call, stacked along the batch (0: all at once); 1 on a CPU, where stacking
     # 16 views at batch 64 took 2x the time (bench/sample_views.py); recipe=sudoku_gpu stacks them all
     passes: int = 1  # decoder passes per step, each reading the one before as self-conditioning (needs it on)
+    fill_forced: bool = False  # rules mode: before each step, fill every open cell the rules leave one digit (a naked
+    # single), wave after wave, without a model call (the plain sampler takes them first too, a call each)
     revise: float = 0.0  # > 0 (uniform noise): each step reopens the accepted, unpinned position whose token the
     # model now gives the lowest probability, if below this (task.wrong_known_p trains the doubt); 0: acceptances final
     self_conditioning_from: str = "model"  # "model": its logits as they are; "rules" (rules mode): without the digits
@@ -229,6 +231,7 @@ class SamplerOverrides:
     self_conditioning_from: Optional[str] = None
     passes: Optional[int] = None
     revise: Optional[float] = None
+    fill_forced: Optional[bool] = None
     batch_size: Optional[int] = None
     modes: Optional[list[str]] = None
 

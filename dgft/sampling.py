@@ -29,6 +29,14 @@ leave, as a model trained with `task.sc_rules_p` saw them; `model` (the default)
 `sampler.passes=P` runs P decoder passes per step before accepting, each self-conditioned on the one before
 (the recurrence self-conditioning trains, run longer): P times the time.
 
+`sampler.fill_forced` (`rules` mode) fills, before each step's decoder pass, every open position the rules leave
+a single choice (for Sudoku, a naked single), wave after wave until none is left, without spending a step or a
+model call on it. The one-cell-per-step sampler accepts such positions first anyway (their probability is 1 once
+the rules renormalise it), at one model call each; filling them at once spends the calls on the model's own
+decisions only. Those are made on the same states, but the self-conditioning the first pass reads then comes from
+a pass some cells back rather than one. Two positions forced to the same choice among peers (a state already
+wrong) are filled one at a time, so the second is rejected and left empty, never filled against the rules.
+
 `sampler.revise=R` (uniform noise, where the model scores every position, clean or not) lets the model take back
 its own acceptances: after each step's acceptances, of the unpinned positions accepted in earlier steps, the one
 whose token the model now gives the lowest probability is reopened (renoised, and out of the prompt) if that
@@ -152,12 +160,27 @@ def sample(model, batch: dict, task, scfg, mode: str, noise_kind: str = "uniform
     if revise > 0 and noise_kind != "uniform":
         raise ValueError(f"sampler.revise={revise}: needs uniform noise (a mask-noise model never scores an unmasked "
                          "token); set sampler.revise=0")
+    fill = bool(getattr(scfg, "fill_forced", False)) and mode == "rules"
+    stale = False  # accepted cells not yet in the encoder's prompt (sampler.reprompt)
     for step in range(scfg.steps):
+        if fill:
+            canvas, filled = fill_forced(canvas, ~accepted, accepted & ~empty, task, choices, n)
+            accepted |= filled
+            stale |= bool(filled.any())
         open_ = ~accepted
         if not open_.any():
+            if record and fill and filled.any():  # the last wave of forced cells finished every puzzle
+                history.append((canvas.clone().cpu(), accepted.clone().cpu()))
             break
+        if reprompt and stale:  # re-encode only before a decoder pass that reads it
+            if views is not None:
+                views.encode(canvas, accepted & ~empty)
+            else:
+                prompt_ids, prompt_mask = task.known_prompt(target, givens, canvas, accepted & ~empty, n)
+                cache = encode(model, prompt_ids, prompt_mask)
+            stale = False
         steps_used += open_.any(-1).long()
-        allowed = task.rule_mask(_choice_index(canvas, choices), accepted, n) if mode == "rules" else None
+        allowed = task.rule_mask(_choice_index(canvas, choices), accepted & ~empty, n) if mode == "rules" else None
         feed_rules = allowed is not None and sc_from == "rules" and scfg.self_conditioning
         forbid = ~allowed & open_[..., None] if feed_rules else None
         for _ in range(passes):  # each pass after the first reads the one before as self-conditioning
@@ -192,7 +215,7 @@ def sample(model, batch: dict, task, scfg, mode: str, noise_kind: str = "uniform
         order, count = accept_count(certainty, open_ & ~stuck, scfg.acceptance, step, scfg.steps,
                                     scfg.entropy_bound, scfg.confidence, ent=entropy(probs))
         tokens = pick if mode == "free" else torch.gather(choices[None].expand(B, L, -1), 2, pick[..., None])[..., 0]
-        new = _accept(order, count, open_ & ~stuck, tokens, canvas, accepted, task, choices, n, mode)
+        new = _accept(order, count, open_ & ~stuck, tokens, canvas, accepted & ~empty, task, choices, n, mode)
         reopened = torch.zeros_like(new)
         if revising:
             reopened = doubted(belief, canvas, accepted & ~pinned & ~empty, choices, mode, revise)
@@ -202,12 +225,7 @@ def sample(model, batch: dict, task, scfg, mode: str, noise_kind: str = "uniform
         empty |= dead
         canvas = torch.where(empty, torch.full_like(canvas, pad_id), canvas)
         canvas = torch.where(accepted, canvas, noise_like())
-        changed = new.any() or reopened.any()
-        if reprompt and changed and views is not None:
-            views.encode(canvas, accepted & ~empty)
-        elif reprompt and changed:
-            prompt_ids, prompt_mask = task.known_prompt(target, givens, canvas, accepted & ~empty, n)
-            cache = encode(model, prompt_ids, prompt_mask)
+        stale |= bool(new.any() or reopened.any())
         if record:
             history.append((canvas.clone().cpu(), accepted.clone().cpu()))
     # Out of steps with positions still open (rules rejected a same-step conflict): leave them empty.
@@ -315,6 +333,30 @@ def doubted(scores, canvas, revisable, choices, mode: str, below: float):
     rows = torch.nonzero(low < below)[:, 0]
     out[rows, where[rows]] = True
     return out
+
+
+def fill_forced(canvas, open_, known, task, choices, n):
+    """Fill every open position the rules leave exactly one choice, wave after wave until none is left.
+
+    canvas (B, L) tokens; open_ (B, L) bool, the positions still to fill; known (B, L) bool, those whose tokens the
+    rules count (accepted and not left empty).
+    Returns (canvas with the filled tokens, filled (B, L) bool). Within a wave the positions go in order, each
+    checked against the rules with the ones before it (`_accept`), so two peers forced to the same choice never
+    both take it: the second waits, and with no choice left it is never filled here.
+    """
+    filled = torch.zeros_like(known)
+    while True:
+        index = _choice_index(canvas, choices)
+        allowed = task.rule_mask(index, known | filled, n)  # (B, L, K)
+        forced = open_ & ~filled & (allowed.sum(-1) == 1)
+        if not forced.any():
+            return canvas, filled
+        L = canvas.shape[1]
+        tokens = choices[torch.arange(L, device=canvas.device)[None], allowed.float().argmax(-1)]  # (B, L)
+        order = (~forced).long().argsort(dim=-1, stable=True)  # forced positions first, in position order
+        new = _accept(order, forced.sum(-1), forced, tokens, canvas, known | filled, task, choices, n, "rules")
+        canvas = torch.where(new, tokens, canvas)
+        filled |= new
 
 
 def _choice_index(canvas, choices):

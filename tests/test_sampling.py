@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 
 from dgft.config import SamplerConfig
 from dgft.model import build_tiny
-from dgft.sampling import accept_count, entropy, sample
+from dgft.sampling import accept_count, entropy, fill_forced, sample
 from dgft.tasks.sudoku import grid as G
 from dgft.tasks.sudoku.task import SudokuTask
 
@@ -107,7 +107,7 @@ def test_known_prompt_is_the_puzzle_with_accepted_cells_given(tokens):
         assert ids[b][mask[b].bool()].tolist() == task.prompt_ids(want)
 
 
-def test_reprompt_keeps_pins_and_rules_and_ends_with_the_answer_as_prompt(setup):
+def test_reprompt_keeps_pins_and_rules_and_prompts_each_pass_with_what_is_accepted(setup):
     cfg, task, model = setup
     puzzles, solutions = _puzzles(9, 6, seed=2)
     batch = task.encode(puzzles, solutions)
@@ -121,15 +121,16 @@ def test_reprompt_keeps_pins_and_rules_and_ends_with_the_answer_as_prompt(setup)
 
     spy = Spy(cfg.task)
     scfg = OmegaConf.structured(SamplerConfig(steps=81, acceptance="fixed", reprompt=True))
-    res = sample(model, batch, spy, scfg, "rules", generator=torch.Generator().manual_seed(0))
+    res = sample(model, batch, spy, scfg, "rules", generator=torch.Generator().manual_seed(0), record=True)
     fixed = batch["fixed"]
     assert torch.equal(res.canvas[fixed], batch["target"][fixed])
     digits = task.decode(res.canvas, 9)
     assert all(G.rule_violations(d) == 0 for d in digits)
-    assert len(prompts) >= int((~fixed).sum(-1).max()) - 1  # the encoder saw every acceptance
+    assert len(prompts) == len(res.history) - 1  # encoded again before every pass after the first, not after the last
     ids, mask = prompts[-1]
-    for b in range(6):  # the last prompt holds every cell the sampler filled
-        assert ids[b][mask[b].bool()].tolist() == task.prompt_ids(digits[b])
+    before_last = res.history[-2][1].numpy()  # what was accepted when the last pass ran
+    for b in range(6):  # the last prompt holds every cell accepted by then
+        assert ids[b][mask[b].bool()].tolist() == task.prompt_ids(np.where(before_last[b], digits[b], 0))
 
 
 def test_reprompt_needs_a_task_that_can_rebuild_its_prompt(setup):
@@ -329,3 +330,75 @@ def test_revise_off_is_the_plain_sampler_and_needs_uniform_noise(setup):
     with pytest.raises(ValueError, match="sampler.revise"):
         sample(model, batch, task, OmegaConf.structured(SamplerConfig(steps=16, revise=0.5)), "rules",
                noise_kind="mask")
+
+
+def _naked_singles_solve(puzzle):
+    """Whether filling naked singles alone, wave after wave, solves the puzzle (numpy, independent of the sampler)."""
+    g = puzzle.copy()
+    while (g == 0).any():
+        allowed = G.allowed_digits(g)
+        naked = (g == 0) & (allowed.sum(-1) == 1)
+        if not naked.any():
+            return False
+        g[naked] = allowed[naked].argmax(-1) + 1
+    return True
+
+
+def test_fill_forced_fills_naked_singles_in_waves_and_never_two_peers_with_one_digit(setup):
+    cfg, task, model = setup
+    rng = np.random.default_rng(5)
+    solution = G.random_solution(4, rng)
+    batch = task.encode(solution[None], solution[None])
+    choices, target = batch["choices"], batch["target"]
+    open_ = torch.zeros_like(target, dtype=torch.bool)
+    open_[0, [0, 1, 2, 3, 4]] = True  # row 0 and cell 4 open: some are forced only once others are filled
+    canvas = torch.where(open_, choices[:, 0][None], target)  # open cells hold some digit token, not counted
+    out, filled = fill_forced(canvas, open_, ~open_, task, choices, 4)
+    assert torch.equal(filled, open_) and torch.equal(out, target)
+
+    grid = np.array([0, 0, 1, 2, 3, 2, 4, 1, 1, 3, 2, 4, 2, 1, 3, 3])  # cells 0 and 1, peers, both leave only 4
+    canvas = choices[torch.arange(16), torch.as_tensor(grid - 1).clamp_min(0)][None]
+    open_ = torch.as_tensor(grid == 0)[None]
+    out, filled = fill_forced(canvas, open_, ~open_, task, choices, 4)
+    assert filled[0].nonzero().flatten().tolist() == [0], "two peers took the same forced digit"
+    assert task.decode(out, 4)[0][0] == 4
+
+
+def test_fill_forced_solves_naked_singles_puzzles_without_a_model_call(setup, monkeypatch):
+    cfg, task, model = setup
+    rng = np.random.default_rng(6)
+    puzzles, solutions = [], []
+    while len(puzzles) < 4:
+        p, s, order = G.generate(9, givens=0, rng=rng, max_tries=1)
+        p = G.with_givens(p, s, order, 40)
+        if _naked_singles_solve(p):
+            puzzles.append(p), solutions.append(s)
+    batch = task.encode(np.stack(puzzles), np.stack(solutions))
+    calls = []
+    _record_denoise(monkeypatch, lambda canvas, sc: calls.append(1))
+    scfg = OmegaConf.structured(SamplerConfig(steps=81, acceptance="fixed", reprompt=True, views=2, fill_forced=True))
+    res = sample(model, batch, task, scfg, "rules", generator=torch.Generator().manual_seed(0), record=True)
+    assert calls == [] and (res.steps == 0).all()
+    assert len(res.history) == 1 and res.history[0][1].all()  # one frame: the forced cells filled every puzzle
+    assert (task.decode(res.canvas, 9) == np.stack(solutions)).all()
+
+
+@pytest.mark.parametrize("views", [1, 3])
+def test_fill_forced_keeps_pins_and_rules_and_spends_fewer_passes(setup, monkeypatch, views):
+    cfg, task, model = setup
+    puzzles, solutions = _puzzles(9, 6, seed=7)  # minimal puzzles: the model has decisions to make
+    batch = task.encode(puzzles, solutions)
+    counts = {}
+    for fill in (False, True):
+        calls = []
+        monkeypatch.undo()
+        _record_denoise(monkeypatch, lambda canvas, sc: calls.append(1))
+        scfg = OmegaConf.structured(SamplerConfig(steps=81, acceptance="fixed", reprompt=True, views=views,
+                                                  fill_forced=fill))
+        res = sample(model, batch, task, scfg, "rules", generator=torch.Generator().manual_seed(0))
+        fixed = batch["fixed"]
+        assert torch.equal(res.canvas[fixed], batch["target"][fixed])
+        digits = task.decode(res.canvas, 9)
+        assert all(G.rule_violations(d) == 0 for d in digits)
+        counts[fill] = len(calls)
+    assert counts[True] < counts[False]
