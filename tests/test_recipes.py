@@ -157,3 +157,12 @@ def test_eval_checks_revise_against_the_run(override, noise):
     validate(_compose("train", ["sampler.revise=0.5"]))
     with pytest.raises(ConfigError, match=r"sampler\.revise"):
         validate(_compose("train", ["noise=mask", "sampler.revise=0.5"]))
+
+
+def test_every_sampler_setting_can_be_overridden_at_eval():
+    """`dgft eval RUN sampler.X=...` needs X in SamplerOverrides; a new sampler setting must be added to both."""
+    from dataclasses import fields
+
+    from dgft.config import SamplerConfig, SamplerOverrides
+
+    assert {f.name for f in fields(SamplerConfig)} == {f.name for f in fields(SamplerOverrides)}
