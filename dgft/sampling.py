@@ -172,20 +172,21 @@ def sample(model, batch: dict, task, scfg, mode: str, noise_kind: str = "uniform
             if record and fill and filled.any():  # the last wave of forced cells finished every puzzle
                 history.append((canvas.clone().cpu(), accepted.clone().cpu()))
             break
+        known = accepted & ~empty  # what the rules, the prompt and the views count this step
         if reprompt and stale:  # re-encode only before a decoder pass that reads it
             if views is not None:
-                views.encode(canvas, accepted & ~empty)
+                views.encode(canvas, known)
             else:
-                prompt_ids, prompt_mask = task.known_prompt(target, givens, canvas, accepted & ~empty, n)
+                prompt_ids, prompt_mask = task.known_prompt(target, givens, canvas, known, n)
                 cache = encode(model, prompt_ids, prompt_mask)
             stale = False
         steps_used += open_.any(-1).long()
-        allowed = task.rule_mask(_choice_index(canvas, choices), accepted & ~empty, n) if mode == "rules" else None
+        allowed = task.rule_mask(_choice_index(canvas, choices), known, n) if mode == "rules" else None
         feed_rules = allowed is not None and sc_from == "rules" and scfg.self_conditioning
         forbid = ~allowed & open_[..., None] if feed_rules else None
         for _ in range(passes):  # each pass after the first reads the one before as self-conditioning
             if views is not None:
-                scores = views.scores(canvas, accepted & ~empty)  # (B, L, K) mean log-probabilities over the views
+                scores = views.scores(canvas, known)  # (B, L, K) mean log-probabilities over the views
             else:
                 logits = denoise(model, cache, canvas, prompt_mask, sc_logits=sc_logits)  # (B, L, V)
                 sc_logits = logits if scfg.self_conditioning else None
@@ -214,11 +215,11 @@ def sample(model, batch: dict, task, scfg, mode: str, noise_kind: str = "uniform
         certainty = probs.max(-1).values
         order, count = accept_count(certainty, open_ & ~stuck, scfg.acceptance, step, scfg.steps,
                                     scfg.entropy_bound, scfg.confidence, ent=entropy(probs))
-        tokens = pick if mode == "free" else torch.gather(choices[None].expand(B, L, -1), 2, pick[..., None])[..., 0]
-        new = _accept(order, count, open_ & ~stuck, tokens, canvas, accepted & ~empty, task, choices, n, mode)
+        tokens = pick if mode == "free" else _token_of(pick, choices)
+        new = _accept(order, count, open_ & ~stuck, tokens, canvas, known, task, choices, n, mode)
         reopened = torch.zeros_like(new)
         if revising:
-            reopened = doubted(belief, canvas, accepted & ~pinned & ~empty, choices, mode, revise)
+            reopened = doubted(belief, canvas, known & ~pinned, choices, mode, revise)
             revisions += reopened.sum(-1)
         canvas = torch.where(new, tokens, canvas)
         accepted = (accepted | new | dead) & ~reopened
@@ -273,7 +274,7 @@ class _Views:
         B, L = index.shape
         viewed = self.digits[vs][:, None, None, :].expand(-1, B, L, -1)  # (C, B, L, K)
         viewed = torch.gather(viewed, 3, index[:, self.cells[vs]].transpose(0, 1)[..., None])[..., 0]  # (C, B, L)
-        return self.choices[torch.arange(L, device=index.device), viewed].flatten(0, 1)
+        return _token_of(viewed, self.choices).flatten(0, 1)
 
     def encode(self, canvas: torch.Tensor, known: torch.Tensor) -> None:
         """Encode every view's prompt: its givens, and the `known` cells of the canvas (B, L) when re-prompting."""
@@ -351,8 +352,7 @@ def fill_forced(canvas, open_, known, task, choices, n):
         forced = open_ & ~filled & (allowed.sum(-1) == 1)
         if not forced.any():
             return canvas, filled
-        L = canvas.shape[1]
-        tokens = choices[torch.arange(L, device=canvas.device)[None], allowed.float().argmax(-1)]  # (B, L)
+        tokens = _token_of(allowed.float().argmax(-1), choices)  # (B, L)
         order = (~forced).long().argsort(dim=-1, stable=True)  # forced positions first, in position order
         new = _accept(order, forced.sum(-1), forced, tokens, canvas, known | filled, task, choices, n, "rules")
         canvas = torch.where(new, tokens, canvas)
@@ -362,6 +362,12 @@ def fill_forced(canvas, open_, known, task, choices, n):
 def _choice_index(canvas, choices):
     """(B, L) index of each canvas token within its position's choices (0 where absent)."""
     return (canvas[..., None] == choices[None]).float().argmax(-1)
+
+
+def _token_of(index, choices):
+    """(..., L) answer indices -> the tokens they stand for at each position (choices (L, K)): `_choice_index`'s
+    inverse."""
+    return choices[torch.arange(choices.shape[0], device=index.device), index]
 
 
 def _accept(order, count, open_, tokens, canvas, accepted, task, choices, n, mode):
