@@ -197,8 +197,6 @@ class SamplerConfig:
     # model now gives the lowest probability, if below this (task.wrong_known_p trains the doubt); 0: acceptances final
     self_conditioning_from: str = "model"  # "model": its logits as they are; "rules" (rules mode): without the digits
     # a peer already holds, as task.sc_rules_p trains (dgft.sampling)
-    self_conditioning_carry: bool = True  # a step's first pass reads the previous step's last pass; false: each
-    # step starts without, so every pass reads what training's graded pass reads (a pass that read none)
     batch_size: int = 64
     modes: list[str] = field(default_factory=lambda: ["free", "clamped", "rules"])
 
@@ -231,7 +229,6 @@ class SamplerOverrides:
     views: Optional[int] = None
     view_batch: Optional[int] = None
     self_conditioning_from: Optional[str] = None
-    self_conditioning_carry: Optional[bool] = None
     passes: Optional[int] = None
     revise: Optional[float] = None
     fill_forced: Optional[bool] = None

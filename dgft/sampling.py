@@ -155,7 +155,6 @@ def sample(model, batch: dict, task, scfg, mode: str, noise_kind: str = "uniform
         cache = encode(model, prompt_ids, prompt_mask)
     sc_logits, history = None, []
     sc_from = getattr(scfg, "self_conditioning_from", "model")
-    carry = bool(getattr(scfg, "self_conditioning_carry", True))
     passes = int(getattr(scfg, "passes", 1)) if scfg.self_conditioning else 1
     revise = float(getattr(scfg, "revise", 0.0))
     if revise > 0 and noise_kind != "uniform":
@@ -185,10 +184,6 @@ def sample(model, batch: dict, task, scfg, mode: str, noise_kind: str = "uniform
         allowed = task.rule_mask(_choice_index(canvas, choices), known, n) if mode == "rules" else None
         feed_rules = allowed is not None and sc_from == "rules" and scfg.self_conditioning
         forbid = ~allowed & open_[..., None] if feed_rules else None
-        if not carry:  # this step's first pass reads no self-conditioning
-            sc_logits = None
-            if views is not None:
-                views.sc = [None] * len(views.sc)
         for _ in range(passes):  # each pass after the first reads the one before as self-conditioning
             if views is not None:
                 scores = views.scores(canvas, known)  # (B, L, K) mean log-probabilities over the views

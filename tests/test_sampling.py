@@ -281,28 +281,6 @@ def test_passes_run_that_many_decoder_passes_per_step_each_reading_the_last(setu
     assert all(G.rule_violations(d) == 0 for d in task.decode(res.canvas, 4))
 
 
-@pytest.mark.parametrize("views", [1, 3])
-def test_without_carry_each_step_starts_without_self_conditioning(setup, monkeypatch, views):
-    """`self_conditioning_carry=false`: a step's first pass reads nothing, its second the first (as training's
-    graded pass reads a pass that read nothing); with it, only the very first pass reads nothing."""
-    cfg, task, model = setup
-    puzzles, solutions = _puzzles(4, 3, seed=7)
-    batch = task.encode(puzzles, solutions)
-    calls = []
-    _record_denoise(monkeypatch, lambda canvas, sc_logits: calls.append(sc_logits is None))
-    for carry in (True, False):
-        calls.clear()
-        scfg = OmegaConf.structured(SamplerConfig(steps=16, acceptance="fixed", passes=2, views=views,
-                                                  self_conditioning_carry=carry))
-        res = sample(model, batch, task, scfg, "rules", generator=torch.Generator().manual_seed(0))
-        per_step = [calls[i:i + 2 * views] for i in range(0, len(calls), 2 * views)]  # views x 2 passes per step
-        assert len(per_step) == int(res.steps.max()) > 1
-        for step, fed in enumerate(per_step):
-            first, second = fed[:views], fed[views:]
-            assert first == [not carry or step == 0] * views and second == [False] * views
-        assert all(G.rule_violations(d) == 0 for d in task.decode(res.canvas, 4))
-
-
 def test_doubted_picks_each_rows_least_likely_revisable_token_below_the_bound():
     from dgft.sampling import doubted
 
