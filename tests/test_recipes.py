@@ -159,6 +159,19 @@ def test_eval_checks_revise_against_the_run(override, noise):
         validate(_compose("train", ["noise=mask", "sampler.revise=0.5"]))
 
 
+@pytest.mark.parametrize("name", ["/tmp/elsewhere", "sub/dir", "..", ""])
+def test_eval_name_is_a_plain_file_name(name):
+    """`name` names RUN/eval/<name>.json: a path would write outside the run's eval directory."""
+    from dgft.evaluate import check_options
+
+    cfg = _compose("eval", ["run=/tmp/x", f"name='{name}'"])
+    run_cfg = _compose("train")
+    with pytest.raises(ConfigError, match=r"^name="):
+        check_options(cfg, run_cfg, run_cfg.sampler)
+    cfg.name = "easy50_rules"
+    check_options(cfg, run_cfg, run_cfg.sampler)
+
+
 def test_every_sampler_setting_can_be_overridden_at_eval():
     """`dgft eval RUN sampler.X=...` needs X in SamplerOverrides; a new sampler setting must be added to both."""
     from dataclasses import fields
