@@ -41,9 +41,9 @@ def check_options(cfg, run_cfg, scfg) -> None:
     name = run_cfg.task.name
     if name not in ("sudoku", "infill"):
         raise ConfigError(f"{cfg.run}: task.name={name!r} in its config.yaml is not a task dgft evaluates")
-    if cfg.name is not None and (not str(cfg.name) or Path(str(cfg.name)).name != str(cfg.name)
-                                 or str(cfg.name) in (".", "..")):
-        raise ConfigError(f"name={cfg.name!r}: must be a plain file name, written as RUN/eval/<name>.json (no "
+    out = None if cfg.name is None else str(cfg.name)
+    if out is not None and (out in ("", ".", "..") or Path(out).name != out):
+        raise ConfigError(f"name={out!r}: must be a plain file name, written as RUN/eval/<name>.json (no "
                           "directories)")
     if cfg.samples < 1 or cfg.workers < 1:
         raise ConfigError(f"samples={cfg.samples}, workers={cfg.workers}: both must be >= 1")
