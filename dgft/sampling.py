@@ -34,7 +34,8 @@ a single choice (for Sudoku, a naked single), wave after wave until none is left
 model call on it. The one-cell-per-step sampler accepts such positions first anyway (their probability is 1 once
 the rules renormalise it), at one model call each; filling them at once spends the calls on the model's own
 decisions only. Those are made on the same states, but the self-conditioning the first pass reads then comes from
-a pass some cells back rather than one. Two positions forced to the same choice among peers (a state already
+a pass some cells back rather than one: each skipped step was also a pass carried forward, and with 32 views that
+cost 6 of 134 harder held-out puzzles (eval/RESULTS.md, session 18). Two positions forced to the same choice among peers (a state already
 wrong) are filled one at a time, so the second is rejected and left empty, never filled against the rules.
 
 `sampler.revise=R` (uniform noise, where the model scores every position, clean or not) lets the model take back
