@@ -193,8 +193,6 @@ class SamplerConfig:
     passes: int = 1  # decoder passes per step, each reading the one before as self-conditioning (needs it on)
     fill_forced: bool = False  # rules mode: before each step, fill every open cell the rules leave one digit (a naked
     # single), wave after wave, without a model call (the plain sampler takes them first too, a call each)
-    wait_below: float = 0.0  # > 0: a step whose surest open position is below this probability accepts nothing, while
-    # the steps left can still fill the rest one a step: the unsure spend spare steps reading their own answer back
     revise: float = 0.0  # > 0 (uniform noise): each step reopens the accepted, unpinned position whose token the
     # model now gives the lowest probability, if below this (task.wrong_known_p trains the doubt); 0: acceptances final
     self_conditioning_from: str = "model"  # "model": its logits as they are; "rules" (rules mode): without the digits
@@ -233,7 +231,6 @@ class SamplerOverrides:
     self_conditioning_from: Optional[str] = None
     passes: Optional[int] = None
     revise: Optional[float] = None
-    wait_below: Optional[float] = None
     fill_forced: Optional[bool] = None
     batch_size: Optional[int] = None
     modes: Optional[list[str]] = None

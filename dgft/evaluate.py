@@ -58,9 +58,6 @@ def check_options(cfg, run_cfg, scfg) -> None:
     if revise > 0 and run_cfg.noise.kind != "uniform":
         raise ConfigError(f"sampler.revise={revise}: needs noise.kind=uniform (a mask-noise model never scores an "
                           "unmasked token); set sampler.revise=0")
-    wait = float(scfg.get("wait_below", 0.0))
-    if not 0 <= wait < 1:
-        raise ConfigError(f"sampler.wait_below={wait}: must be in [0, 1) (a probability; 0: never wait)")
     views = int(scfg.get("views", 1))
     if views < 1:
         raise ConfigError(f"sampler.views={views}: must be >= 1 (1: the puzzle alone)")

@@ -78,16 +78,14 @@ def entropy(probs: torch.Tensor) -> torch.Tensor:
 
 
 def accept_count(score: torch.Tensor, open_: torch.Tensor, rule: str, step: int, steps: int,
-                 entropy_bound: float = 0.1, confidence: float = 0.9, ent: torch.Tensor | None = None,
-                 wait_below: float = 0.0):
+                 entropy_bound: float = 0.1, confidence: float = 0.9, ent: torch.Tensor | None = None):
     """How many open positions each example accepts this step, and their order.
 
     score (B, L): higher = more certain (max probability); ent (B, L) entropies; open_ (B, L) bool.
     Returns (order (B, L) positions by decreasing certainty, count (B,) >= 1 where anything is open).
     `entropy`: the largest k lowest-entropy positions with sum - max <= bound (DiffusionGemma's rule);
     `confidence`: positions with max probability >= confidence; `fixed`: ceil(open / steps left).
-    `wait_below` > 0: an example whose surest open position is below it accepts nothing this step, while the steps
-    left after it can still accept its open positions one a step. The last step accepts everything still open.
+    The last step accepts everything still open.
     """
     n_open = open_.sum(-1)
     key = torch.where(open_, score, torch.full_like(score, -math.inf))
@@ -105,11 +103,7 @@ def accept_count(score: torch.Tensor, open_: torch.Tensor, rule: str, step: int,
         count = (bound <= entropy_bound).sum(-1)
     else:
         raise ValueError(f"sampler.acceptance={rule!r}: expected entropy, confidence or fixed")
-    count = torch.minimum(count.clamp_min(1), n_open)
-    if wait_below > 0:
-        unsure = key.max(-1).values < wait_below
-        count = torch.where(unsure & (n_open < steps - step), torch.zeros_like(count), count)
-    return order, count
+    return order, torch.minimum(count.clamp_min(1), n_open)
 
 
 # --- the loop -------------------------------------------------------------------------------------
@@ -221,8 +215,7 @@ def sample(model, batch: dict, task, scfg, mode: str, noise_kind: str = "uniform
         pick = _pick(probs, scfg.temperature, generator)  # (B, L) index into scores' last dim
         certainty = probs.max(-1).values
         order, count = accept_count(certainty, open_ & ~stuck, scfg.acceptance, step, scfg.steps,
-                                    scfg.entropy_bound, scfg.confidence, ent=entropy(probs),
-                                    wait_below=float(getattr(scfg, "wait_below", 0.0)))
+                                    scfg.entropy_bound, scfg.confidence, ent=entropy(probs))
         tokens = pick if mode == "free" else _token_of(pick, choices)
         new = _accept(order, count, open_ & ~stuck, tokens, canvas, known, task, choices, n, mode)
         reopened = torch.zeros_like(new)

@@ -85,35 +85,6 @@ def test_accept_count_entropy_bound():
     assert count.item() == 1  # at least one per step
 
 
-def test_accept_count_waits_when_unsure_only_while_spare_steps_remain():
-    score = torch.tensor([[0.6, 0.3, 0.95], [0.5, 0.4, 0.2]])  # surest open cell: 0.6 (first), 0.5 (second)
-    open_ = torch.tensor([[True, True, False], [True, True, True]])
-    _, count = accept_count(score, open_, "fixed", step=0, steps=10, wait_below=0.55)
-    assert count.tolist() == [1, 0]  # 0.6 is sure enough; 0.5 waits (3 open, 9 steps left after this one)
-    _, count = accept_count(score, open_, "fixed", step=7, steps=10, wait_below=0.9)
-    assert count.tolist() == [0, 1]  # 2 open fit the 2 steps left; 3 do not, so the second accepts
-    _, count = accept_count(score, open_, "fixed", step=9, steps=10, wait_below=0.9)
-    assert count.tolist() == [2, 3]  # the last step takes everything open
-    _, count = accept_count(score, open_, "fixed", step=0, steps=10)
-    assert count.tolist() == [1, 1]  # off by default
-
-
-def test_waiting_sampler_spends_spare_steps_and_keeps_pins_and_rules(setup):
-    cfg, task, model = setup
-    puzzles, solutions = _puzzles(9, 4, seed=3)
-    batch = task.encode(puzzles, solutions)
-    kw = dict(steps=81, acceptance="fixed", reprompt=True)
-    plain = sample(model, batch, task, OmegaConf.structured(SamplerConfig(**kw)), "rules",
-                   generator=torch.Generator().manual_seed(0))
-    res = sample(model, batch, task, OmegaConf.structured(SamplerConfig(**kw, wait_below=0.99)), "rules",
-                 generator=torch.Generator().manual_seed(0))
-    assert (res.steps > plain.steps).all()  # an untrained model is unsure: it spends the spare steps
-    assert (res.steps <= 81).all()
-    grids = task.decode(res.canvas, 9)
-    assert all(G.rule_violations(g) == 0 for g in grids)
-    assert (grids[puzzles > 0] == puzzles[puzzles > 0]).all()
-
-
 def test_entropy_of_uniform():
     p = torch.full((3, 4), 0.25)
     assert torch.allclose(entropy(p), torch.full((3,), np.log(4), dtype=torch.float32))
