@@ -10,7 +10,6 @@ One batch of puzzles: `b` is the row in it (sampler.batch_size must cover the fi
 """
 
 import json
-import math
 import os
 import sys
 
@@ -18,7 +17,8 @@ import torch
 
 
 def summary(path: str) -> None:
-    log = json.load(open(path))
+    with open(path) as f:
+        log = json.load(f)
     decided = [r for r in log if r["clean_before"] and r["count"] > 0]
     first_wrong = [r for r in decided if not r["right"]]
     right = [r["top"] for r in decided if r["right"]]
@@ -46,9 +46,9 @@ def logged_eval(argv: list[str]) -> None:
         return sample(model, batch, *a, **k)
 
     def logged_count(score, open_, *a, **k):
-        order, count = accept_count(score, open_, *a, **k)
-        key = torch.where(open_, score, torch.full_like(score, -math.inf))
-        state.update(top=key.max(-1).values, pos=order[:, 0])
+        order, count = accept_count(score, open_, *a, **k)  # order: open positions first, surest first
+        pos = order[:, 0]
+        state.update(top=score.gather(1, pos[:, None])[:, 0], pos=pos)
         return order, count
 
     def logged_accept(order, count, open_, tokens, canvas, *a, **k):
@@ -67,7 +67,8 @@ def logged_eval(argv: list[str]) -> None:
     try:
         main(argv)
     finally:
-        json.dump(log, open(os.environ.get("DIAG_OUT", "certainty_log.json"), "w"))
+        with open(os.environ.get("DIAG_OUT", "certainty_log.json"), "w") as f:
+            json.dump(log, f)
 
 
 if __name__ == "__main__":
