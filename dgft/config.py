@@ -293,18 +293,14 @@ _CHOICES = {
     "noise.kind": ("uniform", "mask"),
     "noise.support": ("answer", "vocab"),
     "noise.loss_weight": ("flat", "inv_t"),
-    "sampler.acceptance": ("entropy", "confidence", "fixed"),
-    "sampler.self_conditioning_from": ("model", "rules"),
     "device": ("auto", "cpu", "cuda"),
 }
 _POSITIVE = ["trainer.max_steps", "trainer.batch_size", "trainer.grad_accum", "trainer.lr", "model.hidden_size",
-             "model.num_layers", "model.canvas_length", "sampler.steps", "sampler.batch_size", "sampler.views",
-             "sampler.passes", "noise.self_conditioning_passes", "model.lora.r", "model.quant_group_size",
+             "model.num_layers", "model.canvas_length", "noise.self_conditioning_passes", "model.lora.r", "model.quant_group_size",
              "noise.t_power"]
 _FRACTIONS = ["noise.eps", "noise.self_conditioning_p", "trainer.min_lr_ratio"]
 _NON_NEGATIVE = ["trainer.weight_decay", "trainer.warmup_steps", "trainer.eval_every", "trainer.ckpt_every",
-                 "trainer.time_limit_min", "noise.encoder_ar_weight", "sampler.temperature", "sampler.entropy_bound",
-                 "sampler.view_batch"]
+                 "trainer.time_limit_min", "noise.encoder_ar_weight"]
 _MODES = {"sudoku": ("free", "clamped", "rules"), "infill": ("free", "clamped")}
 # per task: (choices, positive, fractions, non-negative) of its own keys
 _TASK_CHECKS = {
@@ -340,19 +336,43 @@ def validate(cfg: DictConfig | Any) -> None:
     for key in _FRACTIONS + fractions:
         if not 0 <= get(key) <= 1:
             raise ConfigError(f"{key}={get(key)!r}: must be in [0, 1]")
-    if not 0 <= get("sampler.revise") < 1:
-        raise ConfigError(f"sampler.revise={get('sampler.revise')!r}: must be in [0, 1) (0: acceptances are final)")
-    if get("sampler.revise") > 0 and get("noise.kind") != "uniform":
-        raise ConfigError("sampler.revise: needs noise.kind=uniform (a mask-noise model never scores an unmasked "
-                          "token); set sampler.revise=0")
+    check_sampler(cfg.sampler, task, get("noise.kind"))
     if not 0 <= get("trainer.ema_decay") < 1:
         raise ConfigError(f"trainer.ema_decay={get('trainer.ema_decay')!r}: must be in [0, 1) (0: no average)")
-    modes = list(get("sampler.modes"))
+    (_validate_sudoku if task == "sudoku" else _validate_infill)(get)
+    _validate_model(get)
+
+
+_SAMPLER_CHOICES = {"acceptance": ("entropy", "confidence", "fixed"), "self_conditioning_from": ("model", "rules")}
+_SAMPLER_POSITIVE = ["steps", "batch_size", "views", "passes"]
+_SAMPLER_NON_NEGATIVE = ["temperature", "entropy_bound", "view_batch"]
+
+
+def check_sampler(sampler, task: str, noise_kind: str) -> None:
+    """Range checks on sampler settings: a train config's `sampler`, or a run's merged with `dgft eval`'s
+    overrides (the same keys, the same messages); raises ConfigError naming the key."""
+    get = lambda key: OmegaConf.select(sampler, key)  # noqa: E731
+    for key, allowed in _SAMPLER_CHOICES.items():
+        if get(key) not in allowed:
+            raise ConfigError(f"sampler.{key}={get(key)!r}: expected one of {', '.join(allowed)}")
+    for key in _SAMPLER_POSITIVE:
+        if not get(key) > 0:
+            raise ConfigError(f"sampler.{key}={get(key)!r}: must be > 0")
+    for key in _SAMPLER_NON_NEGATIVE:
+        if get(key) < 0:
+            raise ConfigError(f"sampler.{key}={get(key)!r}: must be >= 0")
+    if not 0 < get("confidence") <= 1:
+        raise ConfigError(f"sampler.confidence={get('confidence')!r}: must be in (0, 1] (acceptance=confidence "
+                          "takes positions at least this probable)")
+    if not 0 <= get("revise") < 1:
+        raise ConfigError(f"sampler.revise={get('revise')!r}: must be in [0, 1) (0: acceptances are final)")
+    if get("revise") > 0 and noise_kind != "uniform":
+        raise ConfigError(f"sampler.revise={get('revise')}: needs noise.kind=uniform (a mask-noise model never "
+                          "scores an unmasked token); set sampler.revise=0")
+    modes = list(get("modes"))
     if not modes or any(m not in _MODES[task] for m in modes):
         raise ConfigError(f"sampler.modes={modes}: task {task} samples in {', '.join(_MODES[task])}"
                           + (" (infilling has no rules)" if task == "infill" else ""))
-    (_validate_sudoku if task == "sudoku" else _validate_infill)(get)
-    _validate_model(get)
 
 
 def _validate_sudoku(get) -> None:

@@ -159,6 +159,39 @@ def test_eval_checks_revise_against_the_run(override, noise):
         validate(_compose("train", ["noise=mask", "sampler.revise=0.5"]))
 
 
+@pytest.mark.parametrize("override,key", [
+    ("sampler.steps=0", r"sampler\.steps"), ("sampler.acceptance=foo", r"sampler\.acceptance"),
+    ("sampler.modes=[foo]", r"sampler\.modes"), ("sampler.batch_size=0", r"sampler\.batch_size"),
+    ("sampler.temperature=-1", r"sampler\.temperature"), ("sampler.view_batch=-1", r"sampler\.view_batch"),
+    ("sampler.confidence=2", r"sampler\.confidence"), ("sampler.views=0", r"sampler\.views"),
+    ("sampler.passes=0", r"sampler\.passes"), ("limit=-1", r"^limit"), ("on_error=skp", r"^on_error"),
+])
+def test_eval_range_checks_its_overrides(override, key):
+    """Eval overrides get the train config's range checks, before any model loads: `sampler.steps=0` once scored
+    every puzzle wrong without a word, and `limit=-1` dropped the last puzzle."""
+    from dgft.evaluate import check_options
+
+    cfg = _compose("eval", ["run=/tmp/x", override])
+    run_cfg = _compose("train")
+    scfg = OmegaConf.merge(run_cfg.sampler, {k: v for k, v in cfg.sampler.items() if v is not None})
+    with pytest.raises(ConfigError, match=key):
+        check_options(cfg, run_cfg, scfg)
+    if override.startswith("sampler."):
+        with pytest.raises(ConfigError, match=key):
+            validate(_compose("train", [override]))
+
+
+def test_eval_checks_a_run_saved_before_a_sampler_setting():
+    """A run's saved sampler may lack a setting added since (the schema's default stands in) or keep one removed
+    since (ignored); neither stops its evaluation."""
+    from dgft.evaluate import check_options
+
+    cfg = _compose("eval", ["run=/tmp/x"])
+    run_cfg = _compose("train")
+    old = OmegaConf.create({k: v for k, v in OmegaConf.to_container(run_cfg.sampler).items() if k != "revise"})
+    check_options(cfg, run_cfg, OmegaConf.merge(old, {"wait_below": 0.0}))
+
+
 @pytest.mark.parametrize("name", ["/tmp/elsewhere", "sub/dir", "..", ""])
 def test_eval_name_is_a_plain_file_name(name):
     """`name` names RUN/eval/<name>.json: a path would write outside the run's eval directory."""
