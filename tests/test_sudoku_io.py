@@ -111,6 +111,29 @@ def test_file_level_errors(tmp_path):
         read_puzzles(_write(tmp_path, f"{PUZZLE_4}\n", "ok.txt"), on_error="ignore")
 
 
+def test_unreadable_files_are_named(tmp_path):
+    """A directory, bytes that are not UTF-8 (the line named) and an unreadable file end in PuzzleFileError, the
+    message `dgft eval` prints, instead of a traceback."""
+    with pytest.raises(PuzzleFileError, match=rf"{tmp_path.name}: cannot read it"):
+        read_puzzles(tmp_path)
+    latin = tmp_path / "latin1.txt"
+    latin.write_bytes(f"{PUZZLE_4}\n# r\xe9sum\xe9\n".encode("latin-1"))
+    with pytest.raises(PuzzleFileError, match=r"latin1\.txt:2: not UTF-8 text \(byte 0xe9\)"):
+        read_puzzles(latin)
+
+
+def test_one_column_csv_and_byte_order_mark(tmp_path):
+    """A CSV of one `puzzle` column has a header and no comma; a spreadsheet's UTF-8 byte-order mark is dropped."""
+    one = tmp_path / "one.csv"
+    one.write_bytes(f"\ufeffpuzzle\n{PUZZLE_4}\n{PUZZLE_9}\n".encode("utf-8"))
+    records, skipped = read_puzzles(one)
+    assert skipped == [] and [to_string(r.puzzle) for r in records] == [PUZZLE_4, PUZZLE_9]
+    assert records[0].source.endswith("one.csv:2") and is_solution(records[1].solution, records[1].puzzle)
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes(f"\ufeffpuzzle,solution\n{PUZZLE_4},{SOLUTION_4}\n".encode("utf-8"))
+    assert to_string(read_puzzles(bom)[0][0].solution) == SOLUTION_4
+
+
 @needs_benchmarks
 @pytest.mark.parametrize(
     "name, count, size",

@@ -84,6 +84,22 @@ def _check_record(puzzle_text: str, solution_text: str | None, check_solvable: b
     return puzzle, solution
 
 
+def _read_text(path: Path, name: str) -> str:
+    """The file as text (UTF-8, a byte-order mark dropped); an unreadable file is a PuzzleFileError naming it."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise PuzzleFileError(f"{name}: file not found") from None
+    except OSError as error:
+        raise PuzzleFileError(f"{name}: cannot read it ({error.strerror or error})") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise PuzzleFileError(f"{name}:{line}: not UTF-8 text (byte {data[error.start]:#04x}); puzzle files hold "
+                              "digits, '.', commas and a header") from None
+
+
 def _data_lines(text: str) -> list[tuple[int, str]]:
     """(1-based line number, stripped line) for every line that is not blank or a '#' comment."""
     numbered = ((number, line.strip()) for number, line in enumerate(text.splitlines(), start=1))
@@ -119,15 +135,13 @@ def read_puzzles(
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     name = str(path)
-    try:
-        text = Path(path).read_text()
-    except FileNotFoundError:
-        raise PuzzleFileError(f"{name}: file not found") from None
+    text = _read_text(Path(path), name)
     lines = _data_lines(text)
     if not lines:
         raise PuzzleFileError(f"{name}: no puzzles in file")
 
-    is_csv = "," in lines[0][1]
+    first = lines[0][1]
+    is_csv = "," in first or bool(_HEADER_FIELD.fullmatch(first))  # a one-column CSV still has a header
     puzzle_column, solution_column = 0, (1 if is_csv else None)
     if is_csv:
         header_number, header = lines[0][0], _fields(lines[0][1])
