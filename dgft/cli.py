@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
             if command == "train":
                 from dgft.train import train
 
-                train(cfg, HydraConfig.get().runtime.output_dir)
+                train(cfg, HydraConfig.get().runtime.output_dir, HydraConfig.get().overrides.task)
             elif command == "eval":
                 from dgft.evaluate import evaluate
 

@@ -17,11 +17,12 @@ import os
 import random
 import signal
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from dgft import checkpoint as ckpt
@@ -87,7 +88,9 @@ def make_optimizer(params, tcfg, device):
     return torch.optim.AdamW(params, fused=device.type == "cuda", **kwargs)
 
 
-def train(cfg, run_dir: str | Path) -> Path:
+def train(cfg, run_dir: str | Path, overrides: Sequence[str] = ()) -> Path:
+    """Train, writing everything to run_dir. `overrides` are the command line's (with resume=, the keys it may
+    change and those it must leave as the run has them)."""
     # --- setup -------------------------------------------------------------------------------------
     run_dir = Path(run_dir)
     resume_from = None
@@ -95,7 +98,7 @@ def train(cfg, run_dir: str | Path) -> Path:
         from dgft.runs import run_dir_for
 
         run_dir = Path(run_dir_for(cfg.name, cfg.resume))  # the run being continued, whatever hydra.run.dir says
-        cfg, resume_from = _resume_target(cfg, run_dir)
+        cfg, resume_from = _resume_target(cfg, run_dir, overrides)
     validate(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     gen = seed_everything(cfg.seed)
@@ -406,8 +409,16 @@ def _checkpoint(run_dir, step, model, opt, sched, batches, gen, cfg, elapsed_s: 
     ckpt.save(run_dir, step, model, state, extra, keep_last=cfg.trainer.keep_last)
 
 
-def _resume_target(cfg, run_dir: Path):
-    """(saved config of the run, its newest valid checkpoint); resume=auto picks the newest resumable run."""
+RESUME_MAY_CHANGE = ("trainer.max_steps", "trainer.num_threads", "trainer.time_limit_min", "device")
+
+
+def _resume_target(cfg, run_dir: Path, overrides: Sequence[str] = ()):
+    """(saved config of the run, its newest valid checkpoint); resume=auto picks the newest resumable run.
+
+    The run continues with its saved config. An override of a key in RESUME_MAY_CHANGE (e.g. more
+    trainer.max_steps) replaces the saved value; an override that gives any other key a value the run does not
+    have is refused, naming it, rather than ignored.
+    """
     from dgft.config import ConfigError
 
     if not (run_dir / "config.yaml").exists():
@@ -416,11 +427,33 @@ def _resume_target(cfg, run_dir: Path):
 
     saved = typed_train_config(OmegaConf.load(run_dir / "config.yaml"))
     saved.resume = cfg.resume
-    saved.trainer.max_steps = cfg.trainer.max_steps  # the one setting a resume may change
+    for key, item in _override_keys(overrides):
+        given, kept = OmegaConf.select(cfg, key), OmegaConf.select(saved, key)
+        if key in RESUME_MAY_CHANGE:
+            OmegaConf.update(saved, key, given)
+        elif key != "resume" and _plain(given) != _plain(kept):
+            has = f"the run's {key} settings differ" if isinstance(kept, DictConfig) else f"the run has {key}={kept}"
+            raise ConfigError(f"resume={cfg.resume}: {item}, but {has} ({run_dir / 'config.yaml'}); a resumed run "
+                              f"keeps its config, and only {', '.join(RESUME_MAY_CHANGE)} may change")
     last = ckpt.latest_valid(run_dir)
     if last is None:
         raise ConfigError(f"resume={cfg.resume}: {run_dir}/checkpoints holds no valid checkpoint")
     return saved, last
+
+
+def _plain(value):
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
+
+
+def _override_keys(overrides: Sequence[str]) -> list[tuple[str, str]]:
+    """(config key, the override as typed) for each Hydra override that sets a key (`+key=v` and `++key=v` too);
+    a group choice (`noise=mask`) names a key whose value is a node; hydra.* are not in the config."""
+    keys = []
+    for item in overrides:
+        key = item.split("=", 1)[0].lstrip("+~")
+        if "=" in item and "@" not in key and not key.startswith("hydra."):
+            keys.append((key, item))
+    return keys
 
 
 def _restore(path: Path, model, opt, sched, batches, gen, cfg, ema=None) -> tuple[int, float]:

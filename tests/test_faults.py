@@ -65,6 +65,35 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path, finetune, extra):
         assert any(not torch.equal(a[k], last[k]) for k in a)
 
 
+def test_resume_keeps_the_run_config_and_refuses_other_changes(tmp_path):
+    """`dgft train resume=RUN` continues with the run's config: the command line's default trainer.max_steps
+    (3600 in recipe=sudoku) once replaced a run's own (here 200), changing its schedule; now only an explicit
+    override does, and an override that would change anything else is refused, naming the key."""
+    from omegaconf import OmegaConf
+
+    from dgft.cli import compose_train
+    from dgft.config import ConfigError
+    from dgft.train import _resume_target
+
+    run = tmp_path / "run"
+    (run / "checkpoints" / "step-000002").mkdir(parents=True)
+    (run / "checkpoints" / "step-000002" / ckpt.MANIFEST).write_text(json.dumps({"step": 2, "files": {}}))
+    saved = compose_train(["recipe=sudoku", "trainer.max_steps=200", "trainer.lr=0.001"])
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(saved, resolve=True))
+
+    def resume(*extra):
+        overrides = ["recipe=sudoku", f"resume={run}", *extra]
+        return _resume_target(compose_train(overrides), run, overrides)[0]
+
+    assert resume().trainer.max_steps == 200
+    assert resume("trainer.max_steps=400", "trainer.num_threads=1").trainer.max_steps == 400
+    assert resume("trainer.lr=0.001").trainer.lr == 0.001  # the run's own value: nothing changes
+    with pytest.raises(ConfigError, match=r"trainer\.lr=0\.002, but the run has trainer\.lr=0\.001 .*config\.yaml"):
+        resume("trainer.lr=0.002")
+    with pytest.raises(ConfigError, match=r"noise=mask, but the run's noise settings differ"):
+        resume("noise=mask")
+
+
 def test_sigterm_finishes_step_and_checkpoints(tmp_path):
     run = tmp_path / "run"
     proc = subprocess.Popen(_cmd(tmp_path, run, "trainer.max_steps=100000", "trainer.ckpt_every=0"),
