@@ -1,7 +1,8 @@
 """Checkpoints that a crash never tears: written to a temporary directory, renamed into place, and sealed
 by a manifest (step, files, sizes, sha256) written last. A checkpoint without a valid manifest is skipped.
 
-Layout: RUN/checkpoints/step-000500/{model or adapter files, trainer_state.pt, rng.json, manifest.json}.
+Layout: RUN/checkpoints/step-000500/{model or adapter files, trainer_state.pt, extra.json (step, RNG states, data
+position), manifest.json}.
 Weights are safetensors; `trainer_state.pt` (optimizer, scheduler) is the only pickle and is loaded with
 `weights_only=True`.
 
@@ -20,6 +21,8 @@ from pathlib import Path
 import torch
 
 MANIFEST = "manifest.json"
+TRAINER_STATE = "trainer_state.pt"  # optimizer and scheduler: the only pickle, loaded with weights_only=True
+EXTRA = "extra.json"  # step, RNG states, data position, elapsed seconds
 
 
 class CheckpointError(RuntimeError):
@@ -61,8 +64,8 @@ def save(run_dir: Path, step: int, model, trainer_state: dict, extra: dict, keep
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         save_weights(model, tmp)
-        torch.save(trainer_state, tmp / "trainer_state.pt")
-        (tmp / "extra.json").write_text(json.dumps(extra))
+        torch.save(trainer_state, tmp / TRAINER_STATE)
+        (tmp / EXTRA).write_text(json.dumps(extra))
         files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256(p)}
                  for p in sorted(tmp.iterdir()) if p.is_file()}
         (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=1))  # written last
@@ -130,8 +133,8 @@ def prune(root: Path, keep_last: int) -> None:
 
 
 def load_trainer_state(ckpt: Path) -> dict:
-    return torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=True)
+    return torch.load(ckpt / TRAINER_STATE, map_location="cpu", weights_only=True)
 
 
 def load_extra(ckpt: Path) -> dict:
-    return json.loads((ckpt / "extra.json").read_text())
+    return json.loads((ckpt / EXTRA).read_text())

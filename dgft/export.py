@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 
 from dgft import checkpoint as ckpt
 from dgft.model import denoise, encode, retie_encoder, unwrap
-from dgft.runs import RunError, load_config, load_model
+from dgft.runs import RunError, checkpoint_dir, load_config, load_model
 from dgft.train import pick_device
 
 SAMPLER_FILE = "dgft_sampler.json"
@@ -43,11 +43,12 @@ def export(cfg) -> Path:
         raise RunError(f"{run_dir}: no such run directory")
     rcfg = load_config(run_dir)
     out = Path(cfg.out) if cfg.out else run_dir / "export"
-    checkpoint = _checkpoint_dir(run_dir, cfg.checkpoint) if cfg.checkpoint else None
+    checkpoint = checkpoint_dir(run_dir, cfg.checkpoint) if cfg.checkpoint else None
     source = source_hashes(run_dir, rcfg, checkpoint)
     if _recorded_source(out) == source:
         print(f"{out}: up to date")
         return out
+    _check_out(out, run_dir)
     device = pick_device(cfg.device)
     if rcfg.model.get("quantize", "none") == "nf4":
         return export_streaming(cfg, rcfg, run_dir, out, checkpoint, source, device)
@@ -120,7 +121,7 @@ def export_streaming(cfg, rcfg, run_dir: Path, out: Path, checkpoint, source: di
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         summary = merge_streaming(base_dir, adapter, tmp)
-        shutil.copytree(adapter, tmp / "adapter", ignore=shutil.ignore_patterns("trainer_state.pt", "rng.json",
+        shutil.copytree(adapter, tmp / "adapter", ignore=shutil.ignore_patterns(ckpt.TRAINER_STATE, ckpt.EXTRA,
                                                                                  ckpt.MANIFEST))
         _copy_tokenizer(run_dir / "tokenizer", tmp)
         sampler = {"sampler": OmegaConf.to_container(rcfg.sampler, resolve=True),
@@ -225,16 +226,6 @@ def _require(diff: float, atol: float, what: str) -> None:
 
 
 # --- files ----------------------------------------------------------------------------------------
-def _checkpoint_dir(run_dir: Path, name: str) -> Path:
-    """A checkpoint given as a path, or relative to the run (`checkpoints/step-000500` or `step-000500`)."""
-    for path in (Path(name), run_dir / name, run_dir / "checkpoints" / name):
-        if path.is_dir():
-            if not ckpt.is_valid(path):
-                raise RunError(f"{path}: missing or invalid {ckpt.MANIFEST}; the checkpoint may be torn")
-            return path
-    raise RunError(f"checkpoint={name}: no such directory (also looked in {run_dir / 'checkpoints'})")
-
-
 def source_hashes(run_dir: Path, rcfg, checkpoint: Path | None) -> dict[str, str]:
     """sha256 of every file the export is made from (weights, their configs, tokenizer, config.yaml).
 
@@ -290,6 +281,18 @@ def _copy_tokenizer(src: Path, dst: Path) -> None:
             if (dst / path.name).exists():
                 raise RunError(f"{path}: would overwrite the model's {path.name} in the export")
             shutil.copy2(path, dst / path.name)
+
+
+def _check_out(out: Path, run_dir: Path) -> None:
+    """`out` is replaced as a whole, so it must be new, empty or an earlier export (it holds RECORD_FILE), and
+    must not hold the run: anything else there would be deleted."""
+    if out.exists() and not out.is_dir():
+        raise RunError(f"out={out}: is a file; give a directory for the export")
+    if out.resolve() in (run_dir.resolve(), *run_dir.resolve().parents):
+        raise RunError(f"out={out}: holds the run {run_dir}, which the export would replace; give another directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / RECORD_FILE).is_file():
+        raise RunError(f"out={out}: exists and is not an earlier dgft export (no {RECORD_FILE}); the export replaces "
+                       "the directory as a whole, so give a new or empty one")
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:

@@ -44,6 +44,19 @@ def load_config(run_dir: str | Path):
     return OmegaConf.load(path)
 
 
+def checkpoint_dir(run_dir: Path, name: str) -> Path:
+    """A checkpoint given as a path, or relative to the run (`checkpoints/step-000500` or `step-000500`), with a
+    valid manifest (`dgft eval checkpoint=...`, `dgft export checkpoint=...`)."""
+    from dgft import checkpoint as ckpt
+
+    for path in (Path(name), run_dir / name, run_dir / "checkpoints" / name):
+        if path.is_dir():
+            if not ckpt.is_valid(path):
+                raise RunError(f"{path}: missing or invalid {ckpt.MANIFEST}; the checkpoint may be torn")
+            return path
+    raise RunError(f"checkpoint={name}: no such directory (also looked in {run_dir / 'checkpoints'})")
+
+
 def load_model(run_dir: str | Path, cfg=None, checkpoint: str | Path | None = None, device="cpu"):
     """The trained model of a run (full weights, or base + adapter, optionally from a checkpoint)."""
     from transformers import DiffusionGemmaForBlockDiffusion
@@ -52,7 +65,9 @@ def load_model(run_dir: str | Path, cfg=None, checkpoint: str | Path | None = No
 
     run_dir = Path(run_dir)
     cfg = cfg or load_config(run_dir)
-    src = Path(checkpoint) if checkpoint else run_dir
+    if checkpoint:
+        checkpoint = checkpoint_dir(run_dir, str(checkpoint))
+    src = checkpoint or run_dir
     if cfg.model.finetune == "full":
         weights = src if checkpoint else run_dir / "model"
         if not (weights / "config.json").exists():

@@ -45,6 +45,10 @@ def test_train_eval_export(tmp_path, finetune, capsys):
                 "puzzles_per_s", "tokens_per_s", "by_givens"} <= set(m)
         assert m["mean_revisions"] == 0  # sampler.revise is off by default
     assert result["modes"]["rules"]["rule_violations"] == 0
+    step = sorted((run / "checkpoints").glob("step-*"))[-1].name  # named as export names it, not as a path
+    main(["eval", str(run), "limit=1", "baseline=false", "plot=false", f"checkpoint={step}", "name=at_ckpt",
+          "sampler.modes=[rules]"])
+    assert json.loads((run / "eval" / "at_ckpt.json").read_text())["modes"]["rules"]["n"] == 1
     main(["eval", str(run), "limit=4", "baseline=false"])  # the run's own held-out split
     assert (run / "eval" / "heldout.json").exists() and (run / "eval" / "heldout_denoising.png").exists()
     held = json.loads((run / "eval" / "heldout.json").read_text())

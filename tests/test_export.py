@@ -191,6 +191,26 @@ def test_missing_run_dir(tmp_path):
         export(export_cfg(missing))
 
 
+def test_out_that_is_not_an_export_is_never_replaced(tmp_path):
+    """The export replaces `out` as a whole: a directory with other files, the run itself or a folder above it is
+    refused before anything is written, and stays as it was; an earlier export is replaced."""
+    run, _ = make_run(tmp_path, "full")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    for out, why in ((mine, "not an earlier dgft export"), (run, "holds the run"), (tmp_path, "holds the run"),
+                     (mine / "notes.txt", "is a file")):
+        before = sorted(p.name for p in run.iterdir())
+        with pytest.raises(RunError, match=why):
+            export(export_cfg(run, out=str(out)))
+        assert sorted(p.name for p in run.iterdir()) == before and (mine / "notes.txt").read_text() == "keep me"
+    exported = tmp_path / "exported"
+    export(export_cfg(run, out=str(exported)))
+    (exported / "export.json").write_text(json.dumps({"source": {}}))  # an earlier export of another state
+    export(export_cfg(run, out=str(exported)))
+    assert json.loads((exported / "export.json").read_text())["source"] and (exported / "config.json").is_file()
+
+
 def test_missing_config_and_weights(tmp_path):
     run, _ = make_run(tmp_path, "lora")
     for name in ("adapter_model.safetensors", "adapter_config.json"):
