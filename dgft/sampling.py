@@ -83,12 +83,13 @@ def accept_count(score: torch.Tensor, open_: torch.Tensor, rule: str, step: int,
 
     score (B, L): higher = more certain (max probability); ent (B, L) entropies; open_ (B, L) bool.
     Returns (order (B, L) positions by decreasing certainty, count (B,) >= 1 where anything is open).
-    `entropy`: the largest k lowest-entropy positions with sum - max <= bound (DiffusionGemma's rule);
-    `confidence`: positions with max probability >= confidence; `fixed`: ceil(open / steps left).
-    The last step accepts everything still open.
+    `entropy`: positions ranked by increasing entropy, the largest k with sum - max <= bound (DiffusionGemma's
+    rule); `confidence`: positions with max probability >= confidence; `fixed`: ceil(open / steps left), ranked by
+    max probability. The last step accepts everything still open.
     """
     n_open = open_.sum(-1)
-    key = torch.where(open_, score, torch.full_like(score, -math.inf))
+    certainty = -ent if rule == "entropy" else score  # the entropy rule ranks as DiffusionGemma's sampler does
+    key = torch.where(open_, certainty, torch.full_like(score, -math.inf))
     order = key.argsort(-1, descending=True)
     if step >= steps - 1:
         count = n_open

@@ -76,6 +76,10 @@ def test_accept_count_entropy_bound():
     open_ = torch.ones_like(ent, dtype=torch.bool)
     order, count = accept_count(score, open_, "entropy", step=0, steps=10, entropy_bound=0.1, ent=ent)
     assert count.item() == 3 and order[0, :3].tolist() == [1, 3, 2]
+    # ranked by entropy, not by top probability: a flatter tail can give a surer top digit a higher entropy
+    order, count = accept_count(torch.tensor([[0.9, 0.0, 0.0, 0.8]]), open_, "entropy", step=0, steps=10,
+                                entropy_bound=0.1, ent=torch.tensor([[0.3, 1.0, 1.0, 0.05]]))
+    assert order[0, 0].item() == 3 and count.item() == 2
     _, count = accept_count(score, open_, "fixed", step=0, steps=2, ent=ent)
     assert count.item() == 2
     _, count = accept_count(score, open_, "entropy", step=9, steps=10, ent=ent)
