@@ -28,6 +28,11 @@ enforces them (`Verdict.isolation` names those that held for a run):
   it is not a security boundary: code that means harm can get round it (`_posixsubprocess`, `os.open`
   relative to a directory descriptor, tampering with the hook's state through introspection). Hence the
   kernel layers come first.
+- "passed" means the program ran to its last line: the guard writes `completed` on the status pipe after it, in
+  the same interpreter. The program's `sys.argv` is `["program.py"]`, so the pipe is not handed to it, but code
+  that means to can still find it (by trying descriptors, or in the guard's frame) and write the line itself
+  before exiting early. The verdict holds against programs that fail or exit early, not against one written to
+  forge it.
 
 Linux only. Under "process" isolation, killed forks become zombies of init until it reaps them. The
 program's side of all this is `dgft/sandbox_child.py`.

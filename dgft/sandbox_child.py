@@ -168,6 +168,8 @@ def guard(cfg):
     if cfg["guard"]:
         install_audit_hook(cfg["workdir"], cfg["read_roots"], cfg["max_processes"] - 1)
     namespace = {"__name__": "__main__", "__file__": "program.py", "__builtins__": __builtins__}
+    sys.argv[:] = ["program.py"]  # as `python program.py` shows it: the stage's config (the status pipe) is not
+    # handed to the program (it could write `completed` itself); it stays in this frame, see `dgft.sandbox`
     try:  # from here on, whatever goes wrong is the program's doing (a syntax error too)
         exec(compile(source, "program.py", "exec"), namespace)
     except MemoryError:
@@ -178,14 +180,18 @@ def guard(cfg):
         raise  # an explicit exit before the end: its status stands, but no `completed`
     except BaseException as e:
         traceback.print_exception(type(e), e, e.__traceback__.tb_next)  # drop this frame
-        sys.stderr.flush()
+        flush()  # what it printed before failing comes back too
         os._exit(1)
+    flush()
+    report(cfg, "completed")
+
+
+def flush():
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except (OSError, ValueError, AttributeError):
             pass  # the program closed or replaced it: its business
-    report(cfg, "completed")
 
 
 def install_audit_hook(workdir, read_roots, forks_left):

@@ -198,6 +198,11 @@ def test_os_exit_before_the_end_is_not_a_pass(box, mode):
     v = box("import os\nos._exit(0)\nprint('never')")
     assert v.status == "failed" and v.returncode == 0 and not v.completed
     assert box("import sys\nsys.exit(0)").status == "failed"
+    # the stage's config (with the status pipe's descriptor) is not in the program's argv: the obvious forgery,
+    # writing `completed` on that pipe and leaving before the tests, finds nothing to parse
+    forged = box("import json, os, sys\nprint(sys.argv)\nfd = json.loads(sys.argv[-1])['status_fd']\n"
+                 "os.write(fd, b'completed\\n')\nos._exit(0)")
+    assert forged.stdout == "['program.py']\n" and forged.status == "failed" and not forged.completed
 
 
 @modes("full", "hook")
