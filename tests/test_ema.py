@@ -47,3 +47,17 @@ def test_state_round_trip_and_mismatch():
     with pytest.raises(RuntimeError, match="EMA state holds 1"):
         two = EMA([torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(1))], 0.99)
         two.load_state_dict(a.state_dict())
+
+
+def test_bf16_weights_move_the_average():
+    """A bf16 copy stood still: 0.002 of a step is below half a bf16 unit near 1.0. The average is fp32."""
+    p = torch.nn.Parameter(torch.ones(4, dtype=torch.bfloat16))
+    ema = EMA([p], decay=0.998)
+    ema.updates = 5000  # past the warm-up
+    for i in range(1, 3001):  # the weight walks from 1.0 to 1.5
+        with torch.no_grad():
+            p.fill_(1 + 0.5 * i / 3000)
+        ema.update()
+    assert ema.shadow[0].dtype == torch.float32 and ema.shadow[0][0] > 1.3
+    with ema.applied():
+        assert p.dtype == torch.bfloat16 and torch.allclose(p.float(), ema.shadow[0], atol=1e-2)
