@@ -337,6 +337,8 @@ def validate(cfg: DictConfig | Any) -> None:
         if not 0 <= get(key) <= 1:
             raise ConfigError(f"{key}={get(key)!r}: must be in [0, 1]")
     check_sampler(cfg.sampler, task, get("noise.kind"))
+    if get("noise.loss_weight") == "inv_t" and not get("noise.eps") > 0:
+        raise ConfigError(f"noise.eps={get('noise.eps')}: must be > 0 with noise.loss_weight=inv_t (1/t at t = 0)")
     if not 0 <= get("trainer.ema_decay") < 1:
         raise ConfigError(f"trainer.ema_decay={get('trainer.ema_decay')!r}: must be in [0, 1) (0: no average)")
     (_validate_sudoku if task == "sudoku" else _validate_infill)(get)

@@ -156,11 +156,14 @@ def train(cfg, run_dir: str | Path, overrides: Sequence[str] = ()) -> Path:
         micro = [_corrupt(next(batches), cfg, gen, vocab_size, task) for _ in range(cfg.trainer.grad_accum)]
         n_scored = sum(float(m["count"]) for m in micro) or 1.0
         loss_total = torch.zeros((), dtype=torch.float64, device=device)  # read back only when logged
+        ar_total = torch.zeros((), dtype=torch.float64, device=device)
         for m in micro:
             try:
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
                     loss_sum, extra = _loss(model, m, cfg, gen, device, task)
-                (loss_sum / n_scored + extra).backward()
+                # the denoising sum over the window's scored tokens; the encoder's AR term (a per-micro-batch
+                # mean) averaged over the window, so grad_accum does not multiply its weight
+                (loss_sum / n_scored + extra / len(micro)).backward()
             except torch.OutOfMemoryError as err:
                 raise OutOfMemory(
                     f"out of {device.type} memory at step {step} (batch {cfg.trainer.batch_size}). Lower "
@@ -168,8 +171,10 @@ def train(cfg, run_dir: str | Path, overrides: Sequence[str] = ()) -> Path:
                     f"model.gradient_checkpointing=true, noise.self_conditioning_p=0, model.finetune=lora, or "
                     f"model.quantize=nf4.") from err
             loss_total += loss_sum.detach()
+            ar_total += extra.detach() / len(micro)
             tokens_seen += int(m["tokens"])
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.trainer.max_grad_norm)
+        lr_used = sched.get_last_lr()[0]  # the rate this step took (after sched.step() it is the next one's)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
@@ -184,12 +189,15 @@ def train(cfg, run_dir: str | Path, overrides: Sequence[str] = ()) -> Path:
         if step % cfg.trainer.log_every == 0 or step == 1:
             loss = float(loss)
             bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_seen / elapsed:,.0f}")
-            row = {"step": step, "loss": loss, "lr": sched.get_last_lr()[0], "grad_norm": float(grad_norm),
+            row = {"step": step, "loss": loss, "lr": lr_used, "grad_norm": float(grad_norm),
                    "tokens_per_s": tokens_seen / elapsed, "elapsed_s": elapsed_s()}
+            if cfg.noise.encoder_ar_weight > 0:  # the weighted AR term, which `loss` (denoising) leaves out
+                row["encoder_ar_loss"] = float(ar_total)
             metrics.write(json.dumps(row) + "\n")
             metrics.flush()
-            for k in ("loss", "lr", "grad_norm", "tokens_per_s"):
-                writer.add_scalar(f"train/{k}", row[k], step)
+            for k in ("loss", "lr", "grad_norm", "tokens_per_s", "encoder_ar_loss"):
+                if k in row:
+                    writer.add_scalar(f"train/{k}", row[k], step)
         if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0:
             with averaged():
                 row = {"step": step, **task.quick_eval(model, eval_batch, cfg, gen)}

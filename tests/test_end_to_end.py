@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from omegaconf import OmegaConf
 from transformers import AutoTokenizer, DiffusionGemmaForBlockDiffusion
 
 from dgft.cli import main
@@ -29,6 +30,9 @@ def test_train_eval_export(tmp_path, finetune, capsys):
     assert list((run / "tb").glob("events.out.tfevents.*"))
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert any("loss" in r for r in rows) and any("9x9_clamped_exact" in r for r in rows)
+    assert all(r["encoder_ar_loss"] > 0 for r in rows if "loss" in r)  # noise.encoder_ar_weight=0.1, logged apart
+    trainer = OmegaConf.load(run / "config.yaml").trainer  # step 1 logs its own rate: the warmup's first share
+    assert [r["lr"] for r in rows if "lr" in r][0] == pytest.approx(trainer.lr / trainer.warmup_steps)
     assert len(list((run / "checkpoints").glob("step-*"))) == 2  # keep_last
 
     puzzles = tmp_path / "p.txt"

@@ -181,6 +181,14 @@ def test_eval_range_checks_its_overrides(override, key):
             validate(_compose("train", [override]))
 
 
+def test_inverse_t_weight_needs_positive_eps():
+    """noise.loss_weight=inv_t divides by t, and eps=0 lets t be 0: a NaN loss, refused before training."""
+    validate(_compose("train", ["noise=mask", "noise.loss_weight=inv_t", "noise.eps=0.001"]))
+    with pytest.raises(ConfigError, match=r"noise\.eps=0"):
+        validate(_compose("train", ["noise=mask", "noise.loss_weight=inv_t", "noise.eps=0"]))
+    validate(_compose("train", ["noise=mask", "noise.loss_weight=flat", "noise.eps=0"]))
+
+
 def test_eval_checks_a_run_saved_before_a_sampler_setting():
     """A run's saved sampler may lack a setting added since (the schema's default stands in) or keep one removed
     since (ignored); neither stops its evaluation."""
