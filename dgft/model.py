@@ -10,6 +10,7 @@ Example: `model = build_tiny(cfg.model, vocab_size=812)` gives a 4-layer random-
 from __future__ import annotations
 
 import inspect
+import math
 import os
 import re
 import warnings
@@ -404,6 +405,15 @@ def prompt_logits(model, hidden):
 
 
 def count_parameters(model) -> tuple[int, int]:
-    """(trainable, total) unique parameters."""
+    """(trainable, total) unique parameters; 4-bit weights count as the weights they hold, not their packed bytes
+    (a bitsandbytes Params4bit holds two per byte; NF4 experts are buffers of an NF4Stack)."""
+    from dgft.quant import NF4Stack
+
     params = {id(p): p for p in model.parameters()}.values()
-    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+    def held(p) -> int:
+        shape = getattr(getattr(p, "quant_state", None), "shape", None)
+        return torch.Size(shape).numel() if shape is not None else p.numel()
+
+    stacks = sum(math.prod(m.shape) for m in model.modules() if isinstance(m, NF4Stack))
+    return sum(p.numel() for p in params if p.requires_grad), sum(held(p) for p in params) + stacks

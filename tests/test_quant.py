@@ -154,6 +154,8 @@ def test_streaming_load_quantizes_experts_and_linears(tmp_path):
     nf4_expert_bytes = sum(q.model.decoder.layers[i].experts.nbytes() for i in range(2))
     assert 3.5 < bf16_expert_bytes / nf4_expert_bytes < 4.1
     assert not any(p.is_meta for p in q.parameters())
+    from dgft.model import count_parameters  # 4 bits hold as many weights: packed bytes and expert buffers count
+    assert count_parameters(q)[1] == count_parameters(plain)[1]
 
     ids = torch.randint(10, 200, (2, 8))
     mask = torch.ones_like(ids)
