@@ -15,10 +15,21 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def heldout_series(rows: list[dict]) -> dict[str, list[tuple[int, float]]]:
+    """The periodic held-out exact-match figures of metrics rows, by key: Sudoku's `9x9_clamped_exact`, infill's
+    `clamped_exact` and `clamped_<kind>_exact`."""
+    series: dict[str, list[tuple[int, float]]] = {}
+    for r in rows:
+        for k, v in r.items():
+            if "clamped" in k and k.endswith("exact"):
+                series.setdefault(k, []).append((r["step"], v))
+    return series
+
+
 def plot_loss(metrics_path: str | Path, out: str | Path) -> None:
     rows = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
     train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
-    evals = [(r["step"], v, k) for r in rows for k, v in r.items() if k.endswith("_clamped_exact")]
+    evals = heldout_series(rows)
     fig, ax = plt.subplots(figsize=(7, 4))
     if train:
         s, l = zip(*train)
@@ -29,9 +40,8 @@ def plot_loss(metrics_path: str | Path, out: str | Path) -> None:
     ax.grid(alpha=0.3)
     if evals:
         ax2 = ax.twinx()
-        for key in sorted({k for _, _, k in evals}):
-            pts = [(s, v) for s, v, k in evals if k == key]
-            ax2.plot(*zip(*pts), "o--", label=f"held-out {key}")
+        for key in sorted(evals):
+            ax2.plot(*zip(*evals[key]), "o--", label=f"held-out {key}")
         ax2.set_ylabel("held-out exact (clamped)")
         ax2.set_ylim(0, 1)
         ax2.legend(loc="center right", fontsize=8)

@@ -62,6 +62,10 @@ def test_infill_train_eval_export(tmp_path):
         assert (run / name).exists(), name
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert any("loss" in r for r in rows) and any("clamped_exact" in r and "clamped_token_acc" in r for r in rows)
+    from dgft.plots import heldout_series  # loss.png's held-out curves: infill's keys too, not only Sudoku's
+
+    assert "clamped_exact" in heldout_series(rows) and "clamped_token_acc" not in heldout_series(rows)
+    assert heldout_series([{"step": 5, "9x9_clamped_exact": 0.5, "loss": 1.0}]) == {"9x9_clamped_exact": [(5, 0.5)]}
 
     # the run's held-out split: both modes, each with the model's own length and the true one
     main(["eval", str(run), "limit=6"])
