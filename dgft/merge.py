@@ -47,6 +47,10 @@ def load_adapter(adapter_dir: Path) -> tuple[dict[str, tuple[torch.Tensor, torch
         tensors = load_file(str(adapter_dir / "adapter_model.safetensors"))
     except (OSError, ValueError) as err:
         raise MergeError(f"{adapter_dir}: not a readable LoRA adapter ({err})") from err
+    patterns = [k for k in ("rank_pattern", "alpha_pattern") if config.get(k)]
+    if patterns:  # one scale serves every tensor here; a per-module one would merge wrongly, without a word
+        raise MergeError(f"{adapter_dir}/adapter_config.json: {patterns[0]} set (per-module ranks or alphas); the "
+                         "streaming merge takes one r and lora_alpha for the whole adapter")
     r, alpha = int(config["r"]), float(config["lora_alpha"])
     scale = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
     pairs: dict[str, dict[str, torch.Tensor]] = {}

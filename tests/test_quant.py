@@ -292,6 +292,13 @@ def test_streaming_merge_equals_the_adapter_model(tmp_path, target_experts):
     with pytest.raises(MergeError, match="layers.7"):
         merge_streaming(tmp_path / "base", tmp_path / "adapter", tmp_path / "merged2", log=lambda *_: None)
 
+    # per-module ranks or alphas (peft rank_pattern / alpha_pattern) are refused: one scale would merge them wrongly
+    config_path = tmp_path / "adapter" / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, "alpha_pattern": {"q_proj": 32}}))
+    with pytest.raises(MergeError, match="alpha_pattern"):
+        merge_streaming(tmp_path / "base", tmp_path / "adapter", tmp_path / "merged3", log=lambda *_: None)
+
 
 def test_nf4_experts_backward_in_bf16_with_idle_experts():
     """The grouped (bf16) path, with experts that get no token, against the fp32 reference."""
