@@ -12,7 +12,7 @@ LoRA on the fused 3-D expert tensors (peft `target_parameters`, `model.lora.targ
 way, expert by expert: peft stores one (A, B) pair per parameter, A (E*r, in) and B (out, E*r), and expert e's
 delta is B[:, r-slice of e] @ A[e's rows] (peft's `ParamWrapper.get_delta_weight`, layout (E, out, in)).
 
-Example: `merge_streaming("/models/dg-26b", "outputs/run/adapter", "outputs/run/export")`.
+Example: `merge_streaming("/models/dg-26b", "outputs/run/adapter", "/tmp/merged")` (a new or empty directory).
 """
 
 from __future__ import annotations
@@ -131,6 +131,8 @@ def merge_streaming(base_dir, adapter_dir, out_dir, dtype=None, log=print) -> di
 
     base_dir, out_dir = Path(base_dir).expanduser(), Path(out_dir)
     lora, scale = load_adapter(Path(adapter_dir))
+    if out_dir.is_dir() and any(out_dir.iterdir()):  # a failed merge would leave new shards among old files
+        raise MergeError(f"{out_dir}: not empty; the merge writes a new directory (`dgft export` swaps it in)")
     out_dir.mkdir(parents=True, exist_ok=True)
     used: set[str] = set()
     weight_map, total, merged = {}, 0, 0

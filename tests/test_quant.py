@@ -298,6 +298,9 @@ def test_streaming_merge_equals_the_adapter_model(tmp_path, target_experts):
     config_path.write_text(json.dumps({**config, "alpha_pattern": {"q_proj": 32}}))
     with pytest.raises(MergeError, match="alpha_pattern"):
         merge_streaming(tmp_path / "base", tmp_path / "adapter", tmp_path / "merged3", log=lambda *_: None)
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(MergeError, match="not empty"):  # never new shards among an earlier merge's files
+        merge_streaming(tmp_path / "base", tmp_path / "adapter", tmp_path / "merged", log=lambda *_: None)
 
 
 def test_nf4_experts_backward_in_bf16_with_idle_experts():
