@@ -444,6 +444,8 @@ def place(slots: dict, name: str, source, device) -> bool:
     prefix, _, leaf = name.rpartition(".")
     if isinstance(slots.get(prefix), NF4Experts):
         stack = slots[prefix].stack(leaf)
+        if tuple(source.shape) != tuple(stack.shape):  # more or fewer experts than config.json says, or other sizes
+            raise ValueError(f"shape {tuple(source.shape)}, model expects {tuple(stack.shape)} (experts, out, in)")
         for e in range(stack.shape[0]):
             stack.set(e, source[e])
         return True

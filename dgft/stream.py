@@ -117,7 +117,11 @@ class Loader:
         self.done: set[str] = set()
 
     def place(self, name: str, source, where: str = "") -> None:
-        if quant.place(self.slots, name, source, self.device):
+        try:
+            placed = quant.place(self.slots, name, source, self.device)
+        except (ValueError, IndexError) as err:  # a 4-bit slot's shape check: named, as every mismatch here is
+            raise StreamLoadError(f"{where}{name}: {err}") from None
+        if placed:
             self.done.add(name)
             return
         if name in self.buffers:

@@ -178,6 +178,11 @@ def test_streaming_load_names_what_is_missing(tmp_path):
     with pytest.raises(stream.StreamLoadError, match="lacks .*experts.down"):
         stream.load_streaming(tmp_path, quantize="nf4", device="cpu")
 
+    tensors[dropped] = torch.zeros(3, 64, 64)  # three experts where config.json says four
+    save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(stream.StreamLoadError, match=r"model.safetensors: .*experts.down_proj: shape \(3, 64, 64\)"):
+        stream.load_streaming(tmp_path, quantize="nf4", device="cpu")
+
 
 @pytest.mark.parametrize("target_experts", [False, True])
 def test_qlora_trains_and_the_adapter_reloads(tmp_path, target_experts):
