@@ -244,7 +244,7 @@ class EvalRecipe:
     on_error: str = "raise"  # bad lines in `data`: "raise" or "skip" (skipped lines are counted)
     limit: int = 0  # evaluate only the first N puzzles (0: all)
     baseline: bool = True  # also run the sampler with an untrained model of the same config
-    checkpoint: Optional[str] = None  # evaluate this checkpoint dir instead of the final weights
+    checkpoint: Optional[str] = None  # evaluate this checkpoint (a dir, or step-N of the run), not the final weights
     seed: int = 0
     device: str = "auto"
     plot: bool = True  # write a PNG of one puzzle being denoised (Sudoku)
@@ -296,8 +296,8 @@ _CHOICES = {
     "device": ("auto", "cpu", "cuda"),
 }
 _POSITIVE = ["trainer.max_steps", "trainer.batch_size", "trainer.grad_accum", "trainer.lr", "model.hidden_size",
-             "model.num_layers", "model.canvas_length", "noise.self_conditioning_passes", "model.lora.r", "model.quant_group_size",
-             "noise.t_power"]
+             "model.num_layers", "model.canvas_length", "noise.self_conditioning_passes", "model.lora.r",
+             "model.quant_group_size", "noise.t_power"]
 _FRACTIONS = ["noise.eps", "noise.self_conditioning_p", "trainer.min_lr_ratio"]
 _NON_NEGATIVE = ["trainer.weight_decay", "trainer.warmup_steps", "trainer.eval_every", "trainer.ckpt_every",
                  "trainer.time_limit_min", "noise.encoder_ar_weight"]

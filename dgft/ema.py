@@ -4,8 +4,9 @@ evaluates periodically and saves as its model, as diffusion models are usually t
 The averaging is torch's own (`torch.optim.swa_utils.get_ema_multi_avg_fn`); this holds the average, warms its
 decay up over the first updates (min(decay, (1 + n) / (10 + n)) after n updates, so early evaluations are not
 mostly the initial weights) and swaps it into the model. Only trainable parameters are averaged (a LoRA run:
-its adapter), so the copy is as small as what trains; it is fp32 (bf16 weights would not move a bf16 average). Example: decay 0.998 weighs about the last 500 steps
-(the warm-up's (1 + n) / (10 + n) passes 0.998 after about 4,500 updates; at 3,600 it is 0.9975).
+its adapter), so the copy is as small as what trains; it is fp32 (bf16 weights would not move a bf16 average).
+Example: decay 0.998 weighs about the last 500 steps (the warm-up's (1 + n) / (10 + n) passes 0.998 after about
+4,500 updates; at 3,600 it is 0.9975).
 """
 
 from __future__ import annotations

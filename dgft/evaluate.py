@@ -18,7 +18,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from dgft.config import ConfigError, SamplerConfig, check_sampler
-from dgft.runs import load_config
+from dgft.runs import checkpoint_dir, load_config
 from dgft.tasks import get_task
 from dgft.train import pick_device
 
@@ -29,6 +29,8 @@ def evaluate(cfg) -> dict:
     overrides = {k: v for k, v in OmegaConf.to_container(cfg.sampler).items() if v is not None}
     scfg = OmegaConf.merge(run_cfg.sampler, overrides)
     check_options(cfg, run_cfg, scfg)
+    if cfg.checkpoint:  # found and its manifest checked once, before any model loads, as export does
+        cfg.checkpoint = str(checkpoint_dir(run, cfg.checkpoint))
     device = pick_device(cfg.device)
     if run_cfg.task.name == "infill":
         from dgft.tasks.infill.evaluate import evaluate_run

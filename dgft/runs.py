@@ -58,16 +58,15 @@ def checkpoint_dir(run_dir: Path, name: str) -> Path:
 
 
 def load_model(run_dir: str | Path, cfg=None, checkpoint: str | Path | None = None, device="cpu"):
-    """The trained model of a run (full weights, or base + adapter, optionally from a checkpoint)."""
+    """The trained model of a run (full weights, or base + adapter, optionally from a checkpoint directory that
+    `checkpoint_dir` found and checked)."""
     from transformers import DiffusionGemmaForBlockDiffusion
 
     from dgft.model import load_adapter, one_expert_path
 
     run_dir = Path(run_dir)
     cfg = cfg or load_config(run_dir)
-    if checkpoint:
-        checkpoint = checkpoint_dir(run_dir, str(checkpoint))
-    src = checkpoint or run_dir
+    src = Path(checkpoint) if checkpoint else run_dir
     if cfg.model.finetune == "full":
         weights = src if checkpoint else run_dir / "model"
         if not (weights / "config.json").exists():
