@@ -63,12 +63,12 @@ def _known_errors():
     from dgft.model import ModelLoadError
     from dgft.runs import RunError
     from dgft.tasks.infill.corpus import CorpusError
-    from dgft.tasks.infill.humaneval import InfillFileError
+    from dgft.tasks.infill.humaneval import InfillFileError, SandboxError
     from dgft.tasks.sudoku.io import PuzzleFileError
     from dgft.train import OutOfMemory
 
     return (ConfigError, ModelLoadError, RunError, PuzzleFileError, InfillFileError, CorpusError, CheckpointError,
-            OutOfMemory)
+            OutOfMemory, SandboxError)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -45,7 +45,8 @@ class TaskConfig(TaskBase):
     # "text": a pretrained tokenizer's chat template and digits (dgft.tasks.sudoku.text)
     tokenizer: Optional[str] = None  # tokens=text: the tokenizer's dir or hub id (recipes: ${model.path})
     canvas_length: Optional[int] = None  # tokens=text: the canvas the answer is laid out on (${model.canvas_length})
-    blank_fraction: list[float] = field(default_factory=lambda: [0.4, 0.78])  # range of blanks per training puzzle
+    blank_fraction: list[float] = field(default_factory=lambda: [0.4, 0.78])  # [low, high] share of blanks per
+    # training puzzle, 0 < low <= high < 1
     base_puzzles: int = 2000  # distinct generated puzzles per size; augmentation multiplies them
     heldout_puzzles: int = 200  # generated held-out puzzles per size (never trained on)
     corrupt_givens_p: float = 0.0  # share of examples whose given cells are also corrupted and scored
@@ -102,9 +103,9 @@ TASK_SCHEMAS = {"sudoku": TaskConfig, "infill": InfillTaskConfig}
 # --- model ----------------------------------------------------------------------------------------
 @dataclass
 class LoraConfig:
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.0
+    r: int = 16  # adapter rank (> 0)
+    alpha: int = 32  # the update is scaled by alpha / r (> 0; 0 would train an adapter that changes nothing)
+    dropout: float = 0.0  # in [0, 1)
     target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
@@ -121,14 +122,15 @@ class ModelConfig:
     dtype: str = "auto"  # "auto" (bf16 where supported, else fp32), "bf16", "fp32"
     gradient_checkpointing: bool = False
     trust_remote_code: bool = False
-    hidden_size: int = 128
+    # The architecture below builds name=tiny (all > 0); name=diffusiongemma reads its own from the checkpoint.
+    hidden_size: int = 128  # a multiple of num_heads
     num_layers: int = 4
     num_heads: int = 4
-    num_kv_heads: int = 2
-    head_dim: int = 32
+    num_kv_heads: int = 2  # divides num_heads (grouped-query attention)
+    head_dim: int = 32  # even (rotary embeddings rotate dimension pairs)
     intermediate_size: int = 256  # dense MLP width
     num_experts: int = 1  # DiffusionGemma always has a MoE block; 1 expert is the near-dense minimum
-    top_k_experts: int = 1
+    top_k_experts: int = 1  # experts per token, at most num_experts
     moe_intermediate_size: int = 128
     canvas_length: int = 81  # tokens the decoder denoises at once (must fit the task's answer)
     structured_init: bool = True  # tiny model: start task token embeddings from the task's structure
@@ -166,13 +168,13 @@ class TrainerConfig:
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     warmup_steps: int = 50
     weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = 1.0  # clip the gradient norm to this (> 0: 0 would zero every step; inf: no clipping)
     eval_every: int = 250  # steps between held-out evaluations (0: never)
-    eval_puzzles: int = 64  # held-out puzzles (infill: examples) per periodic evaluation
+    eval_puzzles: int = 64  # held-out puzzles (infill: examples) per periodic evaluation (> 0 unless eval_every=0)
     ckpt_every: int = 500  # steps between checkpoints (0: only the final one)
-    keep_last: int = 2  # checkpoints kept
+    keep_last: int = 2  # checkpoints kept (>= 1: the newest valid one is never deleted)
     optimizer: str = "adamw"  # "adamw" (torch, fused on CUDA) or "paged_adamw_8bit" (bitsandbytes; CUDA only)
-    log_every: int = 10
+    log_every: int = 10  # steps between logged training rows (> 0; step 1 is always logged)
     num_threads: int = 0  # torch CPU threads (0: torch's default)
     ema_decay: float = 0.0  # > 0: evaluate and save an exponential moving average of the weights (dgft.ema)
 
@@ -240,16 +242,18 @@ class SamplerOverrides:
 class EvalRecipe:
     run: str = MISSING  # run directory written by `dgft train`
     data: Optional[str] = None  # puzzle file; None: the run's generated held-out split
-    name: Optional[str] = None  # result name (RUN/eval/<name>.json); default: the data file's stem
+    name: Optional[str] = None  # result name (RUN/eval/<name>.json); default: the data file's stem, and with
+    # `checkpoint` the checkpoint's name after it (heldout_step-000500), so the final model's results stay
     on_error: str = "raise"  # bad lines in `data`: "raise" or "skip" (skipped lines are counted)
     limit: int = 0  # evaluate only the first N puzzles (0: all)
-    baseline: bool = True  # also run the sampler with an untrained model of the same config
+    baseline: bool = True  # also run the sampler with the run's model before training (Sudoku, rules mode)
     checkpoint: Optional[str] = None  # evaluate this checkpoint (a dir, or step-N of the run), not the final weights
     seed: int = 0
     device: str = "auto"
     plot: bool = True  # write a PNG of one puzzle being denoised (Sudoku)
     samples: int = 1  # infill: samples per problem; pass@k (unbiased) for each k in 1, 10, 100 up to it
-    rerank: bool = False  # infill: also report the first of the samples that compiles with prefix and suffix
+    rerank: bool = False  # infill: also report the first sample whose window (prefix + middle + suffix), or
+    # failing that its enclosing function, compiles
     workers: int = 2  # infill: test programs run in the sandbox at once (HumanEval data)
     sampler: SamplerOverrides = field(default_factory=SamplerOverrides)  # overrides of the run's sampler
 
@@ -295,12 +299,15 @@ _CHOICES = {
     "noise.loss_weight": ("flat", "inv_t"),
     "device": ("auto", "cpu", "cuda"),
 }
-_POSITIVE = ["trainer.max_steps", "trainer.batch_size", "trainer.grad_accum", "trainer.lr", "model.hidden_size",
-             "model.num_layers", "model.canvas_length", "noise.self_conditioning_passes", "model.lora.r",
-             "model.quant_group_size", "noise.t_power"]
+_POSITIVE = ["trainer.max_steps", "trainer.batch_size", "trainer.grad_accum", "trainer.lr", "trainer.max_grad_norm",
+             "trainer.log_every", "trainer.keep_last", "model.canvas_length", "noise.self_conditioning_passes",
+             "model.lora.r", "model.lora.alpha", "model.quant_group_size", "noise.t_power"]
 _FRACTIONS = ["noise.eps", "noise.self_conditioning_p", "trainer.min_lr_ratio"]
-_NON_NEGATIVE = ["trainer.weight_decay", "trainer.warmup_steps", "trainer.eval_every", "trainer.ckpt_every",
-                 "trainer.time_limit_min", "noise.encoder_ar_weight"]
+_NON_NEGATIVE = ["trainer.weight_decay", "trainer.warmup_steps", "trainer.eval_every", "trainer.eval_puzzles",
+                 "trainer.ckpt_every", "trainer.time_limit_min", "trainer.num_threads", "noise.encoder_ar_weight"]
+# the architecture of a model built from the config (model.name=tiny); a pretrained one reads its checkpoint's
+_TINY_POSITIVE = ["model.hidden_size", "model.num_layers", "model.num_heads", "model.num_kv_heads", "model.head_dim",
+                  "model.intermediate_size", "model.num_experts", "model.top_k_experts", "model.moe_intermediate_size"]
 _MODES = {"sudoku": ("free", "clamped", "rules"), "infill": ("free", "clamped")}
 # per task: (choices, positive, fractions, non-negative) of its own keys
 _TASK_CHECKS = {
@@ -341,6 +348,11 @@ def validate(cfg: DictConfig | Any) -> None:
         raise ConfigError(f"noise.eps={get('noise.eps')}: must be > 0 with noise.loss_weight=inv_t (1/t at t = 0)")
     if not 0 <= get("trainer.ema_decay") < 1:
         raise ConfigError(f"trainer.ema_decay={get('trainer.ema_decay')!r}: must be in [0, 1) (0: no average)")
+    if get("trainer.eval_every") and not get("trainer.eval_puzzles"):
+        raise ConfigError(f"trainer.eval_puzzles=0: trainer.eval_every={get('trainer.eval_every')} would evaluate on "
+                          "no puzzles; set trainer.eval_every=0 to turn periodic evaluation off")
+    if not 0 <= get("model.lora.dropout") < 1:
+        raise ConfigError(f"model.lora.dropout={get('model.lora.dropout')!r}: must be in [0, 1)")
     (_validate_sudoku if task == "sudoku" else _validate_infill)(get)
     _validate_model(get)
 
@@ -375,6 +387,18 @@ def check_sampler(sampler, task: str, noise_kind: str) -> None:
     if not modes or any(m not in _MODES[task] for m in modes):
         raise ConfigError(f"sampler.modes={modes}: task {task} samples in {', '.join(_MODES[task])}"
                           + (" (infilling has no rules)" if task == "infill" else ""))
+    # settings the sampler would silently ignore (dgft.sampling)
+    if get("passes") > 1 and not get("self_conditioning"):
+        raise ConfigError(f"sampler.passes={get('passes')}: each pass after the first reads the one before as "
+                          "self-conditioning, and sampler.self_conditioning=false; set sampler.passes=1 or "
+                          "sampler.self_conditioning=true")
+    if get("self_conditioning_from") == "rules" and not get("self_conditioning"):
+        raise ConfigError("sampler.self_conditioning_from=rules: shapes the self-conditioning that "
+                          "sampler.self_conditioning=false turns off; set sampler.self_conditioning_from=model or "
+                          "sampler.self_conditioning=true")
+    if get("fill_forced") and "rules" not in modes:
+        raise ConfigError(f"sampler.fill_forced=true: fills cells in rules mode only, and sampler.modes={modes} has "
+                          "none; set sampler.fill_forced=false")
 
 
 def _validate_sudoku(get) -> None:
@@ -393,9 +417,9 @@ def _validate_sudoku(get) -> None:
     if get("model.canvas_length") < answer:
         raise ConfigError(f"model.canvas_length={get('model.canvas_length')}: shorter than the task's answer "
                           f"({answer} cells for a {max(sizes)}x{max(sizes)} grid)")
-    lo, hi = list(get("task.blank_fraction"))
-    if not 0 < lo <= hi < 1:
-        raise ConfigError(f"task.blank_fraction=[{lo}, {hi}]: need 0 < low <= high < 1")
+    blanks = list(get("task.blank_fraction"))
+    if len(blanks) != 2 or not 0 < blanks[0] <= blanks[1] < 1:
+        raise ConfigError(f"task.blank_fraction={blanks}: need [low, high] with 0 < low <= high < 1")
     if not get("task.singles_weight") > 0:
         raise ConfigError(f"task.singles_weight={get('task.singles_weight')}: must be > 0 "
                           "(1 weighs every cell the same)")
@@ -484,5 +508,24 @@ def _validate_model(get) -> None:
 
         if not torch.cuda.is_available() or get("device") == "cpu":
             raise ConfigError("trainer.optimizer=paged_adamw_8bit: needs a CUDA GPU; use trainer.optimizer=adamw")
-    if get("model.hidden_size") % get("model.num_heads") and get("model.name") == "tiny":
-        raise ConfigError("model.hidden_size: must be divisible by model.num_heads")
+    if get("model.name") == "tiny":
+        _validate_architecture(get)
+
+
+def _validate_architecture(get) -> None:
+    """The shape of a model built from the config (model.name=tiny), checked before transformers builds it."""
+    for key in _TINY_POSITIVE:
+        if not get(key) > 0:
+            raise ConfigError(f"{key}={get(key)!r}: must be > 0")
+    heads, kv_heads = get("model.num_heads"), get("model.num_kv_heads")
+    if get("model.hidden_size") % heads:
+        raise ConfigError(f"model.hidden_size={get('model.hidden_size')}: must be divisible by model.num_heads={heads}")
+    if heads % kv_heads:
+        raise ConfigError(f"model.num_kv_heads={kv_heads}: must divide model.num_heads={heads} (each key/value head "
+                          "serves a group of query heads)")
+    if get("model.head_dim") % 2:
+        raise ConfigError(f"model.head_dim={get('model.head_dim')}: must be even (rotary embeddings rotate pairs of "
+                          "dimensions)")
+    if get("model.top_k_experts") > get("model.num_experts"):
+        raise ConfigError(f"model.top_k_experts={get('model.top_k_experts')}: at most model.num_experts="
+                          f"{get('model.num_experts')}")

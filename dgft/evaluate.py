@@ -24,6 +24,8 @@ from dgft.train import pick_device
 
 
 def evaluate(cfg) -> dict:
+    if OmegaConf.is_missing(cfg, "run"):
+        raise ConfigError("no run given: dgft eval RUN [data=PATH] [overrides ...]")
     run = Path(cfg.run)
     run_cfg = load_config(run)
     overrides = {k: v for k, v in OmegaConf.to_container(cfg.sampler).items() if v is not None}
@@ -37,6 +39,20 @@ def evaluate(cfg) -> dict:
     else:
         from dgft.tasks.sudoku.evaluate import evaluate_run
     return evaluate_run(cfg, run, run_cfg, scfg, device)
+
+
+def output_name(cfg, default: str) -> str:
+    """RUN/eval/<name>.*: `name=`, else the data file's name, with the checkpoint's (`heldout_step-000500`), so
+    that evaluating a checkpoint never overwrites the run's final model's results."""
+    if cfg.name:
+        return str(cfg.name)
+    return f"{default}_{Path(cfg.checkpoint).name}" if cfg.checkpoint else default
+
+
+def provenance(cfg) -> dict:
+    """What an evaluation's result records about its own options: which weights, which sampling seed, how many."""
+    return {"checkpoint": str(cfg.checkpoint) if cfg.checkpoint else None, "seed": int(cfg.seed),
+            "limit": int(cfg.limit)}
 
 
 def check_options(cfg, run_cfg, scfg) -> None:
@@ -74,14 +90,17 @@ def check_options(cfg, run_cfg, scfg) -> None:
 
 
 def untrained_model(run_cfg, run: Path, device):
-    """A random-init model of the run's config (tiny) or the pretrained base without its adapter."""
-    from dgft.model import build_tiny
-    from dgft.runs import load_base
+    """The run's model before training: a LoRA run's frozen base (a tiny run's is saved in RUN/base), or, for the
+    tiny model trained in full, its initial weights built again as training built them (the run's seed, the
+    structured embedding and attention starts the config asks for)."""
+    import torch
 
-    if run_cfg.model.name == "tiny":
-        return build_tiny(run_cfg.model, get_task(run_cfg.task).vocab_size, seed=run_cfg.seed + 1).to(device).eval()
+    from dgft.runs import load_base
+    from dgft.train import trainable_model
+
+    if run_cfg.model.finetune == "full" and run_cfg.model.name == "tiny":
+        gen = torch.Generator().manual_seed(run_cfg.seed)  # as `dgft train` seeds it before building the model
+        return trainable_model(None, run_cfg, get_task(run_cfg.task), device, gen).eval()
     if run_cfg.model.get("quantize", "none") == "nf4":
         return load_base(run, run_cfg, device=device).eval()
     return load_base(run, run_cfg).to(device).eval()
-
-

@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 
 from dgft import checkpoint as ckpt
 from dgft.model import denoise, encode, retie_encoder, unwrap
-from dgft.runs import RunError, checkpoint_dir, load_config, load_model
+from dgft.runs import RunError, checkpoint_dir, load_config, load_model, saved_average
 from dgft.train import pick_device
 
 SAMPLER_FILE = "dgft_sampler.json"
@@ -38,6 +38,8 @@ class ExportError(RunError):
 
 def export(cfg) -> Path:
     # --- setup -------------------------------------------------------------------------------------
+    if OmegaConf.is_missing(cfg, "run"):
+        raise RunError("no run given: dgft export RUN [out=DIR] [checkpoint=step-N]")
     run_dir = Path(cfg.run)
     if not run_dir.is_dir():
         raise RunError(f"{run_dir}: no such run directory")
@@ -55,7 +57,8 @@ def export(cfg) -> Path:
 
     # --- load, merge, check ------------------------------------------------------------------------
     model = load_model(run_dir, rcfg, checkpoint=checkpoint, device=device)
-    if rcfg.model.finetune == "lora":
+    averaged = checkpoint is not None and saved_average(checkpoint) is not None  # load_model applied it
+    if rcfg.model.finetune == "lora" and not averaged:  # the average is not the adapter file's tensors
         check_adapter_loaded(model, checkpoint or run_dir / "adapter")
     model = model.float()
     prompt, mask, canvas = check_batch(unwrap(model).config, device)
@@ -86,7 +89,7 @@ def export(cfg) -> Path:
         _require(reload_diff, cfg.atol, "re-loaded export vs run")
         record = {"source": source, "finetune": rcfg.model.finetune,
                   "checkpoint": str(checkpoint) if checkpoint else None, "step": _step(run_dir, checkpoint),
-                  "merged_max_abs_diff": merged_diff, "reload_max_abs_diff": reload_diff, "atol": cfg.atol,
+                  "checkpoint_average": averaged, "merged_max_abs_diff": merged_diff, "reload_max_abs_diff": reload_diff, "atol": cfg.atol,
                   "dtype": "float32", "check_batch": {"seed": CHECK_SEED, "batch": CHECK_BATCH,
                                                       "prompt": CHECK_PROMPT, "canvas": int(canvas.shape[1])},
                   "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -114,6 +117,11 @@ def export_streaming(cfg, rcfg, run_dir: Path, out: Path, checkpoint, source: di
     from dgft.model import load_adapter, local_checkpoint
     from dgft.runs import load_model
 
+    if checkpoint is not None and saved_average(checkpoint) is not None:
+        raise RunError(f"checkpoint={cfg.checkpoint}: this run keeps a moving average of its weights "
+                       f"(trainer.ema_decay), and the streaming merge would merge {checkpoint}'s adapter file, the "
+                       "weights as they trained, not the average the run evaluates; export the run's final adapter "
+                       "(no checkpoint=)")
     base_dir = run_dir / "base" if rcfg.model.name == "tiny" else local_checkpoint(rcfg.model.path)
     adapter = checkpoint or run_dir / "adapter"
     out.parent.mkdir(parents=True, exist_ok=True)

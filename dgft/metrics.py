@@ -3,13 +3,18 @@
 An answer is `exact` when it is a complete grid that keeps every given and breaks no rule: validity,
 not equality with the listed solution, since some 4x4 puzzles (d1's set) have several completions; a
 unique-solution 9x9 puzzle has only one valid answer anyway. `cell_accuracy` counts blank cells equal
-to the listed solution (all of them when the answer is valid).
+to the puzzle's solution closest to the answer (all of them when the answer is valid): the listed solution when
+the puzzle has only one, else whichever of its solutions (the first SOLUTIONS_CONSIDERED found, and the listed
+one) agrees with the answer on the most blank cells, so an answer on its way to another valid completion is not
+marked wrong where it differs from the listed one.
 
 Example: `SudokuAccuracy().compute(predictions=["1234..."], references=["1234..."], puzzles=["1200..."])`
 -> {"n": 1, "exact": 1.0, "cell_accuracy": 1.0, "givens_kept": 1.0, "rule_violations": 0.0}.
 """
 
 from __future__ import annotations
+
+from functools import lru_cache
 
 import datasets
 import evaluate
@@ -18,12 +23,34 @@ import numpy as np
 from dgft.tasks.sudoku import grid as G
 
 
+SOLUTIONS_CONSIDERED = 64  # d1's 4x4 puzzles have at most 4; a unique 9x9 puzzle has 1
+
+
+@lru_cache(maxsize=8192)
+def _solutions(puzzle: bytes) -> tuple[np.ndarray, ...]:
+    return tuple(G.solve(np.frombuffer(puzzle, dtype=np.int8).astype(int), limit=SOLUTIONS_CONSIDERED))
+
+
+def closest_solution(puzzle: np.ndarray, solution: np.ndarray, answer: np.ndarray) -> np.ndarray:
+    """The puzzle's solution that agrees with `answer` on the most blank cells (the listed `solution` on ties)."""
+    blanks = puzzle == 0
+    best, right = solution, int(((answer == solution) & blanks).sum())
+    for other in _solutions(np.asarray(puzzle, dtype=np.int8).tobytes()):
+        hits = int(((answer == other) & blanks).sum())
+        if hits > right:
+            best, right = other, hits
+    return best
+
+
 def score_answer(puzzle: np.ndarray, solution: np.ndarray, answer: np.ndarray) -> dict:
     """One puzzle's scores; arrays are 1-D digits with 0 for blank or empty."""
     blanks = puzzle == 0
     givens = ~blanks
     exact = bool(G.is_solution(answer, puzzle))
-    right = int(blanks.sum()) if exact else int(((answer == solution) & blanks).sum())
+    if exact:
+        right = int(blanks.sum())
+    else:
+        right = int(((answer == closest_solution(puzzle, solution, answer)) & blanks).sum())
     return {"exact": exact, "blanks_right": right, "blanks": int(blanks.sum()),
             "givens_kept": float((answer[givens] == puzzle[givens]).mean()) if givens.any() else 1.0,
             "rule_violations": int(G.rule_violations(answer))}

@@ -71,15 +71,49 @@ def load_model(run_dir: str | Path, cfg=None, checkpoint: str | Path | None = No
         weights = src if checkpoint else run_dir / "model"
         if not (weights / "config.json").exists():
             raise RunError(f"{weights}: no model weights (config.json); did training finish?")
-        model = DiffusionGemmaForBlockDiffusion.from_pretrained(str(weights), use_safetensors=True)
-        return one_expert_path(model).to(device).eval()
-    adapter = src if checkpoint else run_dir / "adapter"
-    if not (adapter / "adapter_config.json").exists():
-        raise RunError(f"{adapter}: no LoRA adapter (adapter_config.json); did training finish?")
-    quantized = cfg.model.get("quantize", "none") == "nf4"
-    base = load_base(run_dir, cfg, device=device if quantized else "cpu")
-    model = load_adapter(base, adapter)
-    return (model if quantized else model.to(device)).eval()
+        model = one_expert_path(DiffusionGemmaForBlockDiffusion.from_pretrained(str(weights), use_safetensors=True))
+    else:
+        adapter = src if checkpoint else run_dir / "adapter"
+        if not (adapter / "adapter_config.json").exists():
+            raise RunError(f"{adapter}: no LoRA adapter (adapter_config.json); did training finish?")
+        quantized = cfg.model.get("quantize", "none") == "nf4"
+        base = load_base(run_dir, cfg, device=device if quantized else "cpu")
+        model = load_adapter(base, adapter)
+    if checkpoint:
+        apply_average_(model, checkpoint, cfg)
+    return (model if cfg.model.get("quantize", "none") == "nf4" else model.to(device)).eval()
+
+
+def saved_average(checkpoint: str | Path) -> list[torch.Tensor] | None:
+    """The moving average of the trained weights a checkpoint holds (`trainer.ema_decay` > 0), else None."""
+    from dgft import checkpoint as ckpt
+
+    return (ckpt.load_trainer_state(Path(checkpoint)).get("ema") or {}).get("shadow")
+
+
+def apply_average_(model, checkpoint: str | Path, cfg) -> bool:
+    """Put a checkpoint's moving average of the weights into `model`, loaded from that checkpoint.
+
+    A checkpoint holds the weights as they train (a resume needs them) and, with `trainer.ema_decay`, their
+    average beside them; the run's model (RUN/model, RUN/adapter) is the average, and so is what the trainer
+    evaluates. The average lists the trainable parameters in the order training listed them: every parameter of a
+    full fine-tune, the LoRA weights of a LoRA run. -> whether there was an average to apply.
+    """
+    shadow = saved_average(checkpoint)
+    if shadow is None:
+        return False
+    if cfg.model.finetune == "full":
+        params = list(model.parameters())
+    else:
+        params = [p for name, p in model.named_parameters() if "lora_" in name]
+    shapes = [tuple(p.shape) for p in params], [tuple(s.shape) for s in shadow]
+    if shapes[0] != shapes[1]:
+        raise RunError(f"{checkpoint}: its moving average holds {len(shadow)} tensors that do not match the "
+                       f"model's {len(params)} trainable ones; was it saved by another version of dgft?")
+    with torch.no_grad():
+        for p, s in zip(params, shadow):
+            p.copy_(s.to(p.device, p.dtype))
+    return True
 
 
 def load_base(run_dir: str | Path, cfg, device="cpu"):

@@ -50,13 +50,19 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def pick_device(name: str) -> torch.device:
+    """`device=` (auto, cpu, cuda or cuda:N) as a torch device; ConfigError for a name torch would take wrongly."""
+    from dgft.config import ConfigError
+
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        from dgft.config import ConfigError
-
-        raise ConfigError("device=cuda: no CUDA device found")
-    if name == "cuda":  # fp32 matmuls (evaluation, the parts autocast keeps in fp32) on tensor cores
+    kind, _, index = str(name).partition(":")
+    if kind not in ("cpu", "cuda") or (index and (kind == "cpu" or not index.isdigit())):
+        raise ConfigError(f"device={name!r}: expected auto, cpu, cuda or cuda:N")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name}: no CUDA device found")
+    if index and int(index) >= torch.cuda.device_count():
+        raise ConfigError(f"device={name}: there are {torch.cuda.device_count()} CUDA devices")
+    if kind == "cuda":  # fp32 matmuls (evaluation, the parts autocast keeps in fp32) on tensor cores
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     return torch.device(name)
 
@@ -435,18 +441,35 @@ def _resume_target(cfg, run_dir: Path, overrides: Sequence[str] = ()):
 
     saved = typed_train_config(OmegaConf.load(run_dir / "config.yaml"))
     saved.resume = cfg.resume
+    refuse = (f" ({run_dir / 'config.yaml'}); a resumed run keeps its config, and only "
+              f"{', '.join(RESUME_MAY_CHANGE)} may change")
     for key, item in _override_keys(overrides):
         given, kept = OmegaConf.select(cfg, key), OmegaConf.select(saved, key)
         if key in RESUME_MAY_CHANGE:
             OmegaConf.update(saved, key, given)
+        elif given is None and kept is None and key != "resume":  # a group with no node of its own (recipe=X)
+            was = _run_choice(run_dir, key, saved)
+            if item.split("=", 1)[1] != was:
+                raise ConfigError(f"resume={cfg.resume}: {item}, but the run was trained with "
+                                  + (f"{key}={was}" if was is not None else f"a {key} it does not record") + refuse)
         elif key != "resume" and _plain(given) != _plain(kept):
             has = f"the run's {key} settings differ" if isinstance(kept, DictConfig) else f"the run has {key}={kept}"
-            raise ConfigError(f"resume={cfg.resume}: {item}, but {has} ({run_dir / 'config.yaml'}); a resumed run "
-                              f"keeps its config, and only {', '.join(RESUME_MAY_CHANGE)} may change")
+            raise ConfigError(f"resume={cfg.resume}: {item}, but {has}" + refuse)
     last = ckpt.latest_valid(run_dir)
     if last is None:
         raise ConfigError(f"resume={cfg.resume}: {run_dir}/checkpoints holds no valid checkpoint")
     return saved, last
+
+
+def _run_choice(run_dir: Path, group: str, saved):
+    """The option a run was trained with for a config group: as Hydra recorded it (RUN/.hydra/hydra.yaml), else,
+    for `recipe`, the name the recipe gives the run; None when neither says."""
+    path = run_dir / ".hydra" / "hydra.yaml"
+    if path.exists():
+        choices = OmegaConf.load(path).hydra.runtime.choices
+        if group in choices:
+            return choices[group]
+    return saved.get("name") if group == "recipe" else None
 
 
 def _plain(value):

@@ -9,7 +9,7 @@
 # its own timeout, and the files are collected whatever happened before.
 # Needs .gpu/cache.tar.xz and .gpu/bench/ (carry ".gpu"); without the tarball the data are generated (~1 min).
 # Works with dgft installed or only on PYTHONPATH (it runs `python3 -m dgft`).
-# DGFT_DRY_RUN=1: every stage on the CPU in a few minutes (a 2-layer model, 3 steps, 8 puzzles per file).
+# DGFT_DRY_RUN=1: every stage on the CPU in a few minutes (a 2-layer model, 3 steps, 4 puzzles per file, 2 views).
 # DGFT_PREFLIGHT=0 skips the preflight stage, tests/test_gpu.py (the CUDA paths on a tiny model, about 20 s).
 set -uo pipefail
 if [ $# -lt 1 ]; then
@@ -33,7 +33,7 @@ if [ "$DRY" = 1 ]; then
   TRAIN+=(device=cpu trainer.num_threads=1 trainer.max_steps=3 trainer.batch_size=8 trainer.eval_every=2
           trainer.eval_puzzles=2 trainer.log_every=1 model.hidden_size=32 model.num_layers=2 model.num_heads=2
           model.num_kv_heads=1 model.head_dim=16 model.intermediate_size=64 model.moe_intermediate_size=32)
-  EVAL+=(device=cpu limit=8)
+  EVAL+=(device=cpu limit=4 sampler.views=2 sampler.steps=24)  # the recipe's 8 views and 81 steps: 300 s per file
 else
   TRAIN+=(device=cuda)
   EVAL+=(device=cuda)

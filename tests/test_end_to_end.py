@@ -7,6 +7,10 @@ from omegaconf import OmegaConf
 from transformers import AutoTokenizer, DiffusionGemmaForBlockDiffusion
 
 from dgft.cli import main
+from dgft.export import check_batch, check_logits
+from dgft.model import unwrap
+from dgft.runs import load_model
+from dgft.tasks.sudoku import grid as G
 
 TINY = ["model.hidden_size=32", "model.num_layers=2", "model.num_heads=2", "model.num_kv_heads=1",
         "model.head_dim=16", "model.intermediate_size=64", "model.moe_intermediate_size=32"]
@@ -66,12 +70,24 @@ def test_train_eval_export(tmp_path, finetune, capsys):
         if mode != "free":  # pinned givens are in every answer
             assert all(a == p for x in mine for a, p in zip(x["answer"], x["puzzle"]) if p != "0")
 
+    # the rules answers hold digits: a cell is left empty where the rules leave it none, or where the steps ran out
+    # with it still open (a peer took its digit on the last step)
+    sampler_steps = OmegaConf.load(run / "config.yaml").sampler.steps
+    for x in (x for x in lines if x["row"] == "rules"):
+        answer, puzzle = G.from_string(x["answer"]), G.from_string(x["puzzle"])
+        assert ((answer > 0) & (puzzle == 0)).sum() >= (puzzle == 0).sum() / 2, x
+        if x["steps"] < sampler_steps:
+            assert not (G.allowed_digits(answer).any(-1) & (answer == 0)).any(), x
+
     main(["export", str(run)])
     out = run / "export"
     model = DiffusionGemmaForBlockDiffusion.from_pretrained(str(out))
     assert model.config.canvas_length == 81
     assert AutoTokenizer.from_pretrained(str(out)).vocab_size > 0
     assert (out / "dgft_sampler.json").exists()
+    trained = load_model(run).float()  # the exported model computes what the run's model does, on a fixed batch
+    batch = check_batch(unwrap(trained).config)
+    assert (check_logits(model, *batch) - check_logits(trained, *batch)).abs().max() <= 1e-4
 
 
 def test_missing_run_is_a_clear_error(tmp_path, capsys):

@@ -211,6 +211,19 @@ def test_out_that_is_not_an_export_is_never_replaced(tmp_path):
     assert json.loads((exported / "export.json").read_text())["source"] and (exported / "config.json").is_file()
 
 
+def test_export_into_an_existing_empty_directory(tmp_path):
+    """`out` may be new, empty or an earlier export: an empty directory (made ahead, a mount point) takes the export."""
+    from transformers import DiffusionGemmaForBlockDiffusion
+
+    run, trained = make_run(tmp_path, "full")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert export(export_cfg(run, out=str(empty))) == empty
+    assert (empty / "export.json").is_file() and (empty / "config.json").is_file()
+    reloaded = DiffusionGemmaForBlockDiffusion.from_pretrained(str(empty))
+    assert (logits_of(reloaded) - trained).abs().max() <= 1e-4
+
+
 def test_missing_config_and_weights(tmp_path):
     run, _ = make_run(tmp_path, "lora")
     for name in ("adapter_model.safetensors", "adapter_config.json"):

@@ -5,7 +5,6 @@ Each test injects one fault and asserts the documented outcome; eval/RESULTS.md 
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -41,12 +40,15 @@ def _losses(run):
     return [(r["step"], r["loss"]) for r in rows if "loss" in r]
 
 
-@pytest.mark.parametrize("finetune,extra", [("full", []), ("lora", []), ("full", ["trainer.ema_decay=0.9"])])
-def test_sigkill_then_resume_is_bitwise_identical(tmp_path, finetune, extra):
-    """With trainer.ema_decay the saved model is the average, so it also checks that the average resumes."""
+@pytest.mark.parametrize("finetune,extra,kill_at", [
+    ("full", [], 3), ("full", [], 5), ("lora", [], 4), ("full", ["trainer.ema_decay=0.9"], 6)],
+    ids=["full-kill3", "full-kill5", "lora-kill4", "ema-kill6"])
+def test_sigkill_then_resume_is_bitwise_identical(tmp_path, finetune, extra, kill_at):
+    """Killed after the step that follows a checkpoint (3, 5) or on a step whose checkpoint was not written yet (4,
+    6; checkpoints every 2 steps). With trainer.ema_decay the saved model is the average, so it also checks that the
+    average resumes."""
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     assert _run(_cmd(tmp_path, ref, f"model.finetune={finetune}", *extra)).returncode == 0
-    kill_at = random.Random().randint(3, 6)  # a random step after the first checkpoint
     out = _run(_cmd(tmp_path, killed, f"model.finetune={finetune}", *extra),
                env={"DGFT_TEST_KILL_AT_STEP": str(kill_at)})
     assert out.returncode == -signal.SIGKILL
@@ -93,6 +95,30 @@ def test_resume_keeps_the_run_config_and_refuses_other_changes(tmp_path):
     with pytest.raises(ConfigError, match=r"noise=mask, but the run's noise settings differ"):
         resume("noise=mask")
 
+    def resume_with(*overrides):  # without the run's own recipe= in front
+        overrides = [f"resume={run}", *overrides]
+        return _resume_target(compose_train(overrides), run, overrides)[0]
+
+    assert resume_with("recipe=sudoku").trainer.max_steps == 200  # the recipe's 3600 is not an explicit override
+    for other in ("recipe=infill", "recipe=sudoku_gpu"):  # a recipe has no config node of its own to compare
+        with pytest.raises(ConfigError, match=rf"{other}, but the run was trained with recipe=sudoku"):
+            resume_with(other)
+
+
+def test_resume_with_another_recipe_is_refused_through_the_cli(tmp_path, capsys):
+    """The same check inside `dgft train` (a Hydra app, where the config is composed again without the recipe)."""
+    from omegaconf import OmegaConf
+
+    from dgft.cli import compose_train, main
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(compose_train(["recipe=sudoku"]), resolve=True))
+    with pytest.raises(SystemExit) as err:
+        main(["train", "recipe=infill", f"resume={run}", f"hydra.run.dir={tmp_path / 'other'}"])
+    assert err.value.code == 2
+    assert "recipe=infill, but the run was trained with recipe=sudoku" in capsys.readouterr().err
+
 
 def test_sigterm_finishes_step_and_checkpoints(tmp_path):
     run = tmp_path / "run"
@@ -132,14 +158,37 @@ def test_bad_override_names_the_key(tmp_path):
     assert out.returncode == 2 and "trainer.lr" in out.stderr
 
 
-def test_unwritable_output_dir_is_a_clear_error(tmp_path):
-    if os.geteuid() == 0:
-        pytest.skip("root ignores directory permissions")
+def test_unwritable_output_dir_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    """A run directory under a directory that cannot be written to: the message names the path, no traceback. The
+    directory is made unwritable by stand-ins (root ignores permissions): it is reported as such, and creating
+    anything under it fails as it would."""
+    from dgft.cli import main
+
     ro = tmp_path / "ro"
     ro.mkdir()
-    ro.chmod(0o500)
-    out = _run(_cmd(tmp_path, ro / "run"))
-    assert out.returncode != 0
+
+    def refused(path) -> bool:
+        return os.path.abspath(path) == str(ro) or os.path.abspath(path).startswith(f"{ro}{os.sep}")
+
+    def no_mkdir(real):
+        def mkdir(path, *args, **kwargs):
+            if refused(path):
+                raise PermissionError(13, "Permission denied", str(path))
+            return real(path, *args, **kwargs)
+        return mkdir
+
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: False if refused(path) and mode & os.W_OK
+                        else real_access(path, mode, **kw))
+    monkeypatch.setattr(Path, "mkdir", no_mkdir(Path.mkdir))
+    monkeypatch.setattr(os, "makedirs", no_mkdir(os.makedirs))
+    monkeypatch.setattr(os, "mkdir", no_mkdir(os.mkdir))
+    with pytest.raises(SystemExit) as err:
+        main(_cmd(tmp_path, ro / "run")[3:])  # `dgft train ...`, in this process
+    message = str(err.value.code) + capsys.readouterr().err
+    assert f"cannot create the run directory {ro / 'run'}" in message and f"{ro} is not writable" in message
+    assert "Traceback" not in message and "Error executing job" not in message
+    assert list(ro.iterdir()) == []
 
 
 def test_weights_load_only_from_safetensors(tmp_path):

@@ -93,6 +93,21 @@ def test_bad_files_are_named(tmp_path):
         read_samples(write(tmp_path / "s.jsonl", [{"task_id": "test/0"}]))
 
 
+def test_a_lone_surrogate_is_named(tmp_path):
+    """Valid JSON ("\\ud800") but no text: refused with file:line and the key, not a TypeError in the tokenizer."""
+    from dgft.tasks.infill.evaluate import read_examples
+
+    bad = {**PROBLEM, "task_id": "test/1", "prompt": "s = '\ud800'\n"}
+    path = write(tmp_path / "p.jsonl", [PROBLEM, bad])
+    assert "\\ud800" in path.read_text()
+    with pytest.raises(InfillFileError, match=r"p\.jsonl:2: 'prompt' holds a lone surrogate "
+                                              r"\(\\ud800 at character 5\)"):
+        read_problems(path)
+    row = {"kind": "line", "prefix": "", "middle": "x = '\udfff'\n", "suffix": ""}
+    with pytest.raises(InfillFileError, match=r"h\.jsonl:1: 'middle' holds a lone surrogate"):
+        read_examples(write(tmp_path / "h.jsonl", [row]))
+
+
 def test_a_sample_for_an_unknown_task_is_named(tmp_path):
     problems = read_problems(write(tmp_path / "p.jsonl", [PROBLEM]))
     samples = read_samples(write(tmp_path / "s.jsonl", [{"task_id": "test/0", "completion": ""},
@@ -130,6 +145,55 @@ def test_upstream_examples_score_thirty_percent(tmp_path):
         ["passed"] * 3
     assert result["per_task"] == {"test/0": {"n": 10, "c": 3}} and result["missing"] == []
     assert result["exact_match"] == pytest.approx(0.1)  # "    return " itself
+
+
+def test_a_sandbox_that_cannot_be_set_up_stops_the_run(monkeypatch):
+    """Status `error` (none of the program ran) is no failure of the middle: the run stops, saying how many and why."""
+    from dgft.sandbox import Verdict
+    from dgft.tasks.infill import humaneval as H
+
+    def fake_run(source, **_):
+        broken = "return 11" in source  # the middles that end in 1
+        return Verdict(status="error" if broken else "passed", returncode=125, stdout="", stderr="",
+                       stdout_truncated=False, stderr_truncated=False, wall_s=0.0, completed=not broken,
+                       detail="sandbox set-up failed: unshare(): Operation not permitted" if broken else "",
+                       isolation="none hook" if broken else "namespaces uid hook", pgid=0, uid=None)
+
+    monkeypatch.setattr(H, "run_program", fake_run)
+    problems = {"test/0": Problem(**PROBLEM)}
+    samples = [Sample("test/0", "    return "), Sample("test/0", "    return 1"), Sample("test/0", "\treturn 1")]
+    with pytest.raises(H.SandboxError, match=r"^2 of 3 programs could not be run: .*none of their code ran.*"
+                                             r"unshare\(\): Operation not permitted \(2x\)"):
+        H.evaluate_samples(problems, samples)
+    assert H.evaluate_samples(problems, samples[:1])["isolation"] == "namespaces uid hook"
+
+
+def test_eval_records_each_status_and_the_isolation(tmp_path):
+    """`dgft eval` on HumanEval: the status of every middle in _samples.jsonl, the counts and isolation in the
+    result (real sandbox runs: one middle passes, one fails)."""
+    from dgft.tasks.infill import evaluate as E
+
+    problems = {"test/0": Problem(**PROBLEM)}
+    examples = [{"id": "test/0", "kind": "line", "middle": "    return "}]
+    written = {"free/model": [["    return ", "    return 1"]], "free/oracle": [["    return ", "    return "]]}
+    verdicts, box = E.run_tests(problems, examples, written, workers=2)
+    assert box["programs"] == 2 and box["statuses"] == {"passed": 1, "failed": 1} and "hook" in box["isolation"]
+    compiled = {key: [[True, True]] for key in written}
+    E.write_samples(tmp_path / "s.jsonl", examples, written, compiled, verdicts, {})
+    rows = [json.loads(line) for line in (tmp_path / "s.jsonl").read_text().splitlines()]
+    assert [(r["passed"], r["status"]) for r in rows] == [(True, "passed"), (False, "failed"),
+                                                        (True, "passed"), (True, "passed")]
+
+
+def test_each_kinds_pass_at_1_all_counts_its_left_out_middles():
+    from dgft.tasks.infill.evaluate import by_kind
+
+    examples = [{"kind": "line", "middle": "a"}, {"kind": "line", "middle": "b"}, {"kind": "multi_line", "middle": "c"}]
+    out = by_kind(examples, [["a"], ["x"], ["c"]], [[True]] * 3, [[True], [False], [True]],
+                  {"line": 2, "random_span": 1})
+    assert out["line"]["pass@1"] == 0.5 and out["line"]["pass@1_all"] == 0.25  # 1 pass of 2 written + 2 left out
+    assert out["multi_line"]["pass@1_all"] == 1.0
+    assert out["random_span"]["n"] == 0 and out["random_span"]["pass@1_all"] == 0.0  # every middle left out
 
 
 @needs_bench

@@ -363,7 +363,7 @@ def test_too_long_middles_are_refused_and_counted(tok):
 
 
 # --- cached splits and batches --------------------------------------------------------------------
-def test_build_splits_batches_and_resume(tree, tmp_path):
+def test_build_splits_batches_and_resume(tree, tmp_path, monkeypatch):
     cfg = InfillConfig(sources=[str(tree)], cache_dir=str(tmp_path / "cache"), heldout_share=0.3, canvas_length=32,
                        prompt_tokens=64, vocab_size=400, oracle_length_p=0.5)
     logs = []
@@ -392,6 +392,11 @@ def test_build_splits_batches_and_resume(tree, tmp_path):
     assert torch.equal(next(again)["target"], later["target"])
     assert batches.counts["drawn"] >= 24
     assert task.decode(later["target"])  # decodes
+    from dgft.config import ConfigError  # a canvas no span fits: the config error, naming the key
+
+    monkeypatch.setattr(task, "fits", lambda examples: np.zeros(len(examples), dtype=bool))
+    with pytest.raises(ConfigError, match=r"^task\.canvas_length=32: no span fits"):
+        next(D.InfillBatches(splits["train"], task, cfg, batch_size=2, seed=0))
 
 
 # --- the tensors through the real model, noise, loss and sampler ----------------------------------
@@ -458,7 +463,7 @@ def test_score_and_decode_of_foreign_ids(tok):
     assert task.decode(canvas) == ["x = 1"]
 
 
-def test_compile_check_falls_back_to_the_enclosing_function():
+def test_compile_check_falls_back_to_the_enclosing_function(tmp_path):
     from dgft.tasks.infill.evaluate import compiles, enclosing_function
 
     window = {"prefix": "    def m(self, a):\n        b = a - 1\n", "suffix": "\n    def n(self):\n        return 2\n"}
@@ -468,5 +473,6 @@ def test_compile_check_falls_back_to_the_enclosing_function():
     assert not compiles(window, "        return (b\n") and not compiles(window, "    return b\n  x\n")
     program = {"prefix": "def f(x):\n    y = [x,\n", "suffix": "         1]\n    return y\n\nprint(f(1))\n"}
     assert compiles(program, "         x + 1,\n") and not compiles(program, "         x +,\n")
-    assert not compiles({"prefix": "", "suffix": ""}, "import os; os.system('touch /tmp/never')\n(") \
-        and not Path("/tmp/never").exists()  # compiled, never run
+    ran = tmp_path / "ran"  # a valid program whose every line would leave this file: compiled, never run
+    effects = {"prefix": "import os\n", "suffix": f"open({str(ran)!r}, 'w').write('x')\n"}
+    assert compiles(effects, f"os.system('touch {ran}')\n") and not ran.exists()

@@ -14,7 +14,7 @@ from dgft.cli import main
 TINY = ["model.hidden_size=32", "model.num_layers=2", "model.num_heads=2", "model.num_kv_heads=1",
         "model.head_dim=16", "model.intermediate_size=64", "model.moe_intermediate_size=32"]
 BENCH = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "infill" / "HumanEval-SingleLineInfilling.jsonl.gz"
-PROBLEMS = [  # used when the benchmark file is not there
+PROBLEMS = [  # short middles that fit the tiny canvas, after the benchmark's first problems when it is there
     {"task_id": "test/0", "entry_point": "return1", "prompt": "def return1():\n", "suffix": "1",
      "canonical_solution": "    return ", "test": "def check(candidate):\n    assert candidate() == 1"},
     {"task_id": "test/1", "entry_point": "add", "prompt": "def add(a, b):\n    total = a + b\n",
@@ -43,12 +43,13 @@ def _train(tmp_path, run, *extra):
 
 
 def _humaneval_file(tmp_path) -> Path:
-    """5 problems of HumanEval-SingleLineInfilling (or 2 made-up ones), named like the upstream file."""
+    """5 problems of HumanEval-SingleLineInfilling (when the file is there) and 2 made-up ones whose middles fit
+    the canvas, named like the upstream file."""
+    lines = []
     if BENCH.exists():
         with gzip.open(BENCH, "rt", encoding="utf-8") as f:
             lines = [next(f) for _ in range(5)]
-    else:
-        lines = [json.dumps(p) + "\n" for p in PROBLEMS]
+    lines += [json.dumps(p) + "\n" for p in PROBLEMS]
     path = tmp_path / "HumanEval-SingleLineInfilling-head.jsonl"
     path.write_text("".join(lines))
     return path
@@ -71,7 +72,7 @@ def test_infill_train_eval_export(tmp_path):
     main(["eval", str(run), "limit=6"])
     result = json.loads((run / "eval" / "heldout.json").read_text())
     assert set(result["rows"]) == {"free/model", "free/oracle", "clamped/model", "clamped/oracle"}
-    assert 0 < result["n"] <= 6 and not result["humaneval"]
+    assert 0 < result["n"] <= 6 and not result["humaneval"] and result["sandbox"] is None
     for row in result["rows"].values():
         assert {"n", "exact", "exact_lines", "compiles", "mean_steps", "tokens_per_s", "by_kind"} <= set(row)
         assert "pass@1" not in row
@@ -82,19 +83,24 @@ def test_infill_train_eval_export(tmp_path):
     main(["eval", str(run), f"data={data}", "samples=2", "sampler.temperature=0.7", "rerank=true"])
     result = json.loads((run / "eval" / "HumanEval-SingleLineInfilling-head.json").read_text())
     assert result["humaneval"] and result["n"] + sum(result["too_long"].values()) == len(data.read_text().splitlines())
+    assert result["n"] > 0  # else every check below passes on nothing
     assert result["reference_compiles"] == 1.0
     assert {"clamped/oracle", "clamped/oracle/rerank", "free/model/rerank"} <= set(result["rows"])
     for key, row in result["rows"].items():
         assert {"pass@1", "pass@1_all", "exact", "compiles"} <= set(row) and "pass@10" not in row
-        assert list(row["by_kind"]) == (["line"] if result["n"] else [])
+        assert list(row["by_kind"]) == ["line"]
+        assert row["by_kind"]["line"]["pass@1_all"] == pytest.approx(row["pass@1_all"])  # one kind: the same left out
+    box = result["sandbox"]  # every distinct program ran, none with a sandbox error (that would have stopped eval)
+    assert box["isolation"] and sum(box["statuses"].values()) == box["programs"] and "error" not in box["statuses"]
+    assert "isolation: " in (run / "eval" / "HumanEval-SingleLineInfilling-head.md").read_text()
     samples = [json.loads(line) for line in
                (run / "eval" / "HumanEval-SingleLineInfilling-head_samples.jsonl").read_text().splitlines()]
     assert len(samples) == 4 * 2 * result["n"] and all(isinstance(s["passed"], bool) for s in samples)
-    if result["n"]:  # the rerank picks the first sample that compiles, else the first
-        reranked = {(s["row"], s["id"]): s["sample"] for s in samples if s["reranked"]}
-        for s in samples:
-            if s["compiles"] and s["sample"] == 0:
-                assert reranked[(s["row"], s["id"])] == 0
+    assert all(s["passed"] == (s["status"] == "passed") and s["status"] in box["statuses"] for s in samples)
+    reranked = {(s["row"], s["id"]): s["sample"] for s in samples if s["reranked"]}  # the first that compiles
+    for s in samples:
+        if s["compiles"] and s["sample"] == 0:
+            assert reranked[(s["row"], s["id"])] == 0
 
     main(["export", str(run)])
     model = DiffusionGemmaForBlockDiffusion.from_pretrained(str(run / "export"))
@@ -102,11 +108,14 @@ def test_infill_train_eval_export(tmp_path):
     assert len(AutoTokenizer.from_pretrained(str(run / "export"))) == model.config.get_text_config().vocab_size
 
 
-def test_infill_resume_is_bitwise_identical(tmp_path):
+def test_infill_resume_is_bitwise_identical(tmp_path, capsys):
     """A run stopped at step 2 and resumed to step 4 ends with the weights of a straight 4-step run (the warmup
     spans all 4 steps, so the schedule does not depend on max_steps)."""
     _train(tmp_path, tmp_path / "straight", "trainer.max_steps=4", "trainer.warmup_steps=10")
     _train(tmp_path, tmp_path / "split", "trainer.max_steps=2", "trainer.warmup_steps=10")
+    with pytest.raises(SystemExit):  # the recipe Hydra recorded in split/.hydra is infill
+        main(["train", "recipe=sudoku", f"resume={tmp_path / 'split'}", f"hydra.run.dir={tmp_path / 'other'}"])
+    assert "recipe=sudoku, but the run was trained with recipe=infill" in capsys.readouterr().err
     _train(tmp_path, tmp_path / "ignored", "trainer.max_steps=4", f"resume={tmp_path / 'split'}")
     a = load_file(str(tmp_path / "straight" / "model" / "model.safetensors"))
     b = load_file(str(tmp_path / "split" / "model" / "model.safetensors"))

@@ -43,10 +43,16 @@ def test_uniform_corruption_rate_support_and_fixed_positions():
 
 def test_uniform_corruption_with_vocab_support_and_mask():
     g = torch.Generator().manual_seed(1)
-    target = torch.zeros(1000, 30, dtype=torch.long)
+    target = torch.randint(7, 50, (1000, 30), generator=g)  # random tokens, never the mask id 6
     t = torch.rand(1000, generator=g)
     noisy, hit = N.corrupt("uniform", target, t, torch.ones_like(target, dtype=torch.bool), 50, 6, g)
     assert noisy.max() < 50 and noisy.min() >= 0
+    assert abs(hit.float().mean().item() - t.mean().item()) < 0.01  # each position hit with its row's t
+    rows = hit.float().mean(-1)
+    assert torch.corrcoef(torch.stack([rows, t]))[0, 1] > 0.9  # ... row by row, not one rate for all
+    assert torch.equal(noisy[~hit], target[~hit])
+    counts = torch.bincount(noisy[hit], minlength=50).float()  # noise drawn evenly over the whole vocabulary
+    assert len(counts) == 50 and (counts / counts.mean() - 1).abs().max() < 0.25
     noisy, hit = N.corrupt("mask", target, t, torch.ones_like(target, dtype=torch.bool), 50, 6, g)
     assert torch.equal(noisy == 6, hit)
     assert abs(hit.float().mean().item() - t.mean().item()) < 0.01

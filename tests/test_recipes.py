@@ -1,5 +1,6 @@
 """Every shipped recipe and group option composes against the schema; bad overrides fail by key."""
 
+import re
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -18,21 +19,56 @@ def _compose(name, overrides=()):
         return compose(config_name=name, overrides=list(overrides))
 
 
+def _needs_cuda(cfg) -> bool:
+    """A 4-bit pretrained base or the paged 8-bit optimizer: validate() refuses them without a CUDA GPU."""
+    return (cfg.model.quantize != "none" and cfg.model.name != "tiny") or cfg.trainer.optimizer == "paged_adamw_8bit"
+
+
 @pytest.mark.parametrize("recipe", sorted(p.stem for p in (RECIPES / "recipe").glob("*.yaml")))
-def test_each_recipe_composes(recipe):
+def test_each_recipe_composes_and_validates(recipe, monkeypatch):
+    """Every recipe passes the range checks; one that needs a GPU is checked as on a machine with CUDA, and
+    refused, naming the key, on one without."""
+    import torch
+
     cfg = _compose("train", [f"recipe={recipe}"])
     assert cfg.name == recipe
-    if cfg.model.name == "tiny" and cfg.model.quantize == "none":
-        validate(cfg)
+    if _needs_cuda(cfg):
+        if not torch.cuda.is_available():
+            with pytest.raises(ConfigError, match=r"model\.quantize|trainer\.optimizer"):
+                validate(cfg)
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    validate(cfg)
+
+
+def _leaves(node, prefix=""):
+    """(dotted key, value) of every leaf a YAML file sets, interpolations and the defaults list left out."""
+    for key, value in node.items():
+        if key == "defaults":
+            continue
+        if isinstance(value, dict):
+            yield from _leaves(value, f"{prefix}{key}.")
+        elif not (isinstance(value, str) and "${" in value):
+            yield f"{prefix}{key}", value
 
 
 @pytest.mark.parametrize("group", ["task", "model", "noise", "trainer", "sampler"])
 def test_each_group_option_composes(group):
+    """Picking an option puts that file's values in the config: every key it sets, except those the recipe in play
+    sets on top of it."""
     for option in sorted(p.stem for p in (RECIPES / group).glob("*.yaml")):
         # a task goes with its own recipe where there is one: the default recipe=sudoku sets Sudoku-only task keys
         own = [f"recipe={option}"] if group == "task" and (RECIPES / "recipe" / f"{option}.yaml").exists() else []
         cfg = _compose("train", [f"{group}={option}", *own])
-        assert OmegaConf.select(cfg, group) is not None
+        recipe = own[0].split("=")[1] if own else "sudoku"  # train.yaml's default recipe
+        on_top = dict(_leaves(OmegaConf.to_container(OmegaConf.load(RECIPES / "recipe" / f"{recipe}.yaml"))))
+        values = dict(_leaves(OmegaConf.to_container(OmegaConf.load(RECIPES / group / f"{option}.yaml"))))
+        assert values, f"{group}/{option}.yaml sets nothing"
+        for key in ("name", "kind"):  # the file's own name for itself (model.name, noise.kind), where it has one
+            if key in values:
+                assert cfg[group][key] == values[key], f"{group}={option} composed {group}.{key}={cfg[group][key]}"
+        for key, value in values.items():
+            if f"{group}.{key}" not in on_top:
+                assert OmegaConf.select(cfg, f"{group}.{key}") == value, f"{group}={option}: {group}.{key}"
 
 
 def test_eval_and_export_compose():
@@ -44,7 +80,8 @@ def test_eval_and_export_compose():
 def test_typos_and_bad_types_fail_at_composition(override):
     with pytest.raises(ConfigCompositionException) as err:
         _compose("train", [override])
-    assert override.split("=")[0].split(".")[-1] in str(err.value) + str(err.value.__cause__)
+    key = override.split("=")[0]  # the whole dotted key, as OmegaConf names it: `lr` alone is in other keys too
+    assert re.search(rf"^\s*full_key: {re.escape(key)}$", str(err.value.__cause__), re.MULTILINE), err.value.__cause__
 
 
 @pytest.mark.parametrize("override,key", [

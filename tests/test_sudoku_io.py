@@ -90,6 +90,17 @@ def test_bad_line_raises_or_is_skipped(tmp_path, case):
     assert skipped == [str(error.value)]
 
 
+def test_csv_row_without_the_puzzle_column(tmp_path):
+    """A row too short to reach the header's puzzle column is a bad line, named by file and line."""
+    rows = [f"1,{SOLUTION_4},{PUZZLE_4}", f"2,{SOLUTION_4}", f"3,{SOLUTION_4},{PUZZLE_4}"]
+    path = _write(tmp_path, "id,solution,puzzle\n" + "\n".join(rows) + "\n")
+    with pytest.raises(PuzzleFileError) as error:
+        read_puzzles(path)
+    assert str(error.value) == f"{path}:3: row has 2 fields, the puzzle is in field 3"
+    records, skipped = read_puzzles(path, on_error="skip")
+    assert [r.source for r in records] == [f"{path}:2", f"{path}:4"] and skipped == [str(error.value)]
+
+
 def test_bad_plain_text_line(tmp_path):
     path = _write(tmp_path, f"{PUZZLE_4}\n{'0' * 80}\n", "p.txt")
     with pytest.raises(PuzzleFileError, match=r"p\.txt:2: puzzle has 80 cells, expected 16 or 81"):

@@ -322,3 +322,72 @@ def test_init_attention_starts_heads_as_row_and_column_lookups():
     q0 = attn.q_proj.weight.clone()
     digit.init_attention(layout, emb, gen)  # no cells in the vocabulary: nothing to start from
     assert torch.equal(attn.q_proj.weight, q0)
+
+
+# --- the held-out split shares no puzzle with training, up to augmentation --------------------------
+def _row(puzzle, solution):
+    return {"size": G.side(solution), "puzzle": G.to_string(puzzle), "solution": G.to_string(solution)}
+
+
+def _minimal_4x4(count, seed):
+    rng = np.random.default_rng(seed)
+    return [G.generate(4, givens=0, rng=rng, max_tries=1) for _ in range(count)]
+
+
+def test_equivalence_key_tells_classes_apart():
+    """Augmented copies share the key, and generated minimal 4x4 puzzles fall in more than one class (a constant key
+    would keep every held-out puzzle out, or none)."""
+    from dgft.tasks.sudoku.task import equivalence_key
+
+    rng = np.random.default_rng(4)
+    keys = {equivalence_key(p, s) for p, s, _ in _minimal_4x4(30, seed=4)}
+    assert len(keys) > 1
+    p, s, order = G.generate(9, givens=0, rng=rng, max_tries=1)
+    q, r = G.augment(G.with_givens(p, s, order, 40), s, rng)
+    assert equivalence_key(q, r) == equivalence_key(p, s)
+    p2, s2, _ = G.generate(9, givens=0, rng=rng, max_tries=1)
+    assert equivalence_key(p2, s2) != equivalence_key(p, s)
+
+
+def test_disjoint_heldout_drops_augmented_copies_of_training_puzzles():
+    from dgft.data import disjoint_heldout
+    from dgft.tasks.sudoku.task import equivalence_key
+
+    rng = np.random.default_rng(5)
+    # 9x9: a training base; held out, the same grid with more givens under a random symmetry, and another grid
+    p, s, order = G.generate(9, givens=0, rng=rng, max_tries=1)
+    copy9 = _row(*G.augment(G.with_givens(p, s, order, 40), s, rng))
+    assert copy9["puzzle"] != G.to_string(p) and copy9["solution"] != G.to_string(s)
+    other9 = _row(*G.generate(9, givens=0, rng=rng, max_tries=1)[:2])
+    # 4x4: a minimal training puzzle; held out, a symmetric copy of it, and a minimal puzzle of another class
+    fours = _minimal_4x4(30, seed=5)
+    p4, s4, _ = fours[0]
+    copy4 = _row(*G.augment(p4, s4, rng))
+    other4 = next(_row(q, r) for q, r, _ in fours if canonical_form(q) != canonical_form(p4))
+    train = [_row(p, s), _row(p4, s4)]
+    heldout = [copy9, other9, copy4, other4]
+    for row in heldout[::2]:  # the copies are no exact repeats: only the key finds them
+        assert row["puzzle"] not in {t["puzzle"] for t in train}
+    kept, dropped = disjoint_heldout(train, heldout)
+    assert kept == [other9, other4] and dropped == 2
+    assert equivalence_key(G.from_string(copy4["puzzle"]), G.from_string(copy4["solution"])) == \
+        equivalence_key(p4, s4)
+
+
+def test_build_splits_keeps_heldout_keys_out_of_training(tmp_path):
+    from omegaconf import OmegaConf
+
+    from dgft.config import TaskConfig
+    from dgft.data import build_splits
+    from dgft.tasks.sudoku.task import equivalence_key
+
+    cfg = OmegaConf.structured(TaskConfig(base_puzzles=30, heldout_puzzles=12, cache_dir=str(tmp_path)))
+    splits = build_splits(cfg, seed=2, workers=1, log=lambda *_: None)
+
+    def keys(split):
+        return [equivalence_key(G.from_string(r["puzzle"]), G.from_string(r["solution"])) for r in split]
+
+    train, heldout = keys(splits["train"]), keys(splits["heldout"])
+    for n in (4, 9):  # both sizes are held out, and none of them shares a key with training
+        assert sum(k[0] == f"{n}x{n}" for k in heldout) > 0 and sum(k[0] == f"{n}x{n}" for k in train) > 0
+    assert not set(heldout) & set(train)

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from dgft.cache import publish
+from dgft.config import ConfigError
 from dgft.tasks.infill import corpus as C
 from dgft.tasks.infill.task import setting
 
@@ -242,7 +243,8 @@ class InfillBatches:
             if len(batch) >= self.batch_size:
                 break
         else:
-            raise RuntimeError(f"no span fits canvas_length={self.task.canvas_length} after 100 draws per example")
+            raise ConfigError(f"task.canvas_length={self.task.canvas_length}: no span fits the canvas after 100 draws "
+                              "per example; raise task.canvas_length")
         oracle = self.rng.random(self.batch_size) < self.oracle_p
         return self.task.encode(batch, oracle)
 

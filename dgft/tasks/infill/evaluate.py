@@ -8,13 +8,17 @@ the model's own length (it writes [EOS] where it thinks the middle ends) and wit
 (`oracle`: [EOS] and the padding after it pinned), so the gap between the two shows.
 
 Scores, overall and per span kind: `exact` (the same string), `exact_lines` (equal up to trailing whitespace,
-HumanEval's exact_match), `compiles` (prefix + middle + suffix compiles) and, for HumanEval files, `pass@1`:
-the program prompt + middle + suffix + tests run in `dgft.sandbox`, the only place model-written code runs.
-With `samples=N` every score is the mean over the N samples and pass@k is the unbiased estimator for k = 1,
-10, 100 up to N. `rerank=true` adds a row per mode and length: of the N samples, the first whose prefix +
-middle + suffix compiles (Python's `compile()`, which runs nothing), or the first sample when none does.
-Middles longer than the canvas cannot be written: they are left out and counted (`too_long`); `pass@1_all`
-counts them as failures. `workers` sandboxed programs run at once; `baseline` and `plot` are Sudoku's options.
+HumanEval's exact_match), `compiles` (the window prefix + middle + suffix, or failing that its enclosing function,
+compiles) and, for HumanEval files, `pass@1`: the program prompt + middle + suffix + tests run in
+`dgft.sandbox`, the only place model-written code runs. With `samples=N` every score is the mean over the N
+samples and pass@k is the unbiased estimator for k = 1, 10, 100 up to N. `rerank=true` adds a row per mode and
+length: of the N samples, the first that compiles as above (Python's `compile()`, which runs nothing), or the
+first sample when none does. Middles longer than the canvas cannot be written: they are left out and counted
+(`too_long`); `pass@1_all` counts them as failures, overall and per kind. `workers` sandboxed programs run at
+once; the result keeps the sandbox's isolation and the count of each status (`sandbox`), the samples file each
+middle's status. A program the sandbox could not set up stops the evaluation (humaneval.SandboxError): it
+ran none of the middle, so it is no failure of the model. tokens/s counts every canvas position sampled,
+pinned or not (B x L per batch), as Sudoku's counts every cell. `baseline` and `plot` are Sudoku's options.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import numpy as np
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
+from dgft.evaluate import output_name, provenance
 from dgft.runs import load_model, load_tokenizer
 from dgft.sampling import sample
 from dgft.tasks.infill import data as D
@@ -48,7 +53,7 @@ def evaluate_run(cfg, run: Path, run_cfg, scfg, device) -> dict:
     # --- data and model ----------------------------------------------------------------------------
     task = InfillTask(run_cfg.task, tokenizer=load_tokenizer(run))
     data = Path(cfg.data) if cfg.data else run / "data" / "heldout.jsonl.gz"
-    name = cfg.name or data.name.removesuffix(".gz").removesuffix(".jsonl")
+    name = output_name(cfg, data.name.removesuffix(".gz").removesuffix(".jsonl"))
     examples, problems = read_examples(data)
     if cfg.limit:
         examples = examples[: cfg.limit]
@@ -70,12 +75,12 @@ def evaluate_run(cfg, run: Path, run_cfg, scfg, device) -> dict:
             written[key], stats[key] = sample_middles(model, task, examples, scfg, run_cfg, mode, length == "oracle",
                                                       cfg.samples, cfg.seed)
     compiled = {key: [[compiles(e, m) for m in ms] for e, ms in zip(examples, rows)] for key, rows in written.items()}
-    verdicts = run_tests(problems, examples, written, cfg.workers) if problems else None
+    verdicts, sandbox = run_tests(problems, examples, written, cfg.workers) if problems else (None, None)
 
-    result = {"run": str(run), "data": str(data), "n": len(examples), "too_long": dict(too_long),
+    result = {"run": str(run), "data": str(data), **provenance(cfg), "n": len(examples), "too_long": dict(too_long),
               "reference_compiles": float(np.mean([compiles(e, e["middle"]) for e in examples])) if examples else 0.0,
               "samples": cfg.samples, "sampler": OmegaConf.to_container(scfg), "device": str(device),
-              "humaneval": problems is not None, "rows": {}}
+              "humaneval": problems is not None, "sandbox": sandbox, "rows": {}}
     picks = {}
     for key in written:
         passed = _lookup(verdicts, examples, written[key])
@@ -86,7 +91,7 @@ def evaluate_run(cfg, run: Path, run_cfg, scfg, device) -> dict:
                                           for x in (written[key], compiled[key], passed))
         for row, (middles, comp, ok) in rows.items():
             result["rows"][row] = {**summarise(examples, middles, comp, ok, sum(too_long.values())),
-                                   **stats[key], "by_kind": by_kind(examples, middles, comp, ok)}
+                                   **stats[key], "by_kind": by_kind(examples, middles, comp, ok, too_long)}
 
     # --- write ------------------------------------------------------------------------------------
     (out_dir / f"{name}.json").write_text(json.dumps(result, indent=1))
@@ -123,7 +128,10 @@ def read_examples(path: Path) -> tuple[list[dict], dict | None]:
 
 # --- sampling -------------------------------------------------------------------------------------
 def sample_middles(model, task, examples, scfg, run_cfg, mode: str, oracle: bool, samples: int, seed: int):
-    """N middles per example in one mode -> ([[str] * N per example], {mean_steps, examples_per_s, tokens_per_s})."""
+    """N middles per example in one mode -> ([[str] * N per example], {mean_steps, examples_per_s, tokens_per_s}).
+
+    tokens_per_s: canvas positions sampled (B x L per batch, pinned ones included, as Sudoku counts every cell)
+    per second of sampling."""
     gen = seed_everything(seed)  # every mode and length from the same seed: comparable noise
     out: list[list[str]] = [[] for _ in examples]
     steps, seconds, tokens = [], 0.0, 0
@@ -148,7 +156,7 @@ def sample_middles(model, task, examples, scfg, run_cfg, mode: str, oracle: bool
 
 # --- scores ---------------------------------------------------------------------------------------
 def compiles(example: dict, middle: str) -> bool:
-    """Whether prefix + middle + suffix compiles, or failing that the function around the middle does.
+    """Whether the window prefix + middle + suffix compiles, or failing that its enclosing function does.
 
     A held-out example is a window cut from a file at arbitrary lines, which rarely compiles whatever the
     middle, so the check falls back to the innermost `def` before the middle (through the last line of its
@@ -204,20 +212,23 @@ def _compiles(source: str) -> bool:
     return True
 
 
-def run_tests(problems: dict, examples: list[dict], written: dict, workers: int) -> dict:
-    """{(task_id, middle): passed} for every distinct middle written, each run once in the sandbox."""
+def run_tests(problems: dict, examples: list[dict], written: dict, workers: int) -> tuple[dict, dict]:
+    """({(task_id, middle): status} for every distinct middle written, each run once in the sandbox,
+    {programs, statuses: {status: count}, isolation}). A program the sandbox could not set up raises
+    humaneval.SandboxError (from evaluate_samples)."""
     todo = sorted({(e["id"], m) for rows in written.values() for e, ms in zip(examples, rows) for m in ms})
     tqdm.write(f"running {len(todo)} distinct programs in the sandbox ({workers} at a time) ...")
     t0 = time.time()
     out = H.evaluate_samples(problems, [H.Sample(t, m) for t, m in todo], ks=(1,), workers=workers)
     tqdm.write(f"sandbox: {dict(out['statuses'])} in {time.time() - t0:.0f} s ({out['isolation']})")
-    return {key: r["passed"] for key, r in zip(todo, out["results"])}
+    return ({key: r["status"] for key, r in zip(todo, out["results"])},
+            {"programs": len(todo), "statuses": out["statuses"], "isolation": out["isolation"]})
 
 
 def _lookup(verdicts, examples, rows):
     if verdicts is None:
         return None
-    return [[verdicts[(e["id"], m)] for m in ms] for e, ms in zip(examples, rows)]
+    return [[verdicts[(e["id"], m)] == "passed" for m in ms] for e, ms in zip(examples, rows)]
 
 
 def _pick(rows: list[list], picks: list[int]) -> list[list]:
@@ -241,12 +252,15 @@ def summarise(examples, middles, compiled, passed, left_out: int = 0) -> dict:
     return out
 
 
-def by_kind(examples, middles, compiled, passed) -> dict:
+def by_kind(examples, middles, compiled, passed, too_long: dict | None = None) -> dict:
+    """summarise() per span kind, each kind's left-out middles (`too_long`: {kind: count}) in its pass@1_all; a
+    kind whose every middle was left out gets a row with n = 0."""
+    too_long = too_long or {}
     out = {}
-    for kind in sorted({e["kind"] for e in examples}):
+    for kind in sorted({e["kind"] for e in examples} | set(too_long)):
         idx = [i for i, e in enumerate(examples) if e["kind"] == kind]
         sub = lambda rows: None if rows is None else [rows[i] for i in idx]  # noqa: E731
-        out[kind] = summarise(sub(examples), sub(middles), sub(compiled), sub(passed))
+        out[kind] = summarise(sub(examples), sub(middles), sub(compiled), sub(passed), too_long.get(kind, 0))
     return out
 
 
@@ -271,7 +285,7 @@ def markdown(name: str, result: dict) -> str:
     left = sum(result["too_long"].values())
     note = (f"; {left} left out, longer than the canvas" if left else "") + \
         f"; the true middle compiles in {result['reference_compiles']:.0%}"
-    rerank = "; `rerank`: the first sample that compiles with prefix and suffix" if any(
+    rerank = "; `rerank`: the first sample whose window, or failing that its enclosing function, compiles" if any(
         k.endswith("/rerank") for k in result["rows"]) else ""
     text = (f"### {name} ({result['n']} examples{note}; {result['data']})\n\n"
             f"length `model`: the model ends the middle with [EOS]; `oracle`: the true length is given. "
@@ -279,6 +293,11 @@ def markdown(name: str, result: dict) -> str:
             f"{rerank}.\n\n"
             + _table(["mode", "length", "pick", "n", "exact", "exact (lines)", "compiles", *ks, "mean steps",
                       "tokens/s"], main))
+    box = result.get("sandbox")
+    if box:
+        text += (f"\nSandbox: {box['programs']} distinct programs, "
+                 + ", ".join(f"{n} {status}" for status, n in sorted(box["statuses"].items()))
+                 + f"; isolation: {box['isolation']}.\n")
     if len({row[3] for row in kinds}) > 1:
         text += "\nBy span kind:\n\n" + _table(["mode", "length", "pick", "kind", "n", "exact", "exact (lines)",
                                                   "compiles"] + ["pass@1"] * tests, kinds)
@@ -295,13 +314,15 @@ def _table(head: list[str], rows: list[list]) -> str:
 
 
 def write_samples(path: Path, examples, written, compiled, verdicts, picks) -> None:
-    """One JSON line per middle written: row, example id and kind, sample index, the middle and its scores."""
+    """One JSON line per middle written: row, example id and kind, sample index, the middle and its scores
+    (`passed` and the sandbox's `status` when tests ran, else None)."""
     with open(path, "w", encoding="utf-8") as f:
         for key, rows in written.items():
             for i, (e, ms) in enumerate(zip(examples, rows)):
                 for s, m in enumerate(ms):
                     rec = {"row": key, "id": e["id"], "kind": e["kind"], "sample": s, "middle": m,
                            "exact": m == e["middle"], "compiles": compiled[key][i][s],
-                           "passed": verdicts[(e["id"], m)] if verdicts is not None else None,
+                           "passed": verdicts[(e["id"], m)] == "passed" if verdicts is not None else None,
+                           "status": verdicts[(e["id"], m)] if verdicts is not None else None,
                            "reranked": picks[key][i] == s if key in picks else None}
                     f.write(json.dumps(rec) + "\n")

@@ -10,6 +10,8 @@ suffix, canonical_solution, test`; a sample file (upstream's `example_samples.js
 Example: the problem {"prompt": "def return1():\\n", "suffix": "1", "test": "def check(candidate):\\n
     assert candidate() == 1", "entry_point": "return1", ...} passes the middle "    return " and fails
 "    return 1" (it reads `return 11`). Bad lines stop with `file:line: problem`, never a bare traceback.
+A program the sandbox could not set up (status `error`: none of it ran) is no verdict on its middle: the
+run stops with SandboxError rather than count it as a failure.
 """
 
 from __future__ import annotations
@@ -32,6 +34,11 @@ TIMEOUT_S = 3.0  # upstream's per-program timeout
 
 class InfillFileError(ValueError):
     """A problem or sample file cannot be read; the message starts with "file:line:" or "file:"."""
+
+
+class SandboxError(RuntimeError):
+    """Programs the sandbox could not set up (status `error`), so nothing of them ran; the message says how many
+    and why."""
 
 
 @dataclass(frozen=True)
@@ -78,7 +85,8 @@ def read_samples(path: str | Path) -> list[Sample]:
 
 
 def _records(path, keys):
-    """("file:line", object) for each non-blank line, every key in `keys` present and a string."""
+    """("file:line", object) for each non-blank line, every key in `keys` present and a string, and no string
+    value holding a lone surrogate (valid JSON, "\\ud800", but not text a tokenizer or a program can take)."""
     path = Path(path)
     if not (path.name.endswith(".jsonl") or path.name.endswith(".jsonl.gz")):
         raise InfillFileError(f"{path}: expected a .jsonl or .jsonl.gz file")
@@ -107,11 +115,25 @@ def _records(path, keys):
                 for k in keys:
                     if not isinstance(record[k], str):
                         raise InfillFileError(f"{where}: {k!r} must be a string, got {type(record[k]).__name__}")
+                for k, v in record.items():
+                    at = _surrogate(v) if isinstance(v, str) else None
+                    if at is not None:
+                        raise InfillFileError(f"{where}: {k!r} holds a lone surrogate (\\u{ord(v[at]):04x} at "
+                                              f"character {at}), not valid Unicode text")
                 yield where, record
     except (gzip.BadGzipFile, EOFError, zlib.error) as e:
         raise InfillFileError(f"{path}:{lineno + 1}: broken gzip data ({e})") from None
     except OSError as e:
         raise InfillFileError(f"{path}: {e.strerror or e}") from None
+
+
+def _surrogate(text: str) -> int | None:
+    """Index of the first lone surrogate in `text` (JSON's \\ud800 escapes decode to them), or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return e.start
+    return None
 
 
 # --- scoring -----------------------------------------------------------------------------------------
@@ -144,7 +166,9 @@ def evaluate_samples(problems: dict[str, Problem], samples: list[Sample], ks=(1,
 
     Threads are enough for the pool: each sample runs in its own sandboxed process, the thread only waits.
     pass@k is the mean over attempted tasks, reported for each k that every attempted task has n >= k
-    (as upstream); `missing` lists problems without a sample (none are scored for them).
+    (as upstream); `missing` lists problems without a sample (none are scored for them). A sample the sandbox
+    could not set up (status `error`) ran none of its code, so it is neither a pass nor a failure: any such
+    sample stops the run with SandboxError, naming how many and the set-up failures.
     """
     for s in samples:
         if s.task_id not in problems:
@@ -155,6 +179,11 @@ def evaluate_samples(problems: dict[str, Problem], samples: list[Sample], ks=(1,
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         verdicts = list(pool.map(run, samples))
+    errors = Counter(v.detail for v in verdicts if v.status == "error")
+    if errors:
+        raise SandboxError(f"{sum(errors.values())} of {len(samples)} programs could not be run: the sandbox could "
+                           "not be set up, so none of their code ran (they are not scored as failures); "
+                           + "; ".join(f"{detail} ({n}x)" for detail, n in errors.most_common(3)))
     results = [{"task_id": s.task_id, "source": s.source, "status": v.status, "passed": v.passed,
                 "detail": v.detail, "exact": exact_match(s.completion, problems[s.task_id].canonical_solution),
                 "wall_s": round(v.wall_s, 3)} for s, v in zip(samples, verdicts)]
@@ -169,4 +198,4 @@ def evaluate_samples(problems: dict[str, Problem], samples: list[Sample], ks=(1,
             "statuses": dict(Counter(r["status"] for r in results)),
             "missing": [t for t in problems if t not in n],
             "per_task": {t: {"n": n[t], "c": c[t]} for t in n}, "results": results,
-            "isolation": verdicts[0].isolation if verdicts else ""}
+            "isolation": ", ".join(sorted({v.isolation for v in verdicts}))}

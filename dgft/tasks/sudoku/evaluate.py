@@ -18,7 +18,8 @@ import numpy as np
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from dgft.metrics import SudokuAccuracy, score_answer
+from dgft.evaluate import output_name, provenance
+from dgft.metrics import SudokuAccuracy, aggregate, closest_solution, score_answer
 from dgft.runs import load_model
 from dgft.sampling import sample
 from dgft.tasks import get_task
@@ -32,7 +33,7 @@ def evaluate_run(cfg, run: Path, run_cfg, scfg, device) -> dict:
     # --- data and model ----------------------------------------------------------------------------
     task = get_task(run_cfg.task)
     data = Path(cfg.data) if cfg.data else run / "data" / "heldout.csv"
-    name = cfg.name or data.stem
+    name = output_name(cfg, data.stem)
     recs, skipped = read_puzzles(data, on_error=cfg.on_error)
     for msg in skipped:
         tqdm.write(f"skipped {msg}")
@@ -43,14 +44,15 @@ def evaluate_run(cfg, run: Path, run_cfg, scfg, device) -> dict:
     out_dir.mkdir(exist_ok=True)
 
     # --- sample every mode, then the untrained baseline --------------------------------------------
-    result = {"run": str(run), "data": str(data), "n": len(recs), "skipped_lines": len(skipped),
-              "sampler": OmegaConf.to_container(scfg), "device": str(device), "modes": {}}
+    result = {"run": str(run), "data": str(data), **provenance(cfg), "n": len(recs), "skipped_lines": len(skipped),
+              "baseline": bool(cfg.baseline), "sampler": OmegaConf.to_container(scfg), "device": str(device),
+              "modes": {}}
     picture = None
     kinds = difficulty(recs)
     rows = {}  # row name -> (answers, stats)
     for mode in scfg.modes:
         rows[mode] = run_mode(model, task, recs, scfg, run_cfg, mode, cfg.seed, record=(mode == "rules"))
-        result["modes"][mode] = {**summarise(recs, *rows[mode]), **breakdowns(recs, rows[mode][0], kinds)}
+        result["modes"][mode] = {**summarise(recs, *rows[mode]), **breakdowns(recs, *rows[mode], kinds)}
         picture = picture or rows[mode][1].get("history")
     if cfg.baseline:
         from dgft.evaluate import untrained_model
@@ -58,7 +60,7 @@ def evaluate_run(cfg, run: Path, run_cfg, scfg, device) -> dict:
         baseline = untrained_model(run_cfg, run, device)
         key = "baseline_untrained_rules"
         rows[key] = run_mode(baseline, task, recs, scfg, run_cfg, "rules", cfg.seed)
-        result[key] = {**summarise(recs, *rows[key]), **breakdowns(recs, rows[key][0], kinds)}
+        result[key] = {**summarise(recs, *rows[key]), **breakdowns(recs, *rows[key], kinds)}
 
     # --- write ------------------------------------------------------------------------------------
     (out_dir / f"{name}.json").write_text(json.dumps(result, indent=1))
@@ -67,8 +69,9 @@ def evaluate_run(cfg, run: Path, run_cfg, scfg, device) -> dict:
     if cfg.plot and picture:
         from dgft.plots import plot_denoising
 
-        rec, frames, accepted = picture
-        plot_denoising(frames, accepted, rec.puzzle, rec.solution, out_dir / f"{name}_denoising.png",
+        rec, frames, accepted = picture  # right and wrong as against the solution the answer heads for
+        solution = closest_solution(rec.puzzle, rec.solution, frames[-1])
+        plot_denoising(frames, accepted, rec.puzzle, solution, out_dir / f"{name}_denoising.png",
                        title=f"{name}: {rec.source}, rules mode")
     print(markdown(name, result))
     return result
@@ -134,8 +137,12 @@ def summarise(recs, answers, stats) -> dict:
             "puzzles_per_s": len(recs) / secs, "tokens_per_s": stats["cells"] / secs}
 
 
-def breakdowns(recs, answers, kinds) -> dict:
-    return {"by_givens": by_givens(recs, answers), "by_difficulty": by_difficulty(recs, answers, kinds)}
+def breakdowns(recs, answers, stats, kinds) -> dict:
+    """The scores and mean steps per group of puzzles; speed is not broken down (a batch mixes the groups)."""
+    size = [f"{G.side(r.puzzle)}x{G.side(r.puzzle)}" for r in recs]
+    return {"by_givens": grouped(recs, answers, stats["steps"], [f"{s}/{r.givens}" for s, r in zip(size, recs)],
+                                 numeric=True),  # keyed like "9x9/30"
+            "by_difficulty": grouped(recs, answers, stats["steps"], [f"{s}/{k}" for s, k in zip(size, kinds)])}
 
 
 def difficulty(recs) -> list[str]:
@@ -144,25 +151,20 @@ def difficulty(recs) -> list[str]:
     return ["singles" if G.singles_solvable(r.puzzle) else "harder" for r in recs]
 
 
-def by_difficulty(recs, answers, kinds) -> dict:
-    """The same scores per grid size and difficulty (`difficulty`), keyed like "9x9/singles"."""
-    from dgft.metrics import aggregate
-
+def grouped(recs, answers, steps, keys: list[str], numeric: bool = False) -> dict:
+    """The scores (`dgft.metrics.aggregate`) and mean steps of the puzzles under each key, keys sorted by grid size
+    and then by name (by number when `numeric`: "9x9/30" is 30 givens)."""
     groups = defaultdict(list)
-    for r, a, kind in zip(recs, answers, kinds):
-        groups[(G.side(r.puzzle), kind)].append(score_answer(r.puzzle, r.solution, a))
-    return {f"{n}x{n}/{k}": aggregate(v) for (n, k), v in sorted(groups.items())}
+    for i, key in enumerate(keys):
+        groups[key].append(i)
 
+    def order(key):
+        size, rest = key.split("/")
+        return int(size.split("x")[0]), int(rest) if numeric else rest
 
-def by_givens(recs, answers) -> dict:
-    """The same scores per grid size and number of givens, keyed like "9x9/30"."""
-    from dgft.metrics import aggregate
-
-    groups = defaultdict(list)
-    for r, a in zip(recs, answers):
-        n = G.side(r.puzzle)
-        groups[(n, r.givens)].append(score_answer(r.puzzle, r.solution, a))
-    return {f"{n}x{n}/{g}": aggregate(v) for (n, g), v in sorted(groups.items())}
+    return {key: {**aggregate([score_answer(recs[i].puzzle, recs[i].solution, answers[i]) for i in groups[key]]),
+                  "mean_steps": float(np.mean([steps[i] for i in groups[key]]))}
+            for key in sorted(groups, key=order)}
 
 
 def markdown(name: str, result: dict) -> str:

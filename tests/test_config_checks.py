@@ -1,0 +1,116 @@
+"""Range checks that once let a bad value through: each trained wrong without a word, crashed late with a bare
+traceback, or crashed validate() itself. Now each is a ConfigError naming the key, raised before anything runs."""
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from dgft.cli import recipes_dir
+from dgft.config import ConfigError, register, validate
+
+RECIPES = recipes_dir()
+register()
+
+
+def _compose(name, overrides=()):
+    with initialize_config_dir(config_dir=str(RECIPES), version_base="1.3"):
+        return compose(config_name=name, overrides=list(overrides))
+
+
+def _key(pattern):
+    return pattern.replace(".", r"\.")
+
+
+BAD = [
+    # silently wrong: clip_grad_norm_ with max <= 0 flips or zeroes the gradients; alpha=0 scales LoRA to nothing;
+    # eval_puzzles=-1 slices [:-1], and 0 evaluates on no puzzles while eval_every asks for evaluations
+    (["trainer.max_grad_norm=-1"], "trainer.max_grad_norm"),
+    (["trainer.max_grad_norm=0"], "trainer.max_grad_norm"),
+    (["model.lora.alpha=0"], "model.lora.alpha"),
+    (["trainer.eval_puzzles=-1"], "trainer.eval_puzzles"),
+    (["trainer.eval_puzzles=0"], "trainer.eval_puzzles"),
+    (["trainer.keep_last=0"], "trainer.keep_last"),  # checkpoint.prune keeps one whatever it says
+    # late crashes, in train.py or transformers
+    (["trainer.log_every=0"], "trainer.log_every"),
+    (["trainer.num_threads=-2"], "trainer.num_threads"),
+    (["model.num_kv_heads=3"], "model.num_kv_heads"),
+    (["model.num_kv_heads=0"], "model.num_kv_heads"),
+    (["model.head_dim=0"], "model.head_dim"),
+    (["model.head_dim=15"], "model.head_dim"),
+    (["model.intermediate_size=0"], "model.intermediate_size"),
+    (["model.num_experts=0"], "model.num_experts"),
+    (["model.top_k_experts=0"], "model.top_k_experts"),
+    (["model.top_k_experts=2"], "model.top_k_experts"),
+    (["model.moe_intermediate_size=-1"], "model.moe_intermediate_size"),
+    (["model.lora.dropout=1.5"], "model.lora.dropout"),
+    (["model.lora.dropout=-0.1"], "model.lora.dropout"),
+    # validate() itself crashed: ZeroDivisionError, unpacking ValueError
+    (["model.num_heads=0"], "model.num_heads"),
+    (["task.blank_fraction=[0.5,0.6,0.7]"], "task.blank_fraction"),
+    (["task.blank_fraction=[0.5]"], "task.blank_fraction"),
+    # sampler settings the sampler would silently ignore
+    (["sampler.passes=2", "sampler.self_conditioning=false"], "sampler.passes"),
+    (["sampler.self_conditioning_from=rules", "sampler.self_conditioning=false", "sampler.passes=1"],
+     "sampler.self_conditioning_from"),
+    (["sampler.fill_forced=true", "sampler.modes=[free,clamped]"], "sampler.fill_forced"),
+    (["recipe=infill", "sampler.fill_forced=true"], "sampler.fill_forced"),
+]
+
+
+@pytest.mark.parametrize("overrides,key", BAD, ids=[" ".join(o) for o, _ in BAD])
+def test_bad_value_names_the_key(overrides, key):
+    cfg = _compose("train", overrides)
+    with pytest.raises(ConfigError, match=_key(key)):
+        validate(cfg)
+
+
+@pytest.mark.parametrize("overrides,other", [
+    (["sampler.passes=2", "sampler.self_conditioning=false"], "sampler.self_conditioning"),
+    (["sampler.self_conditioning_from=rules", "sampler.self_conditioning=false", "sampler.passes=1"],
+     "sampler.self_conditioning"),
+    (["model.num_kv_heads=3"], "model.num_heads"),
+    (["model.top_k_experts=2"], "model.num_experts"),
+    (["trainer.eval_puzzles=0"], "trainer.eval_every"),
+])
+def test_a_conflict_names_both_keys(overrides, other):
+    with pytest.raises(ConfigError, match=_key(other)):
+        validate(_compose("train", overrides))
+
+
+@pytest.mark.parametrize("overrides", [
+    ["trainer.max_grad_norm=inf"],  # no clipping
+    ["trainer.eval_every=0", "trainer.eval_puzzles=0"],  # no periodic evaluation
+    ["trainer.num_threads=0", "trainer.keep_last=1", "trainer.log_every=1"],
+    ["model.num_experts=4", "model.top_k_experts=4", "model.num_heads=4", "model.num_kv_heads=4"],
+    ["model.finetune=lora", "model.lora.dropout=0.5", "model.lora.alpha=1"],
+    ["sampler.self_conditioning=false", "sampler.passes=1"],
+    ["sampler.fill_forced=true"],
+    ["task.blank_fraction=[0.5,0.5]"],
+])
+def test_edge_values_that_work_pass(overrides):
+    validate(_compose("train", overrides))
+
+
+def test_a_pretrained_model_ignores_the_architecture_keys():
+    """model=diffusiongemma reads its shape from the checkpoint, so the from-config architecture is not checked."""
+    pretrained = ["model=diffusiongemma", "model.path=/nowhere", "model.quantize=none",
+                  "model.structured_attention=false"]
+    validate(_compose("train", pretrained + ["model.num_heads=0", "model.num_kv_heads=3", "model.head_dim=15",
+                                             "model.top_k_experts=2", "model.hidden_size=0"]))
+    with pytest.raises(ConfigError, match=r"model\.lora\.alpha"):  # LoRA settings still apply
+        validate(_compose("train", pretrained + ["model.lora.alpha=0"]))
+
+
+def test_eval_refuses_passes_without_self_conditioning():
+    """check_sampler is shared: `dgft eval RUN sampler.self_conditioning=false` on a two-pass run names both keys."""
+    from omegaconf import OmegaConf
+
+    from dgft.evaluate import check_options
+
+    cfg = _compose("eval", ["run=/tmp/x", "sampler.self_conditioning=false"])
+    run_cfg = _compose("train", ["sampler.passes=2"])
+    scfg = OmegaConf.merge(run_cfg.sampler, {k: v for k, v in cfg.sampler.items() if v is not None})
+    with pytest.raises(ConfigError, match=r"sampler\.passes=2.*sampler\.self_conditioning=false"):
+        check_options(cfg, run_cfg, scfg)
+    cfg = _compose("eval", ["run=/tmp/x", "sampler.self_conditioning=false", "sampler.passes=1"])
+    check_options(cfg, run_cfg, OmegaConf.merge(run_cfg.sampler, {k: v for k, v in cfg.sampler.items()
+                                                                  if v is not None}))

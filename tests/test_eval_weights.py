@@ -1,0 +1,135 @@
+"""Which weights and which reference an evaluation uses: the untrained baseline is the run's own starting model, a
+checkpoint of a run that averages its weights is evaluated and exported as that average, a checkpoint's results
+never overwrite the final model's, and a partial answer is scored against the solution it heads for."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from dgft.cli import main
+from dgft.runs import RunError, checkpoint_dir, load_base, load_model
+
+TINY = ["model.hidden_size=32", "model.num_layers=2", "model.num_heads=2", "model.num_kv_heads=1",
+        "model.head_dim=16", "model.intermediate_size=64", "model.moe_intermediate_size=32"]
+
+
+def _train(tmp_path, run, *extra):
+    main(["train", f"hydra.run.dir={run}", f"task.cache_dir={tmp_path / 'cache'}", "task.base_puzzles=20",
+          "task.heldout_puzzles=4", "trainer.max_steps=4", "trainer.batch_size=8", "trainer.eval_every=0",
+          "trainer.ckpt_every=2", "trainer.log_every=1", "sampler.steps=8", *TINY, *extra])
+    return OmegaConf.load(run / "config.yaml")
+
+
+def _trained(model, finetune):
+    named = dict(model.named_parameters())
+    return {k: v.detach().clone() for k, v in named.items() if finetune == "full" or "lora_" in k}
+
+
+def test_untrained_baseline_is_the_runs_starting_model(tmp_path):
+    """A tiny LoRA run saves its starting weights (RUN/base); the baseline built for a full run of the same config
+    must be those weights: the run's seed and structured starts, not another random model."""
+    from dgft.evaluate import untrained_model
+
+    run = tmp_path / "run"
+    cfg = _train(tmp_path, run, "model.finetune=lora", "model.structured_attention=true", "trainer.max_steps=1",
+                 "trainer.ckpt_every=0")
+    start = load_base(run, cfg).state_dict()
+    as_full = OmegaConf.merge(cfg, {"model": {"finetune": "full"}})
+    built = untrained_model(as_full, run, "cpu").state_dict()
+    assert start.keys() == built.keys()
+    assert all(torch.equal(start[k], built[k]) for k in start)
+    assert untrained_model(cfg, run, "cpu").state_dict().keys() == start.keys()  # the LoRA run: its base
+
+
+@pytest.mark.parametrize("finetune", ["full", "lora"])
+def test_a_checkpoint_of_an_averaging_run_is_evaluated_as_its_average(tmp_path, finetune):
+    """The last checkpoint is written at the last step, so its average is the run's saved model."""
+    run = tmp_path / "run"
+    cfg = _train(tmp_path, run, f"model.finetune={finetune}", "trainer.ema_decay=0.9")
+    last = checkpoint_dir(run, "step-000004")
+    final = _trained(load_model(run, cfg), finetune)
+    at_ckpt = _trained(load_model(run, cfg, checkpoint=last), finetune)
+    assert final.keys() == at_ckpt.keys() and final
+    assert all(torch.equal(final[k], at_ckpt[k]) for k in final)
+    if finetune == "full":  # and the export of that checkpoint is the same model, and says so
+        main(["export", str(run), "checkpoint=step-000004", f"out={tmp_path / 'exp'}"])
+        assert json.loads((tmp_path / "exp" / "export.json").read_text())["checkpoint_average"] is True
+        from transformers import DiffusionGemmaForBlockDiffusion
+
+        exported = DiffusionGemmaForBlockDiffusion.from_pretrained(str(tmp_path / "exp")).state_dict()
+        saved = load_model(run, cfg).state_dict()
+        assert all(torch.allclose(exported[k].float(), saved[k].float()) for k in saved)
+
+
+def test_streaming_export_of_an_averaging_checkpoint_is_refused(tmp_path):
+    """The 4-bit run's export merges the adapter file; a checkpoint's file is not the average, so it is refused."""
+    from dgft.export import export
+
+    run = tmp_path / "run"
+    _train(tmp_path, run, "model.finetune=lora", "model.quantize=nf4", "trainer.ema_decay=0.9")
+    cfg = OmegaConf.create({"run": str(run), "out": str(tmp_path / "exp"), "checkpoint": "step-000004",
+                            "device": "cpu", "atol": 1e-4, "max_check_gb": 1.0})
+    with pytest.raises(RunError, match="moving average"):
+        export(cfg)
+    assert not (tmp_path / "exp").exists()
+
+
+def test_a_checkpoints_results_keep_their_own_name_and_record_it(tmp_path):
+    run = tmp_path / "run"
+    _train(tmp_path, run)
+    main(["eval", str(run), "limit=2", "plot=false", "sampler.modes=[rules]"])
+    final = json.loads((run / "eval" / "heldout.json").read_text())
+    assert final["checkpoint"] is None and final["limit"] == 2 and final["baseline"] is True
+    main(["eval", str(run), "limit=1", "baseline=false", "plot=false", "checkpoint=step-000002", "seed=5",
+          "sampler.modes=[rules]"])
+    assert json.loads((run / "eval" / "heldout.json").read_text()) == final  # not overwritten
+    at = json.loads((run / "eval" / "heldout_step-000002.json").read_text())
+    assert at["checkpoint"].endswith("step-000002") and at["seed"] == 5 and at["limit"] == 1
+    assert at["baseline"] is False and "baseline_untrained_rules" not in at
+    assert (run / "eval" / "heldout_step-000002_samples.jsonl").exists()
+
+
+# --- scores against the solution the answer heads for, and per group ---------------------------------------
+def test_a_partial_answer_is_scored_against_the_solution_it_follows():
+    """d1's 4x4 puzzles can have several solutions: one blank short of a valid completion that is not the listed
+    one, an answer has all its filled cells right."""
+    from dgft.metrics import score_answer
+    from dgft.tasks.sudoku import grid as G
+
+    puzzle = G.from_string("1200340000000000")
+    solutions = G.solve(puzzle, limit=10)
+    assert len(solutions) > 1
+    listed, other = solutions[0], solutions[1]
+    answer = other.copy()
+    blank = int(np.flatnonzero((puzzle == 0) & (listed != other))[0])  # a cell where the two differ
+    answer[blank] = 0
+    s = score_answer(puzzle, listed, answer)
+    assert not s["exact"] and s["blanks_right"] == s["blanks"] - 1
+    assert score_answer(puzzle, listed, other)["blanks_right"] == s["blanks"]  # complete and valid: all right
+    wrong = listed.copy()
+    wrong[blank] = 0
+    assert score_answer(puzzle, listed, wrong)["blanks_right"] == s["blanks"] - 1  # the listed one still counts
+
+
+def test_breakdowns_group_scores_and_steps_by_givens_and_difficulty():
+    from dgft.tasks.sudoku import grid as G
+    from dgft.tasks.sudoku.evaluate import breakdowns
+    from dgft.tasks.sudoku.io import SudokuRecord
+
+    sol = G.solve(G.from_string("1200340000000000"), limit=1)[0]
+    p1 = sol.copy()
+    p1[[2, 3, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]] = 0  # 4 givens
+    p2 = sol.copy()
+    p2[[3, 7, 11, 15]] = 0  # 12 givens
+    recs = [SudokuRecord(p1, sol, "a"), SudokuRecord(p2, sol, "b"), SudokuRecord(p2.copy(), sol, "c")]
+    wrong = sol.copy()
+    wrong[3] = 0
+    out = breakdowns(recs, [sol, sol, wrong], {"steps": np.array([12.0, 4.0, 2.0])}, ["harder", "singles", "singles"])
+    assert list(out["by_givens"]) == ["4x4/4", "4x4/12"]  # numeric order, not "12" < "4"
+    assert out["by_givens"]["4x4/12"]["n"] == 2 and out["by_givens"]["4x4/12"]["exact"] == 0.5
+    assert out["by_givens"]["4x4/12"]["cell_accuracy"] == 7 / 8 and out["by_givens"]["4x4/12"]["mean_steps"] == 3.0
+    assert out["by_difficulty"]["4x4/harder"] == {**out["by_givens"]["4x4/4"]}
+    assert out["by_difficulty"]["4x4/singles"]["mean_steps"] == 3.0
