@@ -89,7 +89,8 @@ def export(cfg) -> Path:
         _require(reload_diff, cfg.atol, "re-loaded export vs run")
         record = {"source": source, "finetune": rcfg.model.finetune,
                   "checkpoint": str(checkpoint) if checkpoint else None, "step": _step(run_dir, checkpoint),
-                  "checkpoint_average": averaged, "merged_max_abs_diff": merged_diff, "reload_max_abs_diff": reload_diff, "atol": cfg.atol,
+                  "checkpoint_average": averaged, "merged_max_abs_diff": merged_diff,
+                  "reload_max_abs_diff": reload_diff, "atol": cfg.atol,
                   "dtype": "float32", "check_batch": {"seed": CHECK_SEED, "batch": CHECK_BATCH,
                                                       "prompt": CHECK_PROMPT, "canvas": int(canvas.shape[1])},
                   "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

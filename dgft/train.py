@@ -447,7 +447,7 @@ def _resume_target(cfg, run_dir: Path, overrides: Sequence[str] = ()):
         given, kept = OmegaConf.select(cfg, key), OmegaConf.select(saved, key)
         if key in RESUME_MAY_CHANGE:
             OmegaConf.update(saved, key, given)
-        elif given is None and kept is None and key != "resume":  # a group with no node of its own (recipe=X)
+        elif "." not in key and key not in cfg:  # a config group with no node of its own (recipe=X)
             was = _run_choice(run_dir, key, saved)
             if item.split("=", 1)[1] != was:
                 raise ConfigError(f"resume={cfg.resume}: {item}, but the run was trained with "
