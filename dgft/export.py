@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 
 from dgft import checkpoint as ckpt
 from dgft.model import denoise, encode, retie_encoder, unwrap
-from dgft.runs import RunError, checkpoint_dir, load_config, load_model, saved_average
+from dgft.runs import RunError, checkpoint_dir, keeps_average, load_config, load_model
 from dgft.train import pick_device
 
 SAMPLER_FILE = "dgft_sampler.json"
@@ -57,7 +57,7 @@ def export(cfg) -> Path:
 
     # --- load, merge, check ------------------------------------------------------------------------
     model = load_model(run_dir, rcfg, checkpoint=checkpoint, device=device)
-    averaged = checkpoint is not None and saved_average(checkpoint) is not None  # load_model applied it
+    averaged = checkpoint is not None and keeps_average(rcfg)  # load_model applied the checkpoint's average
     if rcfg.model.finetune == "lora" and not averaged:  # the average is not the adapter file's tensors
         check_adapter_loaded(model, checkpoint or run_dir / "adapter")
     model = model.float()
@@ -118,7 +118,7 @@ def export_streaming(cfg, rcfg, run_dir: Path, out: Path, checkpoint, source: di
     from dgft.model import load_adapter, local_checkpoint
     from dgft.runs import load_model
 
-    if checkpoint is not None and saved_average(checkpoint) is not None:
+    if checkpoint is not None and keeps_average(rcfg):
         raise RunError(f"checkpoint={cfg.checkpoint}: this run keeps a moving average of its weights "
                        f"(trainer.ema_decay), and the streaming merge would merge {checkpoint}'s adapter file, the "
                        "weights as they trained, not the average the run evaluates; export the run's final adapter "

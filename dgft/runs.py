@@ -84,11 +84,9 @@ def load_model(run_dir: str | Path, cfg=None, checkpoint: str | Path | None = No
     return (model if cfg.model.get("quantize", "none") == "nf4" else model.to(device)).eval()
 
 
-def saved_average(checkpoint: str | Path) -> list[torch.Tensor] | None:
-    """The moving average of the trained weights a checkpoint holds (`trainer.ema_decay` > 0), else None."""
-    from dgft import checkpoint as ckpt
-
-    return (ckpt.load_trainer_state(Path(checkpoint)).get("ema") or {}).get("shadow")
+def keeps_average(cfg) -> bool:
+    """Whether a run's checkpoints hold a moving average of its weights beside them (`trainer.ema_decay` > 0)."""
+    return float(cfg.trainer.get("ema_decay", 0.0) or 0.0) > 0
 
 
 def apply_average_(model, checkpoint: str | Path, cfg) -> bool:
@@ -99,7 +97,9 @@ def apply_average_(model, checkpoint: str | Path, cfg) -> bool:
     evaluates. The average lists the trainable parameters in the order training listed them: every parameter of a
     full fine-tune, the LoRA weights of a LoRA run. -> whether there was an average to apply.
     """
-    shadow = saved_average(checkpoint)
+    from dgft import checkpoint as ckpt
+
+    shadow = (ckpt.load_trainer_state(Path(checkpoint)).get("ema") or {}).get("shadow")
     if shadow is None:
         return False
     if cfg.model.finetune == "full":
