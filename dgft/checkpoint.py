@@ -59,7 +59,7 @@ def save(run_dir: Path, step: int, model, trainer_state: dict, extra: dict, keep
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
-    tmp = root / f".tmp-step-{step:06d}"
+    tmp, old = root / f".tmp-step-{step:06d}", root / f".old-step-{step:06d}"
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
@@ -70,17 +70,20 @@ def save(run_dir: Path, step: int, model, trainer_state: dict, extra: dict, keep
                  for p in sorted(tmp.iterdir()) if p.is_file()}
         (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=1))  # written last
         _fsync_dir(tmp)
-        if final.exists():
-            shutil.rmtree(final)
+        if final.exists():  # the same step saved again: the old copy goes only once the new one is in place
+            os.replace(final, old)
         os.replace(tmp, final)
         _fsync_dir(root)
-    except OSError as err:
+    except Exception as err:  # a full disk reaches here as OSError, or as safetensors' or torch's own error
         shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not final.exists():
+            os.replace(old, final)
         previous = latest_valid(run_dir)
         raise CheckpointError(
-            f"could not write checkpoint step {step} to {final}: {err.strerror or err}. "
+            f"could not write checkpoint step {step} to {final}: {getattr(err, 'strerror', None) or err}. "
             + (f"The previous checkpoint {previous} is intact; resume with `dgft train resume={run_dir}` "
                f"once there is space." if previous else "No earlier checkpoint exists.")) from err
+    shutil.rmtree(old, ignore_errors=True)
     prune(root, keep_last)
     return final
 
@@ -113,7 +116,10 @@ def is_valid(ckpt: Path, verify_hashes: bool = True) -> bool:
 def checkpoints(run_dir: Path) -> list[Path]:
     """Checkpoint dirs of a run, oldest first (valid or not)."""
     root = Path(run_dir) / "checkpoints"
-    return sorted(root.glob("step-*")) if root.exists() else []
+    found = {p.name: p for p in root.glob("step-*")}
+    for p in root.glob(".old-step-*"):  # a crash between moving a step saved again aside and its new copy's rename
+        found.setdefault(p.name[len(".old-"):], p)
+    return [found[name] for name in sorted(found)]
 
 
 def latest_valid(run_dir: Path) -> Path | None:

@@ -57,6 +57,13 @@ def _run_dir(name: str, resume) -> str:
         sys.exit(f"dgft train: error: {err}")
 
 
+def _hydra_subdir(resume) -> str:
+    """Where Hydra records a train command in its run dir: .hydra/, or .hydra/resume-<time>/ for a resume."""
+    import time
+
+    return ".hydra" if resume in (None, "", "None") else f".hydra/resume-{time.strftime('%Y-%m-%d_%H-%M-%S')}"
+
+
 def _known_errors():
     from dgft.checkpoint import CheckpointError
     from dgft.config import ConfigError
@@ -91,6 +98,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if not OmegaConf.has_resolver("dgft_run_dir"):
         OmegaConf.register_new_resolver("dgft_run_dir", _run_dir, use_cache=True)
+        OmegaConf.register_new_resolver("dgft_hydra_subdir", _hydra_subdir, use_cache=True)
     errors = _known_errors()
 
     @hydra.main(config_path=str(recipes_dir()), config_name=command, version_base="1.3")

@@ -19,6 +19,7 @@ from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 
 class ConfigError(ValueError):
@@ -279,12 +280,18 @@ def register() -> None:
     cs.store(name="export_schema", node=ExportRecipe)
 
 
-def typed_train_config(saved) -> DictConfig:
-    """A saved train config (RUN/config.yaml) typed again with the schema of its task."""
+def typed_train_config(saved, source=None) -> DictConfig:
+    """A saved train config (RUN/config.yaml, named by `source` in errors) typed again with the schema of its task."""
+    where = f"{source}: " if source else ""
     schema = TASK_SCHEMAS.get(OmegaConf.select(saved, "task.name") or "sudoku")
     if schema is None:
-        raise ConfigError(f"task.name={saved.task.name!r}: expected one of {', '.join(TASK_SCHEMAS)}")
-    return OmegaConf.merge(OmegaConf.structured(TrainRecipe(task=schema())), saved)
+        raise ConfigError(f"{where}task.name={saved.task.name!r}: expected one of {', '.join(TASK_SCHEMAS)}")
+    try:
+        return OmegaConf.merge(OmegaConf.structured(TrainRecipe(task=schema())), saved)
+    except (OmegaConfBaseException, ValueError) as err:  # a key this version does not know, or a wrong type
+        key = getattr(err, "full_key", None)
+        raise ConfigError(f"{where}{key + ': ' if key else ''}{getattr(err, 'msg', err)} (written by another "
+                          f"version of dgft? a resumed run keeps its saved config)") from err
 
 
 # --- range checks ---------------------------------------------------------------------------------

@@ -5,7 +5,8 @@ settings (`dgft_sampler.json`) and `export.json` (source hashes, step, measured 
 A LoRA adapter is merged into its base (peft `merge_and_unload`, then the encoder re-tied to the merged
 decoder layers) and checked: merged logits must equal adapter logits on a fixed batch within `atol`, and the
 re-loaded export must give the same logits again. Everything runs in fp32. A second export of an unchanged
-run is a no-op; the directory is written beside `out` and renamed into place.
+run is a no-op if the files export.json records (size, sha256) are intact, else it exports again; the directory
+is written beside `out` and renamed into place (temp dirs of killed exports are removed on the next export).
 
 Example: `dgft export outputs/sudoku/<run>`, then
 `DiffusionGemmaForBlockDiffusion.from_pretrained("outputs/sudoku/<run>/export")`.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -29,6 +31,8 @@ from dgft.train import pick_device
 
 SAMPLER_FILE = "dgft_sampler.json"
 RECORD_FILE = "export.json"
+TOKENIZER_CONFIG = "tokenizer_config.json"
+TOKENIZER_VOCAB = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
 CHECK_SEED, CHECK_BATCH, CHECK_PROMPT = 0, 2, 12
 
 
@@ -47,9 +51,13 @@ def export(cfg) -> Path:
     out = Path(cfg.out) if cfg.out else run_dir / "export"
     checkpoint = checkpoint_dir(run_dir, cfg.checkpoint) if cfg.checkpoint else None
     source = source_hashes(run_dir, rcfg, checkpoint)
+    _remove_stale(out)
     if _recorded_source(out) == source:
-        print(f"{out}: up to date")
-        return out
+        stale = _check_outputs(out)
+        if stale is None:
+            print(f"{out}: up to date")
+            return out
+        print(f"{out}: {stale}; exporting again")
     _check_out(out, run_dir)
     device = pick_device(cfg.device)
     if rcfg.model.get("quantize", "none") == "nf4":
@@ -94,6 +102,7 @@ def export(cfg) -> Path:
                   "dtype": "float32", "check_batch": {"seed": CHECK_SEED, "batch": CHECK_BATCH,
                                                       "prompt": CHECK_PROMPT, "canvas": int(canvas.shape[1])},
                   "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        record["outputs"] = output_hashes(tmp)
         (tmp / RECORD_FILE).write_text(json.dumps(record, indent=1))
         _replace_dir(tmp, out)
     finally:
@@ -114,9 +123,10 @@ def export_streaming(cfg, rcfg, run_dir: Path, out: Path, checkpoint, source: di
     """
     from transformers import DiffusionGemmaForBlockDiffusion
 
-    from dgft.merge import merge_streaming
+    from dgft.merge import MergeError, merge_streaming
     from dgft.model import load_adapter, local_checkpoint
     from dgft.runs import load_model
+    from dgft.stream import StreamLoadError
 
     if checkpoint is not None and keeps_average(rcfg):
         raise RunError(f"checkpoint={cfg.checkpoint}: this run keeps a moving average of its weights "
@@ -129,7 +139,11 @@ def export_streaming(cfg, rcfg, run_dir: Path, out: Path, checkpoint, source: di
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        summary = merge_streaming(base_dir, adapter, tmp)
+        try:
+            summary = merge_streaming(base_dir, adapter, tmp)
+        except (StreamLoadError, MergeError) as err:
+            raise ExportError(f"merging {adapter} into the base {base_dir} failed: {err}; nothing was "
+                              "exported") from err
         shutil.copytree(adapter, tmp / "adapter", ignore=shutil.ignore_patterns(ckpt.TRAINER_STATE, ckpt.EXTRA,
                                                                                  ckpt.MANIFEST))
         _copy_tokenizer(run_dir / "tokenizer", tmp)
@@ -156,6 +170,7 @@ def export_streaming(cfg, rcfg, run_dir: Path, out: Path, checkpoint, source: di
                   "checkpoint": str(checkpoint) if checkpoint else None, "step": _step(run_dir, checkpoint),
                   **checks, "atol": cfg.atol, "checked": checks["merged_max_abs_diff"] is not None,
                   "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        record["outputs"] = output_hashes(tmp)
         (tmp / RECORD_FILE).write_text(json.dumps(record, indent=1))
         _replace_dir(tmp, out)
     finally:
@@ -254,6 +269,10 @@ def source_hashes(run_dir: Path, rcfg, checkpoint: Path | None) -> dict[str, str
     tokenizer = run_dir / "tokenizer"
     if not tokenizer.is_dir():
         raise RunError(f"{tokenizer}: no tokenizer saved in this run")
+    if not (tokenizer / TOKENIZER_CONFIG).is_file() or not any((tokenizer / f).is_file() for f in TOKENIZER_VOCAB):
+        raise RunError(f"{tokenizer}: incomplete tokenizer (needs {TOKENIZER_CONFIG} and one of "
+                       f"{', '.join(TOKENIZER_VOCAB)}); the export would not load with AutoTokenizer. Restore it, "
+                       f"e.g. from the base model's tokenizer files")
     files += sorted(p for p in tokenizer.iterdir() if p.is_file())
     out = {os.path.relpath(p, run_dir): ckpt.sha256(p) for p in files}
     if lora and rcfg.model.name != "tiny":
@@ -266,6 +285,65 @@ def _weight_files(path: Path) -> list[Path]:
     if not any(p.suffix == ".safetensors" for p in files):
         raise RunError(f"{path}: no .safetensors weights")
     return files
+
+
+def output_hashes(out: Path) -> dict[str, dict]:
+    """Size and sha256 of every file of the export (but RECORD_FILE), by path relative to `out`."""
+    files = sorted(p for p in out.rglob("*") if p.is_file() and p.relative_to(out) != Path(RECORD_FILE))
+    return {p.relative_to(out).as_posix(): {"bytes": p.stat().st_size, "sha256": ckpt.sha256(p)} for p in files}
+
+
+def _check_outputs(out: Path) -> str | None:
+    """None if every file export.json records is there with its size and sha256; else why not, in a few words."""
+    try:
+        recorded = json.loads((out / RECORD_FILE).read_text())["outputs"]
+        items = [(str(name), int(v["bytes"]), str(v["sha256"])) for name, v in recorded.items()]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return f"{RECORD_FILE} records no output files (an older or edited export)"
+    if not items:
+        return f"{RECORD_FILE} records no output files"
+    for name, size, digest in items:  # sizes first: a missing or truncated file is found without hashing
+        path = out / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size} bytes, {RECORD_FILE} records {size}"
+    for name, _, digest in items:
+        if ckpt.sha256(out / name) != digest:
+            return f"{name} changed since the export (sha256 differs)"
+    return None
+
+
+def _remove_stale(out: Path) -> None:
+    """Remove `.{out.name}.tmp-PID` / `.old-PID` dirs left by an export that was killed (PID no longer running).
+
+    A dir of a running process (another export, or this one) is left alone. An `.old-` dir of a dead export
+    while `out` is missing is the previous export (killed between its two renames): it is put back as `out`."""
+    if not out.parent.is_dir():
+        return
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.(tmp|old)-(\d+)")
+    for path in sorted(out.parent.iterdir()):
+        match = pattern.fullmatch(path.name)
+        if not match or not path.is_dir() or path.is_symlink() or _pid_alive(int(match.group(2))):
+            continue
+        if match.group(1) == "old" and not out.exists() and (path / RECORD_FILE).is_file():
+            os.replace(path, out)
+            print(f"{out}: restored the previous export from {path.name} (left by a killed export)")
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+            print(f"removed {path} (left by a killed export, pid {match.group(2)})")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return True  # not a pid we wrote: leave it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):
+        return True  # exists (another user's), or unknown: keep
+    return True
 
 
 def _recorded_source(out: Path) -> dict | None:

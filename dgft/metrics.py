@@ -6,7 +6,9 @@ unique-solution 9x9 puzzle has only one valid answer anyway. `cell_accuracy` cou
 to the puzzle's solution closest to the answer (all of them when the answer is valid): the listed solution when
 the puzzle has only one, else whichever of its solutions (the first SOLUTIONS_CONSIDERED found, and the listed
 one) agrees with the answer on the most blank cells, so an answer on its way to another valid completion is not
-marked wrong where it differs from the listed one.
+marked wrong where it differs from the listed one. Over puzzles with no blank cell at all (fully given puzzles,
+which puzzle files may hold) there is nothing to score and `cell_accuracy` is None (null in JSON, "n/a" in the
+eval tables), not 0.0: such an answer can be exact, and a 0% beside 100% exact would read as a failure.
 
 Example: `SudokuAccuracy().compute(predictions=["1234..."], references=["1234..."], puzzles=["1200..."])`
 -> {"n": 1, "exact": 1.0, "cell_accuracy": 1.0, "givens_kept": 1.0, "rule_violations": 0.0}.
@@ -57,12 +59,17 @@ def score_answer(puzzle: np.ndarray, solution: np.ndarray, answer: np.ndarray) -
 
 
 def aggregate(scores: list[dict]) -> dict:
-    """Scores of many puzzles -> n, exact, cell_accuracy, givens_kept, rule_violations (mean per puzzle)."""
+    """Scores of many puzzles -> n, exact, cell_accuracy, givens_kept, rule_violations (mean per puzzle).
+
+    cell_accuracy is over all the puzzles' blank cells together, and None when they have none (no puzzles, or
+    only fully given ones): no blank cells to score.
+    """
     n = len(scores)
     if n == 0:
-        return {"n": 0, "exact": 0.0, "cell_accuracy": 0.0, "givens_kept": 0.0, "rule_violations": 0.0}
+        return {"n": 0, "exact": 0.0, "cell_accuracy": None, "givens_kept": 0.0, "rule_violations": 0.0}
+    blanks = sum(s["blanks"] for s in scores)
     return {"n": n, "exact": sum(s["exact"] for s in scores) / n,
-            "cell_accuracy": sum(s["blanks_right"] for s in scores) / max(1, sum(s["blanks"] for s in scores)),
+            "cell_accuracy": sum(s["blanks_right"] for s in scores) / blanks if blanks else None,
             "givens_kept": sum(s["givens_kept"] for s in scores) / n,
             "rule_violations": sum(s["rule_violations"] for s in scores) / n}
 

@@ -10,10 +10,11 @@ Example: `model, tokenizer, cfg = load_run("outputs/sudoku/2026-11-27_15-00-00")
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 
 class RunError(RuntimeError):
@@ -30,6 +31,8 @@ def run_dir_for(name: str, resume) -> str:
     if resume in (None, "", "None"):
         return f"outputs/{name}/{time.strftime('%Y-%m-%d_%H-%M-%S')}"
     if resume != "auto":
+        if not (Path(str(resume)) / "config.yaml").is_file():
+            raise RunError(f"resume={resume}: no such run (no {Path(str(resume)) / 'config.yaml'})")
         return str(resume)
     runs = [p for p in sorted(Path("outputs", name).glob("20*")) if p.is_dir() and latest_valid(p) is not None]
     if not runs:
@@ -41,7 +44,14 @@ def load_config(run_dir: str | Path):
     path = Path(run_dir) / "config.yaml"
     if not path.exists():
         raise RunError(f"{path}: not found; is {run_dir} a directory written by `dgft train`?")
-    return OmegaConf.load(path)
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as err:  # yaml's parser errors carry the line
+        raise RunError(f"{path}: not a readable config ({type(err).__name__}: {err})") from err
+    missing = [k for k in ("name", "task", "model", "noise", "sampler") if not isinstance(cfg, DictConfig) or k not in cfg]
+    if missing:
+        raise RunError(f"{path}: no {', '.join(missing)} key; is it a config written by `dgft train`?")
+    return cfg
 
 
 def checkpoint_dir(run_dir: Path, name: str) -> Path:
@@ -71,17 +81,36 @@ def load_model(run_dir: str | Path, cfg=None, checkpoint: str | Path | None = No
         weights = src if checkpoint else run_dir / "model"
         if not (weights / "config.json").exists():
             raise RunError(f"{weights}: no model weights (config.json); did training finish?")
-        model = one_expert_path(DiffusionGemmaForBlockDiffusion.from_pretrained(str(weights), use_safetensors=True))
+        with _unreadable(weights):
+            model = one_expert_path(DiffusionGemmaForBlockDiffusion.from_pretrained(str(weights),
+                                                                                   use_safetensors=True))
     else:
         adapter = src if checkpoint else run_dir / "adapter"
         if not (adapter / "adapter_config.json").exists():
             raise RunError(f"{adapter}: no LoRA adapter (adapter_config.json); did training finish?")
         quantized = cfg.model.get("quantize", "none") == "nf4"
         base = load_base(run_dir, cfg, device=device if quantized else "cpu")
-        model = load_adapter(base, adapter)
+        with _unreadable(adapter):
+            model = load_adapter(base, adapter)
     if checkpoint:
         apply_average_(model, checkpoint, cfg)
     return (model if cfg.model.get("quantize", "none") == "nf4" else model.to(device)).eval()
+
+
+@contextlib.contextmanager
+def _unreadable(path: Path):
+    """Weights or an adapter that exist but cannot be read (truncated, corrupt JSON): a RunError naming the dir."""
+    from safetensors import SafetensorError
+
+    from dgft.model import ModelLoadError
+
+    try:
+        yield
+    except (RunError, ModelLoadError):
+        raise
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as err:  # json's, torch's: the files
+        raise RunError(f"{path}: could not load ({type(err).__name__}: {str(err)[:300]}); is the run complete and "
+                       f"unmodified?") from err
 
 
 def keeps_average(cfg) -> bool:

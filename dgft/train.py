@@ -105,6 +105,8 @@ def train(cfg, run_dir: str | Path, overrides: Sequence[str] = ()) -> Path:
 
         run_dir = Path(run_dir_for(cfg.name, cfg.resume))  # the run being continued, whatever hydra.run.dir says
         cfg, resume_from = _resume_target(cfg, run_dir, overrides)
+        if _finished(run_dir, resume_from, cfg):
+            return run_dir
     validate(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     gen = seed_everything(cfg.seed)
@@ -143,7 +145,8 @@ def train(cfg, run_dir: str | Path, overrides: Sequence[str] = ()) -> Path:
 
     from torch.utils.tensorboard import SummaryWriter
 
-    writer = SummaryWriter(str(run_dir / "tb"))
+    # a resumed run's events past its checkpoint are dropped, as metrics.jsonl's rows are
+    writer = SummaryWriter(str(run_dir / "tb"), purge_step=start_step + 1 if start_step else None)
     metrics = open(run_dir / "metrics.jsonl", "a")
     _write_run_info(run_dir, cfg, trainable, total, device)
     tqdm.write(f"run dir: {run_dir}\nmodel: {total / 1e6:.2f}M parameters ({trainable / 1e6:.2f}M trained), "
@@ -151,14 +154,18 @@ def train(cfg, run_dir: str | Path, overrides: Sequence[str] = ()) -> Path:
 
     stop = {"signal": None}
     _install_signal_handlers(stop)
+    over_time = lambda: bool(cfg.trainer.time_limit_min) and elapsed_s() > 60 * cfg.trainer.time_limit_min  # noqa: E731
 
     # --- loop --------------------------------------------------------------------------------------
     model.train()
     t0, tokens_seen, step = time.time(), 0, 0
     clock["start"] = t0
     bar = tqdm(total=cfg.trainer.max_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
-    step = start_step
+    step = saved_step = start_step  # saved_step: the newest checkpoint's step
     for step in range(start_step + 1, cfg.trainer.max_steps + 1):
+        if step == start_step + 1 and over_time():  # a resumed run whose time was already up trains no step
+            step = start_step
+            break
         micro = [_corrupt(next(batches), cfg, gen, vocab_size, task) for _ in range(cfg.trainer.grad_accum)]
         n_scored = sum(float(m["count"]) for m in micro) or 1.0
         loss_total = torch.zeros((), dtype=torch.float64, device=device)  # read back only when logged
@@ -208,6 +215,7 @@ def train(cfg, run_dir: str | Path, overrides: Sequence[str] = ()) -> Path:
             with averaged():
                 row = {"step": step, **task.quick_eval(model, eval_batch, cfg, gen)}
             metrics.write(json.dumps(row) + "\n")
+            metrics.flush()  # before the checkpoint of this step: a resumed run does not log it again
             for k, v in row.items():
                 if k != "step":
                     writer.add_scalar(f"heldout/{k}", v, step)
@@ -215,16 +223,17 @@ def train(cfg, run_dir: str | Path, overrides: Sequence[str] = ()) -> Path:
             model.train()
         if cfg.trainer.ckpt_every and step % cfg.trainer.ckpt_every == 0 and step < cfg.trainer.max_steps:
             _checkpoint(run_dir, step, model, opt, sched, batches, gen, cfg, elapsed_s(), ema)
-        over_time = cfg.trainer.time_limit_min and elapsed_s() > 60 * cfg.trainer.time_limit_min
-        if stop["signal"] or over_time:
+            saved_step = step
+        if stop["signal"] or over_time():
             why = f"signal {stop['signal']}" if stop["signal"] else f"time limit {cfg.trainer.time_limit_min} min"
             tqdm.write(f"stopping at step {step} ({why})")
             break
     bar.close()
 
     # --- save --------------------------------------------------------------------------------------
-    loss = float(loss) if step > start_step else float("nan")
-    _checkpoint(run_dir, step, model, opt, sched, batches, gen, cfg, elapsed_s(), ema)
+    loss = float(loss) if step > start_step else None
+    if step != saved_step or not (run_dir / "checkpoints" / f"step-{step:06d}").is_dir():
+        _checkpoint(run_dir, step, model, opt, sched, batches, gen, cfg, elapsed_s(), ema)
     out = run_dir / ("adapter" if cfg.model.finetune == "lora" else "model")
     with averaged():
         ckpt.save_weights(model, out)
@@ -232,7 +241,8 @@ def train(cfg, run_dir: str | Path, overrides: Sequence[str] = ()) -> Path:
         model.generation_config.save_pretrained(str(out))
     writer.close()
     metrics.close()
-    summary = {"steps": step, "train_seconds": round(time.time() - t0, 1), "final_loss": loss,
+    summary = {"steps": step, "train_seconds": round(elapsed_s(), 1),  # all sessions of the run
+               "session_seconds": round(time.time() - t0, 1), "final_loss": loss,
                "stopped_by": stop["signal"] or ("time_limit" if step < cfg.trainer.max_steps else None)}
     (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=1))
     from dgft.plots import plot_loss
@@ -439,7 +449,7 @@ def _resume_target(cfg, run_dir: Path, overrides: Sequence[str] = ()):
         raise ConfigError(f"resume={cfg.resume}: {run_dir} holds no config.yaml; nothing to resume")
     from dgft.config import typed_train_config
 
-    saved = typed_train_config(OmegaConf.load(run_dir / "config.yaml"))
+    saved = typed_train_config(OmegaConf.load(run_dir / "config.yaml"), source=run_dir / "config.yaml")
     saved.resume = cfg.resume
     refuse = (f" ({run_dir / 'config.yaml'}); a resumed run keeps its config, and only "
               f"{', '.join(RESUME_MAY_CHANGE)} may change")
@@ -459,6 +469,22 @@ def _resume_target(cfg, run_dir: Path, overrides: Sequence[str] = ()):
     if last is None:
         raise ConfigError(f"resume={cfg.resume}: {run_dir}/checkpoints holds no valid checkpoint")
     return saved, last
+
+
+def _finished(run_dir: Path, last: Path, cfg) -> bool:
+    """True (and says so) when a run to resume has nothing left to train: its newest checkpoint is at
+    trainer.max_steps, or past trainer.time_limit_min, and its final weights are saved. The run is left as it is."""
+    extra = ckpt.load_extra(last)
+    step, seconds = int(extra["step"]), float(extra.get("elapsed_s", 0.0))
+    limit = cfg.trainer.time_limit_min
+    why = (f"step {step} of trainer.max_steps={cfg.trainer.max_steps}" if step >= cfg.trainer.max_steps else
+           f"{seconds / 60:.1f} min of trainer.time_limit_min={limit}" if limit and seconds > 60 * limit else None)
+    weights = run_dir / ("adapter" if cfg.model.finetune == "lora" else "model")
+    if why is None or not weights.is_dir():
+        return False
+    tqdm.write(f"{run_dir}: nothing to train, the run is at {why} and its weights are saved; raise that setting to "
+               f"train on (`dgft train resume={run_dir} trainer.max_steps=N`)")
+    return True
 
 
 def _run_choice(run_dir: Path, group: str, saved):
@@ -528,11 +554,24 @@ def _restore(path: Path, model, opt, sched, batches, gen, cfg, ema=None) -> tupl
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric rows logged after the checkpoint we resume from (they will be logged again)."""
-    if path.exists():
-        rows = [line for line in path.read_text().splitlines() if line.strip()]
-        keep = [line for line in rows if json.loads(line).get("step", 0) <= step]
-        path.write_text("".join(line + "\n" for line in keep))
+    """Drop metric rows logged after the checkpoint we resume from (they will be logged again), and a last row
+    torn by a crash mid-write, said aloud; the file is replaced whole, never left half rewritten."""
+    if not path.exists():
+        return
+    keep = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            tqdm.write(f"{path}:{number}: not a JSON row (torn by the crash?); dropped")
+            continue
+        if row.get("step", 0) <= step:
+            keep.append(line)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    os.replace(tmp, path)
 
 
 def _jsonable(obj):

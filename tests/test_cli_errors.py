@@ -47,3 +47,43 @@ def test_eval_names_a_bad_device(tmp_path, capsys):
     with pytest.raises(SystemExit) as err:
         main(["eval", str(run), "device=cdua"])
     assert err.value.code == 2 and "device='cdua': expected auto, cpu, cuda or cuda:N" in capsys.readouterr().err
+
+
+TINY = ["model.hidden_size=32", "model.num_layers=2", "model.num_heads=2", "model.num_kv_heads=1",
+        "model.head_dim=16", "model.intermediate_size=64", "model.moe_intermediate_size=32"]
+
+
+def _train(tmp_path, run, *extra):
+    main(["train", f"hydra.run.dir={run}", f"task.cache_dir={tmp_path / 'cache'}", "task.base_puzzles=20",
+          "task.heldout_puzzles=4", "trainer.max_steps=2", "trainer.batch_size=8", "trainer.eval_every=0",
+          "trainer.ckpt_every=0", "trainer.log_every=1", "sampler.steps=8", *TINY, *extra])
+
+
+@pytest.mark.parametrize("finetune", ["full", "lora"])
+def test_a_damaged_run_directory_is_named(tmp_path, capsys, finetune):
+    """A run whose files were damaged (a torn copy, a hand edit): eval and export name the file, no traceback."""
+    run = tmp_path / "run"
+    _train(tmp_path, run, f"model.finetune={finetune}")
+    config = (run / "config.yaml").read_text()
+    damage = {"config.yaml": "model: [unclosed\n", "empty config": ""}
+    if finetune == "full":
+        weights = run / "model" / "model.safetensors"
+        damage["weights"] = weights.read_bytes()[:1000]
+    else:
+        weights = run / "adapter" / "adapter_config.json"
+        damage["weights"] = "{bad"
+    for what, text in damage.items():
+        target = run / "config.yaml" if what != "weights" else weights
+        original = target.read_bytes()
+        target.write_bytes(text.encode() if isinstance(text, str) else text)
+        for command in ("eval", "export"):
+            capsys.readouterr()
+            with pytest.raises(SystemExit) as err:
+                main([command, str(run), "limit=1", "baseline=false", "plot=false"] if command == "eval"
+                     else [command, str(run)])
+            message = capsys.readouterr().err
+            assert err.value.code == 2, (what, command, message[-500:])
+            assert str(target if what != "weights" else target.parent) in message, (what, command, message)
+            assert "Traceback" not in message
+        target.write_bytes(original)
+    assert (run / "config.yaml").read_text() == config

@@ -133,3 +133,50 @@ def test_breakdowns_group_scores_and_steps_by_givens_and_difficulty():
     assert out["by_givens"]["4x4/12"]["cell_accuracy"] == 7 / 8 and out["by_givens"]["4x4/12"]["mean_steps"] == 3.0
     assert out["by_difficulty"]["4x4/harder"] == {**out["by_givens"]["4x4/4"]}
     assert out["by_difficulty"]["4x4/singles"]["mean_steps"] == 3.0
+
+
+def test_puzzles_without_blanks_have_no_cell_accuracy():
+    """A fully given puzzle (puzzle files may hold one) leaves no blank cell to score: cell_accuracy is None, not
+    0.0 beside an exact 1.0, in `aggregate`, the evaluate module, the per-givens breakdown and the markdown table."""
+    from dgft.metrics import SudokuAccuracy, aggregate, score_answer
+    from dgft.tasks.sudoku import grid as G
+    from dgft.tasks.sudoku.evaluate import breakdowns, markdown, summarise
+    from dgft.tasks.sudoku.io import SudokuRecord
+
+    sol = G.solve(G.from_string("1200340000000000"), limit=1)[0]
+    full = aggregate([score_answer(sol, sol, sol)])
+    assert full["exact"] == 1.0 and full["cell_accuracy"] is None
+    assert aggregate([])["cell_accuracy"] is None
+    text = G.to_string(sol)
+    assert SudokuAccuracy().compute(predictions=[text], references=[text], puzzles=[text])["cell_accuracy"] is None
+    part = sol.copy()
+    part[[3, 7]] = 0
+    assert aggregate([score_answer(sol, sol, sol), score_answer(part, sol, sol)])["cell_accuracy"] == 1.0
+
+    recs = [SudokuRecord(sol.copy(), sol, "a"), SudokuRecord(part, sol, "b")]
+    stats = {"steps": np.array([0.0, 2.0]), "revisions": np.zeros(2), "seconds": 1.0, "cells": 32}
+    out = breakdowns(recs, [sol, sol], stats, ["singles", "singles"])
+    assert out["by_givens"]["4x4/16"]["cell_accuracy"] is None and out["by_givens"]["4x4/14"]["cell_accuracy"] == 1.0
+    only_full = {**summarise(recs[:1], [sol], {**stats, "steps": np.zeros(1), "revisions": np.zeros(1)}),
+                 **breakdowns(recs[:1], [sol], stats, ["singles"])}
+    assert only_full["cell_accuracy"] is None
+    table = markdown("full", {"n": 1, "skipped_lines": 0, "data": "full.csv", "modes": {"rules": only_full}})
+    assert "| rules | 1 | 100.0% | n/a | 100.0% |" in table
+    json.dumps(only_full)  # null in the result file
+
+
+def test_puzzles_of_a_size_the_run_did_not_train_on_are_refused(tmp_path):
+    from dgft.config import ConfigError
+    from dgft.tasks.sudoku.evaluate import check_sizes
+    from dgft.tasks.sudoku.io import read_puzzles
+
+    data = tmp_path / "mixed.txt"
+    data.write_text("003020600900305001001806400008102900700000008006708200002609500800203009005010300\n"
+                    "3102200002100320\n3102200002100320\n")
+    recs, _ = read_puzzles(data)
+    with pytest.raises(ConfigError, match=r"mixed\.txt: 2 4x4 puzzles \(the first at .*mixed\.txt:2\), but the run "
+                                          r"was trained with task\.sizes=\[9\]"):
+        check_sizes(recs, [9], data)
+    check_sizes(recs, [9, 4], data)
+    check_sizes(recs[:1], [9], data)
+    check_sizes(recs, None, data)  # a config saved before task.sizes existed

@@ -248,3 +248,134 @@ def test_cli_prints_run_errors(tmp_path, capsys):
         main(["export", str(run)])
     assert exit_info.value.code == 2
     assert "config.yaml: not found" in capsys.readouterr().err
+
+
+# --- integrity: the 4-bit merge's errors, the "up to date" check, the tokenizer, killed exports ---------------
+def make_qlora_run(tmp_path):
+    """A QLoRA run (model.quantize=nf4): export takes the streaming merge path."""
+    run, _ = make_run(tmp_path, "lora")
+    cfg = OmegaConf.load(run / "config.yaml")
+    cfg.model.quantize = "nf4"
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    return run, cfg
+
+
+def cli_error(args, capsys) -> str:
+    from dgft.cli import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+def test_streaming_merge_errors_are_reported_as_export_errors(tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    run, cfg = make_qlora_run(tmp_path)
+    weights = run / "base" / "model.safetensors"
+    tensors = load_file(str(weights))
+    name = next(k for k in tensors if k.endswith("q_proj.weight"))
+    tensors[name] = torch.zeros(tensors[name].shape[0] + 3, tensors[name].shape[1])
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    with pytest.raises(ExportError, match="has shape"):
+        export(export_cfg(run))
+    assert "has shape" in cli_error(["export", str(run)], capsys)
+    assert not (run / "export").exists() and not list(run.glob(".export.*"))
+
+    empty = tmp_path / "empty-base"
+    empty.mkdir()
+    cfg.model.name, cfg.model.path = "diffusiongemma", str(empty)
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    with pytest.raises(ExportError, match="no model.safetensors"):
+        export(export_cfg(run))
+    assert "no model.safetensors" in cli_error(["export", str(run)], capsys)
+    assert not (run / "export").exists() and not list(run.glob(".export.*"))
+
+
+def test_up_to_date_only_when_the_exported_files_are_intact(tmp_path, capsys):
+    from transformers import DiffusionGemmaForBlockDiffusion
+
+    run, trained = make_run(tmp_path, "full")
+    out = export(export_cfg(run))
+    record = json.loads((out / "export.json").read_text())
+    weights = out / "model.safetensors"
+    assert record["outputs"]["model.safetensors"]["bytes"] == weights.stat().st_size
+    assert {"config.json", "tokenizer_config.json", "dgft_sampler.json"} <= set(record["outputs"])
+    good = weights.read_bytes()
+    flipped = bytearray(good)
+    flipped[-1] ^= 1
+
+    def truncate():
+        weights.write_bytes(b"")
+
+    def flip():
+        weights.write_bytes(bytes(flipped))
+
+    def old_record():
+        (out / "export.json").write_text(json.dumps({k: v for k, v in record.items() if k != "outputs"}))
+
+    for damage, why in ((truncate, "0 bytes"), (weights.unlink, "missing"), (flip, "sha256 differs"),
+                        (old_record, "records no output files")):
+        damage()
+        capsys.readouterr()
+        export(export_cfg(run))
+        printed = capsys.readouterr().out
+        assert "up to date" not in printed and why in printed and "exporting again" in printed
+        assert weights.read_bytes() == good
+        reloaded = DiffusionGemmaForBlockDiffusion.from_pretrained(str(out))
+        assert (logits_of(reloaded) - trained).abs().max() <= 1e-4
+    export(export_cfg(run))
+    assert "up to date" in capsys.readouterr().out
+
+
+def test_a_run_without_tokenizer_files_is_refused(tmp_path, capsys):
+    run, _ = make_run(tmp_path, "full")
+    saved = {p.name: p.read_bytes() for p in (run / "tokenizer").iterdir()}
+    assert {"tokenizer_config.json", "tokenizer.json"} <= set(saved)
+    for removed in (list(saved), ["tokenizer_config.json"], ["tokenizer.json"]):
+        for name in removed:
+            (run / "tokenizer" / name).unlink()
+        with pytest.raises(RunError, match="tokenizer.*incomplete tokenizer"):
+            export(export_cfg(run))
+        assert str(run / "tokenizer") in cli_error(["export", str(run)], capsys)
+        assert not (run / "export").exists()
+        for name in removed:
+            (run / "tokenizer" / name).write_bytes(saved[name])
+    export(export_cfg(run))
+    assert (run / "export" / "tokenizer_config.json").is_file()
+
+
+def test_killed_exports_leave_no_temp_dirs(tmp_path, capsys):
+    """A killed export's `.export.tmp-PID` / `.export.old-PID` go on the next export; a running one's stay."""
+    import subprocess
+    import sys
+
+    run, _ = make_run(tmp_path, "full")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        for name in (f".export.tmp-{dead.pid}", f".export.old-{dead.pid}", f".export.tmp-{live.pid}",
+                     f".export.old-{live.pid}"):
+            (run / name).mkdir()
+            (run / name / "model.safetensors").write_bytes(b"partial")
+        (run / "notes.tmp-1").mkdir()  # not an export's temp dir
+        export(export_cfg(run))
+        assert not (run / f".export.tmp-{dead.pid}").exists() and not (run / f".export.old-{dead.pid}").exists()
+        assert (run / f".export.tmp-{live.pid}").is_dir() and (run / f".export.old-{live.pid}").is_dir()
+        assert (run / "notes.tmp-1").is_dir() and (run / "export" / "export.json").is_file()
+
+        # killed between its two renames: the previous export sits in `.export.old-PID` and `export` is gone
+        (run / "export").rename(run / f".export.old-{dead.pid}")
+        capsys.readouterr()
+        export(export_cfg(run))
+        printed = capsys.readouterr().out
+        assert "restored" in printed and "up to date" in printed
+        assert not (run / f".export.old-{dead.pid}").exists() and (run / "export" / "export.json").is_file()
+    finally:
+        live.kill()
+        live.wait()

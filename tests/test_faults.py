@@ -289,3 +289,121 @@ def test_resume_auto_picks_the_newest_resumable_run(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert f"resumed from {run}" in out.stdout + out.stderr or "resumed from outputs" in out.stdout + out.stderr
     assert json.loads((run / "train_summary.json").read_text())["steps"] == 7
+
+
+def _tb_steps(run, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(Path(run) / "tb"))
+    events.Reload()
+    return [e.step for e in events.Scalars(tag)]
+
+
+def test_resume_in_place_keeps_eval_rows_tensorboard_and_the_recipe_record(tmp_path):
+    """A run killed after a step whose evaluation and checkpoint were written, resumed as `dgft train resume=RUN`
+    (Hydra's run dir is then RUN itself): the evaluation row survives (it was flushed before the checkpoint),
+    TensorBoard holds each step once, and the recipe Hydra recorded first is still what a resume is checked
+    against (a resume's own record goes to .hydra/resume-<time>/)."""
+    run = tmp_path / "run"
+    cmd = _cmd(tmp_path, run, "trainer.max_steps=8", "trainer.eval_every=4", "trainer.ckpt_every=4")
+    assert _run(cmd, env={"DGFT_TEST_KILL_AT_STEP": "5"}).returncode == -signal.SIGKILL
+    out = _run(cmd + [f"resume={run}"])
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" not in r] == [4, 8]
+    assert [r["step"] for r in rows if "loss" in r] == list(range(1, 9))
+    assert _tb_steps(run, "train/loss") == list(range(1, 9))
+    assert len(list((run / ".hydra").glob("resume-*/overrides.yaml"))) == 1
+    out = _run(cmd + ["recipe=sudoku_lora", f"resume={run}", "trainer.max_steps=10"])
+    assert out.returncode == 2 and "recipe=sudoku_lora, but the run was trained with recipe=sudoku" in out.stderr
+
+
+def test_resume_of_a_finished_run_leaves_it_as_it_is(tmp_path):
+    """Nothing left to train (max_steps reached, or the time limit already used): said, and the run untouched; a
+    time-limited run does not sneak in one more step per resume."""
+    run = tmp_path / "run"
+    assert _run(_cmd(tmp_path, run)).returncode == 0
+    summary = (run / "train_summary.json").read_text()
+    assert json.loads(summary)["final_loss"] is not None
+    out = _run(_cmd(tmp_path, run, f"resume={run}"))
+    assert out.returncode == 0 and "nothing to train" in out.stdout + out.stderr
+    assert (run / "train_summary.json").read_text() == summary
+
+    timed = tmp_path / "timed"
+    assert _run(_cmd(tmp_path, timed, "trainer.max_steps=1000", "trainer.time_limit_min=0.0001")).returncode == 0
+    steps = json.loads((timed / "train_summary.json").read_text())["steps"]
+    assert steps < 1000
+    out = _run(_cmd(tmp_path, timed, "trainer.max_steps=1000", "trainer.time_limit_min=0.0001", f"resume={timed}"))
+    assert out.returncode == 0 and "nothing to train" in out.stdout + out.stderr
+    assert json.loads((timed / "train_summary.json").read_text())["steps"] == steps
+    assert [c.name for c in ckpt.checkpoints(timed)][-1] == f"step-{steps:06d}"
+
+
+def test_resume_of_no_such_run_creates_nothing(tmp_path):
+    """`dgft train resume=TYPO` (the run dir is then TYPO itself): a clear error before Hydra makes the dir."""
+    cmd = [c for c in _cmd(tmp_path, "x", "resume=typo") if not c.startswith("hydra.run.dir=")]
+    out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert out.returncode != 0 and "resume=typo: no such run" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_checkpoint_errors_that_are_not_oserror_keep_the_previous_one(tmp_path, monkeypatch):
+    """A full disk reaches torch.save as RuntimeError and safetensors as its own error, not OSError: still a
+    CheckpointError, no temporary directory left. Saving a step again replaces it only once the new copy is
+    complete: a failure in between leaves the old copy."""
+    from dgft.model import build_tiny
+
+    model = build_tiny(_tiny_model_cfg(), 812)
+    first = ckpt.save(tmp_path, 2, model, {"x": torch.zeros(1)}, {"step": 2})
+    real_save = torch.save
+
+    def full(obj, f, *a, **k):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file")
+
+    monkeypatch.setattr(ckpt.torch, "save", full)
+    for step in (4, 2):  # a new step, and the same step again
+        with pytest.raises(ckpt.CheckpointError, match="PytorchStreamWriter"):
+            ckpt.save(tmp_path, step, model, {"x": torch.zeros(1)}, {"step": step})
+        assert ckpt.checkpoints(tmp_path) == [first] and ckpt.is_valid(first)
+        assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
+    monkeypatch.setattr(ckpt.torch, "save", real_save)
+    real_replace = os.replace
+
+    def crash_after_moving_aside(src, dst):
+        if Path(src).name.startswith(".tmp-"):
+            raise KeyboardInterrupt  # killed between moving the old copy aside and renaming the new one
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(ckpt.os, "replace", crash_after_moving_aside)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save(tmp_path, 2, model, {"x": torch.ones(1)}, {"step": 2})
+    monkeypatch.setattr(ckpt.os, "replace", real_replace)
+    assert ckpt.latest_valid(tmp_path) is not None  # the old copy, found under its aside name
+    assert ckpt.load_extra(ckpt.latest_valid(tmp_path)) == {"step": 2}
+
+
+def test_torn_metrics_row_and_unknown_saved_key_on_resume(tmp_path):
+    from omegaconf import OmegaConf
+
+    from dgft.cli import compose_train
+    from dgft.config import ConfigError, typed_train_config
+    from dgft.train import _truncate_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.0}\n{"step": 3, "lo')
+    _truncate_metrics(path, 2)
+    assert path.read_text() == '{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.0}\n'
+    saved = OmegaConf.create(OmegaConf.to_yaml(compose_train(["recipe=sudoku"]), resolve=True))
+    saved.trainer.save_every = 5
+    with pytest.raises(ConfigError, match=r"RUN/config.yaml: trainer.save_every"):
+        typed_train_config(saved, source="RUN/config.yaml")
+
+
+def _tiny_model_cfg():
+    from omegaconf import OmegaConf
+
+    from dgft.cli import compose_train
+
+    cfg = compose_train([*TINY])
+    return OmegaConf.create(OmegaConf.to_container(cfg.model, resolve=True))

@@ -162,3 +162,64 @@ def test_raw_top95_matches_csv():
     listed, _ = read_puzzles(BENCHMARKS / "norvig_top95.csv")
     assert [to_string(r.puzzle) for r in raw] == [to_string(r.puzzle) for r in listed]
     assert [to_string(r.solution) for r in raw] == [to_string(r.solution) for r in listed]  # unique
+
+
+# --- column choice, header detection, csv errors and line numbers --------------------------------------------
+@pytest.mark.parametrize("header, row", [
+    ("puzzle_id,puzzle,solution", f"7,{PUZZLE_4},{SOLUTION_4}"),  # 'puzzle' itself, not the id containing it
+    ("puzzle,solutions_count,solution", f"{PUZZLE_4},1,{SOLUTION_4}"),
+    ("quiz_no,Quizzes,Solutions,solution_source", f"3,{PUZZLE_4},{SOLUTION_4},d1"),
+    ("id,puzzle_text,solution_grid", f"1,{PUZZLE_4},{SOLUTION_4}"),  # no exact name: the one containing it
+])
+def test_csv_prefers_exact_column_names(tmp_path, header, row):
+    path = _write(tmp_path, f"{header}\n{row}\n")
+    (record,), skipped = read_puzzles(path, check_solvable=False)
+    assert skipped == [] and record.source == f"{path}:2"
+    assert to_string(record.puzzle) == PUZZLE_4 and to_string(record.solution) == SOLUTION_4
+
+
+@pytest.mark.parametrize("header, what", [("puzzle_id,puzzle_text", "puzzle"), ("puzzle,puzzles", "puzzle"),
+                                          ("puzzle,solution_a,solution_b", "solution")])
+def test_ambiguous_csv_columns_name_the_header_line(tmp_path, header, what):
+    path = _write(tmp_path, f"# from somewhere\n{header}\n{PUZZLE_4},{SOLUTION_4},{SOLUTION_4}\n")
+    for on_error in ("raise", "skip"):
+        with pytest.raises(PuzzleFileError, match=rf"puzzles\.csv:2: header .* 2 columns that could be the {what}"):
+            read_puzzles(path, on_error=on_error)
+
+
+def test_headerless_csv_with_a_word_in_its_first_record(tmp_path):
+    """A field like `easy` does not make line 1 a header when the line also holds a grid."""
+    path = _write(tmp_path, f"{PUZZLE_4},{SOLUTION_4},easy\n{PUZZLE_9},{SOLUTION_9},hard\n")
+    records, skipped = read_puzzles(path, on_error="skip")
+    assert skipped == [] and [r.source for r in records] == [f"{path}:1", f"{path}:2"]
+    assert [to_string(r.solution) for r in records] == [SOLUTION_4, SOLUTION_9]
+
+
+def test_a_line_the_csv_module_refuses_is_a_bad_line(tmp_path):
+    long = "1" * 200_000  # over the csv module's field limit
+    path = _write(tmp_path, f"puzzle,solution\n{PUZZLE_4},{SOLUTION_4}\n{long},{SOLUTION_4}\n{PUZZLE_4},\n")
+    with pytest.raises(PuzzleFileError, match=r"puzzles\.csv:3: not a CSV row: field larger than field limit"):
+        read_puzzles(path)
+    records, skipped = read_puzzles(path, on_error="skip")
+    assert [r.source for r in records] == [f"{path}:2", f"{path}:4"] and len(skipped) == 1
+    first = _write(tmp_path, f"{long},{SOLUTION_4}\n{PUZZLE_4},{SOLUTION_4}\n", "first.csv")  # no header to find
+    records, skipped = read_puzzles(first, on_error="skip")
+    assert [r.source for r in records] == [f"{first}:2"] and skipped[0].startswith(f"{first}:1: not a CSV row")
+
+
+def test_line_numbers_count_newlines_as_an_editor_does(tmp_path):
+    """Form feeds, \\x1c-\\x1e, \\x85 and \\u2028 inside a line do not end it; CRLF and a byte-order mark still work."""
+    path = tmp_path / "odd.txt"
+    path.write_bytes(f"\ufeff# a\x0cb\x1cc\x85d\u2028e\r\n{PUZZLE_4}\r\n\r\n{'0' * 15}\r\n".encode())
+    with pytest.raises(PuzzleFileError, match=r"odd\.txt:4: puzzle has 15 cells"):
+        read_puzzles(path)
+    records, skipped = read_puzzles(path, on_error="skip")
+    assert [r.source for r in records] == [f"{path}:2"] and len(skipped) == 1
+
+
+def test_classic_mac_line_ends(tmp_path):
+    """A file whose lines end in '\\r' alone is read line by line, not as one long line."""
+    path = tmp_path / "mac.txt"
+    path.write_bytes(f"{PUZZLE_4}\r{PUZZLE_4}\r".encode())
+    records, skipped = read_puzzles(path)
+    assert [r.source for r in records] == [f"{path}:1", f"{path}:2"] and not skipped

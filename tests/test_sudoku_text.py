@@ -133,3 +133,14 @@ def test_reprompt_rebuilds_the_chat_prompt_from_the_accepted_cells():
     assert torch.equal(res.canvas[batch["fixed"]], batch["target"][batch["fixed"]])
     digits = t.decode(res.canvas, 4)
     assert (digits[p != 0] == p[p != 0]).all()
+
+
+def test_a_size_outside_task_sizes_is_a_config_error_not_a_key_error():
+    from dgft.config import ConfigError
+
+    t = task(sizes=(9,))
+    p, s = puzzles(n=4, count=2)
+    with pytest.raises(ConfigError, match=r"task\.sizes=\[9\]: no 4x4 answer layout"):
+        t.encode(p, s)
+    with pytest.raises(ConfigError, match="4x4"):
+        t.decode(torch.zeros(2, 96, dtype=torch.long), 4)

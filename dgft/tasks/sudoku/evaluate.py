@@ -18,6 +18,7 @@ import numpy as np
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
+from dgft.config import ConfigError
 from dgft.evaluate import output_name, provenance
 from dgft.metrics import SudokuAccuracy, aggregate, closest_solution, score_answer
 from dgft.runs import load_model
@@ -39,6 +40,7 @@ def evaluate_run(cfg, run: Path, run_cfg, scfg, device) -> dict:
         tqdm.write(f"skipped {msg}")
     if cfg.limit:
         recs = recs[: cfg.limit]
+    check_sizes(recs, run_cfg.task.get("sizes"), data)
     model = load_model(run, run_cfg, checkpoint=cfg.checkpoint, device=device)
     out_dir = run / "eval"
     out_dir.mkdir(exist_ok=True)
@@ -75,6 +77,22 @@ def evaluate_run(cfg, run: Path, run_cfg, scfg, device) -> dict:
                        title=f"{name}: {rec.source}, rules mode")
     print(markdown(name, result))
     return result
+
+
+def check_sizes(recs, sizes, data) -> None:
+    """Every puzzle to evaluate is of a size the run trained on (`task.sizes`; None, as in a config saved before the
+    setting existed: any); else a ConfigError naming the size, the data file and task.sizes. A tokens=text run has
+    no answer layout for another size, and a tokens=cell or digit run's model has never seen one."""
+    if sizes is None:
+        return
+    trained = [int(n) for n in sizes]
+    other = [r for r in recs if G.side(r.puzzle) not in trained]
+    if other:
+        n = G.side(other[0].puzzle)
+        count = sum(G.side(r.puzzle) == n for r in other)
+        raise ConfigError(f"{data}: {count} {n}x{n} puzzles (the first at {other[0].source}), but the run was trained "
+                          f"with task.sizes={trained}; evaluate it on {' or '.join(f'{k}x{k}' for k in trained)} "
+                          "puzzles only")
 
 
 def run_mode(model, task, recs, scfg, run_cfg, mode: str, seed: int, record: bool = False):
@@ -174,7 +192,8 @@ def markdown(name: str, result: dict) -> str:
     if "baseline_untrained_rules" in result:
         entries.append(("rules, untrained baseline", result["baseline_untrained_rules"]))
     for mode, m in entries:
-        rows.append(f"| {mode} | {m['n']} | {m['exact']:.1%} | {m['cell_accuracy']:.1%} | {m['givens_kept']:.1%} | "
+        cell = "n/a" if m["cell_accuracy"] is None else f"{m['cell_accuracy']:.1%}"  # no blank cells to score
+        rows.append(f"| {mode} | {m['n']} | {m['exact']:.1%} | {cell} | {m['givens_kept']:.1%} | "
                     f"{m['rule_violations']:.2f} | {m['mean_steps']:.1f} | {m['puzzles_per_s']:.2f} | "
                     f"{m['tokens_per_s']:.0f} |")
     kinds = sorted({k for _, m in entries for k in m.get("by_difficulty", {})})

@@ -2,7 +2,8 @@
 
 Two formats are read. Plain text has one 16- or 81-character grid a line ('0' or '.' for blanks;
 blank lines and lines starting with '#' are ignored). CSV has a puzzle column and optionally a
-solution column, found by header name or, without a header, by position:
+solution column, found by header name (an exact `puzzle`/`solution` before a name that merely contains one) or,
+without a header, by position; line 1 is a header when it has a column name and no grid:
 
     Puzzle,Solution                       <- line 1: header ('puzzle'/'quiz', 'solution' columns)
     3102200002100320,3142243142131324     <- line 2: a 4x4 record, source "file.csv:2"
@@ -23,6 +24,9 @@ import numpy as np
 from dgft.tasks.sudoku.grid import from_string, is_solution, rule_violations, side, solve, to_string, units
 
 _HEADER_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_ ]*")  # a column name; grids start with a digit or '.'
+_GRID_FIELD = re.compile(r"[0-9.]{16}(?:[0-9.]{65})?")  # a 16- or 81-character grid: never a column name
+_PUZZLE_NAMES = ("puzzle", "puzzles", "quiz", "quizzes")  # exact column names, before any name containing one
+_SOLUTION_NAMES = ("solution", "solutions")
 
 
 class PuzzleFileError(ValueError):
@@ -101,24 +105,55 @@ def _read_text(path: Path, name: str) -> str:
 
 
 def _data_lines(text: str) -> list[tuple[int, str]]:
-    """(1-based line number, stripped line) for every line that is not blank or a '#' comment."""
-    numbered = ((number, line.strip()) for number, line in enumerate(text.splitlines(), start=1))
+    """(1-based line number, stripped line) for every line that is not blank or a '#' comment.
+
+    Lines end at '\\n' alone (a '\\r' before it goes with the stripping), as an editor counts them: `splitlines`
+    would also break at form feeds, '\\x1c'-'\\x1e', '\\x85' and '\\u2028', shifting every later line number.
+    """
+    end = "\r" if "\n" not in text and "\r" in text else "\n"  # classic Mac OS line ends: '\r' alone
+    numbered = ((number, line.strip()) for number, line in enumerate(text.split(end), start=1))
     return [(number, line) for number, line in numbered if line and not line.startswith("#")]
 
 
 def _fields(line: str) -> list[str]:
-    return [field.strip() for field in next(csv.reader([line]))]
+    """The stripped fields of one CSV line; a line the csv module refuses is a ValueError saying why."""
+    try:
+        return [field.strip() for field in next(csv.reader([line]))]
+    except csv.Error as error:
+        raise ValueError(f"not a CSV row: {error}") from None
+
+
+def _is_header(fields: list[str]) -> bool:
+    """Line 1 of a CSV is a header when some field looks like a column name and none is a grid (a headerless
+    file's first record may carry a word too, such as `3102200002100320,3142243142131324,easy`)."""
+    return any(_HEADER_FIELD.fullmatch(f) for f in fields) and not any(_GRID_FIELD.fullmatch(f) for f in fields)
+
+
+def _pick(names: list[str], exact: tuple[str, ...], parts: tuple[str, ...], what: str, header: list[str],
+          where: str, exclude: int | None = None) -> int | None:
+    """The one column named exactly one of `exact`, else the one whose name contains `parts[0]`, then `parts[1]`
+    ...; None when none does. Two candidates at the same level are ambiguous: a PuzzleFileError naming both."""
+    tiers = [[i for i, name in enumerate(names) if name in exact]]
+    tiers += [[i for i, name in enumerate(names) if part in name] for part in parts]
+    for tier in tiers:
+        tier = [i for i in tier if i != exclude]
+        if len(tier) > 1:
+            both = ", ".join(repr(header[i]) for i in tier)
+            raise PuzzleFileError(f"{where}: header {header} has {len(tier)} columns that could be the {what} "
+                                  f"({both}); name exactly one of them {exact[0]!r}")
+        if tier:
+            return tier[0]
+    return None
 
 
 def _columns(header: list[str], where: str) -> tuple[int, int | None]:
-    """Indices of the puzzle and (optional) solution columns named in a CSV header."""
+    """Indices of the puzzle and (optional) solution columns named in a CSV header: an exact name (puzzle,
+    puzzles, quiz, quizzes; solution, solutions) first, else a name containing 'puzzle' (then 'quiz'; 'solution')."""
     names = [name.lower() for name in header]
-    puzzle_column = next((i for i, name in enumerate(names) if "puzzle" in name), None)
-    if puzzle_column is None:
-        puzzle_column = next((i for i, name in enumerate(names) if "quiz" in name), None)
+    puzzle_column = _pick(names, _PUZZLE_NAMES, ("puzzle", "quiz"), "puzzle", header, where)
     if puzzle_column is None:
         raise PuzzleFileError(f"{where}: header {header} has no puzzle column (a name containing 'puzzle' or 'quiz')")
-    solution_column = next((i for i, name in enumerate(names) if "solution" in name), None)
+    solution_column = _pick(names, _SOLUTION_NAMES, ("solution",), "solution", header, where, exclude=puzzle_column)
     return puzzle_column, solution_column
 
 
@@ -144,8 +179,12 @@ def read_puzzles(
     is_csv = "," in first or bool(_HEADER_FIELD.fullmatch(first))  # a one-column CSV still has a header
     puzzle_column, solution_column = 0, (1 if is_csv else None)
     if is_csv:
-        header_number, header = lines[0][0], _fields(lines[0][1])
-        if any(_HEADER_FIELD.fullmatch(field) for field in header):
+        header_number = lines[0][0]
+        try:
+            header = _fields(first)
+        except ValueError:
+            header = []  # not even a CSV row: a bad first record, reported (or skipped) below
+        if _is_header(header):
             puzzle_column, solution_column = _columns(header, f"{name}:{header_number}")
             lines = lines[1:]
 
@@ -153,8 +192,8 @@ def read_puzzles(
     skipped: list[str] = []
     for number, line in lines:
         where = f"{name}:{number}"
-        fields = _fields(line) if is_csv else [line]
         try:
+            fields = _fields(line) if is_csv else [line]
             if len(fields) <= puzzle_column:
                 raise ValueError(f"row has {len(fields)} fields, the puzzle is in field {puzzle_column + 1}")
             has_solution = solution_column is not None and solution_column < len(fields)

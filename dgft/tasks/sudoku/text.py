@@ -98,6 +98,14 @@ class SudokuTextTask(SudokuTask):
         template[len(ids)] = self.end_id
         return {"template": template, "cells": cells, "digits": torch.tensor(digit_ids)}
 
+    def layout(self, n: int) -> dict:
+        """The canvas layout of an n x n answer; a size the run has none for (not in task.sizes) is a ConfigError."""
+        if n not in self.layouts:
+            raise ConfigError(f"task.sizes={list(self.layouts)}: no {n}x{n} answer layout (a tokens=text run lays out "
+                              f"only the sizes it was trained on); use {n}x{n} puzzles with a run that has {n} in "
+                              "task.sizes")
+        return self.layouts[n]
+
     # --- the task interface -----------------------------------------------------------------------
     def build_tokenizer(self):
         return self.tokenizer
@@ -108,7 +116,7 @@ class SudokuTextTask(SudokuTask):
 
     def answer_tokens(self, n: int) -> torch.Tensor:
         """(L, K): a cell may hold any digit; every other position only its own token."""
-        lay = self.layouts[n]
+        lay = self.layout(n)
         out = lay["template"][:, None].repeat(1, n)
         out[lay["cells"]] = lay["digits"][None, :]
         return out
@@ -117,8 +125,8 @@ class SudokuTextTask(SudokuTask):
         mask = self.tokenizer.mask_token_id
         if mask is None:
             raise TextLayoutError("noise.kind=mask: this tokenizer has no mask token; use noise=uniform")
-        tokens = self.layouts[n]["template"].clone()
-        tokens[self.layouts[n]["cells"]] = mask
+        tokens = self.layout(n)["template"].clone()
+        tokens[self.layout(n)["cells"]] = mask
         return tokens
 
     def prompt_ids(self, puzzle: np.ndarray) -> list[int]:
@@ -131,7 +139,7 @@ class SudokuTextTask(SudokuTask):
 
     def encode(self, puzzles: np.ndarray, solutions: np.ndarray, corrupt_givens: np.ndarray | None = None) -> dict:
         n = G.side(puzzles[0])
-        lay = self.layouts[n]
+        lay = self.layout(n)
         prompt_ids, prompt_mask = left_pad([self.prompt_ids(p) for p in puzzles], self.pad_id)
         B = len(puzzles)
         target = lay["template"][None].repeat(B, 1)
@@ -154,17 +162,17 @@ class SudokuTextTask(SudokuTask):
 
     def rule_mask(self, choice: torch.Tensor, accepted: torch.Tensor, n: int) -> torch.Tensor:
         """(B, L, K): the cell rules at cell positions; everything allowed elsewhere (those are pinned)."""
-        cells = self.layouts[n]["cells"].to(choice.device)
+        cells = self.layout(n)["cells"].to(choice.device)
         inner = super().rule_mask(choice[:, cells], accepted[:, cells], n)
         out = torch.ones(choice.shape + (n,), dtype=torch.bool, device=choice.device)
         out[:, cells] = inner
         return out
 
     def at_cells(self, canvas_values: torch.Tensor, n: int) -> torch.Tensor:
-        return canvas_values[:, self.layouts[n]["cells"].to(canvas_values.device)]
+        return canvas_values[:, self.layout(n)["cells"].to(canvas_values.device)]
 
     def decode(self, canvas: torch.Tensor, n: int) -> np.ndarray:
-        lay = self.layouts[n]
+        lay = self.layout(n)
         at_cells = canvas[:, lay["cells"].to(canvas.device)]
         hit = at_cells[..., None] == lay["digits"].to(canvas.device)[None, None]
         digits = hit.float().argmax(-1) + 1
