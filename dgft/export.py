@@ -4,7 +4,8 @@ RUN/export/ gets safetensors weights, config.json, generation_config.json, the r
 settings (`dgft_sampler.json`) and `export.json` (source hashes, step, measured logit differences).
 A LoRA adapter is merged into its base (peft `merge_and_unload`, then the encoder re-tied to the merged
 decoder layers) and checked: merged logits must equal adapter logits on a fixed batch within `atol`, and the
-re-loaded export must give the same logits again. Everything runs in fp32. A second export of an unchanged
+re-loaded export must give the same logits again. Everything runs in fp32. A LoRA run on a pretrained or a 4-bit
+base is merged shard by shard instead, in the base's dtype (`export_streaming`). A second export of an unchanged
 run is a no-op if the files export.json records (size, sha256) are intact, else it exports again; the directory
 is written beside `out` and renamed into place (temp dirs of killed exports are removed on the next export).
 
@@ -60,7 +61,8 @@ def export(cfg) -> Path:
         print(f"{out}: {stale}; exporting again")
     _check_out(out, run_dir)
     device = pick_device(cfg.device)
-    if rcfg.model.get("quantize", "none") == "nf4":
+    quantized = rcfg.model.get("quantize", "none") == "nf4"
+    if quantized or (rcfg.model.finetune == "lora" and rcfg.model.name != "tiny"):  # a pretrained base: streamed
         return export_streaming(cfg, rcfg, run_dir, out, checkpoint, source, device)
 
     # --- load, merge, check ------------------------------------------------------------------------
@@ -113,13 +115,15 @@ def export(cfg) -> Path:
 
 
 def export_streaming(cfg, rcfg, run_dir: Path, out: Path, checkpoint, source: dict, device) -> Path:
-    """A QLoRA run: merge the adapter into the unquantized base shard by shard (`dgft.merge`), keep the base's
-    dtype (bf16 for a released checkpoint), and ship the unmerged adapter beside it (`adapter/`), since
-    servers without LoRA support need the merged weights and others prefer the adapter.
+    """A LoRA run on a 4-bit base, or on a pretrained base: merge the adapter into the unquantized base shard by
+    shard (`dgft.merge`), keep the base's dtype (bf16 for a released checkpoint: loading the whole model in fp32
+    to merge it would take twice its size in host memory, 104 GB for DiffusionGemma-26B-A4B, and export it at
+    twice the size), and ship the unmerged adapter beside it (`adapter/`), since servers without LoRA support
+    need the merged weights and others prefer the adapter.
 
     Checks, where the base fits in host memory (`max_check_gb`): merged logits vs the adapter on the same
-    unquantized base (the merge itself; must be within atol), and vs the adapter on the 4-bit base the run
-    trained with (the quantization gap; recorded, not gated).
+    unquantized base (the merge itself; must be within atol), and vs the model the run trained (with a 4-bit
+    base: the quantization gap; recorded, not gated).
     """
     from transformers import DiffusionGemmaForBlockDiffusion
 
@@ -160,13 +164,24 @@ def export_streaming(cfg, rcfg, run_dir: Path, out: Path, checkpoint, source: di
             plain = DiffusionGemmaForBlockDiffusion.from_pretrained(str(base_dir), dtype=torch.float32,
                                                                     use_safetensors=True)
             plain = load_adapter(plain, adapter)
-            checks["merged_max_abs_diff"] = _max_diff(check_logits(plain, prompt, mask, canvas), got)
+            reference = check_logits(plain, prompt, mask, canvas)
+            stored = _stored_dtype(tmp)
+            if stored != torch.float32:  # the merged weights are rounded to the base's dtype: compare with the
+                # adapter merged in fp32 and rounded alike, and record what the rounding alone moves
+                checks["rounding_max_abs_diff"] = _max_diff(reference, got)
+                plain = merge_adapter(plain)
+                with torch.no_grad():
+                    for param in plain.parameters():
+                        param.copy_(param.to(stored).float())
+                reference = check_logits(plain, prompt, mask, canvas)
+            checks["merged_max_abs_diff"] = _max_diff(reference, got)
             plain = None
             _require(checks["merged_max_abs_diff"], cfg.atol, "merged model vs adapter on the unquantized base")
             trained = load_model(run_dir, rcfg, checkpoint=checkpoint, device=device)
             checks["quantization_gap_max_abs_diff"] = _max_diff(
                 check_logits(trained, prompt.to(device), mask.to(device), canvas.to(device)).cpu(), got)
-        record = {"source": source, "finetune": "lora", "quantize": "nf4", "merge": summary,
+        record = {"source": source, "finetune": "lora", "quantize": rcfg.model.get("quantize", "none"),
+                  "merge": summary,
                   "checkpoint": str(checkpoint) if checkpoint else None, "step": _step(run_dir, checkpoint),
                   **checks, "atol": cfg.atol, "checked": checks["merged_max_abs_diff"] is not None,
                   "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -179,8 +194,12 @@ def export_streaming(cfg, rcfg, run_dir: Path, out: Path, checkpoint, source: di
         print(f"exported {run_dir} -> {out} ({summary['merged_tensors']} tensors merged; the base is over "
               f"max_check_gb={cfg.max_check_gb}, so logits were not compared here)")
     else:
-        print(f"exported {run_dir} -> {out} (max |logit diff| merged vs adapter {checks['merged_max_abs_diff']:.2e}, "
-              f"atol {cfg.atol}; vs the 4-bit training model {checks['quantization_gap_max_abs_diff']:.2e})")
+        rounding = checks.get("rounding_max_abs_diff")
+        rounding = f", rounded to the base's dtype {rounding:.2e}" if rounding is not None else ""
+        print(f"exported {run_dir} -> {out} (max |logit diff| merged vs adapter {checks['merged_max_abs_diff']:.2e}"
+              f"{rounding}, "
+              f"atol {cfg.atol}; vs the {'4-bit ' if rcfg.model.get('quantize') == 'nf4' else ''}training model "
+              f"{checks['quantization_gap_max_abs_diff']:.2e})")
     return out
 
 
@@ -285,6 +304,20 @@ def _weight_files(path: Path) -> list[Path]:
     if not any(p.suffix == ".safetensors" for p in files):
         raise RunError(f"{path}: no .safetensors weights")
     return files
+
+
+def _stored_dtype(path: Path) -> torch.dtype:
+    """The dtype of the floating-point weights a safetensors export holds (its first such tensor's)."""
+    from safetensors import safe_open
+
+    names = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}
+    for file in sorted(Path(path).glob("*.safetensors")):
+        with safe_open(str(file), "pt") as f:
+            for key in f.keys():
+                kind = f.get_slice(key).get_dtype()
+                if kind in names:
+                    return names[kind]
+    return torch.float32
 
 
 def output_hashes(out: Path) -> dict[str, dict]:

@@ -379,3 +379,27 @@ def test_killed_exports_leave_no_temp_dirs(tmp_path, capsys):
     finally:
         live.kill()
         live.wait()
+
+
+def test_a_lora_run_on_a_pretrained_base_is_merged_shard_by_shard_in_its_dtype(tmp_path):
+    """model=diffusiongemma with a LoRA adapter (bf16 base, no 4-bit): streamed like a 4-bit run's, so the merged
+    export keeps the base's dtype instead of loading the whole model in fp32 (twice its size in memory and on
+    disk); the merged logits match the adapter's on the same base."""
+    from safetensors import safe_open
+    from transformers import DiffusionGemmaForBlockDiffusion
+
+    run, _ = make_run(tmp_path, "lora")
+    base = tmp_path / "pretrained"
+    model = DiffusionGemmaForBlockDiffusion.from_pretrained(str(run / "base"), use_safetensors=True)
+    model.to(torch.bfloat16).save_pretrained(str(base))
+    cfg = OmegaConf.load(run / "config.yaml")
+    cfg.model.name, cfg.model.path = "diffusiongemma", str(base)
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    out = export(export_cfg(run))
+    record = json.loads((out / "export.json").read_text())
+    assert record["quantize"] == "none" and record["merge"]["merged_tensors"] > 0
+    assert record["merged_max_abs_diff"] <= record["atol"] < record["rounding_max_abs_diff"]
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
+    assert (out / "adapter" / "adapter_config.json").exists()
+    DiffusionGemmaForBlockDiffusion.from_pretrained(str(out), use_safetensors=True)
