@@ -1,7 +1,7 @@
 """The export recipe: a run -> a standalone model dir. `dgft export RUN` runs `export(cfg)`.
 
 RUN/export/ gets safetensors weights, config.json, generation_config.json, the run's tokenizer, its sampler
-settings (`dgft_sampler.json`) and `export.json` (source hashes, step, measured logit differences).
+settings with its noise and task settings (`dgft_sampler.json`) and `export.json` (source hashes, step, measured logit differences).
 A LoRA adapter is merged into its base (peft `merge_and_unload`, then the encoder re-tied to the merged
 decoder layers) and checked: merged logits must equal adapter logits on a fixed batch within `atol`, and the
 re-loaded export must give the same logits again. Everything runs in fp32. A LoRA run on a pretrained or a 4-bit
@@ -88,9 +88,7 @@ def export(cfg) -> Path:
         model.generation_config.save_pretrained(str(tmp))
         model = None  # one copy of the weights in memory at a time
         _copy_tokenizer(run_dir / "tokenizer", tmp)
-        sampler = {"sampler": OmegaConf.to_container(rcfg.sampler, resolve=True),
-                   "noise": {"kind": rcfg.noise.kind, "support": rcfg.noise.support}}
-        (tmp / SAMPLER_FILE).write_text(json.dumps(sampler, indent=1))
+        (tmp / SAMPLER_FILE).write_text(json.dumps(sampler_settings(rcfg), indent=1))
 
         from transformers import DiffusionGemmaForBlockDiffusion
 
@@ -151,9 +149,7 @@ def export_streaming(cfg, rcfg, run_dir: Path, out: Path, checkpoint, source: di
         shutil.copytree(adapter, tmp / "adapter", ignore=shutil.ignore_patterns(ckpt.TRAINER_STATE, ckpt.EXTRA,
                                                                                  ckpt.MANIFEST))
         _copy_tokenizer(run_dir / "tokenizer", tmp)
-        sampler = {"sampler": OmegaConf.to_container(rcfg.sampler, resolve=True),
-                   "noise": {"kind": rcfg.noise.kind, "support": rcfg.noise.support}}
-        (tmp / SAMPLER_FILE).write_text(json.dumps(sampler, indent=1))
+        (tmp / SAMPLER_FILE).write_text(json.dumps(sampler_settings(rcfg), indent=1))
         checks = {"merged_max_abs_diff": None, "quantization_gap_max_abs_diff": None}
         if summary["bytes"] <= cfg.max_check_gb * 1e9:
             merged = DiffusionGemmaForBlockDiffusion.from_pretrained(str(tmp), dtype=torch.float32,
@@ -304,6 +300,17 @@ def _weight_files(path: Path) -> list[Path]:
     if not any(p.suffix == ".safetensors" for p in files):
         raise RunError(f"{path}: no .safetensors weights")
     return files
+
+
+def sampler_settings(rcfg) -> dict:
+    """What sampling the exported model needs beyond its weights and tokenizer: the run's sampler, its noise, and
+    its task (how prompts and canvases are laid out: token kind, sizes, canvas length, prompt format)."""
+    task = OmegaConf.to_container(rcfg.task, resolve=True)
+    task.pop("cache_dir", None)  # where this machine cached the generated data
+    return {"sampler": OmegaConf.to_container(rcfg.sampler, resolve=True),
+            "noise": {"kind": rcfg.noise.kind, "support": rcfg.noise.support,
+                      "known_in_prompt": bool(rcfg.noise.get("known_in_prompt", False))},
+            "task": task}
 
 
 def _stored_dtype(path: Path) -> torch.dtype:

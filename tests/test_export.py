@@ -125,7 +125,9 @@ def test_lora_run_export_round_trip(tmp_path, capsys, target_experts):
     assert tok.convert_tokens_to_ids("[MASK]") == 6
     assert (out / "generation_config.json").exists()
     sampler = json.loads((out / "dgft_sampler.json").read_text())
-    assert sampler["noise"] == {"kind": "uniform", "support": "answer"} and "steps" in sampler["sampler"]
+    assert sampler["noise"] == {"kind": "uniform", "support": "answer", "known_in_prompt": False}
+    assert "steps" in sampler["sampler"] and sampler["task"]["tokens"] == "cell" and sampler["task"]["sizes"] == [9, 4]
+    assert "cache_dir" not in sampler["task"]
     record = json.loads((out / "export.json").read_text())
     assert record["merged_max_abs_diff"] <= record["atol"] == 1e-4
     assert record["reload_max_abs_diff"] <= 1e-4
