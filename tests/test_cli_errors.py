@@ -49,14 +49,11 @@ def test_eval_names_a_bad_device(tmp_path, capsys):
     assert err.value.code == 2 and "device='cdua': expected auto, cpu, cuda or cuda:N" in capsys.readouterr().err
 
 
-TINY = ["model.hidden_size=32", "model.num_layers=2", "model.num_heads=2", "model.num_kv_heads=1",
-        "model.head_dim=16", "model.intermediate_size=64", "model.moe_intermediate_size=32"]
-
 
 def _train(tmp_path, run, *extra):
-    main(["train", f"hydra.run.dir={run}", f"task.cache_dir={tmp_path / 'cache'}", "task.base_puzzles=20",
-          "task.heldout_puzzles=4", "trainer.max_steps=2", "trainer.batch_size=8", "trainer.eval_every=0",
-          "trainer.ckpt_every=0", "trainer.log_every=1", "sampler.steps=8", *TINY, *extra])
+    from tests.test_eval_weights import _train as train_tiny
+
+    train_tiny(tmp_path, run, "trainer.max_steps=2", "trainer.ckpt_every=0", *extra)
 
 
 @pytest.mark.parametrize("finetune", ["full", "lora"])
