@@ -477,13 +477,16 @@ def _finished(run_dir: Path, last: Path, cfg) -> bool:
     extra = ckpt.load_extra(last)
     step, seconds = int(extra["step"]), float(extra.get("elapsed_s", 0.0))
     limit = cfg.trainer.time_limit_min
-    why = (f"step {step} of trainer.max_steps={cfg.trainer.max_steps}" if step >= cfg.trainer.max_steps else
-           f"{seconds / 60:.1f} min of trainer.time_limit_min={limit}" if limit and seconds > 60 * limit else None)
-    weights = run_dir / ("adapter" if cfg.model.finetune == "lora" else "model")
-    if why is None or not weights.is_dir():
+    if step >= cfg.trainer.max_steps:
+        why, key = f"step {step} of trainer.max_steps={cfg.trainer.max_steps}", "trainer.max_steps"
+    elif limit and seconds > 60 * limit:
+        why, key = f"{seconds / 60:.1f} min of trainer.time_limit_min={limit}", "trainer.time_limit_min"
+    else:
         return False
-    tqdm.write(f"{run_dir}: nothing to train, the run is at {why} and its weights are saved; raise that setting to "
-               f"train on (`dgft train resume={run_dir} trainer.max_steps=N`)")
+    if not (run_dir / ("adapter" if cfg.model.finetune == "lora" else "model")).is_dir():
+        return False  # stopped between its last checkpoint and its weights: the save runs again
+    tqdm.write(f"{run_dir}: nothing to train, the run is at {why} and its weights are saved; to train on, raise "
+               f"it: `dgft train resume={run_dir} {key}=...`")
     return True
 
 
