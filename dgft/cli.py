@@ -120,6 +120,8 @@ def main(argv: list[str] | None = None) -> None:
                 export(cfg)
         except errors as err:
             print(f"dgft {command}: error: {err}", file=sys.stderr)
+            if command == "train" and not cfg.get("resume"):
+                _remove_if_empty(Path(HydraConfig.get().runtime.output_dir))
             sys.exit(2)
 
     if command == "train":
@@ -138,6 +140,19 @@ def _check_output_dir(overrides: list[str]) -> None:
         sys.exit(f"dgft train: error: cannot create the run directory {target}: {path} is not a directory")
     if not os.access(path, os.W_OK | os.X_OK):
         sys.exit(f"dgft train: error: cannot create the run directory {target}: {path} is not writable")
+
+
+def _remove_if_empty(run_dir: Path) -> None:
+    """A new run directory holding only what Hydra wrote when the run started (.hydra/, train.log): a run refused
+    before it began leaves nothing behind."""
+    import shutil
+
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log"}:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        for parent in list(run_dir.absolute().parents)[:2]:  # outputs/<name>/, outputs/, if that left them empty
+            if parent == Path.cwd() or any(parent.iterdir()):
+                break
+            parent.rmdir()
 
 
 def _quote(path: str) -> str:

@@ -26,7 +26,7 @@ from dgft.train import pick_device
 def evaluate(cfg) -> dict:
     if OmegaConf.is_missing(cfg, "run"):
         raise ConfigError("no run given: dgft eval RUN [data=PATH] [overrides ...]")
-    run = Path(cfg.run)
+    run = real_run_dir(Path(cfg.run))
     run_cfg = load_config(run)
     overrides = {k: v for k, v in OmegaConf.to_container(cfg.sampler).items() if v is not None}
     scfg = OmegaConf.merge(run_cfg.sampler, overrides)
@@ -47,6 +47,30 @@ def output_name(cfg, default: str) -> str:
     if cfg.name:
         return str(cfg.name)
     return f"{default}_{Path(cfg.checkpoint).name}" if cfg.checkpoint else default
+
+
+def real_run_dir(run: Path) -> Path:
+    """The run a path names, links followed (`outputs/sudoku/latest` moves on with the next training; what an
+    evaluation records must not): relative to the working directory when inside it, else absolute."""
+    import os
+
+    real = run.resolve()
+    if real == run.absolute():
+        return run
+    try:
+        return Path(os.path.relpath(real)) if real.is_relative_to(Path.cwd()) else real
+    except ValueError:  # another drive
+        return real
+
+
+def provenance_line(result: dict) -> str:
+    """One line of an evaluation's .md saying which run and weights, which sampler settings, which seed and limit."""
+    s = result.get("sampler", {})
+    weights = f"checkpoint {result['checkpoint']}" if result.get("checkpoint") else "the run's final weights"
+    keys = [k for k in ("steps", "acceptance", "views", "passes", "temperature") if k in s]
+    return (f"Run {result.get('run')}, {weights}; sampler " + ", ".join(f"{k}={s[k]}" for k in keys)
+            + f"; seed {result.get('seed')}; " + (f"the first {result['limit']}" if result.get("limit") else "all")
+            + " of the file.\n\n")
 
 
 def provenance(cfg) -> dict:

@@ -134,11 +134,23 @@ def one_expert_path(model):
     return model
 
 
-def load_pretrained(path: str, dtype=None, trust_remote_code: bool = False) -> DiffusionGemmaForBlockDiffusion:
-    """Load weights from a local dir or hub id; a clear error when they are not there."""
+def require_path(path) -> None:
+    """model.path written as a local path (./, /, ~, or with more than one '/') that is not there: a ModelLoadError
+    saying what to pass, before anything else (the tokenizer of a text task is read from it too)."""
+    if path is None:
+        raise ModelLoadError("model.path is not set: pass model.path=/local/dir holding the checkpoint (safetensors, "
+                             "config.json, tokenizer), or a hub id where a hub is reachable")
+    path = str(path)
     local = Path(os.path.expanduser(path))
     if not local.exists() and (path.startswith((".", "/", "~")) or os.sep in path.strip("/").split("/", 1)[-1]):
-        raise ModelLoadError(f"model.path={path!r}: no such directory")
+        raise ModelLoadError(f"model.path={path!r}: no such directory; pass model.path=/local/dir holding the "
+                             "checkpoint (safetensors, config.json, tokenizer)")
+
+
+def load_pretrained(path: str, dtype=None, trust_remote_code: bool = False) -> DiffusionGemmaForBlockDiffusion:
+    """Load weights from a local dir or hub id; a clear error when they are not there."""
+    require_path(path)
+    local = Path(os.path.expanduser(path))
     try:
         return DiffusionGemmaForBlockDiffusion.from_pretrained(
             str(local) if local.exists() else path, dtype=dtype, trust_remote_code=trust_remote_code,

@@ -23,7 +23,7 @@ class RunError(RuntimeError):
 
 def run_dir_for(name: str, resume) -> str:
     """Where a training run writes: a new outputs/<name>/<timestamp>, or (resume=RUN / resume=auto) the run
-    being continued; `auto` is the newest run under outputs/<name>/ with a valid checkpoint."""
+    being continued; `auto` is the newest unfinished run under outputs/<name>/ with a valid checkpoint."""
     import time
 
     from dgft.checkpoint import latest_valid
@@ -34,10 +34,23 @@ def run_dir_for(name: str, resume) -> str:
         if not (Path(str(resume)) / "config.yaml").is_file():
             raise RunError(f"resume={resume}: no such run (no {Path(str(resume)) / 'config.yaml'})")
         return str(resume)
-    runs = [p for p in sorted(Path("outputs", name).glob("20*")) if p.is_dir() and latest_valid(p) is not None]
+    runs = [p for p in sorted(Path("outputs", name).glob("20*")) if p.is_dir() and not _finished(p)
+            and latest_valid(p) is not None]
     if not runs:
-        raise RunError(f"resume=auto: no run with a valid checkpoint under outputs/{name}/")
+        raise RunError(f"resume=auto: no unfinished run with a valid checkpoint under outputs/{name}/ (a finished "
+                       f"one continues with resume=RUN trainer.max_steps=N)")
     return str(runs[-1])
+
+
+def _finished(run: Path) -> bool:
+    """A run that ended by itself (its summary says so: max_steps or its time limit), not one interrupted by a
+    signal or killed (no summary): resume=auto passes it over."""
+    import json
+
+    try:
+        return json.loads((run / "train_summary.json").read_text()).get("stopped_by") in (None, "time_limit")
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def load_config(run_dir: str | Path):
@@ -59,12 +72,19 @@ def checkpoint_dir(run_dir: Path, name: str) -> Path:
     valid manifest (`dgft eval checkpoint=...`, `dgft export checkpoint=...`)."""
     from dgft import checkpoint as ckpt
 
-    for path in (Path(name), run_dir / name, run_dir / "checkpoints" / name):
-        if path.is_dir():
-            if not ckpt.is_valid(path):
-                raise RunError(f"{path}: missing or invalid {ckpt.MANIFEST}; the checkpoint may be torn")
-            return path
-    raise RunError(f"checkpoint={name}: no such directory (also looked in {run_dir / 'checkpoints'})")
+    names = [str(name)]
+    number = str(name).removeprefix("step-")
+    if number.isdigit():  # step-1200 or 1200 for step-001200, the name checkpoints are saved under
+        names.append(f"step-{int(number):06d}")
+    for candidate in names:
+        for path in (Path(candidate), run_dir / candidate, run_dir / "checkpoints" / candidate):
+            if path.is_dir():
+                if not ckpt.is_valid(path):
+                    raise RunError(f"{path}: missing or invalid {ckpt.MANIFEST}; the checkpoint may be torn")
+                return path
+    kept = [c.name for c in ckpt.checkpoints(run_dir)]
+    raise RunError(f"checkpoint={name}: no such directory (also looked in {run_dir / 'checkpoints'}, which holds "
+                   + (", ".join(kept) if kept else "none") + "; a run keeps its last trainer.keep_last)")
 
 
 def load_model(run_dir: str | Path, cfg=None, checkpoint: str | Path | None = None, device="cpu"):

@@ -32,7 +32,7 @@ from dgft.ema import EMA
 from dgft.loss import denoising_loss, encoder_ar_loss, loss_weights
 from dgft.model import (attach_lora, attention_layout, build_tiny, copy_encoder_to_decoder_, count_parameters, denoise,
                         encode, forbid_answers, load_pretrained, load_quantized, prompt_logits, quantize_tiny_,
-                        torch_dtype, unwrap)
+                        require_path, torch_dtype, unwrap)
 from dgft.tasks import get_task
 
 
@@ -115,6 +115,8 @@ def train(cfg, run_dir: str | Path, overrides: Sequence[str] = ()) -> Path:
         torch.set_num_threads(cfg.trainer.num_threads)
     device = pick_device(cfg.device)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    if cfg.model.name != "tiny":
+        require_path(cfg.model.path)  # before the task reads a tokenizer from it
     task = get_task(cfg.task)
     tokenizer = task.build_tokenizer()
     tokenizer.save_pretrained(str(run_dir / "tokenizer"))

@@ -90,6 +90,22 @@ def test_a_checkpoints_results_keep_their_own_name_and_record_it(tmp_path):
     assert at["checkpoint"].endswith("step-000002") and at["seed"] == 5 and at["limit"] == 1
     assert at["baseline"] is False and "baseline_untrained_rules" not in at
     assert (run / "eval" / "heldout_step-000002_samples.jsonl").exists()
+    md = (run / "eval" / "heldout_step-000002.md").read_text()
+    assert "checkpoint " in md and "step-000002" in md and "seed 5" in md and "the first 1 " in md
+
+
+def test_checkpoints_by_number_and_runs_through_a_link(tmp_path, monkeypatch, capsys):
+    """`checkpoint=step-2` (or `2`) finds step-000002, a missing one lists those the run keeps; an evaluation
+    through the `latest` link records the run it reached, not the link (which moves with the next training)."""
+    run = tmp_path / "runs" / "2026-01-01_00-00-00"
+    _train(tmp_path, run)
+    assert checkpoint_dir(run, "step-2").name == checkpoint_dir(run, "2").name == "step-000002"
+    with pytest.raises(RunError, match=r"checkpoint=step-3: no such directory .*holds step-000002, step-000004"):
+        checkpoint_dir(run, "step-3")
+    assert (tmp_path / "runs" / "latest").is_symlink()  # made by `dgft train`
+    monkeypatch.chdir(tmp_path)
+    main(["eval", "runs/latest", "limit=1", "baseline=false", "plot=false", "sampler.modes=[rules]", "name=via"])
+    assert json.loads((run / "eval" / "via.json").read_text())["run"] == "runs/2026-01-01_00-00-00"
 
 
 # --- scores against the solution the answer heads for, and per group ---------------------------------------

@@ -156,6 +156,14 @@ def test_bad_override_names_the_key(tmp_path):
     assert out.returncode != 0 and "lrr" in out.stderr
     out = _run(_cmd(tmp_path, tmp_path / "r", "trainer.lr=-1"))
     assert out.returncode == 2 and "trainer.lr" in out.stderr
+    assert not (tmp_path / "r").exists()  # a refused run leaves no directory behind
+
+
+def test_a_missing_pretrained_path_is_named_before_its_tokenizer(tmp_path):
+    """recipe=sudoku_lora reads its tokenizer from model.path: a path that is not there is named as model.path."""
+    out = _run(_cmd(tmp_path, tmp_path / "r", "recipe=sudoku_lora", f"model.path={tmp_path / 'nowhere'}",
+                    "model.quantize=none", "trainer.optimizer=adamw", "device=cpu"))
+    assert out.returncode == 2 and f"model.path='{tmp_path / 'nowhere'}': no such directory; pass" in out.stderr
 
 
 def test_unwritable_output_dir_is_a_clear_error(tmp_path, monkeypatch, capsys):
@@ -285,6 +293,8 @@ def test_resume_auto_picks_the_newest_resumable_run(tmp_path):
     out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env={**os.environ, **env}, timeout=600)
     assert out.returncode == -signal.SIGKILL
     (run,) = [p for p in (tmp_path / "outputs" / "sudoku").iterdir() if p.is_dir() and not p.is_symlink()]
+    finished = tmp_path / "outputs" / "sudoku" / "2999-01-01_00-00-00"  # newer, but finished: passed over
+    assert _run(_cmd(tmp_path, finished, "trainer.max_steps=2")).returncode == 0
     out = subprocess.run(cmd + ["resume=auto"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert f"resumed from {run}" in out.stdout + out.stderr or "resumed from outputs" in out.stdout + out.stderr

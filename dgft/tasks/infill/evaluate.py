@@ -34,7 +34,7 @@ import numpy as np
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from dgft.evaluate import output_name, provenance
+from dgft.evaluate import output_name, provenance, provenance_line
 from dgft.runs import load_model, load_tokenizer
 from dgft.sampling import sample
 from dgft.tasks.infill import data as D
@@ -287,7 +287,7 @@ def markdown(name: str, result: dict) -> str:
         f"; the true middle compiles in {result['reference_compiles']:.0%}"
     rerank = "; `rerank`: the first sample whose window, or failing that its enclosing function, compiles" if any(
         k.endswith("/rerank") for k in result["rows"]) else ""
-    text = (f"### {name} ({result['n']} examples{note}; {result['data']})\n\n"
+    text = (f"### {name} ({result['n']} examples{note}; {result['data']})\n\n{provenance_line(result)}"
             f"length `model`: the model ends the middle with [EOS]; `oracle`: the true length is given. "
             f"{result['samples']} sample(s) per example at temperature {result['sampler'].get('temperature')}"
             f"{rerank}.\n\n"

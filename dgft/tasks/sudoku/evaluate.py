@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from dgft.config import ConfigError
-from dgft.evaluate import output_name, provenance
+from dgft.evaluate import output_name, provenance, provenance_line
 from dgft.metrics import SudokuAccuracy, aggregate, closest_solution, score_answer
 from dgft.runs import load_model
 from dgft.sampling import sample
@@ -207,4 +207,5 @@ def markdown(name: str, result: dict) -> str:
     if revised:
         rows += ["", "Acceptances the model took back per puzzle (sampler.revise): " + ", ".join(revised) + "."]
     skipped = f", {result['skipped_lines']} bad lines skipped" if result["skipped_lines"] else ""
-    return f"### {name} ({result['n']} puzzles{skipped}; {result['data']})\n\n" + "\n".join(rows) + "\n"
+    return (f"### {name} ({result['n']} puzzles{skipped}; {result['data']})\n\n{provenance_line(result)}"
+            + "\n".join(rows) + "\n")
