@@ -137,8 +137,6 @@ class ModelConfig:
     structured_init: bool = True  # tiny model: start task token embeddings from the task's structure
     structured_attention: bool = False  # tiny model, Sudoku cell tokens: start three heads per layer as row,
     # column and box lookups (SudokuTask.init_attention)
-    tie_encoder_decoder: bool = True  # tiny model: encoder and decoder share every weight, as DiffusionGemma's do;
-    # false: each has its own (twice the parameters, the same compute), the decoder's starting as copies of the encoder's
     lora: LoraConfig = field(default_factory=LoraConfig)
 
 
@@ -497,10 +495,6 @@ def _validate_model(get) -> None:
         raise ConfigError("noise.loss_weight=inv_t: only meaningful with noise.kind=mask")
     if get("model.name") == "diffusiongemma" and not get("model.path"):
         raise ConfigError("model.path: model=diffusiongemma needs a local directory or hub id of the weights")
-    if not get("model.tie_encoder_decoder") and (get("model.name") != "tiny" or get("model.finetune") != "full"):
-        raise ConfigError(f"model.tie_encoder_decoder=false: a tiny model trained in full only (model.name="
-                          f"{get('model.name')}, model.finetune={get('model.finetune')}); dgft's LoRA and export "
-                          "rely on the tie a pretrained DiffusionGemma has")
     if get("model.structured_attention") and get("model.name") != "tiny":
         raise ConfigError(f"model.structured_attention=true: sets the starting weights of a model built from a config "
                           f"(model=tiny or small); model.name={get('model.name')} keeps its pretrained weights")

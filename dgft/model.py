@@ -51,8 +51,7 @@ def tiny_config(mcfg, vocab_size: int) -> DiffusionGemmaConfig:
         pad_token_id=PAD, eos_token_id=EOS, bos_token_id=BOS,
     )
     return DiffusionGemmaConfig(text_config=text, vision_config=vision, canvas_length=mcfg.canvas_length,
-                                image_token_id=IMG, boi_token_id=BOI, eoi_token_id=EOI,
-                                tie_word_embeddings=bool(mcfg.get("tie_encoder_decoder", True)))
+                                image_token_id=IMG, boi_token_id=BOI, eoi_token_id=EOI)
 
 
 def build_tiny(mcfg, vocab_size: int, seed: int = 0) -> DiffusionGemmaForBlockDiffusion:
@@ -60,24 +59,6 @@ def build_tiny(mcfg, vocab_size: int, seed: int = 0) -> DiffusionGemmaForBlockDi
     model = DiffusionGemmaForBlockDiffusion(tiny_config(mcfg, vocab_size))
     model.generation_config = DiffusionGemmaGenerationConfig(bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD)
     return one_expert_path(model)
-
-
-def copy_encoder_to_decoder_(model) -> int:
-    """Start an untied model (`model.tie_encoder_decoder=false`) where the tied one starts: every decoder weight
-    that has an encoder twin (text layers, final norm, embeddings) copied from it, and the LM head from the
-    embeddings. -> tensors copied (0 for a tied model, whose twins are one tensor)."""
-    params = dict(model.named_parameters(remove_duplicate=False))
-    encoder = "model.encoder.language_model."
-    copied = 0
-    with torch.no_grad():
-        for name, param in params.items():
-            twin = (encoder + name[len("model.decoder."):] if name.startswith("model.decoder.") else
-                    encoder + "embed_tokens.weight" if name == "lm_head.weight" else None)
-            source = params.get(twin)
-            if source is not None and source is not param and source.shape == param.shape:
-                param.copy_(source)
-                copied += 1
-    return copied
 
 
 def attention_layout(model) -> dict:

@@ -30,9 +30,9 @@ from dgft import noise as N
 from dgft.config import validate
 from dgft.ema import EMA
 from dgft.loss import denoising_loss, encoder_ar_loss, loss_weights
-from dgft.model import (attach_lora, attention_layout, build_tiny, copy_encoder_to_decoder_, count_parameters, denoise,
-                        encode, forbid_answers, load_pretrained, load_quantized, prompt_logits, quantize_tiny_,
-                        require_path, torch_dtype, unwrap)
+from dgft.model import (attach_lora, attention_layout, build_tiny, count_parameters, denoise, encode, forbid_answers,
+                        load_pretrained, load_quantized, prompt_logits, quantize_tiny_, require_path, torch_dtype,
+                        unwrap)
 from dgft.tasks import get_task
 
 
@@ -280,8 +280,6 @@ def trainable_model(model, cfg, task, device, gen, base_dir=None):
             task.init_embeddings(model.get_input_embeddings().weight, model.config.initializer_range, gen)
         if cfg.model.get("structured_attention", False) and hasattr(task, "init_attention"):
             task.init_attention(attention_layout(model), model.get_input_embeddings().weight, gen)
-        if not cfg.model.get("tie_encoder_decoder", True):
-            copy_encoder_to_decoder_(model)
         if cfg.model.finetune == "lora" and base_dir is not None:
             model.save_pretrained(str(base_dir))
         if cfg.model.quantize == "nf4":
