@@ -1,7 +1,8 @@
 """The export recipe: a run -> a standalone model dir. `dgft export RUN` runs `export(cfg)`.
 
-RUN/export/ gets safetensors weights, config.json, generation_config.json, the run's tokenizer, its sampler
-settings with its noise and task settings (`dgft_sampler.json`) and `export.json` (source hashes, step, measured logit differences).
+RUN/export/ gets safetensors weights, config.json, generation_config.json, the run's tokenizer, its sampler,
+noise and task settings (`dgft_sampler.json`) and `export.json` (source hashes, step, measured logit differences,
+each exported file's size and sha256).
 A LoRA adapter is merged into its base (peft `merge_and_unload`, then the encoder re-tied to the merged
 decoder layers) and checked: merged logits must equal adapter logits on a fixed batch within `atol`, and the
 re-loaded export must give the same logits again. Everything runs in fp32. A LoRA run on a pretrained or a 4-bit

@@ -61,7 +61,8 @@ def load_config(run_dir: str | Path):
         cfg = OmegaConf.load(path)
     except Exception as err:  # yaml's parser errors carry the line
         raise RunError(f"{path}: not a readable config ({type(err).__name__}: {err})") from err
-    missing = [k for k in ("name", "task", "model", "noise", "sampler") if not isinstance(cfg, DictConfig) or k not in cfg]
+    missing = [k for k in ("name", "task", "model", "noise", "sampler")
+               if not isinstance(cfg, DictConfig) or k not in cfg]
     if missing:
         raise RunError(f"{path}: no {', '.join(missing)} key; is it a config written by `dgft train`?")
     return cfg
