@@ -66,8 +66,7 @@ def save(run_dir: Path, step: int, model, trainer_state: dict, extra: dict, keep
         save_weights(model, tmp)
         torch.save(trainer_state, tmp / TRAINER_STATE)
         (tmp / EXTRA).write_text(json.dumps(extra))
-        files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256(p)}
-                 for p in sorted(tmp.iterdir()) if p.is_file()}
+        files = file_records(tmp, [p for p in sorted(tmp.iterdir()) if p.is_file()])
         (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=1))  # written last
         _fsync_dir(tmp)
         if final.exists():  # the same step saved again: the old copy goes only once the new one is in place
@@ -101,15 +100,33 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def file_records(root: Path, files) -> dict[str, dict]:
+    """{path relative to root: {bytes, sha256}} of `files`: what a manifest (a checkpoint's, an export's) records."""
+    return {Path(p).relative_to(root).as_posix(): {"bytes": Path(p).stat().st_size, "sha256": sha256(Path(p))}
+            for p in files}
+
+
+def mismatch(root: Path, records: dict, verify_hashes: bool = True) -> str | None:
+    """None if every file `records` (file_records' form) lists is under `root` with its size and, with
+    `verify_hashes`, its sha256; else the first difference, in a few words. Sizes are checked first: a missing or
+    truncated file is found without hashing anything."""
+    for name, meta in records.items():
+        path = Path(root) / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != int(meta["bytes"]):
+            return f"{name} has {path.stat().st_size} bytes, the record says {meta['bytes']}"
+    if verify_hashes:
+        for name, meta in records.items():
+            if sha256(Path(root) / name) != meta["sha256"]:
+                return f"{name} changed since it was recorded (sha256 differs)"
+    return None
+
+
 def is_valid(ckpt: Path, verify_hashes: bool = True) -> bool:
     try:
-        manifest = json.loads((ckpt / MANIFEST).read_text())
-        for name, meta in manifest["files"].items():
-            p = ckpt / name
-            if p.stat().st_size != meta["bytes"] or (verify_hashes and sha256(p) != meta["sha256"]):
-                return False
-        return True
-    except (OSError, ValueError, KeyError, TypeError):
+        return mismatch(ckpt, json.loads((ckpt / MANIFEST).read_text())["files"], verify_hashes) is None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
 
 

@@ -330,29 +330,18 @@ def _stored_dtype(path: Path) -> torch.dtype:
 
 def output_hashes(out: Path) -> dict[str, dict]:
     """Size and sha256 of every file of the export (but RECORD_FILE), by path relative to `out`."""
-    files = sorted(p for p in out.rglob("*") if p.is_file() and p.relative_to(out) != Path(RECORD_FILE))
-    return {p.relative_to(out).as_posix(): {"bytes": p.stat().st_size, "sha256": ckpt.sha256(p)} for p in files}
+    return ckpt.file_records(out, sorted(p for p in out.rglob("*")
+                                         if p.is_file() and p.relative_to(out) != Path(RECORD_FILE)))
 
 
 def _check_outputs(out: Path) -> str | None:
     """None if every file export.json records is there with its size and sha256; else why not, in a few words."""
     try:
-        recorded = json.loads((out / RECORD_FILE).read_text())["outputs"]
-        items = [(str(name), int(v["bytes"]), str(v["sha256"])) for name, v in recorded.items()]
+        recorded = {str(name): {"bytes": int(v["bytes"]), "sha256": str(v["sha256"])}
+                    for name, v in json.loads((out / RECORD_FILE).read_text())["outputs"].items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return f"{RECORD_FILE} records no output files (an older or edited export)"
-    if not items:
-        return f"{RECORD_FILE} records no output files"
-    for name, size, digest in items:  # sizes first: a missing or truncated file is found without hashing
-        path = out / name
-        if not path.is_file():
-            return f"{name} is missing"
-        if path.stat().st_size != size:
-            return f"{name} has {path.stat().st_size} bytes, {RECORD_FILE} records {size}"
-    for name, _, digest in items:
-        if ckpt.sha256(out / name) != digest:
-            return f"{name} changed since the export (sha256 differs)"
-    return None
+    return ckpt.mismatch(out, recorded) if recorded else f"{RECORD_FILE} records no output files"
 
 
 def _remove_stale(out: Path) -> None:

@@ -34,7 +34,7 @@ def run_dir_for(name: str, resume) -> str:
         if not (Path(str(resume)) / "config.yaml").is_file():
             raise RunError(f"resume={resume}: no such run (no {Path(str(resume)) / 'config.yaml'})")
         return str(resume)
-    runs = [p for p in sorted(Path("outputs", name).glob("20*")) if p.is_dir() and not _finished(p)
+    runs = [p for p in sorted(Path("outputs", name).glob("20*")) if p.is_dir() and not _ended_by_itself(p)
             and latest_valid(p) is not None]
     if not runs:
         raise RunError(f"resume=auto: no unfinished run with a valid checkpoint under outputs/{name}/ (a finished "
@@ -42,7 +42,7 @@ def run_dir_for(name: str, resume) -> str:
     return str(runs[-1])
 
 
-def _finished(run: Path) -> bool:
+def _ended_by_itself(run: Path) -> bool:
     """A run that ended by itself (its summary says so: max_steps or its time limit), not one interrupted by a
     signal or killed (no summary): resume=auto passes it over."""
     import json

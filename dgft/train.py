@@ -165,10 +165,8 @@ def train(cfg, run_dir: str | Path, overrides: Sequence[str] = ()) -> Path:
     clock["start"] = t0
     bar = tqdm(total=cfg.trainer.max_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
     step = saved_step = start_step  # saved_step: the newest checkpoint's step
-    for step in range(start_step + 1, cfg.trainer.max_steps + 1):
-        if step == start_step + 1 and over_time():  # a resumed run whose time was already up trains no step
-            step = start_step
-            break
+    last = start_step if over_time() else cfg.trainer.max_steps  # a resumed run whose time is up trains no step
+    for step in range(start_step + 1, last + 1):
         micro = [_corrupt(next(batches), cfg, gen, vocab_size, task) for _ in range(cfg.trainer.grad_accum)]
         n_scored = sum(float(m["count"]) for m in micro) or 1.0
         loss_total = torch.zeros((), dtype=torch.float64, device=device)  # read back only when logged
