@@ -71,15 +71,21 @@ def pick_device(name: str) -> torch.device:
 def lr_lambda(tcfg, elapsed_s=lambda: 0.0):
     """Step -> learning-rate factor: linear warmup, then cosine from 1 to min_lr_ratio.
 
-    Progress is the share of max_steps done or, with a time limit, of the time used (`elapsed_s()`, seconds),
-    whichever is larger: a time-limited run reaches the floor when its time is up.
+    Progress is the share of the steps after warmup done or, with a time limit, of the time after warmup used
+    (`elapsed_s()`, seconds), whichever is larger: a time-limited run reaches the floor when its time is up. The
+    warmup's time is estimated as its share of the steps so far at an even pace, so the time-based progress starts
+    at 0 when warmup ends (it used to start at warmup's share of the limit, a jump in the rate) and needs no state
+    that a resumed run would lose.
     """
     def f(step: int) -> float:
         if step < tcfg.warmup_steps:
             return (step + 1) / tcfg.warmup_steps
         progress = (step - tcfg.warmup_steps) / max(1, tcfg.max_steps - tcfg.warmup_steps)
         if tcfg.time_limit_min:
-            progress = max(progress, elapsed_s() / (60 * tcfg.time_limit_min))
+            used = elapsed_s()
+            warmup = used * tcfg.warmup_steps / max(step, 1)
+            left = 60 * tcfg.time_limit_min - warmup
+            progress = max(progress, (used - warmup) / left if left > 0 else 1.0)
         progress = min(1.0, progress)
         return tcfg.min_lr_ratio + (1 - tcfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
     return f
@@ -404,6 +410,12 @@ def _loss(model, m: dict, cfg, gen, device, task=None):
                 forbid = task.rules_forbid(m) & rows[:, None, None]
                 sc_logits = forbid_answers(sc_logits, _to(m["choices"], device), _to(forbid, device))
     logits = denoise(model, cache, noisy, mask, sc_logits=sc_logits, sc_mask=sc_mask)
+    rules_loss_p = float(cfg.task.get("rules_loss_p", 0.0))
+    if rules_loss_p > 0:  # these examples are scored among the digits the rules leave, as `rules` sampling reads them
+        rows = (torch.ones(noisy.shape[0], dtype=torch.bool) if rules_loss_p >= 1  # no draw: the same noise stream
+                else torch.rand(noisy.shape[0], generator=gen) < rules_loss_p)
+        forbid = task.rules_forbid(m) & rows[:, None, None]
+        logits = forbid_answers(logits, _to(m["choices"], device), _to(forbid, device))
     weight = _to(m["weight"], device) if "weight" in m else None
     loss_sum, _ = denoising_loss(logits, _to(m["target"], device), _to(m["scored"], device), _to(m["hit"], device),
                                  cfg.noise.kind, _to(m["t"], device), cfg.noise.loss_weight, weight)
@@ -429,6 +441,8 @@ def _checkpoint(run_dir, step, model, opt, sched, batches, gen, cfg, elapsed_s: 
     """A resumable checkpoint: the trained weights (not the average), optimizer, schedule, RNGs, data, EMA."""
     state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state(),
              "gen_rng": gen.get_state(), **({"ema": ema.state_dict()} if ema else {})}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # e.g. LoRA dropout draws on the GPU
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
     extra = {"step": step, "data": _jsonable(batches.state_dict()), "python_rng": _jsonable(random.getstate()),
              "numpy_rng": _jsonable(np.random.get_state(legacy=False)), "elapsed_s": elapsed_s}
     ckpt.save(run_dir, step, model, state, extra, keep_last=cfg.trainer.keep_last)
@@ -548,6 +562,8 @@ def _restore(path: Path, model, opt, sched, batches, gen, cfg, ema=None) -> tupl
     if ema:
         ema.load_state_dict(state["ema"])
     torch.set_rng_state(state["torch_rng"])
+    if "cuda_rng" in state and torch.cuda.is_available() and torch.cuda.device_count() == len(state["cuda_rng"]):
+        torch.cuda.set_rng_state_all(state["cuda_rng"])  # another GPU count (or none): their draws start afresh
     gen.set_state(state["gen_rng"])
     extra = ckpt.load_extra(path)
     batches.load_state_dict(extra["data"])

@@ -223,3 +223,18 @@ def test_classic_mac_line_ends(tmp_path):
     path.write_bytes(f"{PUZZLE_4}\r{PUZZLE_4}\r".encode())
     records, skipped = read_puzzles(path)
     assert [r.source for r in records] == [f"{path}:1", f"{path}:2"] and not skipped
+
+
+@pytest.mark.parametrize("sep", ["\t", ";"])
+def test_tab_and_semicolon_separated_files(tmp_path, sep):
+    """A file whose first line has no comma but a tab (or a semicolon) is read with that separator, header or not;
+    a bad row still names its line."""
+    path = _write(tmp_path, f"id{sep}puzzle{sep}solution\na{sep}{PUZZLE_4}{sep}{SOLUTION_4}\n", "puzzles.tsv")
+    (record,), _ = read_puzzles(path)
+    assert to_string(record.puzzle) == PUZZLE_4 and to_string(record.solution) == SOLUTION_4
+    assert record.source == f"{path}:2"
+    path = _write(tmp_path, f"{PUZZLE_9}{sep}{SOLUTION_9}\n{PUZZLE_4}{sep}3142243142131325\n", "bare.tsv")
+    with pytest.raises(PuzzleFileError, match=r"bare\.tsv:2: "):
+        read_puzzles(path)
+    records, skipped = read_puzzles(path, on_error="skip")
+    assert [to_string(r.solution) for r in records] == [SOLUTION_9] and len(skipped) == 1

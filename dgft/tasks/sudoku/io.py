@@ -1,9 +1,10 @@
 """Reading and writing Sudoku puzzle files, with errors that name the file and line.
 
 Two formats are read. Plain text has one 16- or 81-character grid a line ('0' or '.' for blanks;
-blank lines and lines starting with '#' are ignored). CSV has a puzzle column and optionally a
-solution column, found by header name (an exact `puzzle`/`solution` before a name that merely contains one) or,
-without a header, by position; line 1 is a header when it has a column name and no grid:
+blank lines and lines starting with '#' are ignored). CSV (fields separated by commas or, when the first line has
+none, by tabs or semicolons) has a puzzle column and optionally a solution column, found by header name (an exact
+`puzzle`/`solution` before a name that merely contains one) or, without a header, by position; line 1 is a
+header when it has a column name and no grid:
 
     Puzzle,Solution                       <- line 1: header ('puzzle'/'quiz', 'solution' columns)
     3102200002100320,3142243142131324     <- line 2: a 4x4 record, source "file.csv:2"
@@ -115,10 +116,19 @@ def _data_lines(text: str) -> list[tuple[int, str]]:
     return [(number, line) for number, line in numbered if line and not line.startswith("#")]
 
 
-def _fields(line: str) -> list[str]:
+def _delimiter(first: str) -> str | None:
+    """The field separator a file's first data line uses: a comma, else a tab, else a semicolon; None: plain text
+    (a one-column CSV's header, a bare column name, is read with commas)."""
+    for delimiter in (",", "\t", ";"):
+        if delimiter in first:
+            return delimiter
+    return "," if _HEADER_FIELD.fullmatch(first) else None
+
+
+def _fields(line: str, delimiter: str = ",") -> list[str]:
     """The stripped fields of one CSV line; a line the csv module refuses is a ValueError saying why."""
     try:
-        return [field.strip() for field in next(csv.reader([line]))]
+        return [field.strip() for field in next(csv.reader([line], delimiter=delimiter))]
     except csv.Error as error:
         raise ValueError(f"not a CSV row: {error}") from None
 
@@ -176,12 +186,13 @@ def read_puzzles(
         raise PuzzleFileError(f"{name}: no puzzles in file")
 
     first = lines[0][1]
-    is_csv = "," in first or bool(_HEADER_FIELD.fullmatch(first))  # a one-column CSV still has a header
+    delimiter = _delimiter(first)
+    is_csv = delimiter is not None
     puzzle_column, solution_column = 0, (1 if is_csv else None)
     if is_csv:
         header_number = lines[0][0]
         try:
-            header = _fields(first)
+            header = _fields(first, delimiter)
         except ValueError:
             header = []  # not even a CSV row: a bad first record, reported (or skipped) below
         if _is_header(header):
@@ -193,7 +204,7 @@ def read_puzzles(
     for number, line in lines:
         where = f"{name}:{number}"
         try:
-            fields = _fields(line) if is_csv else [line]
+            fields = _fields(line, delimiter) if is_csv else [line]
             if len(fields) <= puzzle_column:
                 raise ValueError(f"row has {len(fields)} fields, the puzzle is in field {puzzle_column + 1}")
             has_solution = solution_column is not None and solution_column < len(fields)
