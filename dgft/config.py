@@ -53,8 +53,6 @@ class TaskConfig(TaskBase):
     corrupt_givens_p: float = 0.0  # share of examples whose given cells are also corrupted and scored
     sc_rules_p: float = 0.0  # share of self-conditioned examples whose first pass is fed back without the digits a
     # known peer holds (what sampler.self_conditioning_from=rules feeds in rules mode)
-    rules_loss_p: float = 0.0  # share of examples scored among the digits no shown peer holds (the loss's logits
-    # lose the others, as `rules` sampling's do); 0: over the whole vocabulary
     solver_order_p: float = 0.0  # share of examples whose corrupted cells are those a singles solver fills last,
     # so the clean ones are what it fills first (the states a sampler passes through); 0: uniform random cells
     wrong_known_p: float = 0.0  # share of examples in which one or two of the cells the model is shown as known hold
@@ -321,8 +319,7 @@ _MODES = {"sudoku": ("free", "clamped", "rules"), "infill": ("free", "clamped")}
 # per task: (choices, positive, fractions, non-negative) of its own keys
 _TASK_CHECKS = {
     "sudoku": ({"task.tokens": ("cell", "digit", "text")}, ["task.base_puzzles", "task.heldout_puzzles"],
-               ["task.corrupt_givens_p", "task.sc_rules_p", "task.rules_loss_p", "task.solver_order_p",
-                "task.wrong_known_p"], []),
+               ["task.corrupt_givens_p", "task.sc_rules_p", "task.solver_order_p", "task.wrong_known_p"], []),
     "infill": ({"task.prompt_format": ("auto", "fim", "chat")},
                ["task.max_file_bytes", "task.max_lines", "task.max_span_chars", "task.max_side_chars",
                 "task.prompt_tokens", "task.canvas_length", "task.vocab_size", "task.heldout_examples"],
@@ -438,9 +435,6 @@ def _validate_sudoku(get) -> None:
                           "answer is not laid out by cell); set sampler.views=1")
     if get("task.tokens") == "text" and get("task.sc_rules_p"):
         raise ConfigError("task.sc_rules_p: tokens=text lays the answer out as text; the rules need tokens=cell or "
-                          "tokens=digit")
-    if get("task.tokens") == "text" and get("task.rules_loss_p"):
-        raise ConfigError("task.rules_loss_p: tokens=text lays the answer out as text; the rules need tokens=cell or "
                           "tokens=digit")
     if get("task.tokens") == "text" and get("task.solver_order_p"):
         raise ConfigError("task.solver_order_p: tokens=text lays the answer out as text; a solving order needs "

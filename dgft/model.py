@@ -398,8 +398,7 @@ def denoise(model, cache, canvas, prompt_mask, sc_logits=None, sc_mask=None):
 
 
 def forbid_answers(logits, choices, forbid):
-    """Logits without some answers (a self-conditioning input, or the loss's logits with `task.rules_loss_p`):
-    logits (B, L, V), choices (L, K) each position's answer tokens,
+    """Self-conditioning input without some answers: logits (B, L, V), choices (L, K) each position's answer tokens,
     forbid (B, L, K) bool -> logits with the forbidden answers at -1e4 (no mass after the softmax the model's
     self-conditioning block takes). A position whose every answer is forbidden keeps its logits."""
     B, L, K = forbid.shape

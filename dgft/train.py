@@ -410,12 +410,6 @@ def _loss(model, m: dict, cfg, gen, device, task=None):
                 forbid = task.rules_forbid(m) & rows[:, None, None]
                 sc_logits = forbid_answers(sc_logits, _to(m["choices"], device), _to(forbid, device))
     logits = denoise(model, cache, noisy, mask, sc_logits=sc_logits, sc_mask=sc_mask)
-    rules_loss_p = float(cfg.task.get("rules_loss_p", 0.0))
-    if rules_loss_p > 0:  # these examples are scored among the digits the rules leave, as `rules` sampling reads them
-        rows = (torch.ones(noisy.shape[0], dtype=torch.bool) if rules_loss_p >= 1  # no draw: the same noise stream
-                else torch.rand(noisy.shape[0], generator=gen) < rules_loss_p)
-        forbid = task.rules_forbid(m) & rows[:, None, None]
-        logits = forbid_answers(logits, _to(m["choices"], device), _to(forbid, device))
     weight = _to(m["weight"], device) if "weight" in m else None
     loss_sum, _ = denoising_loss(logits, _to(m["target"], device), _to(m["scored"], device), _to(m["hit"], device),
                                  cfg.noise.kind, _to(m["t"], device), cfg.noise.loss_weight, weight)

@@ -90,7 +90,6 @@ def test_typos_and_bad_types_fail_at_composition(override):
     ("model.quantize=nf4", "model.quantize"), ("sampler.views=0", "sampler.views"),
     ("task.singles_weight=0", "task.singles_weight"), ("trainer.ema_decay=1.0", "trainer.ema_decay"),
     ("noise.t_power=0", "noise.t_power"), ("task.sc_rules_p=1.5", "task.sc_rules_p"),
-    ("task.rules_loss_p=-1", "task.rules_loss_p"),
     ("task.solver_order_p=-0.1", "task.solver_order_p"), ("task.wrong_known_p=2", "task.wrong_known_p"),
     ("sampler.revise=1.0", "sampler.revise"),
     ("sampler.self_conditioning_from=views", "sampler.self_conditioning_from"),
@@ -101,8 +100,8 @@ def test_range_checks_name_the_key(override, key):
         validate(cfg)
 
 
-@pytest.mark.parametrize("key", ["task.sc_rules_p=0.5", "task.rules_loss_p=0.5", "task.singles_weight=2",
-                                 "task.solver_order_p=0.5", "task.wrong_known_p=0.5"])
+@pytest.mark.parametrize("key", ["task.sc_rules_p=0.5", "task.singles_weight=2", "task.solver_order_p=0.5",
+                                 "task.wrong_known_p=0.5"])
 def test_cell_options_refuse_a_text_answer(key):
     """Options that read the answer cell by cell are errors with tokens=text, naming the key."""
     text = ["task.tokens=text", "task.tokenizer=/nowhere", "task.canvas_length=96", "model.canvas_length=96",

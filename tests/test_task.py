@@ -249,49 +249,6 @@ def test_sc_rules_p_feeds_the_first_pass_back_without_the_digits_a_shown_peer_ho
     assert float(fed[forbid].max()) < 1e-6 and float(fed[~forbid].min()) > 0
 
 
-def test_rules_loss_p_scores_among_the_digits_no_shown_peer_holds(monkeypatch):
-    """task.rules_loss_p=1: the loss is the cross-entropy over the logits without the digits a shown cell holds in the
-    same row, column or box (none of them the answer), so a forbidden digit gets no gradient; 0 leaves the loss as it
-    was, and a share below 1 scores only some examples that way."""
-    import dgft.train as T
-    from dgft.loss import token_cross_entropy
-    from dgft.model import build_tiny
-
-    task = SudokuTask(tiny_cfg().task)
-    rng = np.random.default_rng(5)
-    grids = [G.generate(9, givens=28, rng=rng, max_tries=1) for _ in range(4)]
-    batch = task.encode(np.stack([g[0] for g in grids]), np.stack([g[1] for g in grids]))
-    model = build_tiny(tiny_cfg().model, task.vocab_size, seed=0)
-    losses, graded, real = {}, [], T.denoise
-
-    def keep(*a, **k):
-        out = real(*a, **k)
-        out.retain_grad()
-        graded.append(out)
-        return out
-    monkeypatch.setattr(T, "denoise", keep)
-    for p in (0.0, 1.0, 0.5):
-        cfg = tiny_cfg(task={"rules_loss_p": p}, noise={"self_conditioning_p": 0.0, "known_in_prompt": True})
-        m = T._corrupt(batch, cfg, torch.Generator().manual_seed(0), task.vocab_size, task)
-        loss, _ = T._loss(model, m, cfg, torch.Generator().manual_seed(1), torch.device("cpu"), task)
-        loss.backward()
-        losses[p] = loss.item()
-    graded = dict(zip((0.0, 1.0, 0.5), graded))
-    forbid = task.rules_forbid(m)
-    choices = m["choices"][None].expand(4, 81, 9)
-    assert forbid.any() and not (forbid & (choices == m["target"][..., None])).any()
-    full = token_cross_entropy(graded[0.0].detach(), m["target"])
-    masked = token_cross_entropy(graded[0.0].detach().scatter(
-        2, choices, torch.gather(graded[0.0].detach(), 2, choices).masked_fill(forbid, -1e4)), m["target"])
-    scored = m["scored"].float()
-    assert losses[0.0] == pytest.approx(float((full * scored).sum()), rel=1e-5)
-    assert losses[1.0] == pytest.approx(float((masked * scored).sum()), rel=1e-5)
-    assert losses[1.0] < losses[0.0]
-    grad = torch.gather(graded[1.0].grad, 2, choices)
-    assert float(grad[forbid].abs().max()) == 0 and float(grad[~forbid].abs().max()) > 0
-    assert losses[1.0] < losses[0.5] < losses[0.0]  # some examples scored each way (seed 1 draws both)
-
-
 def test_self_conditioning_passes_chain_no_grad_passes_before_the_graded_one(monkeypatch):
     """noise.self_conditioning_passes=3: each batch runs 1 to 3 passes without gradient, each reading the one
     before, then the graded pass reads the last; every chain length occurs."""
