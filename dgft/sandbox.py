@@ -3,7 +3,8 @@
 Example: `run_program("print(1 + 1)")` -> Verdict(status="passed", stdout="2\\n", ...);
 `run_program("while True: pass", timeout_s=1)` -> Verdict(status="timeout", ...).
 
-Each program gets a fresh interpreter (`python -I -S -B`, minimal environment, stdin /dev/null) in a session
+Each program gets a fresh interpreter (isolated as `python -I -S -B`, but with a fixed string-hash seed so that a
+verdict does not change from run to run; minimal environment, stdin /dev/null) in a session
 and process group of its own and a fresh temporary directory, removed afterwards. The layers, and who
 enforces them (`Verdict.isolation` names those that held for a run):
 
@@ -17,7 +18,9 @@ enforces them (`Verdict.isolation` names those that held for a run):
   started), network namespace (no interface but a loopback that is down), IPC and UTS namespaces, and a
   mount namespace chrooted into a read-only tmpfs that holds only read-only binds of the interpreter's
   directories and /usr plus /dev/null, /dev/zero, /dev/urandom: the user's files are not there to read,
-  write or delete. Its directory is a private tmpfs of `disk_mb`. `no_new_privs` is set.
+  write or delete. Its directory is a private tmpfs of `disk_mb`. `no_new_privs` is set. In a user namespace
+  the program runs as its root with every capability dropped (the bounding set too), so it cannot chroot again
+  and climb out of the new root.
 - As root, by the kernel: a user id of its own (FIRST_UID + pid, owning nothing), under which
   RLIMIT_NPROC holds (root is exempt from it). Without namespaces this needs the interpreter's
   directories to be readable by others; a user namespace gets the same limit counted inside it.
@@ -101,11 +104,12 @@ def run_program(source: str, *, timeout_s: float = 3.0, memory_mb: int = 1024, f
         raise ValueError(f"isolation={isolation!r}: expected auto, namespaces or process")
     if isolation == "auto":
         isolation = "namespaces" if namespaces_available() else "process"
+    program = source.encode("utf-8", "surrogatepass")  # a lone surrogate: not UTF-8, so the program fails to compile
     tmp = tempfile.mkdtemp(prefix="dgft-sandbox-", dir=workroot)
     workdir, root = os.path.join(tmp, "work"), os.path.join(tmp, "root")
     os.mkdir(workdir)
     os.mkdir(root)
-    Path(workdir, "program.py").write_text(source, encoding="utf-8")
+    Path(workdir, "program.py").write_bytes(program)
     read_roots = interpreter_paths()
     own_uid = os.geteuid() == 0 and (isolation == "namespaces" or readable_by_others(read_roots))
     token = os.path.basename(tmp)  # on every sandbox process's command line, for the final sweep
@@ -228,12 +232,21 @@ def judge(returncode, status, out, err, timed_out, timeout_s, cpu_s) -> dict:
     elif last.startswith("MemoryError"):
         status_, detail = "oom", last
     elif returncode < 0:
-        status_, detail = "killed", f"signal {signal.Signals(-returncode).name}"
+        status_, detail = "killed", f"signal {signal_name(-returncode)}"
     elif returncode == 0:
         status_, detail = "failed", "exited with status 0 before its last line (os._exit or sys.exit)"
     else:
         status_, detail = "failed", last or f"exit status {returncode}"
     return {"status": status_, "returncode": returncode, "completed": completed, "detail": detail}
+
+
+def signal_name(number: int) -> str:
+    """SIGKILL for 9; SIGRTMIN+6 for a real-time signal, which `signal.Signals` does not name."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        rtmin = getattr(signal, "SIGRTMIN", None)
+        return f"SIGRTMIN+{number - rtmin}" if rtmin is not None and number > rtmin else f"signal number {number}"
 
 
 def verdict_isolation(status: str, guard: bool) -> str:
@@ -319,7 +332,10 @@ def remove_tree(path: str):
         try:
             os.chmod(os.path.dirname(target), 0o700)
             os.chmod(target, 0o700)
-            func(target)
+            if func in (os.open, os.scandir, os.listdir, os.lstat):  # a directory it could not open or list
+                shutil.rmtree(target, onerror=force)
+            else:
+                func(target)
         except OSError:
             pass
 

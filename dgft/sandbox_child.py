@@ -7,7 +7,9 @@ root this file is out of sight).
 Stage `boot` starts as the caller's user. With namespaces it enters new pid, mount, network, IPC and UTS
 namespaces (a user namespace too when not root) and forks the namespace's init, which builds a read-only
 root from the interpreter's directories plus a private tmpfs working directory, chroots into it and forks
-the process that execs stage `guard`; each parent reaps and exits as its child did. Without namespaces
+the process that execs stage `guard`; each parent reaps and exits as its child did. In a user namespace that
+process drops every capability first: as the namespace's root it could otherwise chroot again and climb out of the
+new root (`chroot` into a subdirectory, then `..`). Without namespaces
 `boot` chdirs and execs `guard` itself. Stage `guard` drops to the user id of its own (when started as
 root), sets the resource limits, installs the audit hook and runs `program.py`; after the program's last
 line it writes `completed` on the status pipe, so `os._exit(0)` halfway is not a pass.
@@ -23,7 +25,8 @@ import sys
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
 CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
-PR_SET_NO_NEW_PRIVS = 38
+PR_SET_NO_NEW_PRIVS, PR_CAPBSET_DROP = 38, 24
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
 SETUP_FAILED = 125  # exit status of a stage that could not set the sandbox up (the message is on the pipe)
 INSIDE_WORKDIR = "/sandbox"  # the program's directory as seen inside the namespaces
 
@@ -55,6 +58,8 @@ def boot(cfg):
         pid = os.fork()
         if pid:
             relay_exit(cfg, pid)
+        if cfg["uid"] is None:  # root of a user namespace (as root, guard takes a user id of its own instead)
+            drop_capabilities(libc)
         cfg["workdir"] = INSIDE_WORKDIR
         os.environ.update(HOME=INSIDE_WORKDIR, TMPDIR=INSIDE_WORKDIR)
         report(cfg, "isolation namespaces" + (" uid" if cfg["uid"] is not None else " userns"))
@@ -63,8 +68,12 @@ def boot(cfg):
         if cfg["uid"] is not None:
             os.chown(cfg["workdir"], cfg["uid"], cfg["uid"])
         report(cfg, "isolation process" + (" uid" if cfg["uid"] is not None else ""))
-    argv = [sys.executable, "-I", "-S", "-B", "-c", own_source, "guard", json.dumps(cfg)]
-    os.execv(sys.executable, argv)
+    # -s -S -B -P with no PYTHON* variable but a fixed hash seed: isolated as -I is, but every run iterates a set
+    # of strings in the same order, so a verdict does not change from run to run (-I would ignore the seed)
+    flags = ["-s", "-S", "-B"] + (["-P"] if sys.version_info >= (3, 11) else [])
+    argv = [sys.executable, *flags, "-c", own_source, "guard", json.dumps(cfg)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    os.execve(sys.executable, argv, {**env, "PYTHONHASHSEED": "0"})
 
 
 def load_libc(cfg):
@@ -90,6 +99,24 @@ def enter_namespaces(cfg, libc):
             with open(f"/proc/self/{name}", "w") as f:
                 f.write(text)
     libc("prctl", PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+
+
+def drop_capabilities(libc):
+    """Empty the bounding set (so an exec as uid 0 regains nothing), then the effective, permitted and inheritable
+    sets (the ambient set follows the permitted one)."""
+    import ctypes
+
+    for cap in range(64):  # up to the kernel's last capability: it refuses the first number past it (EINVAL)
+        if ctypes.CDLL(None, use_errno=True).prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            break
+
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+    libc("capset", ctypes.byref(Header(_LINUX_CAPABILITY_VERSION_3, 0)), (Data * 2)())
 
 
 def relay_exit(cfg, pid):
@@ -174,12 +201,18 @@ def guard(cfg):
         exec(compile(source, "program.py", "exec"), namespace)
     except MemoryError:
         namespace.clear()  # the traceback's frames would keep the program's allocations alive
-        os.write(2, f"MemoryError: memory limit of {cfg['memory_mb']} MB reached\n".encode())
+        try:
+            os.write(2, f"MemoryError: memory limit of {cfg['memory_mb']} MB reached\n".encode())
+        except OSError:
+            pass  # the program closed its stderr
         os._exit(1)
     except SystemExit:
         raise  # an explicit exit before the end: its status stands, but no `completed`
     except BaseException as e:
-        traceback.print_exception(type(e), e, e.__traceback__.tb_next)  # drop this frame
+        try:  # the program may have closed or replaced stderr: it failed all the same, and that is no set-up error
+            traceback.print_exception(type(e), e, e.__traceback__.tb_next)  # drop this frame
+        except BaseException:  # noqa: BLE001
+            pass
         flush()  # what it printed before failing comes back too
         os._exit(1)
     flush()

@@ -72,6 +72,10 @@ def test_reads_jsonl_and_gz_skipping_blank_lines(tmp_path):
     ([dict(PROBLEM, prompt=3)], r"p\.jsonl:1: 'prompt' must be a string, got int"),
     ([PROBLEM, "", PROBLEM], r"p\.jsonl:3: task_id 'test/0' already at .*p\.jsonl:1"),
     (["", "  "], r"p\.jsonl: no problems"),
+    ([PROBLEM, '{"task_id": ' + "9" * 5000 + "}"], r"p\.jsonl:2: bad JSON: ValueError"),
+    ([PROBLEM, "[" * 100_000], r"p\.jsonl:2: bad JSON: RecursionError"),
+    ([dict(PROBLEM, entry_point="")], r"p\.jsonl:1: entry_point '' is not a Python name"),
+    ([dict(PROBLEM, entry_point="f(1)")], r"p\.jsonl:1: entry_point 'f\(1\)' is not a Python name"),
 ])
 def test_bad_problem_files_name_file_and_line(tmp_path, lines, message):
     with pytest.raises(InfillFileError, match=message):
@@ -204,3 +208,12 @@ def test_canonical_solutions_pass_and_empty_middles_fail():
     result = evaluate_samples(problems, canonical + empty, ks=(1, 2))
     assert [r["passed"] for r in result["results"]] == [True] * 5 + [False] * 5
     assert result["pass@1"] == pytest.approx(0.5) and result["pass@2"] == 1.0
+
+
+def test_a_problem_file_missing_a_key_on_its_first_line_is_named_as_one(tmp_path):
+    """The first record names the format by its task_id: a missing `test` is named, not the held-out file's keys."""
+    from dgft.tasks.infill.evaluate import read_examples
+
+    row = {k: v for k, v in PROBLEM.items() if k != "test"}
+    with pytest.raises(InfillFileError, match=r"h\.jsonl:1: missing key 'test'$"):
+        read_examples(write(tmp_path / "h.jsonl", [row, PROBLEM]))

@@ -9,7 +9,10 @@ is safe to try, with the kernel layers alone (`kernel`: namespaces, no hook).
 
 import os
 import socket
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -137,6 +140,104 @@ def test_huge_allocation_is_out_of_memory(box, mode):
     v = box("chunks = []\nwhile True:\n    chunks.append(bytearray(10**7))", memory_mb=256)
     assert v.status == "oom" and "256 MB" in v.detail
 
+
+@modes("full", "hook", "kernel")
+def test_chroot_cannot_climb_out_of_the_new_root(box, mode):
+    """chroot into a subdirectory, then `..` past its root, then chroot there: refused (no capability, or no
+    root user). The unprivileged case, a user namespace's root, is `test_an_unprivileged_user_cannot_chroot_out`."""
+    v = box("import os\nos.mkdir('x')\nos.chroot('x')\nfor _ in range(64):\n    os.chdir('..')\n"
+            "os.chroot('.')\nprint(open({canary!r}).read())")
+    assert v.status == "failed" and "keep me" not in v.stdout
+
+
+@modes("full", "hook", "kernel")
+def test_a_real_time_signal_is_a_kill_not_a_crash(box, mode):
+    v = box("import os, signal\nos.kill(os.getpid(), signal.SIGRTMIN + 6)")
+    assert v.status == "killed" and v.detail == "signal SIGRTMIN+6"
+
+
+@modes("full", "hook")
+def test_a_program_that_closes_stderr_and_fails_is_a_failure(box, mode):
+    """Its traceback cannot be printed; that is the program's doing, not a set-up failure."""
+    for source in ("import sys\nsys.stderr.close()\nassert 1 == 2", "import sys\nsys.stderr = 1\nassert 1 == 2",
+                   "import os\nos.close(2)\nraise ValueError('x')"):
+        v = box(source)
+        assert v.status == "failed" and not v.completed, (source, v)
+
+
+@modes("full", "hook")
+def test_string_hashes_are_the_same_on_every_run(box, mode):
+    """Set order of strings does not change a verdict from run to run (a fixed hash seed, which -I would ignore)."""
+    source = "print(hash('apple'), list({{'apple', 'pear', 'fig', 'kiwi', 'plum'}}))"
+    outputs = {box(source).stdout for _ in range(4)}
+    assert len(outputs) == 1
+
+
+def test_a_source_that_is_not_utf8_fails_and_leaves_nothing(tmp_path):
+    v = run_program('x = "\ud800"', workroot=str(tmp_path))
+    assert v.status == "failed" and "SyntaxError" in v.detail
+    assert list(tmp_path.iterdir()) == []
+
+
+def _unprivileged(driver: str) -> subprocess.CompletedProcess | None:
+    """Run `driver` (Python, standard library only) as a user that is not root, with `dgft.sandbox` importable as
+    `sandbox`; None where that cannot be arranged (root, but no interpreter that user may run)."""
+    import shutil
+    import tempfile
+
+    import dgft.sandbox as S
+
+    if os.geteuid() != 0:
+        return subprocess.run([sys.executable, "-c", f"import dgft.sandbox as sandbox\n{driver}"],
+                              capture_output=True, text=True, timeout=120)
+    nobody = {"user": 65534, "group": 65534, "extra_groups": []}
+
+    def runs(python):
+        try:
+            return subprocess.run([python, "-c", "pass"], capture_output=True, cwd="/", **nobody).returncode == 0
+        except OSError:  # e.g. an interpreter under /root
+            return False
+    python = next((p for p in (sys.executable, "/usr/bin/python3") if runs(p)), None)
+    if python is None:
+        return None
+    folder = tempfile.mkdtemp(prefix="dgft-unprivileged-")
+    try:
+        os.chmod(folder, 0o777)
+        for f in (S.CHILD_PATH, Path(S.__file__)):
+            shutil.copy(f, folder)
+        return subprocess.run([python, "-c", f"import sys\nsys.path.insert(0, {folder!r})\nimport sandbox\n{driver}"],
+                              capture_output=True, text=True, timeout=120, cwd=folder, **nobody)
+    finally:
+        shutil.rmtree(folder)
+
+
+@needs_ns
+def test_an_unprivileged_user_cannot_chroot_out(tmp_path):
+    """A user who is not root gets a user namespace whose root could chroot again and climb out of the sandbox's
+    root; the capabilities are dropped before the program starts, so it cannot."""
+    out = _unprivileged(
+        "program = ('import os\\nos.mkdir(\"x\")\\nos.chroot(\"x\")\\nfor _ in range(64):\\n    os.chdir(\"..\")\\n'\n"
+        "           'os.chroot(\".\")\\nprint(sorted(os.listdir(\"/\")))')\n"
+        "v = sandbox.run_program(program, isolation='namespaces', guard=False)\n"
+        "print(v.status, v.isolation, '|', v.stdout.strip(), '|', v.detail)")
+    if out is None:
+        pytest.skip("no interpreter an unprivileged user may run")
+    if "set-up failed" in out.stdout:
+        pytest.skip(f"no user namespace for an unprivileged user here: {out.stdout.strip()}")
+    assert out.returncode == 0, out.stderr
+    status, isolation = out.stdout.split()[:2]
+    assert status == "failed" and isolation == "namespaces" and "PermissionError" in out.stdout, out.stdout
+
+
+def test_a_directory_left_unreadable_is_removed():
+    """A program that makes a directory unreadable and unlistable (as a user root's permissions do not bypass)."""
+    out = _unprivileged(
+        "import os, tempfile\nroot = tempfile.mkdtemp()\nos.makedirs(root + '/a/b')\n"
+        "open(root + '/a/b/f', 'w').close()\nos.chmod(root + '/a', 0)\nsandbox.remove_tree(root)\n"
+        "print(os.path.exists(root))")
+    if out is None:
+        pytest.skip("no interpreter an unprivileged user may run")
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr[-2000:]
 
 @modes("full", "hook", "kernel")
 def test_writing_outside_fails(box, mode):

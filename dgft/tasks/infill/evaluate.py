@@ -105,7 +105,8 @@ def evaluate_run(cfg, run: Path, run_cfg, scfg, device) -> dict:
 def read_examples(path: Path) -> tuple[list[dict], dict | None]:
     """(examples, HumanEval problems or None) from a HumanEval-Infilling file or a file of held-out examples.
 
-    The first record decides: one with HumanEval's keys makes the file a problem file. Held-out examples are
+    The first record decides: one with a `task_id` or an `entry_point` makes the file a problem file (then every
+    key HumanEval's problems have is required, so a missing one is named as such). Held-out examples are
     taken in turn from each kind (the split lists them kind by kind), so `limit=N` covers every kind. Bad lines
     stop with `file:line: problem` (InfillFileError).
     """
@@ -114,7 +115,7 @@ def read_examples(path: Path) -> tuple[list[dict], dict | None]:
     records.close()
     if first is None:
         raise H.InfillFileError(f"{path}: no examples")
-    if all(k in first[1] for k in H.PROBLEM_KEYS):
+    if "task_id" in first[1] or "entry_point" in first[1]:
         problems = H.read_problems(path)
         kind = next((k for marker, k in FILE_KINDS.items() if marker in Path(path).name), "humaneval")
         return [{**e, "id": e["path"]} for e in D.humaneval_examples(problems, kind)], problems

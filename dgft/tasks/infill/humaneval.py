@@ -69,6 +69,8 @@ def read_problems(path: str | Path) -> dict[str, Problem]:
         if record["task_id"] in problems:
             raise InfillFileError(f"{where}: task_id {record['task_id']!r} already at "
                                   f"{problems[record['task_id']].source}")
+        if not record["entry_point"].isidentifier():  # the test calls check(entry_point)
+            raise InfillFileError(f"{where}: entry_point {record['entry_point']!r} is not a Python name")
         problems[record["task_id"]] = Problem(**{k: record[k] for k in PROBLEM_KEYS}, source=where)
     if not problems:
         raise InfillFileError(f"{path}: no problems")
@@ -106,6 +108,8 @@ def _records(path, keys):
                     record = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise InfillFileError(f"{where}: bad JSON: {e.msg} at column {e.colno}") from None
+                except (ValueError, RecursionError) as e:  # an integer of over 4300 digits, nesting too deep
+                    raise InfillFileError(f"{where}: bad JSON: {type(e).__name__}: {str(e)[:120]}") from None
                 if not isinstance(record, dict):
                     raise InfillFileError(f"{where}: expected a JSON object, got {type(record).__name__}")
                 missing = [k for k in keys if k not in record]
