@@ -1,6 +1,7 @@
 """Infilling data: span round-trip and bounds, module split, dedup, skipped files, errors, tokenizer, tensors."""
 
 import ast
+import dataclasses
 import re
 from pathlib import Path
 
@@ -177,6 +178,9 @@ def test_window_is_capped_and_deterministic(tree):
     again = C.sample_span(f, fn, "line", np.random.default_rng(0), context_chars=10_000, max_side_chars=30)
     assert again == capped
     assert C.examples(files, seed=1) == C.examples(files, seed=1) != C.examples(files, seed=2)
+    moved = [dataclasses.replace(f, path="/elsewhere/" + Path(f.path).name) for f in files]  # the same corpus, moved
+    assert [{k: v for k, v in e.items() if k != "path"} for e in C.examples(moved, seed=1)] == \
+        [{k: v for k, v in e.items() if k != "path"} for e in C.examples(files, seed=1)]
 
 
 # --- reading, dedup, skips, errors ----------------------------------------------------------------

@@ -421,10 +421,13 @@ def window(file: SourceFile, fn: Function, a: int, b: int, context_chars: int, m
 
 
 def examples(files: list[SourceFile], seed: int, kinds=KINDS, **span_kw) -> list[dict]:
-    """One example per (function, kind), each drawn with its own seeded generator (order-independent)."""
+    """One example per (function, kind), each drawn with its own seeded generator (order-independent).
+
+    A file's generator is keyed by its module name, not its path, so a corpus gives the same examples wherever it
+    lies (a pyenv's stdlib and a system one, two checkouts)."""
     out = []
     for f in files:
-        tag = int(hashlib.sha1(f.path.encode("utf-8", "surrogatepass")).hexdigest()[:8], 16)
+        tag = int(hashlib.sha1(f.module.encode("utf-8", "surrogatepass")).hexdigest()[:8], 16)
         for i, fn in enumerate(f.functions):
             for k, kind in enumerate(kinds):
                 ex = sample_span(f, fn, kind, np.random.default_rng([seed, tag, i, KINDS.index(kind)]), **span_kw)

@@ -32,7 +32,7 @@ from dgft.config import ConfigError
 from dgft.tasks.infill import corpus as C
 from dgft.tasks.infill.task import setting
 
-CORPUS_VERSION = 1
+CORPUS_VERSION = 2  # 2: held-out spans keyed by module name, not path (session 23)
 EXAMPLE_KEYS = ("module", "path", "function", "kind", "prefix", "middle", "suffix")
 SPAN_KEYS = ("max_lines", "max_span_chars", "context_chars", "max_side_chars")
 
