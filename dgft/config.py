@@ -249,6 +249,7 @@ class EvalRecipe:
     limit: int = 0  # evaluate only the first N puzzles (0: all)
     baseline: bool = True  # also run the sampler with the run's model before training (Sudoku, rules mode)
     checkpoint: Optional[str] = None  # evaluate this checkpoint (a dir, or step-N of the run), not the final weights
+    overwrite: bool = False  # replace RUN/eval/<name>.* made with other settings (without: refused, naming them)
     seed: int = 0
     device: str = "auto"
     plot: bool = True  # write a PNG of one puzzle being denoised (Sudoku)

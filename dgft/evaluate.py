@@ -49,6 +49,45 @@ def output_name(cfg, default: str) -> str:
     return f"{default}_{Path(cfg.checkpoint).name}" if cfg.checkpoint else default
 
 
+def claim_output(out_dir: Path, name: str, settings: dict, overwrite: bool) -> None:
+    """Refuse to replace RUN/eval/<name>.json when it holds an evaluation made with other `settings` (data, weights,
+    seed, limit, sampler, ...): a ConfigError naming what differs. The same settings again (a re-run) replace it, as
+    `overwrite=true` replaces any; an unreadable result is replaced."""
+    import json
+
+    old = out_dir / f"{name}.json"
+    if overwrite or not old.exists():
+        return
+    try:
+        before = json.loads(old.read_text())
+    except (OSError, ValueError):
+        return
+    now = json.loads(json.dumps(settings))  # as it will read back (tuples as lists)
+    diff = []
+    for key, value in now.items():
+        was = before.get(key)
+        if isinstance(value, dict) and isinstance(was, dict):
+            diff += [f"{key}.{k} {was.get(k)!r} -> {value.get(k)!r}" for k in sorted(set(value) | set(was))
+                     if was.get(k) != value.get(k)]
+        elif was != value:
+            diff.append(f"{key} {was!r} -> {value!r}")
+    if diff:
+        raise ConfigError(f"{old} holds an evaluation with other settings ({'; '.join(diff[:4])}"
+                          f"{'; ...' if len(diff) > 4 else ''}): name=OTHER keeps both, overwrite=true replaces it")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write a result file whole or not at all (a temporary beside it, then renamed over it)."""
+    import os
+
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def real_run_dir(run: Path) -> Path:
     """The run a path names, links followed (`outputs/sudoku/latest` moves on with the next training; what an
     evaluation records must not): relative to the working directory when inside it, else absolute."""
@@ -67,7 +106,8 @@ def provenance_line(result: dict) -> str:
     """One line of an evaluation's .md saying which run and weights, which sampler settings, which seed and limit."""
     s = result.get("sampler", {})
     weights = f"checkpoint {result['checkpoint']}" if result.get("checkpoint") else "the run's final weights"
-    keys = [k for k in ("steps", "acceptance", "views", "passes", "temperature") if k in s]
+    keys = [k for k in ("steps", "acceptance", "views", "passes", "temperature", "reprompt", "fill_forced", "revise",
+                        "self_conditioning_from") if k in s]
     return (f"Run {result.get('run')}, {weights}; sampler " + ", ".join(f"{k}={s[k]}" for k in keys)
             + f"; seed {result.get('seed')}; " + (f"the first {result['limit']}" if result.get("limit") else "all")
             + " of the file.\n\n")
@@ -113,10 +153,11 @@ def check_options(cfg, run_cfg, scfg) -> None:
                           "same; set sampler.temperature > 0")
 
 
-def untrained_model(run_cfg, run: Path, device):
+def untrained_model(run_cfg, run: Path, device, dtype=None):
     """The run's model before training: a LoRA run's frozen base (a tiny run's is saved in RUN/base), or, for the
     tiny model trained in full, its initial weights built again as training built them (the run's seed, the
-    structured embedding and attention starts the config asks for)."""
+    structured embedding and attention starts the config asks for). `dtype`: the trained model's, so that the
+    comparison is of weights, not precision (a 4-bit base stays as it is)."""
     import torch
 
     from dgft.runs import load_base
@@ -127,4 +168,4 @@ def untrained_model(run_cfg, run: Path, device):
         return trainable_model(None, run_cfg, get_task(run_cfg.task), device, gen).eval()
     if run_cfg.model.get("quantize", "none") == "nf4":
         return load_base(run, run_cfg, device=device).eval()
-    return load_base(run, run_cfg).to(device).eval()
+    return load_base(run, run_cfg).to(device, dtype=dtype).eval()

@@ -70,6 +70,16 @@ def test_train_eval_export(tmp_path, finetune, capsys):
         if mode != "free":  # pinned givens are in every answer
             assert all(a == p for x in mine for a, p in zip(x["answer"], x["puzzle"]) if p != "0")
 
+    if finetune == "full":  # other settings under the same name: refused, naming them, until overwrite=true
+        with pytest.raises(SystemExit) as err:
+            main(["eval", str(run), "limit=2", "baseline=false", "plot=false"])
+        assert err.value.code == 2 and "limit 4 -> 2" in capsys.readouterr().err
+        assert json.loads((run / "eval" / "heldout.json").read_text())["n"] == 4
+        main(["eval", str(run), "limit=2", "baseline=false", "plot=false", "overwrite=true"])
+        assert json.loads((run / "eval" / "heldout.json").read_text())["n"] == 2
+        assert not (run / "eval" / "heldout_denoising.png").exists()  # the replaced evaluation's picture
+        assert not list((run / "eval").glob(".*tmp*"))
+
     # the rules answers hold digits: a cell is left empty where the rules leave it none, or where the steps ran out
     # with it still open (a peer took its digit on the last step)
     sampler_steps = OmegaConf.load(run / "config.yaml").sampler.steps

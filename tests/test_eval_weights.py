@@ -44,6 +44,19 @@ def test_untrained_baseline_is_the_runs_starting_model(tmp_path):
     assert untrained_model(cfg, run, "cpu").state_dict().keys() == start.keys()  # the LoRA run: its base
 
 
+def test_a_pretrained_runs_baseline_takes_the_trained_models_dtype(monkeypatch, cfg):
+    """A pretrained base loads in bf16; a run fine-tuned in fp32 is compared with that base in fp32, so the
+    baseline differs by its weights, not by its precision."""
+    import dgft.runs
+    from dgft.evaluate import untrained_model
+    from dgft.model import build_tiny
+
+    monkeypatch.setattr(dgft.runs, "load_base", lambda run, run_cfg, **kw: build_tiny(cfg.model, 64).to(torch.bfloat16))
+    pretrained = OmegaConf.merge(cfg, {"model": {"name": "diffusiongemma", "finetune": "full", "quantize": "none"}})
+    assert next(untrained_model(pretrained, "run", "cpu").parameters()).dtype == torch.bfloat16
+    assert next(untrained_model(pretrained, "run", "cpu", dtype=torch.float32).parameters()).dtype == torch.float32
+
+
 @pytest.mark.parametrize("finetune", ["full", "lora"])
 def test_a_checkpoint_of_an_averaging_run_is_evaluated_as_its_average(tmp_path, finetune):
     """The last checkpoint is written at the last step, so its average is the run's saved model."""
@@ -196,3 +209,24 @@ def test_puzzles_of_a_size_the_run_did_not_train_on_are_refused(tmp_path):
     check_sizes(recs, [9, 4], data)
     check_sizes(recs[:1], [9], data)
     check_sizes(recs, None, data)  # a config saved before task.sizes existed
+
+
+def test_a_result_names_its_settings_and_is_not_replaced_by_other_ones(tmp_path):
+    """The .md names the sampler settings that change results; RUN/eval/<name>.json made with other settings is
+    not replaced unless asked (the same settings again are a re-run and replace it), and the refusal names them."""
+    from dgft.config import ConfigError
+    from dgft.evaluate import claim_output, provenance_line, write_atomic
+
+    sampler = {"steps": 8, "views": 16, "fill_forced": True, "revise": 0.0, "reprompt": True}
+    line = provenance_line({"run": "r", "sampler": sampler, "seed": 0, "limit": 0})
+    assert all(f"{k}={v}" in line for k, v in sampler.items())
+    settings = {"data": "p.csv", "seed": 0, "limit": 0, "sampler": sampler}
+    write_atomic(tmp_path / "p.json", json.dumps(settings))
+    claim_output(tmp_path, "p", settings, overwrite=False)  # a re-run
+    claim_output(tmp_path, "q", {**settings, "seed": 1}, overwrite=False)  # another name
+    other = {**settings, "limit": 5, "sampler": {**sampler, "fill_forced": False}}
+    with pytest.raises(ConfigError, match=r"p\.json holds an evaluation with other settings \(limit 0 -> 5; "
+                                          r"sampler\.fill_forced True -> False\): name=OTHER keeps both"):
+        claim_output(tmp_path, "p", other, overwrite=False)
+    claim_output(tmp_path, "p", other, overwrite=True)
+    assert [f.name for f in tmp_path.iterdir()] == ["p.json"]  # no temporary left

@@ -91,6 +91,19 @@ def test_sampling_keeps_structure_and_givens_and_rules(mode):
                 assert len(vals) == len(set(vals))
 
 
+def test_an_answer_whose_structure_was_overwritten_is_not_well_formed():
+    """`free` pins nothing, so the model may overwrite a newline or the end of turn: such an answer is no grid, and
+    the evaluation scores it as all blank whatever its cell positions hold."""
+    t = task(sizes=(4,), canvas=24)
+    p, s = puzzles(n=4, count=2, seed=1)
+    canvas = t.encode(p, s)["target"].clone()
+    assert t.well_formed(canvas, 4).tolist() == [True, True]
+    structure = [i for i in range(24) if i not in set(t.layout(4)["cells"].tolist())]
+    canvas[1, structure[0]] = t.layout(4)["digits"][0]  # a digit where a newline belongs
+    assert t.well_formed(canvas, 4).tolist() == [True, False]
+    assert (t.decode(canvas, 4)[1] > 0).all()  # its cells still read as a full grid: decode alone would score it
+
+
 def test_text_task_trains_and_evaluates_through_the_cli(tmp_path):
     """task.tokens=text end to end with a locally built chat tokenizer (the pretrained path, minus the weights)."""
     import json

@@ -34,7 +34,7 @@ import numpy as np
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from dgft.evaluate import output_name, provenance, provenance_line
+from dgft.evaluate import claim_output, output_name, provenance, provenance_line, write_atomic
 from dgft.runs import load_model, load_tokenizer
 from dgft.sampling import sample
 from dgft.tasks.infill import data as D
@@ -63,8 +63,11 @@ def evaluate_run(cfg, run: Path, run_cfg, scfg, device) -> dict:
     if too_long:
         tqdm.write(f"left out {sum(too_long.values())} middles longer than the canvas ({task.canvas_length} tokens "
                    f"with [EOS]): " + ", ".join(f"{k} {n}" for k, n in sorted(too_long.items())))
-    model = load_model(run, run_cfg, checkpoint=cfg.checkpoint, device=device)
     out_dir = run / "eval"
+    settings = {"data": str(data), **provenance(cfg), "samples": cfg.samples, "rerank": bool(cfg.rerank),
+                "sampler": OmegaConf.to_container(scfg)}
+    claim_output(out_dir, name, settings, cfg.overwrite)
+    model = load_model(run, run_cfg, checkpoint=cfg.checkpoint, device=device)
     out_dir.mkdir(exist_ok=True)
 
     # --- sample every mode with both lengths, then score (tests in the sandbox) --------------------
@@ -77,10 +80,9 @@ def evaluate_run(cfg, run: Path, run_cfg, scfg, device) -> dict:
     compiled = {key: [[compiles(e, m) for m in ms] for e, ms in zip(examples, rows)] for key, rows in written.items()}
     verdicts, sandbox = run_tests(problems, examples, written, cfg.workers) if problems else (None, None)
 
-    result = {"run": str(run), "data": str(data), **provenance(cfg), "n": len(examples), "too_long": dict(too_long),
+    result = {"run": str(run), **settings, "n": len(examples), "too_long": dict(too_long),
               "reference_compiles": float(np.mean([compiles(e, e["middle"]) for e in examples])) if examples else 0.0,
-              "samples": cfg.samples, "sampler": OmegaConf.to_container(scfg), "device": str(device),
-              "humaneval": problems is not None, "sandbox": sandbox, "rows": {}}
+              "device": str(device), "humaneval": problems is not None, "sandbox": sandbox, "rows": {}}
     picks = {}
     for key in written:
         passed = _lookup(verdicts, examples, written[key])
@@ -94,9 +96,12 @@ def evaluate_run(cfg, run: Path, run_cfg, scfg, device) -> dict:
                                    **stats[key], "by_kind": by_kind(examples, middles, comp, ok, too_long)}
 
     # --- write ------------------------------------------------------------------------------------
-    (out_dir / f"{name}.json").write_text(json.dumps(result, indent=1))
-    (out_dir / f"{name}.md").write_text(markdown(name, result))
-    write_samples(out_dir / f"{name}_samples.jsonl", examples, written, compiled, verdicts, picks)
+    samples = out_dir / f"{name}_samples.jsonl"  # each file whole; the .json, which names the settings, last
+    tmp = samples.with_name(f".{samples.name}.tmp")
+    write_samples(tmp, examples, written, compiled, verdicts, picks)
+    tmp.replace(samples)
+    write_atomic(out_dir / f"{name}.md", markdown(name, result))
+    write_atomic(out_dir / f"{name}.json", json.dumps(result, indent=1))
     print(markdown(name, result))
     return result
 

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from dgft.config import ConfigError
-from dgft.evaluate import output_name, provenance, provenance_line
+from dgft.evaluate import claim_output, output_name, provenance, provenance_line, write_atomic
 from dgft.metrics import SudokuAccuracy, aggregate, closest_solution, score_answer
 from dgft.runs import load_model
 from dgft.sampling import sample
@@ -41,14 +41,17 @@ def evaluate_run(cfg, run: Path, run_cfg, scfg, device) -> dict:
     if cfg.limit:
         recs = recs[: cfg.limit]
     check_sizes(recs, run_cfg.task.get("sizes"), data)
-    model = load_model(run, run_cfg, checkpoint=cfg.checkpoint, device=device)
     out_dir = run / "eval"
+    settings = {"data": str(data), **provenance(cfg), "baseline": bool(cfg.baseline),
+                "sampler": OmegaConf.to_container(scfg)}
+    claim_output(out_dir, name, settings, cfg.overwrite)
+    model = load_model(run, run_cfg, checkpoint=cfg.checkpoint, device=device)
     out_dir.mkdir(exist_ok=True)
 
     # --- sample every mode, then the untrained baseline --------------------------------------------
-    result = {"run": str(run), "data": str(data), **provenance(cfg), "n": len(recs), "skipped_lines": len(skipped),
-              "baseline": bool(cfg.baseline), "sampler": OmegaConf.to_container(scfg), "device": str(device),
+    result = {"run": str(run), **settings, "n": len(recs), "skipped_lines": len(skipped), "device": str(device),
               "modes": {}}
+    warm_up(model, task, recs, scfg, run_cfg, cfg.seed)
     picture = None
     kinds = difficulty(recs)
     rows = {}  # row name -> (answers, stats)
@@ -59,22 +62,26 @@ def evaluate_run(cfg, run: Path, run_cfg, scfg, device) -> dict:
     if cfg.baseline:
         from dgft.evaluate import untrained_model
 
-        baseline = untrained_model(run_cfg, run, device)
+        baseline = untrained_model(run_cfg, run, device, dtype=next(model.parameters()).dtype)
         key = "baseline_untrained_rules"
         rows[key] = run_mode(baseline, task, recs, scfg, run_cfg, "rules", cfg.seed)
         result[key] = {**summarise(recs, *rows[key]), **breakdowns(recs, *rows[key], kinds)}
 
-    # --- write ------------------------------------------------------------------------------------
-    (out_dir / f"{name}.json").write_text(json.dumps(result, indent=1))
-    (out_dir / f"{name}.md").write_text(markdown(name, result))
-    write_samples(out_dir / f"{name}_samples.jsonl", recs, kinds, rows)
+    # --- write: each file whole; the .json, which names the settings, last ---------------------------
+    write_atomic(out_dir / f"{name}_samples.jsonl", samples_text(recs, kinds, rows))
+    png = out_dir / f"{name}_denoising.png"
     if cfg.plot and picture:
         from dgft.plots import plot_denoising
 
         rec, frames, accepted = picture  # right and wrong as against the solution the answer heads for
         solution = closest_solution(rec.puzzle, rec.solution, frames[-1])
-        plot_denoising(frames, accepted, rec.puzzle, solution, out_dir / f"{name}_denoising.png",
-                       title=f"{name}: {rec.source}, rules mode")
+        tmp = png.with_name(f".{png.stem}.tmp.png")
+        plot_denoising(frames, accepted, rec.puzzle, solution, tmp, title=f"{name}: {rec.source}, rules mode")
+        tmp.replace(png)
+    else:
+        png.unlink(missing_ok=True)  # an earlier evaluation's picture, of settings these results replace
+    write_atomic(out_dir / f"{name}.md", markdown(name, result))
+    write_atomic(out_dir / f"{name}.json", json.dumps(result, indent=1))
     print(markdown(name, result))
     return result
 
@@ -93,6 +100,15 @@ def check_sizes(recs, sizes, data) -> None:
         raise ConfigError(f"{data}: {count} {n}x{n} puzzles (the first at {other[0].source}), but the run was trained "
                           f"with task.sizes={trained}; evaluate it on {' or '.join(f'{k}x{k}' for k in trained)} "
                           "puzzles only")
+
+
+def warm_up(model, task, recs, scfg, run_cfg, seed: int) -> None:
+    """One untimed `free` pass over the first puzzle, so that one-off start-up costs (a GPU's context and kernels,
+    the allocator's first blocks) are not charged to the first mode's puzzles/s."""
+    if recs:
+        r = recs[0]
+        sample(model, task.encode(r.puzzle[None], r.solution[None]), task, OmegaConf.merge(scfg, {"views": 1}),
+               "free", run_cfg.noise.kind, run_cfg.noise.support, seed_everything(seed))
 
 
 def run_mode(model, task, recs, scfg, run_cfg, mode: str, seed: int, record: bool = False):
@@ -115,8 +131,10 @@ def run_mode(model, task, recs, scfg, run_cfg, mode: str, seed: int, record: boo
             res = sample(model, batch, task, scfg, mode, run_cfg.noise.kind, run_cfg.noise.support, gen,
                          record=record and history is None)
             elapsed += time.perf_counter() - t0
-            cells += puzzles.size
+            cells += res.canvas.numel()  # canvas positions: the cells, or a text answer's every token
             digits = task.decode(res.canvas, batch["size"])
+            if hasattr(task, "well_formed"):  # a text answer whose structure was overwritten is not a grid
+                digits[~task.well_formed(res.canvas, batch["size"])] = 0
             for j, i in enumerate(idx):
                 answers[i] = digits[j]
                 steps[i], revisions[i] = int(res.steps[j]), int(res.revisions[j])
@@ -131,17 +149,18 @@ def run_mode(model, task, recs, scfg, run_cfg, mode: str, seed: int, record: boo
     return answers, {"steps": steps, "revisions": revisions, "seconds": elapsed, "cells": cells, "history": history}
 
 
-def write_samples(path: Path, recs, kinds, rows: dict) -> None:
+def samples_text(recs, kinds, rows: dict) -> str:
     """One JSON line per puzzle and row (mode, or the untrained baseline): where the puzzle came from, the puzzle,
     its listed solution, its difficulty, the answer, its scores and the steps taken. Two evaluations of the same
     file line up by `index`, so they can be compared puzzle by puzzle (`eval/paired.py`)."""
-    with open(path, "w", encoding="utf-8") as f:
-        for row, (answers, stats) in rows.items():
-            for i, (r, a, kind) in enumerate(zip(recs, answers, kinds)):
-                rec = {"row": row, "index": i, "source": r.source, "puzzle": G.to_string(r.puzzle),
-                       "solution": G.to_string(r.solution), "difficulty": kind, "answer": G.to_string(a),
-                       **score_answer(r.puzzle, r.solution, a), "steps": int(stats["steps"][i])}
-                f.write(json.dumps(rec) + "\n")
+    lines = []
+    for row, (answers, stats) in rows.items():
+        for i, (r, a, kind) in enumerate(zip(recs, answers, kinds)):
+            rec = {"row": row, "index": i, "source": r.source, "puzzle": G.to_string(r.puzzle),
+                   "solution": G.to_string(r.solution), "difficulty": kind, "answer": G.to_string(a),
+                   **score_answer(r.puzzle, r.solution, a), "steps": int(stats["steps"][i])}
+            lines.append(json.dumps(rec) + "\n")
+    return "".join(lines)
 
 
 def summarise(recs, answers, stats) -> dict:

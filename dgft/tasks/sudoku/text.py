@@ -171,6 +171,16 @@ class SudokuTextTask(SudokuTask):
     def at_cells(self, canvas_values: torch.Tensor, n: int) -> torch.Tensor:
         return canvas_values[:, self.layout(n)["cells"].to(canvas_values.device)]
 
+    def well_formed(self, canvas: torch.Tensor, n: int) -> np.ndarray:
+        """(B,) bool: the answer's structure (newlines, end of turn, padding) is the layout's. `free` sampling pins
+        nothing, and an answer whose structure the model overwrote is not a grid, whatever its cell positions hold
+        (the evaluation scores it as all blank)."""
+        lay = self.layout(n)
+        structure = torch.ones(canvas.shape[-1], dtype=torch.bool)
+        structure[lay["cells"]] = False
+        structure = structure.to(canvas.device)
+        return (canvas[:, structure] == lay["template"].to(canvas.device)[structure]).all(-1).cpu().numpy()
+
     def decode(self, canvas: torch.Tensor, n: int) -> np.ndarray:
         lay = self.layout(n)
         at_cells = canvas[:, lay["cells"].to(canvas.device)]
