@@ -333,16 +333,19 @@ def remove_tree(path: str):
             os.chmod(os.path.dirname(target), 0o700)
             os.chmod(target, 0o700)
             if func in (os.open, os.scandir, os.listdir, os.lstat):  # a directory it could not open or list
-                shutil.rmtree(target, onerror=force)
+                rmtree(target)
             else:
                 func(target)
         except OSError:
             pass
 
-    if sys.version_info >= (3, 12):
-        shutil.rmtree(path, onexc=force)
-    else:
-        shutil.rmtree(path, onerror=force)
+    def rmtree(target):
+        if sys.version_info >= (3, 12):
+            shutil.rmtree(target, onexc=force)
+        else:
+            shutil.rmtree(target, onerror=force)
+
+    rmtree(path)
 
 
 # --- environment -------------------------------------------------------------------------------------

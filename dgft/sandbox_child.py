@@ -106,8 +106,9 @@ def drop_capabilities(libc):
     sets (the ambient set follows the permitted one)."""
     import ctypes
 
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
     for cap in range(64):  # up to the kernel's last capability: it refuses the first number past it (EINVAL)
-        if ctypes.CDLL(None, use_errno=True).prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+        if prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
             break
 
     class Header(ctypes.Structure):

@@ -24,6 +24,7 @@ pinned or not (B x L per batch), as Sudoku's counts every cell. `baseline` and `
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 import warnings
@@ -97,7 +98,7 @@ def evaluate_run(cfg, run: Path, run_cfg, scfg, device) -> dict:
 
     # --- write ------------------------------------------------------------------------------------
     samples = out_dir / f"{name}_samples.jsonl"  # each file whole; the .json, which names the settings, last
-    tmp = samples.with_name(f".{samples.name}.tmp")
+    tmp = samples.with_name(f".{samples.name}.tmp-{os.getpid()}")
     write_samples(tmp, examples, written, compiled, verdicts, picks)
     tmp.replace(samples)
     write_atomic(out_dir / f"{name}.md", markdown(name, result))
