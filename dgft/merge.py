@@ -34,8 +34,8 @@ class MergeError(RuntimeError):
     """The adapter and the base do not fit together; the message names the tensor."""
 
 
-def load_adapter(adapter_dir: Path) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], float]:
-    """{target: (A, B)} and the scale alpha / r (alpha / sqrt(r) with rsLoRA).
+def load_adapter(adapter_dir: Path) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], float, int]:
+    """{target: (A, B)}, the scale alpha / r (alpha / sqrt(r) with rsLoRA) and r.
 
     A target is a module path (its `.weight` gets B @ A; A (r, in), B (out, r)) or, for peft
     `target_parameters`, a parameter path such as `...experts.gate_up_proj` (A (E*r, in), B (out, E*r))."""
@@ -68,7 +68,7 @@ def load_adapter(adapter_dir: Path) -> tuple[dict[str, tuple[torch.Tensor, torch
             raise MergeError(f"{adapter_dir}: target_parameters names {param}, but the adapter has no "
                              f"{key}.lora_A/lora_B")
         lora[param] = lora.pop(key)
-    return lora, scale
+    return lora, scale, r
 
 
 def _parameter_keys(targets: list[str]) -> dict[str, str]:
@@ -87,18 +87,21 @@ def _parameter_keys(targets: list[str]) -> dict[str, str]:
     return keys
 
 
-def _delta(tensor: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: float, where: str, dtype) -> torch.Tensor:
-    """tensor + scale * B @ A in fp32, cast to `dtype`; a 3-D (E, out, in) expert tensor expert by expert."""
+def _delta(tensor: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: float, where: str, dtype,
+           rank: int) -> torch.Tensor:
+    """tensor + scale * B @ A in fp32, cast to `dtype`; a 3-D (E, out, in) expert tensor expert by expert. A has
+    `rank` rows per expert (the adapter's r): an adapter made for another number of experts is refused, not spread
+    over these."""
     if tensor.dim() == 2:
-        if tuple(tensor.shape) != (b.shape[0], a.shape[1]):
-            raise MergeError(f"{where} has shape {tuple(tensor.shape)}, the adapter gives {(b.shape[0], a.shape[1])}")
+        if tuple(tensor.shape) != (b.shape[0], a.shape[1]) or a.shape[0] != rank:
+            raise MergeError(f"{where} has shape {tuple(tensor.shape)}, the adapter gives {(b.shape[0], a.shape[1])} "
+                             f"at rank {a.shape[0]} (r={rank})")
         return (tensor.float() + scale * (b.float() @ a.float())).to(dtype)
     experts = tensor.shape[0]
-    if tensor.dim() != 3 or a.shape[0] % experts or tuple(tensor.shape[1:]) != (b.shape[0], a.shape[1]) \
+    if tensor.dim() != 3 or a.shape[0] != experts * rank or tuple(tensor.shape[1:]) != (b.shape[0], a.shape[1]) \
             or b.shape[1] != a.shape[0]:
         raise MergeError(f"{where} has shape {tuple(tensor.shape)}; the adapter's A {tuple(a.shape)} and B "
-                         f"{tuple(b.shape)} do not fit (E, out, in) experts")
-    rank = a.shape[0] // experts
+                         f"{tuple(b.shape)} do not fit (E, out, in) experts at r={rank}")
     a3 = a.float().reshape(experts, rank, -1)  # (E, r, in)
     b3 = b.float().reshape(b.shape[0], rank, experts)  # (out, r, E)
     out = torch.empty(tensor.shape, dtype=dtype)
@@ -130,7 +133,7 @@ def merge_streaming(base_dir, adapter_dir, out_dir, dtype=None, log=print) -> di
     from safetensors.torch import save_file
 
     base_dir, out_dir = Path(base_dir).expanduser(), Path(out_dir)
-    lora, scale = load_adapter(Path(adapter_dir))
+    lora, scale, rank = load_adapter(Path(adapter_dir))
     if out_dir.is_dir() and any(out_dir.iterdir()):  # a failed merge would leave new shards among old files
         raise MergeError(f"{out_dir}: not empty; the merge writes a new directory (`dgft export` swaps it in)")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -155,7 +158,7 @@ def merge_streaming(base_dir, adapter_dir, out_dir, dtype=None, log=print) -> di
                 raise MergeError(f"{file.name}: {name}: a second checkpoint tensor for adapter {key}; tied twins "
                                  f"must be stored once")
             a, b = lora[key]
-            tensor = _delta(tensor, a, b, scale, f"{file.name}: {name}", dtype or tensor.dtype)
+            tensor = _delta(tensor, a, b, scale, f"{file.name}: {name}", dtype or tensor.dtype, rank)
             used.add(key)
             merged += 1
         elif tensor.is_floating_point() and dtype is not None:

@@ -70,7 +70,11 @@ def iter_checkpoint(path: Path):
     from safetensors import safe_open
 
     for file in shard_files(path):
-        with safe_open(str(file), framework="pt", device="cpu") as handle:
+        try:
+            handle = safe_open(str(file), framework="pt", device="cpu")
+        except Exception as err:  # noqa: BLE001 - missing (OSError) or damaged (SafetensorError): named either way
+            raise StreamLoadError(f"{file}: cannot read this shard ({type(err).__name__}: {err})") from None
+        with handle:
             for name in handle.keys():
                 yield file, name, _Lazy(handle, name)
 
@@ -119,7 +123,8 @@ class Loader:
     def place(self, name: str, source, where: str = "") -> None:
         try:
             placed = quant.place(self.slots, name, source, self.device)
-        except (ValueError, IndexError) as err:  # a 4-bit slot's shape check: named, as every mismatch here is
+        except (ValueError, IndexError, KeyError) as err:  # a 4-bit slot's checks (shape; a tensor it has no place
+            # for, e.g. an FP8 scale): named, as every mismatch here is
             raise StreamLoadError(f"{where}{name}: {err}") from None
         if placed:
             self.done.add(name)

@@ -183,6 +183,26 @@ def test_streaming_load_names_what_is_missing(tmp_path):
     with pytest.raises(stream.StreamLoadError, match=r"model.safetensors: .*experts.down_proj: shape \(3, 64, 64\)"):
         stream.load_streaming(tmp_path, quantize="nf4", device="cpu")
 
+    tensors[dropped] = torch.zeros(4, 64, 64)  # as config.json says, but beside it a tensor the 4-bit slot lacks
+    tensors[dropped + "_scale_inv"] = torch.ones(4, 1, 1)
+    save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(stream.StreamLoadError, match=r"experts.down_proj_scale_inv"):
+        stream.load_streaming(tmp_path, quantize="nf4", device="cpu")
+
+
+def test_a_missing_or_damaged_shard_is_named(tmp_path):
+    import json
+
+    _saved(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"\x07\x00")  # a header cut short
+    with pytest.raises(stream.StreamLoadError, match=r"model.safetensors: cannot read this shard \(SafetensorError"):
+        list(stream.iter_checkpoint(tmp_path))
+    weights.unlink()
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"x": "model-00002.safetensors"}}))
+    with pytest.raises(stream.StreamLoadError, match=r"model-00002.safetensors: cannot read this shard \(FileNotFound"):
+        list(stream.iter_checkpoint(tmp_path))
+
 
 @pytest.mark.parametrize("target_experts", [False, True])
 def test_qlora_trains_and_the_adapter_reloads(tmp_path, target_experts):
@@ -303,6 +323,11 @@ def test_streaming_merge_equals_the_adapter_model(tmp_path, target_experts):
     config_path.write_text(json.dumps({**config, "alpha_pattern": {"q_proj": 32}}))
     with pytest.raises(MergeError, match="alpha_pattern"):
         merge_streaming(tmp_path / "base", tmp_path / "adapter", tmp_path / "merged3", log=lambda *_: None)
+    # an adapter whose rows are not r per target (r per expert): made for another model, refused, not spread over
+    # these experts (an 8-expert base once took a 4-expert adapter at r=2 as r=1 and merged it without a word)
+    config_path.write_text(json.dumps({**config, "r": config["r"] // 2}))
+    with pytest.raises(MergeError, match=rf"r={config['r'] // 2}\)?$"):
+        merge_streaming(tmp_path / "base", tmp_path / "adapter", tmp_path / "merged4", log=lambda *_: None)
     config_path.write_text(json.dumps(config))
     with pytest.raises(MergeError, match="not empty"):  # never new shards among an earlier merge's files
         merge_streaming(tmp_path / "base", tmp_path / "adapter", tmp_path / "merged", log=lambda *_: None)
