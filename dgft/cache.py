@@ -1,11 +1,13 @@
-"""Cache directories that appear whole or not at all, even with several processes building the same one.
+"""Cache directories, and result files, that appear whole or not at all, even with several processes building the
+same one.
 
 A cache (generated puzzles, an infill corpus split, a trained tokenizer) is written into a directory of this
 process's own, then renamed into place. Two runs started at once with the same seed and settings build the
 same content, so whichever renames first wins and the other's copy is removed: no half-written directory is
 ever read, and none is left behind.
 
-Example: `publish(path, lambda tmp: splits.save_to_disk(str(tmp)))`, then `load_from_disk(str(path))`.
+Example: `publish(path, lambda tmp: splits.save_to_disk(str(tmp)))`, then `load_from_disk(str(path))`. A single
+file is replaced the same way: `replace_file(path, text)` or `replace_file(path, lambda tmp: fig.savefig(tmp))`.
 """
 
 from __future__ import annotations
@@ -33,3 +35,19 @@ def publish(path: Path, write: Callable[[Path], None]) -> None:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def replace_file(path: Path, content: str | Callable[[Path], None]) -> None:
+    """Write the file `path` whole or not at all: `content` (text, or a function writing the file it is given) goes
+    into a temporary beside it, with the same suffix for writers that go by it, which is then renamed over `path`;
+    the temporary never stays."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    try:
+        if isinstance(content, str):
+            tmp.write_text(content, encoding="utf-8")
+        else:
+            content(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -76,18 +76,6 @@ def claim_output(out_dir: Path, name: str, settings: dict, overwrite: bool) -> N
                           f"{'; ...' if len(diff) > 4 else ''}): name=OTHER keeps both, overwrite=true replaces it")
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write a result file whole or not at all (a temporary beside it, then renamed over it)."""
-    import os
-
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def real_run_dir(run: Path) -> Path:
     """The run a path names, links followed (`outputs/sudoku/latest` moves on with the next training; what an
     evaluation records must not): relative to the working directory when inside it, else absolute."""

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from dgft import checkpoint as ckpt
 from dgft import noise as N
+from dgft.cache import replace_file
 from dgft.config import validate
 from dgft.ema import EMA
 from dgft.loss import denoising_loss, encoder_ar_loss, loss_weights
@@ -583,9 +584,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
             continue
         if row.get("step", 0) <= step:
             keep.append(line)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in keep))
-    os.replace(tmp, path)
+    replace_file(path, "".join(line + "\n" for line in keep))
 
 
 def _jsonable(obj):

@@ -59,3 +59,24 @@ def test_sudoku_cache_without_its_index_is_generated_again(tmp_path):
     assert any("unreadable cache" in m for m in messages)
     assert list(again["train"]["puzzle"]) == first
     assert _leftovers(tmp_path) == []
+
+
+def test_replace_file_writes_whole_or_not_at_all(tmp_path):
+    """A writer that fails leaves the old file as it was and no temporary; the temporary keeps the suffix."""
+    from dgft.cache import replace_file
+
+    path = tmp_path / "result.json"
+    replace_file(path, "old")
+    seen = []
+
+    def broken(tmp):
+        seen.append(tmp.name)
+        tmp.write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        replace_file(path, broken)
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["result.json"]
+    assert seen[0].startswith(".result.tmp-") and seen[0].endswith(".json")
+    replace_file(path, lambda tmp: tmp.write_text("new"))
+    assert path.read_text() == "new"

@@ -215,13 +215,14 @@ def test_a_result_names_its_settings_and_is_not_replaced_by_other_ones(tmp_path)
     """The .md names the sampler settings that change results; RUN/eval/<name>.json made with other settings is
     not replaced unless asked (the same settings again are a re-run and replace it), and the refusal names them."""
     from dgft.config import ConfigError
-    from dgft.evaluate import claim_output, provenance_line, write_atomic
+    from dgft.cache import replace_file
+    from dgft.evaluate import claim_output, provenance_line
 
     sampler = {"steps": 8, "views": 16, "fill_forced": True, "revise": 0.0, "reprompt": True}
     line = provenance_line({"run": "r", "sampler": sampler, "seed": 0, "limit": 0})
     assert all(f"{k}={v}" in line for k, v in sampler.items())
     settings = {"data": "p.csv", "seed": 0, "limit": 0, "sampler": sampler}
-    write_atomic(tmp_path / "p.json", json.dumps(settings))
+    replace_file(tmp_path / "p.json", json.dumps(settings))
     claim_output(tmp_path, "p", settings, overwrite=False)  # a re-run
     claim_output(tmp_path, "q", {**settings, "seed": 1}, overwrite=False)  # another name
     other = {**settings, "limit": 5, "sampler": {**sampler, "fill_forced": False}}

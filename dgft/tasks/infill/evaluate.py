@@ -24,7 +24,6 @@ pinned or not (B x L per batch), as Sudoku's counts every cell. `baseline` and `
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 import warnings
@@ -35,7 +34,8 @@ import numpy as np
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from dgft.evaluate import claim_output, output_name, provenance, provenance_line, write_atomic
+from dgft.cache import replace_file
+from dgft.evaluate import claim_output, output_name, provenance, provenance_line
 from dgft.runs import load_model, load_tokenizer
 from dgft.sampling import sample
 from dgft.tasks.infill import data as D
@@ -97,12 +97,11 @@ def evaluate_run(cfg, run: Path, run_cfg, scfg, device) -> dict:
                                    **stats[key], "by_kind": by_kind(examples, middles, comp, ok, too_long)}
 
     # --- write ------------------------------------------------------------------------------------
-    samples = out_dir / f"{name}_samples.jsonl"  # each file whole; the .json, which names the settings, last
-    tmp = samples.with_name(f".{samples.name}.tmp-{os.getpid()}")
-    write_samples(tmp, examples, written, compiled, verdicts, picks)
-    tmp.replace(samples)
-    write_atomic(out_dir / f"{name}.md", markdown(name, result))
-    write_atomic(out_dir / f"{name}.json", json.dumps(result, indent=1))
+    # each file whole; the .json, which names the settings, last
+    replace_file(out_dir / f"{name}_samples.jsonl",
+                 lambda tmp: write_samples(tmp, examples, written, compiled, verdicts, picks))
+    replace_file(out_dir / f"{name}.md", markdown(name, result))
+    replace_file(out_dir / f"{name}.json", json.dumps(result, indent=1))
     print(markdown(name, result))
     return result
 

@@ -18,8 +18,9 @@ import numpy as np
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
+from dgft.cache import replace_file
 from dgft.config import ConfigError
-from dgft.evaluate import claim_output, output_name, provenance, provenance_line, write_atomic
+from dgft.evaluate import claim_output, output_name, provenance, provenance_line
 from dgft.metrics import SudokuAccuracy, aggregate, closest_solution, score_answer
 from dgft.runs import load_model
 from dgft.sampling import sample
@@ -68,20 +69,19 @@ def evaluate_run(cfg, run: Path, run_cfg, scfg, device) -> dict:
         result[key] = {**summarise(recs, *rows[key]), **breakdowns(recs, *rows[key], kinds)}
 
     # --- write: each file whole; the .json, which names the settings, last ---------------------------
-    write_atomic(out_dir / f"{name}_samples.jsonl", samples_text(recs, kinds, rows))
+    replace_file(out_dir / f"{name}_samples.jsonl", samples_text(recs, kinds, rows))
     png = out_dir / f"{name}_denoising.png"
     if cfg.plot and picture:
         from dgft.plots import plot_denoising
 
         rec, frames, accepted = picture  # right and wrong as against the solution the answer heads for
         solution = closest_solution(rec.puzzle, rec.solution, frames[-1])
-        tmp = png.with_name(f".{png.stem}.tmp.png")
-        plot_denoising(frames, accepted, rec.puzzle, solution, tmp, title=f"{name}: {rec.source}, rules mode")
-        tmp.replace(png)
+        replace_file(png, lambda tmp: plot_denoising(frames, accepted, rec.puzzle, solution, tmp,
+                                                     title=f"{name}: {rec.source}, rules mode"))
     else:
         png.unlink(missing_ok=True)  # an earlier evaluation's picture, of settings these results replace
-    write_atomic(out_dir / f"{name}.md", markdown(name, result))
-    write_atomic(out_dir / f"{name}.json", json.dumps(result, indent=1))
+    replace_file(out_dir / f"{name}.md", markdown(name, result))
+    replace_file(out_dir / f"{name}.json", json.dumps(result, indent=1))
     print(markdown(name, result))
     return result
 
