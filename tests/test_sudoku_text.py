@@ -115,7 +115,8 @@ def test_text_task_trains_and_evaluates_through_the_cli(tmp_path):
     run = tmp_path / "run"
     main(["train", f"hydra.run.dir={run}", f"task.cache_dir={tmp_path / 'cache'}", "task.base_puzzles=20",
           "task.heldout_puzzles=4", "task.tokens=text", f"task.tokenizer={tok_dir}", "task.canvas_length=96",
-          "model.canvas_length=96", "trainer.max_steps=2", "trainer.batch_size=4", "trainer.eval_every=0",
+          "model.canvas_length=96", "trainer.max_steps=2", "trainer.batch_size=4", "trainer.eval_every=1",
+          "trainer.eval_puzzles=2",
           "sampler.steps=8", "sampler.views=1", "model.structured_attention=false", "model.hidden_size=32",
           "model.num_layers=1", "model.num_heads=2",
           "model.num_kv_heads=1", "model.head_dim=16", "model.intermediate_size=64", "model.moe_intermediate_size=32"])
@@ -125,6 +126,25 @@ def test_text_task_trains_and_evaluates_through_the_cli(tmp_path):
     assert err.value.code == 2
     result = json.loads((run / "eval" / "heldout.json").read_text())
     assert result["modes"]["rules"]["rule_violations"] == 0 and result["modes"]["clamped"]["givens_kept"] == 1.0
+    # the trainer's periodic check scores the text canvas per cell (its layout positions are not blanks)
+    checks = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if "clamped" in line]
+    assert [c["step"] for c in checks] == [1, 2] and 0 <= checks[0]["9x9_clamped_cell_acc"] <= 1
+
+
+def test_text_givens_stay_in_the_prompt_when_corrupt_givens_frees_them():
+    """`task.corrupt_givens_p` noises and scores an example's givens; the prompt still lists them, as the cell task
+    does (`givens`), so `noise.known_in_prompt` keeps them."""
+    t = task(sizes=(4,), canvas=24)
+    p, s = puzzles(n=4, count=2, seed=3)
+    batch = t.encode(p, s, corrupt_givens=np.array([True, False]))
+    cells = t.layouts[4]["cells"]
+    given = torch.as_tensor(p != 0)
+    assert batch["givens"][:, cells].equal(given) and batch["givens"][:, ~torch.isin(torch.arange(24), cells)].all()
+    assert not batch["fixed"][0, cells].any() and batch["fixed"][1, cells].equal(given[1])
+    assert batch["scored"][0, cells].all() and batch["scored"][1, cells].equal(~given[1])
+    nothing = torch.zeros_like(batch["fixed"])
+    ids, _ = t.known_prompt(batch["target"], batch["givens"], batch["target"], nothing, 4)
+    assert ids[0].tolist()[-len(t.prompt_ids(p[0])):] == t.prompt_ids(p[0])  # the givens, though freed in the canvas
 
 
 def test_reprompt_rebuilds_the_chat_prompt_from_the_accepted_cells():

@@ -234,7 +234,7 @@ class SudokuTask:
                          support=cfg.noise.support, generator=gen)
             pred = self.decode(res.canvas, n)
             sol = self.decode(b["target"], n)
-            blanks = ~b["fixed"].numpy()
+            blanks = ~self.at_cells(b["fixed"], n).numpy()  # per cell (a text canvas also holds its layout)
             out[f"{n}x{n}_clamped_cell_acc"] = float(((pred == sol) & blanks).sum() / max(blanks.sum(), 1))
             out[f"{n}x{n}_clamped_exact"] = float((pred == sol).all(-1).mean())
         return out

@@ -145,14 +145,15 @@ class SudokuTextTask(SudokuTask):
         target = lay["template"][None].repeat(B, 1)
         target[:, lay["cells"]] = lay["digits"][torch.as_tensor(solutions, dtype=torch.long) - 1]
         given = torch.as_tensor(puzzles != 0)
+        givens = torch.ones_like(target, dtype=torch.bool)  # structure: newlines, end token, padding
+        givens[:, lay["cells"]] = given  # in the prompt always, even where corrupt_givens frees them in the canvas
+        fixed = givens.clone()
         if corrupt_givens is not None:
-            given = given & ~torch.as_tensor(corrupt_givens, dtype=torch.bool)[:, None]
-        fixed = torch.ones_like(target, dtype=torch.bool)  # structure: newlines, end token, padding
-        fixed[:, lay["cells"]] = given
+            fixed[:, lay["cells"]] = given & ~torch.as_tensor(corrupt_givens, dtype=torch.bool)[:, None]
         scored = torch.zeros_like(fixed)
-        scored[:, lay["cells"]] = ~given
+        scored[:, lay["cells"]] = ~fixed[:, lay["cells"]]  # the blanks, and the givens corrupt_givens frees
         out = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "target": target, "fixed": fixed,
-               "scored": scored, "choices": self.answer_tokens(n), "size": n}
+               "givens": givens, "scored": scored, "choices": self.answer_tokens(n), "size": n}
         if self.tokenizer.mask_token_id is not None:
             out["mask_ids"] = self.mask_tokens(n)
         return out
