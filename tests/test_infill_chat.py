@@ -106,6 +106,40 @@ def test_auto_picks_fim_for_the_run_bpe_and_chat_for_a_chat_tokenizer(tok):
         InfillTask(InfillConfig(prompt_format="fim"), tokenizer=tok)
 
 
+def starcoder_like_tokenizer(fim_pad: bool = True):
+    """A pretrained-style FIM tokenizer: <fim_*> markers, <|endoftext|> as EOS and BOS, no pad token, and special
+    tokens recognised in text (its saved default)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<fim_prefix>", "<fim_middle>", "<fim_suffix>"] + (["<fim_pad>"] if fim_pad else [])
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([source(i) for i in range(8)], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
+                                   clean_up_tokenization_spaces=False, additional_special_tokens=specials[1:])
+
+
+def test_a_fim_tokenizer_without_pad_pads_with_its_fim_pad_and_keeps_special_strings_as_text():
+    tok = starcoder_like_tokenizer()
+    assert tok.pad_token_id is None and tok("<fim_middle>", add_special_tokens=False)["input_ids"] == [2]
+    task = InfillTask(InfillConfig(canvas_length=48, prompt_tokens=64), tokenizer=tok)
+    assert task.prompt_format == "fim" and task.pad == tok.convert_tokens_to_ids("<fim_pad>")
+    assert task.end == tok.eos_token_id != task.pad
+    # code that spells the end and a marker: text, so the middle neither ends early nor loses a piece
+    example = {"prefix": "s = '", "middle": "<|endoftext|><fim_middle>'\n", "suffix": "print(s)\n", "kind": "line"}
+    target = task.encode([example])["target"]
+    row = target[0].tolist()
+    end_at = row.index(task.end)
+    assert tok.decode(row[:end_at]) == example["middle"] and tok.convert_tokens_to_ids("<fim_middle>") not in row
+    assert task.decode(target) == [example["middle"]]
+    with pytest.raises(ConfigError, match=r"task\.tokenizer=.*different padding token"):  # no pad, no <fim_pad>
+        InfillTask(InfillConfig(canvas_length=48, prompt_tokens=64), tokenizer=starcoder_like_tokenizer(fim_pad=False))
+
+
 def test_a_tokenizer_with_neither_markers_nor_template_is_refused_naming_both():
     with pytest.raises(ConfigError) as err:
         InfillTask(InfillConfig(), tokenizer=chat_code_tokenizer(template=None))

@@ -56,6 +56,7 @@ from dgft.tasks.infill import tokenizer as T
 
 MARKERS = {"pre": ("[PRE]", "<|fim_prefix|>", "<fim_prefix>"), "suf": ("[SUF]", "<|fim_suffix|>", "<fim_suffix>"),
            "mid": ("[MID]", "<|fim_middle|>", "<fim_middle>")}
+FIM_PADS = ("<fim_pad>", "<|fim_pad|>")  # padding markers of fill-in-the-middle tokenizers without a pad token
 PROMPT_FORMATS = ("auto", "fim", "chat")
 HOLE = "<FILL_ME>"  # marks the hole in the chat prompt's code
 INSTRUCTION = ("Fill in the missing middle of this Python code. Answer with only the code that replaces {hole}, "
@@ -159,11 +160,17 @@ class InfillTask:
         markers = {key: next((vocab[n] for n in names if n in vocab), None) for key, names in MARKERS.items()}
         self.prompt_format = pick_format(str(setting(self.cfg, "prompt_format")), markers, tok)
         if self.prompt_format == "fim":
-            self.pad, self.end, self.bos = tok.pad_token_id, tok.eos_token_id, tok.bos_token_id
-            if None in (self.pad, self.end, self.bos):
-                raise ValueError("tokenizer: needs pad, eos and bos tokens")
-            self.markers = markers
-            self.frame = ([self.bos, markers["pre"]], [markers["suf"]], [markers["mid"]])
+            self.end, self.bos, self.markers = tok.eos_token_id, tok.bos_token_id, markers
+            self.pad = tok.pad_token_id  # else a fill-in-the-middle padding marker (StarCoder's <fim_pad>)
+            if self.pad is None:
+                self.pad = next((vocab[n] for n in FIM_PADS if n in vocab), None)
+            if self.end is None or self.pad is None or self.pad == self.end:
+                raise ConfigError(f"task.tokenizer={setting(self.cfg, 'tokenizer')}: prompt_format=fim needs an end "
+                                  f"token (EOS) and a different padding token (a pad token, or one of "
+                                  f"{', '.join(FIM_PADS)}) (end {self.end}, pad {self.pad})")
+            # a tokenizer without BOS (Qwen2.5-Coder's) starts the prompt at the prefix marker, as its model does
+            head = [markers["pre"]] if self.bos is None else [self.bos, markers["pre"]]
+            self.frame = (head, [markers["suf"]], [markers["mid"]])
             special = set(tok.all_special_ids) | set(self.markers.values())
         else:
             self.end, self.bos, self.markers = chat.end_of_turn_id(tok), tok.bos_token_id, {}
@@ -194,9 +201,9 @@ class InfillTask:
             raise RuntimeError("InfillTask has no tokenizer yet: call build_tokenizer() or pass tokenizer=")
         if not texts:
             return []
-        if self.prompt_format == "chat":  # code that spells a special token ("<eos>") is text, not that token
-            return self.tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
-        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        # code that spells a special token ("<eos>", "<|endoftext|>", "<fim_middle>") is text, not that token,
+        # whatever the tokenizer saved as its default
+        return self.tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
     # --- sizes ------------------------------------------------------------------------------------
     def middle_tokens(self, examples: list[dict]) -> np.ndarray:
