@@ -17,6 +17,26 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from dgft.config import ConfigError
+
+
+class CacheError(ConfigError):
+    """The cache directory cannot be written (a file, no permission, disk full); the message names it."""
+
+
+def ensure_dir(directory: Path) -> Path:
+    """The cache directory, made if need be and writable, or a CacheError naming it (before minutes of generating
+    data that could not be saved)."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CacheError(f"{directory}: cannot make the data cache there ({type(err).__name__}: "
+                         f"{err.strerror or err}); set task.cache_dir to a writable directory") from err
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise CacheError(f"{directory}: the data cache is not writable; set task.cache_dir to a writable directory")
+    return directory
+
 
 def publish(path: Path, write: Callable[[Path], None]) -> None:
     """Build the directory `path` by `write(tmp)` into a fresh per-process directory, then rename it into place.
@@ -27,7 +47,12 @@ def publish(path: Path, write: Callable[[Path], None]) -> None:
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)  # left by a killed process that had this pid
     try:
-        write(tmp)
+        ensure_dir(path.parent)
+        try:
+            write(tmp)
+        except OSError as err:
+            raise CacheError(f"{path.parent}: cannot write the data cache there ({type(err).__name__}: "
+                             f"{err.strerror or err}); set task.cache_dir to a writable directory") from err
         try:
             os.replace(tmp, path)  # a directory onto a non-empty one fails: the other process won
         except OSError:

@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> None:
         OmegaConf.register_new_resolver("dgft_run_dir", _run_dir, use_cache=True)
         OmegaConf.register_new_resolver("dgft_hydra_subdir", _hydra_subdir, use_cache=True)
     errors = _known_errors()
+    from dgft.runs import RunInUse
 
     @hydra.main(config_path=str(recipes_dir()), config_name=command, version_base="1.3")
     def _run(cfg) -> None:
@@ -120,12 +121,14 @@ def main(argv: list[str] | None = None) -> None:
                 export(cfg)
         except errors as err:
             print(f"dgft {command}: error: {err}", file=sys.stderr)
-            if command == "train" and not cfg.get("resume"):
+            if command == "train" and not cfg.get("resume") and not isinstance(err, RunInUse):
                 _remove_if_empty(Path(HydraConfig.get().runtime.output_dir))
             sys.exit(2)
 
     if command == "train":
         _check_output_dir(rest)
+    else:
+        _run_comes_first(command, rest)
     sys.argv = [f"dgft {command}"] + rest
     _run()
 
@@ -134,6 +137,12 @@ def _check_output_dir(overrides: list[str]) -> None:
     """Fail with the path named, before Hydra tries to create a run directory it cannot create."""
     target = next((o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")), "outputs")
     path = Path(target.strip("'\"")).absolute()
+    from dgft.runs import holds_run
+
+    resume = next((o.split("=", 1)[1] for o in overrides if o.startswith("resume=")), "null")
+    if target != "outputs" and resume in ("null", "None", "") and holds_run(path):  # before Hydra writes its record
+        sys.exit(f"dgft train: error: {target} already holds a run ({', '.join(holds_run(path))}); continue it with "
+                 f"`dgft train resume={target}`, or give the new run another hydra.run.dir")
     while not path.exists():
         path = path.parent
     if not path.is_dir():
@@ -142,9 +151,17 @@ def _check_output_dir(overrides: list[str]) -> None:
         sys.exit(f"dgft train: error: cannot create the run directory {target}: {path} is not writable")
 
 
+def _run_comes_first(command: str, rest: list[str]) -> None:
+    """`dgft eval limit=1 RUN`: Hydra would call the path a grammar error; say where the run goes instead."""
+    stray = next((a for a in rest[1:] if "=" not in a and not a.startswith(("-", "~"))), None)
+    if stray is not None:
+        sys.exit(f"dgft {command}: error: {stray!r} is not a key=value override; the run directory comes first: "
+                 f"dgft {command} RUN [key=value ...] (or run={stray})")
+
+
 def _remove_if_empty(run_dir: Path) -> None:
     """A new run directory holding only what Hydra wrote when the run started (.hydra/, train.log): a run refused
-    before it began leaves nothing behind."""
+    before it began leaves nothing behind (`dgft.train.train` removes what it wrote itself)."""
     import shutil
 
     if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log"}:

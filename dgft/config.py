@@ -351,6 +351,8 @@ def validate(cfg: DictConfig | Any) -> None:
     for key in _FRACTIONS + fractions:
         if not 0 <= get(key) <= 1:
             raise ConfigError(f"{key}={get(key)!r}: must be in [0, 1]")
+    if not 0 <= get("seed") < 2**32:  # numpy's range
+        raise ConfigError(f"seed={get('seed')!r}: must be in [0, 2**32)")
     check_sampler(cfg.sampler, task, get("noise.kind"))
     if get("noise.loss_weight") == "inv_t" and not get("noise.eps") > 0:
         raise ConfigError(f"noise.eps={get('noise.eps')}: must be > 0 with noise.loss_weight=inv_t (1/t at t = 0)")

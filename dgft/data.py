@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dgft.cache import publish
+from dgft.cache import ensure_dir, publish
 from dgft.tasks.sudoku import grid as G
 from dgft.tasks.sudoku.io import SudokuRecord
 from dgft.tasks.sudoku.task import equivalence_key
@@ -106,6 +106,7 @@ def build_splits(task_cfg, seed: int, workers: int | None = None, log=print):
         except Exception as err:  # a torn or corrupted cache is regenerated, not trusted
             log(f"{path}: unreadable cache ({type(err).__name__}); generating it again")
             shutil.rmtree(path, ignore_errors=True)
+    ensure_dir(path.parent)
     workers = workers or min(os.cpu_count() or 1, 4)
     train, heldout = [], []
     for n in task_cfg.sizes:

@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 
 from dgft import checkpoint as ckpt
 from dgft.model import denoise, encode, retie_encoder, unwrap
-from dgft.runs import RunError, checkpoint_dir, keeps_average, load_config, load_model
+from dgft.runs import RunError, checkpoint_dir, keeps_average, load_config, load_model, require_final
 from dgft.train import pick_device
 
 SAMPLER_FILE = "dgft_sampler.json"
@@ -50,8 +50,11 @@ def export(cfg) -> Path:
     if not run_dir.is_dir():
         raise RunError(f"{run_dir}: no such run directory")
     rcfg = load_config(run_dir)
-    out = Path(cfg.out) if cfg.out else run_dir / "export"
     checkpoint = checkpoint_dir(run_dir, cfg.checkpoint) if cfg.checkpoint else None
+    # a checkpoint's export goes beside the final model's (RUN/export_step-N), as its evaluation does
+    out = Path(cfg.out) if cfg.out else run_dir / ("export" if checkpoint is None else f"export_{checkpoint.name}")
+    if checkpoint is None:
+        require_final(run_dir, rcfg)
     source = source_hashes(run_dir, rcfg, checkpoint)
     _remove_stale(out)
     if _recorded_source(out) == source:

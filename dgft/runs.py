@@ -3,7 +3,9 @@
 RUN/config.yaml (resolved), RUN/tokenizer/, RUN/model/ (full weights) or RUN/adapter/ + RUN/base/ (LoRA on a
 tiny base; a pretrained base is named by model.path), RUN/checkpoints/, RUN/metrics.jsonl, RUN/tb/,
 RUN/loss.png, RUN/data/ (the held-out split: heldout.csv for Sudoku, heldout.jsonl.gz for infill), RUN/eval/,
-RUN/export/.
+RUN/export/ (RUN/export_step-N/ for a checkpoint), RUN/train.log (what training said), RUN/train_summary.json
+(written last: the final weights are of its `steps`), RUN/.train.lock (held while a `dgft train` writes the run),
+RUN/.resuming (while a resumed run trains: its final weights are of before the resume).
 
 Example: `model, tokenizer, cfg = load_run("outputs/sudoku/2026-11-27_15-00-00")`.
 """
@@ -21,6 +23,53 @@ class RunError(RuntimeError):
     """A run directory that is missing something; the message names the path."""
 
 
+class RunInUse(RunError):
+    """A run directory that another run holds: a fresh run refuses it, and nothing in it is touched."""
+
+
+RESUMING = ".resuming"  # while a resumed run trains: its model/ (adapter/) is of before the resume
+RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoints", "model", "adapter", "train_summary.json")
+
+
+def holds_run(run_dir: Path) -> list[str]:
+    """What of a trained run `run_dir` already holds (empty for a new directory, or one with only Hydra's record)."""
+    return [name for name in RUN_FILES if (Path(run_dir) / name).exists()]
+
+
+def refuse_used(run_dir: Path) -> None:
+    """A fresh run must not write into another run's directory: its checkpoints, weights and metrics would mix."""
+    held = holds_run(run_dir)
+    if held:
+        raise RunInUse(f"{run_dir} already holds a run ({', '.join(held)}); continue it with `dgft train "
+                       f"resume={run_dir}`, or give the new run another hydra.run.dir")
+
+
+@contextlib.contextmanager
+def writing(run_dir: Path):
+    """Hold RUN/.train.lock while training writes the run: a second `dgft train` on the same directory (a resume of
+    a run still training, or two runs started into one directory) is refused, naming the process."""
+    import fcntl
+    import os
+
+    path = Path(run_dir) / ".train.lock"
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise RunInUse(f"{run_dir}: another `dgft train` (pid {holder}) is writing this run; wait for it to end, "
+                           f"or stop it (it checkpoints on Ctrl-C) before resuming") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def run_dir_for(name: str, resume) -> str:
     """Where a training run writes: a new outputs/<name>/<timestamp>, or (resume=RUN / resume=auto) the run
     being continued; `auto` is the newest unfinished run under outputs/<name>/ with a valid checkpoint."""
@@ -29,7 +78,11 @@ def run_dir_for(name: str, resume) -> str:
     from dgft.checkpoint import latest_valid
 
     if resume in (None, "", "None"):
-        return f"outputs/{name}/{time.strftime('%Y-%m-%d_%H-%M-%S')}"
+        stamp = f"outputs/{name}/{time.strftime('%Y-%m-%d_%H-%M-%S')}"
+        path, number = stamp, 1
+        while Path(path).exists():  # another run started in the same second
+            path, number = f"{stamp}_{number}", number + 1
+        return path
     if resume != "auto":
         if not (Path(str(resume)) / "config.yaml").is_file():
             raise RunError(f"resume={resume}: no such run (no {Path(str(resume)) / 'config.yaml'})")
@@ -78,7 +131,8 @@ def checkpoint_dir(run_dir: Path, name: str) -> Path:
     if number.isdigit():  # step-1200 or 1200 for step-001200, the name checkpoints are saved under
         names.append(f"step-{int(number):06d}")
     for candidate in names:
-        for path in (Path(candidate), run_dir / candidate, run_dir / "checkpoints" / candidate):
+        # the run's own checkpoints first: a relative name must not find another run's from the working directory
+        for path in (run_dir / "checkpoints" / candidate, run_dir / candidate, Path(candidate)):
             if path.is_dir():
                 if not ckpt.is_valid(path):
                     raise RunError(f"{path}: missing or invalid {ckpt.MANIFEST}; the checkpoint may be torn")
@@ -86,6 +140,18 @@ def checkpoint_dir(run_dir: Path, name: str) -> Path:
     kept = [c.name for c in ckpt.checkpoints(run_dir)]
     raise RunError(f"checkpoint={name}: no such directory (also looked in {run_dir / 'checkpoints'}, which holds "
                    + (", ".join(kept) if kept else "none") + "; a run keeps its last trainer.keep_last)")
+
+
+def require_final(run_dir: Path, cfg) -> Path:
+    """The run's final weights (RUN/model, or RUN/adapter for LoRA), refused while they are stale: a resumed run
+    marks itself (RUN/.resuming) from its first step until it has saved its new final weights and its summary, so
+    weights beside the mark are those of before a resume that has not ended (or was killed)."""
+    weights = Path(run_dir) / ("model" if cfg.model.finetune == "full" else "adapter")
+    if weights.is_dir() and (Path(run_dir) / RESUMING).exists():
+        raise RunError(f"{weights}: saved before the run was resumed, and the resumed training has not ended "
+                       f"({Path(run_dir) / RESUMING}); use one of its checkpoints (checkpoint=step-N), or let the "
+                       f"resume finish (`dgft train resume={run_dir}`)")
+    return weights
 
 
 def load_model(run_dir: str | Path, cfg=None, checkpoint: str | Path | None = None, device="cpu"):
@@ -98,6 +164,8 @@ def load_model(run_dir: str | Path, cfg=None, checkpoint: str | Path | None = No
     run_dir = Path(run_dir)
     cfg = cfg or load_config(run_dir)
     src = Path(checkpoint) if checkpoint else run_dir
+    if not checkpoint:
+        require_final(run_dir, cfg)
     if cfg.model.finetune == "full":
         weights = src if checkpoint else run_dir / "model"
         if not (weights / "config.json").exists():

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import random
@@ -27,6 +28,7 @@ from tqdm.auto import tqdm
 
 from dgft import checkpoint as ckpt
 from dgft import noise as N
+from dgft import runs
 from dgft.cache import replace_file
 from dgft.config import validate
 from dgft.ema import EMA
@@ -105,18 +107,71 @@ def make_optimizer(params, tcfg, device):
 def train(cfg, run_dir: str | Path, overrides: Sequence[str] = ()) -> Path:
     """Train, writing everything to run_dir. `overrides` are the command line's (with resume=, the keys it may
     change and those it must leave as the run has them)."""
-    # --- setup -------------------------------------------------------------------------------------
     run_dir = Path(run_dir)
+    if cfg.resume:
+        run_dir = Path(runs.run_dir_for(cfg.name, cfg.resume))  # the run being continued, whatever hydra.run.dir says
+    else:
+        validate(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    before = {p.name for p in run_dir.iterdir()}
+    try:
+        with runs.writing(run_dir), _logged_to(run_dir / "train.log"):  # one `dgft train` at a time writes a run
+            return _train(cfg, run_dir, overrides)
+    except Exception as err:
+        if not cfg.resume and not isinstance(err, runs.RunInUse):
+            _remove_unstarted(run_dir, before)
+        raise
+
+
+def _remove_unstarted(run_dir: Path, before: set[str]) -> None:
+    """A new run refused before its first step (a missing model path, a bad LoRA target) leaves nothing behind:
+    what it wrote is removed, and only that. One that trained (a checkpoint, a metrics row) is kept."""
+    import shutil
+
+    metrics = run_dir / "metrics.jsonl"
+    if (run_dir / "checkpoints").exists() or (metrics.exists() and metrics.stat().st_size):
+        return
+    for path in run_dir.iterdir():
+        if path.name not in before:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+
+
+_LOG = logging.getLogger("dgft.train.run")  # the run's own record, RUN/train.log (the console gets tqdm.write)
+_LOG.propagate = False
+
+
+def say(message: str) -> None:
+    """A line for the console (above the progress bar) and for the run's train.log."""
+    tqdm.write(message)
+    _LOG.info(message)
+
+
+@contextlib.contextmanager
+def _logged_to(path: Path):
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("[%(asctime)s] %(message)s"))
+    _LOG.addHandler(handler)
+    _LOG.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        _LOG.removeHandler(handler)
+        handler.close()
+
+
+def _train(cfg, run_dir: Path, overrides: Sequence[str]) -> Path:
+    # --- setup -------------------------------------------------------------------------------------
     resume_from = None
     if cfg.resume:
-        from dgft.runs import run_dir_for
-
-        run_dir = Path(run_dir_for(cfg.name, cfg.resume))  # the run being continued, whatever hydra.run.dir says
         cfg, resume_from = _resume_target(cfg, run_dir, overrides)
         if _finished(run_dir, resume_from, cfg):
             return run_dir
-    validate(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
+        validate(cfg)
+    else:
+        runs.refuse_used(run_dir)
     gen = seed_everything(cfg.seed)
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
@@ -131,7 +186,7 @@ def train(cfg, run_dir: str | Path, overrides: Sequence[str] = ()) -> Path:
     dtype = torch_dtype(cfg.model.dtype, device)
     model = load_base(cfg, device)  # pretrained weights first: a missing checkpoint fails in seconds
 
-    splits = task.build_splits(cfg.seed, log=tqdm.write)
+    splits = task.build_splits(cfg.seed, log=say)
     (run_dir / "data").mkdir(exist_ok=True)
     task.write_heldout(splits["heldout"], run_dir / "data")
     batches = task.train_batches(splits["train"], cfg.trainer.batch_size, cfg.seed)
@@ -151,7 +206,7 @@ def train(cfg, run_dir: str | Path, overrides: Sequence[str] = ()) -> Path:
     if resume_from is not None:
         start_step, clock["before"] = _restore(resume_from, model, opt, sched, batches, gen, cfg, ema)
         _truncate_metrics(run_dir / "metrics.jsonl", start_step)
-        tqdm.write(f"resumed from {resume_from} (step {start_step})")
+        say(f"resumed from {resume_from} (step {start_step})")
 
     from torch.utils.tensorboard import SummaryWriter
 
@@ -159,7 +214,7 @@ def train(cfg, run_dir: str | Path, overrides: Sequence[str] = ()) -> Path:
     writer = SummaryWriter(str(run_dir / "tb"), purge_step=start_step + 1 if start_step else None)
     metrics = open(run_dir / "metrics.jsonl", "a")
     _write_run_info(run_dir, cfg, trainable, total, device)
-    tqdm.write(f"run dir: {run_dir}\nmodel: {total / 1e6:.2f}M parameters ({trainable / 1e6:.2f}M trained), "
+    say(f"run dir: {run_dir}\nmodel: {total / 1e6:.2f}M parameters ({trainable / 1e6:.2f}M trained), "
                f"device {device}, dtype {dtype}")
 
     stop = {"signal": None}
@@ -173,6 +228,9 @@ def train(cfg, run_dir: str | Path, overrides: Sequence[str] = ()) -> Path:
     bar = tqdm(total=cfg.trainer.max_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
     step = saved_step = start_step  # saved_step: the newest checkpoint's step
     last = start_step if over_time() else cfg.trainer.max_steps  # a resumed run whose time is up trains no step
+    if last > start_step and resume_from is not None:  # its final weights are stale until it ends: marked so
+        (run_dir / runs.RESUMING).write_text(f"{start_step}\n")
+        (run_dir / "train_summary.json").unlink(missing_ok=True)
     for step in range(start_step + 1, last + 1):
         micro = [_corrupt(next(batches), cfg, gen, vocab_size, task) for _ in range(cfg.trainer.grad_accum)]
         n_scored = sum(float(m["count"]) for m in micro) or 1.0
@@ -227,14 +285,14 @@ def train(cfg, run_dir: str | Path, overrides: Sequence[str] = ()) -> Path:
             for k, v in row.items():
                 if k != "step":
                     writer.add_scalar(f"heldout/{k}", v, step)
-            tqdm.write(f"step {step}: held-out " + ", ".join(f"{k} {v:.3f}" for k, v in row.items() if k != "step"))
+            say(f"step {step}: held-out " + ", ".join(f"{k} {v:.3f}" for k, v in row.items() if k != "step"))
             model.train()
         if cfg.trainer.ckpt_every and step % cfg.trainer.ckpt_every == 0 and step < cfg.trainer.max_steps:
             _checkpoint(run_dir, step, model, opt, sched, batches, gen, cfg, elapsed_s(), ema)
             saved_step = step
         if stop["signal"] or over_time():
             why = f"signal {stop['signal']}" if stop["signal"] else f"time limit {cfg.trainer.time_limit_min} min"
-            tqdm.write(f"stopping at step {step} ({why})")
+            say(f"stopping at step {step} ({why})")
             break
     bar.close()
 
@@ -253,13 +311,14 @@ def train(cfg, run_dir: str | Path, overrides: Sequence[str] = ()) -> Path:
                "session_seconds": round(time.time() - t0, 1), "final_loss": loss,
                "stopped_by": stop["signal"] or ("time_limit" if step < cfg.trainer.max_steps else None)}
     (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=1))
+    (run_dir / runs.RESUMING).unlink(missing_ok=True)
     from dgft.plots import plot_loss
 
     plot_loss(run_dir / "metrics.jsonl", run_dir / "loss.png")
     _link_latest(run_dir)
-    tqdm.write(f"done: {step} steps in {summary['train_seconds']} s; weights in {out}")
+    say(f"done: {step} steps in {summary['train_seconds']} s; weights in {out}")
     if stop["signal"]:
-        tqdm.write(f"interrupted: resume with `dgft train resume={run_dir}`")
+        say(f"interrupted: resume with `dgft train resume={run_dir}`")
     return run_dir
 
 
@@ -459,14 +518,18 @@ def _resume_target(cfg, run_dir: Path, overrides: Sequence[str] = ()):
         raise ConfigError(f"resume={cfg.resume}: {run_dir} holds no config.yaml; nothing to resume")
     from dgft.config import typed_train_config
 
-    saved = typed_train_config(OmegaConf.load(run_dir / "config.yaml"), source=run_dir / "config.yaml")
+    saved = typed_train_config(_load_yaml(run_dir / "config.yaml"), source=run_dir / "config.yaml")
     saved.resume = cfg.resume
     refuse = (f" ({run_dir / 'config.yaml'}); a resumed run keeps its config, and only "
               f"{', '.join(RESUME_MAY_CHANGE)} may change")
-    for key, item in _override_keys(overrides):
+    keys = _override_keys(overrides)
+    for key, _ in keys:  # first the keys that may change, so a group given too (trainer=cpu) compares with them
+        if key in RESUME_MAY_CHANGE:
+            OmegaConf.update(saved, key, OmegaConf.select(cfg, key))
+    for key, item in keys:
         given, kept = OmegaConf.select(cfg, key), OmegaConf.select(saved, key)
         if key in RESUME_MAY_CHANGE:
-            OmegaConf.update(saved, key, given)
+            continue
         elif "." not in key and key not in cfg:  # a config group with no node of its own (recipe=X)
             was = _run_choice(run_dir, key, saved)
             if item.split("=", 1)[1] != was:
@@ -493,9 +556,13 @@ def _finished(run_dir: Path, last: Path, cfg) -> bool:
         why, key = f"{seconds / 60:.1f} min of trainer.time_limit_min={limit}", "trainer.time_limit_min"
     else:
         return False
-    if not (run_dir / ("adapter" if cfg.model.finetune == "lora" else "model")).is_dir():
-        return False  # stopped between its last checkpoint and its weights: the save runs again
-    tqdm.write(f"{run_dir}: nothing to train, the run is at {why} and its weights are saved; to train on, raise "
+    try:  # written after the final weights: it records the step they are of
+        saved = json.loads((run_dir / "train_summary.json").read_text()).get("steps") == step
+    except (OSError, ValueError, AttributeError):
+        saved = False
+    if not saved or not (run_dir / ("adapter" if cfg.model.finetune == "lora" else "model")).is_dir():
+        return False  # stopped between its last checkpoint and its weights (or killed when resumed): saved again
+    say(f"{run_dir}: nothing to train, the run is at {why} and its weights are saved; to train on, raise "
                f"it: `dgft train resume={run_dir} {key}=...`")
     return True
 
@@ -505,10 +572,21 @@ def _run_choice(run_dir: Path, group: str, saved):
     for `recipe`, the name the recipe gives the run; None when neither says."""
     path = run_dir / ".hydra" / "hydra.yaml"
     if path.exists():
-        choices = OmegaConf.load(path).hydra.runtime.choices
+        choices = OmegaConf.select(_load_yaml(path), "hydra.runtime.choices", default=None) or {}
         if group in choices:
             return choices[group]
     return saved.get("name") if group == "recipe" else None
+
+
+def _load_yaml(path: Path):
+    """A run's YAML record, or a ConfigError naming the file and what is wrong (the parser's line and column)."""
+    from dgft.config import ConfigError
+
+    try:
+        return OmegaConf.load(path)
+    except Exception as err:  # yaml's parser errors carry the line
+        raise ConfigError(f"{path}: not a readable config ({type(err).__name__}: {err}); was it edited or "
+                          f"truncated?") from err
 
 
 def _plain(value):
@@ -580,7 +658,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
         try:
             row = json.loads(line)
         except ValueError:
-            tqdm.write(f"{path}:{number}: not a JSON row (torn by the crash?); dropped")
+            say(f"{path}:{number}: not a JSON row (torn by the crash?); dropped")
             continue
         if row.get("step", 0) <= step:
             keep.append(line)
@@ -613,7 +691,9 @@ def _install_signal_handlers(stop: dict) -> None:
 
 
 def _link_latest(run_dir: Path) -> None:
-    """outputs/<name>/latest -> the newest run, so `dgft eval outputs/sudoku/latest` works."""
+    """outputs/<name>/latest -> the newest run, so `dgft eval outputs/sudoku/latest` works; to the run itself when
+    it was reached through the link (`resume=outputs/sudoku/latest`), never to the link."""
+    run_dir = run_dir.resolve()
     link = run_dir.parent / "latest"
     try:
         if link.is_symlink():

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dgft.cache import publish
+from dgft.cache import ensure_dir, publish
 from dgft.config import ConfigError
 from dgft.tasks.infill import corpus as C
 from dgft.tasks.infill.task import setting
@@ -91,6 +91,7 @@ def build_splits(task_cfg, log=print):
         except Exception as err:  # a torn or corrupted cache is rebuilt, not trusted
             log(f"{path}: unreadable cache ({type(err).__name__}); building it again")
             shutil.rmtree(path, ignore_errors=True)
+    ensure_dir(path.parent)
     sources = list(setting(task_cfg, "sources"))
     log(f"reading the infilling corpus from {', '.join(map(str, sources))} ...")
     files, report = C.read_sources(sources, int(setting(task_cfg, "max_file_bytes")), setting(task_cfg, "text_column"),
