@@ -2,7 +2,8 @@
 tokens across a whole gradient-accumulation window rather than per micro-batch.
 
 Uniform-state noise scores every scored position (flat cross-entropy, as DiffusionGemma trains); absorbing
-noise scores only the masked ones, optionally weighted by 1/t (MDLM's ELBO weight). A task may weigh
+noise scores only the masked ones, optionally weighted by 1/t (MDLM's ELBO weight, averaged over every scored
+position, as MDLM and LLaDA normalise it). A task may weigh
 positions unequally (`position_weight`, e.g. an infill's padding after [EOS] at 0.1); the count is then the
 weighted count, so a batch of short middles does not pull harder than one of long middles.
 """
@@ -23,6 +24,15 @@ def loss_weights(scored, hit, kind: str = "uniform", position_weight=None):
     return position_weight.float() if kind == "uniform" else position_weight.float() * hit
 
 
+def loss_count(scored, hit, kind: str = "uniform", weight: str = "flat", position_weight=None):
+    """What a batch's loss sum is normalised by: its scored positions' (weighted) count. Absorbing noise with a flat
+    weight averages over the masked positions; with 1/t (MDLM's and LLaDA's ELBO) over every scored position,
+    masked or not: an example's 1/t already undoes its masked share (about t of its positions), so dividing by the
+    masked count too would weigh each step by a second, random 1/t (the batch's mean)."""
+    over = "uniform" if kind == "uniform" or weight == "inv_t" else kind
+    return loss_weights(scored, hit, over, position_weight).sum()
+
+
 def token_cross_entropy(logits, target):
     """Cross-entropy per position: logits (B, L, V), target (B, L) -> (B, L) float32.
 
@@ -38,11 +48,11 @@ def denoising_loss(logits, target, scored, hit, kind: str = "uniform", t=None, w
                    position_weight=None):
     """logits (B, L, V), target (B, L), scored (B, L) bool, hit (B, L) bool, t (B,) -> (loss_sum, n_tokens).
 
-    n_tokens counts the positions that entered the sum (a float tensor, for exact normalisation); with
-    `position_weight` (B, L) float it is their summed weight.
+    n_tokens is what the sum is normalised by (`loss_count`, a float tensor, for exact normalisation): the positions
+    that entered it, or with 1/t every scored one; with `position_weight` (B, L) float their summed weight.
     """
     w = loss_weights(scored, hit, kind, position_weight)
-    n = w.sum()
+    n = loss_count(scored, hit, kind, weight, position_weight)
     ce = token_cross_entropy(logits, target)  # (B, L)
     if weight == "inv_t":
         w = w / t[:, None]

@@ -32,7 +32,7 @@ from dgft import runs
 from dgft.cache import replace_file
 from dgft.config import validate
 from dgft.ema import EMA
-from dgft.loss import denoising_loss, encoder_ar_loss, loss_weights
+from dgft.loss import denoising_loss, encoder_ar_loss, loss_count
 from dgft.model import (attach_lora, attention_layout, build_tiny, count_parameters, denoise, encode, forbid_answers,
                         load_pretrained, load_quantized, prompt_logits, quantize_tiny_, require_path, torch_dtype,
                         unwrap)
@@ -215,7 +215,7 @@ def _train(cfg, run_dir: Path, overrides: Sequence[str]) -> Path:
     metrics = open(run_dir / "metrics.jsonl", "a")
     _write_run_info(run_dir, cfg, trainable, total, device)
     say(f"run dir: {run_dir}\nmodel: {total / 1e6:.2f}M parameters ({trainable / 1e6:.2f}M trained), "
-               f"device {device}, dtype {dtype}")
+        f"device {device}, dtype {dtype}")
 
     stop = {"signal": None}
     _install_signal_handlers(stop)
@@ -381,10 +381,7 @@ def _corrupt(batch: dict, cfg, gen, vocab_size: int, task=None) -> dict:
     if weigh is not None and "weight" not in batch:
         weight = weigh(target, givens | ~hit, batch["size"])
         batch = batch if weight is None else {**batch, "weight": weight * scored}
-    if "weight" in batch:
-        count = loss_weights(scored, hit, cfg.noise.kind, batch["weight"]).sum()
-    else:
-        count = (scored if cfg.noise.kind == "uniform" else scored & hit).sum()
+    count = loss_count(scored, hit, cfg.noise.kind, cfg.noise.loss_weight, batch.get("weight"))
     if cfg.noise.known_in_prompt:
         batch = {**batch}
         batch["prompt_ids"], batch["prompt_mask"] = task.known_prompt(target, givens, noisy, ~hit & ~givens,
@@ -518,7 +515,7 @@ def _resume_target(cfg, run_dir: Path, overrides: Sequence[str] = ()):
         raise ConfigError(f"resume={cfg.resume}: {run_dir} holds no config.yaml; nothing to resume")
     from dgft.config import typed_train_config
 
-    saved = typed_train_config(_load_yaml(run_dir / "config.yaml"), source=run_dir / "config.yaml")
+    saved = typed_train_config(runs.read_yaml(run_dir / "config.yaml"), source=run_dir / "config.yaml")
     saved.resume = cfg.resume
     refuse = (f" ({run_dir / 'config.yaml'}); a resumed run keeps its config, and only "
               f"{', '.join(RESUME_MAY_CHANGE)} may change")
@@ -527,10 +524,10 @@ def _resume_target(cfg, run_dir: Path, overrides: Sequence[str] = ()):
         if key in RESUME_MAY_CHANGE:
             OmegaConf.update(saved, key, OmegaConf.select(cfg, key))
     for key, item in keys:
-        given, kept = OmegaConf.select(cfg, key), OmegaConf.select(saved, key)
         if key in RESUME_MAY_CHANGE:
             continue
-        elif "." not in key and key not in cfg:  # a config group with no node of its own (recipe=X)
+        given, kept = OmegaConf.select(cfg, key), OmegaConf.select(saved, key)
+        if "." not in key and key not in cfg:  # a config group with no node of its own (recipe=X)
             was = _run_choice(run_dir, key, saved)
             if item.split("=", 1)[1] != was:
                 raise ConfigError(f"resume={cfg.resume}: {item}, but the run was trained with "
@@ -563,7 +560,7 @@ def _finished(run_dir: Path, last: Path, cfg) -> bool:
     if not saved or not (run_dir / ("adapter" if cfg.model.finetune == "lora" else "model")).is_dir():
         return False  # stopped between its last checkpoint and its weights (or killed when resumed): saved again
     say(f"{run_dir}: nothing to train, the run is at {why} and its weights are saved; to train on, raise "
-               f"it: `dgft train resume={run_dir} {key}=...`")
+        f"it: `dgft train resume={run_dir} {key}=...`")
     return True
 
 
@@ -572,21 +569,10 @@ def _run_choice(run_dir: Path, group: str, saved):
     for `recipe`, the name the recipe gives the run; None when neither says."""
     path = run_dir / ".hydra" / "hydra.yaml"
     if path.exists():
-        choices = OmegaConf.select(_load_yaml(path), "hydra.runtime.choices", default=None) or {}
+        choices = OmegaConf.select(runs.read_yaml(path), "hydra.runtime.choices", default=None) or {}
         if group in choices:
             return choices[group]
     return saved.get("name") if group == "recipe" else None
-
-
-def _load_yaml(path: Path):
-    """A run's YAML record, or a ConfigError naming the file and what is wrong (the parser's line and column)."""
-    from dgft.config import ConfigError
-
-    try:
-        return OmegaConf.load(path)
-    except Exception as err:  # yaml's parser errors carry the line
-        raise ConfigError(f"{path}: not a readable config ({type(err).__name__}: {err}); was it edited or "
-                          f"truncated?") from err
 
 
 def _plain(value):

@@ -86,8 +86,28 @@ def test_zero_loss_at_perfect_logits_and_normalisation():
     hit = torch.tensor([[True, True, False], [False, False, False]])
     s, n = denoising_loss(uniform, target, scored, hit, kind="mask")
     assert n.item() == 1 and math.isclose(s.item(), math.log(5), rel_tol=1e-5)
-    s2, _ = denoising_loss(uniform, target, scored, hit, kind="mask", t=torch.tensor([0.5, 1.0]), weight="inv_t")
+    s2, n2 = denoising_loss(uniform, target, scored, hit, kind="mask", t=torch.tensor([0.5, 1.0]), weight="inv_t")
     assert math.isclose(s2.item(), 2 * s.item(), rel_tol=1e-5)
+    assert n2.item() == 5  # 1/t is averaged over every scored position, masked or not (MDLM's ELBO)
+
+
+def test_inv_t_loss_per_position_does_not_depend_on_the_noise_level():
+    """A model with the same cross-entropy everywhere: with 1/t, the normalised loss is that cross-entropy at any t
+    (its expectation), not 1/t times it, as dividing by the masked count made it."""
+    from dgft import noise as N
+    from dgft.loss import loss_count
+
+    gen = torch.Generator().manual_seed(0)
+    B, L, V = 64, 81, 9
+    target = torch.randint(V, (B, L), generator=gen)
+    scored = torch.ones(B, L, dtype=torch.bool)
+    logits = torch.zeros(B, L, V + 1)
+    for low in (0.05, 0.5):
+        t = low + 0.05 * torch.rand(B, generator=gen)
+        _, hit = N.corrupt("mask", target, t, scored, V, torch.tensor(V), gen)
+        s, n = denoising_loss(logits, target, scored, hit, kind="mask", t=t, weight="inv_t")
+        assert torch.equal(n, loss_count(scored, hit, "mask", "inv_t"))
+        assert math.isclose(s.item() / n.item(), math.log(V + 1), rel_tol=0.1), (low, s.item() / n.item())
 
 
 def test_encoder_ar_loss_counts_only_real_pairs():
