@@ -106,14 +106,20 @@ def _ended_by_itself(run: Path) -> bool:
         return False
 
 
+def read_yaml(path: Path):
+    """A run's YAML record (config.yaml, .hydra/hydra.yaml), or a RunError naming the file and what is wrong (the
+    parser's line and column)."""
+    try:
+        return OmegaConf.load(path)
+    except Exception as err:  # yaml's parser errors carry the line
+        raise RunError(f"{path}: not a readable config ({type(err).__name__}: {err})") from err
+
+
 def load_config(run_dir: str | Path):
     path = Path(run_dir) / "config.yaml"
     if not path.exists():
         raise RunError(f"{path}: not found; is {run_dir} a directory written by `dgft train`?")
-    try:
-        cfg = OmegaConf.load(path)
-    except Exception as err:  # yaml's parser errors carry the line
-        raise RunError(f"{path}: not a readable config ({type(err).__name__}: {err})") from err
+    cfg = read_yaml(path)
     missing = [k for k in ("name", "task", "model", "noise", "sampler")
                if not isinstance(cfg, DictConfig) or k not in cfg]
     if missing:
