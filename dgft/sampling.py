@@ -199,6 +199,9 @@ def sample(model, batch: dict, task, scfg, mode: str, noise_kind: str = "uniform
                     sc_logits = forbid_answers(sc_logits, choices, forbid)
         if mode == "free":
             scores = belief = logits
+            if noise_kind == "mask":  # the mask token is the noise, never an answer (MDLM's -inf on its logit)
+                at = mask_ids.to(device).expand(L)[None, :, None].expand(B, L, 1)
+                scores = belief = logits.scatter(-1, at, -math.inf)
         else:
             if views is None:
                 scores = torch.gather(logits, 2, choices[None].expand(B, L, -1))  # (B, L, K)

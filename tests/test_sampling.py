@@ -105,6 +105,30 @@ def test_free_mode_can_change_givens_and_records_history(setup, monkeypatch):
     assert torch.equal(clamped.canvas, target)
 
 
+def test_free_mode_with_mask_noise_never_answers_the_mask_token(setup, monkeypatch):
+    """A model whose surest token everywhere is the mask: `free` takes the next best, so no position ends masked
+    (an accepted mask would be final, and read by later steps as still open)."""
+    import dgft.sampling as S
+
+    cfg, task, model = setup
+    puzzles, solutions = _puzzles(4, 6, seed=2)
+    batch = task.encode(puzzles, solutions)
+    mask_ids = batch["mask_ids"]
+    V = task.vocab_size
+
+    def denoise(m, cache, canvas, mask, sc_logits=None):
+        logits = torch.nn.functional.one_hot(batch["target"], V).float() * 20
+        return logits.scatter(-1, mask_ids.expand(canvas.shape[1])[None, :, None].expand(*canvas.shape, 1), 50.0)
+
+    monkeypatch.setattr(S, "denoise", denoise)
+    for temperature in (0.0, 1.0):
+        scfg = OmegaConf.structured(SamplerConfig(steps=8, temperature=temperature))
+        res = sample(model, batch, task, scfg, "free", noise_kind="mask", generator=torch.Generator().manual_seed(0))
+        assert not torch.isin(res.canvas, mask_ids).any()
+        if temperature == 0:
+            assert torch.equal(res.canvas, batch["target"])
+
+
 def test_accept_count_entropy_bound():
     # entropies 0.0, 0.05, 0.06, 0.5 -> sum - max <= 0.1 holds for the first three
     ent = torch.tensor([[0.5, 0.0, 0.06, 0.05]])
