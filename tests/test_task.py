@@ -249,6 +249,25 @@ def test_sc_rules_p_feeds_the_first_pass_back_without_the_digits_a_shown_peer_ho
     assert float(fed[forbid].max()) < 1e-6 and float(fed[~forbid].min()) > 0
 
 
+def test_sc_rules_forbids_what_the_known_cells_show_even_a_planted_wrong_digit():
+    """With task.wrong_known_p too, a planted cell shows a wrong digit: its open peers lose that digit from their
+    self-conditioning (as sampling with self_conditioning_from=rules removes what the canvas holds), never the true
+    one, which would give the mistake away."""
+    import dgft.train as T
+
+    cfg = tiny_cfg(task={"sc_rules_p": 1.0, "wrong_known_p": 1.0}, noise={"known_in_prompt": True})
+    task = SudokuTask(cfg.task)
+    rng = np.random.default_rng(5)
+    grids = [G.generate(9, givens=28, rng=rng, max_tries=1) for _ in range(4)]
+    batch = task.encode(np.stack([g[0] for g in grids]), np.stack([g[1] for g in grids]))
+    m = T._corrupt(batch, cfg, torch.Generator().manual_seed(1), task.vocab_size, task)
+    known = m["givens"] | ~m["hit"]
+    planted = known & (m["noisy"] != m["target"])
+    assert planted.any()
+    shown = (m["noisy"][..., None] == m["choices"][None]).float().argmax(-1)
+    assert torch.equal(task.rules_forbid(m), ~task.rule_mask(shown, known, 9) & ~known[..., None])
+
+
 def test_self_conditioning_passes_chain_no_grad_passes_before_the_graded_one(monkeypatch):
     """noise.self_conditioning_passes=3: each batch runs 1 to 3 passes without gradient, each reading the one
     before, then the graded pass reads the last; every chain length occurs."""

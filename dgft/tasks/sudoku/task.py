@@ -325,12 +325,15 @@ class SudokuTask:
     def rules_forbid(self, batch: dict) -> torch.Tensor:
         """(B, L, K) bool: at each cell of a training batch the model is not shown, the digits a shown peer holds.
 
-        Shown: the givens and the cells the noise left clean (what `noise.known_in_prompt` lists). `task.sc_rules_p`
+        Shown: the givens and the cells the noise left clean (what `noise.known_in_prompt` lists), with the digits
+        they are shown with (a cell `task.wrong_known_p` planted holds its wrong one). `task.sc_rules_p`
         removes these from the self-conditioning input, as `sampler.self_conditioning_from=rules` does in `rules`
         mode with the accepted cells.
         """
-        known = batch.get("givens", batch["fixed"]) | ~batch["hit"]
-        index = (batch["target"][..., None] == batch["choices"][None]).float().argmax(-1)
+        givens = batch.get("givens", batch["fixed"])
+        known = givens | ~batch["hit"]
+        shown = torch.where(givens, batch["target"], batch["noisy"])  # a planted wrong digit (wrong_known_p) as shown
+        index = (shown[..., None] == batch["choices"][None]).float().argmax(-1)
         return ~self.rule_mask(index, known, batch["size"]) & ~known[..., None]
 
     def known_prompt(self, target: torch.Tensor, givens: torch.Tensor, canvas: torch.Tensor, accepted: torch.Tensor,
