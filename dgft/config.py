@@ -187,7 +187,8 @@ class SamplerConfig:
     acceptance: str = "entropy"  # "entropy" (DiffusionGemma's bound), "confidence", "fixed"
     entropy_bound: float = 0.1  # accept lowest-entropy tokens while sum - max <= bound
     confidence: float = 0.9  # accept tokens with probability >= this ("confidence")
-    temperature: float = 0.0  # 0: argmax of the constrained distribution
+    temperature: float = 0.0  # 0: argmax of the constrained distribution; acceptance (entropy, confidence, the order
+    # of `fixed`) reads the model's own probabilities at 0 and the tempered ones above 0 (near 0, nearly one-hot)
     self_conditioning: bool = True  # feed the previous step's logits back, as in training
     reprompt: bool = False  # move accepted cells into the encoder's prompt (tasks with `known_prompt`)
     views: int = 1  # clamped/rules: average the model over this many symmetric forms of each puzzle (Sudoku)
