@@ -31,11 +31,15 @@ def ensure_dir(directory: Path) -> Path:
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise CacheError(f"{directory}: cannot make the data cache there ({type(err).__name__}: "
-                         f"{err.strerror or err}); set task.cache_dir to a writable directory") from err
+        raise _unusable(directory, "cannot make the data cache there", err) from err
     if not os.access(directory, os.W_OK | os.X_OK):
-        raise CacheError(f"{directory}: the data cache is not writable; set task.cache_dir to a writable directory")
+        raise _unusable(directory, "the data cache is not writable")
     return directory
+
+
+def _unusable(directory: Path, problem: str, err: OSError | None = None) -> CacheError:
+    why = f" ({type(err).__name__}: {err.strerror or err})" if err else ""
+    return CacheError(f"{directory}: {problem}{why}; set task.cache_dir to a writable directory")
 
 
 def publish(path: Path, write: Callable[[Path], None]) -> None:
@@ -51,8 +55,7 @@ def publish(path: Path, write: Callable[[Path], None]) -> None:
         try:
             write(tmp)
         except OSError as err:
-            raise CacheError(f"{path.parent}: cannot write the data cache there ({type(err).__name__}: "
-                             f"{err.strerror or err}); set task.cache_dir to a writable directory") from err
+            raise _unusable(path.parent, "cannot write the data cache there", err) from err
         try:
             os.replace(tmp, path)  # a directory onto a non-empty one fails: the other process won
         except OSError:
