@@ -137,12 +137,14 @@ def _check_output_dir(overrides: list[str]) -> None:
     """Fail with the path named, before Hydra tries to create a run directory it cannot create."""
     target = next((o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")), "outputs")
     path = Path(target.strip("'\"")).absolute()
-    from dgft.runs import holds_run
+    from dgft.runs import RunInUse, refuse_used
 
     resume = next((o.split("=", 1)[1] for o in overrides if o.startswith("resume=")), "null")
-    if target != "outputs" and resume in ("null", "None", "") and holds_run(path):  # before Hydra writes its record
-        sys.exit(f"dgft train: error: {target} already holds a run ({', '.join(holds_run(path))}); continue it with "
-                 f"`dgft train resume={target}`, or give the new run another hydra.run.dir")
+    if target != "outputs" and resume in ("null", "None", ""):  # before Hydra rewrites another run's record
+        try:
+            refuse_used(Path(target.strip("'\"")))
+        except RunInUse as err:
+            sys.exit(f"dgft train: error: {err}")
     while not path.exists():
         path = path.parent
     if not path.is_dir():

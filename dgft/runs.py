@@ -31,14 +31,10 @@ RESUMING = ".resuming"  # while a resumed run trains: its model/ (adapter/) is o
 RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoints", "model", "adapter", "train_summary.json")
 
 
-def holds_run(run_dir: Path) -> list[str]:
-    """What of a trained run `run_dir` already holds (empty for a new directory, or one with only Hydra's record)."""
-    return [name for name in RUN_FILES if (Path(run_dir) / name).exists()]
-
-
 def refuse_used(run_dir: Path) -> None:
-    """A fresh run must not write into another run's directory: its checkpoints, weights and metrics would mix."""
-    held = holds_run(run_dir)
+    """A fresh run must not write into another run's directory (one holding any of RUN_FILES; Hydra's record alone
+    does not count): its checkpoints, weights and metrics would mix."""
+    held = [name for name in RUN_FILES if (Path(run_dir) / name).exists()]
     if held:
         raise RunInUse(f"{run_dir} already holds a run ({', '.join(held)}); continue it with `dgft train "
                        f"resume={run_dir}`, or give the new run another hydra.run.dir")
@@ -95,15 +91,23 @@ def run_dir_for(name: str, resume) -> str:
     return str(runs[-1])
 
 
-def _ended_by_itself(run: Path) -> bool:
-    """A run that ended by itself (its summary says so: max_steps or its time limit), not one interrupted by a
-    signal or killed (no summary): resume=auto passes it over."""
+def summary(run: Path) -> dict | None:
+    """RUN/train_summary.json, written when a training session ends (after the final weights); None when there is
+    none (still training, killed, or a resume that has not ended) or it cannot be read."""
     import json
 
     try:
-        return json.loads((run / "train_summary.json").read_text()).get("stopped_by") in (None, "time_limit")
-    except (OSError, ValueError, AttributeError):
-        return False
+        found = json.loads((Path(run) / "train_summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return found if isinstance(found, dict) else None
+
+
+def _ended_by_itself(run: Path) -> bool:
+    """A run that ended by itself (its summary says so: max_steps or its time limit), not one interrupted by a
+    signal or killed (no summary): resume=auto passes it over."""
+    ended = summary(run)
+    return ended is not None and ended.get("stopped_by") in (None, "time_limit")
 
 
 def read_yaml(path: Path):

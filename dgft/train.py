@@ -553,10 +553,7 @@ def _finished(run_dir: Path, last: Path, cfg) -> bool:
         why, key = f"{seconds / 60:.1f} min of trainer.time_limit_min={limit}", "trainer.time_limit_min"
     else:
         return False
-    try:  # written after the final weights: it records the step they are of
-        saved = json.loads((run_dir / "train_summary.json").read_text()).get("steps") == step
-    except (OSError, ValueError, AttributeError):
-        saved = False
+    saved = (runs.summary(run_dir) or {}).get("steps") == step  # written after the final weights, of that step
     if not saved or not (run_dir / ("adapter" if cfg.model.finetune == "lora" else "model")).is_dir():
         return False  # stopped between its last checkpoint and its weights (or killed when resumed): saved again
     say(f"{run_dir}: nothing to train, the run is at {why} and its weights are saved; to train on, raise "
