@@ -164,6 +164,10 @@ def sample(model, batch: dict, task, scfg, mode: str, noise_kind: str = "uniform
                          "token); set sampler.revise=0")
     fill = bool(getattr(scfg, "fill_forced", False)) and mode == "rules"
     stale = False  # accepted cells not yet in the encoder's prompt (sampler.reprompt)
+
+    def shown(canvas):  # the canvas with [PAD] where the rules left a cell empty: the answer, and its pictures
+        return torch.where(empty, torch.full_like(canvas, pad_id), canvas)
+
     for step in range(scfg.steps):
         if fill:
             canvas, filled = fill_forced(canvas, ~accepted, accepted & ~empty, task, choices, n)
@@ -172,7 +176,7 @@ def sample(model, batch: dict, task, scfg, mode: str, noise_kind: str = "uniform
         open_ = ~accepted
         if not open_.any():
             if record and fill and filled.any():  # the last wave of forced cells finished every puzzle
-                history.append((canvas.clone().cpu(), accepted.clone().cpu()))
+                history.append((shown(canvas).cpu(), accepted.clone().cpu()))
             break
         known = accepted & ~empty  # what the rules, the prompt and the views count this step
         if reprompt and stale:  # re-encode only before a decoder pass that reads it
@@ -229,13 +233,13 @@ def sample(model, batch: dict, task, scfg, mode: str, noise_kind: str = "uniform
         canvas = torch.where(new, tokens, canvas)
         accepted = (accepted | new | dead) & ~reopened
         empty |= dead
-        canvas = torch.where(empty, torch.full_like(canvas, pad_id), canvas)
-        canvas = torch.where(accepted, canvas, noise_like())
+        # an empty cell reads as noise, as an open one does and as every view reads it (training never shows [PAD])
+        canvas = torch.where(accepted & ~empty, canvas, noise_like())
         stale |= bool(new.any() or reopened.any())
         if record:
-            history.append((canvas.clone().cpu(), accepted.clone().cpu()))
+            history.append((shown(canvas).cpu(), accepted.clone().cpu()))
     # Out of steps with positions still open (rules rejected a same-step conflict): leave them empty.
-    canvas = torch.where(accepted, canvas, torch.full_like(canvas, pad_id))
+    canvas = torch.where(accepted & ~empty, canvas, torch.full_like(canvas, pad_id))
     return SampleResult(canvas=canvas, steps=steps_used, history=history, revisions=revisions)
 
 

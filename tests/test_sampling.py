@@ -466,3 +466,24 @@ def test_fill_forced_keeps_pins_and_rules_and_spends_fewer_passes(setup, monkeyp
         assert all(G.rule_violations(d) == 0 for d in digits)
         counts[fill] = len(calls)
     assert counts[True] < counts[False]
+
+
+def test_a_cell_the_rules_left_empty_reads_as_noise_not_pad(setup, monkeypatch):
+    """A cell left empty is [PAD] in the answer, but the decoder reads noise there, as with views (whose view 0 is
+    the puzzle itself) and as in training, which never shows [PAD]: views=1 once fed [PAD] from then on."""
+    from dgft.tasks.sudoku.task import PAD
+
+    cfg, task, model = setup
+    fed = []
+    _record_denoise(monkeypatch, lambda canvas, sc: fed.append(int((canvas == PAD).sum())))
+    rng = np.random.default_rng(0)
+    made = [G.generate(9, givens=30, rng=rng, max_tries=1) for _ in range(6)]
+    puzzles, solutions = np.stack([p for p, _, _ in made]), np.stack([s for _, s, _ in made])
+    scfg = OmegaConf.structured(SamplerConfig(steps=81, acceptance="fixed", temperature=0.7))
+    res = sample(model, task.encode(puzzles, solutions), task, scfg, "rules",
+                 generator=torch.Generator().manual_seed(0), record=True)
+    empty = res.canvas == PAD
+    assert empty.any(), "no cell was left empty: the test needs a puzzle the random model gets stuck on"
+    assert sum(fed) == 0
+    assert (res.history[-1][0] == PAD).sum() == empty.sum()  # the pictures show them empty
+    _check_rules_answers(res, task.decode(res.canvas, 9), puzzles, 81)
