@@ -10,7 +10,10 @@
 # Needs .gpu/cache.tar.xz and .gpu/bench/ (carry ".gpu"); without the tarball the data are generated (~1 min).
 # Works with dgft installed or only on PYTHONPATH (it runs `python3 -m dgft`).
 # DGFT_DRY_RUN=1: every stage on the CPU in a few minutes (a 2-layer model, 3 steps, 4 puzzles per file, 2 views).
-# DGFT_PREFLIGHT=0 skips the preflight stage, tests/test_gpu.py (the CUDA paths on a tiny model, about 20 s).
+# DGFT_PREFLIGHT=0 skips the preflight stage (tests/test_gpu.py's train and eval on CUDA, a tiny model, about 20 s).
+# DGFT_EVAL="baseline=false limit=20": more `dgft eval` overrides for every evaluated file.
+# DGFT_DEADLINE_S=N: the whole script should end within N s (a device command's limit): the evaluation stage's
+# timeout is cut to what is left, less 30 s to collect; whatever it finished by then comes back.
 set -uo pipefail
 if [ $# -lt 1 ]; then
   echo "usage: bash eval/gpu_sudoku.sh OUT_DIR [MINUTES] [train overrides ...]" >&2
@@ -39,6 +42,8 @@ else
   EVAL+=(device=cuda)
 fi
 TRAIN+=("$@")
+read -r -a MORE_EVAL <<< "${DGFT_EVAL:-}"
+EVAL+=(${MORE_EVAL[@]+"${MORE_EVAL[@]}"})
 
 stage() {  # stage NAME SECONDS PROGRAM...: run with a timeout (TERM, then KILL 30 s later), report time and status
   local name=$1 limit=$2 t0=$SECONDS rc
@@ -94,8 +99,16 @@ if not (cache / name / "dataset_dict.json").exists() and packed.exists():
         members = tar.getnames()
         tar.extractall(cache, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
     print(f"unpacked {packed} ({packed.stat().st_size / 1e6:.1f} MB): {sorted({m.split('/')[0] for m in members})}")
-if (cache / name / "dataset_dict.json").exists():
-    print(f"data: {cache / name} (found)")
+if (cache / name).exists():
+    from dgft.cache import load_splits
+
+    try:
+        rows = {k: len(v) for k, v in load_splits(cache / name).items()}
+        print(f"data: {cache / name} (found: {rows})")
+    except Exception as err:  # noqa: BLE001 (a tarball packed by an older dgft, or damaged)
+        print(f"data: {cache / name} does not load ({type(err).__name__}: {err}): train will generate "
+              f"{cfg.task.base_puzzles} + {cfg.task.heldout_puzzles} puzzles per size first; run "
+              "eval/gpu_prepare.sh again before the next GPU session")
 else:
     print(f"data: {cache / name} missing (the tarball holds other settings?): train will generate "
           f"{cfg.task.base_puzzles} + {cfg.task.heldout_puzzles} puzzles per size first")
@@ -103,7 +116,16 @@ PY
 }
 
 evaluate_all() {  # `dgft eval` per file, in one process: the model loads in a second, python and CUDA in ten
-  stage eval 300 python3 - "$RUN" "${EVAL[@]}" <<'PY'
+  local limit=300
+  if [ -n "${DGFT_DEADLINE_S:-}" ]; then
+    limit=$(( DGFT_DEADLINE_S - SECONDS - 30 < limit ? DGFT_DEADLINE_S - SECONDS - 30 : limit ))
+    if [ "$limit" -lt 20 ]; then
+      echo "=== eval: skipped, ${limit}s left before DGFT_DEADLINE_S=$DGFT_DEADLINE_S"
+      return 1
+    fi
+  fi
+  stage eval "$limit" python3 - "$RUN" "$OUT" "$MINUTES" "${EVAL[@]}" <<'PY'
+import subprocess
 import sys
 import time
 import traceback
@@ -115,7 +137,7 @@ from dgft.config import register
 from dgft.evaluate import evaluate
 
 register()
-run, extra = sys.argv[1], sys.argv[2:]
+run, out, minutes, extra = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
 failed = 0
 for data in [".gpu/bench/norvig_easy50.csv", ".gpu/bench/norvig_top95.csv", ".gpu/bench/d1_4x4_test_sudoku.csv", None]:
     t0 = time.time()
@@ -127,50 +149,13 @@ for data in [".gpu/bench/norvig_easy50.csv", ".gpu/bench/norvig_top95.csv", ".gp
         failed += 1
         traceback.print_exc()
     print(f"eval {data or 'held-out split'}: {time.time() - t0:.1f} s", flush=True)
+    subprocess.run(["bash", "eval/gpu_collect.sh", run, out, minutes], check=False)  # in OUT before the next
 sys.exit(1 if failed else 0)
 PY
 }
 
-collect() {  # at most 8 files come back: a summary, the curves, and the rest in one tarball
-  local f
-  for f in train_summary.json loss.png metrics.jsonl; do
-    [ -f "$RUN/$f" ] && cp "$RUN/$f" "$OUT/"
-  done
-  {
-    echo "# recipe=sudoku_gpu, $MINUTES min of training: $RUN"
-    echo
-    python3 - "$RUN" <<'PY'
-import json
-import sys
-from pathlib import Path
-
-run = Path(sys.argv[1])
-if (run / "run.json").exists():
-    r = json.loads((run / "run.json").read_text())
-    print(f"{r['parameters'] / 1e6:.1f}M parameters, device {r['device']}, torch {r['torch']}, "
-          f"transformers {r['transformers']}")
-if (run / "train_summary.json").exists():
-    print(f"train_summary: {json.loads((run / 'train_summary.json').read_text())}")
-if (run / "metrics.jsonl").exists():
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    train = [r for r in rows if "loss" in r]
-    if train:
-        last = train[-1]
-        print(f"last logged step {last['step']}: loss {last['loss']:.4f}, {last['tokens_per_s']:,.0f} tokens/s, "
-              f"{last['elapsed_s'] / max(last['step'], 1):.3f} s/step")
-    curve = [f"{r['step']}: {r['9x9_clamped_exact']:.2f}" for r in rows if "9x9_clamped_exact" in r]
-    print("held-out 9x9 clamped exact during training (step: exact): " + ", ".join(curve))
-PY
-    echo
-    for f in norvig_easy50 norvig_top95 d1_4x4_test_sudoku heldout; do
-      [ -f "$RUN/eval/$f.md" ] && cat "$RUN/eval/$f.md" && echo
-    done
-  } > "$OUT/results.md"
-  if [ -d "$RUN" ]; then
-    (cd "$RUN" && tar czf "$OUT/run.tar.gz" $(ls -d eval config.yaml run.json data/heldout.csv 2>/dev/null))
-  fi
-  ls -l "$OUT"
-  cat "$OUT/results.md"
+collect() {  # eval/gpu_collect.sh: results.md, the curves and run.tar.gz into OUT (also after each evaluated file)
+  bash eval/gpu_collect.sh "$RUN" "$OUT" "$MINUTES"
 }
 
 main() {
@@ -179,7 +164,8 @@ main() {
   environment || return 1
   # the CUDA paths of train and eval on a 2-layer model (~20 s), so a bug costs seconds, not the whole run
   if [ "${DGFT_PREFLIGHT:-1}" = 1 ]; then
-    stage preflight 180 python3 -m pytest -q -x -m gpu -p no:cacheprovider tests/test_gpu.py || return 1
+    stage preflight 180 python3 -m pytest -q -x -m gpu -p no:cacheprovider tests/test_gpu.py \
+      -k test_train_and_eval_on_cuda || return 1
   fi
   prepare || rc=1
   # start-up (imports, data, model) about 30 s, then MINUTES in the loop; SIGTERM saves weights and a checkpoint
@@ -192,6 +178,8 @@ main() {
     rc=1
   fi
   collect
+  ls -l "$OUT"
+  cat "$OUT/results.md"
   echo "gpu_sudoku.sh: done, rc $rc, $SECONDS s"
   return $rc
 }
