@@ -6,12 +6,15 @@ process's own, then renamed into place. Two runs started at once with the same s
 same content, so whichever renames first wins and the other's copy is removed: no half-written directory is
 ever read, and none is left behind.
 
-Example: `publish(path, lambda tmp: splits.save_to_disk(str(tmp)))`, then `load_from_disk(str(path))`. A single
-file is replaced the same way: `replace_file(path, text)` or `replace_file(path, lambda tmp: fig.savefig(tmp))`.
+Example: `publish(path, lambda tmp: save_splits(splits, tmp))`, then `load_splits(path)`, which also checks each
+split's number of rows against the count written beside it: a cache file cut short where datasets' record batches
+end still loads, with rows missing and no error. A single file is replaced the same way: `replace_file(path,
+text)` or `replace_file(path, lambda tmp: fig.savefig(tmp))`.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Callable
@@ -63,6 +66,28 @@ def publish(path: Path, write: Callable[[Path], None]) -> None:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+ROWS = "rows.json"  # beside a cached DatasetDict: each split's number of rows as written
+
+
+def save_splits(splits, directory: Path, **kwargs) -> None:
+    """`splits.save_to_disk(directory, **kwargs)`, and each split's number of rows in directory/rows.json."""
+    splits.save_to_disk(str(directory), **kwargs)
+    (Path(directory) / ROWS).write_text(json.dumps({k: len(v) for k, v in splits.items()}))
+
+
+def load_splits(path: Path):
+    """The DatasetDict `save_splits` wrote; ValueError if a split's rows differ from the count written with it (a
+    damaged cache, to be built again) or the count is missing (a cache written before dgft recorded it)."""
+    from datasets import load_from_disk
+
+    splits = load_from_disk(str(path))
+    written = json.loads((Path(path) / ROWS).read_text())
+    rows = {k: len(v) for k, v in splits.items()}
+    if rows != written:
+        raise ValueError(f"{path}: rows {rows}, written {written}")
+    return splits
 
 
 def replace_file(path: Path, content: str | Callable[[Path], None]) -> None:

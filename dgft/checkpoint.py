@@ -130,13 +130,20 @@ def is_valid(ckpt: Path, verify_hashes: bool = True) -> bool:
         return False
 
 
+def by_step(name: str) -> tuple[int, str]:
+    """Sort key of a checkpoint's name: its step as a number, so step-1000000 (seven digits) comes after step-999999;
+    a name with no number after "step-" sorts first."""
+    number = name.removeprefix("step-")
+    return (int(number) if number.isdigit() else -1, name)
+
+
 def checkpoints(run_dir: Path) -> list[Path]:
     """Checkpoint dirs of a run, oldest first (valid or not)."""
     root = Path(run_dir) / "checkpoints"
     found = {p.name: p for p in root.glob("step-*")}
     for p in root.glob(".old-step-*"):  # a crash between moving a step saved again aside and its new copy's rename
         found.setdefault(p.name[len(".old-"):], p)
-    return [found[name] for name in sorted(found)]
+    return [found[name] for name in sorted(found, key=by_step)]
 
 
 def latest_valid(run_dir: Path) -> Path | None:
@@ -150,7 +157,7 @@ def latest_valid(run_dir: Path) -> Path | None:
 
 def prune(root: Path, keep_last: int) -> None:
     """Delete all but the newest `keep_last` valid checkpoints (never the newest valid one)."""
-    valid = [c for c in sorted(root.glob("step-*")) if is_valid(c, verify_hashes=False)]
+    valid = [c for c in sorted(root.glob("step-*"), key=lambda c: by_step(c.name)) if is_valid(c, verify_hashes=False)]
     for old in valid[: max(len(valid) - max(keep_last, 1), 0)]:
         shutil.rmtree(old, ignore_errors=True)
 

@@ -127,19 +127,27 @@ def main(argv: list[str] | None = None) -> None:
 
     if command == "train":
         _check_output_dir(rest)
+        if {"-m", "--multirun"} & set(rest) and not {"--cfg", "-c", "--help", "-h", "--info"} & set(rest):
+            _check_sweep(rest)
     else:
         _run_comes_first(command, rest)
     sys.argv = [f"dgft {command}"] + rest
     _run()
 
 
+def _override(overrides: list[str], key: str, default: str) -> str:
+    """The value an override list gives `key` (the last one, as Hydra takes it; `+key=` and `++key=` too)."""
+    values = [o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith(f"{key}=")]
+    return values[-1] if values else default
+
+
 def _check_output_dir(overrides: list[str]) -> None:
     """Fail with the path named, before Hydra tries to create a run directory it cannot create."""
-    target = next((o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")), "outputs")
+    target = _override(overrides, "hydra.run.dir", "outputs")
     path = Path(target.strip("'\"")).absolute()
     from dgft.runs import RunInUse, refuse_used
 
-    resume = next((o.split("=", 1)[1] for o in overrides if o.startswith("resume=")), "null")
+    resume = _override(overrides, "resume", "null")
     if target != "outputs" and resume in ("null", "None", ""):  # before Hydra rewrites another run's record
         try:
             refuse_used(Path(target.strip("'\"")))
@@ -151,6 +159,34 @@ def _check_output_dir(overrides: list[str]) -> None:
         sys.exit(f"dgft train: error: cannot create the run directory {target}: {path} is not a directory")
     if not os.access(path, os.W_OK | os.X_OK):
         sys.exit(f"dgft train: error: cannot create the run directory {target}: {path} is not writable")
+
+
+def _check_sweep(rest: list[str]) -> None:
+    """`dgft train -m ...`: every job's config composed and range-checked before the first job starts, so a bad
+    value in the sweep (`trainer.lr=-1,0.001`) is refused up front instead of stopping the sweep after the jobs
+    before it have trained (or before the ones after it run)."""
+    import itertools
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from dgft.config import ConfigError
+
+    try:
+        overrides = OverridesParser.create().parse_overrides([a for a in rest if not a.startswith("-")])
+    except Exception:  # noqa: BLE001 (a flag's value, or bad grammar: Hydra says what is wrong when it runs)
+        return
+    choices = []
+    for o in overrides:
+        key = o.get_key_element()
+        if key.lstrip("+~").startswith("hydra."):
+            continue  # where jobs write and how Hydra runs them: not the train config
+        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+        choices.append([f"{key}={v}" for v in values] if not o.is_delete() else [key])
+    for job in itertools.product(*choices):
+        try:
+            compose_train(list(job))
+        except ConfigError as err:
+            sys.exit(f"dgft train: error: sweep job {' '.join(job)}: {err} (no job was started)")
 
 
 def _run_comes_first(command: str, rest: list[str]) -> None:

@@ -14,6 +14,8 @@ Example: `dgft train recipe=sudoku trainer.max_steps=200 seed=7`.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -248,6 +250,9 @@ class EvalRecipe:
     # `checkpoint` the checkpoint's name after it (heldout_step-000500), so the final model's results stay
     on_error: str = "raise"  # bad lines in `data`: "raise" or "skip" (skipped lines are counted)
     limit: int = 0  # evaluate only the first N puzzles (0: all)
+    batch_by: str = "size"  # Sudoku: which puzzles share a sampling batch: "size" (one grid size), or "givens" (one
+    # number of givens too: puzzles/s and tokens/s measured per number of givens, no row idles while the batch's
+    # emptier puzzles finish; smaller batches, and each puzzle draws other noise, so answers differ from "size"'s)
     baseline: bool = True  # also run the sampler with the run's model before training (Sudoku, rules mode)
     checkpoint: Optional[str] = None  # evaluate this checkpoint (a dir, or step-N of the run), not the final weights
     overwrite: bool = False  # replace RUN/eval/<name>.* made with other settings (without: refused, naming them)
@@ -326,13 +331,32 @@ _TASK_CHECKS = {
                ["task.max_file_bytes", "task.max_lines", "task.max_span_chars", "task.max_side_chars",
                 "task.prompt_tokens", "task.canvas_length", "task.vocab_size", "task.heldout_examples"],
                ["task.heldout_share", "task.oracle_length_p"],
-               ["task.context_chars", "task.canvas_prefix_tokens", "task.pad_weight"]),
+               ["task.context_chars", "task.canvas_prefix_tokens", "task.pad_weight", "task.split_seed"]),
 }
+
+
+_MAY_BE_INFINITE = {"trainer.max_grad_norm"}  # inf: gradients never clipped (the norm is still logged)
+
+
+def check_finite(node, prefix: str = "") -> None:
+    """Every float setting under `node` is a number: nan and inf pass `x > 0`- and `x < 0`-style range checks
+    (`trainer.lr=inf` trained to NaN weights, `sampler.temperature=nan` sampled at random), so they are refused,
+    naming the key (inf only where it has a meaning: _MAY_BE_INFINITE)."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        path = f"{prefix}.{key}" if prefix and not isinstance(key, int) else f"{prefix}[{key}]" if prefix else str(key)
+        if isinstance(value, (dict, list)):
+            check_finite(value, path)
+        elif isinstance(value, float) and not math.isfinite(value) and not (math.isinf(value) and value > 0
+                                                                            and path in _MAY_BE_INFINITE):
+            raise ConfigError(f"{path}={value}: must be a finite number")
 
 
 def validate(cfg: DictConfig | Any) -> None:
     """Range and consistency checks on a composed train config; raises ConfigError naming the key."""
     get = lambda key: OmegaConf.select(cfg, key)  # noqa: E731
+    check_finite({k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg[k], DictConfig) else cfg[k]
+                  for k in cfg if k != "hydra"})
     task = get("task.name")
     if task not in TASK_SCHEMAS:
         raise ConfigError(f"task.name={task!r}: expected one of {', '.join(TASK_SCHEMAS)}")
@@ -377,6 +401,8 @@ def check_sampler(sampler, task: str, noise_kind: str) -> None:
     """Range checks on sampler settings: a train config's `sampler`, or a run's merged with `dgft eval`'s
     overrides (the same keys, the same messages); raises ConfigError naming the key."""
     get = lambda key: OmegaConf.select(sampler, key)  # noqa: E731
+    check_finite(OmegaConf.to_container(sampler, resolve=True) if isinstance(sampler, DictConfig) else dict(sampler),
+                 "sampler")
     for key, allowed in _SAMPLER_CHOICES.items():
         if get(key) not in allowed:
             raise ConfigError(f"sampler.{key}={get(key)!r}: expected one of {', '.join(allowed)}")
@@ -398,6 +424,17 @@ def check_sampler(sampler, task: str, noise_kind: str) -> None:
     if not modes or any(m not in _MODES[task] for m in modes):
         raise ConfigError(f"sampler.modes={modes}: task {task} samples in {', '.join(_MODES[task])}"
                           + (" (infilling has no rules)" if task == "infill" else ""))
+    if len(set(modes)) != len(modes):
+        raise ConfigError(f"sampler.modes={modes}: each mode once (a mode listed twice is sampled twice and "
+                          "reported once)")
+    if task == "infill":
+        if get("reprompt"):
+            raise ConfigError("sampler.reprompt=true: Sudoku only (an infill prompt has no place for accepted tokens)")
+        if get("views") > 1:
+            raise ConfigError(f"sampler.views={get('views')}: Sudoku only (code has no symmetric views)")
+        if get("self_conditioning_from") != "model":
+            raise ConfigError(f"sampler.self_conditioning_from={get('self_conditioning_from')}: code has no rules; "
+                              "use model")
     # settings the sampler would silently ignore (dgft.sampling)
     if get("passes") > 1 and not get("self_conditioning"):
         raise ConfigError(f"sampler.passes={get('passes')}: each pass after the first reads the one before as "
@@ -407,15 +444,19 @@ def check_sampler(sampler, task: str, noise_kind: str) -> None:
         raise ConfigError("sampler.self_conditioning_from=rules: shapes the self-conditioning that "
                           "sampler.self_conditioning=false turns off; set sampler.self_conditioning_from=model or "
                           "sampler.self_conditioning=true")
-    if get("fill_forced") and "rules" not in modes:
-        raise ConfigError(f"sampler.fill_forced=true: fills cells in rules mode only, and sampler.modes={modes} has "
-                          "none; set sampler.fill_forced=false")
+    for key, value in (("fill_forced", "true"), ("self_conditioning_from", "rules")):
+        if str(get(key)).lower() == value and "rules" not in modes:
+            raise ConfigError(f"sampler.{key}={value}: acts in rules mode only, and sampler.modes={modes} has none; "
+                              f"set sampler.{key}={'false' if value == 'true' else 'model'}")
 
 
 def _validate_sudoku(get) -> None:
     sizes, weights = list(get("task.sizes")), list(get("task.size_weights"))
-    if not sizes or any(n not in (4, 9) for n in sizes):
-        raise ConfigError(f"task.sizes={sizes}: each size must be 4 or 9")
+    if not sizes or any(n not in (4, 9) for n in sizes) or len(set(sizes)) != len(sizes):
+        raise ConfigError(f"task.sizes={sizes}: distinct sizes, each 4 or 9")
+    if get("task.sc_rules_p") and not get("noise.self_conditioning_p"):
+        raise ConfigError(f"task.sc_rules_p={get('task.sc_rules_p')}: shapes the self-conditioning of training "
+                          "examples, and noise.self_conditioning_p=0 gives none; set task.sc_rules_p=0")
     if len(weights) != len(sizes) or any(w < 0 for w in weights) or sum(weights) <= 0:
         raise ConfigError(f"task.size_weights={weights}: one non-negative weight per entry of task.sizes")
     if get("task.tokens") == "text":
@@ -454,15 +495,10 @@ def _validate_sudoku(get) -> None:
                           "tokens=cell or tokens=digit")
 
 
-def _validate_infill(get) -> None:
-    for key in ("noise.known_in_prompt", "sampler.reprompt"):
-        if get(key):
-            raise ConfigError(f"{key}=true: Sudoku only (an infill prompt has no place for accepted tokens)")
-    if get("sampler.views") > 1:
-        raise ConfigError(f"sampler.views={get('sampler.views')}: Sudoku only (code has no symmetric views)")
-    if get("sampler.self_conditioning_from") != "model":
-        raise ConfigError(f"sampler.self_conditioning_from={get('sampler.self_conditioning_from')}: code has no "
-                          "rules; use model")
+def _validate_infill(get) -> None:  # its sampler's: check_sampler
+    if get("noise.known_in_prompt"):
+        raise ConfigError("noise.known_in_prompt=true: Sudoku only (an infill prompt has no place for accepted "
+                          "tokens)")
     if get("model.structured_attention"):
         raise ConfigError("model.structured_attention=true: Sudoku only (row, column and box heads); set it false")
     kinds, weights = list(get("task.kinds")), list(get("task.kind_weights"))
@@ -499,6 +535,12 @@ def _validate_model(get) -> None:
         raise ConfigError("noise.loss_weight=inv_t: only meaningful with noise.kind=mask")
     if get("model.name") == "diffusiongemma" and not get("model.path"):
         raise ConfigError("model.path: model=diffusiongemma needs a local directory or hub id of the weights")
+    if get("model.name") == "tiny" and get("model.path"):
+        raise ConfigError(f"model.path={get('model.path')}: model.name=tiny is built from its config and never reads "
+                          "weights; for a pretrained model pick model=diffusiongemma")
+    if get("noise.kind") == "mask" and get("noise.support") != "answer":
+        raise ConfigError(f"noise.support={get('noise.support')}: chooses the random tokens of uniform noise, and "
+                          "noise.kind=mask corrupts to the mask token; leave noise.support=answer")
     if get("model.structured_attention") and get("model.name") != "tiny":
         raise ConfigError(f"model.structured_attention=true: sets the starting weights of a model built from a config "
                           f"(model=tiny or small); model.name={get('model.name')} keeps its pretrained weights")

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dgft.cache import ensure_dir, publish
+from dgft.cache import ensure_dir, load_splits, publish, save_splits
 from dgft.tasks.sudoku import grid as G
 from dgft.tasks.sudoku.io import SudokuRecord
 from dgft.tasks.sudoku.task import equivalence_key
@@ -97,14 +97,14 @@ def cache_key(task_cfg, seed: int) -> str:
 
 def build_splits(task_cfg, seed: int, workers: int | None = None, log=print):
     """The cached DatasetDict {"train", "heldout"} for these settings, generating it if needed."""
-    from datasets import Dataset, DatasetDict, load_from_disk
+    from datasets import Dataset, DatasetDict
 
     path = Path(os.path.expanduser(task_cfg.cache_dir)) / f"sudoku-{cache_key(task_cfg, seed)}"
     if path.exists():
         try:
-            return load_from_disk(str(path))
-        except Exception as err:  # a torn or corrupted cache is regenerated, not trusted
-            log(f"{path}: unreadable cache ({type(err).__name__}); generating it again")
+            return load_splits(path)
+        except Exception as err:  # a torn, cut short or corrupted cache is regenerated, not trusted
+            log(f"{path}: unreadable cache ({type(err).__name__}: {err}); generating it again")
             shutil.rmtree(path, ignore_errors=True)
     ensure_dir(path.parent)
     workers = workers or min(os.cpu_count() or 1, 4)
@@ -120,8 +120,8 @@ def build_splits(task_cfg, seed: int, workers: int | None = None, log=print):
     if dropped:
         log(f"dropped {dropped} held-out puzzles equivalent to a training puzzle")
     splits = DatasetDict({"train": Dataset.from_list(train), "heldout": Dataset.from_list(heldout)})
-    publish(path, lambda tmp: splits.save_to_disk(str(tmp)))
-    return load_from_disk(str(path))
+    publish(path, lambda tmp: save_splits(splits, tmp))
+    return load_splits(path)
 
 
 def disjoint_heldout(train: list[dict], heldout: list[dict]) -> tuple[list[dict], int]:

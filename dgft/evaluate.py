@@ -97,6 +97,7 @@ def provenance_line(result: dict) -> str:
     keys = [k for k in ("steps", "acceptance", "views", "passes", "temperature", "reprompt", "fill_forced", "revise",
                         "self_conditioning_from") if k in s]
     return (f"Run {result.get('run')}, {weights}; sampler " + ", ".join(f"{k}={s[k]}" for k in keys)
+            + ("; batched by number of givens" if result.get("batch_by") == "givens" else "")
             + f"; seed {result.get('seed')}; " + (f"the first {result['limit']}" if result.get("limit") else "all")
             + " of the file.\n\n")
 
@@ -122,10 +123,14 @@ def check_options(cfg, run_cfg, scfg) -> None:
         raise ConfigError(f"limit={cfg.limit}: must be >= 0 (the first N puzzles or problems; 0: all)")
     if cfg.on_error not in ("raise", "skip"):
         raise ConfigError(f"on_error={cfg.on_error!r}: expected raise or skip")
+    if not 0 <= cfg.seed < 2**32:  # numpy's range, as dgft train checks it
+        raise ConfigError(f"seed={cfg.seed}: must be in [0, 2**32)")
+    if cfg.batch_by not in ("size", "givens"):
+        raise ConfigError(f"batch_by={cfg.batch_by!r}: expected size or givens")
     # A run saved before a sampler setting existed lacks it: the schema's default fills it for the checks.
     check_sampler(OmegaConf.merge(asdict(SamplerConfig()), scfg), name, run_cfg.noise.kind)
     views = int(scfg.get("views", 1))
-    if views > 1 and (name != "sudoku" or run_cfg.task.get("tokens") == "text"):
+    if views > 1 and run_cfg.task.get("tokens") == "text":  # infill's views: check_sampler
         raise ConfigError(f"sampler.views={views}: symmetric views are for Sudoku with tokens=cell or digit")
     if name == "sudoku":
         if cfg.samples != 1 or cfg.rerank:
@@ -134,6 +139,8 @@ def check_options(cfg, run_cfg, scfg) -> None:
         return
     if cfg.on_error != "raise":
         raise ConfigError("on_error: infilling files have no lines to skip; a bad line always stops the run")
+    if cfg.batch_by != "size":
+        raise ConfigError(f"batch_by={cfg.batch_by}: batching by number of givens is for Sudoku runs")
     if cfg.rerank and cfg.samples < 2:
         raise ConfigError("rerank=true: needs samples >= 2 to choose among (and sampler.temperature > 0)")
     if cfg.samples > 1 and scfg.temperature == 0 and run_cfg.noise.kind == "mask":

@@ -27,6 +27,7 @@ import torch
 from omegaconf import OmegaConf
 
 from dgft import checkpoint as ckpt
+from dgft.config import ConfigError
 from dgft.model import denoise, encode, retie_encoder, unwrap
 from dgft.runs import RunError, checkpoint_dir, keeps_average, load_config, load_model, require_final
 from dgft.train import pick_device
@@ -46,6 +47,9 @@ def export(cfg) -> Path:
     # --- setup -------------------------------------------------------------------------------------
     if OmegaConf.is_missing(cfg, "run"):
         raise RunError("no run given: dgft export RUN [out=DIR] [checkpoint=step-N]")
+    for key in ("atol", "max_check_gb"):  # before minutes of loading and merging
+        if not 0 <= cfg[key] < float("inf"):
+            raise ConfigError(f"{key}={cfg[key]}: must be a finite number >= 0")
     run_dir = Path(cfg.run)
     if not run_dir.is_dir():
         raise RunError(f"{run_dir}: no such run directory")
@@ -272,7 +276,8 @@ def _require(diff: float, atol: float, what: str) -> None:
 def source_hashes(run_dir: Path, rcfg, checkpoint: Path | None) -> dict[str, str]:
     """sha256 of every file the export is made from (weights, their configs, tokenizer, config.yaml).
 
-    A pretrained base is named by its path, not hashed (tens of GB); a tiny LoRA base (RUN/base) is hashed.
+    A pretrained base is named by its path, not hashed (tens of GB); a tiny LoRA base (RUN/base) is hashed. A
+    checkpoint of a run that averages its weights is exported as the average in its trainer state: hashed too.
     """
     lora = rcfg.model.finetune == "lora"
     weights = checkpoint or run_dir / ("adapter" if lora else "model")
@@ -285,6 +290,8 @@ def source_hashes(run_dir: Path, rcfg, checkpoint: Path | None) -> dict[str, str
         if not (run_dir / "base" / "config.json").exists():
             raise RunError(f"{run_dir / 'base'}: no base weights (config.json) for this LoRA run")
         files += _weight_files(run_dir / "base")
+    if checkpoint is not None and keeps_average(rcfg):
+        files.append(checkpoint / ckpt.TRAINER_STATE)
     tokenizer = run_dir / "tokenizer"
     if not tokenizer.is_dir():
         raise RunError(f"{tokenizer}: no tokenizer saved in this run")

@@ -167,9 +167,9 @@ def _train(cfg, run_dir: Path, overrides: Sequence[str]) -> Path:
     resume_from = None
     if cfg.resume:
         cfg, resume_from = _resume_target(cfg, run_dir, overrides)
+        validate(cfg)  # before the nothing-to-train check: trainer.max_steps=-5 is an error, not a finished run
         if _finished(run_dir, resume_from, cfg):
             return run_dir
-        validate(cfg)
     else:
         runs.refuse_used(run_dir)
     gen = seed_everything(cfg.seed)

@@ -61,6 +61,33 @@ def test_sudoku_cache_without_its_index_is_generated_again(tmp_path):
     assert _leftovers(tmp_path) == []
 
 
+def test_sudoku_cache_with_rows_missing_is_generated_again(tmp_path):
+    """A cache file cut short where datasets' record batches end loads without error, rows missing: the counts
+    written beside the splits catch it, and the cache is generated again rather than trained on short."""
+    import shutil
+
+    from datasets import DatasetDict, load_from_disk
+    from omegaconf import OmegaConf
+
+    from dgft.config import TaskConfig
+    from dgft.data import build_splits, cache_key
+
+    cfg = OmegaConf.structured(TaskConfig(base_puzzles=10, heldout_puzzles=4, cache_dir=str(tmp_path)))
+    first = list(build_splits(cfg, seed=1, workers=1, log=lambda *_: None)["train"]["puzzle"])
+    path = tmp_path / f"sudoku-{cache_key(cfg, 1)}"
+    full = load_from_disk(str(path))
+    DatasetDict({"train": full["train"].select(range(5)), "heldout": full["heldout"]}).save_to_disk(
+        str(tmp_path / "short"))
+    del full
+    shutil.rmtree(path / "train")
+    shutil.copytree(tmp_path / "short" / "train", path / "train")
+    assert len(load_from_disk(str(path))["train"]) == 5  # what datasets alone would train on
+    messages = []
+    again = build_splits(cfg, seed=1, workers=1, log=messages.append)
+    assert any("unreadable cache" in m and "written" in m for m in messages)
+    assert list(again["train"]["puzzle"]) == first
+
+
 def test_replace_file_writes_whole_or_not_at_all(tmp_path):
     """A writer that fails leaves the old file as it was and no temporary; the temporary keeps the suffix."""
     from dgft.cache import replace_file

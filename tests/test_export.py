@@ -193,6 +193,18 @@ def test_missing_run_dir(tmp_path):
         export(export_cfg(missing))
 
 
+@pytest.mark.parametrize("override", ["atol=-1.0", "atol=nan", "max_check_gb=-1.0"])
+def test_a_negative_tolerance_is_refused_before_any_work(tmp_path, capsys, override):
+    """atol=-1 once ran the whole export and then said that a 0.0 logit difference exceeds it."""
+    from dgft.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", str(tmp_path / "no-such-run"), override])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{override}: must be a finite number >= 0" in err and "no-such-run" not in err
+
+
 def test_out_that_is_not_an_export_is_never_replaced(tmp_path):
     """The export replaces `out` as a whole: a directory with other files, the run itself or a folder above it is
     refused before anything is written, and stays as it was; an earlier export is replaced."""

@@ -338,6 +338,8 @@ def test_resume_of_a_finished_run_leaves_it_as_it_is(tmp_path):
     out = _run(_cmd(tmp_path, run, f"resume={run}"))
     assert out.returncode == 0 and "nothing to train" in out.stdout + out.stderr
     assert (run / "train_summary.json").read_text() == summary
+    out = _run(_cmd(tmp_path, run, f"resume={run}", "trainer.max_steps=-5"))  # an error, not "nothing to train"
+    assert out.returncode == 2 and "trainer.max_steps=-5: must be > 0" in out.stderr
 
     timed = tmp_path / "timed"
     assert _run(_cmd(tmp_path, timed, "trainer.max_steps=1000", "trainer.time_limit_min=0.0001")).returncode == 0
@@ -391,6 +393,18 @@ def test_checkpoint_errors_that_are_not_oserror_keep_the_previous_one(tmp_path, 
     monkeypatch.setattr(ckpt.os, "replace", real_replace)
     assert ckpt.latest_valid(tmp_path) is not None  # the old copy, found under its aside name
     assert ckpt.load_extra(ckpt.latest_valid(tmp_path)) == {"step": 2}
+
+
+def test_checkpoints_past_a_million_steps_sort_by_step(tmp_path):
+    """step-1000000 has seven digits and sorts before step-999999 as text: kept and found as the newest by its
+    number, so pruning never deletes the checkpoint just written and resume does not go back."""
+    from dgft.model import build_tiny
+
+    model = build_tiny(_tiny_model_cfg(), 812)
+    for step in (998000, 999000, 1000000, 1001000):
+        ckpt.save(tmp_path, step, model, {"x": torch.zeros(1)}, {"step": step}, keep_last=2)
+    assert [c.name for c in ckpt.checkpoints(tmp_path)] == ["step-1000000", "step-1001000"]
+    assert ckpt.latest_valid(tmp_path).name == "step-1001000"
 
 
 def test_torn_metrics_row_and_unknown_saved_key_on_resume(tmp_path):

@@ -93,11 +93,36 @@ def test_typos_and_bad_types_fail_at_composition(override):
     ("task.solver_order_p=-0.1", "task.solver_order_p"), ("task.wrong_known_p=2", "task.wrong_known_p"),
     ("sampler.revise=1.0", "sampler.revise"),
     ("sampler.self_conditioning_from=views", "sampler.self_conditioning_from"),
+    # nan and inf pass comparisons: trainer.lr=inf trained to NaN weights, a nan temperature sampled at random
+    ("trainer.lr=inf", "trainer.lr=inf: must be a finite"), ("trainer.weight_decay=nan", "trainer.weight_decay=nan"),
+    ("trainer.time_limit_min=nan", "trainer.time_limit_min"), ("noise.t_power=inf", "noise.t_power"),
+    ("noise.encoder_ar_weight=nan", "noise.encoder_ar_weight"), ("sampler.temperature=nan", "sampler.temperature"),
+    ("sampler.entropy_bound=nan", "sampler.entropy_bound"), ("task.blank_fraction=[0.5,nan]", "task.blank_fraction"),
+    # a value listed twice, and settings the run would never use
+    ("task.sizes=[9,9]", "task.sizes=\\[9, 9\\]: distinct"), ("sampler.modes=[rules,rules]", "sampler.modes"),
+    ("model.path=/weights", "model.path=/weights: model.name=tiny"), ("noise.support=vocab", "noise.support"),
 ])
 def test_range_checks_name_the_key(override, key):
-    cfg = _compose("train", [override])
+    overrides = {"task.sizes=[9,9]": [override, "task.size_weights=[1,1]"],
+                 "noise.support=vocab": ["noise=mask", override]}.get(override, [override])
+    cfg = _compose("train", overrides)
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         validate(cfg)
+
+
+@pytest.mark.parametrize("overrides,key", [
+    (["task.sc_rules_p=0.5", "noise.self_conditioning_p=0"], "task.sc_rules_p=0.5: .* noise.self_conditioning_p=0"),
+    (["sampler.self_conditioning_from=rules", "sampler.modes=[free,clamped]"], "sampler.self_conditioning_from=rules"),
+    (["sampler.fill_forced=true", "sampler.modes=[clamped]"], "sampler.fill_forced=true"),
+])
+def test_settings_the_run_would_not_use_are_refused(overrides, key):
+    with pytest.raises(ConfigError, match=key):
+        validate(_compose("train", overrides))
+
+
+def test_an_infinite_gradient_norm_means_no_clipping_and_is_allowed():
+    validate(_compose("train", ["trainer.max_grad_norm=inf"]))
+    validate(_compose("train", ["noise=uniform", "noise.support=vocab"]))
 
 
 @pytest.mark.parametrize("key", ["task.sc_rules_p=0.5", "task.singles_weight=2", "task.solver_order_p=0.5",
@@ -163,6 +188,8 @@ def test_keys_of_the_other_task_fail_at_composition(overrides):
     (["recipe=infill", "task.prompt_format=xml"], "task.prompt_format"),
     (["recipe=infill", "sampler.views=2"], "sampler.views"),
     (["recipe=infill", "sampler.self_conditioning_from=rules"], "sampler.self_conditioning_from"),
+    (["recipe=infill", "sampler.reprompt=true"], "sampler.reprompt"),
+    (["recipe=infill", "task.split_seed=-1"], "task.split_seed"),
     (["task.name=infill"], "task.name"),
 ])
 def test_infill_range_checks_name_the_key(overrides, key):
@@ -202,6 +229,8 @@ def test_eval_checks_revise_against_the_run(override, noise):
     ("sampler.temperature=-1", r"sampler\.temperature"), ("sampler.view_batch=-1", r"sampler\.view_batch"),
     ("sampler.confidence=2", r"sampler\.confidence"), ("sampler.views=0", r"sampler\.views"),
     ("sampler.passes=0", r"sampler\.passes"), ("limit=-1", r"^limit"), ("on_error=skp", r"^on_error"),
+    ("batch_by=rows", r"^batch_by='rows': expected size or givens"), ("seed=-1", r"^seed=-1"),
+    ("seed=4294967296", r"^seed=4294967296"), ("sampler.temperature=nan", r"sampler\.temperature=nan"),
 ])
 def test_eval_range_checks_its_overrides(override, key):
     """Eval overrides get the train config's range checks, before any model loads: `sampler.steps=0` once scored
@@ -257,3 +286,18 @@ def test_every_sampler_setting_can_be_overridden_at_eval():
     from dgft.config import SamplerConfig, SamplerOverrides
 
     assert {f.name for f in fields(SamplerConfig)} == {f.name for f in fields(SamplerOverrides)}
+
+
+@pytest.mark.parametrize("override,message", [("on_error=skip", r"^on_error: infilling files have no lines"),
+                                              ("batch_by=givens", r"^batch_by=givens: .* for Sudoku runs"),
+                                              ("sampler.reprompt=true", r"^sampler\.reprompt=true: Sudoku only"),
+                                              ("sampler.self_conditioning_from=rules", r"code has no rules")])
+def test_sudoku_only_eval_options_are_refused_for_an_infill_run(override, message):
+    from dgft.evaluate import check_options
+
+    cfg = _compose("eval", ["run=/tmp/x", override])
+    run_cfg = _compose("train", ["recipe=infill"])
+    scfg = OmegaConf.merge(run_cfg.sampler, {k: v for k, v in cfg.sampler.items() if v is not None})
+    with pytest.raises(ConfigError, match=message):
+        check_options(cfg, run_cfg, scfg)
+    check_options(_compose("eval", ["run=/tmp/x"]), run_cfg, run_cfg.sampler)

@@ -27,6 +27,12 @@ def test_a_new_run_refuses_a_directory_that_holds_a_run(tmp_path):
     assert f"{run} already holds a run (config.yaml, metrics.jsonl, checkpoints, model" in out.stderr
     assert f"resume={run}" in out.stderr
     assert _files(run) == before  # Hydra's record of the first command too
+    for spelling in ("+", "++"):  # the directory given as an appended override: refused before Hydra writes too
+        cmd = _cmd(tmp_path, run, "trainer.max_steps=4", "model.num_layers=1")
+        cmd[4] = f"{spelling}{cmd[4]}"
+        out = _run(cmd)
+        assert out.returncode != 0 and "already holds a run" in out.stderr and "Traceback" not in out.stderr
+        assert _files(run) == before
 
     from dgft.cli import compose_train
     from dgft.runs import RunInUse
@@ -162,3 +168,22 @@ def test_eval_with_the_run_after_an_override_says_where_the_run_goes(capsys):
     with pytest.raises(SystemExit) as err:
         main(["eval", "limit=1", "outputs/sudoku/latest"])
     assert "'outputs/sudoku/latest' is not a key=value override; the run directory comes first" in str(err.value)
+
+
+def test_a_sweep_trains_each_job_and_checks_them_all_first(tmp_path):
+    """`dgft train -m seed=3,4`: one run directory per job, each with its own seed; a sweep with one bad value is
+    refused before any job starts (it used to stop at that job, after the jobs before it had trained)."""
+    sweep = tmp_path / "sweep"
+    cmd = [a for a in _cmd(tmp_path, tmp_path / "unused", "trainer.max_steps=2") if not a.startswith("seed=")]
+    cmd.insert(cmd.index("train") + 1, "-m")
+    out = _run([*cmd, "seed=3,4", f"hydra.sweep.dir={sweep}"])
+    assert out.returncode == 0, out.stderr
+    assert [json.loads((sweep / n / "train_summary.json").read_text())["steps"] for n in ("0", "1")] == [2, 2]
+    assert [(sweep / n / "config.yaml").read_text().count("seed: ") for n in ("0", "1")] == [1, 1]
+    assert "seed: 3" in (sweep / "0" / "config.yaml").read_text() and "seed: 4" in (sweep / "1" / "config.yaml").read_text()
+
+    bad = tmp_path / "bad"
+    out = _run([*cmd, "trainer.lr=0.001,-1", f"hydra.sweep.dir={bad}"])
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert "sweep job" in out.stderr and "trainer.lr=-1" in out.stderr and "no job was started" in out.stderr
+    assert not bad.exists()

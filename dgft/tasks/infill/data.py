@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dgft.cache import ensure_dir, publish
+from dgft.cache import ensure_dir, load_splits, publish, save_splits
 from dgft.config import ConfigError
 from dgft.tasks.infill import corpus as C
 from dgft.tasks.infill.task import setting
@@ -81,15 +81,15 @@ def span_settings(task_cfg) -> dict:
 # --- the cached splits ----------------------------------------------------------------------------
 def build_splits(task_cfg, log=print):
     """The cached DatasetDict {"train": files, "heldout": examples} for these settings, building it if needed."""
-    from datasets import Dataset, DatasetDict, load_from_disk
+    from datasets import Dataset, DatasetDict
 
     path = cache_path(task_cfg)
     if path.exists():
         try:
             json.loads((path / "report.json").read_text())
-            return load_from_disk(str(path))
-        except Exception as err:  # a torn or corrupted cache is rebuilt, not trusted
-            log(f"{path}: unreadable cache ({type(err).__name__}); building it again")
+            return load_splits(path)
+        except Exception as err:  # a torn, cut short or corrupted cache is rebuilt, not trusted
+            log(f"{path}: unreadable cache ({type(err).__name__}: {err}); building it again")
             shutil.rmtree(path, ignore_errors=True)
     ensure_dir(path.parent)
     sources = list(setting(task_cfg, "sources"))
@@ -117,11 +117,11 @@ def build_splits(task_cfg, log=print):
         "train": Dataset.from_dict(columns([_file_row(f) for f in train], file_features), features=file_features),
         "heldout": Dataset.from_dict(columns(examples, example_features), features=example_features)})
     def write(tmp: Path) -> None:
-        splits.save_to_disk(str(tmp), num_shards={k: 1 for k in splits})  # one shard: an empty split loads too
+        save_splits(splits, tmp, num_shards={k: 1 for k in splits})  # one shard: an empty split loads too
         (tmp / "report.json").write_text(json.dumps(info, indent=1))
 
     publish(path, write)
-    return load_from_disk(str(path))
+    return load_splits(path)
 
 
 def read_report(task_cfg) -> dict:

@@ -44,6 +44,7 @@ def evaluate_run(cfg, run: Path, run_cfg, scfg, device) -> dict:
     check_sizes(recs, run_cfg.task.get("sizes"), data)
     out_dir = run / "eval"
     settings = {"data": str(data), **provenance(cfg), "baseline": bool(cfg.baseline),
+                **({"batch_by": "givens"} if cfg.batch_by == "givens" else {}),  # absent: by size, as before it was
                 "sampler": OmegaConf.to_container(scfg)}
     claim_output(out_dir, name, settings, cfg.overwrite)
     model = load_model(run, run_cfg, checkpoint=cfg.checkpoint, device=device)
@@ -55,9 +56,11 @@ def evaluate_run(cfg, run: Path, run_cfg, scfg, device) -> dict:
     warm_up(model, task, recs, scfg, run_cfg, cfg.seed)
     picture = None
     kinds = difficulty(recs)
+    by_givens = cfg.batch_by == "givens"
     rows = {}  # row name -> (answers, stats)
     for mode in scfg.modes:
-        rows[mode] = run_mode(model, task, recs, scfg, run_cfg, mode, cfg.seed, record=(mode == "rules"))
+        rows[mode] = run_mode(model, task, recs, scfg, run_cfg, mode, cfg.seed, record=(mode == "rules"),
+                              by_givens=by_givens)
         result["modes"][mode] = {**summarise(recs, *rows[mode]), **breakdowns(recs, *rows[mode], kinds)}
         picture = picture or rows[mode][1].get("history")
     if cfg.baseline:
@@ -65,7 +68,7 @@ def evaluate_run(cfg, run: Path, run_cfg, scfg, device) -> dict:
 
         baseline = untrained_model(run_cfg, run, device, dtype=next(model.parameters()).dtype)
         key = "baseline_untrained_rules"
-        rows[key] = run_mode(baseline, task, recs, scfg, run_cfg, "rules", cfg.seed)
+        rows[key] = run_mode(baseline, task, recs, scfg, run_cfg, "rules", cfg.seed, by_givens=by_givens)
         result[key] = {**summarise(recs, *rows[key]), **breakdowns(recs, *rows[key], kinds)}
 
     # --- write: each file whole; the .json, which names the settings, last ---------------------------
@@ -111,17 +114,21 @@ def warm_up(model, task, recs, scfg, run_cfg, seed: int) -> None:
                "free", run_cfg.noise.kind, run_cfg.noise.support, seed_everything(seed))
 
 
-def run_mode(model, task, recs, scfg, run_cfg, mode: str, seed: int, record: bool = False):
-    """Sample answers for all records in one mode, batching same-size puzzles. -> (answers, stats)."""
+def run_mode(model, task, recs, scfg, run_cfg, mode: str, seed: int, record: bool = False, by_givens: bool = False):
+    """Sample answers for all records in one mode, batching same-size puzzles (`by_givens`: puzzles of one size and
+    one number of givens, each group timed on its own). -> (answers, stats); stats["groups"] maps a group's
+    `givens_key` to its (seconds, canvas positions) when `by_givens`."""
     gen = seed_everything(seed)
     answers: list = [None] * len(recs)
     steps, revisions = np.zeros(len(recs)), np.zeros(len(recs))
-    history, elapsed, cells = None, 0.0, 0
-    by_size = defaultdict(list)
+    history, elapsed, cells, done = None, 0.0, 0, 0
+    batches = defaultdict(list)  # group -> the indices of its puzzles, groups in order of first appearance
     for i, r in enumerate(recs):
-        by_size[len(r.puzzle)].append(i)
+        batches[givens_key(r) if by_givens else len(r.puzzle)].append(i)
+    groups = {}
     bar = tqdm(total=len(recs), desc=f"eval {mode}", unit="puzzle", leave=False)
-    for idx_all in by_size.values():
+    for group, idx_all in batches.items():
+        group_s, group_cells = 0.0, 0
         for start in range(0, len(idx_all), scfg.batch_size):
             idx = idx_all[start:start + scfg.batch_size]
             puzzles = np.stack([recs[i].puzzle for i in idx])
@@ -130,8 +137,8 @@ def run_mode(model, task, recs, scfg, run_cfg, mode: str, seed: int, record: boo
             t0 = time.perf_counter()
             res = sample(model, batch, task, scfg, mode, run_cfg.noise.kind, run_cfg.noise.support, gen,
                          record=record and history is None)
-            elapsed += time.perf_counter() - t0
-            cells += res.canvas.numel()  # canvas positions: the cells, or a text answer's every token
+            group_s += time.perf_counter() - t0
+            group_cells += res.canvas.numel()  # canvas positions: the cells, or a text answer's every token
             digits = task.decode(res.canvas, batch["size"])
             if hasattr(task, "well_formed"):  # a text answer whose structure was overwritten is not a grid
                 digits[~task.well_formed(res.canvas, batch["size"])] = 0
@@ -143,10 +150,21 @@ def run_mode(model, task, recs, scfg, run_cfg, mode: str, seed: int, record: boo
                 accepted = [task.at_cells(a, n)[0].numpy() for _, a in res.history]
                 frames = [task.decode(c, n)[0] * a for (c, _), a in zip(res.history, accepted)]
                 history = (recs[idx[0]], frames, accepted)
+            done += len(idx)
             bar.update(len(idx))
-            bar.set_postfix(puzzles_s=f"{(start + len(idx)) / max(elapsed, 1e-9):.1f}")
+            bar.set_postfix(puzzles_s=f"{done / max(elapsed + group_s, 1e-9):.1f}")
+        elapsed, cells = elapsed + group_s, cells + group_cells
+        if by_givens:
+            groups[group] = (group_s, group_cells)
     bar.close()
-    return answers, {"steps": steps, "revisions": revisions, "seconds": elapsed, "cells": cells, "history": history}
+    return answers, {"steps": steps, "revisions": revisions, "seconds": elapsed, "cells": cells, "history": history,
+                     "groups": groups}
+
+
+def givens_key(rec) -> str:
+    """The group of `by_givens` breakdowns a puzzle falls in: grid size and number of givens, like "9x9/30"."""
+    n = G.side(rec.puzzle)
+    return f"{n}x{n}/{rec.givens}"
 
 
 def samples_text(recs, kinds, rows: dict) -> str:
@@ -175,10 +193,14 @@ def summarise(recs, answers, stats) -> dict:
 
 
 def breakdowns(recs, answers, stats, kinds) -> dict:
-    """The scores and mean steps per group of puzzles; speed is not broken down (a batch mixes the groups)."""
+    """The scores and mean steps per group of puzzles, and per number of givens their puzzles/s and tokens/s when
+    each such group was sampled in batches of its own (`batch_by=givens`; with mixed batches speed is not split)."""
     size = [f"{G.side(r.puzzle)}x{G.side(r.puzzle)}" for r in recs]
-    return {"by_givens": grouped(recs, answers, stats["steps"], [f"{s}/{r.givens}" for s, r in zip(size, recs)],
-                                 numeric=True),  # keyed like "9x9/30"
+    by_givens = grouped(recs, answers, stats["steps"], [givens_key(r) for r in recs], numeric=True)
+    for key, (secs, cells) in stats.get("groups", {}).items():
+        secs = max(secs, 1e-9)
+        by_givens[key] |= {"puzzles_per_s": by_givens[key]["n"] / secs, "tokens_per_s": cells / secs}
+    return {"by_givens": by_givens,
             "by_difficulty": grouped(recs, answers, stats["steps"], [f"{s}/{k}" for s, k in zip(size, kinds)])}
 
 
@@ -222,6 +244,15 @@ def markdown(name: str, result: dict) -> str:
                  "|" + "---|" * (len(kinds) + 1)]
         rows += [f"| {mode} | " + " | ".join(f"{m['by_difficulty'][k]['exact']:.1%}" for k in kinds) + " |"
                  for mode, m in entries]
+    timed = [(mode, m["by_givens"]) for mode, m in entries
+             if any("puzzles_per_s" in g for g in m.get("by_givens", {}).values())]
+    if timed:  # batch_by=givens: every number of givens was sampled (and timed) in batches of its own
+        keys = list(timed[0][1])
+        rows += ["", "By number of givens (batches of one number of givens each): exact, mean steps, puzzles/s:", "",
+                 "| givens | n | " + " | ".join(mode for mode, _ in timed) + " |", "|" + "---|" * (len(timed) + 2)]
+        rows += [f"| {k} | {timed[0][1][k]['n']} | " + " | ".join(
+            f"{g[k]['exact']:.1%}, {g[k]['mean_steps']:.1f}, {g[k]['puzzles_per_s']:.2f}" for _, g in timed) + " |"
+            for k in keys]
     revised = [f"{mode} {m['mean_revisions']:.2f}" for mode, m in entries if m.get("mean_revisions")]
     if revised:
         rows += ["", "Acceptances the model took back per puzzle (sampler.revise): " + ", ".join(revised) + "."]
