@@ -79,12 +79,14 @@ PY
 
 prepare() {  # unpack the pre-generated data where the composed config looks for them
   stage prepare 180 python3 - "${TRAIN[@]}" <<'PY'
+import shutil
 import sys
 import tarfile
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
+from dgft.cache import load_splits
 from dgft.cli import recipes_dir
 from dgft.config import register
 from dgft.data import cache_key
@@ -94,24 +96,28 @@ with initialize_config_dir(config_dir=str(recipes_dir()), version_base="1.3"):
     cfg = compose(config_name="train", overrides=[o for o in sys.argv[1:] if not o.startswith("hydra.")])
 name = f"sudoku-{cache_key(cfg.task, cfg.seed)}"
 cache, packed = Path(cfg.task.cache_dir), Path(".gpu/cache.tar.xz")
-if not (cache / name / "dataset_dict.json").exists() and packed.exists():
+
+
+def rows():  # the unpacked data's rows per split, or why they do not load (as training would load them)
+    try:
+        return {k: len(v) for k, v in load_splits(cache / name).items()}
+    except Exception as err:  # noqa: BLE001 (missing, damaged, or unpacked from a tarball of an older dgft)
+        return f"{type(err).__name__}: {err}"
+
+
+if packed.exists() and not isinstance(rows(), dict):
+    shutil.rmtree(cache / name, ignore_errors=True)
     with tarfile.open(packed) as tar:
         members = tar.getnames()
         tar.extractall(cache, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
     print(f"unpacked {packed} ({packed.stat().st_size / 1e6:.1f} MB): {sorted({m.split('/')[0] for m in members})}")
-if (cache / name).exists():
-    from dgft.cache import load_splits
-
-    try:
-        rows = {k: len(v) for k, v in load_splits(cache / name).items()}
-        print(f"data: {cache / name} (found: {rows})")
-    except Exception as err:  # noqa: BLE001 (a tarball packed by an older dgft, or damaged)
-        print(f"data: {cache / name} does not load ({type(err).__name__}: {err}): train will generate "
-              f"{cfg.task.base_puzzles} + {cfg.task.heldout_puzzles} puzzles per size first; run "
-              "eval/gpu_prepare.sh again before the next GPU session")
+found = rows()
+if isinstance(found, dict):
+    print(f"data: {cache / name} (found: {found})")
 else:
-    print(f"data: {cache / name} missing (the tarball holds other settings?): train will generate "
-          f"{cfg.task.base_puzzles} + {cfg.task.heldout_puzzles} puzzles per size first")
+    print(f"data: {cache / name} does not load ({found}): train will generate {cfg.task.base_puzzles} + "
+          f"{cfg.task.heldout_puzzles} puzzles per size first (the tarball holds other settings, or was packed by an "
+          "older dgft: run eval/gpu_prepare.sh again)")
 PY
 }
 
