@@ -15,7 +15,6 @@ Example: `dgft train recipe=sudoku trainer.max_steps=200 seed=7`.
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass, field
 from typing import Any, Optional
 

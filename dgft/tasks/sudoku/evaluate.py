@@ -152,7 +152,7 @@ def run_mode(model, task, recs, scfg, run_cfg, mode: str, seed: int, record: boo
                 history = (recs[idx[0]], frames, accepted)
             done += len(idx)
             bar.update(len(idx))
-            bar.set_postfix(puzzles_s=f"{done / max(elapsed + group_s, 1e-9):.1f}")
+            bar.set_postfix(puzzles_s=f"{done / max(elapsed + group_s, 1e-9):.2f}")
         elapsed, cells = elapsed + group_s, cells + group_cells
         if by_givens:
             groups[group] = (group_s, group_cells)
