@@ -7,7 +7,8 @@
 #   bash eval/gpu_sudoku.sh OUT_DIR [MINUTES] [train overrides ...]       # MINUTES: 5 unless given; 4.5 works
 # Wall time: MINUTES + about 2.5 min (checks 30 s, start-up 30 s, saving 10 s, evaluation 1 min); each stage has
 # its own timeout, and the files are collected whatever happened before.
-# Needs .gpu/cache.tar.xz and .gpu/bench/ (carry ".gpu"); without the tarball the data are generated (~1 min).
+# Needs .gpu/cache.tar.xz and .gpu/bench/ (carry ".gpu"; DGFT_DRY_RUN=1 needs them too): without the tarball the
+# training data are generated first (about 5 min of one core: 75-120 s with the 4 workers of a GPU machine).
 # Works with dgft installed or only on PYTHONPATH (it runs `python3 -m dgft`).
 # DGFT_DRY_RUN=1: every stage on the CPU in a few minutes (a 2-layer model, 3 steps, 4 puzzles per file, 2 views).
 # DGFT_PREFLIGHT=0 skips the preflight stage (tests/test_gpu.py's train and eval on CUDA, a tiny model, about 20 s).

@@ -109,3 +109,8 @@ def test_missing_run_is_a_clear_error(tmp_path, capsys):
 def test_help(capsys):
     main(["--help"])
     assert "train" in capsys.readouterr().out
+    for command, option in (("eval", "batch_by: size"), ("export", "atol: ")):  # no config groups: not train's
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        out = capsys.readouterr().out
+        assert f"dgft {command} RUN" in out and option in out and "Configuration groups" not in out

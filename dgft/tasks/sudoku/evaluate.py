@@ -248,10 +248,12 @@ def markdown(name: str, result: dict) -> str:
              if any("puzzles_per_s" in g for g in m.get("by_givens", {}).values())]
     if timed:  # batch_by=givens: every number of givens was sampled (and timed) in batches of its own
         keys = list(timed[0][1])
-        rows += ["", "By number of givens (batches of one number of givens each): exact, mean steps, puzzles/s:", "",
+        rows += ["", "By number of givens (batches of one number of givens each): exact, mean steps, puzzles/s, "
+                 "tokens/s:", "",
                  "| givens | n | " + " | ".join(mode for mode, _ in timed) + " |", "|" + "---|" * (len(timed) + 2)]
         rows += [f"| {k} | {timed[0][1][k]['n']} | " + " | ".join(
-            f"{g[k]['exact']:.1%}, {g[k]['mean_steps']:.1f}, {g[k]['puzzles_per_s']:.2f}" for _, g in timed) + " |"
+            f"{g[k]['exact']:.1%}, {g[k]['mean_steps']:.1f}, {g[k]['puzzles_per_s']:.2f}, {g[k]['tokens_per_s']:.0f}"
+            for _, g in timed) + " |"
             for k in keys]
     revised = [f"{mode} {m['mean_revisions']:.2f}" for mode, m in entries if m.get("mean_revisions")]
     if revised:
