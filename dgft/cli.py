@@ -100,7 +100,8 @@ def main(argv: list[str] | None = None) -> None:
         OmegaConf.register_new_resolver("dgft_run_dir", _run_dir, use_cache=True)
         OmegaConf.register_new_resolver("dgft_hydra_subdir", _hydra_subdir, use_cache=True)
     errors = _known_errors()
-    from dgft.runs import RunInUse
+    from dgft.config import ConfigError
+    from dgft.runs import RunError, RunInUse
 
     @hydra.main(config_path=str(recipes_dir()), config_name=command, version_base="1.3")
     def _run(cfg) -> None:
@@ -123,6 +124,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"dgft {command}: error: {err}", file=sys.stderr)
             if command == "train" and not cfg.get("resume") and not isinstance(err, RunInUse):
                 _remove_if_empty(Path(HydraConfig.get().runtime.output_dir))
+            if command == "train" and cfg.get("resume") and isinstance(err, (ConfigError, RunError)):
+                _remove_refused_record(HydraConfig.get())  # a refusal: the run is as it was, its record too
             sys.exit(2)
 
     if command == "train":
@@ -195,6 +198,16 @@ def _run_comes_first(command: str, rest: list[str]) -> None:
     if stray is not None:
         sys.exit(f"dgft {command}: error: {stray!r} is not a key=value override; the run directory comes first: "
                  f"dgft {command} RUN [key=value ...] (or run={stray})")
+
+
+def _remove_refused_record(hydra_cfg) -> None:
+    """A refused resume (another recipe, a changed key, the run in use): remove the `.hydra/resume-<time>/` record
+    Hydra wrote for it, so the run's records are those of the commands that ran."""
+    import shutil
+
+    record = Path(hydra_cfg.runtime.output_dir) / str(hydra_cfg.output_subdir)
+    if record.parent.name == ".hydra" and record.name.startswith("resume-"):
+        shutil.rmtree(record, ignore_errors=True)
 
 
 def _remove_if_empty(run_dir: Path) -> None:

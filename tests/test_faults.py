@@ -118,6 +118,7 @@ def test_resume_with_another_recipe_is_refused_through_the_cli(tmp_path, capsys)
         main(["train", "recipe=infill", f"resume={run}", f"hydra.run.dir={tmp_path / 'other'}"])
     assert err.value.code == 2
     assert "recipe=infill, but the run was trained with recipe=sudoku" in capsys.readouterr().err
+    assert not list((run / ".hydra").glob("resume-*"))  # the refused command leaves no record in the run
 
 
 def test_sigterm_finishes_step_and_checkpoints(tmp_path):
