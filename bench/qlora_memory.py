@@ -117,9 +117,12 @@ def training_setup(model, quantize: str, device):
 
 
 def step_config(ar_weight: float):
-    """The config `dgft.train._loss` reads: uniform noise, self-conditioning on every step."""
-    return OmegaConf.create({"noise": {"encoder_ar_weight": ar_weight, "self_conditioning_p": 1.0, "kind": "uniform",
-                                       "loss_weight": "flat"}})
+    """The config `dgft.train._loss` reads: a whole train config (the schema's defaults, so a setting the loss reads
+    later is there too), uniform noise, self-conditioning on every step."""
+    from dgft.config import typed_train_config
+
+    return typed_train_config(OmegaConf.create({"task": {"name": "sudoku"}, "noise": {
+        "encoder_ar_weight": ar_weight, "self_conditioning_p": 1.0, "kind": "uniform", "loss_weight": "flat"}}))
 
 
 def measure(depth: int, quantize: str, steps: int, ar_weight: float, want_logits: bool):

@@ -93,3 +93,20 @@ def test_sample_views_bad_arguments_are_one_line(capsys):
             sample_views.main(argv)
         assert err.value.code == 2
         assert "error:" in capsys.readouterr().err
+
+
+def test_qlora_benches_step_on_the_tiny_architecture(tmp_path, capsys):
+    """bench/qlora_memory.py and profile_step.py --qlora (the GPU session's QLoRA parts) at tiny dimensions on the
+    CPU: they once crashed at their first step (a setting the loss reads was missing from their config)."""
+    import subprocess
+
+    bench = Path(__file__).resolve().parent.parent / "bench"
+    out = tmp_path / "q.json"
+    run = subprocess.run([sys.executable, str(bench / "qlora_memory.py"), "--tiny", "--depths", "2", "--steps", "1",
+                          "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["mode"] for r in rows} == {"nf4", "bf16"} and all(r["loss"] > 0 and r["step_s"] > 0 for r in rows)
+    profile_step = _load("profile_step")
+    r = profile_step.main(["--qlora", "--tiny", "--warmup", "0", "--steps", "1", "--profile-steps", "0"])
+    assert r["timing"]["step_ms"] > 0 and r["setup"]["mode"] == "nf4"
