@@ -142,13 +142,13 @@ def main(argv: list[str] | None = None) -> dict:
                 hit = corrupted(kind, task, batch, share, gen)
                 for key, value in state_scores(model, task, batch, hit, gen).items():
                     total[key] = total.get(key, 0) + value
-            row = {"open_share": share, "state": kind, "open_accuracy": total["open_right"] / total["open"],
-                   "surest_right": total["surest_right"] / max(total["states"], 1),
-                   "surest_not_naked_right": total["surest_not_naked_right"] / max(total["states_not_naked"], 1),
+            row = {"open_share": share, "state": kind, "open_accuracy": ratio(total["open_right"], total["open"]),
+                   "surest_right": ratio(total["surest_right"], total["states"]),
+                   "surest_not_naked_right": ratio(total["surest_not_naked_right"], total["states_not_naked"]),
                    "states_with_a_non_naked_open_cell": total["states_not_naked"]}
             out["rows"].append(row)
-            print(f"{share:10.0%} | {kind:6s} | {row['open_accuracy']:16.1%} | {row['surest_right']:22.1%} | "
-                  f"{row['surest_not_naked_right']:.1%}", flush=True)
+            print(f"{share:10.0%} | {kind:6s} | {pct(row['open_accuracy']):>16s} | {pct(row['surest_right']):>22s} | "
+                  f"{pct(row['surest_not_naked_right'])}", flush=True)
     print(f"\nsampler.revise={args.bound} on solver-ordered states with one planted wrong known cell, and without:")
     print("open share | planted cell caught | false alarms on clean states")
     for share in args.open:
@@ -157,13 +157,22 @@ def main(argv: list[str] | None = None) -> dict:
             hit = corrupted("solver", task, batch, share, gen)
             for key, value in doubt_scores(model, task, batch, hit, gen, args.bound).items():
                 total[key] = total.get(key, 0) + value
-        row = {"open_share": share, "bound": args.bound, "caught": total["caught"] / max(total["planted"], 1),
-               "false_alarms": total["false_alarms"] / max(total["clean"], 1), "states_planted": total["planted"]}
+        row = {"open_share": share, "bound": args.bound, "caught": ratio(total["caught"], total["planted"]),
+               "false_alarms": ratio(total["false_alarms"], total["clean"]), "states_planted": total["planted"]}
         out.setdefault("doubt", []).append(row)
-        print(f"{share:10.0%} | {row['caught']:19.1%} | {row['false_alarms']:.1%}", flush=True)
+        print(f"{share:10.0%} | {pct(row['caught']):>19s} | {pct(row['false_alarms'])}", flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=1))
     return out
+
+
+def ratio(part, whole):
+    """part / whole, or None where there was nothing to count (a share so small that no cell was opened, say)."""
+    return part / whole if whole else None
+
+
+def pct(x) -> str:
+    return "n/a" if x is None else f"{x:.1%}"
 
 
 if __name__ == "__main__":

@@ -5,8 +5,10 @@ set -euo pipefail
 RUN=${1:-outputs/sudoku/latest}
 shift || true
 BENCH=${BENCH:-../shared/benchmarks/sudoku}
+stamp=$(mktemp)  # the tables these evaluations write, not earlier ones of the run
+trap 'rm -f "$stamp"' EXIT
 for f in norvig_easy50.csv norvig_top95.csv d1_4x4_test_sudoku.csv; do
   dgft eval "$RUN" data="$BENCH/$f" "$@"
 done
 dgft eval "$RUN" "$@"   # the run's own generated held-out split
-cat "$RUN"/eval/*.md
+find -L "$RUN/eval" -name '*.md' -newer "$stamp" -print0 | sort -z | xargs -0 cat

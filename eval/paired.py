@@ -18,7 +18,7 @@ pair-level test carries that noise. It needs several pairs: with n pairs it cann
 
 By default the two files must hold the same puzzles in the same order. With --common they are matched by puzzle
 instead and compared on the puzzles both hold (B evaluated on a subset of A's puzzles, say); the line says how many
-each file had that the other did not.
+each file had that the other did not. A puzzle a file lists twice (easy50 does) is matched occurrence by occurrence.
 """
 
 from __future__ import annotations
@@ -50,13 +50,19 @@ def sign_flip_test(diffs: list[float]) -> float:
     return hits / 2 ** len(diffs)
 
 
+def p_text(p: float) -> str:
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
 def pair_level(diffs: list[float]) -> str:
     """The line for the mean over pairs of B - A (fractions), with its standard error and sign-flip p."""
     n = len(diffs)
     mean = sum(diffs) / n
     se = (sum((d - mean) ** 2 for d in diffs) / (n - 1) / n) ** 0.5
+    test = f"sign-flip test p = {p_text(sign_flip_test(diffs))}" if n <= 20 else \
+        "sign-flip test not computed (it enumerates 2**n sign patterns: at most 20 pairs)"
     return (f"pair level ({n} pairs): B - A per pair {', '.join(f'{d:+.1%}' for d in diffs)}; mean {mean:+.1%} "
-            f"(standard error {se:.1%}); sign-flip test p = {sign_flip_test(diffs):.3f}")
+            f"(standard error {se:.1%}); {test}")
 
 
 def read(path: Path, row: str) -> dict[int, dict]:
@@ -67,6 +73,8 @@ def read(path: Path, row: str) -> dict[int, dict]:
             try:
                 rec = json.loads(line)
                 if rec["row"] == row:
+                    if rec["index"] in out:  # two files joined, say: the second would replace the first unseen
+                        sys.exit(f"{path}:{line_no}: puzzle index {rec['index']} of row {row!r} appears twice")
                     out[rec["index"]] = rec
             except (json.JSONDecodeError, KeyError, TypeError) as e:
                 sys.exit(f"{path}:{line_no}: not a dgft eval samples line ({e})")
@@ -75,13 +83,14 @@ def read(path: Path, row: str) -> dict[int, dict]:
     return out
 
 
-def by_puzzle(recs: dict[int, dict], path: Path) -> dict[str, dict]:
-    """puzzle string -> its line; exits if a puzzle appears twice (matching by puzzle would be ambiguous)."""
-    out = {}
-    for rec in recs.values():
-        if rec["puzzle"] in out:
-            sys.exit(f"{path}: puzzle {rec['puzzle']} appears twice; --common matches by puzzle")
-        out[rec["puzzle"]] = rec
+def by_puzzle(recs: dict[int, dict]) -> dict[tuple[str, int], dict]:
+    """(puzzle string, occurrence) -> its line, in index order: a puzzle listed twice is matched first with first,
+    second with second."""
+    out, seen = {}, Counter()
+    for i in sorted(recs):
+        puzzle = recs[i]["puzzle"]
+        out[(puzzle, seen[puzzle])] = recs[i]
+        seen[puzzle] += 1
     return out
 
 
@@ -121,13 +130,19 @@ def line(label: str, c: Counter, prefix: str = "") -> str:
     ea, eb = (get("both") + get("only_a")) / n, (get("both") + get("only_b")) / n
     p = sign_test(get("only_a"), get("only_b"))
     return (f"| {label} | {n} | {ea:.1%} | {eb:.1%} | {eb - ea:+.1%} | {get('both')} | {get('only_a')} | "
-            f"{get('only_b')} | {get('neither')} | {p:.3f} |")
+            f"{get('only_b')} | {get('neither')} | {p_text(p)} |")
 
 
 def block(label: str, c: Counter, kind_prefix: str = "") -> list[str]:
     """The overall line of `c`, then one line per difficulty."""
     kinds = sorted({key.split("/")[0] for key in c if "/" in key})
     return [line(label, c)] + [line(f"  {kind_prefix}{kind}", c, kind + "/") for kind in kinds]
+
+
+def source(path: Path) -> str:
+    """A samples file named by its run and file: RUN/eval/NAME_samples.jsonl -> "RUN: NAME_samples.jsonl"."""
+    run = path.parent.parent.name if path.parent.name == "eval" else path.parent.name
+    return f"{run}: {path.name}" if run else path.name
 
 
 def main(argv=None) -> None:
@@ -145,11 +160,11 @@ def main(argv=None) -> None:
         fa, fb = args.files[k], args.files[k + 1]
         a, b, note = read(fa, args.row), read(fb, args.row), ""
         if args.common:
-            a, b, note = common(by_puzzle(a, fa), by_puzzle(b, fb), f"{fa} / {fb}")
+            a, b, note = common(by_puzzle(a), by_puzzle(b), f"{fa} / {fb}")
         c = compare(a, b, f"{fa} / {fb}")
         total += c
         diffs.append((c["only_b"] - c["only_a"]) / size(c))
-        lines += block(f"{fa.parent.parent.name or fa}: {fa.name} / {fb.name}{note}", c)
+        lines += block(f"{source(fa)} / {source(fb)}{note}", c)
     if len(args.files) > 2:
         lines += block("**pooled**", total, "pooled ")
     print("\n".join(x for x in lines if x))

@@ -73,6 +73,8 @@ def test_solver_states_on_a_tiny_run(tmp_path, capsys):
     assert sum(row["states_planted"] for row in r["doubt"]) > 0
     printed = capsys.readouterr().out
     assert "surest open cell right" in printed and "planted cell caught" in printed
+    tiny = _load("solver_states").main([str(run), "--open", "0.001", "--draws", "1"])  # no cell opened: n/a, no crash
+    assert tiny["rows"][0]["open_accuracy"] is None and "n/a" in capsys.readouterr().out
 
 
 def test_sample_views_times_both_chunkings_and_finds_the_same_canvases(tmp_path, capsys):

@@ -65,9 +65,28 @@ def test_common_compares_the_shared_puzzles(tmp_path, capsys):
     c = _write(tmp_path / "c.jsonl", [True], puzzles=["z" * 16])
     with pytest.raises(SystemExit, match="share no puzzle"):
         paired.main([str(a), str(c), "--common"])
-    twice = _write(tmp_path / "twice.jsonl", [True, True], puzzles=["a" * 16, "a" * 16])
-    with pytest.raises(SystemExit, match="appears twice"):
-        paired.main([str(twice), str(a), "--common"])
+    # a puzzle listed twice (easy50 does): matched occurrence by occurrence, first with first, second with second
+    twice_a = _write(tmp_path / "twice_a.jsonl", [True, False, True], puzzles=["a" * 16, "b" * 16, "a" * 16])
+    twice_b = _write(tmp_path / "twice_b.jsonl", [False, True, True], puzzles=["a" * 16, "a" * 16, "z" * 16])
+    paired.main([str(twice_a), str(twice_b), "--common"])
+    assert "(common 2; A alone 1, B alone 1) | 2 | 100.0% | 50.0% | -50.0% | 1 | 1 | 0 | 0 |" in capsys.readouterr().out
+    joined = tmp_path / "joined.jsonl"  # two files run together: the second's lines would replace the first's
+    joined.write_text(a.read_text() + b.read_text())
+    with pytest.raises(SystemExit, match=r"joined\.jsonl:5: puzzle index 0 of row 'rules' appears twice"):
+        paired.main([str(joined), str(a)])
+
+
+def test_labels_name_both_runs_and_small_p_values(tmp_path, capsys):
+    paired = _paired()
+    (tmp_path / "runA" / "eval").mkdir(parents=True)
+    (tmp_path / "runB" / "eval").mkdir(parents=True)
+    a = _write(tmp_path / "runA" / "eval" / "x_samples.jsonl", [True] * 12)
+    b = _write(tmp_path / "runB" / "eval" / "x_samples.jsonl", [False] * 12)
+    paired.main([str(a), str(b)])
+    out = capsys.readouterr().out
+    assert "| runA: x_samples.jsonl / runB: x_samples.jsonl | 12 |" in out and "| < 0.001 |" in out
+    paired.main([str(a), str(b)] * 21)  # more pairs than the sign-flip test enumerates: said, not a traceback
+    assert "sign-flip test not computed" in capsys.readouterr().out
 
 
 def test_sign_flip_test_exact_values():
