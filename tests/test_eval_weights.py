@@ -206,6 +206,23 @@ def test_breakdowns_group_scores_and_steps_by_givens_and_difficulty():
     assert out["by_difficulty"]["4x4/singles"]["mean_steps"] == 3.0
 
 
+def test_an_answer_that_changes_a_given_or_breaks_a_rule_is_scored_so():
+    """Scores against bad answers, not only good ones: a valid grid that overwrites a given is not exact and keeps
+    fewer givens; a duplicated digit counts as a rule violation."""
+    from dgft.metrics import score_answer
+    from dgft.tasks.sudoku import grid as G
+
+    puzzle = G.from_string("1200340000000000")
+    solutions = G.solve(np.zeros(16, dtype=int), limit=300)
+    other = next(s for s in solutions if s[0] != 1)  # a valid completed grid that does not keep the given 1
+    s = score_answer(puzzle, G.solve(puzzle, limit=1)[0], other)
+    assert s["exact"] is False and s["givens_kept"] < 1.0 and s["rule_violations"] == 0
+    broken = G.solve(puzzle, limit=1)[0].copy()
+    broken[15] = broken[14]  # two equal digits in the last row
+    s = score_answer(puzzle, G.solve(puzzle, limit=1)[0], broken)
+    assert s["exact"] is False and s["rule_violations"] > 0 and s["givens_kept"] == 1.0
+
+
 def test_puzzles_without_blanks_have_no_cell_accuracy():
     """A fully given puzzle (puzzle files may hold one) leaves no blank cell to score: cell_accuracy is None, not
     0.0 beside an exact 1.0, in `aggregate`, the evaluate module, the per-givens breakdown and the markdown table."""

@@ -346,6 +346,38 @@ def test_up_to_date_only_when_the_exported_files_are_intact(tmp_path, capsys):
     assert "up to date" in capsys.readouterr().out
 
 
+def test_a_changed_base_or_run_config_is_exported_again(tmp_path, capsys):
+    """What the export is made from: a LoRA run's saved base, and the run's config.yaml (the sampler settings that
+    travel with the export), as well as the adapter. Each change is a new source: exported again, never up to date."""
+    from safetensors.torch import load_file, save_file
+
+    run, _ = make_run(tmp_path, "lora")
+    export(export_cfg(run))
+    source = json.loads((run / "export" / "export.json").read_text())["source"]
+
+    def other_base():
+        f = run / "base" / "model.safetensors"
+        tensors = load_file(str(f))
+        name = next(k for k, v in tensors.items() if v.is_floating_point())
+        tensors[name] = tensors[name] + 0.01
+        save_file(tensors, str(f), metadata={"format": "pt"})
+
+    def other_sampler():
+        cfg = OmegaConf.load(run / "config.yaml")
+        cfg.sampler.steps = 40
+        (run / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+
+    for change in (other_base, other_sampler):
+        change()
+        capsys.readouterr()
+        export(export_cfg(run))
+        assert "up to date" not in capsys.readouterr().out
+        now = json.loads((run / "export" / "export.json").read_text())["source"]
+        assert now != source
+        source = now
+    assert json.loads((run / "export" / "dgft_sampler.json").read_text())["sampler"]["steps"] == 40
+
+
 def test_a_run_without_tokenizer_files_is_refused(tmp_path, capsys):
     run, _ = make_run(tmp_path, "full")
     saved = {p.name: p.read_bytes() for p in (run / "tokenizer").iterdir()}

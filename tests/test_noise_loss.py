@@ -167,3 +167,33 @@ def test_known_in_prompt_lists_givens_and_the_cells_noise_left_clean():
         prompt = out["prompt_ids"][b][out["prompt_mask"][b].bool()].tolist()
         assert prompt == task.prompt_ids(known)
     assert out["tokens"] == out["prompt_mask"].sum() + out["target"].numel()
+
+
+def test_the_loss_is_normalised_over_the_accumulation_window(tmp_path, monkeypatch):
+    """With trainer.grad_accum=2 the window's denoising sums are divided by the scored tokens of the whole window
+    (not each micro-batch by its own), and the encoder's AR term is averaged over the micro-batches. A stand-in loss
+    whose gradient is known: each micro-batch's sum is count * w and its AR term 0.5 * w, for one weight w, so w's
+    gradient is sum(count) / sum(count) + 2 * 0.5 / 2 = 1.5 (per micro-batch normalisation would give 3)."""
+    import dgft.train as T
+    from dgft.cli import main
+
+    seen = []
+
+    def stand_in(model, m, cfg, gen, device, task=None):
+        w = next(p for p in model.parameters() if p.requires_grad).flatten()[0]
+        return w * float(m["count"]), w * 0.5
+
+    real_clip = torch.nn.utils.clip_grad_norm_
+
+    def clip(params, max_norm):
+        params = list(params)
+        seen.append(float(params[0].grad.flatten()[0]))
+        return real_clip(params, max_norm)
+
+    monkeypatch.setattr(T, "_loss", stand_in)
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip)
+    main(["train", f"hydra.run.dir={tmp_path / 'run'}", f"task.cache_dir={tmp_path / 'cache'}", "task.base_puzzles=12",
+          "task.heldout_puzzles=4", "trainer.max_steps=2", "trainer.batch_size=4", "trainer.grad_accum=2",
+          "trainer.eval_every=0", "model.num_layers=1", "model.hidden_size=32", "model.num_heads=2",
+          "model.num_kv_heads=1", "model.head_dim=16", "model.intermediate_size=64", "model.moe_intermediate_size=32"])
+    assert seen == [1.5, 1.5]

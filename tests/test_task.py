@@ -410,3 +410,32 @@ def test_build_splits_keeps_heldout_keys_out_of_training(tmp_path):
     for n in (4, 9):  # both sizes are held out, and none of them shares a key with training
         assert sum(k[0] == f"{n}x{n}" for k in heldout) > 0 and sum(k[0] == f"{n}x{n}" for k in train) > 0
     assert not set(heldout) & set(train)
+
+
+def test_build_splits_drops_a_9x9_heldout_puzzle_that_is_a_training_puzzle_in_disguise(tmp_path, monkeypatch):
+    """Random 9x9 grids never collide, so the 9x9 guard is exercised by planting a held-out puzzle that is a training
+    base relabelled, transposed and line-swapped: build_splits must drop it (and say so), keeping the others."""
+    from omegaconf import OmegaConf
+
+    import dgft.data as D
+    from dgft.config import TaskConfig
+
+    real = D._generate
+
+    def planted(n, count, seed, split, blank_fraction, workers, keep=None):
+        rows = real(n, count, seed, split, blank_fraction, workers, keep)
+        if n == 9 and split == "heldout":
+            base = real(9, 1, seed, "train", blank_fraction, workers)[0]
+            puzzle, solution = G.augment(G.from_string(base["puzzle"]), G.from_string(base["solution"]),
+                                         np.random.default_rng(5))
+            rows[0] = {**rows[0], "puzzle": G.to_string(puzzle), "solution": G.to_string(solution)}
+        return rows
+
+    monkeypatch.setattr(D, "_generate", planted)
+    cfg = OmegaConf.structured(TaskConfig(base_puzzles=20, heldout_puzzles=6, sizes=[9], size_weights=[1.0],
+                                          cache_dir=str(tmp_path)))
+    logs = []
+    splits = D.build_splits(cfg, seed=4, workers=1, log=logs.append)
+    assert len(splits["heldout"]) == 5 and any("dropped 1 held-out" in m for m in logs)
+    train = {G.invariant(G.from_string(r["solution"])) for r in splits["train"]}
+    assert not train & {G.invariant(G.from_string(r["solution"])) for r in splits["heldout"]}
