@@ -5,8 +5,9 @@
 # log.txt, results.md, train_summary.json, loss.png, metrics.jsonl and run.tar.gz (eval/*.json|md|png,
 # config.yaml, run.json, data/heldout.csv).
 #   bash eval/gpu_sudoku.sh OUT_DIR [MINUTES] [train overrides ...]       # MINUTES: 5 unless given; 4.5 works
-# Wall time: MINUTES + about 2.5 min (checks 30 s, start-up 30 s, saving 10 s, evaluation 1 min); each stage has
-# its own timeout, and the files are collected whatever happened before.
+# Wall time: MINUTES + about 1.5 min (checks 30 s, start-up 30 s, saving 10 s) + the evaluation: 1 min with one view
+# (run 2), not yet timed with the recipe's 8 views and 2 passes (a review estimated 2.5-5 min), at most 300 s, less
+# with DGFT_DEADLINE_S. Each stage has its own timeout, and the files are collected whatever happened before.
 # Needs .gpu/cache.tar.xz and .gpu/bench/ (carry ".gpu"; DGFT_DRY_RUN=1 needs them too): without the tarball the
 # training data are generated first (about 5 min of one core: 75-120 s with the 4 workers of a GPU machine).
 # Works with dgft installed or only on PYTHONPATH (it runs `python3 -m dgft`).
