@@ -20,11 +20,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 import zlib
+from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the dgft beside this script, installed or not
 
 RELEASED = dict(vocab_size=262144, hidden_size=2816, intermediate_size=2112, num_attention_heads=16,
                 num_key_value_heads=8, num_global_key_value_heads=2, head_dim=256, global_head_dim=512,

@@ -26,17 +26,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from dgft import noise as N
-from dgft.model import denoise, encode
-from dgft.runs import load_config, load_model
-from dgft.sampling import doubted
-from dgft.tasks import get_task
-from dgft.tasks.sudoku.io import read_puzzles
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the dgft beside this script, installed or not
+
+from dgft import noise as N  # noqa: E402
+from dgft.model import denoise, encode  # noqa: E402
+from dgft.runs import load_config, load_model  # noqa: E402
+from dgft.sampling import doubted  # noqa: E402
+from dgft.tasks import get_task  # noqa: E402
+from dgft.tasks.sudoku.io import read_puzzles  # noqa: E402
 
 
 @torch.no_grad()

@@ -19,8 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from dgft.tasks.infill import data as D
-from dgft.tasks.infill.task import InfillConfig, InfillTask
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the dgft beside this script, installed or not
+
+from dgft.tasks.infill import data as D  # noqa: E402
+from dgft.tasks.infill.task import InfillConfig, InfillTask  # noqa: E402
 
 BENCH = (Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "infill"
          / "HumanEval-SingleLineInfilling.jsonl.gz")

@@ -20,7 +20,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from dgft.tasks.infill.humaneval import Sample, evaluate_samples, read_problems, read_samples
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the dgft beside this script, installed or not
+
+from dgft.tasks.infill.humaneval import Sample, evaluate_samples, read_problems, read_samples  # noqa: E402
 
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "infill"
 
