@@ -147,13 +147,14 @@ def _override(overrides: list[str], key: str, default: str) -> str:
 def _check_output_dir(overrides: list[str]) -> None:
     """Fail with the path named, before Hydra tries to create a run directory it cannot create."""
     target = _override(overrides, "hydra.run.dir", "outputs")
-    path = Path(target.strip("'\"")).absolute()
+    given = Path(target.strip("'\""))
+    path = given.absolute()
     from dgft.runs import RunInUse, refuse_used
 
     resume = _override(overrides, "resume", "null")
     if target != "outputs" and resume in ("null", "None", ""):  # before Hydra rewrites another run's record
         try:
-            refuse_used(Path(target.strip("'\"")))
+            refuse_used(given)
         except RunInUse as err:
             sys.exit(f"dgft train: error: {err}")
     while not path.exists():

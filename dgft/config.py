@@ -355,7 +355,7 @@ def validate(cfg: DictConfig | Any) -> None:
     """Range and consistency checks on a composed train config; raises ConfigError naming the key."""
     get = lambda key: OmegaConf.select(cfg, key)  # noqa: E731
     check_finite({k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg[k], DictConfig) else cfg[k]
-                  for k in cfg if k != "hydra"})
+                  for k in cfg if k not in ("hydra", "sampler")})  # the sampler's: check_sampler, below
     task = get("task.name")
     if task not in TASK_SCHEMAS:
         raise ConfigError(f"task.name={task!r}: expected one of {', '.join(TASK_SCHEMAS)}")

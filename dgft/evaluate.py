@@ -28,8 +28,7 @@ def evaluate(cfg) -> dict:
         raise ConfigError("no run given: dgft eval RUN [data=PATH] [overrides ...]")
     run = real_run_dir(Path(cfg.run))
     run_cfg = load_config(run)
-    overrides = {k: v for k, v in OmegaConf.to_container(cfg.sampler).items() if v is not None}
-    scfg = OmegaConf.merge(run_cfg.sampler, overrides)
+    scfg = eval_sampler(cfg, run_cfg)
     check_options(cfg, run_cfg, scfg)
     if cfg.checkpoint:  # found and its manifest checked once, before any model loads, as export does
         cfg.checkpoint = str(checkpoint_dir(run, cfg.checkpoint))
@@ -39,6 +38,12 @@ def evaluate(cfg) -> dict:
     else:
         from dgft.tasks.sudoku.evaluate import evaluate_run
     return evaluate_run(cfg, run, run_cfg, scfg, device)
+
+
+def eval_sampler(cfg, run_cfg):
+    """The sampler an evaluation runs: the run's own, with the `sampler.*` overrides `dgft eval` was given."""
+    overrides = {k: v for k, v in OmegaConf.to_container(cfg.sampler).items() if v is not None}
+    return OmegaConf.merge(run_cfg.sampler, overrides)
 
 
 def output_name(cfg, default: str) -> str:

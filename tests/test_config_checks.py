@@ -104,13 +104,12 @@ def test_eval_refuses_passes_without_self_conditioning():
     """check_sampler is shared: `dgft eval RUN sampler.self_conditioning=false` on a two-pass run names both keys."""
     from omegaconf import OmegaConf
 
-    from dgft.evaluate import check_options
+    from dgft.evaluate import check_options, eval_sampler
 
     cfg = _compose("eval", ["run=/tmp/x", "sampler.self_conditioning=false"])
     run_cfg = _compose("train", ["sampler.passes=2"])
-    scfg = OmegaConf.merge(run_cfg.sampler, {k: v for k, v in cfg.sampler.items() if v is not None})
+    scfg = eval_sampler(cfg, run_cfg)
     with pytest.raises(ConfigError, match=r"sampler\.passes=2.*sampler\.self_conditioning=false"):
         check_options(cfg, run_cfg, scfg)
     cfg = _compose("eval", ["run=/tmp/x", "sampler.self_conditioning=false", "sampler.passes=1"])
-    check_options(cfg, run_cfg, OmegaConf.merge(run_cfg.sampler, {k: v for k, v in cfg.sampler.items()
-                                                                  if v is not None}))
+    check_options(cfg, run_cfg, eval_sampler(cfg, run_cfg))

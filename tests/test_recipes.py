@@ -211,11 +211,11 @@ def test_infill_with_a_pretrained_model_reads_its_tokenizer():
 @pytest.mark.parametrize("override,noise", [("sampler.revise=1.5", "uniform"), ("sampler.revise=0.5", "mask")])
 def test_eval_checks_revise_against_the_run(override, noise):
     """An eval override of sampler.revise is range-checked, and refused for a mask-noise run, naming the key."""
-    from dgft.evaluate import check_options
+    from dgft.evaluate import check_options, eval_sampler
 
     cfg = _compose("eval", ["run=/tmp/x", override])
     run_cfg = _compose("train", [f"noise={noise}"])
-    scfg = OmegaConf.merge(run_cfg.sampler, {k: v for k, v in cfg.sampler.items() if v is not None})
+    scfg = eval_sampler(cfg, run_cfg)
     with pytest.raises(ConfigError, match=r"sampler\.revise"):
         check_options(cfg, run_cfg, scfg)
     validate(_compose("train", ["sampler.revise=0.5"]))
@@ -235,11 +235,11 @@ def test_eval_checks_revise_against_the_run(override, noise):
 def test_eval_range_checks_its_overrides(override, key):
     """Eval overrides get the train config's range checks, before any model loads: `sampler.steps=0` once scored
     every puzzle wrong without a word, and `limit=-1` dropped the last puzzle."""
-    from dgft.evaluate import check_options
+    from dgft.evaluate import check_options, eval_sampler
 
     cfg = _compose("eval", ["run=/tmp/x", override])
     run_cfg = _compose("train")
-    scfg = OmegaConf.merge(run_cfg.sampler, {k: v for k, v in cfg.sampler.items() if v is not None})
+    scfg = eval_sampler(cfg, run_cfg)
     with pytest.raises(ConfigError, match=key):
         check_options(cfg, run_cfg, scfg)
     if override.startswith("sampler."):
@@ -293,11 +293,11 @@ def test_every_sampler_setting_can_be_overridden_at_eval():
                                               ("sampler.reprompt=true", r"^sampler\.reprompt=true: Sudoku only"),
                                               ("sampler.self_conditioning_from=rules", r"code has no rules")])
 def test_sudoku_only_eval_options_are_refused_for_an_infill_run(override, message):
-    from dgft.evaluate import check_options
+    from dgft.evaluate import check_options, eval_sampler
 
     cfg = _compose("eval", ["run=/tmp/x", override])
     run_cfg = _compose("train", ["recipe=infill"])
-    scfg = OmegaConf.merge(run_cfg.sampler, {k: v for k, v in cfg.sampler.items() if v is not None})
+    scfg = eval_sampler(cfg, run_cfg)
     with pytest.raises(ConfigError, match=message):
         check_options(cfg, run_cfg, scfg)
     check_options(_compose("eval", ["run=/tmp/x"]), run_cfg, run_cfg.sampler)
