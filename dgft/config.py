@@ -380,6 +380,10 @@ def validate(cfg: DictConfig | Any) -> None:
     check_sampler(cfg.sampler, task, get("noise.kind"))
     if get("noise.loss_weight") == "inv_t" and not get("noise.eps") > 0:
         raise ConfigError(f"noise.eps={get('noise.eps')}: must be > 0 with noise.loss_weight=inv_t (1/t at t = 0)")
+    if get("noise.loss_weight") == "inv_t" and get("noise.t_power") != 1:
+        raise ConfigError(f"noise.t_power={get('noise.t_power')}: noise.loss_weight=inv_t is MDLM's ELBO weight for t "
+                          "drawn uniformly; with another density of t it weighs the ELBO wrongly (set noise.t_power=1 "
+                          "or noise.loss_weight=flat)")
     if not 0 <= get("trainer.ema_decay") < 1:
         raise ConfigError(f"trainer.ema_decay={get('trainer.ema_decay')!r}: must be in [0, 1) (0: no average)")
     if get("trainer.eval_every") and not get("trainer.eval_puzzles"):
@@ -483,6 +487,9 @@ def _validate_sudoku(get) -> None:
     if get("task.tokens") == "text" and get("task.solver_order_p"):
         raise ConfigError("task.solver_order_p: tokens=text lays the answer out as text; a solving order needs "
                           "tokens=cell or tokens=digit")
+    if get("task.wrong_known_p") and get("noise.kind") == "mask":
+        raise ConfigError("task.wrong_known_p: needs noise.kind=uniform (mask noise scores only the masked cells, so a "
+                          "wrong digit shown as known is never scored; set task.wrong_known_p=0)")
     if get("task.tokens") == "text" and get("task.wrong_known_p"):
         raise ConfigError("task.wrong_known_p: tokens=text lays the answer out as text; wrong digits that keep the "
                           "rules need tokens=cell or tokens=digit")

@@ -81,6 +81,14 @@ def mask_ids(kind: str, batch: dict):
     return batch["mask_ids"]
 
 
+def absorbing_ids(batch: dict) -> torch.Tensor:
+    """The token ids absorbing noise writes, never an answer anywhere: the batch's `absorbing_ids` where its
+    `mask_ids` also hold other tokens (tokens=text keeps the answer's layout tokens there), else its `mask_ids`."""
+    if "absorbing_ids" in batch:
+        return batch["absorbing_ids"]
+    return torch.unique(batch["mask_ids"])
+
+
 def corrupt(kind: str, target, t, corruptible, support, mask_id, generator=None):
     """Dispatch on `noise.kind` ("uniform" or "mask")."""
     if kind == "uniform":

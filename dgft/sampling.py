@@ -204,8 +204,7 @@ def sample(model, batch: dict, task, scfg, mode: str, noise_kind: str = "uniform
         if mode == "free":
             scores = belief = logits
             if noise_kind == "mask":  # the mask token is the noise, never an answer (MDLM's -inf on its logit)
-                at = mask_ids.to(device).expand(L)[None, :, None].expand(B, L, 1)
-                scores = belief = logits.scatter(-1, at, -math.inf)
+                scores = belief = logits.index_fill(-1, N.absorbing_ids(batch).to(device), -math.inf)
         else:
             if views is None:
                 scores = torch.gather(logits, 2, choices[None].expand(B, L, -1))  # (B, L, K)

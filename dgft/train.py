@@ -181,6 +181,11 @@ def _train(cfg, run_dir: Path, overrides: Sequence[str]) -> Path:
         require_path(cfg.model.path)  # before the task reads a tokenizer from it
     task = get_task(cfg.task)
     tokenizer = task.build_tokenizer()
+    if cfg.noise.kind == "mask" and tokenizer.mask_token_id is None:  # before the model loads, not at the first step
+        from dgft.config import ConfigError
+
+        raise ConfigError(f"noise.kind=mask: the task's tokenizer ({cfg.task.get('tokenizer') or 'built by the task'}) "
+                          "has no mask token for absorbing noise to write; use noise=uniform or a tokenizer with one")
     tokenizer.save_pretrained(str(run_dir / "tokenizer"))
 
     dtype = torch_dtype(cfg.model.dtype, device)

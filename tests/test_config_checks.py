@@ -53,6 +53,10 @@ BAD = [
      "sampler.self_conditioning_from"),
     (["sampler.fill_forced=true", "sampler.modes=[free,clamped]"], "sampler.fill_forced"),
     (["recipe=infill", "sampler.fill_forced=true"], "sampler.fill_forced"),
+    # trained nothing: mask noise never scores a cell shown as known, where wrong_known_p plants its digits
+    (["noise=mask", "task.wrong_known_p=0.5"], "task.wrong_known_p"),
+    # MDLM's 1/t is the ELBO weight only for t drawn uniformly
+    (["noise=mask", "noise.loss_weight=inv_t", "noise.t_power=2"], "noise.t_power"),
 ]
 
 
@@ -85,6 +89,8 @@ def test_a_conflict_names_both_keys(overrides, other):
     ["sampler.self_conditioning=false", "sampler.passes=1"],
     ["sampler.fill_forced=true"],
     ["task.blank_fraction=[0.5,0.5]"],
+    ["noise=mask", "noise.loss_weight=inv_t"],
+    ["noise=mask", "noise.loss_weight=flat", "noise.t_power=2"],  # flat cross-entropy at any density of t
 ])
 def test_edge_values_that_work_pass(overrides):
     validate(_compose("train", overrides))

@@ -104,6 +104,34 @@ def test_an_answer_whose_structure_was_overwritten_is_not_well_formed():
     assert (t.decode(canvas, 4)[1] > 0).all()  # its cells still read as a full grid: decode alone would score it
 
 
+def test_free_mode_with_mask_noise_keeps_the_layout_and_never_answers_mask(monkeypatch):
+    """tokens=text with absorbing noise: the batch's mask template holds the layout's own tokens (newlines, end of
+    turn, padding) beside [MASK] at the cells. `free` must forbid only [MASK], everywhere: a perfect model's answer
+    is then the target, layout included (it once forbade the right layout token and allowed [MASK] there)."""
+    import dgft.sampling as S
+
+    tok = chat_tokenizer()
+    tok.add_special_tokens({"mask_token": "[MASK]"})
+    t = task(sizes=(4,), canvas=24, tok=tok)
+    cfg = tiny_cfg(model={"canvas_length": 24})
+    model = build_tiny(cfg.model, len(tok)).eval()
+    p, s = puzzles(n=4, count=2, seed=1)
+    batch = t.encode(p, s)
+    mask = tok.mask_token_id
+    assert (batch["mask_ids"] != mask).any() and batch["absorbing_ids"].tolist() == [mask]
+
+    def denoise(m, cache, canvas, prompt_mask, sc_logits=None):  # sure of the answer, surer still of [MASK]
+        logits = torch.nn.functional.one_hot(batch["target"], len(tok)).float() * 10
+        logits[..., mask] = 50.0
+        return logits
+
+    monkeypatch.setattr(S, "denoise", denoise)
+    scfg = OmegaConf.structured(SamplerConfig(steps=24, views=1))
+    res = sample(model, batch, t, scfg, "free", noise_kind="mask", generator=torch.Generator().manual_seed(0))
+    assert not (res.canvas == mask).any()
+    assert torch.equal(res.canvas, batch["target"]) and t.well_formed(res.canvas, 4).all()
+
+
 def test_text_task_trains_and_evaluates_through_the_cli(tmp_path):
     """task.tokens=text end to end with a locally built chat tokenizer (the pretrained path, minus the weights)."""
     import json
@@ -129,6 +157,24 @@ def test_text_task_trains_and_evaluates_through_the_cli(tmp_path):
     # the trainer's periodic check scores the text canvas per cell (its layout positions are not blanks)
     checks = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if "clamped" in line]
     assert [c["step"] for c in checks] == [1, 2] and 0 <= checks[0]["9x9_clamped_cell_acc"] <= 1
+
+
+def test_mask_noise_with_a_tokenizer_without_a_mask_token_fails_before_training(tmp_path, capsys):
+    """It once failed at the first step, a traceback, after the data and the (pretrained) model had loaded."""
+    from dgft.cli import main
+
+    tok_dir = tmp_path / "tok"
+    chat_tokenizer().save_pretrained(tok_dir)
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit) as err:
+        main(["train", f"hydra.run.dir={run}", f"task.cache_dir={tmp_path / 'cache'}", "task.base_puzzles=20",
+              "task.heldout_puzzles=4", "task.tokens=text", f"task.tokenizer={tok_dir}", "task.canvas_length=96",
+              "model.canvas_length=96", "model.structured_attention=false", "sampler.views=1", "noise=mask",
+              "trainer.max_steps=2"])
+    assert err.value.code == 2
+    said = capsys.readouterr().err
+    assert "noise.kind=mask" in said and "no mask token" in said and "Traceback" not in said
+    assert not (run / "metrics.jsonl").exists() and not (tmp_path / "cache").exists()
 
 
 def test_text_givens_stay_in_the_prompt_when_corrupt_givens_frees_them():

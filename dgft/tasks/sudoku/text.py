@@ -155,7 +155,8 @@ class SudokuTextTask(SudokuTask):
         out = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "target": target, "fixed": fixed,
                "givens": givens, "scored": scored, "choices": self.answer_tokens(n), "size": n}
         if self.tokenizer.mask_token_id is not None:
-            out["mask_ids"] = self.mask_tokens(n)
+            out["mask_ids"] = self.mask_tokens(n)  # [MASK] at the cells, the layout's own tokens elsewhere
+            out["absorbing_ids"] = torch.tensor([self.tokenizer.mask_token_id])
         return out
 
     def init_embeddings(self, embedding, std, generator) -> None:
