@@ -99,12 +99,27 @@ def provenance_line(result: dict) -> str:
     """One line of an evaluation's .md saying which run and weights, which sampler settings, which seed and limit."""
     s = result.get("sampler", {})
     weights = f"checkpoint {result['checkpoint']}" if result.get("checkpoint") else "the run's final weights"
-    keys = [k for k in ("steps", "acceptance", "views", "passes", "temperature", "reprompt", "fill_forced", "revise",
-                        "self_conditioning_from") if k in s]
+    threshold = {"entropy": "entropy_bound", "confidence": "confidence"}.get(s.get("acceptance"))  # the rule's own
+    keys = [k for k in ("steps", "acceptance", threshold, "views", "passes", "temperature", "reprompt", "fill_forced",
+                        "revise", "self_conditioning_from") if k in s]
     return (f"Run {result.get('run')}, {weights}; sampler " + ", ".join(f"{k}={s[k]}" for k in keys)
             + ("; batched by number of givens" if result.get("batch_by") == "givens" else "")
             + f"; seed {result.get('seed')}; " + (f"the first {result['limit']}" if result.get("limit") else "all")
             + " of the file.\n\n")
+
+
+def made_by(data: Path, device) -> dict:
+    """What an evaluation's result records about where it came from: the data file as resolved and its SHA-256 (the
+    `data` setting is the path as typed, relative to wherever eval ran), and `dgft.runs.environment`."""
+    import hashlib
+
+    from dgft.runs import environment
+
+    digest = hashlib.sha256()
+    with open(data, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"data_path": str(Path(data).resolve()), "data_sha256": digest.hexdigest(), "environment": environment(device)}
 
 
 def provenance(cfg) -> dict:

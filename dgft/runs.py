@@ -31,6 +31,47 @@ RESUMING = ".resuming"  # while a resumed run trains: its model/ (adapter/) is o
 RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoints", "model", "adapter", "train_summary.json")
 
 
+def environment(device=None) -> dict:
+    """What produced a result: dgft's version and git commit (None outside a checkout; `dirty` when it has
+    uncommitted changes), the library versions, the machine (CPU, the GPU when `device` is CUDA) and the time."""
+    import datetime
+    import platform
+    import socket
+    import subprocess
+    import sys
+    from importlib import metadata
+
+    def version(name: str):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    here = Path(__file__).resolve().parent
+    commit = None
+    try:
+        git = ["git", "-C", str(here.parent)]
+        head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        if head.returncode == 0:
+            dirty = subprocess.run([*git, "status", "--porcelain", "--", "dgft", "recipes"], capture_output=True,
+                                   text=True, timeout=10).stdout.strip()
+            commit = head.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):  # no git: the version says what it can
+        pass
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = f"{names[0]} x{len(names)}" if names else cpu
+    gpu = None
+    if device is not None and torch.device(device).type == "cuda":
+        gpu = torch.cuda.get_device_name(torch.device(device))
+    return {"dgft": version("dgft"), "dgft_commit": commit, "python": platform.python_version(),
+            **{name: version(name) for name in ("torch", "transformers", "peft", "numpy", "hydra-core")},
+            "host": socket.gethostname(), "platform": platform.platform(), "cpu": cpu, "gpu": gpu,
+            "argv": sys.argv[1:], "time": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+
+
 def refuse_used(run_dir: Path) -> None:
     """A fresh run must not write into another run's directory (one holding any of RUN_FILES; Hydra's record alone
     does not count): its checkpoints, weights and metrics would mix."""

@@ -65,7 +65,8 @@ STATUSES = ("passed", "failed", "timeout", "oom", "killed", "error")
 
 @dataclass
 class Verdict:
-    """How a program ended. `status`: passed (ran to its last line, exit 0), failed (exception, non-zero
+    """How a program ended. `status`: passed (ran to its last line, whatever its exit after that: a thread
+    that outlives it or an atexit hook, as HumanEval's harness counts it; `detail` says so), failed (exception, non-zero
     exit, or exit before the end), timeout (wall or CPU limit), oom (memory limit), killed (another signal),
     error (the sandbox could not be set up: nothing of the program ran)."""
 
@@ -223,12 +224,14 @@ def judge(returncode, status, out, err, timed_out, timeout_s, cpu_s) -> dict:
     last = next((line for line in reversed(err.text().splitlines()) if line.strip()), "")
     if error is not None and not completed:
         status_, detail = "error", f"sandbox set-up failed: {error}"
+    elif completed:  # it ran to its last line, as HumanEval's harness counts a pass; what came after is detail
+        after = ("then the wall-clock limit" if timed_out else f"then exit status {returncode}" if returncode
+                 else "")
+        status_, detail = "passed", after
     elif timed_out:
         status_, detail = "timeout", f"wall-clock limit of {timeout_s:g} s"
     elif returncode == -signal.SIGXCPU:
         status_, detail = "timeout", f"CPU limit of {cpu_s} s"
-    elif returncode == 0 and completed:
-        status_, detail = "passed", ""
     elif last.startswith("MemoryError"):
         status_, detail = "oom", last
     elif returncode < 0:

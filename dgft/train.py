@@ -218,7 +218,7 @@ def _train(cfg, run_dir: Path, overrides: Sequence[str]) -> Path:
     # a resumed run's events past its checkpoint are dropped, as metrics.jsonl's rows are
     writer = SummaryWriter(str(run_dir / "tb"), purge_step=start_step + 1 if start_step else None)
     metrics = open(run_dir / "metrics.jsonl", "a")
-    _write_run_info(run_dir, cfg, trainable, total, device)
+    _write_run_info(run_dir, cfg, trainable, total, device, start_step)
     say(f"run dir: {run_dir}\nmodel: {total / 1e6:.2f}M parameters ({trainable / 1e6:.2f}M trained), "
         f"device {device}, dtype {dtype}")
 
@@ -228,8 +228,11 @@ def _train(cfg, run_dir: Path, overrides: Sequence[str]) -> Path:
 
     # --- loop --------------------------------------------------------------------------------------
     model.train()
-    t0, tokens_seen, step = time.time(), 0, 0
+    t0 = time.time()
     clock["start"] = t0
+    # tokens/s over each logging window, without the periodic evaluation's and the checkpoints' time
+    window = {"start": time.perf_counter(), "tokens": 0, "paused": 0.0}
+    eval_gen = torch.Generator().manual_seed(cfg.seed)  # the checks never draw from training's generator
     bar = tqdm(total=cfg.trainer.max_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
     step = saved_step = start_step  # saved_step: the newest checkpoint's step
     last = start_step if over_time() else cfg.trainer.max_steps  # a resumed run whose time is up trains no step
@@ -256,7 +259,7 @@ def _train(cfg, run_dir: Path, overrides: Sequence[str]) -> Path:
                     f"model.quantize=nf4.") from err
             loss_total += loss_sum.detach()
             ar_total += extra.detach() / len(micro)
-            tokens_seen += int(m["tokens"])
+            window["tokens"] += int(m["tokens"])
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.trainer.max_grad_norm)
         lr_used = sched.get_last_lr()[0]  # the rate this step took (after sched.step() it is the next one's)
         opt.step()
@@ -268,13 +271,17 @@ def _train(cfg, run_dir: Path, overrides: Sequence[str]) -> Path:
         loss = loss_total / n_scored
         if step == _KILL_AT_STEP:  # fault injection for the test suite: die as a SIGKILL would
             os.kill(os.getpid(), signal.SIGKILL)
-        elapsed = time.time() - t0
         bar.update(1)
-        if step % cfg.trainer.log_every == 0 or step == 1:
+        stopping = stop["signal"] or over_time()
+        final = step == last or stopping  # the last step is always logged, and checked unless interrupted
+        if step % cfg.trainer.log_every == 0 or step == 1 or final:
             loss = float(loss)
-            bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_seen / elapsed:,.0f}")
+            now = time.perf_counter()
+            tok_s = window["tokens"] / max(now - window["start"] - window["paused"], 1e-9)
+            window.update(start=now, tokens=0, paused=0.0)
+            bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tok_s:,.0f}")
             row = {"step": step, "loss": loss, "lr": lr_used, "grad_norm": float(grad_norm),
-                   "tokens_per_s": tokens_seen / elapsed, "elapsed_s": elapsed_s()}
+                   "tokens_per_s": tok_s, "elapsed_s": elapsed_s()}
             if cfg.noise.encoder_ar_weight > 0:  # the weighted AR term, which `loss` (denoising) leaves out
                 row["encoder_ar_loss"] = float(ar_total)
             metrics.write(json.dumps(row) + "\n")
@@ -282,9 +289,10 @@ def _train(cfg, run_dir: Path, overrides: Sequence[str]) -> Path:
             for k in ("loss", "lr", "grad_norm", "tokens_per_s", "encoder_ar_loss"):
                 if k in row:
                     writer.add_scalar(f"train/{k}", row[k], step)
-        if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0:
+        paused = time.perf_counter()
+        if cfg.trainer.eval_every and (step % cfg.trainer.eval_every == 0 or (final and not stop["signal"])):
             with averaged():
-                row = {"step": step, **task.quick_eval(model, eval_batch, cfg, gen)}
+                row = {"step": step, **task.quick_eval(model, eval_batch, cfg, eval_gen.manual_seed(cfg.seed))}
             metrics.write(json.dumps(row) + "\n")
             metrics.flush()  # before the checkpoint of this step: a resumed run does not log it again
             for k, v in row.items():
@@ -295,7 +303,8 @@ def _train(cfg, run_dir: Path, overrides: Sequence[str]) -> Path:
         if cfg.trainer.ckpt_every and step % cfg.trainer.ckpt_every == 0 and step < cfg.trainer.max_steps:
             _checkpoint(run_dir, step, model, opt, sched, batches, gen, cfg, elapsed_s(), ema)
             saved_step = step
-        if stop["signal"] or over_time():
+        window["paused"] += time.perf_counter() - paused
+        if stopping:
             why = f"signal {stop['signal']}" if stop["signal"] else f"time limit {cfg.trainer.time_limit_min} min"
             say(f"stopping at step {step} ({why})")
             break
@@ -692,14 +701,24 @@ def _link_latest(run_dir: Path) -> None:
         pass
 
 
-def _write_run_info(run_dir: Path, cfg, trainable: int, total: int, device) -> None:
-    import transformers
-
-    info = {"recipe": cfg.name, "parameters": total, "trainable_parameters": trainable, "device": str(device),
-            "torch": torch.__version__, "transformers": transformers.__version__, "threads": torch.get_num_threads(),
-            "layout": {"config.yaml": "resolved config", "tokenizer/": "task tokenizer",
-                       "model/ or adapter/": "final weights", "checkpoints/": "resumable checkpoints",
+def _write_run_info(run_dir: Path, cfg, trainable: int, total: int, device, start_step: int = 0) -> None:
+    """RUN/run.json: what the run is and what made it. Its top level is the latest session's; `sessions` keeps one
+    record per `dgft train` that wrote the run (a resume adds one), each with the step it started from."""
+    path = run_dir / "run.json"
+    sessions = []
+    if start_step and path.exists():
+        with contextlib.suppress(ValueError, OSError):
+            sessions = json.loads(path.read_text()).get("sessions", [])
+    session = {**runs.environment(device), "device": str(device), "threads": torch.get_num_threads(),
+               "start_step": start_step}
+    info = {"recipe": cfg.name, "parameters": total, "trainable_parameters": trainable, **session,
+            "sessions": [*sessions, session],
+            "layout": {"config.yaml": "resolved config", ".hydra/": "Hydra's record of each command (overrides)",
+                       "tokenizer/": "task tokenizer", "model/ or adapter/": "final weights",
+                       "base/": "a LoRA run's tiny base weights", "checkpoints/": "resumable checkpoints",
                        "metrics.jsonl": "training and held-out metrics", "tb/": "TensorBoard events",
-                       "loss.png": "loss curve", "data/": "the held-out split (Sudoku: heldout.csv; infill: "
-                       "heldout.jsonl.gz)", "eval/": "dgft eval results"}}
+                       "loss.png": "loss curve", "train.log": "what training said",
+                       "train_summary.json": "steps, seconds and final loss (written last)",
+                       "data/": "the held-out split (Sudoku: heldout.csv; infill: heldout.jsonl.gz)",
+                       "eval/": "dgft eval results", "export/": "dgft export's standalone model"}}
     (run_dir / "run.json").write_text(json.dumps(info, indent=1))

@@ -100,6 +100,25 @@ def test_train_eval_export(tmp_path, finetune, capsys):
     assert (check_logits(model, *batch) - check_logits(trained, *batch)).abs().max() <= 1e-4
 
 
+def test_the_last_step_is_logged_and_checked_and_checks_leave_training_alone(tmp_path):
+    """max_steps=5 with log_every=eval_every=2: the loss and the held-out check of step 5 are logged too (they were
+    not: the curve and the final weights' check stopped at step 4), and the periodic checks draw no noise from
+    training's generator (they did: eval_every changed the trained model)."""
+    def rows(run):
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+        return [json.loads(line) for line in lines]
+
+    checked, plain = tmp_path / "checked", tmp_path / "plain"
+    _train(tmp_path, checked, "trainer.max_steps=5", "trainer.log_every=2", "trainer.ckpt_every=0")
+    _train(tmp_path, plain, "trainer.max_steps=5", "trainer.log_every=2", "trainer.ckpt_every=0",
+           "trainer.eval_every=0")
+    a, b = rows(checked), rows(plain)
+    assert [r["step"] for r in a if "loss" in r] == [1, 2, 4, 5]
+    assert [r["step"] for r in a if "9x9_clamped_exact" in r] == [2, 4, 5]
+    assert [r["loss"] for r in a if "loss" in r] == [r["loss"] for r in b if "loss" in r]  # to the last bit
+    assert all(r["tokens_per_s"] > 0 for r in a if "loss" in r)
+
+
 def test_missing_run_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as err:
         main(["eval", str(tmp_path / "nope")])

@@ -280,6 +280,10 @@ def test_a_result_names_its_settings_and_is_not_replaced_by_other_ones(tmp_path)
     sampler = {"steps": 8, "views": 16, "fill_forced": True, "revise": 0.0, "reprompt": True}
     line = provenance_line({"run": "r", "sampler": sampler, "seed": 0, "limit": 0})
     assert all(f"{k}={v}" in line for k, v in sampler.items())
+    for rule, key in (("confidence", "confidence"), ("entropy", "entropy_bound")):  # the acceptance rule's threshold
+        both = {**sampler, "acceptance": rule, "confidence": 0.5, "entropy_bound": 0.2}
+        line = provenance_line({"run": "r", "sampler": both, "seed": 0, "limit": 0})
+        assert f"acceptance={rule}, {key}={both[key]}" in line and line.count("0.5") + line.count("0.2") == 1
     settings = {"data": "p.csv", "seed": 0, "limit": 0, "sampler": sampler}
     replace_file(tmp_path / "p.json", json.dumps(settings))
     claim_output(tmp_path, "p", settings, overwrite=False)  # a re-run

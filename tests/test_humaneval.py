@@ -187,6 +187,7 @@ def test_eval_records_each_status_and_the_isolation(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "s.jsonl").read_text().splitlines()]
     assert [(r["passed"], r["status"]) for r in rows] == [(True, "passed"), (False, "failed"),
                                                         (True, "passed"), (True, "passed")]
+    assert all(r["reference"] == examples[r["index"]]["middle"] for r in rows)  # each line judged alone
 
 
 def test_each_kinds_pass_at_1_all_counts_its_left_out_middles():
@@ -198,6 +199,29 @@ def test_each_kinds_pass_at_1_all_counts_its_left_out_middles():
     assert out["line"]["pass@1"] == 0.5 and out["line"]["pass@1_all"] == 0.25  # 1 pass of 2 written + 2 left out
     assert out["multi_line"]["pass@1_all"] == 1.0
     assert out["random_span"]["n"] == 0 and out["random_span"]["pass@1_all"] == 0.0  # every middle left out
+    assert out["random_span"]["pass@1"] is None and out["random_span"]["exact"] is None  # n/a, not 0%
+
+
+def test_the_report_counts_left_out_examples_at_every_k_and_says_n_a_without_examples():
+    from dgft.tasks.infill.evaluate import markdown, summarise
+
+    examples = [{"kind": "line", "middle": "a"}, {"kind": "line", "middle": "b"}]
+    passed = [[True] * 9 + [False], [False] * 10]
+    row = summarise(examples, [["a"] * 10, ["x"] * 10], [[True] * 10] * 2, passed, left_out=2)
+    assert row["pass@10_all"] == row["pass@10"] / 2 and row["pass@1_all"] == row["pass@1"] / 2
+    empty = summarise([], [], [], [], left_out=3)
+    assert empty["pass@1"] is None and empty["pass@1_all"] == 0.0 and empty["compiles"] is None
+    result = {"humaneval": True, "samples": 10, "n": 2, "too_long": {"line": 2}, "reference_compiles": None,
+              "data": "d", "sampler": {"temperature": 0.8}, "run": "r", "seed": 0, "limit": 0,
+              "prompt_cut": 1, "prompt_tokens": 256,
+              "rows": {"clamped/model": {**row, "mean_steps": 4.0, "tokens_per_s": 10.0,
+                                         "by_kind": {"line": row}},
+                       "free/model": {**empty, "mean_steps": 0.0, "tokens_per_s": 0.0, "by_kind": {}}}}
+    text = markdown("x", result)
+    assert "pass@1_all" in text and "pass@10_all" in text and "1 prompts cut to prompt_tokens=256" in text
+    free = next(line for line in text.splitlines() if line.startswith("| free"))
+    assert "n/a" in free and "0.0%" in free  # n/a where nothing was written, 0% where left-out ones count
+    assert "compiles in" not in text  # no reference figure without examples
 
 
 @needs_bench

@@ -330,6 +330,7 @@ def test_encode_decode_round_trip_and_layout(tok):
         got = ids[ids.index(T.SUF) + 1:-1]
         assert got == suf[:len(got)]  # the suffix from the right
         assert len(kept) + len(got) == min(len(pre) + len(suf), 36)
+        assert bool(batch["prompt_cut"][b]) == (len(kept) < len(pre) or len(got) < len(suf))  # the eval counts them
     assert (batch["prompt_mask"][:, 0] == 0).any() or (batch["prompt_mask"] == 1).all()  # left-padded
     # free-mode noise decodes to text; an [EOS] ends the middle early; no [EOS] reads the whole canvas
     canvas = batch["target"].clone()

@@ -307,6 +307,17 @@ def test_os_exit_before_the_end_is_not_a_pass(box, mode):
 
 
 @modes("full", "hook")
+def test_a_program_that_reached_its_last_line_passes_whatever_follows(box, mode):
+    """HumanEval's harness counts a pass when the program's last line has run; a thread that outlives it or an
+    atexit hook that exits non-zero was scored a timeout or a failure."""
+    v = box("import threading, time\nthreading.Thread(target=lambda: time.sleep(60)).start()\nprint('done')",
+            timeout_s=1)
+    assert v.status == "passed" and v.completed and "wall-clock" in v.detail and v.stdout == "done\n"
+    v = box("import atexit, os\natexit.register(lambda: os._exit(3))\nprint('done')")
+    assert v.status == "passed" and v.returncode == 3 and "exit status 3" in v.detail
+
+
+@modes("full", "hook")
 def test_printing_megabytes_is_cut(box, mode):
     v = box("import sys\nfor _ in range(800):\n    sys.stdout.write('x' * 10_000 + '\\n')\nprint('END')",
             max_output_bytes=50_000)

@@ -35,7 +35,7 @@ from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from dgft.cache import replace_file
-from dgft.evaluate import claim_output, output_name, provenance, provenance_line
+from dgft.evaluate import claim_output, made_by, output_name, provenance, provenance_line
 from dgft.runs import load_model, load_tokenizer
 from dgft.sampling import sample
 from dgft.tasks.infill import data as D
@@ -81,9 +81,14 @@ def evaluate_run(cfg, run: Path, run_cfg, scfg, device) -> dict:
     compiled = {key: [[compiles(e, m) for m in ms] for e, ms in zip(examples, rows)] for key, rows in written.items()}
     verdicts, sandbox = run_tests(problems, examples, written, cfg.workers) if problems else (None, None)
 
+    cut = [bool(c) for start in range(0, len(examples), scfg.batch_size)
+           for c in task.encode(examples[start:start + scfg.batch_size])["prompt_cut"]]
     result = {"run": str(run), **settings, "n": len(examples), "too_long": dict(too_long),
-              "reference_compiles": float(np.mean([compiles(e, e["middle"]) for e in examples])) if examples else 0.0,
-              "device": str(device), "humaneval": problems is not None, "sandbox": sandbox, "rows": {}}
+              "prompt_cut": sum(cut), "prompt_cut_by_kind": dict(Counter(e["kind"] for e, c in zip(examples, cut) if c)),
+              "prompt_tokens": int(task.prompt_tokens),
+              "reference_compiles": float(np.mean([compiles(e, e["middle"]) for e in examples])) if examples else None,
+              "device": str(device), "humaneval": problems is not None, "sandbox": sandbox, "rows": {},
+              **made_by(data, device)}
     picks = {}
     for key in written:
         passed = _lookup(verdicts, examples, written[key])
@@ -253,8 +258,10 @@ def summarise(examples, middles, compiled, passed, left_out: int = 0) -> dict:
         count = len(passed[0]) if passed else 1
         for k in KS:
             if k <= count:
-                out[f"pass@{k}"] = float(np.mean([H.pass_at_k(count, sum(p), k) for p in passed])) if passed else 0.0
-        out["pass@1_all"] = out["pass@1"] * n / max(n + left_out, 1)
+                value = float(np.mean([H.pass_at_k(count, sum(p), k) for p in passed])) if passed else None
+                out[f"pass@{k}"] = value
+                # the left-out examples counted as failures (c = 0: pass@k 0), over every example of the file
+                out[f"pass@{k}_all"] = (value or 0.0) * n / (n + left_out) if n + left_out else None
     return out
 
 
@@ -270,8 +277,8 @@ def by_kind(examples, middles, compiled, passed, too_long: dict | None = None) -
     return out
 
 
-def _mean(rows: list[list[bool]]) -> float:
-    return float(np.mean([np.mean(r) for r in rows])) if rows else 0.0
+def _mean(rows: list[list[bool]]) -> float | None:
+    return float(np.mean([np.mean(r) for r in rows])) if rows else None  # no examples: n/a, not 0%
 
 
 # --- reports --------------------------------------------------------------------------------------
@@ -279,18 +286,22 @@ def markdown(name: str, result: dict) -> str:
     """The rows as a table (one line per mode, length and pick), then per span kind when there are several."""
     tests = result["humaneval"]
     ks = [f"pass@{k}" for k in KS if k <= result["samples"]] if tests else []
+    left = sum(result["too_long"].values())
+    ks += [f"{k}_all" for k in ks] if left else []  # left-out examples counted as failures
     main, kinds = [], []
     for key, m in result["rows"].items():
         mode, length, *rerank = key.split("/")
         pick = "rerank" if rerank else ("sample" if result["samples"] == 1 else f"{result['samples']} samples")
         main.append([mode, length, pick, m["n"], *_percent(m, ["exact", "exact_lines", "compiles", *ks]),
-                     f"{m['mean_steps']:.1f}", f"{m['tokens_per_s']:.0f}"])
+                     f"{m['mean_steps']:.1f}" if m["n"] else "n/a", f"{m['tokens_per_s']:.0f}" if m["n"] else "n/a"])
         for kind, k in m["by_kind"].items():
             kinds.append([mode, length, pick, kind, k["n"], *_percent(k, ["exact", "exact_lines", "compiles"]
                                                                      + ["pass@1"] * tests)])
-    left = sum(result["too_long"].values())
+    reference = result["reference_compiles"]
     note = (f"; {left} left out, longer than the canvas" if left else "") + \
-        f"; the true middle compiles in {result['reference_compiles']:.0%}"
+        (f"; the true middle compiles in {reference:.0%}" if reference is not None else "")
+    if result.get("prompt_cut"):
+        note += f"; {result['prompt_cut']} prompts cut to prompt_tokens={result['prompt_tokens']}"
     rerank = "; `rerank`: the first sample whose window, or failing that its enclosing function, compiles" if any(
         k.endswith("/rerank") for k in result["rows"]) else ""
     text = (f"### {name} ({result['n']} examples{note}; {result['data']})\n\n{provenance_line(result)}"
@@ -311,7 +322,8 @@ def markdown(name: str, result: dict) -> str:
 
 
 def _percent(m: dict, keys: list[str]) -> list[str]:
-    return [f"{m[k]:.1%}" if k in m else "-" for k in keys]  # a rerank row has one pick: no pass@10
+    # a rerank row has one pick: no pass@10; no examples: n/a
+    return ["-" if k not in m else "n/a" if m[k] is None else f"{m[k]:.1%}" for k in keys]
 
 
 def _table(head: list[str], rows: list[list]) -> str:
@@ -320,14 +332,15 @@ def _table(head: list[str], rows: list[list]) -> str:
 
 
 def write_samples(path: Path, examples, written, compiled, verdicts, picks) -> None:
-    """One JSON line per middle written: row, example id and kind, sample index, the middle and its scores
-    (`passed` and the sandbox's `status` when tests ran, else None)."""
+    """One JSON line per middle written: row, the example's index in the evaluation, id and kind, sample index,
+    the middle, the reference middle and the scores (`passed` and the sandbox's `status` when tests ran, else
+    None): each line can be judged alone."""
     with open(path, "w", encoding="utf-8") as f:
         for key, rows in written.items():
             for i, (e, ms) in enumerate(zip(examples, rows)):
                 for s, m in enumerate(ms):
-                    rec = {"row": key, "id": e["id"], "kind": e["kind"], "sample": s, "middle": m,
-                           "exact": m == e["middle"], "compiles": compiled[key][i][s],
+                    rec = {"row": key, "index": i, "id": e["id"], "kind": e["kind"], "sample": s, "middle": m,
+                           "reference": e["middle"], "exact": m == e["middle"], "compiles": compiled[key][i][s],
                            "passed": verdicts[(e["id"], m)] == "passed" if verdicts is not None else None,
                            "status": verdicts[(e["id"], m)] if verdicts is not None else None,
                            "reranked": picks[key][i] == s if key in picks else None}

@@ -242,7 +242,7 @@ class InfillTask:
                                             dtype=bool), (B,))
         head, between, tail = self.frame
         avail = self.prompt_tokens - len(head) - len(between) - len(tail)
-        prompts = []
+        prompts, prompt_cut = [], []
         target = torch.full((B, L), self.pad, dtype=torch.long)
         fixed = torch.zeros((B, L), dtype=torch.bool)
         scored = torch.zeros((B, L), dtype=torch.bool)
@@ -254,6 +254,8 @@ class InfillTask:
             s_take = min(len(s), max(avail // 2, avail - len(p)))
             p_take = min(len(p), avail - s_take)
             prompts.append(head + p[len(p) - p_take:] + between + s[:s_take] + tail)
+            prompt_cut.append(p_take < len(p) or s_take < len(s) or len(examples[b]["prefix"]) > cut
+                              or len(examples[b]["suffix"]) > cut)
             if c:
                 ctx = p[max(0, len(p) - c):]
                 target[b, c - len(ctx):c] = torch.tensor(ctx, dtype=torch.long)
@@ -278,7 +280,8 @@ class InfillTask:
             extra["mask_ids"] = torch.full((L,), self.tokenizer.mask_token_id, dtype=torch.long)
         return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "target": target, "fixed": fixed,
                 "scored": scored, "weight": weight, "choices": self.choices(L), "always_pinned": fixed,
-                "lengths": torch.tensor([len(m) for m in mid], dtype=torch.long), **extra}
+                "lengths": torch.tensor([len(m) for m in mid], dtype=torch.long),
+                "prompt_cut": torch.tensor(prompt_cut, dtype=torch.bool), **extra}
 
     # --- reading answers --------------------------------------------------------------------------
     def decode(self, canvas: torch.Tensor) -> list[str]:

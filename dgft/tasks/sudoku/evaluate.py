@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from dgft.cache import replace_file
 from dgft.config import ConfigError
-from dgft.evaluate import claim_output, output_name, provenance, provenance_line
+from dgft.evaluate import claim_output, made_by, output_name, provenance, provenance_line
 from dgft.metrics import SudokuAccuracy, aggregate, closest_solution, score_answer
 from dgft.runs import load_model
 from dgft.sampling import sample
@@ -52,7 +52,7 @@ def evaluate_run(cfg, run: Path, run_cfg, scfg, device) -> dict:
 
     # --- sample every mode, then the untrained baseline --------------------------------------------
     result = {"run": str(run), **settings, "n": len(recs), "skipped_lines": len(skipped), "device": str(device),
-              "modes": {}}
+              "modes": {}, **made_by(data, device)}
     warm_up(model, task, recs, scfg, run_cfg, cfg.seed)
     picture = None
     kinds = difficulty(recs)
