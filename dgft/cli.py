@@ -21,7 +21,7 @@ from pathlib import Path
 COMMANDS = {"train": "train a model (Hydra overrides follow)", "eval": "evaluate a run: dgft eval RUN [data=PATH]",
             "export": "write a standalone merged model: dgft export RUN"}
 USAGE = "usage: dgft {train,eval,export} [RUN] [overrides ...]\n\n" + "\n".join(
-    f"  {k:<7} {v}" for k, v in COMMANDS.items()) + "\n\nEach subcommand takes --help for its config groups."
+    f"  {k:<7} {v}" for k, v in COMMANDS.items()) + "\n\nEach subcommand takes --help (train: its config groups and keys; eval, export: their options)."
 
 
 def recipes_dir() -> Path:
@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> None:
             if command == "train":
                 from dgft.train import train
 
-                train(cfg, HydraConfig.get().runtime.output_dir, HydraConfig.get().overrides.task)
+                if train(cfg, HydraConfig.get().runtime.output_dir, HydraConfig.get().overrides.task) is None:
+                    _remove_refused_record(HydraConfig.get())  # nothing trained: no record of a command that ran
             elif command == "eval":
                 from dgft.evaluate import evaluate
 
@@ -129,6 +130,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(2)
 
     if command == "train":
+        _check_train_words(rest)
         _check_output_dir(rest)
         if {"-m", "--multirun"} & set(rest) and not {"--cfg", "-c", "--help", "-h", "--info"} & set(rest):
             _check_sweep(rest)
@@ -193,17 +195,42 @@ def _check_sweep(rest: list[str]) -> None:
             sys.exit(f"dgft train: error: sweep job {' '.join(job)}: {err} (no job was started)")
 
 
+_VALUED_FLAGS = {"--cfg", "-c", "--package", "-p", "--info", "-i", "--config-path", "-cp", "--config-name", "-cn",
+                 "--config-dir", "-cd", "--experimental-rerun"}  # Hydra's flags that take the next word
+
+
+def _stray(args: list[str]) -> str | None:
+    """The first word that is neither a key=value override, a flag nor a flag's value (`--cfg job`)."""
+    after_flag = False
+    for a in args:
+        if after_flag and "=" not in a and not a.startswith("-"):
+            after_flag = False
+            continue
+        after_flag = a in _VALUED_FLAGS
+        if "=" not in a and not a.startswith(("-", "~")):
+            return a
+    return None
+
+
+def _check_train_words(rest: list[str]) -> None:
+    """`dgft train sudoku`: Hydra would answer with a grammar error; say what was probably meant."""
+    stray = _stray(rest)
+    if stray is not None:
+        hint = f"resume={stray}" if Path(stray).is_dir() else f"recipe={stray}"
+        sys.exit(f"dgft train: error: {stray!r} is not a key=value override; did you mean {hint}?")
+
+
 def _run_comes_first(command: str, rest: list[str]) -> None:
     """`dgft eval limit=1 RUN`: Hydra would call the path a grammar error; say where the run goes instead."""
-    stray = next((a for a in rest[1:] if "=" not in a and not a.startswith(("-", "~"))), None)
+    stray = _stray(rest)
     if stray is not None:
         sys.exit(f"dgft {command}: error: {stray!r} is not a key=value override; the run directory comes first: "
                  f"dgft {command} RUN [key=value ...] (or run={stray})")
 
 
 def _remove_refused_record(hydra_cfg) -> None:
-    """A refused resume (another recipe, a changed key, the run in use): remove the `.hydra/resume-<time>/` record
-    Hydra wrote for it, so the run's records are those of the commands that ran."""
+    """A refused resume (another recipe, a changed key, the run in use) or one with nothing to train: remove the
+    `.hydra/resume-<time>/` record Hydra wrote for it, so the run's records are those of the commands that ran."""
     import shutil
 
     record = Path(hydra_cfg.runtime.output_dir) / str(hydra_cfg.output_subdir)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import multiprocessing
 import os
 import shutil
 from concurrent.futures import ProcessPoolExecutor
@@ -58,6 +59,18 @@ def _generate_chunk(args) -> list[dict]:
     return rows
 
 
+def _die_with_parent() -> None:
+    """Pool initializer: on Linux a worker is killed when the process that started it dies, so a `dgft train`
+    killed while generating leaves no worker behind (each holds a copy of the run's lock)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: an interrupted run's workers end with their queue
+        pass
+
+
 def _generate(n: int, count: int, seed: int, split: str, blank_fraction, workers: int, keep=None) -> list[dict]:
     """`count` rows accepted by `keep`, generated in seeded rounds (independent of the number of workers)."""
     tag = {"train": 0, "heldout": 1}[split]
@@ -70,8 +83,15 @@ def _generate(n: int, count: int, seed: int, split: str, blank_fraction, workers
         seeds = np.random.SeedSequence([seed, n, tag, round_]).spawn(chunks)
         jobs = [(n, min(_CHUNK, need - i * _CHUNK), seeds[i], split, tuple(blank_fraction)) for i in range(chunks)]
         if workers > 1 and chunks > 1:
-            with ProcessPoolExecutor(workers) as pool:
+            pool = ProcessPoolExecutor(workers, initializer=_die_with_parent)
+            try:
                 parts = list(pool.map(_generate_chunk, jobs))
+            except BaseException:  # interrupted (a signal, Ctrl-C): the workers go too, at once
+                for process in multiprocessing.active_children():  # a worker still starting too
+                    process.terminate()
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+            pool.shutdown()
         else:
             parts = [_generate_chunk(j) for j in jobs]
         rows += [row for part in parts for row in part if keep is None or keep(row)]

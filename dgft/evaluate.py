@@ -18,7 +18,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from dgft.config import ConfigError, SamplerConfig, check_sampler
-from dgft.runs import checkpoint_dir, load_config
+from dgft.runs import checkpoint_dir, load_config, require_weights
 from dgft.tasks import get_task
 from dgft.train import pick_device
 
@@ -33,6 +33,7 @@ def evaluate(cfg) -> dict:
     if cfg.checkpoint:  # found and its manifest checked once, before any model loads, as export does
         cfg.checkpoint = str(checkpoint_dir(run, cfg.checkpoint))
     device = pick_device(cfg.device)
+    require_weights(run, run_cfg, cfg.checkpoint)  # before the data: a run that never trained says so
     if run_cfg.task.name == "infill":
         from dgft.tasks.infill.evaluate import evaluate_run
     else:

@@ -205,6 +205,23 @@ def require_final(run_dir: Path, cfg) -> Path:
     return weights
 
 
+def require_weights(run_dir: Path, cfg, checkpoint: str | Path | None = None) -> Path:
+    """The directory `load_model` reads (the final model/ or adapter/, or the checkpoint's), refused with a
+    RunError naming it when it holds no weights (a run that never finished) or they are stale (`require_final`)."""
+    if not checkpoint:
+        require_final(run_dir, cfg)
+    src = Path(checkpoint) if checkpoint else None
+    if cfg.model.finetune == "full":
+        weights = src or Path(run_dir) / "model"
+        if not (weights / "config.json").exists():
+            raise RunError(f"{weights}: no model weights (config.json); did training finish?")
+    else:
+        weights = src or Path(run_dir) / "adapter"
+        if not (weights / "adapter_config.json").exists():
+            raise RunError(f"{weights}: no LoRA adapter (adapter_config.json); did training finish?")
+    return weights
+
+
 def load_model(run_dir: str | Path, cfg=None, checkpoint: str | Path | None = None, device="cpu"):
     """The trained model of a run (full weights, or base + adapter, optionally from a checkpoint directory that
     `checkpoint_dir` found and checked)."""
@@ -214,24 +231,16 @@ def load_model(run_dir: str | Path, cfg=None, checkpoint: str | Path | None = No
 
     run_dir = Path(run_dir)
     cfg = cfg or load_config(run_dir)
-    src = Path(checkpoint) if checkpoint else run_dir
-    if not checkpoint:
-        require_final(run_dir, cfg)
+    weights = require_weights(run_dir, cfg, checkpoint)
     if cfg.model.finetune == "full":
-        weights = src if checkpoint else run_dir / "model"
-        if not (weights / "config.json").exists():
-            raise RunError(f"{weights}: no model weights (config.json); did training finish?")
         with _unreadable(weights):
             model = one_expert_path(DiffusionGemmaForBlockDiffusion.from_pretrained(str(weights),
                                                                                    use_safetensors=True))
     else:
-        adapter = src if checkpoint else run_dir / "adapter"
-        if not (adapter / "adapter_config.json").exists():
-            raise RunError(f"{adapter}: no LoRA adapter (adapter_config.json); did training finish?")
         quantized = cfg.model.get("quantize", "none") == "nf4"
         base = load_base(run_dir, cfg, device=device if quantized else "cpu")
-        with _unreadable(adapter):
-            model = load_adapter(base, adapter)
+        with _unreadable(weights):
+            model = load_adapter(base, weights)
     if checkpoint:
         apply_average_(model, checkpoint, cfg)
     return (model if cfg.model.get("quantize", "none") == "nf4" else model.to(device)).eval()

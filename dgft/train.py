@@ -104,9 +104,10 @@ def make_optimizer(params, tcfg, device):
     return torch.optim.AdamW(params, fused=device.type == "cuda", **kwargs)
 
 
-def train(cfg, run_dir: str | Path, overrides: Sequence[str] = ()) -> Path:
-    """Train, writing everything to run_dir. `overrides` are the command line's (with resume=, the keys it may
-    change and those it must leave as the run has them)."""
+def train(cfg, run_dir: str | Path, overrides: Sequence[str] = ()) -> Path | None:
+    """Train, writing everything to run_dir -> run_dir, or None when a resume found nothing left to train (the run
+    is left as it was). `overrides` are the command line's (with resume=, the keys it may change and those it must
+    leave as the run has them)."""
     run_dir = Path(run_dir)
     if cfg.resume:
         run_dir = Path(runs.run_dir_for(cfg.name, cfg.resume))  # the run being continued, whatever hydra.run.dir says
@@ -116,6 +117,7 @@ def train(cfg, run_dir: str | Path, overrides: Sequence[str] = ()) -> Path:
     before = {p.name for p in run_dir.iterdir()}
     try:
         with runs.writing(run_dir), _logged_to(run_dir / "train.log"):  # one `dgft train` at a time writes a run
+            _stop_during_setup()  # until the first step, where a signal finishes the step and checkpoints instead
             return _train(cfg, run_dir, overrides)
     except Exception as err:
         if not cfg.resume and not isinstance(err, runs.RunInUse):
@@ -162,14 +164,14 @@ def _logged_to(path: Path):
         handler.close()
 
 
-def _train(cfg, run_dir: Path, overrides: Sequence[str]) -> Path:
+def _train(cfg, run_dir: Path, overrides: Sequence[str]) -> Path | None:
     # --- setup -------------------------------------------------------------------------------------
     resume_from = None
     if cfg.resume:
         cfg, resume_from = _resume_target(cfg, run_dir, overrides)
         validate(cfg)  # before the nothing-to-train check: trainer.max_steps=-5 is an error, not a finished run
         if _finished(run_dir, resume_from, cfg):
-            return run_dir
+            return None
     else:
         runs.refuse_used(run_dir)
     gen = seed_everything(cfg.seed)
@@ -544,8 +546,11 @@ def _resume_target(cfg, run_dir: Path, overrides: Sequence[str] = ()):
         if "." not in key and key not in cfg:  # a config group with no node of its own (recipe=X)
             was = _run_choice(run_dir, key, saved)
             if item.split("=", 1)[1] != was:
+                source = run_dir / ".hydra" / "hydra.yaml"  # where Hydra recorded the group's choice, if it did
+                source = source if source.exists() else run_dir / "config.yaml"
                 raise ConfigError(f"resume={cfg.resume}: {item}, but the run was trained with "
-                                  + (f"{key}={was}" if was is not None else f"a {key} it does not record") + refuse)
+                                  + (f"{key}={was}" if was is not None else f"a {key} it does not record")
+                                  + refuse.replace(str(run_dir / "config.yaml"), str(source)))
         elif key != "resume" and _plain(given) != _plain(kept):
             has = f"the run's {key} settings differ" if isinstance(kept, DictConfig) else f"the run has {key}={kept}"
             raise ConfigError(f"resume={cfg.resume}: {item}, but {has}" + refuse)
@@ -672,6 +677,23 @@ def _jsonable(obj):
     if isinstance(obj, np.integer):
         return int(obj)
     return obj
+
+
+class Interrupted(runs.RunError):
+    """A signal before the first step: nothing was trained, and a new run's directory is left as it was."""
+
+
+def _stop_during_setup() -> None:
+    """SIGINT or SIGTERM while the data are generated or the model loads raises Interrupted, so the run's lock is
+    released, a new run's files are removed and the data workers stop (SIGTERM used to end the process there and
+    then, leaving them holding the lock)."""
+    def handler(signum, frame):
+        raise Interrupted(f"{signal.Signals(signum).name} before the first step: nothing was trained")
+    for s in (signal.SIGINT, signal.SIGTERM):
+        try:
+            signal.signal(s, handler)
+        except ValueError:  # not in the main thread
+            pass
 
 
 def _install_signal_handlers(stop: dict) -> None:

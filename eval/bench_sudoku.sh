@@ -4,11 +4,13 @@
 set -euo pipefail
 RUN=${1:-outputs/sudoku/latest}
 shift || true
-BENCH=${BENCH:-../shared/benchmarks/sudoku}
+BENCH=${BENCH:-../shared/benchmarks/sudoku}   # the folder holding the three CSVs
+# the checkout's dgft, installed or not (as `python -m dgft`)
+export PYTHONPATH="$(cd "$(dirname "$0")/.." && pwd)${PYTHONPATH:+:$PYTHONPATH}"
 stamp=$(mktemp)  # the tables these evaluations write, not earlier ones of the run
 trap 'rm -f "$stamp"' EXIT
 for f in norvig_easy50.csv norvig_top95.csv d1_4x4_test_sudoku.csv; do
-  dgft eval "$RUN" data="$BENCH/$f" "$@"
+  python3 -m dgft eval "$RUN" data="$BENCH/$f" "$@"
 done
-dgft eval "$RUN" "$@"   # the run's own generated held-out split
+python3 -m dgft eval "$RUN" "$@"   # the run's own generated held-out split
 find -L "$RUN/eval" -name '*.md' -newer "$stamp" -print0 | sort -z | xargs -0 cat

@@ -8,7 +8,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" OMP_NUM_THREADS=1
 BENCH=${BENCH:-../shared/benchmarks/sudoku}
-grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> .git/info/exclude
 mkdir -p .gpu/bench .gpu/cache
 install -m 644 "$BENCH"/norvig_easy50.csv "$BENCH"/norvig_top95.csv "$BENCH"/d1_4x4_test_sudoku.csv .gpu/bench/
 python3 - "$@" <<'PY'

@@ -125,6 +125,20 @@ def test_missing_run_is_a_clear_error(tmp_path, capsys):
     assert err.value.code == 2 and "config.yaml" in capsys.readouterr().err
 
 
+def test_eval_of_a_run_without_weights_names_the_weights_not_the_data(tmp_path, capsys):
+    """A run stopped before it saved anything (config.yaml only): eval said `RUN/data/heldout.csv: file not found`."""
+    import shutil
+
+    run = tmp_path / "run"
+    _train(tmp_path, run, "trainer.max_steps=1", "trainer.eval_every=0", "trainer.ckpt_every=0")
+    shutil.rmtree(run / "model")
+    shutil.rmtree(run / "data")
+    with pytest.raises(SystemExit) as err:
+        main(["eval", str(run)])
+    said = capsys.readouterr().err
+    assert err.value.code == 2 and "no model weights" in said and "heldout.csv" not in said
+
+
 def test_help(capsys):
     main(["--help"])
     assert "train" in capsys.readouterr().out

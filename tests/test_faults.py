@@ -119,7 +119,9 @@ def test_resume_with_another_recipe_is_refused_through_the_cli(tmp_path, capsys)
     with pytest.raises(SystemExit) as err:
         main(["train", "recipe=infill", f"resume={run}", f"hydra.run.dir={tmp_path / 'other'}"])
     assert err.value.code == 2
-    assert "recipe=infill, but the run was trained with recipe=sudoku" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert "recipe=infill, but the run was trained with recipe=sudoku" in said
+    assert f"({run / 'config.yaml'})" in said  # no Hydra record here: the recipe's name in the config says it
     assert not list((run / ".hydra").glob("resume-*"))  # the refused command leaves no record in the run
 
 
@@ -137,6 +139,41 @@ def test_sigterm_finishes_step_and_checkpoints(tmp_path):
     assert ckpt.latest_valid(run) is not None and (run / "model" / "model.safetensors").exists()
     summary = json.loads((run / "train_summary.json").read_text())
     assert summary["stopped_by"] == "SIGTERM"
+
+
+def test_sigterm_while_generating_data_leaves_no_worker_no_lock_and_no_run(tmp_path):
+    """Before the first step a signal cannot finish a step: the run stops with a message, its directory goes (a new
+    run), and the data workers stop with it. They once lived on, holding the run's lock, after a silent exit."""
+    import fcntl
+
+    run = tmp_path / "run"
+    cmd = [a for a in _cmd(tmp_path, run) if not a.startswith("task.base_puzzles=")] + ["task.base_puzzles=20000"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    import time
+
+    for line in proc.stdout:  # wait until the workers are generating
+        if "generating" in line:
+            break
+    for _ in range(300):
+        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        if len(children) >= 2:
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 2 and "SIGTERM before the first step" in out and "Traceback" not in out, out[-2000:]
+    assert children, "no data workers seen"
+    for _ in range(100):  # the workers end with their parent
+        alive = [pid for pid in children if Path(f"/proc/{pid}").exists()
+                 and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"]
+        if not alive:
+            break
+        time.sleep(0.1)
+    assert not alive, f"data workers left running: {alive}"
+    assert not run.exists() or not list(run.iterdir())
+    if run.exists() and (run / ".train.lock").exists():  # nobody holds the lock
+        with open(run / ".train.lock") as f:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 def test_torn_checkpoint_is_skipped_for_the_previous_one(tmp_path):
@@ -329,6 +366,7 @@ def test_resume_in_place_keeps_eval_rows_tensorboard_and_the_recipe_record(tmp_p
     assert len(list((run / ".hydra").glob("resume-*/overrides.yaml"))) == 1
     out = _run(cmd + ["recipe=sudoku_lora", f"resume={run}", "trainer.max_steps=10"])
     assert out.returncode == 2 and "recipe=sudoku_lora, but the run was trained with recipe=sudoku" in out.stderr
+    assert f"({run / '.hydra' / 'hydra.yaml'})" in out.stderr  # where Hydra recorded the choice
 
 
 def test_resume_of_a_finished_run_leaves_it_as_it_is(tmp_path):
@@ -341,6 +379,7 @@ def test_resume_of_a_finished_run_leaves_it_as_it_is(tmp_path):
     out = _run(_cmd(tmp_path, run, f"resume={run}"))
     assert out.returncode == 0 and "nothing to train" in out.stdout + out.stderr
     assert (run / "train_summary.json").read_text() == summary
+    assert not list((run / ".hydra").glob("resume-*"))  # no record of a command that trained nothing
     out = _run(_cmd(tmp_path, run, f"resume={run}", "trainer.max_steps=-5"))  # an error, not "nothing to train"
     assert out.returncode == 2 and "trainer.max_steps=-5: must be > 0" in out.stderr
 

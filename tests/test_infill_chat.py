@@ -198,3 +198,22 @@ def test_chat_infill_trains_and_evaluates_through_the_cli(tok, tmp_path):
     result = json.loads((run / "eval" / "heldout.json").read_text())
     assert set(result["rows"]) == {"free/model", "free/oracle", "clamped/model", "clamped/oracle"}
     assert 0 < result["n"] <= 3
+
+
+def test_an_unreachable_tokenizer_says_to_pass_a_local_model_path(tmp_path, monkeypatch):
+    """recipe=sudoku_lora's default hub id with no hub: the error said nothing of model.path."""
+    from transformers import AutoTokenizer
+
+    from dgft.model import ModelLoadError
+    from dgft.tasks.chat import load_tokenizer
+
+    def unreachable(path, *args, **kwargs):  # what transformers raises without a hub (without waiting for it)
+        raise OSError(f"We couldn't connect to 'https://huggingface.co' to load the files of {path}.")
+
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", unreachable)
+    with pytest.raises(ModelLoadError, match=r"task\.tokenizer='nobody/no-such-model'.*pass model\.path=/local/dir"):
+        load_tokenizer("nobody/no-such-model")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError) as err:  # a local directory without a tokenizer: no hub advice
+        load_tokenizer(tmp_path / "empty")
+    assert "model.path" not in str(err.value)

@@ -170,6 +170,23 @@ def test_eval_with_the_run_after_an_override_says_where_the_run_goes(capsys):
     assert "'outputs/sudoku/latest' is not a key=value override; the run directory comes first" in str(err.value)
 
 
+def test_a_flags_value_is_no_stray_word_and_a_bare_word_after_train_gets_a_hint(tmp_path, capsys):
+    """`dgft eval RUN --cfg job` took `job` for a misplaced run directory; `dgft train sudoku` got Hydra's grammar
+    error with no hint."""
+    from dgft.cli import _stray, main
+
+    assert _stray(["run=r", "--cfg", "job"]) is None and _stray(["--info", "config", "limit=1"]) is None
+    assert _stray(["--cfg", "job", "r"]) == "r"
+    with pytest.raises(SystemExit) as err:
+        main(["train", "sudoku"])
+    assert "did you mean recipe=sudoku?" in str(err.value)
+    with pytest.raises(SystemExit) as err:
+        main(["train", str(tmp_path)])
+    assert f"did you mean resume={tmp_path}?" in str(err.value)
+    main(["train", "--cfg", "job", "recipe=sudoku"])  # flags and their values pass
+    assert "recipe" not in capsys.readouterr().err
+
+
 def test_a_sweep_trains_each_job_and_checks_them_all_first(tmp_path):
     """`dgft train -m seed=3,4`: one run directory per job, each with its own seed; a sweep with one bad value is
     refused before any job starts (it used to stop at that job, after the jobs before it had trained)."""

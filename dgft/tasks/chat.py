@@ -23,8 +23,13 @@ def load_tokenizer(path, key: str = "task.tokenizer"):
     try:
         return AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError) as err:
+        from pathlib import Path
+
+        hint = "" if Path(str(path)).expanduser().exists() else (
+            "; no such local directory, and a hub id needs a reachable hub: pass model.path=/local/dir holding the "
+            "checkpoint (its tokenizer is read from there), or set task.tokenizer")
         raise ModelLoadError(f"{key}={path!r}: no tokenizer there ({type(err).__name__}: "
-                             f"{str(err).splitlines()[0][:200]})") from err
+                             f"{str(err).splitlines()[0][:200]}){hint}") from err
 
 
 def end_of_turn_id(tokenizer) -> int | None:
