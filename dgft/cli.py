@@ -21,7 +21,8 @@ from pathlib import Path
 COMMANDS = {"train": "train a model (Hydra overrides follow)", "eval": "evaluate a run: dgft eval RUN [data=PATH]",
             "export": "write a standalone merged model: dgft export RUN"}
 USAGE = "usage: dgft {train,eval,export} [RUN] [overrides ...]\n\n" + "\n".join(
-    f"  {k:<7} {v}" for k, v in COMMANDS.items()) + "\n\nEach subcommand takes --help (train: its config groups and keys; eval, export: their options)."
+    f"  {k:<7} {v}" for k, v in COMMANDS.items()) + ("\n\nEach subcommand takes --help (train: its config groups "
+                                                      "and keys; eval, export: their options).")
 
 
 def recipes_dir() -> Path:

@@ -120,7 +120,8 @@ def made_by(data: Path, device) -> dict:
     with open(data, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
-    return {"data_path": str(Path(data).resolve()), "data_sha256": digest.hexdigest(), "environment": environment(device)}
+    return {"data_path": str(Path(data).resolve()), "data_sha256": digest.hexdigest(),
+            "environment": environment(device)}
 
 
 def provenance(cfg) -> dict:

@@ -115,14 +115,18 @@ def train(cfg, run_dir: str | Path, overrides: Sequence[str] = ()) -> Path | Non
         validate(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     before = {p.name for p in run_dir.iterdir()}
+    handlers = _stop_during_setup()  # until the first step, where a signal finishes the step and checkpoints instead
     try:
         with runs.writing(run_dir), _logged_to(run_dir / "train.log"):  # one `dgft train` at a time writes a run
-            _stop_during_setup()  # until the first step, where a signal finishes the step and checkpoints instead
             return _train(cfg, run_dir, overrides)
     except Exception as err:
         if not cfg.resume and not isinstance(err, runs.RunInUse):
             _remove_unstarted(run_dir, before)
         raise
+    finally:
+        for signum, handler in handlers.items():  # the caller's, as they were (None: not set from Python)
+            if handler is not None:
+                signal.signal(signum, handler)
 
 
 def _remove_unstarted(run_dir: Path, before: set[str]) -> None:
@@ -683,17 +687,19 @@ class Interrupted(runs.RunError):
     """A signal before the first step: nothing was trained, and a new run's directory is left as it was."""
 
 
-def _stop_during_setup() -> None:
+def _stop_during_setup() -> dict:
     """SIGINT or SIGTERM while the data are generated or the model loads raises Interrupted, so the run's lock is
     released, a new run's files are removed and the data workers stop (SIGTERM used to end the process there and
-    then, leaving them holding the lock)."""
+    then, leaving them holding the lock) -> the handlers it replaced, by signal."""
     def handler(signum, frame):
         raise Interrupted(f"{signal.Signals(signum).name} before the first step: nothing was trained")
+    replaced = {}
     for s in (signal.SIGINT, signal.SIGTERM):
         try:
-            signal.signal(s, handler)
+            replaced[s] = signal.signal(s, handler)
         except ValueError:  # not in the main thread
             pass
+    return replaced
 
 
 def _install_signal_handlers(stop: dict) -> None:

@@ -84,7 +84,8 @@ def evaluate_run(cfg, run: Path, run_cfg, scfg, device) -> dict:
     cut = [bool(c) for start in range(0, len(examples), scfg.batch_size)
            for c in task.encode(examples[start:start + scfg.batch_size])["prompt_cut"]]
     result = {"run": str(run), **settings, "n": len(examples), "too_long": dict(too_long),
-              "prompt_cut": sum(cut), "prompt_cut_by_kind": dict(Counter(e["kind"] for e, c in zip(examples, cut) if c)),
+              "prompt_cut": sum(cut),
+              "prompt_cut_by_kind": dict(Counter(e["kind"] for e, c in zip(examples, cut) if c)),
               "prompt_tokens": int(task.prompt_tokens),
               "reference_compiles": float(np.mean([compiles(e, e["middle"]) for e in examples])) if examples else None,
               "device": str(device), "humaneval": problems is not None, "sandbox": sandbox, "rows": {},
