@@ -537,8 +537,8 @@ def _resume_target(cfg, run_dir: Path, overrides: Sequence[str] = ()):
 
     saved = typed_train_config(runs.read_yaml(run_dir / "config.yaml"), source=run_dir / "config.yaml")
     saved.resume = cfg.resume
-    refuse = (f" ({run_dir / 'config.yaml'}); a resumed run keeps its config, and only "
-              f"{', '.join(RESUME_MAY_CHANGE)} may change")
+    def refuse(source: Path = run_dir / "config.yaml") -> str:  # the record that says what the run was trained with
+        return f" ({source}); a resumed run keeps its config, and only {', '.join(RESUME_MAY_CHANGE)} may change"
     keys = _override_keys(overrides)
     for key, _ in keys:  # first the keys that may change, so a group given too (trainer=cpu) compares with them
         if key in RESUME_MAY_CHANGE:
@@ -554,10 +554,10 @@ def _resume_target(cfg, run_dir: Path, overrides: Sequence[str] = ()):
                 source = source if source.exists() else run_dir / "config.yaml"
                 raise ConfigError(f"resume={cfg.resume}: {item}, but the run was trained with "
                                   + (f"{key}={was}" if was is not None else f"a {key} it does not record")
-                                  + refuse.replace(str(run_dir / "config.yaml"), str(source)))
+                                  + refuse(source))
         elif key != "resume" and _plain(given) != _plain(kept):
             has = f"the run's {key} settings differ" if isinstance(kept, DictConfig) else f"the run has {key}={kept}"
-            raise ConfigError(f"resume={cfg.resume}: {item}, but {has}" + refuse)
+            raise ConfigError(f"resume={cfg.resume}: {item}, but {has}" + refuse())
     last = ckpt.latest_valid(run_dir)
     if last is None:
         raise ConfigError(f"resume={cfg.resume}: {run_dir}/checkpoints holds no valid checkpoint")
@@ -693,6 +693,11 @@ def _stop_during_setup() -> dict:
     then, leaving them holding the lock) -> the handlers it replaced, by signal."""
     def handler(signum, frame):
         raise Interrupted(f"{signal.Signals(signum).name} before the first step: nothing was trained")
+    return _on_stop_signals(handler)
+
+
+def _on_stop_signals(handler) -> dict:
+    """`handler` for SIGINT and SIGTERM -> the handlers it replaced, by signal (none outside the main thread)."""
     replaced = {}
     for s in (signal.SIGINT, signal.SIGTERM):
         try:
@@ -708,11 +713,7 @@ def _install_signal_handlers(stop: dict) -> None:
             raise KeyboardInterrupt
         stop["signal"] = signal.Signals(signum).name
         tqdm.write(f"{stop['signal']}: finishing this step and writing a checkpoint (again to abort)")
-    for s in (signal.SIGINT, signal.SIGTERM):
-        try:
-            signal.signal(s, handler)
-        except ValueError:  # not in the main thread
-            pass
+    _on_stop_signals(handler)
 
 
 def _link_latest(run_dir: Path) -> None:
