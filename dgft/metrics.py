@@ -10,8 +10,12 @@ marked wrong where it differs from the listed one. Over puzzles with no blank ce
 which puzzle files may hold) there is nothing to score and `cell_accuracy` is None (null in JSON, "n/a" in the
 eval tables), not 0.0: such an answer can be exact, and a 0% beside 100% exact would read as a failure.
 
+A prediction that is not a grid of the puzzle's size (model text cut short, a stray character) scores as an empty
+answer: not exact, no blank cell right, no given kept, and counts in `malformed`. A puzzle or reference that is not
+a grid is a ValueError naming its index.
+
 Example: `SudokuAccuracy().compute(predictions=["1234..."], references=["1234..."], puzzles=["1200..."])`
--> {"n": 1, "exact": 1.0, "cell_accuracy": 1.0, "givens_kept": 1.0, "rule_violations": 0.0}.
+-> {"n": 1, "exact": 1.0, "cell_accuracy": 1.0, "givens_kept": 1.0, "rule_violations": 0.0, "malformed": 0}.
 """
 
 from __future__ import annotations
@@ -86,6 +90,17 @@ class SudokuAccuracy(evaluate.Metric):
         )
 
     def _compute(self, predictions, references, puzzles):
-        scores = [score_answer(G.from_string(p), G.from_string(r), G.from_string(a))
-                  for a, r, p in zip(predictions, references, puzzles)]
-        return aggregate(scores)
+        scores, malformed = [], 0
+        for i, (a, r, p) in enumerate(zip(predictions, references, puzzles)):
+            try:
+                puzzle, solution = G.from_string(p, what="puzzle"), G.from_string(r, what="reference")
+            except ValueError as error:
+                raise ValueError(f"SudokuAccuracy: example {i}: {error}") from None
+            try:
+                answer = G.from_string(a, what="prediction")
+                if answer.shape != puzzle.shape:
+                    raise ValueError("not the puzzle's size")
+            except ValueError:
+                answer, malformed = np.zeros_like(puzzle), malformed + 1
+            scores.append(score_answer(puzzle, solution, answer))
+        return {**aggregate(scores), "malformed": malformed}

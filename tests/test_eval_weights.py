@@ -253,6 +253,22 @@ def test_puzzles_without_blanks_have_no_cell_accuracy():
     json.dumps(only_full)  # null in the result file
 
 
+def test_the_metric_scores_a_malformed_prediction_as_wrong():
+    """A prediction that is not a grid of the puzzle's size (cut model text, a stray character) is an empty answer,
+    counted in `malformed`; it aborted the whole `compute` without saying which. A bad puzzle names its index."""
+    from dgft.metrics import SudokuAccuracy
+    from dgft.tasks.sudoku import grid as G
+
+    puzzle = "1200340000000000"
+    text = G.to_string(G.solve(G.from_string(puzzle), limit=1)[0])
+    out = SudokuAccuracy().compute(predictions=[text, text[:15], "x" * 16, text + "1" * 65],
+                                   references=[text] * 4, puzzles=[puzzle] * 4)
+    assert out["n"] == 4 and out["exact"] == 0.25 and out["malformed"] == 3
+    assert out["cell_accuracy"] == 0.25 and out["givens_kept"] == 0.25 and out["rule_violations"] == 0.0
+    with pytest.raises(ValueError, match="example 1: puzzle has 15 characters"):
+        SudokuAccuracy().compute(predictions=[text] * 2, references=[text] * 2, puzzles=[puzzle, puzzle[:15]])
+
+
 def test_puzzles_of_a_size_the_run_did_not_train_on_are_refused(tmp_path):
     from dgft.config import ConfigError
     from dgft.tasks.sudoku.evaluate import check_sizes

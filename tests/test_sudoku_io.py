@@ -66,7 +66,7 @@ def test_write_read_round_trip(tmp_path):
 WRONG_SOLUTION_4 = SOLUTION_4[1] + SOLUTION_4[0] + SOLUTION_4[2:]  # swapped: breaks two columns
 CONTRADICTING_4 = "4213" "3142" "1324" "2431"  # valid grid, but its first cell is not the given 3
 BAD_LINES = {
-    "wrong length": (f"{PUZZLE_4[:-1]},", "puzzle has 15 cells, expected 16 or 81"),
+    "wrong length": (f"{PUZZLE_4[:-1]},", "puzzle has 15 characters, expected 16 or 81"),
     "bad character": (f"31x2{PUZZLE_4[4:]},", "puzzle has bad character 'x' at position 2"),
     "solution bad character": (f"{PUZZLE_4},{SOLUTION_4[:-1]}?", "solution has bad character '?'"),
     "size mismatch": (f"{PUZZLE_4},{SOLUTION_9}", "puzzle is 4x4 but solution is 9x9"),
@@ -103,7 +103,7 @@ def test_csv_row_without_the_puzzle_column(tmp_path):
 
 def test_bad_plain_text_line(tmp_path):
     path = _write(tmp_path, f"{PUZZLE_4}\n{'0' * 80}\n", "p.txt")
-    with pytest.raises(PuzzleFileError, match=r"p\.txt:2: puzzle has 80 cells, expected 16 or 81"):
+    with pytest.raises(PuzzleFileError, match=r"p\.txt:2: puzzle has 80 characters, expected 16 or 81"):
         read_puzzles(path)
 
 
@@ -211,7 +211,7 @@ def test_line_numbers_count_newlines_as_an_editor_does(tmp_path):
     """Form feeds, \\x1c-\\x1e, \\x85 and \\u2028 inside a line do not end it; CRLF and a byte-order mark still work."""
     path = tmp_path / "odd.txt"
     path.write_bytes(f"\ufeff# a\x0cb\x1cc\x85d\u2028e\r\n{PUZZLE_4}\r\n\r\n{'0' * 15}\r\n".encode())
-    with pytest.raises(PuzzleFileError, match=r"odd\.txt:4: puzzle has 15 cells"):
+    with pytest.raises(PuzzleFileError, match=r"odd\.txt:4: puzzle has 15 characters"):
         read_puzzles(path)
     records, skipped = read_puzzles(path, on_error="skip")
     assert [r.source for r in records] == [f"{path}:2"] and len(skipped) == 1
@@ -238,3 +238,62 @@ def test_tab_and_semicolon_separated_files(tmp_path, sep):
         read_puzzles(path)
     records, skipped = read_puzzles(path, on_error="skip")
     assert [to_string(r.solution) for r in records] == [SOLUTION_9] and len(skipped) == 1
+
+
+@pytest.mark.parametrize("header", ["puzzle-string,solution-string", "sudoku.puzzle,sudoku.solution",
+                                    "Puzzle (16),Solution (16)", '"puzzle", "solution"'])
+def test_headers_with_punctuation_are_headers(tmp_path, header):
+    """A header is a line of names that starts with a letter, whatever punctuation the names carry; it was read as
+    a bad first puzzle ("puzzle has 13 cells"), or counted among the skipped lines."""
+    path = _write(tmp_path, f'{header}\n"{PUZZLE_4}", "{SOLUTION_4}"\n')
+    (record,), skipped = read_puzzles(path, on_error="skip")
+    assert skipped == [] and record.source == f"{path}:2"
+    assert to_string(record.solution) == SOLUTION_4
+
+
+def test_a_header_in_another_order_picks_its_columns(tmp_path):
+    path = _write(tmp_path, f"solution-string,puzzle-string\n{SOLUTION_4},{PUZZLE_4}\n")
+    (record,), _ = read_puzzles(path)
+    assert to_string(record.puzzle) == PUZZLE_4 and to_string(record.solution) == SOLUTION_4
+
+
+def test_the_separator_is_the_one_that_splits_out_a_grid(tmp_path):
+    """A semicolon file with a decimal comma in a column was split on its commas: every line a bad puzzle."""
+    path = _write(tmp_path, f"{PUZZLE_4};{SOLUTION_4};1,5\n{PUZZLE_4};{SOLUTION_4};2,5\n")
+    records, _ = read_puzzles(path)
+    assert [to_string(r.solution) for r in records] == [SOLUTION_4] * 2
+    with_header = _write(tmp_path, f"puzzle;solution;rating,x\n{PUZZLE_4};{SOLUTION_4};1,5\n", "h.csv")
+    (record,), _ = read_puzzles(with_header)
+    assert to_string(record.solution) == SOLUTION_4
+
+
+def test_a_word_beside_each_grid_is_not_a_solution(tmp_path):
+    """`<grid>\\t<name>` lines: the name was read as the solution ("solution has 7 cells")."""
+    path = _write(tmp_path, f"{PUZZLE_4}\tpuzzle0\n{PUZZLE_4}\tpuzzle1\n", "named.txt")
+    records, _ = read_puzzles(path)
+    assert [to_string(r.solution) for r in records] == [SOLUTION_4] * 2  # solved, as a plain file's puzzles are
+    bad = _write(tmp_path, f"{PUZZLE_4},{SOLUTION_4[:-1]}\n", "cut.csv")  # a cut solution is still an error
+    with pytest.raises(PuzzleFileError, match=r"cut\.csv:1: solution has 15 characters"):
+        read_puzzles(bad)
+
+
+def test_rows_of_empty_fields_are_blank_lines(tmp_path):
+    path = _write(tmp_path, f"puzzle,solution\n{PUZZLE_4},{SOLUTION_4}\n,\n , \n")
+    records, skipped = read_puzzles(path)
+    assert len(records) == 1 and skipped == []
+
+
+def test_limit_stops_reading(tmp_path):
+    """`limit`: the lines after the first N records are not read, so a bad one there is neither an error nor
+    counted as skipped (eval's `limit=N` read, checked and solved the whole file, and counted its bad lines)."""
+    path = _write(tmp_path, f"{PUZZLE_4}\n{PUZZLE_4[:-1]}\n{PUZZLE_4}\n", "p.txt")
+    records, skipped = read_puzzles(path, limit=1)
+    assert len(records) == 1 and skipped == []
+    records, skipped = read_puzzles(path, on_error="skip", limit=2)
+    assert [r.source for r in records] == [f"{path}:1", f"{path}:3"] and len(skipped) == 1
+
+
+def test_white_space_inside_a_grid_is_named(tmp_path):
+    path = _write(tmp_path, f"{PUZZLE_4[:8]} {PUZZLE_4[8:]}\n", "s.txt")
+    with pytest.raises(PuzzleFileError, match=r"s\.txt:1: puzzle has 17 characters, 1 of them white space inside"):
+        read_puzzles(path)

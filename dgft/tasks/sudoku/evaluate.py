@@ -36,11 +36,9 @@ def evaluate_run(cfg, run: Path, run_cfg, scfg, device) -> dict:
     task = get_task(run_cfg.task)
     data = Path(cfg.data) if cfg.data else run / "data" / "heldout.csv"
     name = output_name(cfg, data.stem)
-    recs, skipped = read_puzzles(data, on_error=cfg.on_error)
+    recs, skipped = read_puzzles(data, on_error=cfg.on_error, limit=cfg.limit or None)
     for msg in skipped:
         tqdm.write(f"skipped {msg}")
-    if cfg.limit:
-        recs = recs[: cfg.limit]
     check_sizes(recs, run_cfg.task.get("sizes"), data)
     out_dir = run / "eval"
     settings = {"data": str(data), **provenance(cfg), "baseline": bool(cfg.baseline),
@@ -173,12 +171,20 @@ def samples_text(recs, kinds, rows: dict) -> str:
     file line up by `index`, so they can be compared puzzle by puzzle (`eval/paired.py`)."""
     lines = []
     for row, (answers, stats) in rows.items():
-        for i, (r, a, kind) in enumerate(zip(recs, answers, kinds)):
+        for i, (r, a, kind, score) in enumerate(zip(recs, answers, kinds, scores_of(recs, answers, stats))):
             rec = {"row": row, "index": i, "source": r.source, "puzzle": G.to_string(r.puzzle),
                    "solution": G.to_string(r.solution), "difficulty": kind, "answer": G.to_string(a),
-                   **score_answer(r.puzzle, r.solution, a), "steps": int(stats["steps"][i])}
+                   **score, "steps": int(stats["steps"][i])}
             lines.append(json.dumps(rec) + "\n")
     return "".join(lines)
+
+
+def scores_of(recs, answers, stats: dict) -> list[dict]:
+    """Each puzzle's `score_answer`, computed once per row and kept in its `stats` (the breakdowns and the samples
+    file read them again; a wrong answer's score runs a solver, `closest_solution`)."""
+    if "scores" not in stats:
+        stats["scores"] = [score_answer(r.puzzle, r.solution, a) for r, a in zip(recs, answers)]
+    return stats["scores"]
 
 
 def summarise(recs, answers, stats) -> dict:
@@ -196,12 +202,13 @@ def breakdowns(recs, answers, stats, kinds) -> dict:
     """The scores and mean steps per group of puzzles, and per number of givens their puzzles/s and tokens/s when
     each such group was sampled in batches of its own (`batch_by=givens`; with mixed batches speed is not split)."""
     size = [f"{G.side(r.puzzle)}x{G.side(r.puzzle)}" for r in recs]
-    by_givens = grouped(recs, answers, stats["steps"], [givens_key(r) for r in recs], numeric=True)
+    scores = scores_of(recs, answers, stats)
+    by_givens = grouped(scores, stats["steps"], [givens_key(r) for r in recs], numeric=True)
     for key, (secs, cells) in stats.get("groups", {}).items():
         secs = max(secs, 1e-9)
         by_givens[key] |= {"puzzles_per_s": by_givens[key]["n"] / secs, "tokens_per_s": cells / secs}
     return {"by_givens": by_givens,
-            "by_difficulty": grouped(recs, answers, stats["steps"], [f"{s}/{k}" for s, k in zip(size, kinds)])}
+            "by_difficulty": grouped(scores, stats["steps"], [f"{s}/{k}" for s, k in zip(size, kinds)])}
 
 
 def difficulty(recs) -> list[str]:
@@ -210,9 +217,9 @@ def difficulty(recs) -> list[str]:
     return ["singles" if G.singles_solvable(r.puzzle) else "harder" for r in recs]
 
 
-def grouped(recs, answers, steps, keys: list[str], numeric: bool = False) -> dict:
-    """The scores (`dgft.metrics.aggregate`) and mean steps of the puzzles under each key, keys sorted by grid size
-    and then by name (by number when `numeric`: "9x9/30" is 30 givens)."""
+def grouped(scores: list[dict], steps, keys: list[str], numeric: bool = False) -> dict:
+    """The scores (`dgft.metrics.aggregate` of each puzzle's `score_answer`) and mean steps of the puzzles under each
+    key, keys sorted by grid size and then by name (by number when `numeric`: "9x9/30" is 30 givens)."""
     groups = defaultdict(list)
     for i, key in enumerate(keys):
         groups[key].append(i)
@@ -221,7 +228,7 @@ def grouped(recs, answers, steps, keys: list[str], numeric: bool = False) -> dic
         size, rest = key.split("/")
         return int(size.split("x")[0]), int(rest) if numeric else rest
 
-    return {key: {**aggregate([score_answer(recs[i].puzzle, recs[i].solution, answers[i]) for i in groups[key]]),
+    return {key: {**aggregate([scores[i] for i in groups[key]]),
                   "mean_steps": float(np.mean([steps[i] for i in groups[key]]))}
             for key in sorted(groups, key=order)}
 

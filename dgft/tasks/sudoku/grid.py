@@ -448,11 +448,13 @@ def to_string(grid: np.ndarray, blank: str = "0") -> str:
 def from_string(s: str, what: str = "grid") -> np.ndarray:
     """Parse a 16- or 81-character grid ('0' or '.' for blanks); ValueError names what is wrong.
 
-    `what` names the field in error messages, e.g. "puzzle has 80 cells, expected 16 or 81".
+    `what` names the field in error messages, e.g. "puzzle has 80 characters, expected 16 or 81 (one a cell)".
     """
     s = s.strip()
     if len(s) not in (16, 81):
-        raise ValueError(f"{what} has {len(s)} cells, expected 16 or 81")
+        spaces = sum(char.isspace() for char in s)
+        inside = f", {spaces} of them white space inside the grid" if spaces else ""
+        raise ValueError(f"{what} has {len(s)} characters{inside}, expected 16 or 81 (one a cell)")
     n = isqrt(len(s))
     for position, char in enumerate(s):
         if char != "." and not ("0" <= char <= str(n)):

@@ -1,10 +1,10 @@
 """Reading and writing Sudoku puzzle files, with errors that name the file and line.
 
 Two formats are read. Plain text has one 16- or 81-character grid a line ('0' or '.' for blanks;
-blank lines and lines starting with '#' are ignored). CSV (fields separated by commas or, when the first line has
-none, by tabs or semicolons) has a puzzle column and optionally a solution column, found by header name (an exact
+blank lines and lines starting with '#' are ignored). CSV (fields separated by commas, tabs or semicolons: whichever
+splits out a grid) has a puzzle column and optionally a solution column, found by header name (an exact
 `puzzle`/`solution` before a name that merely contains one) or, without a header, by position; line 1 is a
-header when it has a column name and no grid:
+header when it has a column name (a field starting with a letter) and no grid:
 
     Puzzle,Solution                       <- line 1: header ('puzzle'/'quiz', 'solution' columns)
     3102200002100320,3142243142131324     <- line 2: a 4x4 record, source "file.csv:2"
@@ -24,7 +24,9 @@ import numpy as np
 
 from dgft.tasks.sudoku.grid import from_string, is_solution, rule_violations, side, solve, to_string, units
 
-_HEADER_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_ ]*")  # a column name; grids start with a digit or '.'
+_HEADER_FIELD = re.compile(r"[A-Za-z_].*")  # a column name (`Puzzle`, `puzzle-string`, `Puzzle (81)`): grids start
+                                            # with a digit or '.'
+_WORD = re.compile(r"[A-Za-z]")  # a field with a letter is a word (a name, a rating), never a grid
 _GRID_FIELD = re.compile(r"[0-9.]{16}(?:[0-9.]{65})?")  # a 16- or 81-character grid: never a column name
 _PUZZLE_NAMES = ("puzzle", "puzzles", "quiz", "quizzes")  # exact column names, before any name containing one
 _SOLUTION_NAMES = ("solution", "solutions")
@@ -116,19 +118,34 @@ def _data_lines(text: str) -> list[tuple[int, str]]:
     return [(number, line) for number, line in numbered if line and not line.startswith("#")]
 
 
-def _delimiter(first: str) -> str | None:
-    """The field separator a file's first data line uses: a comma, else a tab, else a semicolon; None: plain text
-    (a one-column CSV's header, a bare column name, is read with commas)."""
-    for delimiter in (",", "\t", ";"):
-        if delimiter in first:
-            return delimiter
-    return "," if _HEADER_FIELD.fullmatch(first) else None
+def _delimiter(first: str, second: str | None) -> str | None:
+    """The field separator of a file whose first data lines are `first` and `second`: a comma, a tab or a semicolon,
+    whichever splits out a grid (from the first line, else from the second, after a header), in that order of
+    preference when none or several do; None: plain text (a one-column CSV's header, a bare column name, is read
+    with commas). A semicolon file with decimal commas in a column (`<puzzle>;<solution>;1,5`) is read on its
+    semicolons."""
+    present = [d for d in (",", "\t", ";") if d in first]
+    if not present:
+        return "," if _HEADER_FIELD.fullmatch(first) else None
+    for line in (first, second):
+        for delimiter in present:
+            if line is not None and any(_GRID_FIELD.fullmatch(f) for f in _split(line, delimiter)):
+                return delimiter
+    return present[0]
+
+
+def _split(line: str, delimiter: str) -> list[str]:
+    """`_fields` that never raises (a line the csv module refuses: no fields)."""
+    try:
+        return _fields(line, delimiter)
+    except ValueError:
+        return []
 
 
 def _fields(line: str, delimiter: str = ",") -> list[str]:
     """The stripped fields of one CSV line; a line the csv module refuses is a ValueError saying why."""
     try:
-        return [field.strip() for field in next(csv.reader([line], delimiter=delimiter))]
+        return [field.strip() for field in next(csv.reader([line], delimiter=delimiter, skipinitialspace=True))]
     except csv.Error as error:
         raise ValueError(f"not a CSV row: {error}") from None
 
@@ -168,14 +185,16 @@ def _columns(header: list[str], where: str) -> tuple[int, int | None]:
 
 
 def read_puzzles(
-    path: str | Path, on_error: str = "raise", check_solvable: bool = True
+    path: str | Path, on_error: str = "raise", check_solvable: bool = True, limit: int | None = None
 ) -> tuple[list[SudokuRecord], list[str]]:
     """Records of a plain-text or CSV puzzle file, and one message per skipped bad line.
 
     on_error="raise" raises PuzzleFileError at the first bad line; "skip" skips it and returns its
     message instead. Without a solution column and with `check_solvable`, each puzzle is solved
     (first solution found) and unsolvable ones are bad lines; otherwise `solution` is None.
-    A missing file, a file with no puzzles or a CSV header without a puzzle column always raises.
+    `limit`: stop after that many records (the lines after them are not read, so not counted as skipped).
+    A missing file, a file with no puzzles or a CSV header without a puzzle column always raises. A headerless
+    CSV's second field is the solution column unless the first line's holds a letter (`<puzzle>,easy`: a word); a row of empty fields (a spreadsheet's trailing `,,`) is a blank line.
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -186,25 +205,27 @@ def read_puzzles(
         raise PuzzleFileError(f"{name}: no puzzles in file")
 
     first = lines[0][1]
-    delimiter = _delimiter(first)
+    delimiter = _delimiter(first, lines[1][1] if len(lines) > 1 else None)
     is_csv = delimiter is not None
-    puzzle_column, solution_column = 0, (1 if is_csv else None)
+    puzzle_column, solution_column = 0, None
     if is_csv:
-        header_number = lines[0][0]
-        try:
-            header = _fields(first, delimiter)
-        except ValueError:
-            header = []  # not even a CSV row: a bad first record, reported (or skipped) below
+        header = _split(first, delimiter)  # not even a CSV row: a bad first record, reported (or skipped) below
         if _is_header(header):
-            puzzle_column, solution_column = _columns(header, f"{name}:{header_number}")
+            puzzle_column, solution_column = _columns(header, f"{name}:{lines[0][0]}")
             lines = lines[1:]
+        elif len(header) > 1 and not _WORD.search(header[1]):
+            solution_column = 1
 
     records: list[SudokuRecord] = []
     skipped: list[str] = []
     for number, line in lines:
+        if limit is not None and len(records) >= limit:
+            break
         where = f"{name}:{number}"
         try:
             fields = _fields(line, delimiter) if is_csv else [line]
+            if not any(fields):
+                continue  # a row of empty fields: a blank line
             if len(fields) <= puzzle_column:
                 raise ValueError(f"row has {len(fields)} fields, the puzzle is in field {puzzle_column + 1}")
             has_solution = solution_column is not None and solution_column < len(fields)
