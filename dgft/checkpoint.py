@@ -38,12 +38,28 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+ADAPTER_README = """# A dgft LoRA adapter for DiffusionGemmaForBlockDiffusion
+
+DiffusionGemma's encoder and decoder share their weights, so this adapter is saved once, on the encoder's modules,
+and serves both. Load it with dgft, which makes the decoder use the same LoRA modules:
+
+    from dgft.model import load_adapter
+    model = load_adapter(DiffusionGemmaForBlockDiffusion.from_pretrained(BASE), "THIS_DIR")
+
+or merge it: `PeftModel.from_pretrained(base, "THIS_DIR").merge_and_unload()` is right (the tied weight is
+updated once). **Plain `PeftModel.from_pretrained` without merging adapts the encoder only**: the decoder, which
+runs every denoising pass, keeps the base weights, and peft gives no warning.
+"""
+
+
 def save_weights(model, out_dir: Path) -> None:
     """Model or adapter as safetensors (peft models save the adapter only; LoRA on 4-bit experts, which peft
     does not know of, is added to the adapter file under the keys peft gives expert LoRA)."""
     from dgft.model import expert_lora_tensors
 
     model.save_pretrained(str(out_dir), safe_serialization=True)
+    if (Path(out_dir) / "adapter_config.json").exists():  # peft's model card, blank: say how this adapter loads
+        (Path(out_dir) / "README.md").write_text(ADAPTER_README)
     experts = expert_lora_tensors(model)
     if experts:
         from safetensors.torch import load_file, save_file

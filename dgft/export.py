@@ -199,11 +199,20 @@ def export_streaming(cfg, rcfg, run_dir: Path, out: Path, checkpoint, source: di
               f"max_check_gb={cfg.max_check_gb}, so logits were not compared here)")
     else:
         rounding = checks.get("rounding_max_abs_diff")
-        rounding = f", rounded to the base's dtype {rounding:.2e}" if rounding is not None else ""
-        print(f"exported {run_dir} -> {out} (max |logit diff| merged vs adapter {checks['merged_max_abs_diff']:.2e}"
-              f"{rounding}, "
-              f"atol {cfg.atol}; vs the {'4-bit ' if rcfg.model.get('quantize') == 'nf4' else ''}training model "
-              f"{checks['quantization_gap_max_abs_diff']:.2e})")
+        if rounding is None:
+            print(f"exported {run_dir} -> {out} (max |logit diff| merged vs adapter "
+                  f"{checks['merged_max_abs_diff']:.2e}, atol {cfg.atol})")
+        else:  # the merged weights are stored in the base's dtype: the gate is the merge, the rounding is recorded
+            print(f"exported {run_dir} -> {out} (max |logit diff| merged vs peft's merge rounded to the base's dtype "
+                  f"alike {checks['merged_max_abs_diff']:.2e}, atol {cfg.atol}; the rounding itself moves the "
+                  f"logits {rounding:.2e} from the adapter's, recorded, not checked)")
+        if rcfg.model.get("quantize") == "nf4":
+            print(f"note: the run trained and was evaluated on the 4-bit base; the export merges its adapter into "
+                  f"the unquantized base, whose logits differ from the trained model's by up to "
+                  f"{checks['quantization_gap_max_abs_diff']:.2e} on the check batch, so the run's evaluations do "
+                  "not carry over to the export")
+        else:
+            print(f"max |logit diff| vs the run's model {checks['quantization_gap_max_abs_diff']:.2e}")
     return out
 
 

@@ -449,3 +449,18 @@ def test_a_lora_run_on_a_pretrained_base_is_merged_shard_by_shard_in_its_dtype(t
         assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
     assert (out / "adapter" / "adapter_config.json").exists()
     DiffusionGemmaForBlockDiffusion.from_pretrained(str(out), use_safetensors=True)
+
+
+
+def test_an_adapter_says_how_it_loads(tmp_path):
+    """peft's blank model card said nothing, and plain `PeftModel.from_pretrained` adapts the encoder only (the
+    decoder shares its weights through dgft's loader): every saved adapter carries a README saying so."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from dgft.checkpoint import save_weights
+
+    model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(4, 4)), LoraConfig(r=2, target_modules=["0"]))
+    save_weights(model, tmp_path / "adapter")
+    text = (tmp_path / "adapter" / "README.md").read_text()
+    assert "dgft.model import load_adapter" in text and "adapts the encoder only" in text
