@@ -16,6 +16,17 @@ CHAT_TEMPLATE = ("{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{{ m['c
                  "{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
 
 
+# A tiny model with four experts, top 2; Linear4bit on CPU wants in_features % 64 == 0 and out_features % 32 == 0
+MOE = dict(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=2, num_kv_heads=1, head_dim=32,
+           num_experts=4, top_k_experts=2, moe_intermediate_size=64, canvas_length=16)
+
+
+def tiny_moe(dtype=torch.float32):
+    from dgft.model import build_tiny
+
+    return build_tiny(OmegaConf.create(MOE), vocab_size=256).to(dtype)
+
+
 def tiny_cfg(**overrides):
     """A composed-like TrainRecipe for a 2-layer, hidden-32 model."""
     cfg = OmegaConf.structured(TrainRecipe)

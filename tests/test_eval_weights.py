@@ -253,6 +253,22 @@ def test_puzzles_without_blanks_have_no_cell_accuracy():
     json.dumps(only_full)  # null in the result file
 
 
+def test_rule_violations_and_givens_kept_are_means_over_puzzles():
+    from dgft.metrics import aggregate, score_answer
+    from dgft.tasks.sudoku import grid as G
+
+    puzzle = G.from_string("1200340000000000")
+    sol = G.solve(puzzle, limit=1)[0]
+    broken = sol.copy()
+    broken[[0, 1]] = sol[[1, 0]]  # two givens swapped: both lost, the row still a permutation
+    broken[15] = broken[14]  # and two equal digits in the last row
+    one = score_answer(puzzle, sol, broken)
+    assert one["rule_violations"] > 0 and one["givens_kept"] == 0.5
+    out = aggregate([score_answer(puzzle, sol, sol), one, score_answer(puzzle, sol, sol)])
+    assert out["rule_violations"] == pytest.approx(one["rule_violations"] / 3)
+    assert out["givens_kept"] == pytest.approx(2.5 / 3) and out["exact"] == pytest.approx(2 / 3)
+
+
 def test_the_metric_scores_a_malformed_prediction_as_wrong():
     """A prediction that is not a grid of the puzzle's size (cut model text, a stray character) is an empty answer,
     counted in `malformed`; it aborted the whole `compute` without saying which. A bad puzzle names its index."""

@@ -464,3 +464,31 @@ def test_an_adapter_says_how_it_loads(tmp_path):
     save_weights(model, tmp_path / "adapter")
     text = (tmp_path / "adapter" / "README.md").read_text()
     assert "dgft.model import load_adapter" in text and "adapts the encoder only" in text
+
+
+def test_nan_logits_are_never_within_tolerance():
+    from dgft.export import _require
+
+    with pytest.raises(ExportError, match="nan exceeds atol"):
+        _require(float("nan"), 1e-4, "merged vs adapter")
+    _require(1e-5, 1e-4, "merged vs adapter")
+
+
+def test_a_wrong_shard_by_shard_merge_is_refused(tmp_path, monkeypatch):
+    """The streaming export's gate: a merge that gives other logits than the adapter is an error, and nothing is
+    exported (only the non-streaming path's gate was ever made to fail)."""
+    import dgft.merge as M
+
+    run, _ = make_run(tmp_path, "lora")
+    base = tmp_path / "pretrained"
+    from transformers import DiffusionGemmaForBlockDiffusion
+
+    DiffusionGemmaForBlockDiffusion.from_pretrained(str(run / "base"), use_safetensors=True).save_pretrained(str(base))
+    cfg = OmegaConf.load(run / "config.yaml")
+    cfg.model.name, cfg.model.path = "diffusiongemma", str(base)
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    real = M._delta
+    monkeypatch.setattr(M, "_delta", lambda tensor, *a, **k: real(tensor, *a, **k) + 0.1)
+    with pytest.raises(ExportError, match="merged model vs adapter on the unquantized base"):
+        export(export_cfg(run))
+    assert not (run / "export").exists() and not list(run.glob(".export.*"))

@@ -147,6 +147,10 @@ def test_accept_count_entropy_bound():
     closed = torch.tensor([[True, False, False, False]])
     _, count = accept_count(score, closed, "confidence", step=0, steps=10, confidence=2.0, ent=ent)
     assert count.item() == 1  # at least one per step
+    # only open positions count toward the confidence rule's quota: a sure given is not an acceptance
+    order, count = accept_count(torch.tensor([[0.95, 0.95, 0.5, 0.4]]), torch.tensor([[False, True, True, True]]),
+                                "confidence", step=0, steps=10, confidence=0.9, ent=ent)
+    assert count.item() == 1 and order[0, 0].item() == 1
 
 
 def test_entropy_of_uniform():
@@ -487,3 +491,62 @@ def test_a_cell_the_rules_left_empty_reads_as_noise_not_pad(setup, monkeypatch):
     assert sum(fed) == 0
     assert (res.history[-1][0] == PAD).sum() == empty.sum()  # the pictures show them empty
     _check_rules_answers(res, task.decode(res.canvas, 9), puzzles, 81)
+
+
+def _constant_denoise(monkeypatch, task, choices, favourite: float):
+    """The sampler's decoder answers every cell with the same logits: its first digit `favourite`, the others 0."""
+    import dgft.sampling as S
+
+    def denoise(m, cache, canvas, mask, sc_logits=None):
+        logits = torch.zeros(*canvas.shape, task.vocab_size)
+        logits.scatter_(2, choices[None, :, :1].expand(canvas.shape[0], -1, 1), favourite)
+        return logits
+
+    monkeypatch.setattr(S, "denoise", denoise)
+
+
+def test_temperature_shapes_what_the_sampler_draws(setup, monkeypatch):
+    """At temperature 0.25 a digit 1 logit ahead is drawn nearly always (p = 0.85); at 4, little more often than
+    the others (p = 0.14 against 1/9). Every temperature above 0 once sampled at 1 and no test saw it."""
+    cfg, task, model = setup
+    puzzles, solutions = _puzzles(9, 8, seed=9)
+    batch = task.encode(puzzles, solutions)
+    _constant_denoise(monkeypatch, task, batch["choices"], favourite=1.0)
+    share = {}
+    for temperature in (0.25, 4.0):
+        scfg = OmegaConf.structured(SamplerConfig(steps=4, acceptance="fixed", temperature=temperature,
+                                                  self_conditioning=False))
+        res = sample(model, batch, task, scfg, "clamped", generator=torch.Generator().manual_seed(0))
+        digits = task.decode(res.canvas, 9)
+        share[temperature] = float((digits[puzzles == 0] == 1).mean())
+    assert share[0.25] > 0.75 and share[4.0] < 0.25, share
+
+
+def test_steps_are_counted_per_puzzle(setup):
+    """`steps` (eval's mean steps) counts each puzzle's own steps: a fully given puzzle takes none, however long
+    its batch runs."""
+    cfg, task, model = setup
+    puzzles, solutions = _puzzles(4, 2, seed=2)
+    puzzles[0] = solutions[0]
+    batch = task.encode(puzzles, solutions)
+    open_cells = int((puzzles[1] == 0).sum())
+    scfg = OmegaConf.structured(SamplerConfig(steps=8, acceptance="fixed"))
+    res = sample(model, batch, task, scfg, "clamped", generator=torch.Generator().manual_seed(0))
+    assert res.steps.tolist() == [0, min(open_cells, 8)]
+
+
+def test_views_average_their_log_probabilities(setup, monkeypatch):
+    """The views' answers are averaged, not summed: the scale is what the entropy and confidence rules read."""
+    import dgft.sampling as S
+
+    cfg, task, model = setup
+    puzzles, solutions = _puzzles(9, 2, seed=6)
+    batch = task.encode(puzzles, solutions)
+    monkeypatch.setattr(S, "denoise", lambda m, cache, canvas, mask, sc_logits=None:
+                        torch.zeros(*canvas.shape, task.vocab_size))
+    target = batch["target"]
+    views = S._Views(model, task, OmegaConf.structured(SamplerConfig(views=4)), 9, batch["choices"], target,
+                     batch["fixed"], lambda: torch.zeros_like(target))
+    views.encode(target, batch["fixed"])
+    scores = views.scores(target, batch["fixed"])
+    assert torch.allclose(scores.exp().sum(-1), torch.ones(2, 81))

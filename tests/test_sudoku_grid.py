@@ -127,6 +127,9 @@ def test_count_solutions_multiple_and_none():
     assert count_solutions(from_string("1100" + "0" * 12)) == 0  # givens break a rule
     # no rule broken, yet no solution: cell 3 can hold neither 1, 2 nor 3, and 4 is in its column
     assert solve(from_string("1230" "0000" "0000" "0004")) == []
+    # the search stops at `limit`, never one beyond it
+    assert len(solve(np.zeros(16, dtype=np.int8), limit=5)) == 5
+    assert count_solutions(np.zeros(81, dtype=np.int8), limit=2) == 2
 
 
 def test_random_solution_is_valid_and_varies():

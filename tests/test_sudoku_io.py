@@ -297,3 +297,9 @@ def test_white_space_inside_a_grid_is_named(tmp_path):
     path = _write(tmp_path, f"{PUZZLE_4[:8]} {PUZZLE_4[8:]}\n", "s.txt")
     with pytest.raises(PuzzleFileError, match=r"s\.txt:1: puzzle has 17 characters, 1 of them white space inside"):
         read_puzzles(path)
+
+
+def test_a_puzzle_column_named_for_solutions_is_not_also_the_solution(tmp_path):
+    path = _write(tmp_path, f"id,puzzle_for_solution\n1,{PUZZLE_4}\n")
+    (record,), _ = read_puzzles(path)
+    assert to_string(record.puzzle) == PUZZLE_4 and to_string(record.solution) == SOLUTION_4
