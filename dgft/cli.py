@@ -87,6 +87,9 @@ def main(argv: list[str] | None = None) -> None:
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         sys.exit(f"dgft: unknown command {command!r}\n\n{USAGE}")
+    if command in ("eval", "export") and {"-h", "--help"} & set(rest):
+        print(_option_help(command))
+        sys.exit(0)
     if command in ("eval", "export") and rest and "=" not in rest[0] and not rest[0].startswith("-"):
         rest = [f"run={_quote(rest[0])}"] + rest[1:]
 
@@ -139,6 +142,25 @@ def main(argv: list[str] | None = None) -> None:
         _run_comes_first(command, rest)
     sys.argv = [f"dgft {command}"] + rest
     _run()
+
+
+HELP = {
+    "eval": "dgft eval RUN [data=PATH] [key=value ...]\n\nEvaluate a run: every sampling mode side by side (Sudoku), "
+            "pass@k (infill). Writes RUN/eval/<name>.json, .md and _samples.jsonl.\n\nOptions (key=value):",
+    "export": "dgft export RUN [out=DIR] [checkpoint=step-N]\n\nWrite a standalone model directory (safetensors, "
+              "config, tokenizer, sampler settings); a LoRA adapter is merged and the merged logits checked against "
+              "it.\n\nOptions (key=value):"}
+
+
+def _option_help(command: str) -> str:
+    """`dgft eval --help`, `dgft export --help`: usage, then every option with its default and what it does (the
+    schema's own comments, `dgft.config`)."""
+    from dgft.config import EvalRecipe, ExportRecipe, SamplerConfig, option_help
+
+    import textwrap
+
+    options = option_help(EvalRecipe, SamplerConfig) if command == "eval" else option_help(ExportRecipe)
+    return "\n\n".join(textwrap.fill(part, 110) for part in HELP[command].split("\n\n")) + f"\n{options}"
 
 
 def _override(overrides: list[str], key: str, default: str) -> str:

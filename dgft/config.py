@@ -14,7 +14,9 @@ Example: `dgft train recipe=sudoku trainer.max_steps=200 seed=7`.
 
 from __future__ import annotations
 
+import inspect
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -202,8 +204,9 @@ class SamplerConfig:
     # model now gives the lowest probability, if below this (task.wrong_known_p trains the doubt); 0: acceptances final
     self_conditioning_from: str = "model"  # "model": its logits as they are; "rules" (rules mode): without the digits
     # a peer already holds, as task.sc_rules_p trains (dgft.sampling)
-    batch_size: int = 64
-    modes: list[str] = field(default_factory=lambda: ["free", "clamped", "rules"])
+    batch_size: int = 64  # puzzles (or infill examples) sampled at once
+    modes: list[str] = field(default_factory=lambda: ["free", "clamped", "rules"])  # free: nothing pinned; clamped:
+    # givens pinned, cells restricted to digits; rules: clamped, and digits a peer holds forbidden (Sudoku)
 
 
 # --- top level ------------------------------------------------------------------------------------
@@ -246,7 +249,7 @@ class EvalRecipe:
     run: str = MISSING  # run directory written by `dgft train`
     data: Optional[str] = None  # puzzle file; None: the run's generated held-out split
     name: Optional[str] = None  # result name (RUN/eval/<name>.json); default: the data file's stem, and with
-    # `checkpoint` the checkpoint's name after it (heldout_step-000500), so the final model's results stay
+    # `checkpoint` the checkpoint's name after it (heldout_step-000500), so the final model's results stay put
     on_error: str = "raise"  # bad lines in `data`: "raise" or "skip" (skipped lines are counted)
     limit: int = 0  # evaluate only the first N puzzles (0: all)
     batch_by: str = "size"  # Sudoku: which puzzles share a sampling batch: "size" (one grid size), or "givens" (one
@@ -255,8 +258,8 @@ class EvalRecipe:
     baseline: bool = True  # also run the sampler with the run's model before training (Sudoku, rules mode)
     checkpoint: Optional[str] = None  # evaluate this checkpoint (a dir, or step-N of the run), not the final weights
     overwrite: bool = False  # replace RUN/eval/<name>.* made with other settings (without: refused, naming them)
-    seed: int = 0
-    device: str = "auto"
+    seed: int = 0  # seeds the sampler's noise
+    device: str = "auto"  # "auto" (a GPU when there is one), "cpu", "cuda"
     plot: bool = True  # write a PNG of one puzzle being denoised (Sudoku)
     samples: int = 1  # infill: samples per problem; pass@k (unbiased) for each k in 1, 10, 100 up to it
     rerank: bool = False  # infill: also report the first sample whose window (prefix + middle + suffix), or
@@ -267,12 +270,12 @@ class EvalRecipe:
 
 @dataclass
 class ExportRecipe:
-    run: str = MISSING
-    out: Optional[str] = None  # default RUN/export
-    checkpoint: Optional[str] = None
+    run: str = MISSING  # run directory written by `dgft train`
+    out: Optional[str] = None  # default RUN/export; elsewhere: a new or empty directory, or an earlier export
+    checkpoint: Optional[str] = None  # export this checkpoint (a dir, or step-N of the run), not the final weights
     atol: float = 1e-4  # max |merged - adapter| logit difference accepted
     max_check_gb: float = 4.0  # 4-bit runs: compare logits only when the base checkpoint is at most this big
-    device: str = "cpu"
+    device: str = "cpu"  # where the run's own model runs for the checks ("cpu", "cuda", "auto")
 
 
 def register() -> None:
@@ -588,3 +591,52 @@ def _validate_architecture(get) -> None:
     if get("model.top_k_experts") > get("model.num_experts"):
         raise ConfigError(f"model.top_k_experts={get('model.top_k_experts')}: at most model.num_experts="
                           f"{get('model.num_experts')}")
+
+
+# --- help -----------------------------------------------------------------------------------------
+_FIELD_LINE = re.compile(r"^    (\w+): [^=#]+?(?: = (?P<default>[^#]*?))?\s*(?:#\s?(?P<comment>.*))?$")
+
+
+def field_comments(cls) -> dict[str, str]:
+    """Each field of a schema dataclass -> its comment in this file (continuation lines joined), for the help."""
+    out, last = {}, None
+    for line in inspect.getsource(cls).splitlines():
+        m = _FIELD_LINE.match(line)
+        if m and not line.lstrip().startswith(("#", '"')):
+            last = m.group(1)
+            out[last] = (m.group("comment") or "").strip()
+        elif last and line.strip().startswith("#"):
+            out[last] = f"{out[last]} {line.strip().lstrip('#').strip()}".strip()
+        else:
+            last = None
+    return out
+
+
+def option_help(cls, sampler_cls=None) -> str:
+    """`key=default  what it does` for every option of an eval or export schema; `sampler.*` from the sampler schema
+    (its defaults are the run's own, not listed)."""
+    notes = field_comments(cls)
+    fields = OmegaConf.structured(cls)
+    lines = []
+    for name, note in notes.items():
+        if name == "sampler" and sampler_cls is not None:
+            continue
+        value = "(required)" if OmegaConf.is_missing(fields, name) else OmegaConf.to_yaml(
+            {name: fields[name]}).strip().split(": ", 1)[-1]
+        lines.append(_help_line(f"{name}={value}", note))
+    if sampler_cls is not None:
+        lines += ["", "sampler.KEY=VALUE overrides the run's own sampler (its value in RUN/config.yaml otherwise):"]
+        lines += [_help_line(f"sampler.{name}", note) for name, note in field_comments(sampler_cls).items()]
+    return "\n".join(lines)
+
+
+def _help_line(key: str, note: str, width: int = 110, indent: int = 30) -> str:
+    import textwrap
+
+    head = f"  {key}".ljust(indent - 1)
+    if not note:
+        return head
+    if len(head) >= indent:  # a long key on a line of its own
+        return head + "\n" + textwrap.fill(note, width, initial_indent=" " * indent, subsequent_indent=" " * indent,
+                                            break_on_hyphens=False)
+    return textwrap.fill(note, width, initial_indent=head + " ", subsequent_indent=" " * indent, break_on_hyphens=False)

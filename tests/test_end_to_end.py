@@ -142,8 +142,23 @@ def test_eval_of_a_run_without_weights_names_the_weights_not_the_data(tmp_path, 
 def test_help(capsys):
     main(["--help"])
     assert "train" in capsys.readouterr().out
-    for command, option in (("eval", "batch_by: size"), ("export", "atol: ")):  # no config groups: not train's
+    for command, option in (("eval", "batch_by=size"), ("export", "atol=")):  # no config groups: not train's
         with pytest.raises(SystemExit):
             main([command, "--help"])
         out = capsys.readouterr().out
         assert f"dgft {command} RUN" in out and option in out and "Configuration groups" not in out
+    # every option and sampler override is listed with what it does, from the schema's own comments
+    from dgft.config import EvalRecipe, ExportRecipe, SamplerConfig, field_comments
+
+    for command, schemas in (("eval", (EvalRecipe, SamplerConfig)), ("export", (ExportRecipe,))):
+        with pytest.raises(SystemExit) as err:
+            main([command, "-h"])
+        out = " ".join(capsys.readouterr().out.split())
+        assert err.value.code == 0
+        for schema in schemas:
+            prefix = "sampler." if schema is SamplerConfig else ""
+            for name, note in field_comments(schema).items():
+                if name == "sampler" and schema is EvalRecipe:
+                    continue
+                assert note, f"{schema.__name__}.{name} has no comment to show in --help"
+                assert f"{prefix}{name}" in out and " ".join(note.split()) in out
