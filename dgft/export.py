@@ -1,8 +1,9 @@
 """The export recipe: a run -> a standalone model dir. `dgft export RUN` runs `export(cfg)`.
 
 RUN/export/ gets safetensors weights, config.json, generation_config.json, the run's tokenizer, its sampler,
-noise and task settings (`dgft_sampler.json`) and `export.json` (source hashes, step, measured logit differences,
-each exported file's size and sha256).
+noise and task settings (`dgft_sampler.json`), a model card (README.md: the source, how to load and sample, the
+run's evaluations; `dgft.card`) and `export.json` (source hashes, step, measured logit differences, each exported
+file's size and sha256).
 A LoRA adapter is merged into its base (peft `merge_and_unload`, then the encoder re-tied to the merged
 decoder layers) and checked: merged logits must equal adapter logits on a fixed batch within `atol`, and the
 re-loaded export must give the same logits again. Everything runs in fp32. A LoRA run on a pretrained or a 4-bit
@@ -27,6 +28,7 @@ import torch
 from omegaconf import OmegaConf
 
 from dgft import checkpoint as ckpt
+from dgft.card import model_card
 from dgft.config import ConfigError
 from dgft.model import denoise, encode, retie_encoder, unwrap
 from dgft.runs import RunError, checkpoint_dir, keeps_average, load_config, load_model, require_final
@@ -34,6 +36,7 @@ from dgft.train import pick_device
 
 SAMPLER_FILE = "dgft_sampler.json"
 RECORD_FILE = "export.json"
+CARD_FILE = "README.md"  # the model card (dgft.card)
 TOKENIZER_CONFIG = "tokenizer_config.json"
 TOKENIZER_VOCAB = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
 CHECK_SEED, CHECK_BATCH, CHECK_PROMPT = 0, 2, 12
@@ -110,6 +113,7 @@ def export(cfg) -> Path:
                   "dtype": "float32", "check_batch": {"seed": CHECK_SEED, "batch": CHECK_BATCH,
                                                       "prompt": CHECK_PROMPT, "canvas": int(canvas.shape[1])},
                   "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        (tmp / CARD_FILE).write_text(model_card(run_dir, rcfg, checkpoint, record["step"]))
         record["outputs"] = output_hashes(tmp)
         (tmp / RECORD_FILE).write_text(json.dumps(record, indent=1))
         _replace_dir(tmp, out)
@@ -189,6 +193,7 @@ def export_streaming(cfg, rcfg, run_dir: Path, out: Path, checkpoint, source: di
                   "checkpoint": str(checkpoint) if checkpoint else None, "step": _step(run_dir, checkpoint),
                   **checks, "atol": cfg.atol, "checked": checks["merged_max_abs_diff"] is not None,
                   "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        (tmp / CARD_FILE).write_text(model_card(run_dir, rcfg, checkpoint, record["step"]))
         record["outputs"] = output_hashes(tmp)
         (tmp / RECORD_FILE).write_text(json.dumps(record, indent=1))
         _replace_dir(tmp, out)

@@ -1,0 +1,94 @@
+"""Solve Sudoku puzzles with a trained model: an export (`dgft export RUN`) or a run directory, in Python.
+
+    from dgft.solve import load_solver
+    solver = load_solver("outputs/sudoku/latest/export")   # or the run directory itself
+    solver(["003020600900305001001806400008102900700000008006708200002609500800203009005010300"], mode="rules")
+    # -> ["483921657967345821251876493548132976729564138136798245372689514814253769695417382"] (if the model solves it)
+
+The puzzles need no solution: the sampler reads the target only at the givens, which it pins (and lists in the
+prompt), so each blank's target is a placeholder. Answers are 16- or 81-character strings, '0' where a cell was
+left empty (in `rules` mode, a cell whose every digit a peer already held). The sampler is the one the model was
+trained for (an export's `dgft_sampler.json`, a run's config.yaml), with `sampler` overrides on top; `mode` is
+`free`, `clamped` or `rules` (`dgft eval` reports all three). Only Sudoku with cell or digit tokens.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from omegaconf import OmegaConf
+
+from dgft.config import ConfigError
+from dgft.runs import RunError
+
+
+class Solver:
+    """A model, its task and sampler settings; call it with puzzle strings (see the module docstring)."""
+
+    def __init__(self, model, settings, device):
+        from dgft.tasks import get_task
+
+        self.model, self.settings, self.device = model, settings, device
+        self.task = get_task(settings.task)
+
+    def __call__(self, puzzles: list[str], mode: str = "rules", seed: int = 0, **sampler) -> list[str]:
+        from dgft.sampling import MODES, sample
+        from dgft.tasks.sudoku import grid as G
+        from dgft.train import seed_everything
+
+        if mode not in MODES:
+            raise ConfigError(f"mode={mode!r}: expected one of {', '.join(MODES)}")
+        scfg = OmegaConf.merge(self.settings.sampler, sampler)
+        grids = []
+        for i, text in enumerate(puzzles):
+            try:
+                grids.append(G.from_string(text, what="puzzle"))
+            except ValueError as error:
+                raise ValueError(f"puzzle {i}: {error}") from None
+        gen = seed_everything(seed)
+        answers: list = [None] * len(grids)
+        by_size: dict[int, list[int]] = {}
+        for i, grid in enumerate(grids):
+            by_size.setdefault(len(grid), []).append(i)
+        noise = self.settings.noise
+        for idx_all in by_size.values():
+            for start in range(0, len(idx_all), int(scfg.batch_size)):
+                idx = idx_all[start:start + int(scfg.batch_size)]
+                batch_puzzles = np.stack([grids[i] for i in idx])
+                placeholder = np.where(batch_puzzles == 0, 1, batch_puzzles)  # read at the givens only
+                batch = self.task.encode(batch_puzzles, placeholder)
+                res = sample(self.model, batch, self.task, scfg, mode, noise.kind, noise.get("support", "answer"),
+                             gen)
+                digits = self.task.decode(res.canvas, batch["size"])
+                for j, i in enumerate(idx):
+                    answers[i] = G.to_string(digits[j])
+        return answers
+
+
+def load_solver(path: str | Path, device: str = "auto") -> Solver:
+    """A Solver for an export directory (it has `dgft_sampler.json`) or a `dgft train` run directory."""
+    from dgft.export import SAMPLER_FILE
+    from dgft.runs import load_config, load_model
+    from dgft.train import pick_device
+
+    path = Path(path)
+    dev = pick_device(device)
+    if (path / SAMPLER_FILE).exists():
+        from transformers import DiffusionGemmaForBlockDiffusion
+
+        from dgft.model import one_expert_path
+
+        settings = OmegaConf.create(json.loads((path / SAMPLER_FILE).read_text()))
+        model = one_expert_path(DiffusionGemmaForBlockDiffusion.from_pretrained(str(path), use_safetensors=True))
+        model = model.to(dev).eval()
+    elif (path / "config.yaml").exists():
+        settings = load_config(path)
+        model = load_model(path, settings, device=dev)
+    else:
+        raise RunError(f"{path}: neither an export (no {SAMPLER_FILE}) nor a run directory (no config.yaml)")
+    if settings.task.name != "sudoku" or settings.task.get("tokens", "cell") == "text":
+        raise ConfigError(f"{path}: task {settings.task.name!r} (tokens={settings.task.get('tokens')}): "
+                          "dgft.solve is for Sudoku models with cell or digit tokens")
+    return Solver(model, settings, dev)

@@ -1,0 +1,41 @@
+"""`dgft.solve`: a trained model (its run, or its export) solves puzzle strings with no solution given, and answers
+exactly as `dgft eval` did with the listed solutions (the sampler reads the target only at the givens)."""
+
+import json
+
+import pytest
+
+from dgft.cli import main
+from dgft.config import ConfigError
+from dgft.runs import RunError
+from dgft.solve import load_solver
+
+from test_end_to_end import _train
+
+
+def test_a_run_and_its_export_solve_as_eval_did(tmp_path):
+    run = tmp_path / "run"
+    _train(tmp_path, run, "sampler.views=2", "sampler.reprompt=true", "noise.known_in_prompt=true")
+    main(["eval", str(run), "limit=5", "baseline=false", "plot=false", "sampler.steps=12"])
+    rows = [json.loads(x) for x in (run / "eval" / "heldout_samples.jsonl").read_text().splitlines()]
+    main(["export", str(run)])
+    for where in (run, run / "export"):
+        solver = load_solver(where, device="cpu")
+        for mode in ("free", "clamped", "rules"):
+            mine = [x for x in rows if x["row"] == mode]
+            puzzles = [x["puzzle"] for x in mine]
+            assert solver(puzzles, mode=mode, steps=12) == [x["answer"] for x in mine], (where, mode)
+    # the export's model card names the run's evaluation and its code runs as written
+    card = (run / "export" / "README.md").read_text()
+    assert f"`{run}`" in card and "`eval/heldout.json`" in card and "figures hold for it" in card
+    code = "\n".join(line[4:] for line in card.splitlines() if line.startswith("    "))
+    exec(code.replace("THIS_DIR", str(run / "export")), {})
+    with pytest.raises(ConfigError, match="mode='all'"):
+        solver(puzzles, mode="all")
+    with pytest.raises(ValueError, match="puzzle 1: puzzle has 3 characters"):
+        solver([puzzles[0], "123"])
+
+
+def test_what_is_not_a_model_is_named(tmp_path):
+    with pytest.raises(RunError, match="neither an export"):
+        load_solver(tmp_path)
