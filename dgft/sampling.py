@@ -29,6 +29,15 @@ leave, as a model trained with `task.sc_rules_p` saw them; `model` (the default)
 `sampler.passes=P` runs P decoder passes per step before accepting, each self-conditioned on the one before
 (the recurrence self-conditioning trains, run longer): P times the time.
 
+How this differs from transformers' `generate()` for DiffusionGemma (checked against its source): the entropy
+rule's formula is the same (entropies ranked lowest first, the largest k whose sum minus max stays within the bound,
+at least one a step), but there every step re-decides over all positions, so an accepted token is sampled again and
+can fall back to noise, while here an acceptance is final (what pinning needs) and the bound is summed over the
+open positions only; the answer here is the accepted tokens (samples, at temperature > 0), there the last step's
+argmax everywhere; `generate()` anneals its temperature (0.8 to 0.4) and feeds back tempered logits as
+self-conditioning, while this loop keeps one temperature (0: argmax, acceptance reading the model's own
+probabilities) and feeds back the raw logits, as training does.
+
 `sampler.fill_forced` (`rules` mode) fills, before each step's decoder pass, every open position the rules leave
 a single choice (for Sudoku, a naked single), wave after wave until none is left, without spending a step or a
 model call on it. The one-cell-per-step sampler accepts such positions first anyway (their probability is 1 once
