@@ -303,3 +303,11 @@ def test_a_puzzle_column_named_for_solutions_is_not_also_the_solution(tmp_path):
     path = _write(tmp_path, f"id,puzzle_for_solution\n1,{PUZZLE_4}\n")
     (record,), _ = read_puzzles(path)
     assert to_string(record.puzzle) == PUZZLE_4 and to_string(record.solution) == SOLUTION_4
+
+
+def test_a_bad_first_row_does_not_hide_the_solution_column(tmp_path):
+    """A bad first record (here a cut puzzle, no word beside it) leaves the second field the solution column: the
+    rows after it have their solutions read and checked, not silently solved."""
+    path = _write(tmp_path, f"{PUZZLE_4[:-1]},{SOLUTION_4}\n{PUZZLE_4},{SOLUTION_4[:-1]}\n{PUZZLE_4},{SOLUTION_4}\n")
+    records, skipped = read_puzzles(path, on_error="skip")
+    assert len(records) == 1 and "puzzle has 15" in skipped[0] and "solution has 15" in skipped[1]

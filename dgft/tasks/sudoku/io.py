@@ -194,7 +194,8 @@ def read_puzzles(
     (first solution found) and unsolvable ones are bad lines; otherwise `solution` is None.
     `limit`: stop after that many records (the lines after them are not read, so not counted as skipped).
     A missing file, a file with no puzzles or a CSV header without a puzzle column always raises. A headerless
-    CSV's second field is the solution column unless the first line's holds a letter (`<puzzle>,easy`: a word); a row of empty fields (a spreadsheet's trailing `,,`) is a blank line.
+    CSV's second field is the solution column unless the first line's holds a letter (`<puzzle>,easy`: a word); a
+    row of empty fields (a spreadsheet's trailing `,,`) is a blank line.
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -213,7 +214,7 @@ def read_puzzles(
         if _is_header(header):
             puzzle_column, solution_column = _columns(header, f"{name}:{lines[0][0]}")
             lines = lines[1:]
-        elif len(header) > 1 and not _WORD.search(header[1]):
+        elif not (len(header) > 1 and _WORD.search(header[1])):  # a word beside each grid is not a solution
             solution_column = 1
 
     records: list[SudokuRecord] = []
