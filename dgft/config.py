@@ -181,8 +181,6 @@ class TrainerConfig:
     log_every: int = 10  # steps between logged training rows (> 0; step 1 is always logged)
     num_threads: int = 0  # torch CPU threads (0: torch's default)
     ema_decay: float = 0.0  # > 0: evaluate and save an exponential moving average of the weights (dgft.ema)
-    encoder_backward: bool = True  # false: the encoder's pass runs without a gradient; its weights (tied to the
-    # decoder's) learn from the decoder's passes only: 26% off a CPU step of recipe=sudoku (eval/RESULTS.md)
 
 
 # --- sampler --------------------------------------------------------------------------------------
@@ -389,9 +387,6 @@ def validate(cfg: DictConfig | Any) -> None:
         raise ConfigError(f"noise.t_power={get('noise.t_power')}: noise.loss_weight=inv_t is MDLM's ELBO weight for t "
                           "drawn uniformly; with another density of t it weighs the ELBO wrongly (set noise.t_power=1 "
                           "or noise.loss_weight=flat)")
-    if get("trainer.encoder_backward") is False and get("noise.encoder_ar_weight"):
-        raise ConfigError(f"noise.encoder_ar_weight={get('noise.encoder_ar_weight')}: the encoder's loss needs its "
-                          "gradient, and trainer.encoder_backward=false runs the encoder without one")
     if not 0 <= get("trainer.ema_decay") < 1:
         raise ConfigError(f"trainer.ema_decay={get('trainer.ema_decay')!r}: must be in [0, 1) (0: no average)")
     if get("trainer.eval_every") and not get("trainer.eval_puzzles"):

@@ -466,8 +466,7 @@ def _loss(model, m: dict, cfg, gen, device, task=None):
     ids, mask = _to(m["prompt_ids"], device), _to(m["prompt_mask"], device)
     noisy = _to(m["noisy"], device)
     want_hidden = cfg.noise.encoder_ar_weight > 0
-    with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.trainer.get("encoder_backward", True)):
-        enc = encode(model, ids, mask, return_hidden=want_hidden)
+    enc = encode(model, ids, mask, return_hidden=want_hidden)
     cache, hidden = enc if want_hidden else (enc, None)
     sc_logits = sc_mask = None
     if cfg.noise.self_conditioning_p > 0:

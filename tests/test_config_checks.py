@@ -57,8 +57,6 @@ BAD = [
     (["noise=mask", "task.wrong_known_p=0.5"], "task.wrong_known_p"),
     # MDLM's 1/t is the ELBO weight only for t drawn uniformly
     (["noise=mask", "noise.loss_weight=inv_t", "noise.t_power=2"], "noise.t_power"),
-    # the encoder's AR loss has no gradient to give with the encoder's pass run without one
-    (["trainer.encoder_backward=false", "noise.encoder_ar_weight=0.1"], "noise.encoder_ar_weight"),
 ]
 
 

@@ -197,37 +197,3 @@ def test_the_loss_is_normalised_over_the_accumulation_window(tmp_path, monkeypat
           "trainer.eval_every=0", "model.num_layers=1", "model.hidden_size=32", "model.num_heads=2",
           "model.num_kv_heads=1", "model.head_dim=16", "model.intermediate_size=64", "model.moe_intermediate_size=32"])
     assert seen == [1.5, 1.5]
-
-
-def test_encoder_backward_false_runs_the_encoder_without_a_gradient(monkeypatch):
-    """`trainer.encoder_backward=false`: the encoder's pass is not in the graph (the shared weights still get the
-    decoder's gradient); the default keeps it there."""
-    import numpy as np
-    from omegaconf import OmegaConf
-
-    import dgft.train as T
-    from conftest import tiny_cfg
-    from dgft.model import build_tiny
-    from dgft.tasks.sudoku import grid as G
-    from dgft.tasks.sudoku.task import SudokuTask
-
-    cfg = tiny_cfg()
-    task = SudokuTask(cfg.task)
-    model = build_tiny(cfg.model, task.vocab_size, seed=0)
-    rng = np.random.default_rng(0)
-    made = [G.generate(4, givens=6, rng=rng, max_tries=1) for _ in range(3)]
-    batch = task.encode(np.stack([m[0] for m in made]), np.stack([m[1] for m in made]))
-    seen = []
-    real = T.encode
-    monkeypatch.setattr(T, "encode", lambda *a, **k: seen.append(torch.is_grad_enabled()) or real(*a, **k))
-    grads = {}
-    for flag in (True, False):
-        cfg.trainer.encoder_backward = flag
-        gen = torch.Generator().manual_seed(0)
-        m = T._corrupt(batch, OmegaConf.create(cfg), gen, task.vocab_size, task)
-        model.zero_grad()
-        loss, extra = T._loss(model, m, cfg, gen, torch.device("cpu"), task)
-        (loss + extra).backward()
-        grads[flag] = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
-    assert seen == [True, False]
-    assert grads[False].abs().sum() > 0 and not torch.allclose(grads[True], grads[False])
