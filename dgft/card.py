@@ -1,7 +1,9 @@
 """An export's README.md (its model card): where the weights came from, how to load and sample them, and what the
 run's evaluations measured, each figure with the file it is read from.
 
-`model_card(run_dir, rcfg, checkpoint, step)` -> the text; `dgft.export` writes it into every export.
+`model_card(run_dir, rcfg, checkpoint, step, checked)` -> the text; `dgft.export` writes it into every export,
+with `checked` saying how the export's logits compare with the run's (so whether the run's figures carry over).
+The card lists the evaluations there were when the export was written; a later `dgft eval` does not change it.
 """
 
 from __future__ import annotations
@@ -9,10 +11,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-PUZZLE = "003020600900305001001806400008102900700000008006708200002609500800203009005010300"  # Norvig's first
+PUZZLES = {9: "003020600900305001001806400008102900700000008006708200002609500800203009005010300",  # Norvig's first
+           4: "3102200002100320"}  # d1's first
 
 
-def model_card(run_dir: Path, rcfg, checkpoint: Path | None, step: int | None) -> str:
+def model_card(run_dir: Path, rcfg, checkpoint: Path | None, step: int | None, checked: str) -> str:
+    """`checked`: one sentence on how the export's logits compare with the run's model's."""
     run = _read_json(run_dir / "run.json") or {}
     weights = f"checkpoint `{checkpoint.name}`" if checkpoint else "its final weights"
     made = ", ".join(x for x in (f"dgft {run['dgft']}" if run.get("dgft") else "",
@@ -27,18 +31,19 @@ def model_card(run_dir: Path, rcfg, checkpoint: Path | None, step: int | None) -
              "## Load and sample", "",
              "    from transformers import DiffusionGemmaForBlockDiffusion",
              '    model = DiffusionGemmaForBlockDiffusion.from_pretrained("THIS_DIR")', "",
-             "transformers' `generate()` renoises any canvas it is given, so it cannot keep what must not change. dgft's "
-             "sampler pins it, with the settings this model was trained for (`dgft_sampler.json`: the sampler, the "
+             "transformers' `generate()` renoises any canvas it is given, so it cannot keep what must not change. "
+             "dgft's sampler pins it, with the settings this model was trained for (`dgft_sampler.json`: the sampler, the "
              "noise and the task's layout)."]
     if rcfg.task.name == "sudoku" and rcfg.task.get("tokens", "cell") != "text":
+        size = max(int(n) for n in rcfg.task.get("sizes") or (9,))
         lines += ["", "    from dgft.solve import load_solver",
-                  f'    load_solver("THIS_DIR")(["{PUZZLE}"], mode="rules")   # answers as strings', ""]
-    lines += ["", "## The run's evaluations", ""]
-    lines += _evaluations(run_dir, checkpoint, quantized)
+                  f'    load_solver("THIS_DIR")(["{PUZZLES[size]}"], mode="rules")   # answers as strings', ""]
+    lines += ["", "## The run's evaluations", "", checked, ""]
+    lines += _evaluations(run_dir, checkpoint)
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _evaluations(run_dir: Path, checkpoint: Path | None, quantized: bool) -> list[str]:
+def _evaluations(run_dir: Path, checkpoint: Path | None) -> list[str]:
     rows = []
     for path in sorted((run_dir / "eval").glob("*.json")):
         result = _read_json(path)
@@ -47,23 +52,26 @@ def _evaluations(run_dir: Path, checkpoint: Path | None, quantized: bool) -> lis
         if (result.get("checkpoint") is None) != (checkpoint is None) or (
                 checkpoint is not None and Path(result["checkpoint"]).name != checkpoint.name):
             continue  # another model's weights
-        scored = result.get("modes") or result["rows"]  # Sudoku's modes; infill's rows (mode, length), pass@1
-        key = "exact" if "modes" in result else "pass@1"
-        exact = " / ".join(f"{m} {v[key]:.1%}" for m, v in scored.items()
-                           if isinstance(v, dict) and isinstance(v.get(key), float))
+        scored = result.get("modes") or result["rows"]  # Sudoku's modes; infill's rows (mode, length)
+        exact = " / ".join(f"{m} {_figure(v)}" for m, v in scored.items() if isinstance(v, dict) and _figure(v))
         baseline = result.get("baseline_untrained_rules", {}).get("exact")
         rows.append(f"| `{result.get('data')}` | {result.get('n')} | {exact} | "
                     f"{'' if baseline is None else f'{baseline:.1%}'} | `eval/{path.name}` |")
     if not rows:
         return ["None recorded when this export was written (`dgft eval RUN data=FILE` writes them)."]
-    note = ("The run trained and was evaluated on the 4-bit base. This export is the unquantized base with the adapter "
-            "merged, a different model (export.json records the gap), so these figures do not carry over to it."
-            if quantized else
-            "The export gives the run's logits within the differences export.json records, so these figures hold for "
-            "it, each with the sampler settings its record names.")
-    return [f"Exact answers per sampling mode (Sudoku; pass@1 per row for infilling), as `dgft eval` wrote them in "
-            f"the run's `eval/` folder. {note}", "",
-            "| data | n | exact (pass@1) by mode | untrained baseline, rules | record |", "|---|---|---|---|---|", *rows]
+    return ["As `dgft eval` wrote them in the run's `eval/` folder when this export was written, each with the sampler "
+            "settings its record names: exact answers per sampling mode (Sudoku); for infilling, pass@1 with the "
+            "examples too long for the prompt counted as failures (`pass@1_all`), or exact middles where the file has "
+            "no tests.", "",
+            "| data | n | by mode | untrained baseline, rules | record |", "|---|---|---|---|---|", *rows]
+
+
+def _figure(scores: dict) -> str:
+    """A row's headline figure: pass@1 (left-out examples as failures) where tests ran, else exact answers."""
+    for key in ("pass@1_all", "pass@1", "exact"):
+        if isinstance(scores.get(key), float):
+            return f"{'pass@1' if key.startswith('pass') else 'exact'} {scores[key]:.1%}"
+    return ""
 
 
 def _read_json(path: Path):

@@ -43,6 +43,7 @@ ADAPTER_README = """# A dgft LoRA adapter for DiffusionGemmaForBlockDiffusion
 DiffusionGemma's encoder and decoder share their weights, so this adapter is saved once, on the encoder's modules,
 and serves both. Load it with dgft, which makes the decoder use the same LoRA modules:
 
+    from transformers import DiffusionGemmaForBlockDiffusion
     from dgft.model import load_adapter
     model = load_adapter(DiffusionGemmaForBlockDiffusion.from_pretrained(BASE), "THIS_DIR")
 

@@ -113,7 +113,9 @@ def export(cfg) -> Path:
                   "dtype": "float32", "check_batch": {"seed": CHECK_SEED, "batch": CHECK_BATCH,
                                                       "prompt": CHECK_PROMPT, "canvas": int(canvas.shape[1])},
                   "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        (tmp / CARD_FILE).write_text(model_card(run_dir, rcfg, checkpoint, record["step"]))
+        checked = (f"The export gives the run's logits to within {max(merged_diff or 0.0, reload_diff):.1e} on the "
+                   f"check batch (atol {cfg.atol}; export.json), so these figures hold for it.")
+        (tmp / CARD_FILE).write_text(model_card(run_dir, rcfg, checkpoint, record["step"], checked))
         record["outputs"] = output_hashes(tmp)
         (tmp / RECORD_FILE).write_text(json.dumps(record, indent=1))
         _replace_dir(tmp, out)
@@ -193,7 +195,8 @@ def export_streaming(cfg, rcfg, run_dir: Path, out: Path, checkpoint, source: di
                   "checkpoint": str(checkpoint) if checkpoint else None, "step": _step(run_dir, checkpoint),
                   **checks, "atol": cfg.atol, "checked": checks["merged_max_abs_diff"] is not None,
                   "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        (tmp / CARD_FILE).write_text(model_card(run_dir, rcfg, checkpoint, record["step"]))
+        (tmp / CARD_FILE).write_text(model_card(run_dir, rcfg, checkpoint, record["step"], _streamed_note(rcfg, checks,
+                                                                                                        cfg)))
         record["outputs"] = output_hashes(tmp)
         (tmp / RECORD_FILE).write_text(json.dumps(record, indent=1))
         _replace_dir(tmp, out)
@@ -219,6 +222,22 @@ def export_streaming(cfg, rcfg, run_dir: Path, out: Path, checkpoint, source: di
         else:
             print(f"max |logit diff| vs the run's model {checks['quantization_gap_max_abs_diff']:.2e}")
     return out
+
+
+def _streamed_note(rcfg, checks: dict, cfg) -> str:
+    """The model card's sentence on whether the run's figures carry over to a shard-by-shard export."""
+    if rcfg.model.get("quantize") == "nf4":
+        return ("The run trained and was evaluated on the 4-bit base; this export is the unquantized base with the "
+                "adapter merged, a different model (export.json records the gap), so these figures do not carry over.")
+    if checks["merged_max_abs_diff"] is None:
+        return (f"The base is over max_check_gb={cfg.max_check_gb}, so the export's logits were not compared with the "
+                "run's: these figures are the run's model's, not checked against this export.")
+    rounding = checks.get("rounding_max_abs_diff")
+    if rounding is not None:
+        return (f"The merged weights are stored in the base's dtype, which moves the logits by up to {rounding:.1e} "
+                "on the check batch (export.json): these figures are the unrounded model's.")
+    return (f"The export gives the run's logits to within {checks['merged_max_abs_diff']:.1e} on the check batch "
+            f"(atol {cfg.atol}; export.json), so these figures hold for it.")
 
 
 # --- merge and check ------------------------------------------------------------------------------

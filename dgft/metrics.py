@@ -94,6 +94,8 @@ class SudokuAccuracy(evaluate.Metric):
         for i, (a, r, p) in enumerate(zip(predictions, references, puzzles)):
             try:
                 puzzle, solution = G.from_string(p, what="puzzle"), G.from_string(r, what="reference")
+                if solution.shape != puzzle.shape:
+                    raise ValueError(f"reference has {len(solution)} cells, the puzzle {len(puzzle)}")
             except ValueError as error:
                 raise ValueError(f"SudokuAccuracy: example {i}: {error}") from None
             try:

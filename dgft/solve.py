@@ -7,14 +7,17 @@
 
 The puzzles need no solution: the sampler reads the target only at the givens, which it pins (and lists in the
 prompt), so each blank's target is a placeholder. Answers are 16- or 81-character strings, '0' where a cell was
-left empty (in `rules` mode, a cell whose every digit a peer already held). The sampler is the one the model was
-trained for (an export's `dgft_sampler.json`, a run's config.yaml), with `sampler` overrides on top; `mode` is
-`free`, `clamped` or `rules` (`dgft eval` reports all three). Only Sudoku with cell or digit tokens.
+left empty (in `rules` mode, a cell whose every digit a peer already held; in any mode, one still open when the
+steps ran out). The sampler is the one the model was trained for (an export's `dgft_sampler.json`, a run's
+config.yaml), with sampler overrides as keyword arguments (`steps=40`, checked as `dgft eval` checks them); `mode` is
+`free`, `clamped` or `rules` (`dgft eval` reports all three); `seed` seeds the sampler's own generator (the global
+ones are left alone). Only Sudoku with cell or digit tokens, and only the grid sizes the model was trained on.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
@@ -34,20 +37,33 @@ class Solver:
         self.task = get_task(settings.task)
 
     def __call__(self, puzzles: list[str], mode: str = "rules", seed: int = 0, **sampler) -> list[str]:
+        import torch
+
+        from dgft.config import SamplerConfig, check_sampler
         from dgft.sampling import MODES, sample
         from dgft.tasks.sudoku import grid as G
-        from dgft.train import seed_everything
 
         if mode not in MODES:
             raise ConfigError(f"mode={mode!r}: expected one of {', '.join(MODES)}")
-        scfg = OmegaConf.merge(self.settings.sampler, sampler)
+        unknown = sorted(set(sampler) - {f.name for f in fields(SamplerConfig)})
+        if unknown:
+            raise ConfigError(f"sampler option {unknown[0]!r}: not a sampler setting (dgft eval --help lists them)")
+        scfg = OmegaConf.merge(asdict(SamplerConfig()), self.settings.sampler, sampler)
+        check_sampler(scfg, "sudoku", self.settings.noise.kind)
+        if isinstance(puzzles, str):
+            raise ValueError("puzzles: a list of puzzle strings, not one string")
+        sizes = [int(n) for n in self.settings.task.get("sizes") or (4, 9)]
         grids = []
         for i, text in enumerate(puzzles):
             try:
-                grids.append(G.from_string(text, what="puzzle"))
+                grid = G.from_string(text, what="puzzle")
             except ValueError as error:
                 raise ValueError(f"puzzle {i}: {error}") from None
-        gen = seed_everything(seed)
+            if G.side(grid) not in sizes:
+                raise ConfigError(f"puzzle {i} is {G.side(grid)}x{G.side(grid)}, but the model was trained with "
+                                  f"task.sizes={sizes}")
+            grids.append(grid)
+        gen = torch.Generator().manual_seed(seed)
         answers: list = [None] * len(grids)
         by_size: dict[int, list[int]] = {}
         for i, grid in enumerate(grids):

@@ -449,6 +449,10 @@ def test_a_lora_run_on_a_pretrained_base_is_merged_shard_by_shard_in_its_dtype(t
         assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
     assert (out / "adapter" / "adapter_config.json").exists()
     DiffusionGemmaForBlockDiffusion.from_pretrained(str(out), use_safetensors=True)
+    # the model card says whether the run's figures carry over: rounded to bf16 here; unchecked over max_check_gb
+    assert "these figures are the unrounded model's" in (out / "README.md").read_text()
+    unchecked = export(OmegaConf.merge(export_cfg(run), {"out": str(tmp_path / "unchecked"), "max_check_gb": 0.0}))
+    assert "were not compared with the run's" in (unchecked / "README.md").read_text()
 
 
 

@@ -317,5 +317,6 @@ def test_qlora_train_eval_export_through_the_cli(tmp_path, experts):
     assert len([k for k in pairs if ".experts." in k]) == 4 * experts  # 2 layers x (gate_up_proj, down_proj)
     assert record["merge"]["merged_tensors"] == record["merge"]["adapter_modules"] == len(pairs)
     assert record["quantization_gap_max_abs_diff"] > 0  # the 4-bit training model is not the merged bf16 one
+    assert "so these figures do not carry over" in (run / "export" / "README.md").read_text()  # the card says so
     assert (run / "export" / "adapter" / "adapter_config.json").exists()
     DiffusionGemmaForBlockDiffusion.from_pretrained(str(run / "export"))

@@ -34,6 +34,24 @@ def test_a_run_and_its_export_solve_as_eval_did(tmp_path):
         solver(puzzles, mode="all")
     with pytest.raises(ValueError, match="puzzle 1: puzzle has 3 characters"):
         solver([puzzles[0], "123"])
+    with pytest.raises(ConfigError, match="'step': not a sampler setting"):  # a typo is not silently dropped
+        solver(puzzles, step=3)
+    with pytest.raises(ConfigError, match="sampler.steps"):
+        solver(puzzles, steps=0)
+    with pytest.raises(ValueError, match="a list of puzzle strings"):
+        solver(puzzles[0])
+
+
+def test_a_4x4_model_refuses_9x9_puzzles_and_its_card_shows_a_4x4_one(tmp_path):
+    run = tmp_path / "run"
+    _train(tmp_path, run, "task.sizes=[4]", "task.size_weights=[1.0]")
+    main(["export", str(run)])
+    card = (run / "export" / "README.md").read_text()
+    assert "3102200002100320" in card and "None recorded" in card
+    solver = load_solver(run / "export", device="cpu")
+    with pytest.raises(ConfigError, match="puzzle 0 is 9x9, but the model was trained with task.sizes=\\[4\\]"):
+        solver(["0" * 81])
+    assert len(solver(["3102200002100320"])[0]) == 16
 
 
 def test_what_is_not_a_model_is_named(tmp_path):

@@ -56,7 +56,7 @@ def test_string_round_trip_and_errors():
     assert grid.dtype == np.int8 and grid.tolist()[:4] == [1, 0, 3, 0]
     assert to_string(grid, blank=".") == text
     assert from_string(to_string(grid)).tolist() == grid.tolist()
-    with pytest.raises(ValueError, match="80 cells"):
+    with pytest.raises(ValueError, match="80 characters"):
         from_string("0" * 80)
     with pytest.raises(ValueError, match=r"'x' at position 5"):
         from_string("00000x" + "0" * 10)

@@ -192,6 +192,7 @@ def summarise(recs, answers, stats) -> dict:
     out = metric.compute(predictions=[G.to_string(a) for a in answers],
                          references=[G.to_string(r.solution) for r in recs],
                          puzzles=[G.to_string(r.puzzle) for r in recs])
+    out.pop("malformed")  # dgft's own answers are always grids (an ill-formed text answer is emptied before)
     secs = max(stats["seconds"], 1e-9)
     return {**out, "mean_steps": float(stats["steps"].mean()) if len(recs) else 0.0,
             "mean_revisions": float(stats["revisions"].mean()) if len(recs) else 0.0,
