@@ -247,7 +247,7 @@ class SamplerOverrides:
 @dataclass
 class EvalRecipe:
     run: str = MISSING  # run directory written by `dgft train`
-    data: Optional[str] = None  # puzzle file; None: the run's generated held-out split
+    data: Optional[str] = None  # puzzle file (Sudoku) or problems file (infill); None: the run's own held-out split
     name: Optional[str] = None  # result name (RUN/eval/<name>.json); default: the data file's stem, and with
     # `checkpoint` the checkpoint's name after it (heldout_step-000500), so the final model's results stay put
     on_error: str = "raise"  # bad lines in `data`: "raise" or "skip" (skipped lines are counted)

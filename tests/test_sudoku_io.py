@@ -278,9 +278,11 @@ def test_a_word_beside_each_grid_is_not_a_solution(tmp_path):
 
 
 def test_rows_of_empty_fields_are_blank_lines(tmp_path):
-    path = _write(tmp_path, f"puzzle,solution\n{PUZZLE_4},{SOLUTION_4}\n,\n , \n")
+    path = _write(tmp_path, f",,\npuzzle,solution\n{PUZZLE_4},{SOLUTION_4}\n,\n , \n")
     records, skipped = read_puzzles(path)
-    assert len(records) == 1 and skipped == []
+    assert len(records) == 1 and skipped == [] and records[0].source == f"{path}:3"
+    rated = _write(tmp_path, f"{PUZZLE_4},3\n{PUZZLE_4},12\n", "rated.csv")  # a rating beside each grid
+    assert [to_string(r.solution) for r in read_puzzles(rated)[0]] == [SOLUTION_4] * 2
 
 
 def test_limit_stops_reading(tmp_path):

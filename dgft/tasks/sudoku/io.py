@@ -26,7 +26,7 @@ from dgft.tasks.sudoku.grid import from_string, is_solution, rule_violations, si
 
 _HEADER_FIELD = re.compile(r"[A-Za-z_].*")  # a column name (`Puzzle`, `puzzle-string`, `Puzzle (81)`): grids start
                                             # with a digit or '.'
-_WORD = re.compile(r"[A-Za-z]")  # a field with a letter is a word (a name, a rating), never a grid
+_NOT_A_GRID = re.compile(r".*[A-Za-z].*|[0-9]{1,4}")  # a word (a name, a level) or a short number (a rating)
 _GRID_FIELD = re.compile(r"[0-9.]{16}(?:[0-9.]{65})?")  # a 16- or 81-character grid: never a column name
 _PUZZLE_NAMES = ("puzzle", "puzzles", "quiz", "quizzes")  # exact column names, before any name containing one
 _SOLUTION_NAMES = ("solution", "solutions")
@@ -194,8 +194,8 @@ def read_puzzles(
     (first solution found) and unsolvable ones are bad lines; otherwise `solution` is None.
     `limit`: stop after that many records (the lines after them are not read, so not counted as skipped).
     A missing file, a file with no puzzles or a CSV header without a puzzle column always raises. A headerless
-    CSV's second field is the solution column unless the first line's holds a letter (`<puzzle>,easy`: a word); a
-    row of empty fields (a spreadsheet's trailing `,,`) is a blank line.
+    CSV's second field is the solution column unless the first line's is a word or a short number (`<puzzle>,easy`,
+    `<puzzle>,3`); a row of empty fields (a spreadsheet's `,,`) is a blank line.
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -210,11 +210,14 @@ def read_puzzles(
     is_csv = delimiter is not None
     puzzle_column, solution_column = 0, None
     if is_csv:
+        while len(lines) > 1 and _split(lines[0][1], delimiter) and not any(_split(lines[0][1], delimiter)):
+            lines = lines[1:]  # a spreadsheet's empty rows (`,,`) before the header
+        first = lines[0][1]
         header = _split(first, delimiter)  # not even a CSV row: a bad first record, reported (or skipped) below
         if _is_header(header):
             puzzle_column, solution_column = _columns(header, f"{name}:{lines[0][0]}")
             lines = lines[1:]
-        elif not (len(header) > 1 and _WORD.search(header[1])):  # a word beside each grid is not a solution
+        elif not (len(header) > 1 and _NOT_A_GRID.fullmatch(header[1])):  # a word or a rating beside each grid
             solution_column = 1
 
     records: list[SudokuRecord] = []
