@@ -384,6 +384,8 @@ def _check_outputs(out: Path) -> str | None:
                     for name, v in json.loads((out / RECORD_FILE).read_text())["outputs"].items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return f"{RECORD_FILE} records no output files (an older or edited export)"
+    if recorded and CARD_FILE not in recorded:
+        return f"no model card ({CARD_FILE}): an export from before dgft wrote one"
     return ckpt.mismatch(out, recorded) if recorded else f"{RECORD_FILE} records no output files"
 
 

@@ -496,3 +496,17 @@ def test_a_wrong_shard_by_shard_merge_is_refused(tmp_path, monkeypatch):
     with pytest.raises(ExportError, match="merged model vs adapter on the unquantized base"):
         export(export_cfg(run))
     assert not (run / "export").exists() and not list(run.glob(".export.*"))
+
+
+def test_an_export_from_before_model_cards_is_made_again(tmp_path, capsys):
+    run, _ = make_run(tmp_path, "full")
+    out = export(export_cfg(run))
+    record = json.loads((out / "export.json").read_text())
+    (out / "README.md").unlink()  # as an export written before dgft wrote a card
+    del record["outputs"]["README.md"]
+    (out / "export.json").write_text(json.dumps(record))
+    capsys.readouterr()
+    export(export_cfg(run))
+    assert "no model card" in capsys.readouterr().out and (out / "README.md").exists()
+    export(export_cfg(run))
+    assert "up to date" in capsys.readouterr().out
