@@ -91,20 +91,23 @@ def load_solver(path: str | Path, device: str = "auto") -> Solver:
 
     path = Path(path)
     dev = pick_device(device)
-    if (path / SAMPLER_FILE).exists():
-        from transformers import DiffusionGemmaForBlockDiffusion
-
-        from dgft.model import one_expert_path
-
+    export = (path / SAMPLER_FILE).exists()
+    if export:
         settings = OmegaConf.create(json.loads((path / SAMPLER_FILE).read_text()))
-        model = one_expert_path(DiffusionGemmaForBlockDiffusion.from_pretrained(str(path), use_safetensors=True))
-        model = model.to(dev).eval()
     elif (path / "config.yaml").exists():
         settings = load_config(path)
-        model = load_model(path, settings, device=dev)
     else:
         raise RunError(f"{path}: neither an export (no {SAMPLER_FILE}) nor a run directory (no config.yaml)")
     if settings.task.name != "sudoku" or settings.task.get("tokens", "cell") == "text":
         raise ConfigError(f"{path}: task {settings.task.name!r} (tokens={settings.task.get('tokens')}): "
                           "dgft.solve is for Sudoku models with cell or digit tokens")
+    if export:
+        from transformers import DiffusionGemmaForBlockDiffusion
+
+        from dgft.model import one_expert_path
+
+        model = one_expert_path(DiffusionGemmaForBlockDiffusion.from_pretrained(str(path), use_safetensors=True))
+        model = model.to(dev).eval()
+    else:
+        model = load_model(path, settings, device=dev)
     return Solver(model, settings, dev)
