@@ -112,16 +112,10 @@ def provenance_line(result: dict) -> str:
 def made_by(data: Path, device) -> dict:
     """What an evaluation's result records about where it came from: the data file as resolved and its SHA-256 (the
     `data` setting is the path as typed, relative to wherever eval ran), and `dgft.runs.environment`."""
-    import hashlib
-
+    from dgft.checkpoint import sha256
     from dgft.runs import environment
 
-    digest = hashlib.sha256()
-    with open(data, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return {"data_path": str(Path(data).resolve()), "data_sha256": digest.hexdigest(),
-            "environment": environment(device)}
+    return {"data_path": str(Path(data).resolve()), "data_sha256": sha256(data), "environment": environment(device)}
 
 
 def provenance(cfg) -> dict:

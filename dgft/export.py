@@ -113,8 +113,7 @@ def export(cfg) -> Path:
                   "dtype": "float32", "check_batch": {"seed": CHECK_SEED, "batch": CHECK_BATCH,
                                                       "prompt": CHECK_PROMPT, "canvas": int(canvas.shape[1])},
                   "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        checked = (f"The export gives the run's logits to within {max(merged_diff or 0.0, reload_diff):.1e} on the "
-                   f"check batch (atol {cfg.atol}; export.json), so these figures hold for it.")
+        checked = _figures_hold(max(merged_diff or 0.0, reload_diff), cfg.atol)
         (tmp / CARD_FILE).write_text(model_card(run_dir, rcfg, checkpoint, record["step"], checked))
         record["outputs"] = output_hashes(tmp)
         (tmp / RECORD_FILE).write_text(json.dumps(record, indent=1))
@@ -236,8 +235,13 @@ def _streamed_note(rcfg, checks: dict, cfg) -> str:
     if rounding is not None:
         return (f"The merged weights are stored in the base's dtype, which moves the logits by up to {rounding:.1e} "
                 "on the check batch (export.json): these figures are the unrounded model's.")
-    return (f"The export gives the run's logits to within {checks['merged_max_abs_diff']:.1e} on the check batch "
-            f"(atol {cfg.atol}; export.json), so these figures hold for it.")
+    return _figures_hold(checks["merged_max_abs_diff"], cfg.atol)
+
+
+def _figures_hold(diff: float, atol: float) -> str:
+    """The model card's sentence for an export checked against the run's model within `atol`."""
+    return (f"The export gives the run's logits to within {diff:.1e} on the check batch (atol {atol}; export.json), "
+            "so these figures hold for it.")
 
 
 # --- merge and check ------------------------------------------------------------------------------

@@ -40,8 +40,10 @@ class Solver:
         import torch
 
         from dgft.config import SamplerConfig, check_sampler
-        from dgft.sampling import MODES, sample
+        from dgft.sampling import MODES
         from dgft.tasks.sudoku import grid as G
+        from dgft.tasks.sudoku.evaluate import run_mode
+        from dgft.tasks.sudoku.io import SudokuRecord
 
         if mode not in MODES:
             raise ConfigError(f"mode={mode!r}: expected one of {', '.join(MODES)}")
@@ -63,24 +65,11 @@ class Solver:
                 raise ConfigError(f"puzzle {i} is {G.side(grid)}x{G.side(grid)}, but the model was trained with "
                                   f"task.sizes={sizes}")
             grids.append(grid)
-        gen = torch.Generator().manual_seed(seed)
-        answers: list = [None] * len(grids)
-        by_size: dict[int, list[int]] = {}
-        for i, grid in enumerate(grids):
-            by_size.setdefault(len(grid), []).append(i)
-        noise = self.settings.noise
-        for idx_all in by_size.values():
-            for start in range(0, len(idx_all), int(scfg.batch_size)):
-                idx = idx_all[start:start + int(scfg.batch_size)]
-                batch_puzzles = np.stack([grids[i] for i in idx])
-                placeholder = np.where(batch_puzzles == 0, 1, batch_puzzles)  # read at the givens only
-                batch = self.task.encode(batch_puzzles, placeholder)
-                res = sample(self.model, batch, self.task, scfg, mode, noise.kind, noise.get("support", "answer"),
-                             gen)
-                digits = self.task.decode(res.canvas, batch["size"])
-                for j, i in enumerate(idx):
-                    answers[i] = G.to_string(digits[j])
-        return answers
+        recs = [SudokuRecord(grid, np.where(grid == 0, 1, grid), f"puzzle {i}")  # the target: read at the givens only
+                for i, grid in enumerate(grids)]
+        answers, _ = run_mode(self.model, self.task, recs, scfg, self.settings, mode, seed,
+                              generator=torch.Generator().manual_seed(seed))
+        return [G.to_string(a) for a in answers]
 
 
 def load_solver(path: str | Path, device: str = "auto") -> Solver:

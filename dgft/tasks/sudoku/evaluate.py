@@ -112,11 +112,13 @@ def warm_up(model, task, recs, scfg, run_cfg, seed: int) -> None:
                "free", run_cfg.noise.kind, run_cfg.noise.support, seed_everything(seed))
 
 
-def run_mode(model, task, recs, scfg, run_cfg, mode: str, seed: int, record: bool = False, by_givens: bool = False):
+def run_mode(model, task, recs, scfg, run_cfg, mode: str, seed: int, record: bool = False, by_givens: bool = False,
+             generator=None):
     """Sample answers for all records in one mode, batching same-size puzzles (`by_givens`: puzzles of one size and
     one number of givens, each group timed on its own). -> (answers, stats); stats["groups"] maps a group's
-    `givens_key` to its (seconds, canvas positions) when `by_givens`."""
-    gen = seed_everything(seed)
+    `givens_key` to its (seconds, canvas positions) when `by_givens`. `generator`: the sampler's; None:
+    `seed_everything(seed)`'s, which seeds the global generators too."""
+    gen = generator if generator is not None else seed_everything(seed)
     answers: list = [None] * len(recs)
     steps, revisions = np.zeros(len(recs)), np.zeros(len(recs))
     history, elapsed, cells, done = None, 0.0, 0, 0

@@ -210,8 +210,11 @@ def read_puzzles(
     is_csv = delimiter is not None
     puzzle_column, solution_column = 0, None
     if is_csv:
-        while len(lines) > 1 and _split(lines[0][1], delimiter) and not any(_split(lines[0][1], delimiter)):
-            lines = lines[1:]  # a spreadsheet's empty rows (`,,`) before the header
+        while len(lines) > 1:  # a spreadsheet's empty rows (`,,`) before the header
+            fields = _split(lines[0][1], delimiter)
+            if not fields or any(fields):  # a row the csv module refuses, or one with something in it
+                break
+            lines = lines[1:]
         first = lines[0][1]
         header = _split(first, delimiter)  # not even a CSV row: a bad first record, reported (or skipped) below
         if _is_header(header):
