@@ -33,7 +33,9 @@ def model_card(run_dir: Path, rcfg, checkpoint: Path | None, step: int | None, c
              '    model = DiffusionGemmaForBlockDiffusion.from_pretrained("THIS_DIR")', "",
              "transformers' `generate()` renoises any canvas it is given, so it cannot keep what must not change. "
              "dgft's sampler pins it, with the settings this model was trained for (`dgft_sampler.json`: the "
-             "sampler, the noise and the task's layout)."]
+             "sampler, the noise and the task's layout). `dgft eval THIS_DIR data=FILE` measures this export as dgft "
+             "measures its runs, with no untrained baseline, and writes to this folder's `eval/` (kept when the run is "
+             "exported again; each result names the weights' sha256)."]
     if rcfg.task.name == "sudoku" and rcfg.task.get("tokens", "cell") != "text":
         size = max(int(n) for n in rcfg.task.get("sizes") or (9,))
         lines += ["", "    from dgft.solve import load_solver",

@@ -7,8 +7,10 @@
     dgft train recipe=infill                  # code infilling
     dgft eval outputs/infill/<run> data=HumanEval-SingleLineInfilling.jsonl.gz
     dgft export outputs/sudoku/<run>
+    dgft eval outputs/sudoku/<run>/export data=puzzles.csv   # an export, as anyone given it would
 
-For eval and export the first argument without '=' is the run directory (`run=PATH` works too).
+For eval and export the first argument without '=' is the run directory (`run=PATH` works too); for eval it may
+be an export.
 Hydra never changes the working directory.
 """
 
@@ -18,7 +20,7 @@ import os
 import sys
 from pathlib import Path
 
-COMMANDS = {"train": "train a model (Hydra overrides follow)", "eval": "evaluate a run: dgft eval RUN [data=PATH]",
+COMMANDS = {"train": "train a model (Hydra overrides follow)", "eval": "evaluate a run or an export: dgft eval RUN|EXPORT [data=PATH]",
             "export": "write a standalone merged model: dgft export RUN"}
 USAGE = "usage: dgft {train,eval,export} [RUN] [overrides ...]\n\n" + "\n".join(
     f"  {k:<7} {v}" for k, v in COMMANDS.items()) + ("\n\nEach subcommand takes --help (train: its config groups "
@@ -145,8 +147,10 @@ def main(argv: list[str] | None = None) -> None:
 
 
 HELP = {
-    "eval": "dgft eval RUN [data=PATH] [key=value ...]\n\nEvaluate a run: every sampling mode side by side (Sudoku), "
-            "pass@k (infill). Writes RUN/eval/<name>.json, .md and _samples.jsonl.\n\nOptions (key=value):",
+    "eval": "dgft eval RUN|EXPORT [data=PATH] [key=value ...]\n\nEvaluate a run, or an export (`dgft export`'s "
+            "directory; data= needed, no untrained baseline): every sampling mode side by side (Sudoku), pass@k "
+            "(infill). Writes RUN/eval/<name>.json, .md and _samples.jsonl (EXPORT/eval/ for an export).\n\n"
+            "Options (key=value):",
     "export": "dgft export RUN [out=DIR] [checkpoint=step-N]\n\nWrite a standalone model directory (safetensors, "
               "config, tokenizer, sampler settings); a LoRA adapter is merged and the merged logits checked against "
               "it.\n\nOptions (key=value):"}

@@ -246,7 +246,7 @@ class SamplerOverrides:
 
 @dataclass
 class EvalRecipe:
-    run: str = MISSING  # run directory written by `dgft train`
+    run: str = MISSING  # run directory written by `dgft train`, or an export (`dgft export`; needs data=)
     data: Optional[str] = None  # puzzle file (Sudoku) or problems file (infill); None: the run's own held-out split
     name: Optional[str] = None  # result name (RUN/eval/<name>.json); default: the data file's stem, and with
     # `checkpoint` the checkpoint's name after it (heldout_step-000500), so the final model's results stay put
@@ -255,7 +255,8 @@ class EvalRecipe:
     batch_by: str = "size"  # Sudoku: which puzzles share a sampling batch: "size" (one grid size), or "givens" (one
     # number of givens too: puzzles/s and tokens/s measured per number of givens, no row idles while the batch's
     # emptier puzzles finish; smaller batches, and each puzzle draws other noise, so answers differ from "size"'s)
-    baseline: bool = True  # also run the sampler with the run's model before training (Sudoku, rules mode)
+    baseline: Optional[bool] = None  # also run the sampler with the run's model before training (Sudoku, rules
+    # mode); None: true for a run, false for an export (which does not carry the model before training)
     checkpoint: Optional[str] = None  # evaluate this checkpoint (a dir, or step-N of the run), not the final weights
     overwrite: bool = False  # replace RUN/eval/<name>.* made with other settings (without: refused, naming them)
     seed: int = 0  # seeds the sampler's noise

@@ -1,4 +1,7 @@
-"""The evaluation recipe: `dgft eval RUN [data=PATH]` -> RUN/eval/<name>.json and <name>.md.
+"""The evaluation recipe: `dgft eval RUN [data=PATH]` -> RUN/eval/<name>.json and <name>.md; `dgft eval EXPORT
+data=PATH` (a `dgft export` directory) -> EXPORT/eval/<name>.*, with no untrained baseline (an export does not
+carry the model before training) and the sha256 of the weights measured in the result (a later export of the run
+keeps EXPORT/eval; each result names the weights it was made with).
 
 Shared setup (the run's saved config, the device, the run's sampler settings with the eval-time overrides,
 checks of the eval options), then the run's task evaluates, each in its own module: Sudoku
@@ -18,27 +21,64 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from dgft.config import ConfigError, SamplerConfig, check_sampler
-from dgft.runs import checkpoint_dir, load_config, require_weights
+from dgft.export import SAMPLER_FILE, exported_weights, is_export, load_export, read_export
+from dgft.runs import RunError, checkpoint_dir, load_config, load_model, load_tokenizer, require_weights
 from dgft.tasks import get_task
 from dgft.train import pick_device
 
 
 def evaluate(cfg) -> dict:
     if OmegaConf.is_missing(cfg, "run"):
-        raise ConfigError("no run given: dgft eval RUN [data=PATH] [overrides ...]")
+        raise ConfigError("no run given: dgft eval RUN|EXPORT [data=PATH] [overrides ...]")
     run = real_run_dir(Path(cfg.run))
-    run_cfg = load_config(run)
+    export = is_export(run)
+    if not export and run.is_dir() and not (run / "config.yaml").exists():
+        raise RunError(f"{run}: neither a run directory (no config.yaml) nor an export (no {SAMPLER_FILE})")
+    run_cfg = read_export(run) if export else load_config(run)
+    if cfg.baseline is None:  # an export does not carry the model before training
+        cfg.baseline = not export
     scfg = eval_sampler(cfg, run_cfg)
     check_options(cfg, run_cfg, scfg)
-    if cfg.checkpoint:  # found and its manifest checked once, before any model loads, as export does
+    if export:
+        check_export_options(cfg, run)
+    elif cfg.checkpoint:  # found and its manifest checked once, before any model loads, as export does
         cfg.checkpoint = str(checkpoint_dir(run, cfg.checkpoint))
     device = pick_device(cfg.device)
-    require_weights(run, run_cfg, cfg.checkpoint)  # before the data: a run that never trained says so
+    if not export:
+        require_weights(run, run_cfg, cfg.checkpoint)  # before the data: a run that never trained says so
     if run_cfg.task.name == "infill":
         from dgft.tasks.infill.evaluate import evaluate_run
     else:
         from dgft.tasks.sudoku.evaluate import evaluate_run
     return evaluate_run(cfg, run, run_cfg, scfg, device)
+
+
+def check_export_options(cfg, export: Path) -> None:
+    """The eval options an export cannot serve: a ConfigError naming the option and what to do instead."""
+    if cfg.checkpoint:
+        raise ConfigError(f"checkpoint={cfg.checkpoint}: {export} is an export, which holds one set of weights; "
+                          "evaluate the checkpoint in its run, or export it (dgft export RUN checkpoint=step-N)")
+    if cfg.baseline:
+        raise ConfigError(f"baseline=true: {export} is an export, which does not carry the model before training; "
+                          "evaluate its run for the untrained baseline, or pass baseline=false")
+    if not cfg.data:
+        raise ConfigError(f"{export} is an export, which carries no held-out split: pass data=PATH")
+
+
+def trained_model(cfg, run: Path, run_cfg, device):
+    """The weights an evaluation measures: an export's, or the run's final (or `checkpoint`) ones."""
+    if is_export(run):
+        return load_export(run, device)
+    return load_model(run, run_cfg, checkpoint=cfg.checkpoint, device=device)
+
+
+def trained_tokenizer(run: Path):
+    """The tokenizer of a run (RUN/tokenizer) or of an export (beside its weights)."""
+    if is_export(run):
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(run))
+    return load_tokenizer(run)
 
 
 def eval_sampler(cfg, run_cfg):
@@ -100,10 +140,14 @@ def provenance_line(result: dict) -> str:
     """One line of an evaluation's .md saying which run and weights, which sampler settings, which seed and limit."""
     s = result.get("sampler", {})
     weights = f"checkpoint {result['checkpoint']}" if result.get("checkpoint") else "the run's final weights"
+    if result.get("export"):
+        step = result["export"].get("step")
+        weights = f"its weights (step {step} of its run)" if step is not None else "its weights"
     threshold = {"entropy": "entropy_bound", "confidence": "confidence"}.get(s.get("acceptance"))  # the rule's own
     keys = [k for k in ("steps", "acceptance", threshold, "views", "passes", "temperature", "reprompt", "fill_forced",
                         "revise", "self_conditioning_from") if k in s]
-    return (f"Run {result.get('run')}, {weights}; sampler " + ", ".join(f"{k}={s[k]}" for k in keys)
+    what = "Export" if result.get("export") else "Run"
+    return (f"{what} {result.get('run')}, {weights}; sampler " + ", ".join(f"{k}={s[k]}" for k in keys)
             + ("; batched by number of givens" if result.get("batch_by") == "givens" else "")
             + f"; seed {result.get('seed')}; " + (f"the first {result['limit']}" if result.get("limit") else "all")
             + " of the file.\n\n")
@@ -118,9 +162,11 @@ def made_by(data: Path, device) -> dict:
     return {"data_path": str(Path(data).resolve()), "data_sha256": sha256(data), "environment": environment(device)}
 
 
-def provenance(cfg) -> dict:
-    """What an evaluation's result records about its own options: which weights, which sampling seed, how many."""
-    return {"checkpoint": str(cfg.checkpoint) if cfg.checkpoint else None, "seed": int(cfg.seed),
+def provenance(cfg, run: Path) -> dict:
+    """What an evaluation's result records about its own options: which weights (an export's: their step and
+    sha256, `export`), which sampling seed, how many."""
+    export = {"export": exported_weights(run)} if is_export(run) else {}
+    return {"checkpoint": str(cfg.checkpoint) if cfg.checkpoint else None, **export, "seed": int(cfg.seed),
             "limit": int(cfg.limit)}
 
 

@@ -37,6 +37,7 @@ from dgft.train import pick_device
 SAMPLER_FILE = "dgft_sampler.json"
 RECORD_FILE = "export.json"
 CARD_FILE = "README.md"  # the model card (dgft.card)
+EVAL_DIR = "eval"  # `dgft eval EXPORT` writes here; kept when the export is made again
 TOKENIZER_CONFIG = "tokenizer_config.json"
 TOKENIZER_VOCAB = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
 CHECK_SEED, CHECK_BATCH, CHECK_PROMPT = 0, 2, 12
@@ -361,6 +362,58 @@ def sampler_settings(rcfg) -> dict:
             "task": task}
 
 
+def is_export(path: str | Path) -> bool:
+    """Whether `path` is an export (it holds SAMPLER_FILE), not a run directory."""
+    return (Path(path) / SAMPLER_FILE).is_file()
+
+
+def read_export(path: str | Path):
+    """An export's sampling settings (SAMPLER_FILE: its run's sampler, noise and task), as a config with the keys a
+    run's config.yaml gives `dgft eval` and `dgft.solve`; a RunError naming the file when they are not there."""
+    file = Path(path) / SAMPLER_FILE
+    try:
+        settings = json.loads(file.read_text())
+    except (OSError, ValueError) as err:
+        raise RunError(f"{file}: not readable as JSON ({err})") from err
+    missing = [k for k in ("sampler", "noise", "task") if not isinstance(settings, dict)
+               or not isinstance(settings.get(k), dict)]
+    missing += [f"{k}.{f}" for k, f in (("noise", "kind"), ("noise", "support"), ("task", "name"))
+                if k not in missing and f not in settings[k]]
+    if missing:
+        raise RunError(f"{file}: no {', '.join(missing)} key; is it written by `dgft export`?")
+    return OmegaConf.create(settings)
+
+
+def load_export(path: str | Path, device="cpu"):
+    """An export's model (`from_pretrained`, one-expert models given dgft's plain experts path), in eval mode on
+    `device`; a RunError naming the directory when its weights are not there."""
+    from transformers import DiffusionGemmaForBlockDiffusion
+
+    from dgft.model import one_expert_path
+
+    path = Path(path)
+    if not (path / "config.json").is_file() or not any(path.glob("*.safetensors")):
+        raise RunError(f"{path}: an export without its weights (config.json and *.safetensors); run `dgft export` "
+                       "again")
+    model = DiffusionGemmaForBlockDiffusion.from_pretrained(str(path), use_safetensors=True)
+    return one_expert_path(model).to(device).eval()
+
+
+def exported_weights(path: str | Path) -> dict:
+    """What an evaluation of an export records about its weights: the run step they are from and each weight file's
+    sha256, as export.json lists them (an export without a readable record: computed here)."""
+    path = Path(path)
+    try:
+        record = json.loads((path / RECORD_FILE).read_text())
+        step, outputs = record.get("step"), record["outputs"]
+        hashes = {name: str(v["sha256"]) for name, v in outputs.items() if name.endswith(".safetensors")}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        step, hashes = None, {}
+    if not hashes:
+        hashes = {p.name: ckpt.sha256(p) for p in sorted(path.glob("*.safetensors"))}
+    return {"step": step, "weights_sha256": hashes}
+
+
 def _stored_dtype(path: Path) -> torch.dtype:
     """The dtype of the floating-point weights a safetensors export holds (its first such tensor's)."""
     from safetensors import safe_open
@@ -462,7 +515,8 @@ def _check_out(out: Path, run_dir: Path) -> None:
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:
-    """Rename `tmp` to `out`; an old `out` is moved aside first and removed only after the swap."""
+    """Rename `tmp` to `out`; an old `out` is moved aside first and removed only after the swap, but for its
+    evaluations (EVAL_DIR), which move into the new export."""
     old = out.parent / f".{out.name}.old-{os.getpid()}"
     if out.exists():
         os.replace(out, old)
@@ -472,4 +526,6 @@ def _replace_dir(tmp: Path, out: Path) -> None:
         if old.exists():
             os.replace(old, out)
         raise
+    if (old / EVAL_DIR).is_dir():  # `dgft eval EXPORT` results: each names the weights it measured (sha256)
+        os.replace(old / EVAL_DIR, out / EVAL_DIR)
     shutil.rmtree(old, ignore_errors=True)

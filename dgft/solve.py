@@ -16,7 +16,6 @@ ones are left alone). Only Sudoku with cell or digit tokens, and only the grid s
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -74,15 +73,15 @@ class Solver:
 
 def load_solver(path: str | Path, device: str = "auto") -> Solver:
     """A Solver for an export directory (it has `dgft_sampler.json`) or a `dgft train` run directory."""
-    from dgft.export import SAMPLER_FILE
+    from dgft.export import SAMPLER_FILE, is_export, load_export, read_export
     from dgft.runs import load_config, load_model
     from dgft.train import pick_device
 
     path = Path(path)
     dev = pick_device(device)
-    export = (path / SAMPLER_FILE).exists()
+    export = is_export(path)
     if export:
-        settings = OmegaConf.create(json.loads((path / SAMPLER_FILE).read_text()))
+        settings = read_export(path)
     elif (path / "config.yaml").exists():
         settings = load_config(path)
     else:
@@ -90,13 +89,5 @@ def load_solver(path: str | Path, device: str = "auto") -> Solver:
     if settings.task.name != "sudoku" or settings.task.get("tokens", "cell") == "text":
         raise ConfigError(f"{path}: task {settings.task.name!r} (tokens={settings.task.get('tokens')}): "
                           "dgft.solve is for Sudoku models with cell or digit tokens")
-    if export:
-        from transformers import DiffusionGemmaForBlockDiffusion
-
-        from dgft.model import one_expert_path
-
-        model = one_expert_path(DiffusionGemmaForBlockDiffusion.from_pretrained(str(path), use_safetensors=True))
-        model = model.to(dev).eval()
-    else:
-        model = load_model(path, settings, device=dev)
+    model = load_export(path, dev) if export else load_model(path, settings, device=dev)
     return Solver(model, settings, dev)

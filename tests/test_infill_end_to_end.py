@@ -106,6 +106,16 @@ def test_infill_train_eval_export(tmp_path):
     model = DiffusionGemmaForBlockDiffusion.from_pretrained(str(run / "export"))
     assert model.config.canvas_length == 32
     assert len(AutoTokenizer.from_pretrained(str(run / "export"))) == model.config.get_text_config().vocab_size
+    # the export evaluates as its run did (its own tokenizer and sampler settings): the same middles, the same figures
+    main(["eval", str(run / "export"), f"data={run / 'data' / 'heldout.jsonl.gz'}", "limit=6"])
+    theirs = json.loads((run / "eval" / "heldout.json").read_text())
+    mine = json.loads((run / "export" / "eval" / "heldout.json").read_text())
+    figures = ("n", "exact", "exact_lines", "compiles", "mean_steps")
+    assert {k: {f: r[f] for f in figures} for k, r in mine["rows"].items()} == \
+        {k: {f: r[f] for f in figures} for k, r in theirs["rows"].items()}
+    middles = [[(r["row"], r["id"], r["middle"]) for r in map(json.loads, (d / "heldout_samples.jsonl").open())]
+               for d in (run / "eval", run / "export" / "eval")]
+    assert middles[0] == middles[1] and mine["export"]["step"] == 4
 
 
 def test_infill_resume_is_bitwise_identical(tmp_path, capsys):

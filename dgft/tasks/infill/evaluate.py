@@ -35,8 +35,8 @@ from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from dgft.cache import replace_file
-from dgft.evaluate import claim_output, made_by, output_name, provenance, provenance_line
-from dgft.runs import load_model, load_tokenizer
+from dgft.evaluate import (claim_output, made_by, output_name, provenance, provenance_line, trained_model,
+                           trained_tokenizer)
 from dgft.sampling import sample
 from dgft.tasks.infill import data as D
 from dgft.tasks.infill import humaneval as H
@@ -50,9 +50,9 @@ ROW_KEYS = ("kind", "prefix", "middle", "suffix")  # what a file of held-out exa
 
 
 def evaluate_run(cfg, run: Path, run_cfg, scfg, device) -> dict:
-    """`dgft eval RUN [data=PATH]` for an infill run (`dgft.evaluate` has done the shared setup)."""
+    """`dgft eval RUN [data=PATH]` for an infill run or export (`dgft.evaluate` has done the shared setup)."""
     # --- data and model ----------------------------------------------------------------------------
-    task = InfillTask(run_cfg.task, tokenizer=load_tokenizer(run))
+    task = InfillTask(run_cfg.task, tokenizer=trained_tokenizer(run))
     data = Path(cfg.data) if cfg.data else run / "data" / "heldout.jsonl.gz"
     name = output_name(cfg, data.name.removesuffix(".gz").removesuffix(".jsonl"))
     examples, problems = read_examples(data)
@@ -65,10 +65,10 @@ def evaluate_run(cfg, run: Path, run_cfg, scfg, device) -> dict:
         tqdm.write(f"left out {sum(too_long.values())} middles longer than the canvas ({task.canvas_length} tokens "
                    f"with [EOS]): " + ", ".join(f"{k} {n}" for k, n in sorted(too_long.items())))
     out_dir = run / "eval"
-    settings = {"data": str(data), **provenance(cfg), "samples": cfg.samples, "rerank": bool(cfg.rerank),
+    settings = {"data": str(data), **provenance(cfg, run), "samples": cfg.samples, "rerank": bool(cfg.rerank),
                 "sampler": OmegaConf.to_container(scfg)}
     claim_output(out_dir, name, settings, cfg.overwrite)
-    model = load_model(run, run_cfg, checkpoint=cfg.checkpoint, device=device)
+    model = trained_model(cfg, run, run_cfg, device)
     out_dir.mkdir(exist_ok=True)
 
     # --- sample every mode with both lengths, then score (tests in the sandbox) --------------------

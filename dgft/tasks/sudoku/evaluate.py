@@ -20,9 +20,8 @@ from tqdm.auto import tqdm
 
 from dgft.cache import replace_file
 from dgft.config import ConfigError
-from dgft.evaluate import claim_output, made_by, output_name, provenance, provenance_line
+from dgft.evaluate import claim_output, made_by, output_name, provenance, provenance_line, trained_model
 from dgft.metrics import SudokuAccuracy, aggregate, closest_solution, score_answer
-from dgft.runs import load_model
 from dgft.sampling import sample
 from dgft.tasks import get_task
 from dgft.tasks.sudoku import grid as G
@@ -31,7 +30,7 @@ from dgft.train import seed_everything
 
 
 def evaluate_run(cfg, run: Path, run_cfg, scfg, device) -> dict:
-    """`dgft eval RUN [data=PATH]` for a Sudoku run (`dgft.evaluate` has done the shared setup)."""
+    """`dgft eval RUN [data=PATH]` for a Sudoku run or export (`dgft.evaluate` has done the shared setup)."""
     # --- data and model ----------------------------------------------------------------------------
     task = get_task(run_cfg.task)
     data = Path(cfg.data) if cfg.data else run / "data" / "heldout.csv"
@@ -41,11 +40,11 @@ def evaluate_run(cfg, run: Path, run_cfg, scfg, device) -> dict:
         tqdm.write(f"skipped {msg}")
     check_sizes(recs, run_cfg.task.get("sizes"), data)
     out_dir = run / "eval"
-    settings = {"data": str(data), **provenance(cfg), "baseline": bool(cfg.baseline),
+    settings = {"data": str(data), **provenance(cfg, run), "baseline": bool(cfg.baseline),
                 **({"batch_by": "givens"} if cfg.batch_by == "givens" else {}),  # absent: by size, as before it was
                 "sampler": OmegaConf.to_container(scfg)}
     claim_output(out_dir, name, settings, cfg.overwrite)
-    model = load_model(run, run_cfg, checkpoint=cfg.checkpoint, device=device)
+    model = trained_model(cfg, run, run_cfg, device)
     out_dir.mkdir(exist_ok=True)
 
     # --- sample every mode, then the untrained baseline --------------------------------------------

@@ -1,0 +1,79 @@
+"""`dgft eval EXPORT data=PATH`: an export evaluates as its run does (same answers, same figures), without the
+untrained baseline, and its results name the weights they measured and outlive a later export of the run."""
+
+import json
+
+import pytest
+
+from dgft.checkpoint import sha256
+from dgft.cli import main
+
+from test_end_to_end import _train
+
+FIGURES = ("n", "exact", "cell_accuracy", "givens_kept", "rule_violations", "mean_steps")
+
+
+def _eval(where, data, *extra):
+    main(["eval", str(where), f"data={data}", "limit=5", "plot=false", "sampler.steps=12", *extra])
+
+
+def _answers(path):
+    return [(r["row"], r["puzzle"], r["answer"]) for r in map(json.loads, path.read_text().splitlines())]
+
+
+def test_an_export_evaluates_as_its_run_did(tmp_path, capsys):
+    run, export = tmp_path / "run", tmp_path / "run" / "export"
+    _train(tmp_path, run, "sampler.views=2", "sampler.reprompt=true", "noise.known_in_prompt=true")
+    data = run / "data" / "heldout.csv"
+    _eval(run, data)
+    main(["export", str(run)])
+    _eval(export, data)
+    theirs = json.loads((run / "eval" / "heldout.json").read_text())
+    mine = json.loads((export / "eval" / "heldout.json").read_text())
+    assert theirs["baseline"] is True and "baseline_untrained_rules" in theirs  # a run's default
+    assert mine["baseline"] is False and "baseline_untrained_rules" not in mine  # an export's
+    assert set(mine["modes"]) == set(theirs["modes"]) == {"free", "clamped", "rules"}
+    for mode, row in theirs["modes"].items():
+        assert {k: mine["modes"][mode][k] for k in FIGURES} == {k: row[k] for k in FIGURES}, mode
+    theirs_answers = _answers(run / "eval" / "heldout_samples.jsonl")
+    assert _answers(export / "eval" / "heldout_samples.jsonl") == [a for a in theirs_answers if a[0] != "baseline_untrained_rules"]
+    assert mine["export"] == {"step": 4, "weights_sha256": {"model.safetensors": sha256(export / "model.safetensors")}}
+    assert "export" not in theirs
+    assert (export / "eval" / "heldout.md").read_text().count(f"Export {export}, its weights (step 4 of its run)") == 1
+
+    # made again (here: its model card lost), the export keeps its evaluations
+    (export / "README.md").unlink()
+    main(["export", str(run)])
+    assert "exporting again" in capsys.readouterr().out and (export / "README.md").exists()
+    assert json.loads((export / "eval" / "heldout.json").read_text()) == mine
+    # an evaluation of other weights is not replaced by one of these (each result names its weights)
+    mine["export"]["weights_sha256"]["model.safetensors"] = "0" * 64
+    (export / "eval" / "heldout.json").write_text(json.dumps(mine))
+    with pytest.raises(SystemExit) as err:
+        _eval(export, data)
+    assert err.value.code == 2 and "export.weights_sha256" in capsys.readouterr().err
+
+    # what an export cannot serve, each named before any weights load
+    for option, why in (("baseline=true", "does not carry the model before training"),
+                        ("checkpoint=step-000002", "holds one set of weights")):
+        with pytest.raises(SystemExit) as err:
+            _eval(export, data, option, "name=other")
+        assert err.value.code == 2 and why in capsys.readouterr().err
+    with pytest.raises(SystemExit) as err:
+        main(["eval", str(export)])
+    assert err.value.code == 2 and "carries no held-out split: pass data=PATH" in capsys.readouterr().err
+    assert sorted(p.name for p in (export / "eval").iterdir()) == ["heldout.json", "heldout.md",
+                                                                  "heldout_samples.jsonl"]
+
+
+def test_what_is_neither_a_run_nor_an_export_is_named(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit) as err:
+        main(["eval", str(tmp_path / "empty"), "data=x.csv"])
+    assert err.value.code == 2 and "neither a run directory (no config.yaml) nor an export" in capsys.readouterr().err
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "dgft_sampler.json").write_text(json.dumps({"sampler": {}, "noise": {"kind": "uniform"}, "task": {}}))
+    with pytest.raises(SystemExit) as err:
+        main(["eval", str(broken), "data=x.csv"])
+    assert err.value.code == 2 and "no noise.support, task.name key" in capsys.readouterr().err
