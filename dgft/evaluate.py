@@ -21,7 +21,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from dgft.config import ConfigError, SamplerConfig, check_sampler
-from dgft.export import SAMPLER_FILE, exported_weights, is_export, load_export, read_export
+from dgft.export import SAMPLER_FILE, check_export, is_export, load_export, read_export
 from dgft.runs import RunError, checkpoint_dir, load_config, load_model, load_tokenizer, require_weights
 from dgft.tasks import get_task
 from dgft.train import pick_device
@@ -40,7 +40,7 @@ def evaluate(cfg) -> dict:
     scfg = eval_sampler(cfg, run_cfg)
     check_options(cfg, run_cfg, scfg)
     if export:
-        check_export_options(cfg, run)
+        check_export_options(cfg, run_cfg, run)
     elif cfg.checkpoint:  # found and its manifest checked once, before any model loads, as export does
         cfg.checkpoint = str(checkpoint_dir(run, cfg.checkpoint))
     device = pick_device(cfg.device)
@@ -53,12 +53,12 @@ def evaluate(cfg) -> dict:
     return evaluate_run(cfg, run, run_cfg, scfg, device)
 
 
-def check_export_options(cfg, export: Path) -> None:
+def check_export_options(cfg, run_cfg, export: Path) -> None:
     """The eval options an export cannot serve: a ConfigError naming the option and what to do instead."""
     if cfg.checkpoint:
         raise ConfigError(f"checkpoint={cfg.checkpoint}: {export} is an export, which holds one set of weights; "
                           "evaluate the checkpoint in its run, or export it (dgft export RUN checkpoint=step-N)")
-    if cfg.baseline:
+    if cfg.baseline and run_cfg.task.name == "sudoku":  # infill has no baseline, run or export
         raise ConfigError(f"baseline=true: {export} is an export, which does not carry the model before training; "
                           "evaluate its run for the untrained baseline, or pass baseline=false")
     if not cfg.data:
@@ -101,6 +101,8 @@ def claim_output(out_dir: Path, name: str, settings: dict, overwrite: bool) -> N
     `overwrite=true` replaces any; an unreadable result is replaced."""
     import json
 
+    if out_dir.exists() and not out_dir.is_dir():
+        raise RunError(f"{out_dir}: a file where the evaluations' folder goes; move it away")
     old = out_dir / f"{name}.json"
     if overwrite or not old.exists():
         return
@@ -165,7 +167,7 @@ def made_by(data: Path, device) -> dict:
 def provenance(cfg, run: Path) -> dict:
     """What an evaluation's result records about its own options: which weights (an export's: their step and
     sha256, `export`), which sampling seed, how many."""
-    export = {"export": exported_weights(run)} if is_export(run) else {}
+    export = {"export": check_export(run)} if is_export(run) else {}
     return {"checkpoint": str(cfg.checkpoint) if cfg.checkpoint else None, **export, "seed": int(cfg.seed),
             "limit": int(cfg.limit)}
 
@@ -174,7 +176,8 @@ def check_options(cfg, run_cfg, scfg) -> None:
     """Eval options that compose but do not fit the run's task; raises ConfigError naming the key."""
     name = run_cfg.task.name
     if name not in ("sudoku", "infill"):
-        raise ConfigError(f"{cfg.run}: task.name={name!r} in its config.yaml is not a task dgft evaluates")
+        where = SAMPLER_FILE if is_export(Path(cfg.run)) else "config.yaml"
+        raise ConfigError(f"{cfg.run}: task.name={name!r} in its {where} is not a task dgft evaluates")
     out = None if cfg.name is None else str(cfg.name)
     if out is not None and (out in ("", ".", "..") or Path(out).name != out):
         raise ConfigError(f"name={out!r}: must be a plain file name, written as RUN/eval/<name>.json (no "

@@ -333,10 +333,7 @@ def source_hashes(run_dir: Path, rcfg, checkpoint: Path | None) -> dict[str, str
     tokenizer = run_dir / "tokenizer"
     if not tokenizer.is_dir():
         raise RunError(f"{tokenizer}: no tokenizer saved in this run")
-    if not (tokenizer / TOKENIZER_CONFIG).is_file() or not any((tokenizer / f).is_file() for f in TOKENIZER_VOCAB):
-        raise RunError(f"{tokenizer}: incomplete tokenizer (needs {TOKENIZER_CONFIG} and one of "
-                       f"{', '.join(TOKENIZER_VOCAB)}); the export would not load with AutoTokenizer. Restore it, "
-                       f"e.g. from the base model's tokenizer files")
+    require_tokenizer_files(tokenizer)
     files += sorted(p for p in tokenizer.iterdir() if p.is_file())
     out = {os.path.relpath(p, run_dir): ckpt.sha256(p) for p in files}
     if lora and rcfg.model.name != "tiny":
@@ -381,37 +378,56 @@ def read_export(path: str | Path):
                 if k not in missing and f not in settings[k]]
     if missing:
         raise RunError(f"{file}: no {', '.join(missing)} key; is it written by `dgft export`?")
+    if settings["task"].get("tokenizer") is not None:  # the run's tokenizer path, as it was: the export has its own
+        settings["task"]["tokenizer"] = str(Path(path))
     return OmegaConf.create(settings)
 
 
 def load_export(path: str | Path, device="cpu"):
     """An export's model (`from_pretrained`, one-expert models given dgft's plain experts path), in eval mode on
-    `device`; a RunError naming the directory when its weights are not there."""
+    `device`; a RunError naming the directory when its weights are not there or cannot be read."""
     from transformers import DiffusionGemmaForBlockDiffusion
 
     from dgft.model import one_expert_path
+    from dgft.runs import unreadable
 
     path = Path(path)
     if not (path / "config.json").is_file() or not any(path.glob("*.safetensors")):
         raise RunError(f"{path}: an export without its weights (config.json and *.safetensors); run `dgft export` "
                        "again")
-    model = DiffusionGemmaForBlockDiffusion.from_pretrained(str(path), use_safetensors=True)
+    with unreadable(path):
+        model = DiffusionGemmaForBlockDiffusion.from_pretrained(str(path), use_safetensors=True)
     return one_expert_path(model).to(device).eval()
 
 
-def exported_weights(path: str | Path) -> dict:
-    """What an evaluation of an export records about its weights: the run step they are from and each weight file's
-    sha256, as export.json lists them (an export without a readable record: computed here)."""
+def check_export(path: str | Path) -> dict:
+    """An export about to be evaluated, checked: its tokenizer files are there, and every file export.json records
+    is there unchanged (size, sha256), else a RunError naming the file. -> what the evaluation records about the
+    weights: the run step they are from and the sha256 of each weight file `from_pretrained` reads (computed here
+    for an export without a readable export.json, which is said)."""
     path = Path(path)
+    require_tokenizer_files(path)
     try:
         record = json.loads((path / RECORD_FILE).read_text())
-        step, outputs = record.get("step"), record["outputs"]
-        hashes = {name: str(v["sha256"]) for name, v in outputs.items() if name.endswith(".safetensors")}
+        outputs = {str(k): {"bytes": int(v["bytes"]), "sha256": str(v["sha256"])} for k, v in record["outputs"].items()}
+        step = record.get("step")
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        step, hashes = None, {}
-    if not hashes:
-        hashes = {p.name: ckpt.sha256(p) for p in sorted(path.glob("*.safetensors"))}
-    return {"step": step, "weights_sha256": hashes}
+        print(f"{path}: no readable {RECORD_FILE} to check the files against; hashing the weights here")
+        return {"step": None, "weights_sha256": {p.name: ckpt.sha256(p) for p in sorted(path.glob("*.safetensors"))}}
+    changed = ckpt.mismatch(path, outputs)
+    if changed:
+        raise RunError(f"{path}: {changed} ({RECORD_FILE} lists what the export wrote); run `dgft export` again")
+    return {"step": step, "weights_sha256": {name: v["sha256"] for name, v in outputs.items()
+                                            if name.endswith(".safetensors") and "/" not in name}}
+
+
+def require_tokenizer_files(path: Path) -> None:
+    """A tokenizer directory AutoTokenizer loads as it was saved (its config and one vocabulary file), else a RunError;
+    without them AutoTokenizer may fall back to another tokenizer without a word."""
+    if not (path / TOKENIZER_CONFIG).is_file() or not any((path / f).is_file() for f in TOKENIZER_VOCAB):
+        raise RunError(f"{path}: incomplete tokenizer (needs {TOKENIZER_CONFIG} and one of "
+                       f"{', '.join(TOKENIZER_VOCAB)}); the export would not load with AutoTokenizer. Restore it, "
+                       f"e.g. from the base model's tokenizer files")
 
 
 def _stored_dtype(path: Path) -> torch.dtype:
@@ -462,6 +478,9 @@ def _remove_stale(out: Path) -> None:
             os.replace(path, out)
             print(f"{out}: restored the previous export from {path.name} (left by a killed export)")
         else:
+            if match.group(1) == "old" and (path / EVAL_DIR).is_dir() and out.is_dir() and not (out / EVAL_DIR).exists():
+                os.replace(path / EVAL_DIR, out / EVAL_DIR)  # killed between the swap and the move of its evaluations
+                print(f"{out / EVAL_DIR}: moved over from {path.name} (left by a killed export)")
             shutil.rmtree(path, ignore_errors=True)
             print(f"removed {path} (left by a killed export, pid {match.group(2)})")
 

@@ -233,13 +233,13 @@ def load_model(run_dir: str | Path, cfg=None, checkpoint: str | Path | None = No
     cfg = cfg or load_config(run_dir)
     weights = require_weights(run_dir, cfg, checkpoint)
     if cfg.model.finetune == "full":
-        with _unreadable(weights):
+        with unreadable(weights):
             model = one_expert_path(DiffusionGemmaForBlockDiffusion.from_pretrained(str(weights),
                                                                                    use_safetensors=True))
     else:
         quantized = cfg.model.get("quantize", "none") == "nf4"
         base = load_base(run_dir, cfg, device=device if quantized else "cpu")
-        with _unreadable(weights):
+        with unreadable(weights):
             model = load_adapter(base, weights)
     if checkpoint:
         apply_average_(model, checkpoint, cfg)
@@ -247,7 +247,7 @@ def load_model(run_dir: str | Path, cfg=None, checkpoint: str | Path | None = No
 
 
 @contextlib.contextmanager
-def _unreadable(path: Path):
+def unreadable(path: Path):
     """Weights or an adapter that exist but cannot be read (truncated, corrupt JSON): a RunError naming the dir."""
     from safetensors import SafetensorError
 

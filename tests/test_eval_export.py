@@ -66,6 +66,47 @@ def test_an_export_evaluates_as_its_run_did(tmp_path, capsys):
                                                                   "heldout_samples.jsonl"]
 
 
+def test_a_damaged_export_is_named_and_its_evaluations_survive_a_killed_export(tmp_path, capsys):
+    run, export = tmp_path / "run", tmp_path / "run" / "export"
+    _train(tmp_path, run)
+    main(["export", str(run)])
+    data = run / "data" / "heldout.csv"
+    weights = export / "model.safetensors"
+    good = weights.read_bytes()
+    damaged = bytearray(good)
+    damaged[-1] ^= 1
+    weights.write_bytes(bytes(damaged))  # what export.json recorded is not what would be measured
+    with pytest.raises(SystemExit) as err:
+        _eval(export, data, "sampler.modes=[rules]")
+    assert err.value.code == 2 and "model.safetensors changed since it was recorded" in capsys.readouterr().err
+    weights.write_bytes(good[:100])  # truncated, and no record to check against: named, not a traceback
+    (export / "export.json").rename(tmp_path / "export.json")
+    with pytest.raises(SystemExit) as err:
+        _eval(export, data, "sampler.modes=[rules]")
+    assert err.value.code == 2 and f"{export}" in capsys.readouterr().err
+    weights.write_bytes(good)
+    (tmp_path / "export.json").rename(export / "export.json")
+    (export / "tokenizer.json").rename(tmp_path / "tokenizer.json")  # AutoTokenizer would load another one
+    with pytest.raises(SystemExit) as err:
+        _eval(export, data, "sampler.modes=[rules]")
+    assert err.value.code == 2 and "incomplete tokenizer" in capsys.readouterr().err
+    (tmp_path / "tokenizer.json").rename(export / "tokenizer.json")
+    (export / "eval").write_text("not a folder")
+    with pytest.raises(SystemExit) as err:
+        _eval(export, data, "sampler.modes=[rules]")
+    assert err.value.code == 2 and "a file where the evaluations' folder goes" in capsys.readouterr().err
+    (export / "eval").unlink()
+    _eval(export, data, "sampler.modes=[rules]")
+
+    # an export killed between its swap and the move of the evaluations leaves them in .export.old-PID: the next
+    # export moves them over instead of deleting them with the rest
+    dead = tmp_path / "run" / ".export.old-999999999"
+    dead.mkdir()
+    (export / "eval").rename(dead / "eval")
+    main(["export", str(run)])
+    assert (export / "eval" / "heldout.json").is_file() and not dead.exists()
+
+
 def test_what_is_neither_a_run_nor_an_export_is_named(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit) as err:

@@ -157,6 +157,13 @@ def test_text_task_trains_and_evaluates_through_the_cli(tmp_path):
     # the trainer's periodic check scores the text canvas per cell (its layout positions are not blanks)
     checks = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if "clamped" in line]
     assert [c["step"] for c in checks] == [1, 2] and 0 <= checks[0]["9x9_clamped_cell_acc"] <= 1
+    # its export evaluates with the tokenizer it carries, wherever the run's tokenizer went: the same answers
+    main(["export", str(run)])
+    tok_dir.rename(tmp_path / "moved")
+    main(["eval", str(run / "export"), f"data={run / 'data' / 'heldout.csv'}", "limit=2", "plot=false"])
+    answers = [[(r["row"], r["answer"]) for r in map(json.loads, (d / "heldout_samples.jsonl").open())]
+               for d in (run / "eval", run / "export" / "eval")]
+    assert answers[0] == answers[1] and len(answers[0]) == 6
 
 
 def test_mask_noise_with_a_tokenizer_without_a_mask_token_fails_before_training(tmp_path, capsys):
