@@ -276,6 +276,8 @@ class ExportRecipe:
     checkpoint: Optional[str] = None  # export this checkpoint (a dir, or step-N of the run), not the final weights
     atol: float = 1e-4  # max |merged - adapter| logit difference accepted
     max_check_gb: float = 4.0  # 4-bit runs: compare logits only when the base checkpoint is at most this big
+    merge_into: str = "dequantized"  # 4-bit runs: "dequantized" (the 4-bit weights the run trained on, dequantized,
+    # all in bf16 as training held them: the model the run evaluated) or "base" (the unquantized base: another model)
     device: str = "cpu"  # where the run's own model runs for the checks ("cpu", "cuda", "auto")
 
 

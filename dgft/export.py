@@ -41,6 +41,7 @@ EVAL_DIR = "eval"  # `dgft eval EXPORT` writes here; kept when the export is mad
 TOKENIZER_CONFIG = "tokenizer_config.json"
 TOKENIZER_VOCAB = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
 CHECK_SEED, CHECK_BATCH, CHECK_PROMPT = 0, 2, 12
+MERGE_INTO = ("dequantized", "base")  # a 4-bit run's adapter merged into: its 4-bit weights dequantized, the base
 
 
 class ExportError(RunError):
@@ -54,6 +55,8 @@ def export(cfg) -> Path:
     for key in ("atol", "max_check_gb"):  # before minutes of loading and merging
         if not 0 <= cfg[key] < float("inf"):
             raise ConfigError(f"{key}={cfg[key]}: must be a finite number >= 0")
+    if cfg.merge_into not in MERGE_INTO:
+        raise ConfigError(f"merge_into={cfg.merge_into!r}: expected {' or '.join(MERGE_INTO)}")
     run_dir = Path(cfg.run)
     if not run_dir.is_dir():
         raise RunError(f"{run_dir}: no such run directory")
@@ -64,6 +67,8 @@ def export(cfg) -> Path:
     if checkpoint is None:
         require_final(run_dir, rcfg)
     source = source_hashes(run_dir, rcfg, checkpoint)
+    if rcfg.model.get("quantize", "none") == "nf4":  # which model the export is, so another choice exports again
+        source["merge_into"] = cfg.merge_into
     _remove_stale(out)
     if _recorded_source(out) == source:
         stale = _check_outputs(out)
@@ -127,15 +132,17 @@ def export(cfg) -> Path:
 
 
 def export_streaming(cfg, rcfg, run_dir: Path, out: Path, checkpoint, source: dict, device) -> Path:
-    """A LoRA run on a 4-bit base, or on a pretrained base: merge the adapter into the unquantized base shard by
-    shard (`dgft.merge`), keep the base's dtype (bf16 for a released checkpoint: loading the whole model in fp32
-    to merge it would take twice its size in host memory, 104 GB for DiffusionGemma-26B-A4B, and export it at
-    twice the size), and ship the unmerged adapter beside it (`adapter/`), since servers without LoRA support
-    need the merged weights and others prefer the adapter.
+    """A LoRA run on a 4-bit base, or on a pretrained base: merge the adapter into the base shard by shard
+    (`dgft.merge`), keep the base's dtype (bf16 for a released checkpoint: loading the whole model in fp32 to merge it
+    would take twice its size in host memory, 104 GB for DiffusionGemma-26B-A4B, and export it at twice the size),
+    and ship the unmerged adapter beside it (`adapter/`), since servers without LoRA support need the merged weights
+    and others prefer the adapter. A 4-bit run's adapter goes, by default (`merge_into=dequantized`), into the
+    weights the run trained on: each 4-bit weight quantized as training quantized it and dequantized, every weight in
+    bf16 (`dgft.quant.as_trained`); `merge_into=base` merges it into the unquantized base instead, another model.
 
-    Checks, where the base fits in host memory (`max_check_gb`): merged logits vs the adapter on the same
-    unquantized base (the merge itself; must be within atol), and vs the model the run trained (with a 4-bit
-    base: the quantization gap; recorded, not gated).
+    Checks, where the base fits in host memory (`max_check_gb`): merged logits vs the adapter on the same base
+    weights (the merge itself; must be within atol), and vs the model the run trained (recorded, not gated: with a
+    4-bit base, the gap of its bf16 arithmetic, or with `merge_into=base` of the quantization too).
     """
     from transformers import DiffusionGemmaForBlockDiffusion
 
@@ -154,9 +161,13 @@ def export_streaming(cfg, rcfg, run_dir: Path, out: Path, checkpoint, source: di
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
+    weights_of = None
     try:
         try:
-            summary = merge_streaming(base_dir, adapter, tmp)
+            if rcfg.model.get("quantize", "none") == "nf4" and cfg.merge_into == "dequantized":
+                weights_of = _trained_weights(base_dir, rcfg.model.get("quant_group_size", 32))
+            summary = merge_streaming(base_dir, adapter, tmp, dtype=torch.bfloat16 if weights_of else None,
+                                      weights_of=weights_of)
         except (StreamLoadError, MergeError) as err:
             raise ExportError(f"merging {adapter} into the base {base_dir} failed: {err}; nothing was "
                               "exported") from err
@@ -173,6 +184,11 @@ def export_streaming(cfg, rcfg, run_dir: Path, out: Path, checkpoint, source: di
             merged = None
             plain = DiffusionGemmaForBlockDiffusion.from_pretrained(str(base_dir), dtype=torch.float32,
                                                                     use_safetensors=True)
+            if weights_of is not None:  # the same base weights as the merge's
+                with torch.no_grad():
+                    for name, param in plain.named_parameters():
+                        trained = weights_of(name, param.data)
+                        param.copy_((param.to(torch.bfloat16) if trained is None else trained).float())
             plain = load_adapter(plain, adapter)
             reference = check_logits(plain, prompt, mask, canvas)
             stored = _stored_dtype(tmp)
@@ -191,7 +207,7 @@ def export_streaming(cfg, rcfg, run_dir: Path, out: Path, checkpoint, source: di
             checks["quantization_gap_max_abs_diff"] = _max_diff(
                 check_logits(trained, prompt.to(device), mask.to(device), canvas.to(device)).cpu(), got)
         record = {"source": source, "finetune": "lora", "quantize": rcfg.model.get("quantize", "none"),
-                  "merge": summary,
+                  **({"merge_into": cfg.merge_into} if "merge_into" in source else {}), "merge": summary,
                   "checkpoint": str(checkpoint) if checkpoint else None, "step": _step(run_dir, checkpoint),
                   **checks, "atol": cfg.atol, "checked": checks["merged_max_abs_diff"] is not None,
                   "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -214,8 +230,12 @@ def export_streaming(cfg, rcfg, run_dir: Path, out: Path, checkpoint, source: di
             print(f"exported {run_dir} -> {out} (max |logit diff| merged vs peft's merge rounded to the base's dtype "
                   f"alike {checks['merged_max_abs_diff']:.2e}, atol {cfg.atol}; the rounding itself moves the "
                   f"logits {rounding:.2e} from the adapter's, recorded, not checked)")
-        if rcfg.model.get("quantize") == "nf4":
-            print(f"note: the run trained and was evaluated on the 4-bit base; the export merges its adapter into "
+        if rcfg.model.get("quantize") == "nf4" and weights_of is not None:
+            print(f"the adapter is merged into the 4-bit weights the run trained on, dequantized: the export's logits "
+                  f"differ from the trained model's by up to {checks['quantization_gap_max_abs_diff']:.2e} on the "
+                  "check batch (the trained model computes in bf16, the check in fp32)")
+        elif rcfg.model.get("quantize") == "nf4":
+            print(f"note: the run trained and was evaluated on the 4-bit base; merge_into=base merges its adapter into "
                   f"the unquantized base, whose logits differ from the trained model's by up to "
                   f"{checks['quantization_gap_max_abs_diff']:.2e} on the check batch, so the run's evaluations do "
                   "not carry over to the export")
@@ -224,11 +244,46 @@ def export_streaming(cfg, rcfg, run_dir: Path, out: Path, checkpoint, source: di
     return out
 
 
+def _trained_weights(base_dir: Path, group_size: int):
+    """`merge_streaming`'s `weights_of` for a 4-bit run: each checkpoint tensor as the 4-bit base computed with it
+    (`dgft.quant.as_trained`; None for the tensors it holds unquantized). Errors name the base or the tensor."""
+    from transformers import DiffusionGemmaConfig
+
+    from dgft.merge import MergeError
+    from dgft.quant import as_trained, four_bit_slots
+    from dgft.stream import StreamLoadError, shard_files
+
+    shard_files(base_dir)  # an empty or missing base: named as the merge names it
+    try:
+        config = DiffusionGemmaConfig.from_pretrained(str(base_dir))
+    except (OSError, ValueError) as err:
+        raise StreamLoadError(f"{base_dir}: no readable DiffusionGemma config.json ({err})") from err
+    slots = four_bit_slots(config, group_size)
+
+    def weights_of(name, tensor):
+        try:
+            return as_trained(slots, name, tensor)
+        except (ValueError, IndexError) as err:
+            raise MergeError(f"{name} has shape {tuple(tensor.shape)}, which the 4-bit base does not hold "
+                             f"({err})") from None
+
+    return weights_of
+
+
 def _streamed_note(rcfg, checks: dict, cfg) -> str:
     """The model card's sentence on whether the run's figures carry over to a shard-by-shard export."""
-    if rcfg.model.get("quantize") == "nf4":
+    if rcfg.model.get("quantize") == "nf4" and cfg.merge_into == "base":
         return ("The run trained and was evaluated on the 4-bit base; this export is the unquantized base with the "
-                "adapter merged, a different model (export.json records the gap), so these figures do not carry over.")
+                "adapter merged (merge_into=base), a different model (export.json records the gap), so these figures "
+                "do not carry over.")
+    if rcfg.model.get("quantize") == "nf4":
+        gap = checks.get("quantization_gap_max_abs_diff")
+        compared = (f"its logits differ from the trained model's by up to {gap:.1e} on the check batch (export.json; "
+                    "the trained model computes in bf16, the check in fp32)") if gap is not None else (
+            f"its logits were not compared with the trained model's (the base is over max_check_gb={cfg.max_check_gb})")
+        return ("The run trained and was evaluated on the 4-bit base; this export is the adapter merged into those "
+                f"4-bit weights, dequantized, in bf16: the trained model, summed into one set of weights; {compared}. "
+                "These figures are the trained model's.")
     if checks["merged_max_abs_diff"] is None:
         return (f"The base is over max_check_gb={cfg.max_check_gb}, so the export's logits were not compared with the "
                 "run's: these figures are the run's model's, not checked against this export.")

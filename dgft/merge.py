@@ -126,10 +126,12 @@ def _adapter_key(name: str, lora: dict) -> str | None:
     return None
 
 
-def merge_streaming(base_dir, adapter_dir, out_dir, dtype=None, log=print) -> dict:
+def merge_streaming(base_dir, adapter_dir, out_dir, dtype=None, log=print, weights_of=None) -> dict:
     """Write the merged checkpoint to `out_dir` (shards named as the base's); returns a summary.
 
-    dtype None keeps each tensor's dtype (a bf16 checkpoint stays bf16)."""
+    dtype None keeps each tensor's dtype (a bf16 checkpoint stays bf16). `weights_of(name, tensor)`, if given, is
+    what the base computed with in place of a checkpoint tensor (a 4-bit base's dequantized weights,
+    `dgft.quant.as_trained`), or None where that is the tensor itself."""
     from safetensors.torch import save_file
 
     base_dir, out_dir = Path(base_dir).expanduser(), Path(out_dir)
@@ -152,6 +154,8 @@ def merge_streaming(base_dir, adapter_dir, out_dir, dtype=None, log=print) -> di
             current, tensors = file, {}
             log(f"merging {file.name} ({files.index(file) + 1}/{len(files)})")
         tensor = source[:]
+        trained = weights_of(name, tensor) if weights_of is not None else None
+        tensor = tensor if trained is None else trained
         key = _adapter_key(name, lora)
         if key is not None:
             if key in used or _twin(key) in used:

@@ -456,6 +456,37 @@ def place(slots: dict, name: str, source, device) -> bool:
 
 
 @torch.no_grad()
+def as_trained(slots: dict, name: str, tensor: torch.Tensor, dtype=torch.bfloat16) -> torch.Tensor | None:
+    """What a 4-bit base computes with for checkpoint tensor `name`: quantized as `place` quantizes it into its
+    slot, then dequantized, in `dtype` (on the CPU); None if `name` is not one of the base's 4-bit weights.
+
+    Merging a QLoRA adapter into these weights gives the model the run trained and evaluated; merging it into the
+    unquantized ones gives another model."""
+    prefix, _, leaf = name.rpartition(".")
+    slot = slots.get(prefix)
+    if isinstance(slot, NF4Experts):
+        one = NF4Stack(1, *tuple(tensor.shape[1:]), dtype=dtype)  # one expert at a time, as `place` sets them
+        out = torch.empty(tuple(tensor.shape), dtype=dtype)
+        for e in range(tensor.shape[0]):
+            one.set(0, tensor[e])
+            out[e] = one.dequantize(0, 1)[0]
+        return out
+    if leaf == "weight" and slot is not None:
+        layer = nf4_linear(slot.in_features, slot.out_features, dtype)
+        set_linear_weight(layer, tensor, "cpu")
+        return _bnb_functional().dequantize_4bit(layer.weight.data, layer.weight.quant_state).to(dtype)
+    return None
+
+
+def four_bit_slots(config, group_size: int = 32) -> dict:
+    """{name prefix: empty 4-bit module, on the meta device} for every weight a 4-bit base of `config` holds in NF4
+    (`make_slots` on a meta skeleton: no memory), for `as_trained`."""
+    from dgft.stream import skeleton
+
+    return make_slots(skeleton(config), "meta", group_size=group_size)
+
+
+@torch.no_grad()
 def quantize_model_(core, group_size: int = 32):
     """Make an already-loaded bf16 DiffusionGemma's text layers 4-bit in place (tests, small models)."""
     device = core.model.decoder.embed_tokens.weight.device

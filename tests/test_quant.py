@@ -162,6 +162,38 @@ def test_streaming_load_quantizes_experts_and_linears(tmp_path):
     assert cos > 0.8, cos  # random tiny weights are the worst case for 4 bits; bench/ measures the real width
 
 
+def test_as_trained_gives_the_weights_a_4bit_base_computes_with(tmp_path):
+    """`quant.as_trained` (what a 4-bit run's export merges into) equals, to the bit, each weight the streamed 4-bit
+    model dequantizes: its linear projections and every expert; None for what stays unquantized."""
+    import bitsandbytes.functional as F
+
+    from safetensors.torch import load_file
+
+    model = _saved(tmp_path, torch.float32)
+    q = stream.load_streaming(tmp_path, quantize="nf4", device="cpu")
+    slots = quant.four_bit_slots(model.config)
+    tensors = load_file(tmp_path / "model.safetensors")
+    checked = 0
+    for name, tensor in tensors.items():
+        got = quant.as_trained(slots, name, tensor)
+        prefix, _, leaf = name.rpartition(".")
+        module = q.get_submodule(prefix)
+        if isinstance(module, quant.NF4Experts):
+            stack = module.stack(leaf)
+            assert torch.equal(got, stack.dequantize(0, stack.shape[0])), name
+        elif leaf == "weight" and hasattr(module, "quant_state") or hasattr(getattr(module, "weight", None),
+                                                                              "quant_state"):
+            assert torch.equal(got, F.dequantize_4bit(module.weight.data, module.weight.quant_state)), name
+        else:
+            assert got is None, name
+            continue
+        assert got.dtype == torch.bfloat16 and not torch.equal(got.float(), tensor)  # 4 bits moved it
+        checked += 1
+    assert checked == len({n for n in tensors if n.rpartition(".")[0] in slots
+                           and (n.endswith(".weight") or isinstance(slots[n.rpartition(".")[0]], quant.NF4Experts))})
+    assert checked == 16  # 2 layers x (6 projections + 2 expert stacks), stored once for both halves
+
+
 def test_streaming_load_names_what_is_missing(tmp_path):
     from safetensors.torch import load_file, save_file
 
@@ -316,7 +348,36 @@ def test_qlora_train_eval_export_through_the_cli(tmp_path, experts):
     pairs = [k for k in saved if "lora_A" in k]
     assert len([k for k in pairs if ".experts." in k]) == 4 * experts  # 2 layers x (gate_up_proj, down_proj)
     assert record["merge"]["merged_tensors"] == record["merge"]["adapter_modules"] == len(pairs)
-    assert record["quantization_gap_max_abs_diff"] > 0  # the 4-bit training model is not the merged bf16 one
-    assert "so these figures do not carry over" in (run / "export" / "README.md").read_text()  # the card says so
+    assert record["merge_into"] == "dequantized" and "These figures are the trained model's" in \
+        (run / "export" / "README.md").read_text()  # the card says so
     assert (run / "export" / "adapter" / "adapter_config.json").exists()
     DiffusionGemmaForBlockDiffusion.from_pretrained(str(run / "export"))
+    # merged into the unquantized base instead: another model, exported again, and said to be one
+    main(["export", str(run), "merge_into=base"])
+    other = json.loads((run / "export" / "export.json").read_text())
+    assert other["merge_into"] == "base" and other["merged_max_abs_diff"] <= other["atol"]
+    assert "so these figures do not carry over" in (run / "export" / "README.md").read_text()
+
+
+def test_a_4bit_runs_export_is_the_model_it_trained(tmp_path):
+    """The default export of a QLoRA run (merge_into=dequantized) gives the trained model's logits up to its bf16
+    arithmetic; merged into the unquantized base (merge_into=base) it is another model, 16x further off when this
+    was written (one expert, so that no token's route flips between the two and hides the difference)."""
+    import json
+
+    from dgft.cli import main
+
+    run = tmp_path / "run"
+    dims = ["model.hidden_size=64", "model.num_layers=2", "model.num_heads=2", "model.num_kv_heads=1",
+            "model.head_dim=32", "model.intermediate_size=128", "model.moe_intermediate_size=64"]
+    main(["train", f"hydra.run.dir={run}", f"task.cache_dir={tmp_path / 'cache'}", "task.base_puzzles=20",
+          "task.heldout_puzzles=6", "trainer.max_steps=3", "trainer.batch_size=8", "trainer.eval_every=0",
+          "trainer.log_every=1", "sampler.steps=8", "model.finetune=lora", "model.quantize=nf4", *dims,
+          "model.lora.target_experts=true"])
+    gaps = {}
+    for into in ("dequantized", "base"):
+        main(["export", str(run), f"merge_into={into}"])
+        record = json.loads((run / "export" / "export.json").read_text())
+        assert record["merge_into"] == into and record["merged_max_abs_diff"] <= record["atol"]
+        gaps[into] = record["quantization_gap_max_abs_diff"]
+    assert gaps["dequantized"] < gaps["base"] / 5, gaps
