@@ -41,6 +41,8 @@ EVAL_DIR = "eval"  # `dgft eval EXPORT` writes here; kept when the export is mad
 TOKENIZER_CONFIG = "tokenizer_config.json"
 TOKENIZER_VOCAB = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
 CHECK_SEED, CHECK_BATCH, CHECK_PROMPT = 0, 2, 12
+GAP_CAUSES = ("the trained model computes in bf16 with its adapter apart, the export's weights are the sum rounded "
+              "to bf16, and with several experts a token near a routing tie may take another")
 MERGE_INTO = ("dequantized", "base")  # a 4-bit run's adapter merged into: its 4-bit weights dequantized, the base
 
 
@@ -165,9 +167,8 @@ def export_streaming(cfg, rcfg, run_dir: Path, out: Path, checkpoint, source: di
     try:
         try:
             if rcfg.model.get("quantize", "none") == "nf4" and cfg.merge_into == "dequantized":
-                weights_of = _trained_weights(base_dir, rcfg.model.get("quant_group_size", 32))
-            summary = merge_streaming(base_dir, adapter, tmp, dtype=torch.bfloat16 if weights_of else None,
-                                      weights_of=weights_of)
+                weights_of = _trained_weights(base_dir, rcfg.model.get("quant_group_size", 32), device)
+            summary = merge_streaming(base_dir, adapter, tmp, weights_of=weights_of)
         except (StreamLoadError, MergeError) as err:
             raise ExportError(f"merging {adapter} into the base {base_dir} failed: {err}; nothing was "
                               "exported") from err
@@ -184,11 +185,12 @@ def export_streaming(cfg, rcfg, run_dir: Path, out: Path, checkpoint, source: di
             merged = None
             plain = DiffusionGemmaForBlockDiffusion.from_pretrained(str(base_dir), dtype=torch.float32,
                                                                     use_safetensors=True)
-            if weights_of is not None:  # the same base weights as the merge's
+            if weights_of is not None:  # the same base weights as the merge's (buffers stay as they are)
                 with torch.no_grad():
                     for name, param in plain.named_parameters():
                         trained = weights_of(name, param.data)
-                        param.copy_((param.to(torch.bfloat16) if trained is None else trained).float())
+                        if trained is not None:
+                            param.copy_(trained.float())
             plain = load_adapter(plain, adapter)
             reference = check_logits(plain, prompt, mask, canvas)
             stored = _stored_dtype(tmp)
@@ -202,7 +204,8 @@ def export_streaming(cfg, rcfg, run_dir: Path, out: Path, checkpoint, source: di
                 reference = check_logits(plain, prompt, mask, canvas)
             checks["merged_max_abs_diff"] = _max_diff(reference, got)
             plain = None
-            _require(checks["merged_max_abs_diff"], cfg.atol, "merged model vs adapter on the unquantized base")
+            _require(checks["merged_max_abs_diff"], cfg.atol, "merged model vs adapter on the " + (
+                "4-bit base's weights, dequantized" if weights_of is not None else "unquantized base"))
             trained = load_model(run_dir, rcfg, checkpoint=checkpoint, device=device)
             checks["quantization_gap_max_abs_diff"] = _max_diff(
                 check_logits(trained, prompt.to(device), mask.to(device), canvas.to(device)).cpu(), got)
@@ -233,7 +236,7 @@ def export_streaming(cfg, rcfg, run_dir: Path, out: Path, checkpoint, source: di
         if rcfg.model.get("quantize") == "nf4" and weights_of is not None:
             print(f"the adapter is merged into the 4-bit weights the run trained on, dequantized: the export's logits "
                   f"differ from the trained model's by up to {checks['quantization_gap_max_abs_diff']:.2e} on the "
-                  "check batch (the trained model computes in bf16, the check in fp32)")
+                  f"check batch ({GAP_CAUSES}); `dgft eval {out} data=FILE` measures the export itself")
         elif rcfg.model.get("quantize") == "nf4":
             print(f"note: the run trained and was evaluated on the 4-bit base; merge_into=base merges its adapter into "
                   f"the unquantized base, whose logits differ from the trained model's by up to "
@@ -244,28 +247,34 @@ def export_streaming(cfg, rcfg, run_dir: Path, out: Path, checkpoint, source: di
     return out
 
 
-def _trained_weights(base_dir: Path, group_size: int):
-    """`merge_streaming`'s `weights_of` for a 4-bit run: each checkpoint tensor as the 4-bit base computed with it
-    (`dgft.quant.as_trained`; None for the tensors it holds unquantized). Errors name the base or the tensor."""
+def _trained_weights(base_dir: Path, group_size: int, device):
+    """`merge_streaming`'s `weights_of` for a 4-bit run: each checkpoint tensor as training held it (as
+    `dgft.stream.Loader` places it): a 4-bit weight quantized on `device` and dequantized (`dgft.quant.as_trained`),
+    a buffer as it is (None), every other floating tensor in bf16. Errors name the base, or the shard and tensor."""
     from transformers import DiffusionGemmaConfig
 
     from dgft.merge import MergeError
     from dgft.quant import as_trained, four_bit_slots
-    from dgft.stream import StreamLoadError, shard_files
+    from dgft.stream import StreamLoadError, buffer_names, shard_files, skeleton
 
     shard_files(base_dir)  # an empty or missing base: named as the merge names it
+    if not (base_dir / "config.json").is_file():  # transformers would give a default config instead
+        raise StreamLoadError(f"{base_dir}: no config.json")
     try:
         config = DiffusionGemmaConfig.from_pretrained(str(base_dir))
     except (OSError, ValueError) as err:
         raise StreamLoadError(f"{base_dir}: no readable DiffusionGemma config.json ({err})") from err
-    slots = four_bit_slots(config, group_size)
+    slots, buffers = four_bit_slots(config, group_size), buffer_names(skeleton(config))
 
     def weights_of(name, tensor):
         try:
-            return as_trained(slots, name, tensor)
-        except (ValueError, IndexError) as err:
+            trained = as_trained(slots, name, tensor, device=device)
+        except (ValueError, IndexError, TypeError, RuntimeError) as err:
             raise MergeError(f"{name} has shape {tuple(tensor.shape)}, which the 4-bit base does not hold "
                              f"({err})") from None
+        if trained is not None or name in buffers or not tensor.is_floating_point():
+            return trained
+        return tensor.to(torch.bfloat16)
 
     return weights_of
 
@@ -279,11 +288,12 @@ def _streamed_note(rcfg, checks: dict, cfg) -> str:
     if rcfg.model.get("quantize") == "nf4":
         gap = checks.get("quantization_gap_max_abs_diff")
         compared = (f"its logits differ from the trained model's by up to {gap:.1e} on the check batch (export.json; "
-                    "the trained model computes in bf16, the check in fp32)") if gap is not None else (
+                    f"{GAP_CAUSES})") if gap is not None else (
             f"its logits were not compared with the trained model's (the base is over max_check_gb={cfg.max_check_gb})")
         return ("The run trained and was evaluated on the 4-bit base; this export is the adapter merged into those "
-                f"4-bit weights, dequantized, in bf16: the trained model, summed into one set of weights; {compared}. "
-                "These figures are the trained model's.")
+                f"4-bit weights, dequantized, in bf16: the trained model's weights summed into one set; {compared}. "
+                "These figures are the trained model's, with its adapter apart; `dgft eval THIS_DIR data=FILE` "
+                "measures this export itself.")
     if checks["merged_max_abs_diff"] is None:
         return (f"The base is over max_check_gb={cfg.max_check_gb}, so the export's logits were not compared with the "
                 "run's: these figures are the run's model's, not checked against this export.")

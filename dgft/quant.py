@@ -456,25 +456,30 @@ def place(slots: dict, name: str, source, device) -> bool:
 
 
 @torch.no_grad()
-def as_trained(slots: dict, name: str, tensor: torch.Tensor, dtype=torch.bfloat16) -> torch.Tensor | None:
-    """What a 4-bit base computes with for checkpoint tensor `name`: quantized as `place` quantizes it into its
-    slot, then dequantized, in `dtype` (on the CPU); None if `name` is not one of the base's 4-bit weights.
+def as_trained(slots: dict, name: str, tensor: torch.Tensor, dtype=torch.bfloat16, device="cpu") -> torch.Tensor | None:
+    """What a 4-bit base computes with for checkpoint tensor `name`: quantized on `device` as `place` quantizes it into
+    its slot, then dequantized, in `dtype`, on the CPU; None if `name` is not one of the base's 4-bit weights. A
+    tensor of another shape than the slot's is a ValueError.
 
     Merging a QLoRA adapter into these weights gives the model the run trained and evaluated; merging it into the
-    unquantized ones gives another model."""
+    unquantized ones gives another model. Quantized on the device the run trained on, the codes are the run's;
+    bitsandbytes' CUDA kernels may round a code at a bin edge otherwise than its CPU code does."""
     prefix, _, leaf = name.rpartition(".")
     slot = slots.get(prefix)
     if isinstance(slot, NF4Experts):
-        one = NF4Stack(1, *tuple(tensor.shape[1:]), dtype=dtype)  # one expert at a time, as `place` sets them
-        out = torch.empty(tuple(tensor.shape), dtype=dtype)
-        for e in range(tensor.shape[0]):
+        shape = slot.stack(leaf).shape
+        if tuple(tensor.shape) != tuple(shape):
+            raise ValueError(f"shape {tuple(tensor.shape)}, the 4-bit base holds {tuple(shape)} (experts, out, in)")
+        one = NF4Stack(1, *shape[1:], dtype=dtype, device=device)  # one expert at a time, as `place` sets them
+        out = torch.empty(tuple(shape), dtype=dtype)
+        for e in range(shape[0]):
             one.set(0, tensor[e])
-            out[e] = one.dequantize(0, 1)[0]
+            out[e] = one.dequantize(0, 1)[0].cpu()
         return out
     if leaf == "weight" and slot is not None:
         layer = nf4_linear(slot.in_features, slot.out_features, dtype)
-        set_linear_weight(layer, tensor, "cpu")
-        return _bnb_functional().dequantize_4bit(layer.weight.data, layer.weight.quant_state).to(dtype)
+        set_linear_weight(layer, tensor, device)
+        return _bnb_functional().dequantize_4bit(layer.weight.data, layer.weight.quant_state).to(dtype).cpu()
     return None
 
 

@@ -102,6 +102,11 @@ def _buffers(model) -> dict[str, list[tuple[nn.Module, str]]]:
     return found
 
 
+def buffer_names(model) -> set[str]:
+    """The checkpoint names of the model's buffers, which `Loader` keeps in the model's own dtype."""
+    return set(_buffers(model))
+
+
 def _is_vision(name: str) -> bool:
     return ".vision_tower." in name or ".embed_vision." in name
 

@@ -381,3 +381,33 @@ def test_a_4bit_runs_export_is_the_model_it_trained(tmp_path):
         assert record["merge_into"] == into and record["merged_max_abs_diff"] <= record["atol"]
         gaps[into] = record["quantization_gap_max_abs_diff"]
     assert gaps["dequantized"] < gaps["base"] / 5, gaps
+
+    # a buffer stays as training held it (the loader keeps buffers in their own dtype): an fp32 value bf16 cannot
+    # hold is exported as it is, and the gate's reference holds it alike
+    from safetensors.torch import load_file, save_file
+
+    from dgft.export import ExportError, export
+    from dgft.runs import RunError
+
+    base = run / "base" / "model.safetensors"
+    tensors = load_file(base)
+    scalars = [k for k, v in tensors.items() if k.endswith("layer_scalar")]
+    assert scalars and all(tensors[k].dtype == torch.float32 for k in scalars)
+    for k in scalars:
+        tensors[k] = torch.full_like(tensors[k], 0.3)
+    save_file(tensors, base, metadata={"format": "pt"})
+    main(["export", str(run)])
+    exported = load_file(run / "export" / "model.safetensors")
+    assert all(torch.equal(exported[k], tensors[k]) for k in scalars)
+    assert all(v.dtype == torch.bfloat16 for k, v in exported.items() if k not in scalars and v.is_floating_point())
+    # a base the 4-bit slots do not fit, or without its config: named, nothing exported
+    cfg = OmegaConf.create({"run": str(run), "out": None, "checkpoint": None, "atol": 1e-4, "max_check_gb": 4.0,
+                            "merge_into": "dequantized", "device": "cpu"})
+    name = next(k for k in tensors if k.endswith("experts.down_proj"))
+    tensors[name] = torch.zeros(tensors[name].shape[0], tensors[name].shape[1], tensors[name].shape[2] + 64)
+    save_file(tensors, base, metadata={"format": "pt"})
+    with pytest.raises(ExportError, match=f"{name} has shape"):
+        export(cfg)
+    (run / "base" / "config.json").rename(tmp_path / "config.json")
+    with pytest.raises((ExportError, RunError), match="config.json"):
+        export(cfg)
