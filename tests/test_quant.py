@@ -314,6 +314,19 @@ def test_nf4_experts_backward_in_bf16_with_idle_experts():
     assert rel(out, ref) < 0.02 and rel(xb.grad, xr.grad) < 0.03 and rel(wb.grad, wr.grad) < 0.03
 
 
+def _qlora_run(tmp_path, *extra):
+    """A 3-step QLoRA run of a small embedded model through the CLI (CPU) -> its directory."""
+    from dgft.cli import main
+
+    run = tmp_path / "run"
+    main(["train", f"hydra.run.dir={run}", f"task.cache_dir={tmp_path / 'cache'}", "task.base_puzzles=20",
+          "task.heldout_puzzles=6", "trainer.max_steps=3", "trainer.batch_size=8", "trainer.eval_every=0",
+          "trainer.log_every=1", "sampler.steps=8", "model.finetune=lora", "model.quantize=nf4",
+          "model.hidden_size=64", "model.num_layers=2", "model.num_heads=2", "model.num_kv_heads=1",
+          "model.head_dim=32", "model.intermediate_size=128", "model.moe_intermediate_size=64", *extra])
+    return run
+
+
 @pytest.mark.parametrize("experts", [False, True])
 def test_qlora_train_eval_export_through_the_cli(tmp_path, experts):
     """model.quantize=nf4 end to end on the embedded model (CPU): 4-bit base, LoRA (on the 4-bit experts too with
@@ -324,14 +337,8 @@ def test_qlora_train_eval_export_through_the_cli(tmp_path, experts):
 
     from dgft.cli import main
 
-    run = tmp_path / "run"
-    dims = ["model.hidden_size=64", "model.num_layers=2", "model.num_heads=2", "model.num_kv_heads=1",
-            "model.head_dim=32", "model.intermediate_size=128", "model.moe_intermediate_size=64",
-            "model.num_experts=2", "model.top_k_experts=1"]
-    main(["train", f"hydra.run.dir={run}", f"task.cache_dir={tmp_path / 'cache'}", "task.base_puzzles=20",
-          "task.heldout_puzzles=6", "trainer.max_steps=3", "trainer.batch_size=8", "trainer.eval_every=0",
-          "trainer.log_every=1", "sampler.steps=8", "model.finetune=lora", "model.quantize=nf4", *dims,
-          f"model.lora.target_experts={str(experts).lower()}"])
+    run = _qlora_run(tmp_path, "model.num_experts=2", "model.top_k_experts=1",
+                     f"model.lora.target_experts={str(experts).lower()}")
     assert (run / "adapter" / "adapter_config.json").exists() and (run / "base" / "config.json").exists()
     adapter_config = json.loads((run / "adapter" / "adapter_config.json").read_text())
     assert bool(adapter_config["target_parameters"]) == experts
@@ -367,13 +374,7 @@ def test_a_4bit_runs_export_is_the_model_it_trained(tmp_path):
 
     from dgft.cli import main
 
-    run = tmp_path / "run"
-    dims = ["model.hidden_size=64", "model.num_layers=2", "model.num_heads=2", "model.num_kv_heads=1",
-            "model.head_dim=32", "model.intermediate_size=128", "model.moe_intermediate_size=64"]
-    main(["train", f"hydra.run.dir={run}", f"task.cache_dir={tmp_path / 'cache'}", "task.base_puzzles=20",
-          "task.heldout_puzzles=6", "trainer.max_steps=3", "trainer.batch_size=8", "trainer.eval_every=0",
-          "trainer.log_every=1", "sampler.steps=8", "model.finetune=lora", "model.quantize=nf4", *dims,
-          "model.lora.target_experts=true"])
+    run = _qlora_run(tmp_path, "model.lora.target_experts=true")
     gaps = {}
     for into in ("dequantized", "base"):
         main(["export", str(run), f"merge_into={into}"])
