@@ -105,6 +105,18 @@ def test_a_damaged_export_is_named_and_its_evaluations_survive_a_killed_export(t
     (export / "eval").rename(dead / "eval")
     main(["export", str(run)])
     assert (export / "eval" / "heldout.json").is_file() and not dead.exists()
+    # ... but never over evaluations the export already has, nor into an export that is not there
+    (dead / "eval").mkdir(parents=True)
+    (dead / "eval" / "x.json").write_text("{}")
+    before = (export / "eval" / "heldout.json").read_bytes()
+    (export / "README.md").unlink()  # so that the export is made again
+    main(["export", str(run)])
+    assert (export / "eval" / "heldout.json").read_bytes() == before and not (export / "eval" / "x.json").exists()
+    assert not dead.exists()
+    (dead / "eval").mkdir(parents=True)  # a dead export's leftovers without an export.json, and no export at all
+    (export).rename(tmp_path / "was_export")
+    main(["export", str(run)])
+    assert (export / "model.safetensors").is_file() and not dead.exists()
 
 
 def test_what_is_neither_a_run_nor_an_export_is_named(tmp_path, capsys):

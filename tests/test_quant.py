@@ -359,11 +359,18 @@ def test_qlora_train_eval_export_through_the_cli(tmp_path, experts):
         (run / "export" / "README.md").read_text()  # the card says so
     assert (run / "export" / "adapter" / "adapter_config.json").exists()
     DiffusionGemmaForBlockDiffusion.from_pretrained(str(run / "export"))
+    # evaluated as an export, its result names the merged weights it measured, not the adapter shipped beside them
+    main(["eval", str(run / "export"), f"data={run / 'data' / 'heldout.csv'}", "limit=2", "plot=false"])
+    hashes = json.loads((run / "export" / "eval" / "heldout.json").read_text())["export"]["weights_sha256"]
+    assert set(hashes) == {p.name for p in (run / "export").glob("*.safetensors")} and hashes
     # merged into the unquantized base instead: another model, exported again, and said to be one
     main(["export", str(run), "merge_into=base"])
     other = json.loads((run / "export" / "export.json").read_text())
     assert other["merge_into"] == "base" and other["merged_max_abs_diff"] <= other["atol"]
     assert "so these figures do not carry over" in (run / "export" / "README.md").read_text()
+    with pytest.raises(SystemExit) as err:  # a typo is refused, not merged into the base under its name
+        main(["export", str(run), "merge_into=dequantised"])
+    assert err.value.code == 2
 
 
 def test_a_4bit_runs_export_is_the_model_it_trained(tmp_path):
@@ -379,7 +386,7 @@ def test_a_4bit_runs_export_is_the_model_it_trained(tmp_path):
     for into in ("dequantized", "base"):
         main(["export", str(run), f"merge_into={into}"])
         record = json.loads((run / "export" / "export.json").read_text())
-        assert record["merge_into"] == into and record["merged_max_abs_diff"] <= record["atol"]
+        assert record["merge_into"] == into and record["merged_max_abs_diff"] <= 1e-5  # same weights: same logits
         gaps[into] = record["quantization_gap_max_abs_diff"]
     assert gaps["dequantized"] < gaps["base"] / 5, gaps
 
