@@ -57,6 +57,8 @@ def export(cfg) -> Path:
     for key in ("atol", "max_check_gb"):  # before minutes of loading and merging
         if not 0 <= cfg[key] < float("inf"):
             raise ConfigError(f"{key}={cfg[key]}: must be a finite number >= 0")
+    if cfg.get("merge_into") is None:  # a config built by hand, without the option
+        cfg.merge_into = MERGE_INTO[0]
     if cfg.merge_into not in MERGE_INTO:
         raise ConfigError(f"merge_into={cfg.merge_into!r}: expected {' or '.join(MERGE_INTO)}")
     run_dir = Path(cfg.run)
@@ -139,12 +141,13 @@ def export_streaming(cfg, rcfg, run_dir: Path, out: Path, checkpoint, source: di
     would take twice its size in host memory, 104 GB for DiffusionGemma-26B-A4B, and export it at twice the size),
     and ship the unmerged adapter beside it (`adapter/`), since servers without LoRA support need the merged weights
     and others prefer the adapter. A 4-bit run's adapter goes, by default (`merge_into=dequantized`), into the
-    weights the run trained on: each 4-bit weight quantized as training quantized it and dequantized, every weight in
-    bf16 (`dgft.quant.as_trained`); `merge_into=base` merges it into the unquantized base instead, another model.
+    weights the run trained on: each 4-bit weight quantized as training quantized it and dequantized
+    (`dgft.quant.as_trained`), every other weight in bf16, buffers as they are (`_trained_weights`);
+    `merge_into=base` merges it into the unquantized base instead, another model.
 
     Checks, where the base fits in host memory (`max_check_gb`): merged logits vs the adapter on the same base
     weights (the merge itself; must be within atol), and vs the model the run trained (recorded, not gated: with a
-    4-bit base, the gap of its bf16 arithmetic, or with `merge_into=base` of the quantization too).
+    4-bit base, GAP_CAUSES, and with `merge_into=base` the quantization too).
     """
     from transformers import DiffusionGemmaForBlockDiffusion
 
