@@ -20,7 +20,8 @@ import os
 import sys
 from pathlib import Path
 
-COMMANDS = {"train": "train a model (Hydra overrides follow)", "eval": "evaluate a run or an export: dgft eval RUN|EXPORT [data=PATH]",
+COMMANDS = {"train": "train a model (Hydra overrides follow)",
+            "eval": "evaluate a run or an export: dgft eval RUN|EXPORT [data=PATH]",
             "export": "write a standalone merged model: dgft export RUN"}
 USAGE = "usage: dgft {train,eval,export} [RUN] [overrides ...]\n\n" + "\n".join(
     f"  {k:<7} {v}" for k, v in COMMANDS.items()) + ("\n\nEach subcommand takes --help (train: its config groups "

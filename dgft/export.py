@@ -29,7 +29,7 @@ from omegaconf import OmegaConf
 
 from dgft import checkpoint as ckpt
 from dgft.card import model_card
-from dgft.config import ConfigError
+from dgft.config import ConfigError, ExportRecipe
 from dgft.model import denoise, encode, retie_encoder, unwrap
 from dgft.runs import RunError, checkpoint_dir, keeps_average, load_config, load_model, require_final
 from dgft.train import pick_device
@@ -52,13 +52,12 @@ class ExportError(RunError):
 
 def export(cfg) -> Path:
     # --- setup -------------------------------------------------------------------------------------
+    cfg = OmegaConf.merge(OmegaConf.structured(ExportRecipe), cfg)  # a config built by hand: the schema's defaults
     if OmegaConf.is_missing(cfg, "run"):
         raise RunError("no run given: dgft export RUN [out=DIR] [checkpoint=step-N]")
     for key in ("atol", "max_check_gb"):  # before minutes of loading and merging
         if not 0 <= cfg[key] < float("inf"):
             raise ConfigError(f"{key}={cfg[key]}: must be a finite number >= 0")
-    if cfg.get("merge_into") is None:  # a config built by hand, without the option
-        cfg.merge_into = MERGE_INTO[0]
     if cfg.merge_into not in MERGE_INTO:
         raise ConfigError(f"merge_into={cfg.merge_into!r}: expected {' or '.join(MERGE_INTO)}")
     run_dir = Path(cfg.run)
@@ -257,7 +256,7 @@ def _trained_weights(base_dir: Path, group_size: int, device):
     from transformers import DiffusionGemmaConfig
 
     from dgft.merge import MergeError
-    from dgft.quant import as_trained, four_bit_slots
+    from dgft.quant import as_trained, make_slots
     from dgft.stream import StreamLoadError, buffer_names, shard_files, skeleton
 
     shard_files(base_dir)  # an empty or missing base: named as the merge names it
@@ -267,7 +266,9 @@ def _trained_weights(base_dir: Path, group_size: int, device):
         config = DiffusionGemmaConfig.from_pretrained(str(base_dir))
     except (OSError, ValueError) as err:
         raise StreamLoadError(f"{base_dir}: no readable DiffusionGemma config.json ({err})") from err
-    slots, buffers = four_bit_slots(config, group_size), buffer_names(skeleton(config))
+    core = skeleton(config)  # on the meta device: no memory
+    buffers = buffer_names(core)
+    slots = make_slots(core, "meta", group_size=group_size)  # the 4-bit modules `as_trained` quantizes as
 
     def weights_of(name, tensor):
         try:
@@ -546,8 +547,9 @@ def _remove_stale(out: Path) -> None:
             os.replace(path, out)
             print(f"{out}: restored the previous export from {path.name} (left by a killed export)")
         else:
-            if match.group(1) == "old" and (path / EVAL_DIR).is_dir() and out.is_dir() and not (out / EVAL_DIR).exists():
-                os.replace(path / EVAL_DIR, out / EVAL_DIR)  # killed between the swap and the move of its evaluations
+            evaluations = path / EVAL_DIR  # killed between the swap and the move of its evaluations: moved over
+            if match.group(1) == "old" and evaluations.is_dir() and out.is_dir() and not (out / EVAL_DIR).exists():
+                os.replace(evaluations, out / EVAL_DIR)
                 print(f"{out / EVAL_DIR}: moved over from {path.name} (left by a killed export)")
             shutil.rmtree(path, ignore_errors=True)
             print(f"removed {path} (left by a killed export, pid {match.group(2)})")

@@ -456,7 +456,8 @@ def place(slots: dict, name: str, source, device) -> bool:
 
 
 @torch.no_grad()
-def as_trained(slots: dict, name: str, tensor: torch.Tensor, dtype=torch.bfloat16, device="cpu") -> torch.Tensor | None:
+def as_trained(slots: dict, name: str, tensor: torch.Tensor, dtype=torch.bfloat16,
+               device="cpu") -> torch.Tensor | None:
     """What a 4-bit base computes with for checkpoint tensor `name`: quantized on `device` as `place` quantizes it into
     its slot, then dequantized, in `dtype`, on the CPU; None if `name` is not one of the base's 4-bit weights. A
     tensor of another shape than the slot's is a ValueError.
@@ -481,14 +482,6 @@ def as_trained(slots: dict, name: str, tensor: torch.Tensor, dtype=torch.bfloat1
         set_linear_weight(layer, tensor, device)
         return _bnb_functional().dequantize_4bit(layer.weight.data, layer.weight.quant_state).to(dtype).cpu()
     return None
-
-
-def four_bit_slots(config, group_size: int = 32) -> dict:
-    """{name prefix: empty 4-bit module, on the meta device} for every weight a 4-bit base of `config` holds in NF4
-    (`make_slots` on a meta skeleton: no memory), for `as_trained`."""
-    from dgft.stream import skeleton
-
-    return make_slots(skeleton(config), "meta", group_size=group_size)
 
 
 @torch.no_grad()

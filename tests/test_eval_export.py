@@ -36,7 +36,8 @@ def test_an_export_evaluates_as_its_run_did(tmp_path, capsys):
     for mode, row in theirs["modes"].items():
         assert {k: mine["modes"][mode][k] for k in FIGURES} == {k: row[k] for k in FIGURES}, mode
     theirs_answers = _answers(run / "eval" / "heldout_samples.jsonl")
-    assert _answers(export / "eval" / "heldout_samples.jsonl") == [a for a in theirs_answers if a[0] != "baseline_untrained_rules"]
+    assert _answers(export / "eval" / "heldout_samples.jsonl") == [a for a in theirs_answers
+                                                                   if a[0] != "baseline_untrained_rules"]
     assert mine["export"] == {"step": 4, "weights_sha256": {"model.safetensors": sha256(export / "model.safetensors")}}
     assert "export" not in theirs
     assert (export / "eval" / "heldout.md").read_text().count(f"Export {export}, its weights (step 4 of its run)") == 1
