@@ -81,6 +81,7 @@ def recipe_step(overrides: list[str]) -> Step:
     from dgft import train as T
     from dgft.cli import compose_train
     from dgft.model import count_parameters, torch_dtype, unwrap
+    from dgft.optim import make_optimizer
     from dgft.tasks import get_task
 
     cfg = compose_train(overrides)
@@ -98,7 +99,7 @@ def recipe_step(overrides: list[str]) -> Step:
     vocab_size = unwrap(model).config.get_text_config().vocab_size
     trainable, total = count_parameters(model)
     params = [p for p in {id(p): p for p in model.parameters()}.values() if p.requires_grad]
-    opt = T.make_optimizer(params, cfg.trainer, device)
+    opt = make_optimizer(model.named_parameters(), cfg.trainer, device)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, T.lr_lambda(cfg.trainer))
     model.train()
 

@@ -177,7 +177,9 @@ class TrainerConfig:
     eval_puzzles: int = 64  # held-out puzzles (infill: examples) per periodic evaluation (> 0 unless eval_every=0)
     ckpt_every: int = 500  # steps between checkpoints (0: only the final one)
     keep_last: int = 2  # checkpoints kept (>= 1: the newest valid one is never deleted)
-    optimizer: str = "adamw"  # "adamw" (torch, fused on CUDA) or "paged_adamw_8bit" (bitsandbytes; CUDA only)
+    optimizer: str = "adamw"  # "adamw" (torch, fused on CUDA), "paged_adamw_8bit" (bitsandbytes; CUDA only) or "muon"
+    # (torch's Muon on the hidden weight matrices, AdamW on the rest: dgft.optim)
+    muon_lr: float = 0.0  # optimizer=muon: the matrices' learning rate (0: trainer.lr, as the rest has)
     log_every: int = 10  # steps between logged training rows (> 0; step 1 is always logged)
     num_threads: int = 0  # torch CPU threads (0: torch's default)
     ema_decay: float = 0.0  # > 0: evaluate and save an exponential moving average of the weights (dgft.ema)
@@ -312,7 +314,7 @@ _CHOICES = {
     "model.finetune": ("full", "lora"),
     "model.quantize": ("none", "nf4"),
     "model.dtype": ("auto", "bf16", "fp32"),
-    "trainer.optimizer": ("adamw", "paged_adamw_8bit"),
+    "trainer.optimizer": ("adamw", "paged_adamw_8bit", "muon"),
     "noise.kind": ("uniform", "mask"),
     "noise.support": ("answer", "vocab"),
     "noise.loss_weight": ("flat", "inv_t"),
@@ -323,7 +325,8 @@ _POSITIVE = ["trainer.max_steps", "trainer.batch_size", "trainer.grad_accum", "t
              "model.lora.r", "model.lora.alpha", "model.quant_group_size", "noise.t_power"]
 _FRACTIONS = ["noise.eps", "noise.self_conditioning_p", "trainer.min_lr_ratio"]
 _NON_NEGATIVE = ["trainer.weight_decay", "trainer.warmup_steps", "trainer.eval_every", "trainer.eval_puzzles",
-                 "trainer.ckpt_every", "trainer.time_limit_min", "trainer.num_threads", "noise.encoder_ar_weight"]
+                 "trainer.ckpt_every", "trainer.time_limit_min", "trainer.muon_lr", "trainer.num_threads",
+                 "noise.encoder_ar_weight"]
 # the architecture of a model built from the config (model.name=tiny); a pretrained one reads its checkpoint's
 _TINY_POSITIVE = ["model.hidden_size", "model.num_layers", "model.num_heads", "model.num_kv_heads", "model.head_dim",
                   "model.intermediate_size", "model.num_experts", "model.top_k_experts", "model.moe_intermediate_size"]
@@ -568,6 +571,9 @@ def _validate_model(get) -> None:
         raise ConfigError(f"model.lora.dropout={get('model.lora.dropout')}: LoRA on the fused experts "
                           "(model.lora.target_experts=true) has no dropout (peft's target_parameters refuses it, "
                           "and dgft's 4-bit experts follow peft); set model.lora.dropout=0")
+    if get("trainer.muon_lr") and get("trainer.optimizer") != "muon":
+        raise ConfigError(f"trainer.muon_lr={get('trainer.muon_lr')!r}: only trainer.optimizer=muon has it (it is "
+                          f"{get('trainer.optimizer')!r})")
     if get("trainer.optimizer") == "paged_adamw_8bit":
         import torch
 

@@ -2,7 +2,7 @@
 
 Each step: draw micro-batches, corrupt their canvases (t ~ U(eps, 1)), optionally a no-grad decoder pass
 whose logits self-condition the graded pass (probability p per example), cross-entropy on the scored
-positions normalised by their count over the whole accumulation window, AdamW with warmup + cosine.
+positions normalised by their count over the whole accumulation window, AdamW (or Muon: dgft.optim) with warmup + cosine.
 With `trainer.time_limit_min` the cosine follows the time used when that is further along than the steps, so
 a run ends at the schedule's floor whatever the device's speed. On CUDA a step waits for the device only when
 it logs (batches go through pinned memory, losses stay on the device until then).
@@ -32,6 +32,7 @@ from dgft import runs
 from dgft.cache import replace_file
 from dgft.config import validate
 from dgft.ema import EMA
+from dgft.optim import make_optimizer
 from dgft.loss import denoising_loss, encoder_ar_loss, loss_count
 from dgft.model import (attach_lora, attention_layout, build_tiny, count_parameters, denoise, encode, forbid_answers,
                         load_pretrained, load_quantized, prompt_logits, quantize_tiny_, require_path, torch_dtype,
@@ -92,16 +93,6 @@ def lr_lambda(tcfg, elapsed_s=lambda: 0.0):
         progress = min(1.0, progress)
         return tcfg.min_lr_ratio + (1 - tcfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
     return f
-
-
-def make_optimizer(params, tcfg, device):
-    """AdamW over the trainable parameters: torch's (fused on CUDA) or bitsandbytes' paged 8-bit one."""
-    kwargs = dict(lr=tcfg.lr, weight_decay=tcfg.weight_decay, betas=(0.9, 0.98))
-    if tcfg.optimizer == "paged_adamw_8bit":
-        import bitsandbytes as bnb
-
-        return bnb.optim.PagedAdamW8bit(params, **kwargs)
-    return torch.optim.AdamW(params, fused=device.type == "cuda", **kwargs)
 
 
 def train(cfg, run_dir: str | Path, overrides: Sequence[str] = ()) -> Path | None:
@@ -207,7 +198,7 @@ def _train(cfg, run_dir: Path, overrides: Sequence[str]) -> Path | None:
     vocab_size = unwrap(model).config.get_text_config().vocab_size
     trainable, total = count_parameters(model)
     params = [p for p in {id(p): p for p in model.parameters()}.values() if p.requires_grad]
-    opt = make_optimizer(params, cfg.trainer, device)
+    opt = make_optimizer(model.named_parameters(), cfg.trainer, device)
     ema = EMA(params, cfg.trainer.ema_decay) if cfg.trainer.ema_decay else None
     averaged = ema.applied if ema else contextlib.nullcontext  # the weights evaluated and saved
     clock = {"start": time.time(), "before": 0.0}  # training seconds: this session's, plus those before a resume

@@ -57,6 +57,10 @@ BAD = [
     (["noise=mask", "task.wrong_known_p=0.5"], "task.wrong_known_p"),
     # MDLM's 1/t is the ELBO weight only for t drawn uniformly
     (["noise=mask", "noise.loss_weight=inv_t", "noise.t_power=2"], "noise.t_power"),
+    # a rate for matrices that AdamW trains at trainer.lr: ignored without a word
+    (["trainer.muon_lr=0.01"], "trainer.muon_lr"),
+    (["trainer.optimizer=muon", "trainer.muon_lr=-0.01"], "trainer.muon_lr"),
+    (["trainer.optimizer=sgd"], "trainer.optimizer"),
 ]
 
 
@@ -74,6 +78,7 @@ def test_bad_value_names_the_key(overrides, key):
     (["model.num_kv_heads=3"], "model.num_heads"),
     (["model.top_k_experts=2"], "model.num_experts"),
     (["trainer.eval_puzzles=0"], "trainer.eval_every"),
+    (["trainer.muon_lr=0.01"], "trainer.optimizer"),
 ])
 def test_a_conflict_names_both_keys(overrides, other):
     with pytest.raises(ConfigError, match=_key(other)):
@@ -91,6 +96,7 @@ def test_a_conflict_names_both_keys(overrides, other):
     ["task.blank_fraction=[0.5,0.5]"],
     ["noise=mask", "noise.loss_weight=inv_t"],
     ["noise=mask", "noise.loss_weight=flat", "noise.t_power=2"],  # flat cross-entropy at any density of t
+    ["trainer.optimizer=muon", "trainer.muon_lr=0.006"],
 ])
 def test_edge_values_that_work_pass(overrides):
     validate(_compose("train", overrides))

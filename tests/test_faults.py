@@ -42,8 +42,9 @@ def _losses(run):
 
 @pytest.mark.parametrize("finetune,extra,kill_at", [
     ("full", [], 3), ("full", [], 5), ("lora", [], 4), ("full", ["trainer.ema_decay=0.9"], 6),
-    ("lora", ["model.lora.dropout=0.2"], 4)],  # dropout draws from torch's global generator: restored too
-    ids=["full-kill3", "full-kill5", "lora-kill4", "ema-kill6", "lora-dropout-kill4"])
+    ("lora", ["model.lora.dropout=0.2"], 4),  # dropout draws from torch's global generator: restored too
+    ("full", ["trainer.optimizer=muon"], 5)],  # two optimizers' states (dgft.optim.Chained)
+    ids=["full-kill3", "full-kill5", "lora-kill4", "ema-kill6", "lora-dropout-kill4", "muon-kill5"])
 def test_sigkill_then_resume_is_bitwise_identical(tmp_path, finetune, extra, kill_at):
     """Killed after the step that follows a checkpoint (3, 5) or on a step whose checkpoint was not written yet (4,
     6; checkpoints every 2 steps). With trainer.ema_decay the saved model is the average, so it also checks that the
