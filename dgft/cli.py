@@ -144,7 +144,32 @@ def main(argv: list[str] | None = None) -> None:
     else:
         _run_comes_first(command, rest)
     sys.argv = [f"dgft {command}"] + rest
+    if command == "train" and {"-h", "--help"} & set(rest):
+        _help_without_schemas(_run)
+        return
     _run()
+
+
+def _help_without_schemas(run_hydra) -> None:
+    """Hydra's `dgft train --help`, less the `*_schema` options of the config groups: a task's schema is stored in
+    the `task` group for composition (recipes/task/*.yaml extend it), not as a task to pick."""
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            run_hydra()
+    finally:
+        groups, sep, config = out.getvalue().partition("== Config ==")
+        lines = []
+        for line in groups.splitlines(keepends=True):
+            group, colon, options = line.partition(": ")
+            if colon and "_schema" in options and " " not in group:
+                kept = [o for o in options.strip().split(", ") if not o.endswith("_schema")]
+                line = f"{group}: {', '.join(kept)}\n"
+            lines.append(line)
+        print("".join(lines) + sep + config, end="")
 
 
 HELP = {

@@ -571,6 +571,9 @@ def _validate_model(get) -> None:
         raise ConfigError(f"model.lora.dropout={get('model.lora.dropout')}: LoRA on the fused experts "
                           "(model.lora.target_experts=true) has no dropout (peft's target_parameters refuses it, "
                           "and dgft's 4-bit experts follow peft); set model.lora.dropout=0")
+    if get("trainer.optimizer") == "muon" and get("model.finetune") == "lora":
+        raise ConfigError("trainer.optimizer=muon: for full fine-tuning only (model.finetune=lora trains rank-r "
+                          "factors, which Muon was not made for and dgft has not measured it on); use adamw")
     if get("trainer.muon_lr") and get("trainer.optimizer") != "muon":
         raise ConfigError(f"trainer.muon_lr={get('trainer.muon_lr')!r}: only trainer.optimizer=muon has it (it is "
                           f"{get('trainer.optimizer')!r})")

@@ -6,7 +6,8 @@
   AdamW on the rest: embeddings (tied with the output head), the router, norms, scalars and 3-D expert stacks, as
   Muon's authors prescribe (torch's Muon takes 2-D parameters only). Muon's step is scaled to AdamW's usual size
   (`adjust_lr_fn="match_rms_adamw"`), so both can take the same `trainer.lr`; `trainer.muon_lr` gives the matrices
-  their own. Both take `trainer.weight_decay`.
+  their own. Both take `trainer.weight_decay`. For full fine-tuning only: LoRA's rank-r factors (and the experts'
+  factors, stacked over experts) are not what Muon was made for, and validation refuses the pair.
 
 Example: `opt = make_optimizer(model.named_parameters(), cfg.trainer, device)`; a `LambdaLR` on `opt` scales every
 parameter group, whichever optimizer holds it.
@@ -17,7 +18,7 @@ from __future__ import annotations
 import torch
 
 ADAMW_BETAS = (0.9, 0.98)
-MUON_SKIPS = ("embed", "lm_head", "router")  # 2-D, but not weight matrices between hidden states
+MUON_SKIPS = ("embed", "lm_head", "router", "experts")  # 2-D, but not one weight matrix between hidden states
 
 
 def muon_split(named_params) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -35,12 +36,16 @@ class Chained(torch.optim.Optimizer):
     """Several optimizers stepped, zeroed, saved and scheduled as one.
 
     `param_groups` is read through to the optimizers' own groups (also after `load_state_dict` replaces them), so an
-    LR scheduler on this object sets every group's rate.
+    LR scheduler on this object sets every group's rate. Groups cannot be added, and torch's step hooks are not
+    there: `Optimizer.__init__` is not run, since it would copy the groups.
     """
 
-    def __init__(self, **optimizers: torch.optim.Optimizer):  # noqa: super().__init__ would copy the groups
+    def __init__(self, **optimizers: torch.optim.Optimizer):
         self.optimizers = optimizers
         self.defaults = {}
+
+    def add_param_group(self, param_group: dict) -> None:
+        raise NotImplementedError("Chained: add the group to one of its optimizers (Chained.optimizers)")
 
     @property
     def param_groups(self) -> list[dict]:
@@ -81,10 +86,13 @@ def make_optimizer(named_params, tcfg, device) -> torch.optim.Optimizer:
     kwargs = dict(lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     if tcfg.optimizer == "muon":
         matrices, rest = muon_split(named_params)
-        optimizers = {"muon": torch.optim.Muon(matrices, adjust_lr_fn="match_rms_adamw",
-                                               **{**kwargs, "lr": tcfg.muon_lr or tcfg.lr})}
+        if not matrices:
+            raise ValueError("trainer.optimizer=muon: no trainable 2-D weight matrix for Muon; use adamw")
+        optimizers = {}  # AdamW first: its group's rate (trainer.lr) is the one logged as `lr`, as in other runs
         if rest:
             optimizers["adamw"] = torch.optim.AdamW(rest, betas=ADAMW_BETAS, fused=device.type == "cuda", **kwargs)
+        optimizers["muon"] = torch.optim.Muon(matrices, adjust_lr_fn="match_rms_adamw",
+                                              **{**kwargs, "lr": tcfg.muon_lr or tcfg.lr})
         return Chained(**optimizers)
     params = [p for _, p in named_params if p.requires_grad]
     if tcfg.optimizer == "paged_adamw_8bit":

@@ -2,7 +2,7 @@
 
 Each step: draw micro-batches, corrupt their canvases (t ~ U(eps, 1)), optionally a no-grad decoder pass
 whose logits self-condition the graded pass (probability p per example), cross-entropy on the scored
-positions normalised by their count over the whole accumulation window, AdamW (or Muon: dgft.optim) with warmup + cosine.
+positions normalised by their count over the whole accumulation window, AdamW (or Muon: dgft.optim), warmup + cosine.
 With `trainer.time_limit_min` the cosine follows the time used when that is further along than the steps, so
 a run ends at the schedule's floor whatever the device's speed. On CUDA a step waits for the device only when
 it logs (batches go through pinned memory, losses stay on the device until then).
@@ -258,7 +258,7 @@ def _train(cfg, run_dir: Path, overrides: Sequence[str]) -> Path | None:
             ar_total += extra.detach() / len(micro)
             window["tokens"] += int(m["tokens"])
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.trainer.max_grad_norm)
-        lr_used = sched.get_last_lr()[0]  # the rate this step took (after sched.step() it is the next one's)
+        lr_used = sched.get_last_lr()  # the rates this step took (after sched.step() they are the next one's)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
@@ -277,13 +277,15 @@ def _train(cfg, run_dir: Path, overrides: Sequence[str]) -> Path | None:
             tok_s = window["tokens"] / max(now - window["start"] - window["paused"], 1e-9)
             window.update(start=now, tokens=0, paused=0.0)
             bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tok_s:,.0f}")
-            row = {"step": step, "loss": loss, "lr": lr_used, "grad_norm": float(grad_norm),
+            row = {"step": step, "loss": loss, "lr": lr_used[0], "grad_norm": float(grad_norm),
                    "tokens_per_s": tok_s, "elapsed_s": elapsed_s()}
+            if cfg.trainer.optimizer == "muon":  # the matrices' rate (trainer.muon_lr), the last group's
+                row["muon_lr"] = lr_used[-1]
             if cfg.noise.encoder_ar_weight > 0:  # the weighted AR term, which `loss` (denoising) leaves out
                 row["encoder_ar_loss"] = float(ar_total)
             metrics.write(json.dumps(row) + "\n")
             metrics.flush()
-            for k in ("loss", "lr", "grad_norm", "tokens_per_s", "encoder_ar_loss"):
+            for k in ("loss", "lr", "muon_lr", "grad_norm", "tokens_per_s", "encoder_ar_loss"):
                 if k in row:
                     writer.add_scalar(f"train/{k}", row[k], step)
         paused = time.perf_counter()

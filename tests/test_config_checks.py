@@ -61,6 +61,7 @@ BAD = [
     (["trainer.muon_lr=0.01"], "trainer.muon_lr"),
     (["trainer.optimizer=muon", "trainer.muon_lr=-0.01"], "trainer.muon_lr"),
     (["trainer.optimizer=sgd"], "trainer.optimizer"),
+    (["trainer.optimizer=muon", "model.finetune=lora"], "trainer.optimizer"),  # rank-r factors: not measured
 ]
 
 

@@ -142,6 +142,11 @@ def test_eval_of_a_run_without_weights_names_the_weights_not_the_data(tmp_path, 
 def test_help(capsys):
     main(["--help"])
     assert "train" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # the groups' options, without the schemas composition extends
+        main(["train", "--help"])
+    groups, _, config = capsys.readouterr().out.partition("== Config ==")
+    assert "task: infill, sudoku\n" in groups and "recipe: infill, sudoku," in groups and "_schema" not in groups
+    assert "lr: 0.003" in config
     for command, option in (("eval", "batch_by=size"), ("export", "atol=")):  # no config groups: not train's
         with pytest.raises(SystemExit):
             main([command, "--help"])

@@ -43,7 +43,7 @@ def _losses(run):
 @pytest.mark.parametrize("finetune,extra,kill_at", [
     ("full", [], 3), ("full", [], 5), ("lora", [], 4), ("full", ["trainer.ema_decay=0.9"], 6),
     ("lora", ["model.lora.dropout=0.2"], 4),  # dropout draws from torch's global generator: restored too
-    ("full", ["trainer.optimizer=muon"], 5)],  # two optimizers' states (dgft.optim.Chained)
+    ("full", ["trainer.optimizer=muon", "trainer.muon_lr=0.006"], 5)],  # two optimizers' states (dgft.optim.Chained)
     ids=["full-kill3", "full-kill5", "lora-kill4", "ema-kill6", "lora-dropout-kill4", "muon-kill5"])
 def test_sigkill_then_resume_is_bitwise_identical(tmp_path, finetune, extra, kill_at):
     """Killed after the step that follows a checkpoint (3, 5) or on a step whose checkpoint was not written yet (4,
@@ -64,6 +64,9 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path, finetune, extra, kil
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), f"weights differ after kill at step {kill_at} and resume"
     assert _losses(ref) == _losses(killed)
+    if "trainer.optimizer=muon" in extra:  # both rates logged, trainer.lr's (0.003) as `lr`
+        rows = [json.loads(x) for x in (ref / "metrics.jsonl").read_text().splitlines()]
+        assert all(r["muon_lr"] == pytest.approx(2 * r["lr"]) for r in rows if "loss" in r)
     if "trainer.ema_decay=0.9" in extra:  # the saved model is the average, not the last weights (those are in the
         # final checkpoint)
         last = load_file(str(ckpt.latest_valid(ref) / "model.safetensors"))

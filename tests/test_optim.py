@@ -59,7 +59,32 @@ def test_muon_takes_the_hidden_matrices_and_adamw_the_rest():
     assert len(opt.param_groups) == 2
     assert [g["lr"] for g in opt.param_groups] == [0.01, 0.01]
     opt = make_optimizer(net.named_parameters(), _cfg(muon_lr=0.03), CPU)  # the matrices' own rate
-    assert [o.param_groups[0]["lr"] for o in opt.optimizers.values()] == [0.03, 0.01]
+    assert {name: o.param_groups[0]["lr"] for name, o in opt.optimizers.items()} == {"adamw": 0.01, "muon": 0.03}
+    assert opt.param_groups[0]["lr"] == 0.01  # AdamW's group first: the rate logged as `lr` is trainer.lr
+
+
+def test_the_split_on_the_tiny_diffusiongemma():
+    """By the real model's names: Muon takes attention, MLP and self-conditioning matrices; the tied embedding,
+    `router.proj`, the 3-D expert stacks and every norm and scalar go to AdamW."""
+    from omegaconf import OmegaConf
+
+    from dgft.cli import recipes_dir
+    from dgft.model import build_tiny
+
+    mcfg = OmegaConf.load(recipes_dir() / "model" / "tiny.yaml")
+    model = build_tiny(mcfg, vocab_size=40)
+    muon, adamw = muon_split(model.named_parameters())
+    names = {id(p): name for name, p in model.named_parameters()}
+    muon_names = {names[id(p)] for p in muon}
+    adamw_names = {names[id(p)] for p in adamw}
+    layer = "model.encoder.language_model.layers.0."
+    for part in ("self_attn.q_proj.weight", "self_attn.o_proj.weight", "mlp.gate_proj.weight", "mlp.down_proj.weight"):
+        assert layer + part in muon_names
+    assert "model.decoder.self_conditioning.up_proj.weight" in muon_names
+    for part in ("router.proj.weight", "experts.gate_up_proj", "experts.down_proj", "input_layernorm.weight"):
+        assert layer + part in adamw_names
+    assert "model.encoder.language_model.embed_tokens.weight" in adamw_names
+    assert all(p.ndim == 2 for p in muon) and not any("embed" in n or "router" in n for n in muon_names)
 
 
 def test_muon_trains_and_its_step_is_orthogonalised():
