@@ -165,10 +165,11 @@ def export_streaming(cfg, rcfg, run_dir: Path, out: Path, checkpoint, source: di
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    weights_of = None
+    four_bit = rcfg.model.get("quantize", "none") == "nf4"
+    weights_of = None  # four_bit and merge_into=dequantized: the 4-bit weights, dequantized, in place of the base's
     try:
         try:
-            if rcfg.model.get("quantize", "none") == "nf4" and cfg.merge_into == "dequantized":
+            if four_bit and cfg.merge_into == "dequantized":
                 weights_of = _trained_weights(base_dir, rcfg.model.get("quant_group_size", 32), device)
             summary = merge_streaming(base_dir, adapter, tmp, weights_of=weights_of)
         except (StreamLoadError, MergeError) as err:
@@ -235,11 +236,11 @@ def export_streaming(cfg, rcfg, run_dir: Path, out: Path, checkpoint, source: di
             print(f"exported {run_dir} -> {out} (max |logit diff| merged vs peft's merge rounded to the base's dtype "
                   f"alike {checks['merged_max_abs_diff']:.2e}, atol {cfg.atol}; the rounding itself moves the "
                   f"logits {rounding:.2e} from the adapter's, recorded, not checked)")
-        if rcfg.model.get("quantize") == "nf4" and weights_of is not None:
+        if weights_of is not None:
             print(f"the adapter is merged into the 4-bit weights the run trained on, dequantized: the export's logits "
                   f"differ from the trained model's by up to {checks['quantization_gap_max_abs_diff']:.2e} on the "
                   f"check batch ({GAP_CAUSES}); `dgft eval {out} data=FILE` measures the export itself")
-        elif rcfg.model.get("quantize") == "nf4":
+        elif four_bit:
             print(f"note: the run trained and was evaluated on the 4-bit base; merge_into=base merges its adapter into "
                   f"the unquantized base, whose logits differ from the trained model's by up to "
                   f"{checks['quantization_gap_max_abs_diff']:.2e} on the check batch, so the run's evaluations do "
