@@ -17,6 +17,7 @@ Hydra never changes the working directory.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -93,7 +94,8 @@ def main(argv: list[str] | None = None) -> None:
     if command in ("eval", "export") and {"-h", "--help"} & set(rest):
         print(_option_help(command))
         sys.exit(0)
-    if command in ("eval", "export") and rest and "=" not in rest[0] and not rest[0].startswith("-"):
+    if command in ("eval", "export") and rest and not rest[0].startswith("-") and (
+            "=" not in rest[0] or Path(rest[0]).is_dir()):  # a run folder with '=' in its name is the run too
         rest = [f"run={_quote(rest[0])}"] + rest[1:]
 
     import hydra
@@ -306,7 +308,10 @@ def _remove_if_empty(run_dir: Path) -> None:
 
 def _quote(path: str) -> str:
     # Hydra's override grammar needs quotes around paths with characters such as ':' or spaces.
-    return f"'{path}'" if any(c in path for c in " :,=[]{}()'\"") else path
+    # Inside the quotes a quote is escaped (and a backslash before one, or at the end, is doubled).
+    if not any(c in path for c in " :,=[]{}()'\"\\"):
+        return path
+    return "'" + re.sub(r"(\\*)('|$)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), path) + "'"
 
 
 if __name__ == "__main__":

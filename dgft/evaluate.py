@@ -21,8 +21,8 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from dgft.config import ConfigError, SamplerConfig, check_sampler
-from dgft.export import SAMPLER_FILE, check_export, is_export, load_export, read_export
-from dgft.runs import RunError, checkpoint_dir, load_config, load_model, load_tokenizer, require_weights
+from dgft.export import SAMPLER_FILE, check_export, is_export, load_export, read_settings
+from dgft.runs import RunError, checkpoint_dir, load_model, load_tokenizer, require_weights
 from dgft.tasks import get_task
 from dgft.train import pick_device
 
@@ -31,10 +31,7 @@ def evaluate(cfg) -> dict:
     if OmegaConf.is_missing(cfg, "run"):
         raise ConfigError("no run given: dgft eval RUN|EXPORT [data=PATH] [overrides ...]")
     run = real_run_dir(Path(cfg.run))
-    export = is_export(run)
-    if not export and run.is_dir() and not (run / "config.yaml").exists():
-        raise RunError(f"{run}: neither a run directory (no config.yaml) nor an export (no {SAMPLER_FILE})")
-    run_cfg = read_export(run) if export else load_config(run)
+    run_cfg, export = read_settings(run)
     if cfg.baseline is None:  # an export does not carry the model before training
         cfg.baseline = not export
     scfg = eval_sampler(cfg, run_cfg)

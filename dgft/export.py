@@ -434,6 +434,17 @@ def is_export(path: str | Path) -> bool:
     return (Path(path) / SAMPLER_FILE).is_file()
 
 
+def read_settings(path: str | Path):
+    """-> (the config `dgft eval` and `dgft.solve` sample with, whether `path` is an export): an export's
+    SAMPLER_FILE or a run's config.yaml; a RunError naming the folder when it is neither."""
+    path = Path(path)
+    if is_export(path):
+        return read_export(path), True
+    if path.is_dir() and not (path / "config.yaml").exists():
+        raise RunError(f"{path}: neither a run directory (no config.yaml) nor an export (no {SAMPLER_FILE})")
+    return load_config(path), False
+
+
 def read_export(path: str | Path):
     """An export's sampling settings (SAMPLER_FILE: its run's sampler, noise and task), as a config with the keys a
     run's config.yaml gives `dgft eval` and `dgft.solve`; a RunError naming the file when they are not there."""
@@ -448,9 +459,37 @@ def read_export(path: str | Path):
                 if k not in missing and f not in settings[k]]
     if missing:
         raise RunError(f"{file}: no {', '.join(missing)} key; is it written by `dgft export`?")
+    _type_sections(settings, file)
     if settings["task"].get("tokenizer") is not None:  # the run's tokenizer path, as it was: the export has its own
         settings["task"]["tokenizer"] = str(Path(path))
     return OmegaConf.create(settings)
+
+
+def _type_sections(settings: dict, file: Path) -> None:
+    """The task and sampler sections of an export's settings typed with their schemas, in place: a key this version
+    does not know or a value of the wrong type is a RunError naming the key; a key left out (a hand edit, an export
+    from before the setting) takes its default, and the keys so filled are printed."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    from dgft.config import TASK_SCHEMAS, SamplerConfig
+
+    schema = TASK_SCHEMAS.get(settings["task"]["name"])
+    if schema is None:
+        raise RunError(f"{file}: task.name={settings['task']['name']!r}: expected one of {', '.join(TASK_SCHEMAS)}")
+    filled = []
+    for section, cls in (("task", schema), ("sampler", SamplerConfig)):
+        typed = OmegaConf.structured(cls)
+        filled += [f"{section}.{k}={OmegaConf.select(typed, k)}" for k in typed
+                   if k not in settings[section] and k != "cache_dir"]
+        try:
+            settings[section] = OmegaConf.to_container(OmegaConf.merge(typed, settings[section]))
+        except (OmegaConfBaseException, ValueError) as err:
+            key = getattr(err, "full_key", None)
+            why = str(getattr(err, "msg", err)).splitlines()[0]  # OmegaConf appends the key and type on more lines
+            raise RunError(f"{file}: {section}.{key + ': ' if key else ''}{why} (written by another version of dgft, "
+                           "or edited?)") from err
+    if filled:
+        print(f"{file}: no {', '.join(f.split('=')[0] for f in filled)}; using the defaults: {', '.join(filled)}")
 
 
 def load_export(path: str | Path, device="cpu"):

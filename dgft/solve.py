@@ -23,7 +23,6 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from dgft.config import ConfigError
-from dgft.runs import RunError
 
 
 class Solver:
@@ -73,19 +72,13 @@ class Solver:
 
 def load_solver(path: str | Path, device: str = "auto") -> Solver:
     """A Solver for an export directory (it has `dgft_sampler.json`) or a `dgft train` run directory."""
-    from dgft.export import SAMPLER_FILE, is_export, load_export, read_export
-    from dgft.runs import load_config, load_model
+    from dgft.export import load_export, read_settings
+    from dgft.runs import load_model
     from dgft.train import pick_device
 
     path = Path(path)
     dev = pick_device(device)
-    export = is_export(path)
-    if export:
-        settings = read_export(path)
-    elif (path / "config.yaml").exists():
-        settings = load_config(path)
-    else:
-        raise RunError(f"{path}: neither an export (no {SAMPLER_FILE}) nor a run directory (no config.yaml)")
+    settings, export = read_settings(path)
     if settings.task.name != "sudoku" or settings.task.get("tokens", "cell") == "text":
         raise ConfigError(f"{path}: task {settings.task.name!r} (tokens={settings.task.get('tokens')}): "
                           "dgft.solve is for Sudoku models with cell or digit tokens")

@@ -711,11 +711,17 @@ def _install_signal_handlers(stop: dict) -> None:
 
 def _link_latest(run_dir: Path) -> None:
     """outputs/<name>/latest -> the newest run, so `dgft eval outputs/sudoku/latest` works; to the run itself when
-    it was reached through the link (`resume=outputs/sudoku/latest`), never to the link."""
+    it was reached through the link (`resume=outputs/sudoku/latest`), never to the link. With `hydra.run.dir`
+    elsewhere, a `latest` beside the run that dgft did not make (a file, a folder, a link out of the folder or to
+    something not a run) is left as it is."""
     run_dir = run_dir.resolve()
     link = run_dir.parent / "latest"
     try:
         if link.is_symlink():
+            target = os.readlink(link)
+            sibling = run_dir.parent / target
+            if os.sep in target or (sibling.exists() and not (sibling / "run.json").is_file()):
+                return  # not a link dgft wrote: those name a run beside it
             link.unlink()
         if not link.exists():
             link.symlink_to(run_dir.name, target_is_directory=True)

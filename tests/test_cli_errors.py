@@ -49,6 +49,25 @@ def test_eval_names_a_bad_device(tmp_path, capsys):
     assert err.value.code == 2 and "device='cdua': expected auto, cpu, cuda or cuda:N" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("name", ["lr=0.01", "it's a=b", "back\\slash'", "plain"])
+def test_a_run_folder_with_grammar_characters_in_its_name_is_the_run(tmp_path, capsys, name):
+    """`dgft eval outputs/sudoku/lr=0.01`: a first argument that names a folder is the run, '=' or quotes and all
+    (without the folder, `x=y` stays an override); the run is read (its device checked), not parsed as a key."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    from dgft.cli import _quote
+    from tests.conftest import tiny_cfg
+
+    assert OverridesParser.create().parse_override(f"run={_quote(name)}").value() == name
+    run = tmp_path / name
+    run.mkdir()
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(tiny_cfg()))
+    with pytest.raises(SystemExit) as err:
+        main(["eval", str(run), "device=cdua"])
+    assert err.value.code == 2 and "device='cdua': expected auto, cpu, cuda or cuda:N" in capsys.readouterr().err
+
+
 
 def _train(tmp_path, run, *extra):
     from tests.test_eval_weights import _train as train_tiny

@@ -131,3 +131,39 @@ def test_what_is_neither_a_run_nor_an_export_is_named(tmp_path, capsys):
     with pytest.raises(SystemExit) as err:
         main(["eval", str(broken), "data=x.csv"])
     assert err.value.code == 2 and "no noise.support, task.name key" in capsys.readouterr().err
+
+
+def test_an_edited_sampler_file_is_typed_key_by_key(tmp_path, capsys):
+    """A hand-edited dgft_sampler.json: a key left out takes its default and is said; a wrong type or an unknown key
+    is refused, naming the key, through `dgft eval` as through dgft.solve."""
+    from omegaconf import OmegaConf
+
+    from dgft.export import read_export, sampler_settings
+    from dgft.runs import RunError
+    from tests.conftest import tiny_cfg
+
+    written = sampler_settings(OmegaConf.create(OmegaConf.to_container(tiny_cfg())))
+    export = tmp_path / "export"
+    export.mkdir()
+    file = export / "dgft_sampler.json"
+
+    def edited(section, change):
+        settings = json.loads(json.dumps(written))
+        change(settings[section])
+        file.write_text(json.dumps(settings))
+
+    edited("task", lambda task: task.pop("tokens"))
+    capsys.readouterr()
+    assert read_export(export).task.tokens == "cell"
+    assert "no task.tokens; using the defaults: task.tokens=cell" in capsys.readouterr().out
+    edited("sampler", lambda sampler: sampler.update(views="many"))
+    with pytest.raises(RunError, match=r"dgft_sampler.json: sampler.views: Value 'many' of type 'str' could not be "
+                                       r"converted to Integer \(written by another version of dgft, or edited\?\)$"):
+        read_export(export)
+    edited("sampler", lambda sampler: sampler.update(viewz=3))
+    with pytest.raises(SystemExit) as err:
+        main(["eval", str(export), "data=x.csv"])
+    assert err.value.code == 2 and "sampler.viewz: Key 'viewz' not in 'SamplerConfig'" in capsys.readouterr().err
+    edited("task", lambda task: task.update(name="chess"))
+    with pytest.raises(RunError, match="task.name='chess': expected one of sudoku, infill"):
+        read_export(export)

@@ -204,3 +204,32 @@ def test_a_sweep_trains_each_job_and_checks_them_all_first(tmp_path):
     assert out.returncode != 0 and "Traceback" not in out.stderr
     assert "sweep job" in out.stderr and "trainer.lr=-1" in out.stderr and "no job was started" in out.stderr
     assert not bad.exists()
+
+
+def test_the_latest_link_moves_between_runs_and_leaves_a_latest_it_did_not_make(tmp_path):
+    from dgft.train import _link_latest
+
+    def run(name):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "run.json").write_text("{}")
+        return tmp_path / name
+
+    link = tmp_path / "latest"
+    _link_latest(run("a"))
+    assert link.is_symlink() and link.readlink() == Path("a")
+    _link_latest(run("b"))
+    assert link.readlink() == Path("b")
+    link.unlink()
+    link.symlink_to("gone")  # a run deleted since: dgft's own link, replaced
+    _link_latest(run("c"))
+    assert link.readlink() == Path("c")
+    for theirs in (tmp_path.parent, "notes"):  # a link out of the folder; one to a folder that is not a run
+        (tmp_path / "notes").mkdir(exist_ok=True)
+        link.unlink()
+        link.symlink_to(theirs)
+        _link_latest(tmp_path / "c")
+        assert link.readlink() == Path(theirs)
+    link.unlink()
+    link.mkdir()  # a folder of the user's
+    _link_latest(tmp_path / "c")
+    assert link.is_dir() and not link.is_symlink()
