@@ -307,12 +307,11 @@ def _remove_if_empty(run_dir: Path) -> None:
 
 
 def _quote(path: str) -> str:
-    # Hydra's override grammar needs quotes around paths with characters such as ':' or spaces.
-    # Inside the quotes a quote is escaped (and a backslash before one, or at the end, is doubled).
-    if not any(c in path for c in " :,=[]{}()'\"\\"):
-        return path
-    return "'" + re.sub(r"(\\*)('|$)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), path) + "'"
-
+    # Quoted, Hydra's override grammar reads a path as it is (unquoted, `10` or `true` would turn into a number or a
+    # boolean, and `#` or `é` would not parse), but for two escapes: a quote (and the backslashes before one, or at
+    # the end, doubled) and an interpolation's `${`.
+    body = re.sub(r"(\\*)('|$)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), path)
+    return "'" + body.replace("${", "\\${") + "'"
 
 if __name__ == "__main__":
     main()

@@ -304,7 +304,7 @@ def typed_train_config(saved, source=None) -> DictConfig:
         return OmegaConf.merge(OmegaConf.structured(TrainRecipe(task=schema())), saved)
     except (OmegaConfBaseException, ValueError) as err:  # a key this version does not know, or a wrong type
         key = getattr(err, "full_key", None)
-        why = str(getattr(err, "msg", err)).splitlines()[0]  # OmegaConf appends the key and type on more lines
+        why = (str(getattr(err, "msg", err)).splitlines() or [""])[0]  # OmegaConf adds the key, type on more lines
         raise ConfigError(f"{where}{key + ': ' if key else ''}{why} (written by another version of dgft? a resumed "
                           "run keeps its saved config)") from err
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from dgft.config import ConfigError, SamplerConfig, check_sampler
-from dgft.export import SAMPLER_FILE, check_export, is_export, load_export, read_settings
+from dgft.export import check_export, is_export, load_export, read_settings
 from dgft.runs import RunError, checkpoint_dir, load_model, load_tokenizer, require_weights
 from dgft.tasks import get_task
 from dgft.train import pick_device
@@ -108,12 +108,15 @@ def claim_output(out_dir: Path, name: str, settings: dict, overwrite: bool) -> N
     except (OSError, ValueError):
         return
     now = json.loads(json.dumps(settings))  # as it will read back (tuples as lists)
+    # a sampler key one record lacks (made before the setting, or from an export's file without it) is its default
+    defaults = {"sampler": json.loads(json.dumps(asdict(SamplerConfig())))}
     diff = []
     for key, value in now.items():
         was = before.get(key)
         if isinstance(value, dict) and isinstance(was, dict):
+            default = defaults.get(key, {})
             diff += [f"{key}.{k} {was.get(k)!r} -> {value.get(k)!r}" for k in sorted(set(value) | set(was))
-                     if was.get(k) != value.get(k)]
+                     if was.get(k, default.get(k)) != value.get(k, default.get(k))]
         elif was != value:
             diff.append(f"{key} {was!r} -> {value!r}")
     if diff:
@@ -172,9 +175,8 @@ def provenance(cfg, run: Path) -> dict:
 def check_options(cfg, run_cfg, scfg) -> None:
     """Eval options that compose but do not fit the run's task; raises ConfigError naming the key."""
     name = run_cfg.task.name
-    if name not in ("sudoku", "infill"):
-        where = SAMPLER_FILE if is_export(Path(cfg.run)) else "config.yaml"
-        raise ConfigError(f"{cfg.run}: task.name={name!r} in its {where} is not a task dgft evaluates")
+    if name not in ("sudoku", "infill"):  # an export's file with another task is refused as it is read
+        raise ConfigError(f"{cfg.run}: task.name={name!r} in its config.yaml is not a task dgft evaluates")
     out = None if cfg.name is None else str(cfg.name)
     if out is not None and (out in ("", ".", "..") or Path(out).name != out):
         raise ConfigError(f"name={out!r}: must be a plain file name, written as RUN/eval/<name>.json (no "

@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -473,7 +474,8 @@ def _type_sections(settings: dict, file: Path) -> None:
 
     from dgft.config import TASK_SCHEMAS, SamplerConfig
 
-    schema = TASK_SCHEMAS.get(settings["task"]["name"])
+    name = settings["task"]["name"]
+    schema = TASK_SCHEMAS.get(name) if isinstance(name, str) else None
     if schema is None:
         raise RunError(f"{file}: task.name={settings['task']['name']!r}: expected one of {', '.join(TASK_SCHEMAS)}")
     filled = []
@@ -485,11 +487,13 @@ def _type_sections(settings: dict, file: Path) -> None:
             settings[section] = OmegaConf.to_container(OmegaConf.merge(typed, settings[section]))
         except (OmegaConfBaseException, ValueError) as err:
             key = getattr(err, "full_key", None)
-            why = str(getattr(err, "msg", err)).splitlines()[0]  # OmegaConf appends the key and type on more lines
+            why = (str(getattr(err, "msg", err)).splitlines() or [""])[0]  # OmegaConf adds the key, type on more lines
             raise RunError(f"{file}: {section}.{key + ': ' if key else ''}{why} (written by another version of dgft, "
                            "or edited?)") from err
+    settings["task"].pop("cache_dir", None)  # as sampler_settings writes it: where the training machine cached data
     if filled:
-        print(f"{file}: no {', '.join(f.split('=')[0] for f in filled)}; using the defaults: {', '.join(filled)}")
+        print(f"{file}: no {', '.join(f.split('=')[0] for f in filled)}; using the defaults: {', '.join(filled)}",
+              file=sys.stderr)
 
 
 def load_export(path: str | Path, device="cpu"):

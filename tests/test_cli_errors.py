@@ -49,8 +49,8 @@ def test_eval_names_a_bad_device(tmp_path, capsys):
     assert err.value.code == 2 and "device='cdua': expected auto, cpu, cuda or cuda:N" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["lr=0.01", "it's a=b", "back\\slash'", "plain"])
-def test_a_run_folder_with_grammar_characters_in_its_name_is_the_run(tmp_path, capsys, name):
+@pytest.mark.parametrize("name", ["lr=0.01", "it's a=b", "back\\slash'", "plain", "10", "a#b", "${x}"])
+def test_a_run_folder_with_grammar_characters_in_its_name_is_the_run(tmp_path, capsys, monkeypatch, name):
     """`dgft eval outputs/sudoku/lr=0.01`: a first argument that names a folder is the run, '=' or quotes and all
     (without the folder, `x=y` stays an override); the run is read (its device checked), not parsed as a key."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -59,13 +59,18 @@ def test_a_run_folder_with_grammar_characters_in_its_name_is_the_run(tmp_path, c
     from dgft.cli import _quote
     from tests.conftest import tiny_cfg
 
-    assert OverridesParser.create().parse_override(f"run={_quote(name)}").value() == name
+    parsed = OverridesParser.create().parse_override(f"run={_quote(name)}").value()
+    assert OmegaConf.create({"run": parsed}).run == name  # as the config reads it back (an escaped "${" unescaped)
     run = tmp_path / name
     run.mkdir()
     (run / "config.yaml").write_text(OmegaConf.to_yaml(tiny_cfg()))
     with pytest.raises(SystemExit) as err:
         main(["eval", str(run), "device=cdua"])
     assert err.value.code == 2 and "device='cdua': expected auto, cpu, cuda or cuda:N" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        main(["eval", "x=y"])  # no folder of that name: an override, which the eval schema does not have
+    assert "Could not override 'x'" in capsys.readouterr().err
 
 
 

@@ -155,7 +155,7 @@ def test_an_edited_sampler_file_is_typed_key_by_key(tmp_path, capsys):
     edited("task", lambda task: task.pop("tokens"))
     capsys.readouterr()
     assert read_export(export).task.tokens == "cell"
-    assert "no task.tokens; using the defaults: task.tokens=cell" in capsys.readouterr().out
+    assert "no task.tokens; using the defaults: task.tokens=cell" in capsys.readouterr().err
     edited("sampler", lambda sampler: sampler.update(views="many"))
     with pytest.raises(RunError, match=r"dgft_sampler.json: sampler.views: Value 'many' of type 'str' could not be "
                                        r"converted to Integer \(written by another version of dgft, or edited\?\)$"):

@@ -326,3 +326,8 @@ def test_a_result_names_its_settings_and_is_not_replaced_by_other_ones(tmp_path)
         claim_output(tmp_path, "p", other, overwrite=False)
     claim_output(tmp_path, "p", other, overwrite=True)
     assert [f.name for f in tmp_path.iterdir()] == ["p.json"]  # no temporary left
+    # a record made before a sampler setting existed (or from an export's file without it): the key is its default
+    replace_file(tmp_path / "p.json", json.dumps(other))
+    claim_output(tmp_path, "p", {**other, "sampler": {**other["sampler"], "passes": 1}}, overwrite=False)
+    with pytest.raises(ConfigError, match=r"sampler\.passes None -> 2\)"):
+        claim_output(tmp_path, "p", {**other, "sampler": {**other["sampler"], "passes": 2}}, overwrite=False)

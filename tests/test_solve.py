@@ -55,5 +55,5 @@ def test_a_4x4_model_refuses_9x9_puzzles_and_its_card_shows_a_4x4_one(tmp_path):
 
 
 def test_what_is_not_a_model_is_named(tmp_path):
-    with pytest.raises(RunError, match="neither a run directory \(no config.yaml\) nor an export"):
+    with pytest.raises(RunError, match=r"neither a run directory \(no config.yaml\) nor an export"):
         load_solver(tmp_path)
