@@ -38,7 +38,8 @@ def plot_loss(metrics_path: str | Path, out: str | Path) -> None:
         ax.plot(s, l, color="C0", marker=marker, label="train loss (scored tokens)")
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy")
-    ax.set_yscale("log")
+    if any(loss > 0 for _, loss in train):  # a loss of 0 throughout (a perfect model) stays on a linear axis
+        ax.set_yscale("log")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
