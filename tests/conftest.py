@@ -1,5 +1,8 @@
 """Shared fixtures: tiny real DiffusionGemma models and configs (CPU, seconds)."""
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -7,6 +10,19 @@ from omegaconf import OmegaConf
 from dgft.config import TrainRecipe
 
 torch.set_num_threads(1)  # tiny models: one thread is as fast, and immune to oversubscription
+
+
+def shared_dir() -> Path:
+    """The workspace's shared folder (benchmarks): $DGFT_SHARED, else `shared/` beside the checkout, else these
+    machines' /work/shared; tests that read it skip where none of them exists."""
+    here = Path(__file__).resolve().parents[2] / "shared"
+    for candidate in (os.environ.get("DGFT_SHARED"), here, "/work/shared"):
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate)
+    return here
+
+
+SHARED = shared_dir()
 
 # Test tokenizers for the pretrained (chat) path: the embedded model's special ids, then Gemma's turn markers,
 # and a Gemma-like chat template (test_sudoku_text.py, test_infill_chat.py)

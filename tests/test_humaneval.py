@@ -4,14 +4,14 @@ import gzip
 import itertools
 import json
 import math
-from pathlib import Path
 
 import pytest
 
 from dgft.tasks.infill.humaneval import (InfillFileError, Problem, Sample, evaluate_samples, exact_match,
                                          pass_at_k, program, read_problems, read_samples)
+from tests.conftest import SHARED
 
-BENCH = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "infill"
+BENCH = SHARED / "benchmarks" / "infill"
 needs_bench = pytest.mark.skipif(not (BENCH / "HumanEval-SingleLineInfilling.jsonl.gz").exists(),
                                  reason=f"no benchmark files in {BENCH}")
 PROBLEM = {"task_id": "test/0", "entry_point": "return1", "prompt": "def return1():\n", "suffix": "1",

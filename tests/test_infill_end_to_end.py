@@ -10,10 +10,11 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer, DiffusionGemmaForBlockDiffusion
 
 from dgft.cli import main
+from tests.conftest import SHARED
 
 TINY = ["model.hidden_size=32", "model.num_layers=2", "model.num_heads=2", "model.num_kv_heads=1",
         "model.head_dim=16", "model.intermediate_size=64", "model.moe_intermediate_size=32"]
-BENCH = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "infill" / "HumanEval-SingleLineInfilling.jsonl.gz"
+BENCH = SHARED / "benchmarks" / "infill" / "HumanEval-SingleLineInfilling.jsonl.gz"
 PROBLEMS = [  # short middles that fit the tiny canvas, after the benchmark's first problems when it is there
     {"task_id": "test/0", "entry_point": "return1", "prompt": "def return1():\n", "suffix": "1",
      "canonical_solution": "    return ", "test": "def check(candidate):\n    assert candidate() == 1"},

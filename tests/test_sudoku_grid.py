@@ -2,7 +2,6 @@
 
 import csv
 import itertools
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,8 +26,9 @@ from dgft.tasks.sudoku.grid import (
     with_givens,
     with_givens_batch,
 )
+from tests.conftest import SHARED
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "sudoku"  # ../shared beside the checkout
+BENCHMARKS = SHARED / "benchmarks" / "sudoku"
 needs_benchmarks = pytest.mark.skipif(not BENCHMARKS.is_dir(), reason="benchmark files not present")
 
 SOLVED_4 = from_string("1234" "3412" "2143" "4321")

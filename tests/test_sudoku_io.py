@@ -1,14 +1,13 @@
 """Reading and writing Sudoku puzzle files: formats, bad lines, benchmark files."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from dgft.tasks.sudoku.grid import from_string, is_solution, to_string
 from dgft.tasks.sudoku.io import PuzzleFileError, SudokuRecord, read_puzzles, write_puzzles
+from tests.conftest import SHARED
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "sudoku"  # ../shared beside the checkout
+BENCHMARKS = SHARED / "benchmarks" / "sudoku"
 needs_benchmarks = pytest.mark.skipif(not BENCHMARKS.is_dir(), reason="benchmark files not present")
 
 PUZZLE_4 = "3102200002100320"  # first row of d1's 4x4 set
