@@ -313,5 +313,6 @@ def _quote(path: str) -> str:
     body = re.sub(r"(\\*)('|$)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), path)
     return "'" + body.replace("${", "\\${") + "'"
 
+
 if __name__ == "__main__":
     main()

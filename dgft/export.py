@@ -477,7 +477,7 @@ def _type_sections(settings: dict, file: Path) -> None:
     name = settings["task"]["name"]
     schema = TASK_SCHEMAS.get(name) if isinstance(name, str) else None
     if schema is None:
-        raise RunError(f"{file}: task.name={settings['task']['name']!r}: expected one of {', '.join(TASK_SCHEMAS)}")
+        raise RunError(f"{file}: task.name={name!r}: expected one of {', '.join(TASK_SCHEMAS)}")
     filled = []
     for section, cls in (("task", schema), ("sampler", SamplerConfig)):
         typed = OmegaConf.structured(cls)
