@@ -303,10 +303,16 @@ def typed_train_config(saved, source=None) -> DictConfig:
     try:
         return OmegaConf.merge(OmegaConf.structured(TrainRecipe(task=schema())), saved)
     except (OmegaConfBaseException, ValueError) as err:  # a key this version does not know, or a wrong type
-        key = getattr(err, "full_key", None)
-        why = (str(getattr(err, "msg", err)).splitlines() or [""])[0]  # OmegaConf adds the key, type on more lines
-        raise ConfigError(f"{where}{key + ': ' if key else ''}{why} (written by another version of dgft? a resumed "
-                          "run keeps its saved config)") from err
+        raise ConfigError(f"{where}{merge_problem(err)} (written by another version of dgft? a resumed run keeps its "
+                          "saved config)") from err
+
+
+def merge_problem(err: Exception) -> str:
+    """What an OmegaConf merge onto a schema refused, in one line: "key: message" (OmegaConf's own message adds the
+    key and the type on more lines), or the message alone when it names no key."""
+    key = getattr(err, "full_key", None)
+    why = (str(getattr(err, "msg", err)).splitlines() or [""])[0]
+    return f"{key}: {why}" if key else why
 
 
 # --- range checks ---------------------------------------------------------------------------------

@@ -472,7 +472,7 @@ def _type_sections(settings: dict, file: Path) -> None:
     from before the setting) takes its default, and the keys so filled are printed."""
     from omegaconf.errors import OmegaConfBaseException
 
-    from dgft.config import TASK_SCHEMAS, SamplerConfig
+    from dgft.config import TASK_SCHEMAS, SamplerConfig, merge_problem
 
     name = settings["task"]["name"]
     schema = TASK_SCHEMAS.get(name) if isinstance(name, str) else None
@@ -486,10 +486,8 @@ def _type_sections(settings: dict, file: Path) -> None:
         try:
             settings[section] = OmegaConf.to_container(OmegaConf.merge(typed, settings[section]))
         except (OmegaConfBaseException, ValueError) as err:
-            key = getattr(err, "full_key", None)
-            why = (str(getattr(err, "msg", err)).splitlines() or [""])[0]  # OmegaConf adds the key, type on more lines
-            raise RunError(f"{file}: {section}.{key + ': ' if key else ''}{why} (written by another version of dgft, "
-                           "or edited?)") from err
+            raise RunError(f"{file}: {section}.{merge_problem(err)} (written by another version of dgft, or "
+                           "edited?)") from err
     settings["task"].pop("cache_dir", None)  # as sampler_settings writes it: where the training machine cached data
     if filled:
         print(f"{file}: no {', '.join(f.split('=')[0] for f in filled)}; using the defaults: {', '.join(filled)}",
