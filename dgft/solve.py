@@ -52,7 +52,7 @@ class Solver:
         check_sampler(scfg, "sudoku", self.settings.noise.kind)
         if isinstance(puzzles, str):
             raise ValueError("puzzles: a list of puzzle strings, not one string")
-        sizes = [int(n) for n in self.settings.task.get("sizes") or (4, 9)]
+        sizes = [int(n) for n in self.settings.task.get("sizes") or G.GRID_SIDES]  # none saved: any, as eval allows
         grids = []
         for i, text in enumerate(puzzles):
             try:

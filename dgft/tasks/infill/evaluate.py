@@ -72,17 +72,20 @@ def evaluate_run(cfg, run: Path, run_cfg, scfg, device) -> dict:
     out_dir.mkdir(exist_ok=True)
 
     # --- sample every mode with both lengths, then score (tests in the sandbox) --------------------
+    chunks = [examples[start:start + scfg.batch_size] for start in range(0, len(examples), scfg.batch_size)]
+    batches = {length: [task.encode(chunk, oracle_length=length == "oracle") for chunk in chunks]
+               for length in LENGTHS}  # each encoded once, for every mode
     written, stats = {}, {}
     for mode in scfg.modes:
         for length in LENGTHS:
             key = f"{mode}/{length}"
-            written[key], stats[key] = sample_middles(model, task, examples, scfg, run_cfg, mode, length == "oracle",
-                                                      cfg.samples, cfg.seed)
+            written[key], stats[key] = sample_middles(model, task, batches[length], len(examples), scfg, run_cfg, mode,
+                                                      f"{'true' if length == 'oracle' else 'own'} length", cfg.samples,
+                                                      cfg.seed)
     compiled = {key: [[compiles(e, m) for m in ms] for e, ms in zip(examples, rows)] for key, rows in written.items()}
     verdicts, sandbox = run_tests(problems, examples, written, cfg.workers) if problems else (None, None)
 
-    cut = [bool(c) for start in range(0, len(examples), scfg.batch_size)
-           for c in task.encode(examples[start:start + scfg.batch_size])["prompt_cut"]]
+    cut = [bool(c) for batch in batches[LENGTHS[0]] for c in batch["prompt_cut"]]  # the prompt is the same at both
     result = {"run": str(run), **settings, "n": len(examples), "too_long": dict(too_long),
               "prompt_cut": sum(cut),
               "prompt_cut_by_kind": dict(Counter(e["kind"] for e, c in zip(examples, cut) if c)),
@@ -139,18 +142,19 @@ def read_examples(path: Path) -> tuple[list[dict], dict | None]:
 
 
 # --- sampling -------------------------------------------------------------------------------------
-def sample_middles(model, task, examples, scfg, run_cfg, mode: str, oracle: bool, samples: int, seed: int):
-    """N middles per example in one mode -> ([[str] * N per example], {mean_steps, examples_per_s, tokens_per_s}).
+def sample_middles(model, task, batches: list[dict], count: int, scfg, run_cfg, mode: str, label: str, samples: int,
+                   seed: int):
+    """N middles per example in one mode, from the `count` examples' encoded `batches` (in order) ->
+    ([[str] * N per example], {mean_steps, examples_per_s, tokens_per_s}).
 
     tokens_per_s: canvas positions sampled (B x L per batch, pinned ones included, as Sudoku counts every cell)
     per second of sampling."""
     gen = seed_everything(seed)  # every mode and length from the same seed: comparable noise
-    out: list[list[str]] = [[] for _ in examples]
+    out: list[list[str]] = [[] for _ in range(count)]
     steps, seconds, tokens = [], 0.0, 0
-    label = f"eval {mode}, {'true' if oracle else 'own'} length"
-    bar = tqdm(total=len(examples) * samples, desc=label, unit="middle", leave=False)
-    for start in range(0, len(examples), scfg.batch_size):
-        batch = task.encode(examples[start:start + scfg.batch_size], oracle_length=oracle)
+    bar = tqdm(total=count * samples, desc=f"eval {mode}, {label}", unit="middle", leave=False)
+    start = 0
+    for batch in batches:
         for _ in range(samples):
             t0 = time.perf_counter()
             res = sample(model, batch, task, scfg, mode, run_cfg.noise.kind, run_cfg.noise.support, gen)
@@ -160,10 +164,11 @@ def sample_middles(model, task, examples, scfg, run_cfg, mode: str, oracle: bool
             for j, text in enumerate(task.decode(res.canvas)):
                 out[start + j].append(text)
             bar.update(len(res.steps))
+        start += len(batch["target"])
     bar.close()
     seconds = max(seconds, 1e-9)
     return out, {"mean_steps": float(np.mean(steps)) if steps else 0.0,
-                 "examples_per_s": len(examples) * samples / seconds, "tokens_per_s": tokens / seconds}
+                 "examples_per_s": count * samples / seconds, "tokens_per_s": tokens / seconds}
 
 
 # --- scores ---------------------------------------------------------------------------------------
