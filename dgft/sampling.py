@@ -75,7 +75,7 @@ MODES = ("free", "clamped", "rules")
 @dataclass
 class SampleResult:
     canvas: torch.Tensor  # (B, L) final tokens ([PAD] where rules left a cell empty)
-    steps: torch.Tensor  # (B,) decoder passes until every position was accepted
+    steps: torch.Tensor  # (B,) sampler steps until every position was accepted (each runs passes x views model calls)
     history: list = field(default_factory=list)  # per step (canvas (B, L), accepted (B, L)) if recorded
     revisions: torch.Tensor | None = None  # (B,) acceptances taken back (sampler.revise)
 
