@@ -3,7 +3,8 @@ run's evaluations measured, each figure with the file it is read from.
 
 `model_card(run_dir, rcfg, checkpoint, step, checked)` -> the text; `dgft.export` writes it into every export,
 with `checked` saying how the export's logits compare with the run's (so whether the run's figures carry over).
-The card lists the evaluations there were when the export was written; a later `dgft eval` does not change it.
+The card lists the run's evaluations there were when it was written; `dgft export` run again on an export that is
+up to date brings that list up to date (`with_evaluations`) and leaves the rest of the card as it was.
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from dgft.runs import stopped_early
+
+EVALUATIONS = "## The run's evaluations"
 PUZZLES = {9: "003020600900305001001806400008102900700000008006708200002609500800203009005010300",  # Norvig's first
            4: "3102200002100320"}  # d1's first
 
@@ -19,6 +23,7 @@ def model_card(run_dir: Path, rcfg, checkpoint: Path | None, step: int | None, c
     """`checked`: one sentence on how the export's logits compare with the run's model's."""
     run = _read_json(run_dir / "run.json") or {}
     weights = f"checkpoint `{checkpoint.name}`" if checkpoint else "its final weights"
+    early = None if checkpoint else stopped_early(run_dir, rcfg)
     made = ", ".join(x for x in (f"dgft {run['dgft']}" if run.get("dgft") else "",
                                  f"commit {run['dgft_commit'][:12]}" if run.get("dgft_commit") else "",
                                  f"trained on {run['cpu']}" if run.get("cpu") else "",
@@ -27,7 +32,8 @@ def model_card(run_dir: Path, rcfg, checkpoint: Path | None, step: int | None, c
     lines = [f"# {rcfg.name}: a DiffusionGemmaForBlockDiffusion exported by dgft", "",
              f"From the run `{run_dir}` ({weights}, step {step}): recipe `{rcfg.name}`, model `{rcfg.model.name}`, "
              f"{rcfg.model.finetune} fine-tuning{' on a 4-bit base' if quantized else ''}, noise "
-             f"`{rcfg.noise.kind}`, seed {rcfg.get('seed')}" + (f"; {made}" if made else "") + ".", "",
+             f"`{rcfg.noise.kind}`, seed {rcfg.get('seed')}" + (f"; {made}" if made else "") + "."
+             + (f" **Note: {early}.**" if early else ""), "",
              "## Load and sample", "",
              "    from transformers import DiffusionGemmaForBlockDiffusion",
              '    model = DiffusionGemmaForBlockDiffusion.from_pretrained("THIS_DIR")', "",
@@ -40,9 +46,22 @@ def model_card(run_dir: Path, rcfg, checkpoint: Path | None, step: int | None, c
         size = max(int(n) for n in rcfg.task.get("sizes") or (9,))
         lines += ["", "    from dgft.solve import load_solver",
                   f'    load_solver("THIS_DIR")(["{PUZZLES[size]}"], mode="rules")   # answers as strings', ""]
-    lines += ["", "## The run's evaluations", "", checked, ""]
-    lines += _evaluations(run_dir, checkpoint)
-    return "\n".join(lines).rstrip() + "\n"
+    lines += ["", EVALUATIONS, "", checked, ""]
+    return "\n".join(lines) + "\n" + _evaluations_text(run_dir, checkpoint)
+
+
+def with_evaluations(card: str, run_dir: Path, checkpoint: Path | None) -> str | None:
+    """`card`, as `model_card` wrote it, with its list of the run's evaluations as they are now (all else kept);
+    None when the card has no such section where model_card puts it (edited by hand: not dgft's to rewrite)."""
+    head, marker, rest = card.partition(f"\n{EVALUATIONS}\n\n")
+    checked, gap, _ = rest.partition("\n\n")  # `checked` is one paragraph, then the list
+    if not (marker and gap):
+        return None
+    return head + marker + checked + gap + _evaluations_text(run_dir, checkpoint)
+
+
+def _evaluations_text(run_dir: Path, checkpoint: Path | None) -> str:
+    return "\n".join(_evaluations(run_dir, checkpoint)).rstrip() + "\n"
 
 
 def _evaluations(run_dir: Path, checkpoint: Path | None) -> list[str]:
@@ -60,8 +79,9 @@ def _evaluations(run_dir: Path, checkpoint: Path | None) -> list[str]:
         rows.append(f"| `{result.get('data')}` | {result.get('n')} | {exact} | "
                     f"{'' if baseline is None else f'{baseline:.1%}'} | `eval/{path.name}` |")
     if not rows:
-        return ["None recorded when this export was written (`dgft eval RUN data=FILE` writes them)."]
-    return ["As `dgft eval` wrote them in the run's `eval/` folder when this export was written, each with the sampler "
+        return ["None recorded when this card was written (`dgft eval RUN data=FILE` writes them; `dgft export RUN` "
+                "again adds them here)."]
+    return ["As `dgft eval` wrote them in the run's `eval/` folder when this card was written, each with the sampler "
             "settings its record names: exact answers per sampling mode (Sudoku); for infilling, pass@1 with the "
             "examples too long for the prompt counted as failures (`pass@1_all`), or exact middles where the file has "
             "no tests.", "",

@@ -69,6 +69,18 @@ def save_weights(model, out_dir: Path) -> None:
         tensors = load_file(str(path))
         tensors.update({k: v.cpu().contiguous() for k, v in experts.items()})
         save_file(tensors, str(path), metadata={"format": "pt"})
+    readable_as_umask_allows(Path(out_dir))
+
+
+def readable_as_umask_allows(directory: Path) -> None:
+    """Give the .safetensors files under `directory` the mode a file written with open() gets (0o666 less the
+    umask). safetensors 0.8 writes them through a temporary file of mode 0o600 (safetensors issue #782), so weights
+    handed to others, or read by another user of the machine, would be unreadable to them."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in Path(directory).rglob("*.safetensors"):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(0o666 & ~umask)
 
 
 def save(run_dir: Path, step: int, model, trainer_state: dict, extra: dict, keep_last: int = 2) -> Path:

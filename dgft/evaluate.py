@@ -15,6 +15,7 @@ Example: `dgft eval outputs/sudoku/2026-11-27_15-00-00 data=../shared/benchmarks
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -22,7 +23,8 @@ from omegaconf import OmegaConf
 
 from dgft.config import ConfigError, SamplerConfig, check_sampler
 from dgft.export import check_export, is_export, load_export, read_settings
-from dgft.runs import RunError, checkpoint_dir, load_model, load_tokenizer, require_weights
+from dgft.runs import (RunError, checkpoint_dir, load_model, load_tokenizer, real_run_dir, require_weights,
+                       stopped_early)
 from dgft.tasks import get_task
 from dgft.train import pick_device
 
@@ -43,6 +45,8 @@ def evaluate(cfg) -> dict:
     device = pick_device(cfg.device)
     if not export:
         require_weights(run, run_cfg, cfg.checkpoint)  # before the data: a run that never trained says so
+        if early := interrupted(cfg, run, run_cfg).get("stopped_early"):
+            print(f"note: {run}: {early}", file=sys.stderr)
     if run_cfg.task.name == "infill":
         from dgft.tasks.infill.evaluate import evaluate_run
     else:
@@ -124,20 +128,6 @@ def claim_output(out_dir: Path, name: str, settings: dict, overwrite: bool) -> N
                           f"{'; ...' if len(diff) > 4 else ''}): name=OTHER keeps both, overwrite=true replaces it")
 
 
-def real_run_dir(run: Path) -> Path:
-    """The run a path names, links followed (`outputs/sudoku/latest` moves on with the next training; what an
-    evaluation records must not): relative to the working directory when inside it, else absolute."""
-    import os
-
-    real = run.resolve()
-    if real == run.absolute():
-        return run
-    try:
-        return Path(os.path.relpath(real)) if real.is_relative_to(Path.cwd()) else real
-    except ValueError:  # another drive
-        return real
-
-
 def provenance_line(result: dict) -> str:
     """One line of an evaluation's .md saying which run and weights, which sampler settings, which seed and limit."""
     s = result.get("sampler", {})
@@ -148,11 +138,22 @@ def provenance_line(result: dict) -> str:
     threshold = {"entropy": "entropy_bound", "confidence": "confidence"}.get(s.get("acceptance"))  # the rule's own
     keys = [k for k in ("steps", "acceptance", threshold, "views", "passes", "temperature", "reprompt", "fill_forced",
                         "revise", "self_conditioning_from") if k in s]
+    if result.get("stopped_early"):
+        weights += f" ({result['stopped_early']})"
     what = "Export" if result.get("export") else "Run"
     return (f"{what} {result.get('run')}, {weights}; sampler " + ", ".join(f"{k}={s[k]}" for k in keys)
             + ("; batched by number of givens" if result.get("batch_by") == "givens" else "")
             + f"; seed {result.get('seed')}; " + (f"the first {result['limit']}" if result.get("limit") else "all")
             + " of the file.\n\n")
+
+
+def interrupted(cfg, run: Path, run_cfg) -> dict:
+    """What an evaluation's result records when it measures the final weights of a run a signal stopped
+    (`stopped_early`: a sentence, also in the .md); {} otherwise (a checkpoint, an export, a run that ended)."""
+    if cfg.checkpoint or is_export(run):
+        return {}
+    early = stopped_early(run, run_cfg)
+    return {"stopped_early": early} if early else {}
 
 
 def made_by(data: Path, device) -> dict:

@@ -29,10 +29,12 @@ import torch
 from omegaconf import OmegaConf
 
 from dgft import checkpoint as ckpt
-from dgft.card import model_card
+from dgft.cache import replace_file
+from dgft.card import model_card, with_evaluations
 from dgft.config import ConfigError, ExportRecipe
 from dgft.model import denoise, encode, retie_encoder, unwrap
-from dgft.runs import RunError, checkpoint_dir, keeps_average, load_config, load_model, require_final
+from dgft.runs import (RunError, checkpoint_dir, keeps_average, load_config, load_model, real_run_dir, require_final,
+                       stopped_early)
 from dgft.train import pick_device
 
 SAMPLER_FILE = "dgft_sampler.json"
@@ -61,7 +63,7 @@ def export(cfg) -> Path:
             raise ConfigError(f"{key}={cfg[key]}: must be a finite number >= 0")
     if cfg.merge_into not in MERGE_INTO:
         raise ConfigError(f"merge_into={cfg.merge_into!r}: expected {' or '.join(MERGE_INTO)}")
-    run_dir = Path(cfg.run)
+    run_dir = real_run_dir(Path(cfg.run))  # the card and export.json name the run, not a `latest` link to it
     if not run_dir.is_dir():
         raise RunError(f"{run_dir}: no such run directory")
     rcfg = load_config(run_dir)
@@ -70,6 +72,8 @@ def export(cfg) -> Path:
     out = Path(cfg.out) if cfg.out else run_dir / ("export" if checkpoint is None else f"export_{checkpoint.name}")
     if checkpoint is None:
         require_final(run_dir, rcfg)
+        if early := stopped_early(run_dir, rcfg):
+            print(f"note: {run_dir}: {early}", file=sys.stderr)
     source = source_hashes(run_dir, rcfg, checkpoint)
     if rcfg.model.get("quantize", "none") == "nf4":  # which model the export is, so another choice exports again
         source["merge_into"] = cfg.merge_into
@@ -77,7 +81,9 @@ def export(cfg) -> Path:
     if _recorded_source(out) == source:
         stale = _check_outputs(out)
         if stale is None:
-            print(f"{out}: up to date")
+            refreshed = _refresh_card(out, run_dir, checkpoint)
+            print(f"{out}: up to date" + ("; its model card now lists the run's evaluations as they are" if refreshed
+                                          else ""))
             return out
         print(f"{out}: {stale}; exporting again")
     _check_out(out, run_dir)
@@ -106,6 +112,7 @@ def export(cfg) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         model.save_pretrained(str(tmp), safe_serialization=True)
+        ckpt.readable_as_umask_allows(tmp)
         model.generation_config.save_pretrained(str(tmp))
         model = None  # one copy of the weights in memory at a time
         _copy_tokenizer(run_dir / "tokenizer", tmp)
@@ -218,6 +225,7 @@ def export_streaming(cfg, rcfg, run_dir: Path, out: Path, checkpoint, source: di
                   "checkpoint": str(checkpoint) if checkpoint else None, "step": _step(run_dir, checkpoint),
                   **checks, "atol": cfg.atol, "checked": checks["merged_max_abs_diff"] is not None,
                   "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        ckpt.readable_as_umask_allows(tmp)  # the merged shards
         (tmp / CARD_FILE).write_text(model_card(run_dir, rcfg, checkpoint, record["step"], _streamed_note(rcfg, checks,
                                                                                                         cfg)))
         record["outputs"] = output_hashes(tmp)
@@ -606,6 +614,22 @@ def _pid_alive(pid: int) -> bool:
         return False
     except (OSError, OverflowError):
         return True  # exists (another user's), or unknown: keep
+    return True
+
+
+def _refresh_card(out: Path, run_dir: Path, checkpoint: Path | None) -> bool:
+    """Bring an up-to-date export's model card in line with the run's evaluations now (they may have been made after
+    the export), and export.json's record of the card with it; the weights are not touched. Whether it changed. A
+    card whose evaluations section was edited away is left alone."""
+    card = out / CARD_FILE
+    old = card.read_text()
+    new = with_evaluations(old, run_dir, checkpoint)
+    if new is None or new == old:
+        return False
+    record = json.loads((out / RECORD_FILE).read_text())
+    replace_file(card, new)
+    record["outputs"].update(ckpt.file_records(out, [card]))
+    replace_file(out / RECORD_FILE, json.dumps(record, indent=1))
     return True
 
 

@@ -151,6 +151,17 @@ def _ended_by_itself(run: Path) -> bool:
     return ended is not None and ended.get("stopped_by") in (None, "time_limit")
 
 
+def stopped_early(run: Path, cfg) -> str | None:
+    """A sentence when the run's final weights are those of a training a signal stopped (its summary's `stopped_by`),
+    before the end of its learning-rate schedule: not the model its recipe trains. Else None (it ran to
+    trainer.max_steps or to its time limit; or it has no summary, which `require_weights` deals with)."""
+    ended = summary(run)
+    if ended is None or _ended_by_itself(run):
+        return None
+    return (f"its training was stopped by {ended.get('stopped_by')} at step {ended.get('steps')} of "
+            f"{cfg.trainer.max_steps}, before its schedule ended (`dgft train resume={run}` finishes it)")
+
+
 def read_yaml(path: Path):
     """A run's YAML record (config.yaml, .hydra/hydra.yaml), or a RunError naming the file and what is wrong (the
     parser's line and column)."""
@@ -318,3 +329,17 @@ def load_tokenizer(run_dir: str | Path):
     if not path.exists():
         raise RunError(f"{path}: no tokenizer saved in this run")
     return AutoTokenizer.from_pretrained(str(path))
+
+
+def real_run_dir(run: Path) -> Path:
+    """The run a path names, links followed (`outputs/sudoku/latest` moves on with the next training; what an
+    evaluation or an export records must not): relative to the working directory when inside it, else absolute."""
+    import os
+
+    real = run.resolve()
+    if real == run.absolute():
+        return run
+    try:
+        return Path(os.path.relpath(real)) if real.is_relative_to(Path.cwd()) else real
+    except ValueError:  # another drive
+        return real

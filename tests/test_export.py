@@ -510,3 +510,50 @@ def test_an_export_from_before_model_cards_is_made_again(tmp_path, capsys):
     assert "no model card" in capsys.readouterr().out and (out / "README.md").exists()
     export(export_cfg(run))
     assert "up to date" in capsys.readouterr().out
+
+
+def test_export_again_lists_evaluations_made_since_in_its_card(tmp_path, capsys):
+    """Train, export, evaluate, export again: the weights are up to date and stay, the card gains the evaluation
+    (and export.json its new record of the card, so the export stays intact); once more, nothing changes."""
+    from dgft.card import with_evaluations
+    from dgft.export import _check_outputs
+
+    run, _ = make_run(tmp_path, "full")
+    out = export(export_cfg(run))
+    card = (out / "README.md").read_text()
+    assert "None recorded when this card was written" in card and with_evaluations(card, run, None) == card
+    (run / "eval").mkdir()
+    (run / "eval" / "easy.json").write_text(json.dumps({"data": "easy.csv", "n": 2, "checkpoint": None,
+                                                         "modes": {"rules": {"exact": 0.5}}}))
+    weights = mtimes(out)[out / "model.safetensors"]
+    capsys.readouterr()
+    export(export_cfg(run))
+    assert "up to date; its model card now lists the run's evaluations" in capsys.readouterr().out
+    refreshed = (out / "README.md").read_text()
+    assert "| `easy.csv` | 2 | rules exact 50.0% |" in refreshed and "`eval/easy.json`" in refreshed
+    assert refreshed.split("## The run's evaluations")[0] == card.split("## The run's evaluations")[0]
+    assert _check_outputs(out) is None and mtimes(out)[out / "model.safetensors"] == weights
+    export(export_cfg(run))
+    assert capsys.readouterr().out.strip() == f"{out}: up to date"
+    (out / "README.md").write_text("my own card\n")  # edited by hand: the export is made again, as before
+    export(export_cfg(run))
+    assert "exporting again" in capsys.readouterr().out and "`eval/easy.json`" in (out / "README.md").read_text()
+
+
+def test_an_export_through_a_link_names_the_run_and_is_readable_as_the_umask_allows(tmp_path):
+    """`dgft export outputs/sudoku/latest`: the card names the run the link reached (the link moves with the next
+    training). The weights get the mode an ordinary file gets (safetensors 0.8 writes 0o600), in the run too."""
+    import os
+
+    run, _ = make_run(tmp_path, "full")
+    (tmp_path / "latest").symlink_to(run.name)
+    out = export(export_cfg(tmp_path / "latest"))
+    assert out == run.resolve() / "export"
+    assert f"From the run `{run.resolve()}`" in (out / "README.md").read_text()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (out / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
+    from dgft import checkpoint as ckpt
+
+    ckpt.save_weights(load_model(run, OmegaConf.load(run / "config.yaml")), run / "again")
+    assert (run / "again" / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask

@@ -129,7 +129,7 @@ def test_resume_with_another_recipe_is_refused_through_the_cli(tmp_path, capsys)
     assert not list((run / ".hydra").glob("resume-*"))  # the refused command leaves no record in the run
 
 
-def test_sigterm_finishes_step_and_checkpoints(tmp_path):
+def test_sigterm_finishes_step_and_checkpoints(tmp_path, capsys):
     run = tmp_path / "run"
     proc = subprocess.Popen(_cmd(tmp_path, run, "trainer.max_steps=100000", "trainer.ckpt_every=0"),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -143,6 +143,17 @@ def test_sigterm_finishes_step_and_checkpoints(tmp_path):
     assert ckpt.latest_valid(run) is not None and (run / "model" / "model.safetensors").exists()
     summary = json.loads((run / "train_summary.json").read_text())
     assert summary["stopped_by"] == "SIGTERM"
+    # its final weights are an interrupted training's: eval and export say so, in what they write too
+    from dgft.cli import main
+
+    note = f"its training was stopped by SIGTERM at step {summary['steps']} of 100000, before its schedule ended"
+    main(["eval", str(run), "limit=1", "baseline=false", "plot=false", "sampler.modes=[rules]", "sampler.views=1",
+          "sampler.passes=1"])
+    assert note in capsys.readouterr().err
+    assert json.loads((run / "eval" / "heldout.json").read_text())["stopped_early"].startswith(note)
+    assert note in (run / "eval" / "heldout.md").read_text()
+    main(["export", str(run)])
+    assert note in capsys.readouterr().err and f"**Note: {note}" in (run / "export" / "README.md").read_text()
 
 
 def test_sigterm_while_generating_data_leaves_no_worker_no_lock_and_no_run(tmp_path):

@@ -35,8 +35,8 @@ from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from dgft.cache import replace_file
-from dgft.evaluate import (claim_output, made_by, output_name, provenance, provenance_line, trained_model,
-                           trained_tokenizer)
+from dgft.evaluate import (claim_output, interrupted, made_by, output_name, provenance, provenance_line,
+                           trained_model, trained_tokenizer)
 from dgft.sampling import sample
 from dgft.tasks.infill import data as D
 from dgft.tasks.infill import humaneval as H
@@ -86,7 +86,8 @@ def evaluate_run(cfg, run: Path, run_cfg, scfg, device) -> dict:
     verdicts, sandbox = run_tests(problems, examples, written, cfg.workers) if problems else (None, None)
 
     cut = [bool(c) for batch in batches[LENGTHS[0]] for c in batch["prompt_cut"]]  # the prompt is the same at both
-    result = {"run": str(run), **settings, "n": len(examples), "too_long": dict(too_long),
+    result = {"run": str(run), **settings, **interrupted(cfg, run, run_cfg), "n": len(examples),
+              "too_long": dict(too_long),
               "prompt_cut": sum(cut),
               "prompt_cut_by_kind": dict(Counter(e["kind"] for e, c in zip(examples, cut) if c)),
               "prompt_tokens": int(task.prompt_tokens),

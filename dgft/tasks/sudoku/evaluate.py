@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 
 from dgft.cache import replace_file
 from dgft.config import ConfigError
-from dgft.evaluate import claim_output, made_by, output_name, provenance, provenance_line, trained_model
+from dgft.evaluate import (claim_output, interrupted, made_by, output_name, provenance, provenance_line,
+                           trained_model)
 from dgft.metrics import SudokuAccuracy, aggregate, closest_solution, score_answer
 from dgft.sampling import sample
 from dgft.tasks import get_task
@@ -48,8 +49,8 @@ def evaluate_run(cfg, run: Path, run_cfg, scfg, device) -> dict:
     out_dir.mkdir(exist_ok=True)
 
     # --- sample every mode, then the untrained baseline --------------------------------------------
-    result = {"run": str(run), **settings, "n": len(recs), "skipped_lines": len(skipped), "device": str(device),
-              "modes": {}, **made_by(data, device)}
+    result = {"run": str(run), **settings, **interrupted(cfg, run, run_cfg), "n": len(recs),
+              "skipped_lines": len(skipped), "device": str(device), "modes": {}, **made_by(data, device)}
     warm_up(model, task, recs, scfg, run_cfg, cfg.seed)
     picture = None
     kinds = difficulty(recs)
