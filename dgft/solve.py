@@ -66,7 +66,7 @@ class Solver:
         recs = [SudokuRecord(grid, np.where(grid == 0, 1, grid), f"puzzle {i}")  # the target: read at the givens only
                 for i, grid in enumerate(grids)]
         answers, _ = run_mode(self.model, self.task, recs, scfg, self.settings, mode, seed,
-                              generator=torch.Generator().manual_seed(seed))
+                              generator=torch.Generator().manual_seed(seed), label="solve")
         return [G.to_string(a) for a in answers]
 
 

@@ -113,11 +113,11 @@ def warm_up(model, task, recs, scfg, run_cfg, seed: int) -> None:
 
 
 def run_mode(model, task, recs, scfg, run_cfg, mode: str, seed: int, record: bool = False, by_givens: bool = False,
-             generator=None):
+             generator=None, label: str = "eval"):
     """Sample answers for all records in one mode, batching same-size puzzles (`by_givens`: puzzles of one size and
     one number of givens, each group timed on its own). -> (answers, stats); stats["groups"] maps a group's
     `givens_key` to its (seconds, canvas positions) when `by_givens`. `generator`: the sampler's; None:
-    `seed_everything(seed)`'s, which seeds the global generators too."""
+    `seed_everything(seed)`'s, which seeds the global generators too. `label` starts the progress bar's name."""
     gen = generator if generator is not None else seed_everything(seed)
     answers: list = [None] * len(recs)
     steps, revisions = np.zeros(len(recs)), np.zeros(len(recs))
@@ -126,7 +126,7 @@ def run_mode(model, task, recs, scfg, run_cfg, mode: str, seed: int, record: boo
     for i, r in enumerate(recs):
         batches[givens_key(r) if by_givens else len(r.puzzle)].append(i)
     groups = {}
-    bar = tqdm(total=len(recs), desc=f"eval {mode}", unit="puzzle", leave=False)
+    bar = tqdm(total=len(recs), desc=f"{label} {mode}", unit="puzzle", leave=False)
     for group, idx_all in batches.items():
         group_s, group_cells = 0.0, 0
         for start in range(0, len(idx_all), scfg.batch_size):
