@@ -20,7 +20,9 @@ PUZZLES = {9: "00302060090030500100180640000810290070000000800670820000260950080
 
 
 def model_card(run_dir: Path, rcfg, checkpoint: Path | None, step: int | None, checked: str) -> str:
-    """`checked`: one sentence on how the export's logits compare with the run's model's."""
+    """`checked`: one paragraph on how the export's logits compare with the run's model's."""
+    if "\n\n" in checked:  # `with_evaluations` finds the list after it
+        raise ValueError("model_card: `checked` must be one paragraph")
     run = _read_json(run_dir / "run.json") or {}
     weights = f"checkpoint `{checkpoint.name}`" if checkpoint else "its final weights"
     early = None if checkpoint else stopped_early(run_dir, rcfg)

@@ -72,12 +72,25 @@ def save_weights(model, out_dir: Path) -> None:
     readable_as_umask_allows(Path(out_dir))
 
 
+def _umask() -> int:
+    """The process's umask, read without setting it where Linux shows it (setting it races with other threads)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 def readable_as_umask_allows(directory: Path) -> None:
     """Give the .safetensors files under `directory` the mode a file written with open() gets (0o666 less the
     umask). safetensors 0.8 writes them through a temporary file of mode 0o600 (safetensors issue #782), so weights
     handed to others, or read by another user of the machine, would be unreadable to them."""
-    umask = os.umask(0)
-    os.umask(umask)
+    umask = _umask()
     for path in Path(directory).rglob("*.safetensors"):
         if path.is_file() and not path.is_symlink():
             path.chmod(0o666 & ~umask)

@@ -46,7 +46,7 @@ def evaluate(cfg) -> dict:
     if not export:
         require_weights(run, run_cfg, cfg.checkpoint)  # before the data: a run that never trained says so
         if early := interrupted(cfg, run, run_cfg).get("stopped_early"):
-            print(f"note: {run}: {early}", file=sys.stderr)
+            print(f"note: {run}: {early} (`dgft train resume={run}` finishes it)", file=sys.stderr)
     if run_cfg.task.name == "infill":
         from dgft.tasks.infill.evaluate import evaluate_run
     else:

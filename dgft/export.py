@@ -73,19 +73,19 @@ def export(cfg) -> Path:
     if checkpoint is None:
         require_final(run_dir, rcfg)
         if early := stopped_early(run_dir, rcfg):
-            print(f"note: {run_dir}: {early}", file=sys.stderr)
+            print(f"note: {run_dir}: {early} (`dgft train resume={run_dir}` finishes it)", file=sys.stderr)
     source = source_hashes(run_dir, rcfg, checkpoint)
     if rcfg.model.get("quantize", "none") == "nf4":  # which model the export is, so another choice exports again
         source["merge_into"] = cfg.merge_into
     _remove_stale(out)
     if _recorded_source(out) == source:
-        stale = _check_outputs(out)
-        if stale is None:
-            refreshed = _refresh_card(out, run_dir, checkpoint)
-            print(f"{out}: up to date" + ("; its model card now lists the run's evaluations as they are" if refreshed
-                                          else ""))
+        stale = _check_outputs(out, but=CARD_FILE)  # the card is read on its own: not the model, rewritten below
+        refreshed = _refresh_card(out, run_dir, checkpoint) if stale is None else None
+        if refreshed is not None:
+            print(f"{out}: up to date" + ("; its model card's list of the run's evaluations brought up to date"
+                                          if refreshed else ""))
             return out
-        print(f"{out}: {stale}; exporting again")
+        print(f"{out}: {stale or f'{CARD_FILE} is not the model card dgft wrote'}; exporting again")
     _check_out(out, run_dir)
     device = pick_device(cfg.device)
     quantized = rcfg.model.get("quantize", "none") == "nf4"
@@ -533,7 +533,8 @@ def check_export(path: str | Path) -> dict:
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         print(f"{path}: no readable {RECORD_FILE} to check the files against; hashing the weights here")
         return {"step": None, "weights_sha256": {p.name: ckpt.sha256(p) for p in sorted(path.glob("*.safetensors"))}}
-    changed = ckpt.mismatch(path, outputs)
+    changed = ckpt.mismatch(path, {name: v for name, v in outputs.items() if name != CARD_FILE})  # the card is no
+    # part of the model, and `dgft export` may refresh it meanwhile
     if changed:
         raise RunError(f"{path}: {changed} ({RECORD_FILE} lists what the export wrote); run `dgft export` again")
     return {"step": step, "weights_sha256": {name: v["sha256"] for name, v in outputs.items()
@@ -569,8 +570,9 @@ def output_hashes(out: Path) -> dict[str, dict]:
                                          if p.is_file() and p.relative_to(out) != Path(RECORD_FILE)))
 
 
-def _check_outputs(out: Path) -> str | None:
-    """None if every file export.json records is there with its size and sha256; else why not, in a few words."""
+def _check_outputs(out: Path, but: str | None = None) -> str | None:
+    """None if every file export.json records (`but` that one) is there with its size and sha256; else why not, in a
+    few words."""
     try:
         recorded = {str(name): {"bytes": int(v["bytes"]), "sha256": str(v["sha256"])}
                     for name, v in json.loads((out / RECORD_FILE).read_text())["outputs"].items()}
@@ -578,7 +580,9 @@ def _check_outputs(out: Path) -> str | None:
         return f"{RECORD_FILE} records no output files (an older or edited export)"
     if recorded and CARD_FILE not in recorded:
         return f"no model card ({CARD_FILE}): an export from before dgft wrote one"
-    return ckpt.mismatch(out, recorded) if recorded else f"{RECORD_FILE} records no output files"
+    if not recorded:
+        return f"{RECORD_FILE} records no output files"
+    return ckpt.mismatch(out, {name: v for name, v in recorded.items() if name != but})
 
 
 def _remove_stale(out: Path) -> None:
@@ -617,18 +621,26 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _refresh_card(out: Path, run_dir: Path, checkpoint: Path | None) -> bool:
-    """Bring an up-to-date export's model card in line with the run's evaluations now (they may have been made after
-    the export), and export.json's record of the card with it; the weights are not touched. Whether it changed. A
-    card whose evaluations section was edited away is left alone."""
+def _refresh_card(out: Path, run_dir: Path, checkpoint: Path | None) -> bool | None:
+    """An up-to-date export's model card, with the run's evaluations as they are now (they may have been made after
+    the export), and export.json's record of it: whether either was rewritten (the weights never are). The card is
+    written first, so an export killed between the two writes is mended by the next run of this. None when the
+    card is missing or its evaluations section is not where dgft puts it (edited by hand): export it again."""
     card = out / CARD_FILE
-    old = card.read_text()
+    try:
+        old = card.read_text()
+    except (OSError, ValueError):
+        return None
     new = with_evaluations(old, run_dir, checkpoint)
-    if new is None or new == old:
-        return False
+    if new is None:
+        return None
+    if new != old:
+        replace_file(card, new)
     record = json.loads((out / RECORD_FILE).read_text())
-    replace_file(card, new)
-    record["outputs"].update(ckpt.file_records(out, [card]))
+    now = ckpt.file_records(out, [card])
+    if record["outputs"].get(CARD_FILE) == now[CARD_FILE]:
+        return new != old
+    record["outputs"].update(now)
     replace_file(out / RECORD_FILE, json.dumps(record, indent=1))
     return True
 

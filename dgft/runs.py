@@ -152,14 +152,18 @@ def _ended_by_itself(run: Path) -> bool:
 
 
 def stopped_early(run: Path, cfg) -> str | None:
-    """A sentence when the run's final weights are those of a training a signal stopped (its summary's `stopped_by`),
-    before the end of its learning-rate schedule: not the model its recipe trains. Else None (it ran to
-    trainer.max_steps or to its time limit; or it has no summary, which `require_weights` deals with)."""
+    """A sentence when the run's final weights are those of a training a signal stopped before trainer.max_steps (its
+    summary's `stopped_by` and `steps`): before the end of its learning-rate schedule, so not the model its recipe
+    trains. Else None: it ran to trainer.max_steps (a signal during the last step or the final save changes nothing)
+    or to its time limit, or it has no summary, which `require_weights` deals with."""
     ended = summary(run)
     if ended is None or _ended_by_itself(run):
         return None
-    return (f"its training was stopped by {ended.get('stopped_by')} at step {ended.get('steps')} of "
-            f"{cfg.trainer.max_steps}, before its schedule ended (`dgft train resume={run}` finishes it)")
+    steps, planned = ended.get("steps"), int(cfg.trainer.max_steps)
+    if isinstance(steps, int) and steps >= planned:
+        return None
+    at = f"at step {steps} of {planned}" if isinstance(steps, int) else f"before step {planned}"
+    return f"its training was stopped by {ended.get('stopped_by')} {at}, before its schedule ended"
 
 
 def read_yaml(path: Path):

@@ -516,28 +516,43 @@ def test_export_again_lists_evaluations_made_since_in_its_card(tmp_path, capsys)
     """Train, export, evaluate, export again: the weights are up to date and stay, the card gains the evaluation
     (and export.json its new record of the card, so the export stays intact); once more, nothing changes."""
     from dgft.card import with_evaluations
-    from dgft.export import _check_outputs
+    from dgft.export import _check_outputs, check_export
 
     run, _ = make_run(tmp_path, "full")
     out = export(export_cfg(run))
     card = (out / "README.md").read_text()
     assert "None recorded when this card was written" in card and with_evaluations(card, run, None) == card
+    from dgft.card import model_card
+
+    with pytest.raises(ValueError, match="one paragraph"):  # with_evaluations finds the list after it
+        model_card(run, OmegaConf.load(run / "config.yaml"), None, 1, "one\n\ntwo")
     (run / "eval").mkdir()
     (run / "eval" / "easy.json").write_text(json.dumps({"data": "easy.csv", "n": 2, "checkpoint": None,
                                                          "modes": {"rules": {"exact": 0.5}}}))
     weights = mtimes(out)[out / "model.safetensors"]
+    before = (out / "export.json").read_text()
     capsys.readouterr()
     export(export_cfg(run))
-    assert "up to date; its model card now lists the run's evaluations" in capsys.readouterr().out
+    assert "up to date; its model card's list of the run's evaluations brought up to date" in capsys.readouterr().out
     refreshed = (out / "README.md").read_text()
     assert "| `easy.csv` | 2 | rules exact 50.0% |" in refreshed and "`eval/easy.json`" in refreshed
     assert refreshed.split("## The run's evaluations")[0] == card.split("## The run's evaluations")[0]
     assert _check_outputs(out) is None and mtimes(out)[out / "model.safetensors"] == weights
     export(export_cfg(run))
     assert capsys.readouterr().out.strip() == f"{out}: up to date"
+    # killed between the card and export.json: the next export mends the record, still without touching the weights
+    (out / "export.json").write_text(json.dumps({**json.loads((out / "export.json").read_text()),
+                                                 "outputs": json.loads(before)["outputs"]}))
+    assert _check_outputs(out) is not None
+    check_export(out)  # an evaluation of the export meanwhile is not refused: the card is not the model
+    export(export_cfg(run))
+    assert "brought up to date" in capsys.readouterr().out and _check_outputs(out) is None
+    assert (out / "README.md").read_text() == refreshed and mtimes(out)[out / "model.safetensors"] == weights
     (out / "README.md").write_text("my own card\n")  # edited by hand: the export is made again, as before
     export(export_cfg(run))
-    assert "exporting again" in capsys.readouterr().out and "`eval/easy.json`" in (out / "README.md").read_text()
+    said = capsys.readouterr().out
+    assert "README.md is not the model card dgft wrote; exporting again" in said
+    assert "`eval/easy.json`" in (out / "README.md").read_text()
 
 
 def test_an_export_through_a_link_names_the_run_and_is_readable_as_the_umask_allows(tmp_path):
@@ -557,3 +572,23 @@ def test_an_export_through_a_link_names_the_run_and_is_readable_as_the_umask_all
 
     ckpt.save_weights(load_model(run, OmegaConf.load(run / "config.yaml")), run / "again")
     assert (run / "again" / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_a_run_is_stopped_early_only_before_its_last_step(tmp_path):
+    """A signal during the last step or the final save (the summary says steps == max_steps) stopped nothing."""
+    from dgft.runs import stopped_early
+
+    run, _ = make_run(tmp_path, "full")
+    cfg = OmegaConf.load(run / "config.yaml")
+    planned = cfg.trainer.max_steps
+    for summary, note in (({"steps": planned, "stopped_by": None}, None),
+                          ({"steps": 3, "stopped_by": "time_limit"}, None),
+                          ({"steps": planned, "stopped_by": "SIGTERM"}, None),
+                          ({"steps": 3, "stopped_by": "SIGINT"},
+                           f"its training was stopped by SIGINT at step 3 of {planned}, before its schedule ended"),
+                          ({"stopped_by": "SIGTERM"},
+                           f"its training was stopped by SIGTERM before step {planned}, before its schedule ended")):
+        (run / "train_summary.json").write_text(json.dumps(summary))
+        assert stopped_early(run, cfg) == note
+    (run / "train_summary.json").unlink()
+    assert stopped_early(run, cfg) is None  # no summary: require_weights says what is wrong

@@ -150,7 +150,7 @@ def test_sigterm_finishes_step_and_checkpoints(tmp_path, capsys):
     main(["eval", str(run), "limit=1", "baseline=false", "plot=false", "sampler.modes=[rules]", "sampler.views=1",
           "sampler.passes=1"])
     assert note in capsys.readouterr().err
-    assert json.loads((run / "eval" / "heldout.json").read_text())["stopped_early"].startswith(note)
+    assert json.loads((run / "eval" / "heldout.json").read_text())["stopped_early"] == note
     assert note in (run / "eval" / "heldout.md").read_text()
     main(["export", str(run)])
     assert note in capsys.readouterr().err and f"**Note: {note}" in (run / "export" / "README.md").read_text()

@@ -73,19 +73,20 @@ def evaluate_run(cfg, run: Path, run_cfg, scfg, device) -> dict:
 
     # --- sample every mode with both lengths, then score (tests in the sandbox) --------------------
     chunks = [examples[start:start + scfg.batch_size] for start in range(0, len(examples), scfg.batch_size)]
-    batches = {length: [task.encode(chunk, oracle_length=length == "oracle") for chunk in chunks]
-               for length in LENGTHS}  # each encoded once, for every mode
+    own = [task.encode(chunk) for chunk in chunks]  # encoded once for every mode; the oracle's batches, which carry
+    # (B, L, vocabulary) masks, one at a time
     written, stats = {}, {}
     for mode in scfg.modes:
         for length in LENGTHS:
             key = f"{mode}/{length}"
-            written[key], stats[key] = sample_middles(model, task, batches[length], len(examples), scfg, run_cfg, mode,
+            batches = own if length == "model" else (task.encode(chunk, oracle_length=True) for chunk in chunks)
+            written[key], stats[key] = sample_middles(model, task, batches, len(examples), scfg, run_cfg, mode,
                                                       f"{'true' if length == 'oracle' else 'own'} length", cfg.samples,
                                                       cfg.seed)
     compiled = {key: [[compiles(e, m) for m in ms] for e, ms in zip(examples, rows)] for key, rows in written.items()}
     verdicts, sandbox = run_tests(problems, examples, written, cfg.workers) if problems else (None, None)
 
-    cut = [bool(c) for batch in batches[LENGTHS[0]] for c in batch["prompt_cut"]]  # the prompt is the same at both
+    cut = [bool(c) for batch in own for c in batch["prompt_cut"]]  # the prompt is the same at both lengths
     result = {"run": str(run), **settings, **interrupted(cfg, run, run_cfg), "n": len(examples),
               "too_long": dict(too_long),
               "prompt_cut": sum(cut),
@@ -143,8 +144,7 @@ def read_examples(path: Path) -> tuple[list[dict], dict | None]:
 
 
 # --- sampling -------------------------------------------------------------------------------------
-def sample_middles(model, task, batches: list[dict], count: int, scfg, run_cfg, mode: str, label: str, samples: int,
-                   seed: int):
+def sample_middles(model, task, batches, count: int, scfg, run_cfg, mode: str, label: str, samples: int, seed: int):
     """N middles per example in one mode, from the `count` examples' encoded `batches` (in order) ->
     ([[str] * N per example], {mean_steps, examples_per_s, tokens_per_s}).
 
