@@ -157,7 +157,7 @@ def stopped_early(run: Path, cfg) -> str | None:
     trains. Else None: it ran to trainer.max_steps (a signal during the last step or the final save changes nothing)
     or to its time limit, or it has no summary, which `require_weights` deals with."""
     ended = summary(run)
-    if ended is None or _ended_by_itself(run):
+    if ended is None or ended.get("stopped_by") in (None, "time_limit"):  # as _ended_by_itself, from one read
         return None
     steps, planned = ended.get("steps"), int(cfg.trainer.max_steps)
     if isinstance(steps, int) and steps >= planned:
