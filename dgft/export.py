@@ -79,7 +79,7 @@ def export(cfg) -> Path:
         source["merge_into"] = cfg.merge_into
     _remove_stale(out)
     if _recorded_source(out) == source:
-        stale = _check_outputs(out, but=CARD_FILE)  # the card is read on its own: not the model, rewritten below
+        stale = _check_outputs(out, card=False)  # the card is read on its own, and rewritten below
         refreshed = _refresh_card(out, run_dir, checkpoint) if stale is None else None
         if refreshed is not None:
             print(f"{out}: up to date" + ("; its model card's list of the run's evaluations brought up to date"
@@ -533,8 +533,7 @@ def check_export(path: str | Path) -> dict:
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         print(f"{path}: no readable {RECORD_FILE} to check the files against; hashing the weights here")
         return {"step": None, "weights_sha256": {p.name: ckpt.sha256(p) for p in sorted(path.glob("*.safetensors"))}}
-    changed = ckpt.mismatch(path, {name: v for name, v in outputs.items() if name != CARD_FILE})  # the card is no
-    # part of the model, and `dgft export` may refresh it meanwhile
+    changed = ckpt.mismatch(path, _but_card(outputs))  # `dgft export` may refresh the card meanwhile
     if changed:
         raise RunError(f"{path}: {changed} ({RECORD_FILE} lists what the export wrote); run `dgft export` again")
     return {"step": step, "weights_sha256": {name: v["sha256"] for name, v in outputs.items()
@@ -570,9 +569,15 @@ def output_hashes(out: Path) -> dict[str, dict]:
                                          if p.is_file() and p.relative_to(out) != Path(RECORD_FILE)))
 
 
-def _check_outputs(out: Path, but: str | None = None) -> str | None:
-    """None if every file export.json records (`but` that one) is there with its size and sha256; else why not, in a
-    few words."""
+def _but_card(recorded: dict) -> dict:
+    """An export's file records without its model card's: the card is not the model, and `dgft export` rewrites its
+    list of evaluations in an export that is otherwise up to date."""
+    return {name: v for name, v in recorded.items() if name != CARD_FILE}
+
+
+def _check_outputs(out: Path, card: bool = True) -> str | None:
+    """None if every file export.json records (the card too, unless `card` is false) is there with its size and
+    sha256; else why not, in a few words."""
     try:
         recorded = {str(name): {"bytes": int(v["bytes"]), "sha256": str(v["sha256"])}
                     for name, v in json.loads((out / RECORD_FILE).read_text())["outputs"].items()}
@@ -582,7 +587,7 @@ def _check_outputs(out: Path, but: str | None = None) -> str | None:
         return f"no model card ({CARD_FILE}): an export from before dgft wrote one"
     if not recorded:
         return f"{RECORD_FILE} records no output files"
-    return ckpt.mismatch(out, {name: v for name, v in recorded.items() if name != but})
+    return ckpt.mismatch(out, recorded if card else _but_card(recorded))
 
 
 def _remove_stale(out: Path) -> None:
