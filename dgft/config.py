@@ -565,7 +565,8 @@ def _validate_model(get) -> None:
                           "noise.kind=mask corrupts to the mask token; leave noise.support=answer")
     if get("model.structured_attention") and get("model.name") != "tiny":
         raise ConfigError(f"model.structured_attention=true: sets the starting weights of a model built from a config "
-                          f"(model=tiny or small); model.name={get('model.name')} keeps its pretrained weights")
+                          f"(model=tiny or small); model.name={get('model.name')} keeps its pretrained weights: set "
+                          "model.structured_attention=false (for the released DiffusionGemma: recipe=sudoku_lora)")
     if get("model.quantize") != "none":
         import torch
 

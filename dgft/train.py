@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import signal
 import time
 from collections.abc import Sequence
@@ -123,8 +124,6 @@ def train(cfg, run_dir: str | Path, overrides: Sequence[str] = ()) -> Path | Non
 def _remove_unstarted(run_dir: Path, before: set[str]) -> None:
     """A new run refused before its first step (a missing model path, a bad LoRA target) leaves nothing behind:
     what it wrote is removed, and only that. One that trained (a checkpoint, a metrics row) is kept."""
-    import shutil
-
     metrics = run_dir / "metrics.jsonl"
     if (run_dir / "checkpoints").exists() or (metrics.exists() and metrics.stat().st_size):
         return
@@ -187,6 +186,8 @@ def _train(cfg, run_dir: Path, overrides: Sequence[str]) -> Path | None:
 
     dtype = torch_dtype(cfg.model.dtype, device)
     model = load_base(cfg, device)  # pretrained weights first: a missing checkpoint fails in seconds
+    if model is not None:
+        check_vocabulary(task, cfg, unwrap(model).config.get_text_config().vocab_size)
 
     splits = task.build_splits(cfg.seed, log=say)
     (run_dir / "data").mkdir(exist_ok=True)
@@ -358,7 +359,7 @@ def trainable_model(model, cfg, task, device, gen, base_dir=None):
         if cfg.model.get("structured_attention", False) and hasattr(task, "init_attention"):
             task.init_attention(attention_layout(model), model.get_input_embeddings().weight, gen)
         if cfg.model.finetune == "lora" and base_dir is not None:
-            model.save_pretrained(str(base_dir))
+            keep_base(model, Path(base_dir))
         if cfg.model.quantize == "nf4":
             model = quantize_tiny_(model, device, cfg.model.quant_group_size)
     if cfg.model.finetune == "lora":
@@ -368,6 +369,46 @@ def trainable_model(model, cfg, task, device, gen, base_dir=None):
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
+
+
+def keep_base(model, base_dir: Path) -> None:
+    """A tiny LoRA run's base (its initial weights, frozen): written once, atomically, readable as the umask allows.
+
+    A resumed run reads it back into `model`, so the adapter goes on training on the base saved beside it, the one
+    eval and export read, even if the seed rebuilt other weights here (another machine, another torch)."""
+    from transformers import DiffusionGemmaForBlockDiffusion
+
+    if base_dir.exists():
+        try:
+            saved = DiffusionGemmaForBlockDiffusion.from_pretrained(str(base_dir), use_safetensors=True)
+            model.load_state_dict(saved.state_dict())
+        except Exception as err:  # noqa: BLE001 (a torn or foreign file: safetensors, transformers, torch errors)
+            raise runs.RunError(f"{base_dir}: the run's LoRA base cannot be read back ({type(err).__name__}: "
+                                f"{str(err).splitlines()[0] if str(err) else ''})") from err
+        return
+    tmp = base_dir.with_name(f".tmp-{base_dir.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp))
+    ckpt.readable_as_umask_allows(tmp)
+    tmp.rename(base_dir)
+
+
+def check_vocabulary(task, cfg, model_vocab: int) -> None:
+    """A pretrained model reads the task's token ids. A vocabulary the task builds (Sudoku's cell or digit tokens,
+    infill's BPE) is the right one only for a model trained on it (a dgft export of such a run); a pretrained
+    tokenizer's ids must fit the model's embeddings."""
+    from dgft.config import ConfigError
+
+    own = not cfg.task.get("tokenizer")
+    if task.vocab_size == model_vocab or (not own and task.vocab_size < model_vocab):
+        return
+    what = f"task.tokens={cfg.task.tokens}" if "tokens" in cfg.task else "the task's BPE"
+    source = f"{what}, built by dgft" if own else f"task.tokenizer={cfg.task.tokenizer}"
+    hint = ("a pretrained DiffusionGemma reads text through its own tokenizer: recipe=sudoku_lora "
+            "model.path=MODEL_DIR (task.tokens=text)" if cfg.task.name == "sudoku"
+            else "set task.tokenizer to the model's directory")
+    raise ConfigError(f"model.path={cfg.model.path}: the model's vocabulary has {model_vocab} tokens and the task's "
+                      f"({source}) {task.vocab_size}, so the model would read other tokens than it learnt; {hint}")
 
 
 # --- pieces of a step -----------------------------------------------------------------------------

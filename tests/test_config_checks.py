@@ -126,3 +126,22 @@ def test_eval_refuses_passes_without_self_conditioning():
         check_options(cfg, run_cfg, scfg)
     cfg = _compose("eval", ["run=/tmp/x", "sampler.self_conditioning=false", "sampler.passes=1"])
     check_options(cfg, run_cfg, eval_sampler(cfg, run_cfg))
+
+
+def test_a_pretrained_model_must_read_the_vocabulary_it_learnt():
+    """`dgft train recipe=sudoku model=diffusiongemma model.path=DIR` would feed the released model Sudoku cell-token
+    ids it never learnt: refused before any data is made, pointing at recipe=sudoku_lora. A dgft export of a
+    cell-token run (the same vocabulary) may be trained further, and a pretrained tokenizer's ids only need to fit."""
+    from dgft.tasks import get_task
+    from dgft.train import check_vocabulary
+
+    cfg = _compose("train", ["model=diffusiongemma", "model.path=/models/dg", "model.structured_attention=false"])
+    task = get_task(cfg.task)
+    with pytest.raises(ConfigError, match=r"model\.path=/models/dg: .*262144 tokens .*task\.tokens=cell.*"
+                                          r"recipe=sudoku_lora"):
+        check_vocabulary(task, cfg, 262144)
+    check_vocabulary(task, cfg, task.vocab_size)  # an export of a run with these tokens
+    cfg.task.tokenizer = "/models/dg"  # a pretrained tokenizer: its ids need only fit the embeddings
+    check_vocabulary(task, cfg, task.vocab_size + 64)
+    with pytest.raises(ConfigError, match=r"task\.tokenizer=/models/dg"):
+        check_vocabulary(task, cfg, task.vocab_size - 1)

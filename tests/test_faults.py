@@ -55,8 +55,16 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path, finetune, extra, kil
                env={"DGFT_TEST_KILL_AT_STEP": str(kill_at)})
     assert out.returncode == -signal.SIGKILL
     assert not (killed / "train_summary.json").exists()
+    base = killed / "base" / "model.safetensors"
+    before = base.stat() if finetune == "lora" else None
     out = _run(_cmd(tmp_path, tmp_path / "other", f"model.finetune={finetune}", *extra, f"resume={killed}"))
     assert out.returncode == 0, out.stderr[-2000:]
+    if finetune == "lora":  # the adapter's base is read back, never written again, and others may read it
+        after = base.stat()
+        assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+        umask = os.umask(0)
+        os.umask(umask)
+        assert after.st_mode & 0o777 == 0o666 & ~umask
     assert "resumed from" in out.stdout + out.stderr
     sub = "adapter" if finetune == "lora" else "model"
     a = load_file(str(ref / sub / ("adapter_model.safetensors" if finetune == "lora" else "model.safetensors")))
@@ -488,3 +496,33 @@ def _tiny_model_cfg():
 
     cfg = compose_train([*TINY])
     return OmegaConf.create(OmegaConf.to_container(cfg.model, resolve=True))
+
+
+def test_a_resumed_lora_run_trains_on_the_base_saved_beside_it(tmp_path):
+    """A tiny LoRA run's base is its seed's initial weights, saved once. A resume reads that file back rather than
+    trusting the seed to rebuild the same weights (another machine, another torch), since eval and export merge
+    the adapter into the file. A base that cannot be read is an error naming it; nothing is written over it."""
+    from omegaconf import OmegaConf
+
+    from dgft.config import TrainRecipe
+    from dgft.model import build_tiny
+    from dgft.runs import RunError
+    from dgft.train import keep_base
+
+    cfg = OmegaConf.structured(TrainRecipe())
+    for item in TINY:
+        key, value = item.split("=")
+        OmegaConf.update(cfg, key, int(value))
+    saved, rebuilt = build_tiny(cfg.model, 40, seed=0), build_tiny(cfg.model, 40, seed=1)
+    base = tmp_path / "run" / "base"
+    base.parent.mkdir()
+    keep_base(saved, base)
+    assert sorted(p.name for p in base.parent.iterdir()) == ["base"]  # no temporary dir left
+    stamp = (base / "model.safetensors").stat().st_mtime_ns
+    keep_base(rebuilt, base)
+    assert all(torch.equal(a, b) for a, b in zip(saved.state_dict().values(), rebuilt.state_dict().values()))
+    assert (base / "model.safetensors").stat().st_mtime_ns == stamp
+    (base / "model.safetensors").write_bytes(b"torn")
+    with pytest.raises(RunError, match=r"base.*cannot be read back"):
+        keep_base(build_tiny(cfg.model, 40, seed=2), base)
+    assert (base / "model.safetensors").read_bytes() == b"torn"
