@@ -62,6 +62,18 @@ def _run_dir(name: str, resume) -> str:
         sys.exit(f"dgft train: error: {err}")
 
 
+def _signal_exit_code(run) -> int:
+    """128 + the signal's number when a signal stopped the training before its end (130 for Ctrl-C, 143 for
+    SIGTERM), as the shell reports a process a signal ended: `dgft train ... && dgft eval ...` stops there. 0 when
+    it ran to its end or its time limit."""
+    import signal
+
+    from dgft.runs import summary
+
+    stopped = (summary(Path(run)) or {}).get("stopped_by") or ""
+    return 128 + signal.Signals[stopped].value if stopped in signal.Signals.__members__ else 0
+
+
 def _hydra_subdir(resume) -> str:
     """Where Hydra records a train command in its run dir: .hydra/, or .hydra/resume-<time>/ for a resume."""
     import time
@@ -120,8 +132,11 @@ def main(argv: list[str] | None = None) -> None:
             if command == "train":
                 from dgft.train import train
 
-                if train(cfg, HydraConfig.get().runtime.output_dir, HydraConfig.get().overrides.task) is None:
+                run = train(cfg, HydraConfig.get().runtime.output_dir, HydraConfig.get().overrides.task)
+                if run is None:
                     _remove_refused_record(HydraConfig.get())  # nothing trained: no record of a command that ran
+                elif code := _signal_exit_code(run):
+                    sys.exit(code)
             elif command == "eval":
                 from dgft.evaluate import evaluate
 

@@ -117,9 +117,14 @@ def run_dir_for(name: str, resume) -> str:
     if resume in (None, "", "None"):
         stamp = f"outputs/{name}/{time.strftime('%Y-%m-%d_%H-%M-%S')}"
         path, number = stamp, 1
-        while Path(path).exists():  # another run started in the same second
-            path, number = f"{stamp}_{number}", number + 1
-        return path
+        while True:  # made here, not by Hydra later: two runs started in the same second get a directory each
+            try:
+                Path(path).mkdir(parents=True)
+                return path
+            except FileExistsError:
+                path, number = f"{stamp}_{number}", number + 1
+            except OSError as err:
+                raise RunError(f"cannot create the run directory {path}: {err.strerror or err}") from err
     if resume != "auto":
         if not (Path(str(resume)) / "config.yaml").is_file():
             raise RunError(f"resume={resume}: no such run (no {Path(str(resume)) / 'config.yaml'})")

@@ -46,6 +46,7 @@ class OutOfMemory(RuntimeError):
 
 
 _KILL_AT_STEP = int(os.environ.get("DGFT_TEST_KILL_AT_STEP", "0") or 0)
+_TERM_AT_STEP = int(os.environ.get("DGFT_TEST_TERM_AT_STEP", "0") or 0)
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -172,7 +173,8 @@ def _train(cfg, run_dir: Path, overrides: Sequence[str]) -> Path | None:
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
     device = pick_device(cfg.device)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    if resume_from is None:  # a resume records its changes (more steps) when it trains, not if setup fails
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     if cfg.model.name != "tiny":
         require_path(cfg.model.path)  # before the task reads a tokenizer from it
     task = get_task(cfg.task)
@@ -237,6 +239,7 @@ def _train(cfg, run_dir: Path, overrides: Sequence[str]) -> Path | None:
     if last > start_step and resume_from is not None:  # its final weights are stale until it ends: marked so
         (run_dir / runs.RESUMING).write_text(f"{start_step}\n")
         (run_dir / "train_summary.json").unlink(missing_ok=True)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     for step in range(start_step + 1, last + 1):
         micro = [_corrupt(next(batches), cfg, gen, vocab_size, task) for _ in range(cfg.trainer.grad_accum)]
         n_scored = sum(float(m["count"]) for m in micro) or 1.0
@@ -269,6 +272,8 @@ def _train(cfg, run_dir: Path, overrides: Sequence[str]) -> Path | None:
         loss = loss_total / n_scored
         if step == _KILL_AT_STEP:  # fault injection for the test suite: die as a SIGKILL would
             os.kill(os.getpid(), signal.SIGKILL)
+        if step == _TERM_AT_STEP:  # and a SIGTERM that arrives during this step
+            os.kill(os.getpid(), signal.SIGTERM)
         bar.update(1)
         stopping = stop["signal"] or over_time()
         final = step == last or stopping  # the last step is always logged, and checked unless interrupted
@@ -311,7 +316,7 @@ def _train(cfg, run_dir: Path, overrides: Sequence[str]) -> Path | None:
     bar.close()
 
     # --- save --------------------------------------------------------------------------------------
-    loss = float(loss) if step > start_step else None
+    loss = float(loss) if step > start_step else _logged_loss(run_dir / "metrics.jsonl", step)
     if step != saved_step or not (run_dir / "checkpoints" / f"step-{step:06d}").is_dir():
         _checkpoint(run_dir, step, model, opt, sched, batches, gen, cfg, elapsed_s(), ema)
     out = run_dir / ("adapter" if cfg.model.finetune == "lora" else "model")
@@ -321,9 +326,10 @@ def _train(cfg, run_dir: Path, overrides: Sequence[str]) -> Path | None:
         model.generation_config.save_pretrained(str(out))
     writer.close()
     metrics.close()
+    early = step < cfg.trainer.max_steps  # a signal during the last step or the final save stops nothing
     summary = {"steps": step, "train_seconds": round(elapsed_s(), 1),  # all sessions of the run
                "session_seconds": round(time.time() - t0, 1), "final_loss": loss,
-               "stopped_by": stop["signal"] or ("time_limit" if step < cfg.trainer.max_steps else None)}
+               "stopped_by": (stop["signal"] or "time_limit") if early else None}
     (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=1))
     (run_dir / runs.RESUMING).unlink(missing_ok=True)
     from dgft.plots import plot_loss
@@ -331,9 +337,20 @@ def _train(cfg, run_dir: Path, overrides: Sequence[str]) -> Path | None:
     plot_loss(run_dir / "metrics.jsonl", run_dir / "loss.png")
     _link_latest(run_dir)
     say(f"done: {step} steps in {summary['train_seconds']} s; weights in {out}")
-    if stop["signal"]:
+    if stop["signal"] and early:
         say(f"interrupted: resume with `dgft train resume={run_dir}`")
     return run_dir
+
+
+def _logged_loss(path: Path, step: int) -> float | None:
+    """The training loss metrics.jsonl logged at `step` (a resume that had no step left to train), else None."""
+    with contextlib.suppress(OSError):
+        for line in reversed(path.read_text().splitlines()):
+            with contextlib.suppress(ValueError):
+                row = json.loads(line)
+                if isinstance(row, dict) and row.get("step") == step and "loss" in row:
+                    return float(row["loss"])
+    return None
 
 
 # --- the model ----------------------------------------------------------------------------------
@@ -553,7 +570,8 @@ def _checkpoint(run_dir, step, model, opt, sched, batches, gen, cfg, elapsed_s: 
     ckpt.save(run_dir, step, model, state, extra, keep_last=cfg.trainer.keep_last)
 
 
-RESUME_MAY_CHANGE = ("trainer.max_steps", "trainer.num_threads", "trainer.time_limit_min", "device")
+RESUME_MAY_CHANGE = ("trainer.max_steps", "trainer.num_threads", "trainer.time_limit_min", "device",
+                     "task.cache_dir")  # where the data are cached: made again from the seed, the same
 
 
 def _resume_target(cfg, run_dir: Path, overrides: Sequence[str] = ()):
@@ -751,7 +769,7 @@ def _install_signal_handlers(stop: dict) -> None:
 
 
 def _link_latest(run_dir: Path) -> None:
-    """outputs/<name>/latest -> the newest run, so `dgft eval outputs/sudoku/latest` works; to the run itself when
+    """outputs/<name>/latest -> the run whose training session ended last, so `dgft eval outputs/sudoku/latest` works; to the run itself when
     it was reached through the link (`resume=outputs/sudoku/latest`), never to the link. With `hydra.run.dir`
     elsewhere, a `latest` beside the run that dgft did not make (a file, a folder, a link out of the folder or to
     something not a run) is left as it is."""

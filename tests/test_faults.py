@@ -146,7 +146,7 @@ def test_sigterm_finishes_step_and_checkpoints(tmp_path, capsys):
             break
     proc.send_signal(signal.SIGTERM)
     out = proc.communicate(timeout=300)[0]
-    assert proc.returncode == 0, out[-2000:]
+    assert proc.returncode == 128 + signal.SIGTERM, out[-2000:]  # as a shell reports it: `&& dgft eval` stops
     assert "resume with" in out
     assert ckpt.latest_valid(run) is not None and (run / "model" / "model.safetensors").exists()
     summary = json.loads((run / "train_summary.json").read_text())
@@ -526,3 +526,54 @@ def test_a_resumed_lora_run_trains_on_the_base_saved_beside_it(tmp_path):
     with pytest.raises(RunError, match=r"base.*cannot be read back"):
         keep_base(build_tiny(cfg.model, 40, seed=2), base)
     assert (base / "model.safetensors").read_bytes() == b"torn"
+
+
+@pytest.mark.parametrize("term_at", [5, 7])
+def test_a_signal_before_the_last_step_stops_the_run_and_one_during_it_does_not(tmp_path, term_at):
+    """SIGTERM during step 5 of 7 stops the run: it says how to resume, exits 143 and its summary names the signal.
+    During step 7, the last, the run ends as it would have: exit 0, no resume hint, nothing in its summary, and
+    resume=auto passes it over for a run that did stop early."""
+    import shutil
+
+    run = tmp_path / "outputs" / "sudoku" / "2026-01-02_00-00-00"
+    out = _run(_cmd(tmp_path, run), env={"DGFT_TEST_TERM_AT_STEP": str(term_at)})
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["steps"] == term_at
+    if term_at == 5:
+        assert out.returncode == 143 and "resume with" in out.stdout + out.stderr
+        assert summary["stopped_by"] == "SIGTERM"
+        return
+    assert out.returncode == 0 and "resume with" not in out.stdout + out.stderr, out.stderr[-2000:]
+    assert summary["stopped_by"] is None
+    unfinished = run.with_name("2026-01-01_00-00-00")  # older, and stopped before its end
+    shutil.copytree(run, unfinished)
+    shutil.rmtree(unfinished / "checkpoints" / "step-000007")
+    (unfinished / "train_summary.json").unlink()
+    out = subprocess.run([sys.executable, "-m", "dgft.cli", "train", "resume=auto", "trainer.num_threads=1"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "2026-01-01_00-00-00/checkpoints/step-000006 (step 6)" in out.stdout + out.stderr, out.stdout[-2000:]
+
+
+def test_a_resume_that_fails_in_setup_leaves_the_run_config_and_one_with_nothing_left_keeps_its_loss(tmp_path):
+    """A resume records what it changes (more steps, another data cache) only once it trains: a resume whose setup
+    fails (here its data cache cannot be made) leaves config.yaml as it was. The data cache may move, since the
+    data are made again from the seed. A run stopped between its last checkpoint and its weights is resumed with no
+    step to train, and its summary keeps the final loss metrics.jsonl logged."""
+    import shutil
+
+    run = tmp_path / "run"
+    assert _run(_cmd(tmp_path, run)).returncode == 0
+    config = (run / "config.yaml").read_text()
+    blocked = tmp_path / "a_file"
+    blocked.write_text("")
+    out = _run(_cmd(tmp_path, run, f"resume={run}", "trainer.max_steps=9", f"task.cache_dir={blocked / 'c'}"))
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert (run / "config.yaml").read_text() == config
+    final = json.loads((run / "train_summary.json").read_text())["final_loss"]
+    shutil.rmtree(run / "model")
+    (run / "train_summary.json").unlink()
+    out = _run(_cmd(tmp_path, run, f"resume={run}", f"task.cache_dir={tmp_path / 'moved'}"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["steps"] == 7 and summary["final_loss"] == final is not None

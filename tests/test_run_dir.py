@@ -45,17 +45,16 @@ def test_a_new_run_refuses_a_directory_that_holds_a_run(tmp_path):
 
 
 def test_runs_started_in_the_same_second_get_their_own_directories(tmp_path, monkeypatch):
+    """The default run directory is made when it is named, not later by Hydra: a second run in the same second
+    (`for s in 0 1; do dgft train seed=$s & done`) gets the next name instead of writing into the first one's."""
     from dgft.runs import run_dir_for
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("time.strftime", lambda fmt: "2026-01-01_00-00-00")
-    first = run_dir_for("sudoku", None)
-    Path(first).mkdir(parents=True)
-    second = run_dir_for("sudoku", None)
-    Path(second).mkdir()
-    assert (first, second, run_dir_for("sudoku", None)) == (
-        "outputs/sudoku/2026-01-01_00-00-00", "outputs/sudoku/2026-01-01_00-00-00_1",
-        "outputs/sudoku/2026-01-01_00-00-00_2")
+    names = [run_dir_for("sudoku", None) for _ in range(3)]
+    assert names == ["outputs/sudoku/2026-01-01_00-00-00", "outputs/sudoku/2026-01-01_00-00-00_1",
+                     "outputs/sudoku/2026-01-01_00-00-00_2"]
+    assert all(Path(name).is_dir() for name in names)
 
 
 def test_a_run_being_written_is_not_resumed_by_a_second_process(tmp_path):
@@ -233,3 +232,4 @@ def test_the_latest_link_moves_between_runs_and_leaves_a_latest_it_did_not_make(
     link.mkdir()  # a folder of the user's
     _link_latest(tmp_path / "c")
     assert link.is_dir() and not link.is_symlink()
+
