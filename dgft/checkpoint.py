@@ -165,11 +165,18 @@ def mismatch(root: Path, records: dict, verify_hashes: bool = True) -> str | Non
     return None
 
 
-def is_valid(ckpt: Path, verify_hashes: bool = True) -> bool:
+def problem(ckpt: Path, verify_hashes: bool = True) -> str | None:
+    """None for a checkpoint whose manifest checks out; else what is wrong, in a few words (no manifest, or the
+    first file that differs from it)."""
     try:
-        return mismatch(ckpt, json.loads((ckpt / MANIFEST).read_text())["files"], verify_hashes) is None
+        records = json.loads((ckpt / MANIFEST).read_text())["files"]
+        return mismatch(ckpt, records, verify_hashes)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return False
+        return f"missing or invalid {MANIFEST}"
+
+
+def is_valid(ckpt: Path, verify_hashes: bool = True) -> bool:
+    return problem(ckpt, verify_hashes) is None
 
 
 def by_step(name: str) -> tuple[int, str]:
@@ -191,9 +198,10 @@ def checkpoints(run_dir: Path) -> list[Path]:
 def latest_valid(run_dir: Path) -> Path | None:
     """Newest checkpoint whose manifest checks out; invalid newer ones are reported and skipped."""
     for ckpt in reversed(checkpoints(run_dir)):
-        if is_valid(ckpt):
+        wrong = problem(ckpt)
+        if wrong is None:
             return ckpt
-        warnings.warn(f"{ckpt}: missing or invalid {MANIFEST}; using an earlier checkpoint", stacklevel=2)
+        warnings.warn(f"{ckpt}: {wrong}; using an earlier checkpoint", stacklevel=2)
     return None
 
 

@@ -155,6 +155,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if command == "train":
         _check_train_words(rest)
+        rest = _resume_in_place(rest)
         _check_output_dir(rest)
         if {"-m", "--multirun"} & set(rest) and not {"--cfg", "-c", "--help", "-h", "--info"} & set(rest):
             _check_sweep(rest)
@@ -214,6 +215,20 @@ def _override(overrides: list[str], key: str, default: str) -> str:
     """The value an override list gives `key` (the last one, as Hydra takes it; `+key=` and `++key=` too)."""
     values = [o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith(f"{key}=")]
     return values[-1] if values else default
+
+
+def _resume_in_place(overrides: list[str]) -> list[str]:
+    """`dgft train resume=RUN hydra.run.dir=X`: a resume continues RUN in its own directory, and X would only get
+    Hydra's record of the command (a stray folder). The override is dropped, with a note when X is not RUN."""
+    resume = _override(overrides, "resume", "null").strip("'\"")
+    given = [o for o in overrides if o.lstrip("+").startswith("hydra.run.dir=")]
+    if resume in ("null", "None", "") or not given:
+        return overrides
+    target = _override(overrides, "hydra.run.dir", "").strip("'\"")
+    if resume == "auto" or Path(target).absolute().resolve() != Path(resume).absolute().resolve():
+        print(f"dgft train: note: resume={resume} continues the run in its own directory; hydra.run.dir={target} "
+              "is ignored", file=sys.stderr)
+    return [o for o in overrides if o not in given]
 
 
 def _check_output_dir(overrides: list[str]) -> None:
@@ -293,6 +308,8 @@ def _check_train_words(rest: list[str]) -> None:
 def _run_comes_first(command: str, rest: list[str]) -> None:
     """`dgft eval limit=1 RUN`: Hydra would call the path a grammar error; say where the run goes instead."""
     stray = _stray(rest)
+    if stray is not None and command == "eval" and Path(stray).is_file():
+        sys.exit(f"dgft eval: error: {stray!r} is not a key=value override; did you mean data={stray}?")
     if stray is not None:
         sys.exit(f"dgft {command}: error: {stray!r} is not a key=value override; the run directory comes first: "
                  f"dgft {command} RUN [key=value ...] (or run={stray})")

@@ -204,6 +204,9 @@ def check_options(cfg, run_cfg, scfg) -> None:
         return
     if cfg.on_error != "raise":
         raise ConfigError("on_error: infilling files have no lines to skip; a bad line always stops the run")
+    if cfg.baseline:
+        raise ConfigError("baseline=true: the untrained baseline measures what Sudoku's rule masks solve alone; an "
+                          "infill run has none")
     if cfg.batch_by != "size":
         raise ConfigError(f"batch_by={cfg.batch_by}: batching by number of givens is for Sudoku runs")
     if cfg.rerank and cfg.samples < 2:

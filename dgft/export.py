@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -77,6 +78,8 @@ def export(cfg) -> Path:
     source = source_hashes(run_dir, rcfg, checkpoint)
     if rcfg.model.get("quantize", "none") == "nf4":  # which model the export is, so another choice exports again
         source["merge_into"] = cfg.merge_into
+    device = pick_device(cfg.device)  # a bad device= is refused even when the export is up to date
+    _check_out(out, run_dir)
     _remove_stale(out)
     if _recorded_source(out) == source:
         stale = _check_outputs(out, card=False)  # the card is read on its own, and rewritten below
@@ -86,8 +89,6 @@ def export(cfg) -> Path:
                                           if refreshed else ""))
             return out
         print(f"{out}: {stale or f'{CARD_FILE} is not the model card dgft wrote'}; exporting again")
-    _check_out(out, run_dir)
-    device = pick_device(cfg.device)
     quantized = rcfg.model.get("quantize", "none") == "nf4"
     if quantized or (rcfg.model.finetune == "lora" and rcfg.model.name != "tiny"):  # a pretrained base: streamed
         return export_streaming(cfg, rcfg, run_dir, out, checkpoint, source, device)
@@ -123,7 +124,7 @@ def export(cfg) -> Path:
         reloaded = DiffusionGemmaForBlockDiffusion.from_pretrained(str(tmp), dtype=torch.float32, use_safetensors=True)
         reload_diff = _max_diff(reference, check_logits(reloaded.to(device).eval(), prompt, mask, canvas))
         _require(reload_diff, cfg.atol, "re-loaded export vs run")
-        record = {"source": source, "finetune": rcfg.model.finetune,
+        record = {"run": str(run_dir.resolve()), "source": source, "finetune": rcfg.model.finetune,
                   "checkpoint": str(checkpoint) if checkpoint else None, "step": _step(run_dir, checkpoint),
                   "checkpoint_average": averaged, "merged_max_abs_diff": merged_diff,
                   "reload_max_abs_diff": reload_diff, "atol": cfg.atol,
@@ -220,7 +221,8 @@ def export_streaming(cfg, rcfg, run_dir: Path, out: Path, checkpoint, source: di
             trained = load_model(run_dir, rcfg, checkpoint=checkpoint, device=device)
             checks["quantization_gap_max_abs_diff"] = _max_diff(
                 check_logits(trained, prompt.to(device), mask.to(device), canvas.to(device)).cpu(), got)
-        record = {"source": source, "finetune": "lora", "quantize": rcfg.model.get("quantize", "none"),
+        record = {"run": str(run_dir.resolve()), "source": source, "finetune": "lora",
+                  "quantize": rcfg.model.get("quantize", "none"),
                   **({"merge_into": cfg.merge_into} if "merge_into" in source else {}), "merge": summary,
                   "checkpoint": str(checkpoint) if checkpoint else None, "step": _step(run_dir, checkpoint),
                   **checks, "atol": cfg.atol, "checked": checks["merged_max_abs_diff"] is not None,
@@ -650,6 +652,15 @@ def _refresh_card(out: Path, run_dir: Path, checkpoint: Path | None) -> bool | N
     return True
 
 
+def _recorded_run(out: Path) -> str | None:
+    """The run an earlier export in `out` came from, as its export.json names it (exports before it did: None)."""
+    try:
+        run = json.loads((out / RECORD_FILE).read_text())["run"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return run if isinstance(run, str) else None
+
+
 def _recorded_source(out: Path) -> dict | None:
     try:
         return json.loads((out / RECORD_FILE).read_text())["source"]
@@ -684,6 +695,19 @@ def _check_out(out: Path, run_dir: Path) -> None:
     if out.is_dir() and any(out.iterdir()) and not (out / RECORD_FILE).is_file():
         raise RunError(f"out={out}: exists and is not an earlier dgft export (no {RECORD_FILE}); the export replaces "
                        "the directory as a whole, so give a new or empty one")
+    other = _recorded_run(out)
+    if other is not None and Path(other) != run_dir.resolve():
+        raise RunError(f"out={out}: holds the export of another run ({other}), which this one would replace, its "
+                       "evaluations too; give another directory, or remove that export first")
+    parent = out.absolute().parent  # the export is written beside `out`: tried now, before minutes of loading
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise RunError(f"out={out}: cannot be created: {parent} is not a directory")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=f".{out.name}.probe-", dir=parent))
+    except OSError as err:
+        raise RunError(f"out={out}: cannot be written: {parent}: {err.strerror or err}") from None
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:

@@ -205,8 +205,8 @@ def checkpoint_dir(run_dir: Path, name: str) -> Path:
         # the run's own checkpoints first: a relative name must not find another run's from the working directory
         for path in (run_dir / "checkpoints" / candidate, run_dir / candidate, Path(candidate)):
             if path.is_dir():
-                if not ckpt.is_valid(path):
-                    raise RunError(f"{path}: missing or invalid {ckpt.MANIFEST}; the checkpoint may be torn")
+                if wrong := ckpt.problem(path):
+                    raise RunError(f"{path}: {wrong}; the checkpoint may be torn or changed since it was saved")
                 return path
     kept = [c.name for c in ckpt.checkpoints(run_dir)]
     raise RunError(f"checkpoint={name}: no such directory (also looked in {run_dir / 'checkpoints'}, which holds "

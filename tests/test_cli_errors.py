@@ -108,3 +108,38 @@ def test_a_damaged_run_directory_is_named(tmp_path, capsys, finetune):
             assert "Traceback" not in message
         target.write_bytes(original)
     assert (run / "config.yaml").read_text() == config
+
+
+def test_a_damaged_checkpoint_names_the_file_and_a_forgotten_data_key_is_suggested(tmp_path, capsys):
+    """A truncated checkpoint file is named with its size and the manifest's, not blamed on the manifest; a puzzle
+    file given without `data=` gets `data=` suggested."""
+    run = tmp_path / "run"
+    _train(tmp_path, run, "trainer.ckpt_every=1")
+    weights = run / "checkpoints" / "step-000001" / "model.safetensors"
+    size = weights.stat().st_size
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(SystemExit):
+        main(["eval", str(run), "checkpoint=step-1", "limit=1", "baseline=false", "plot=false"])
+    assert f"model.safetensors has 1000 bytes, the record says {size}" in capsys.readouterr().err
+    puzzles = tmp_path / "one.txt"
+    puzzles.write_text("." * 81 + "\n")
+    with pytest.raises(SystemExit) as err:
+        main(["eval", str(run), str(puzzles)])
+    assert f"did you mean data={puzzles}?" in str(err.value.code)
+
+
+def test_resume_continues_in_place_whatever_hydra_run_dir_says(tmp_path):
+    """`dgft train resume=RUN hydra.run.dir=ELSEWHERE` trains RUN and notes that the directory is ignored, leaving
+    no stray folder holding Hydra's record of the command (it goes to RUN/.hydra/resume-<time>/)."""
+    import subprocess
+    import sys
+
+    run, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    _train(tmp_path, run)
+    config = (run / "config.yaml").read_text()
+    out = subprocess.run([sys.executable, "-m", "dgft.cli", "train", f"resume={run}", "trainer.max_steps=3",
+                          f"hydra.run.dir={elsewhere}", "trainer.num_threads=1"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"hydra.run.dir={elsewhere} is ignored" in out.stderr and not elsewhere.exists()
+    assert list((run / ".hydra").glob("resume-*")) and config != (run / "config.yaml").read_text()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -223,6 +224,26 @@ def test_out_that_is_not_an_export_is_never_replaced(tmp_path):
     (exported / "export.json").write_text(json.dumps({"source": {}}))  # an earlier export of another state
     export(export_cfg(run, out=str(exported)))
     assert json.loads((exported / "export.json").read_text())["source"] and (exported / "config.json").is_file()
+    # another run's export is not replaced by this run's (nor its evaluations kept under this run's weights)
+    record = json.loads((exported / "export.json").read_text())
+    assert record["run"] == str(run.resolve())
+    (exported / "export.json").write_text(json.dumps({**record, "run": "/elsewhere/other_run"}))
+    with pytest.raises(RunError, match=r"holds the export of another run \(/elsewhere/other_run\)"):
+        export(export_cfg(run, out=str(exported)))
+    # a folder that cannot be made or written: refused before any model loads
+    for out, why in ((mine / "notes.txt" / "sub", "notes.txt is not a directory"),
+                     (Path("/proc/dgft-export"), "cannot be written: /proc")):
+        with pytest.raises(RunError, match=why):
+            export(export_cfg(run, out=str(out)))
+
+
+def test_a_bad_device_is_refused_even_when_the_export_is_up_to_date(tmp_path):
+    from dgft.config import ConfigError
+
+    run, _ = make_run(tmp_path, "full")
+    export(export_cfg(run))
+    with pytest.raises(ConfigError, match="device='tpu'"):
+        export(export_cfg(run, device="tpu"))
 
 
 def test_export_into_an_existing_empty_directory(tmp_path):

@@ -57,6 +57,13 @@ def write(path, lines, gz=False):
     return path
 
 
+def test_a_byte_order_mark_is_dropped(tmp_path):
+    """As puzzle files: an editor's UTF-8 byte-order mark before the first record is not JSON, and is dropped."""
+    path = write(tmp_path / "bom.jsonl", [PROBLEM])
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert list(read_problems(path)) == ["test/0"]
+
+
 def test_reads_jsonl_and_gz_skipping_blank_lines(tmp_path):
     second = dict(PROBLEM, task_id="test/1")
     for name, gz in (("p.jsonl", False), ("p.jsonl.gz", True)):

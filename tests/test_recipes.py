@@ -291,7 +291,8 @@ def test_every_sampler_setting_can_be_overridden_at_eval():
 @pytest.mark.parametrize("override,message", [("on_error=skip", r"^on_error: infilling files have no lines"),
                                               ("batch_by=givens", r"^batch_by=givens: .* for Sudoku runs"),
                                               ("sampler.reprompt=true", r"^sampler\.reprompt=true: Sudoku only"),
-                                              ("sampler.self_conditioning_from=rules", r"code has no rules")])
+                                              ("sampler.self_conditioning_from=rules", r"code has no rules"),
+                                              ("baseline=true", r"^baseline=true: .* an infill run has none")])
 def test_sudoku_only_eval_options_are_refused_for_an_infill_run(override, message):
     from dgft.evaluate import check_options, eval_sampler
 

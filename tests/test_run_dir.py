@@ -154,7 +154,7 @@ def test_checkpoint_names_find_the_run_own_checkpoint_before_the_working_directo
         ckpt_dir = tmp_path / name / "checkpoints" / "step-000002"
         ckpt_dir.mkdir(parents=True)
         (ckpt_dir / ckpt.MANIFEST).write_text("{}")
-    monkeypatch.setattr(ckpt, "is_valid", lambda path: True)
+    monkeypatch.setattr(ckpt, "problem", lambda path: None)
     monkeypatch.chdir(tmp_path / "other")
     assert checkpoint_dir(tmp_path / "run", "checkpoints/step-000002") == tmp_path / "run/checkpoints/step-000002"
     assert checkpoint_dir(tmp_path / "run", str(tmp_path / "other/checkpoints/step-000002")).parent.parent.name == \

@@ -312,3 +312,26 @@ def test_a_bad_first_row_does_not_hide_the_solution_column(tmp_path):
     path = _write(tmp_path, f"{PUZZLE_4[:-1]},{SOLUTION_4}\n{PUZZLE_4},{SOLUTION_4[:-1]}\n{PUZZLE_4},{SOLUTION_4}\n")
     records, skipped = read_puzzles(path, on_error="skip")
     assert len(records) == 1 and "puzzle has 15" in skipped[0] and "solution has 15" in skipped[1]
+
+
+def test_an_infilling_file_given_to_a_sudoku_run_is_named_as_such(tmp_path):
+    """JSON lines and gzip are infill problem files: said so, instead of a CSV header with no puzzle column."""
+    import gzip
+
+    jsonl = tmp_path / "problems.jsonl"
+    jsonl.write_text('{"task_id": "t/0", "prompt": "def f():\\n", "suffix": "", "canonical_solution": "x"}\n')
+    with pytest.raises(PuzzleFileError, match=r"problems\.jsonl:1: JSON, not a puzzle line.*infill runs"):
+        read_puzzles(jsonl)
+    packed = tmp_path / "problems.jsonl.gz"
+    packed.write_bytes(gzip.compress(jsonl.read_bytes()))
+    with pytest.raises(PuzzleFileError, match=r"problems\.jsonl\.gz: gzip-compressed; puzzle files are plain text"):
+        read_puzzles(packed)
+
+
+def test_repeated_puzzles_are_named():
+    from dgft.tasks.sudoku.io import repeats
+
+    a, b = from_string(PUZZLE_4), from_string(PUZZLE_9)
+    recs = [SudokuRecord(a, None, "f:1"), SudokuRecord(b, None, "f:2"), SudokuRecord(a.copy(), None, "f:3")]
+    assert repeats(recs[:2]) is None
+    assert repeats(recs) == "1 puzzle repeats an earlier one (first: f:3 is f:1)"

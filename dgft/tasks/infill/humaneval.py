@@ -99,7 +99,7 @@ def _records(path, keys):
             for lineno, raw in enumerate(f, start=1):
                 where = f"{path}:{lineno}"
                 try:
-                    line = raw.decode("utf-8")
+                    line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # a byte-order mark, dropped
                 except UnicodeDecodeError as e:
                     raise InfillFileError(f"{where}: not UTF-8 ({e.reason} at byte {e.start})") from None
                 if not line.strip():

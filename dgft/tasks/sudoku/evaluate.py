@@ -26,7 +26,7 @@ from dgft.metrics import SudokuAccuracy, aggregate, closest_solution, score_answ
 from dgft.sampling import sample
 from dgft.tasks import get_task
 from dgft.tasks.sudoku import grid as G
-from dgft.tasks.sudoku.io import read_puzzles
+from dgft.tasks.sudoku.io import read_puzzles, repeats
 from dgft.train import seed_everything
 
 
@@ -39,6 +39,8 @@ def evaluate_run(cfg, run: Path, run_cfg, scfg, device) -> dict:
     recs, skipped = read_puzzles(data, on_error=cfg.on_error, limit=cfg.limit or None)
     for msg in skipped:
         tqdm.write(f"skipped {msg}")
+    if again := repeats(recs):
+        tqdm.write(f"note: {again}; each is scored")
     check_sizes(recs, run_cfg.task.get("sizes"), data)
     out_dir = run / "eval"
     settings = {"data": str(data), **provenance(cfg, run), "baseline": bool(cfg.baseline),

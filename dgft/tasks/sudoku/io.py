@@ -99,6 +99,9 @@ def _read_text(path: Path, name: str) -> str:
         raise PuzzleFileError(f"{name}: file not found") from None
     except OSError as error:
         raise PuzzleFileError(f"{name}: cannot read it ({error.strerror or error})") from None
+    if data.startswith(b"\x1f\x8b"):
+        raise PuzzleFileError(f"{name}: gzip-compressed; puzzle files are plain text (decompress it; a .jsonl.gz "
+                              "of infilling problems is for infill runs)")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
@@ -184,6 +187,22 @@ def _columns(header: list[str], where: str) -> tuple[int, int | None]:
     return puzzle_column, solution_column
 
 
+def repeats(records: list[SudokuRecord]) -> str | None:
+    """None when every puzzle is different; else how many appear again, with the first pair's places."""
+    seen: dict[bytes, str] = {}
+    again = []
+    for rec in records:
+        key = rec.puzzle.tobytes()
+        if key in seen:
+            again.append((seen[key], rec.source))
+        else:
+            seen[key] = rec.source
+    if not again:
+        return None
+    return (f"{len(again)} puzzle{'s' * (len(again) > 1)} repeat{'s' * (len(again) == 1)} an earlier one (first: "
+            f"{again[0][1]} is {again[0][0]})")
+
+
 def read_puzzles(
     path: str | Path, on_error: str = "raise", check_solvable: bool = True, limit: int | None = None
 ) -> tuple[list[SudokuRecord], list[str]]:
@@ -206,6 +225,9 @@ def read_puzzles(
         raise PuzzleFileError(f"{name}: no puzzles in file")
 
     first = lines[0][1]
+    if first.startswith(("{", "[")):
+        raise PuzzleFileError(f"{name}:{lines[0][0]}: JSON, not a puzzle line; puzzle files hold one grid per line "
+                              "or CSV (JSON lines of infilling problems are for infill runs)")
     delimiter = _delimiter(first, lines[1][1] if len(lines) > 1 else None)
     is_csv = delimiter is not None
     puzzle_column, solution_column = 0, None
