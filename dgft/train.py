@@ -221,6 +221,9 @@ def _train(cfg, run_dir: Path, overrides: Sequence[str]) -> Path | None:
     _write_run_info(run_dir, cfg, trainable, total, device, start_step)
     say(f"run dir: {run_dir}\nmodel: {total / 1e6:.2f}M parameters ({trainable / 1e6:.2f}M trained), "
         f"device {device}, dtype {dtype}")
+    if cfg.trainer.warmup_steps >= cfg.trainer.max_steps:
+        say(f"note: trainer.warmup_steps={cfg.trainer.warmup_steps} >= trainer.max_steps={cfg.trainer.max_steps}: "
+            "the learning rate never leaves its warmup (a smoke test; for a model, raise max_steps)")
 
     stop = {"signal": None}
     _install_signal_handlers(stop)

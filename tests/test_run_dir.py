@@ -145,6 +145,7 @@ def test_a_refused_start_leaves_nothing_behind_and_the_log_records_the_run(tmp_p
     assert _run(_cmd(tmp_path, run, "trainer.max_steps=3")).returncode == 0
     log = (run / "train.log").read_text()
     assert f"run dir: {run}" in log and "step 3: held-out" in log and "done: 3 steps" in log
+    assert "trainer.max_steps=3: the learning rate never leaves its warmup" in log  # a smoke test, said so
 
 
 def test_checkpoint_names_find_the_run_own_checkpoint_before_the_working_directory(tmp_path, monkeypatch):
