@@ -393,7 +393,8 @@ def validate(cfg: DictConfig | Any) -> None:
             raise ConfigError(f"{key}={get(key)!r}: must be in [0, 1]")
     if not 0 <= get("seed") < 2**32:  # numpy's range
         raise ConfigError(f"seed={get('seed')!r}: must be in [0, 2**32)")
-    check_sampler(cfg.sampler, task, get("noise.kind"))
+    check_sampler(cfg.sampler, task, get("noise.kind"),
+                  sc_untrained=get("model.name") == "tiny" and not get("noise.self_conditioning_p"))
     if get("noise.loss_weight") == "inv_t" and not get("noise.eps") > 0:
         raise ConfigError(f"noise.eps={get('noise.eps')}: must be > 0 with noise.loss_weight=inv_t (1/t at t = 0)")
     if get("noise.loss_weight") == "inv_t" and get("noise.t_power") != 1:
@@ -416,10 +417,15 @@ _SAMPLER_POSITIVE = ["steps", "batch_size", "views", "passes"]
 _SAMPLER_NON_NEGATIVE = ["temperature", "entropy_bound", "view_batch"]
 
 
-def check_sampler(sampler, task: str, noise_kind: str) -> None:
+def check_sampler(sampler, task: str, noise_kind: str, sc_untrained: bool = False) -> None:
     """Range checks on sampler settings: a train config's `sampler`, or a run's merged with `dgft eval`'s
-    overrides (the same keys, the same messages); raises ConfigError naming the key."""
+    overrides (the same keys, the same messages); raises ConfigError naming the key. `sc_untrained`: the model was
+    trained from scratch without self-conditioning, so the weights that read it never learnt."""
     get = lambda key: OmegaConf.select(sampler, key)  # noqa: E731
+    if sc_untrained and get("self_conditioning"):
+        raise ConfigError("sampler.self_conditioning=true: with noise.self_conditioning_p=0 a model trained from "
+                          "scratch never reads self-conditioning, so the weights that read it keep their random "
+                          "start; set sampler.self_conditioning=false (and sampler.passes=1)")
     check_finite(OmegaConf.to_container(sampler, resolve=True) if isinstance(sampler, DictConfig) else dict(sampler),
                  "sampler")
     for key, allowed in _SAMPLER_CHOICES.items():

@@ -34,8 +34,8 @@ def evaluate(cfg) -> dict:
         raise ConfigError("no run given: dgft eval RUN|EXPORT [data=PATH] [overrides ...]")
     run = real_run_dir(Path(cfg.run))
     run_cfg, export = read_settings(run)
-    if cfg.baseline is None:  # an export does not carry the model before training
-        cfg.baseline = not export
+    if cfg.baseline is None:  # an export does not carry the model before training, and infill has no baseline
+        cfg.baseline = not export and run_cfg.task.name == "sudoku"
     scfg = eval_sampler(cfg, run_cfg)
     check_options(cfg, run_cfg, scfg)
     if export:
@@ -193,7 +193,9 @@ def check_options(cfg, run_cfg, scfg) -> None:
     if cfg.batch_by not in ("size", "givens"):
         raise ConfigError(f"batch_by={cfg.batch_by!r}: expected size or givens")
     # A run saved before a sampler setting existed lacks it: the schema's default fills it for the checks.
-    check_sampler(OmegaConf.merge(asdict(SamplerConfig()), scfg), name, run_cfg.noise.kind)
+    check_sampler(OmegaConf.merge(asdict(SamplerConfig()), scfg), name, run_cfg.noise.kind,
+                  sc_untrained=OmegaConf.select(run_cfg, "model.name", default=None) == "tiny"  # an export: unknown
+                  and not OmegaConf.select(run_cfg, "noise.self_conditioning_p", default=0.5))
     views = int(scfg.get("views", 1))
     if views > 1 and run_cfg.task.get("tokens") == "text":  # infill's views: check_sampler
         raise ConfigError(f"sampler.views={views}: symmetric views are for Sudoku with tokens=cell or digit")

@@ -259,7 +259,8 @@ def _train(cfg, run_dir: Path, overrides: Sequence[str]) -> Path | None:
                 raise OutOfMemory(
                     f"out of {device.type} memory at step {step} (batch {cfg.trainer.batch_size}). Lower "
                     f"trainer.batch_size (and raise trainer.grad_accum to keep the effective batch), set "
-                    f"model.gradient_checkpointing=true, noise.self_conditioning_p=0, model.finetune=lora, or "
+                    f"model.gradient_checkpointing=true, noise.self_conditioning_p=0 (a model from scratch also "
+                    f"sampler.self_conditioning=false sampler.passes=1), model.finetune=lora, or "
                     f"model.quantize=nf4.") from err
             loss_total += loss_sum.detach()
             ar_total += extra.detach() / len(micro)

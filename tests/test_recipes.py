@@ -111,13 +111,33 @@ def test_range_checks_name_the_key(override, key):
 
 
 @pytest.mark.parametrize("overrides,key", [
-    (["task.sc_rules_p=0.5", "noise.self_conditioning_p=0"], "task.sc_rules_p=0.5: .* noise.self_conditioning_p=0"),
+    (["task.sc_rules_p=0.5", "noise.self_conditioning_p=0", "sampler.self_conditioning=false", "sampler.passes=1"],
+     "task.sc_rules_p=0.5: .* noise.self_conditioning_p=0"),
     (["sampler.self_conditioning_from=rules", "sampler.modes=[free,clamped]"], "sampler.self_conditioning_from=rules"),
     (["sampler.fill_forced=true", "sampler.modes=[clamped]"], "sampler.fill_forced=true"),
+    (["noise.self_conditioning_p=0"], "sampler.self_conditioning=true: with noise.self_conditioning_p=0 a model "
+                                      "trained from scratch"),
 ])
 def test_settings_the_run_would_not_use_are_refused(overrides, key):
     with pytest.raises(ConfigError, match=key):
         validate(_compose("train", overrides))
+
+
+def test_self_conditioning_trained_or_not_decides_whether_sampling_may_read_it():
+    """A model from scratch trained without self-conditioning samples without it (its self-conditioning weights keep
+    their random start), also when `dgft eval` is asked for it; a pretrained model learnt it before, so it may."""
+    from dgft.evaluate import check_options, eval_sampler
+
+    off = ["noise.self_conditioning_p=0", "sampler.self_conditioning=false", "sampler.passes=1"]
+    validate(_compose("train", off))
+    validate(_compose("train", ["model=diffusiongemma", "model.path=/nowhere", "model.quantize=none",
+                                "model.structured_attention=false", "task.tokens=text", "task.tokenizer=/nowhere",
+                                "task.canvas_length=${model.canvas_length}", "sampler.views=1",
+                                "noise.self_conditioning_p=0"]))
+    run_cfg = _compose("train", off)
+    cfg = _compose("eval", ["run=/tmp/x", "sampler.self_conditioning=true"])
+    with pytest.raises(ConfigError, match="sampler.self_conditioning=true: with noise.self_conditioning_p=0"):
+        check_options(cfg, run_cfg, eval_sampler(cfg, run_cfg))
 
 
 def test_an_infinite_gradient_norm_means_no_clipping_and_is_allowed():

@@ -91,9 +91,37 @@ def test_sampling_keeps_structure_and_givens_and_rules(mode):
                 assert len(vals) == len(set(vals))
 
 
+def test_free_sampling_keeps_the_layout_that_training_never_noises():
+    """Training never noises the layout (newlines, end of turn, padding), so `free` pins it as infill pins its
+    context: with vocabulary-wide uniform noise it once started from random tokens there, which the model never
+    learnt to restore (and they took acceptances from the cells). A model sure of a digit everywhere keeps it."""
+    import dgft.sampling as S
+
+    t = task(sizes=(4,), canvas=24)
+    cfg = tiny_cfg(model={"canvas_length": 24})
+    model = build_tiny(cfg.model, t.vocab_size).eval()
+    p, s = puzzles(n=4, count=2, seed=1)
+    batch = t.encode(p, s)
+    digit = int(t.layout(4)["digits"][0])
+
+    def denoise(m, cache, canvas, prompt_mask, sc_logits=None):
+        logits = torch.zeros(*canvas.shape, t.vocab_size)
+        logits[..., digit] = 10.0
+        return logits
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(S, "denoise", denoise)
+        scfg = OmegaConf.structured(SamplerConfig(steps=24, views=1))
+        res = S.sample(model, batch, t, scfg, "free", noise_kind="uniform", support="vocab",
+                       generator=torch.Generator().manual_seed(0))
+    layout = batch["always_pinned"]
+    assert layout.sum() == 2 * (24 - 16) and torch.equal(res.canvas[layout], batch["target"][layout])
+    assert (res.canvas[~layout] == digit).all() and t.well_formed(res.canvas, 4).all()
+
+
 def test_an_answer_whose_structure_was_overwritten_is_not_well_formed():
-    """`free` pins nothing, so the model may overwrite a newline or the end of turn: such an answer is no grid, and
-    the evaluation scores it as all blank whatever its cell positions hold."""
+    """A canvas whose newline or end of turn was overwritten (another sampler's, an edited samples file) is no grid,
+    and the evaluation scores it as all blank whatever its cell positions hold."""
     t = task(sizes=(4,), canvas=24)
     p, s = puzzles(n=4, count=2, seed=1)
     canvas = t.encode(p, s)["target"].clone()

@@ -152,8 +152,11 @@ class SudokuTextTask(SudokuTask):
             fixed[:, lay["cells"]] = given & ~torch.as_tensor(corrupt_givens, dtype=torch.bool)[:, None]
         scored = torch.zeros_like(fixed)
         scored[:, lay["cells"]] = ~fixed[:, lay["cells"]]  # the blanks, and the givens corrupt_givens frees
+        layout = torch.ones_like(fixed)  # newlines, end of turn, padding: never noised in training, so pinned in
+        layout[:, lay["cells"]] = False  # `free` sampling too (the model never learnt to restore them)
         out = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "target": target, "fixed": fixed,
-               "givens": givens, "scored": scored, "choices": self.answer_tokens(n), "size": n}
+               "givens": givens, "scored": scored, "choices": self.answer_tokens(n), "size": n,
+               "always_pinned": layout}
         if self.tokenizer.mask_token_id is not None:
             out["mask_ids"] = self.mask_tokens(n)  # [MASK] at the cells, the layout's own tokens elsewhere
             out["absorbing_ids"] = torch.tensor([self.tokenizer.mask_token_id])
