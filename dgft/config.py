@@ -263,6 +263,7 @@ class EvalRecipe:
     overwrite: bool = False  # replace RUN/eval/<name>.* made with other settings (without: refused, naming them)
     seed: int = 0  # seeds the sampler's noise
     device: str = "auto"  # "auto" (a GPU when there is one), "cpu", "cuda"
+    num_threads: int = 0  # torch's CPU threads (0: its default, one per core); one per process on a shared machine
     plot: bool = True  # write a PNG of one puzzle being denoised (Sudoku)
     samples: int = 1  # infill: samples per problem; pass@k (unbiased) for each k in 1, 10, 100 up to it
     rerank: bool = False  # infill: also report the first sample whose window (prefix + middle + suffix), or

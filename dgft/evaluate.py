@@ -43,6 +43,10 @@ def evaluate(cfg) -> dict:
     elif cfg.checkpoint:  # found and its manifest checked once, before any model loads, as export does
         cfg.checkpoint = str(checkpoint_dir(run, cfg.checkpoint))
     device = pick_device(cfg.device)
+    if cfg.num_threads:
+        import torch
+
+        torch.set_num_threads(cfg.num_threads)
     if not export:
         require_weights(run, run_cfg, cfg.checkpoint)  # before the data: a run that never trained says so
         if early := interrupted(cfg, run, run_cfg).get("stopped_early"):
@@ -159,10 +163,13 @@ def interrupted(cfg, run: Path, run_cfg) -> dict:
 def made_by(data: Path, device) -> dict:
     """What an evaluation's result records about where it came from: the data file as resolved and its SHA-256 (the
     `data` setting is the path as typed, relative to wherever eval ran), and `dgft.runs.environment`."""
+    import torch
+
     from dgft.checkpoint import sha256
     from dgft.runs import environment
 
-    return {"data_path": str(Path(data).resolve()), "data_sha256": sha256(data), "environment": environment(device)}
+    return {"data_path": str(Path(data).resolve()), "data_sha256": sha256(data),
+            "environment": {**environment(device), "threads": torch.get_num_threads()}}
 
 
 def provenance(cfg, run: Path) -> dict:
@@ -184,6 +191,8 @@ def check_options(cfg, run_cfg, scfg) -> None:
                           "directories)")
     if cfg.samples < 1 or cfg.workers < 1:
         raise ConfigError(f"samples={cfg.samples}, workers={cfg.workers}: both must be >= 1")
+    if cfg.num_threads < 0:
+        raise ConfigError(f"num_threads={cfg.num_threads}: must be >= 0 (0: torch's default, one per core)")
     if cfg.limit < 0:
         raise ConfigError(f"limit={cfg.limit}: must be >= 0 (the first N puzzles or problems; 0: all)")
     if cfg.on_error not in ("raise", "skip"):

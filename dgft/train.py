@@ -212,6 +212,10 @@ def _train(cfg, run_dir: Path, overrides: Sequence[str]) -> Path | None:
         start_step, clock["before"] = _restore(resume_from, model, opt, sched, batches, gen, cfg, ema)
         _truncate_metrics(run_dir / "metrics.jsonl", start_step)
         say(f"resumed from {resume_from} (step {start_step})")
+        before = _last_session(run_dir).get("threads")
+        if before and before != torch.get_num_threads():
+            say(f"note: {torch.get_num_threads()} threads, where the session before ran on {before}: sums round "
+                "otherwise, so the run will not be bitwise the one an uninterrupted session makes")
 
     from torch.utils.tensorboard import SummaryWriter
 
@@ -790,6 +794,14 @@ def _link_latest(run_dir: Path) -> None:
             link.symlink_to(run_dir.name, target_is_directory=True)
     except OSError:
         pass
+
+
+def _last_session(run_dir: Path) -> dict:
+    """RUN/run.json's record of the latest `dgft train` that wrote the run ({} when unreadable)."""
+    with contextlib.suppress(ValueError, OSError, TypeError, AttributeError):
+        info = json.loads((run_dir / "run.json").read_text())
+        return (info.get("sessions") or [info])[-1]
+    return {}
 
 
 def _write_run_info(run_dir: Path, cfg, trainable: int, total: int, device, start_step: int = 0) -> None:

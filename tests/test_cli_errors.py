@@ -143,3 +143,20 @@ def test_resume_continues_in_place_whatever_hydra_run_dir_says(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert f"hydra.run.dir={elsewhere} is ignored" in out.stderr and not elsewhere.exists()
     assert list((run / ".hydra").glob("resume-*")) and config != (run / "config.yaml").read_text()
+
+
+def test_eval_takes_a_thread_count_and_records_it(tmp_path):
+    """`dgft eval RUN num_threads=1` (a shared machine); the result records the threads its speeds were measured on."""
+    import json
+
+    run = tmp_path / "run"
+    _train(tmp_path, run)
+    threads = torch.get_num_threads()
+    try:
+        main(["eval", str(run), "limit=1", "baseline=false", "plot=false", "num_threads=1", "sampler.modes=[rules]"])
+        assert json.loads((run / "eval" / "heldout.json").read_text())["environment"]["threads"] == 1
+    finally:
+        torch.set_num_threads(threads)
+    with pytest.raises(SystemExit) as err:
+        main(["eval", str(run), "num_threads=-1"])
+    assert err.value.code == 2

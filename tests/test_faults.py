@@ -578,3 +578,14 @@ def test_a_resume_that_fails_in_setup_leaves_the_run_config_and_one_with_nothing
     assert out.returncode == 0, out.stderr[-2000:]
     summary = json.loads((run / "train_summary.json").read_text())
     assert summary["steps"] == 7 and summary["final_loss"] == final is not None
+
+
+def test_a_resume_on_another_thread_count_says_it_will_not_be_bitwise(tmp_path):
+    """Bitwise resumes need the thread count of the session before (sums round otherwise): a resume on another
+    count says so."""
+    run = tmp_path / "run"
+    assert _run(_cmd(tmp_path, run)).returncode == 0
+    out = _run([a for a in _cmd(tmp_path, run, f"resume={run}", "trainer.max_steps=8")
+                if a != "trainer.num_threads=1"] + ["trainer.num_threads=2"])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "note: 2 threads, where the session before ran on 1" in out.stdout + out.stderr
