@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
                 _remove_if_empty(Path(HydraConfig.get().runtime.output_dir))
             if command == "train" and cfg.get("resume") and isinstance(err, (ConfigError, RunError)):
                 _remove_refused_record(HydraConfig.get())  # a refusal: the run is as it was, its record too
-            sys.exit(2)
+            sys.exit(128 + err.signum if getattr(err, "signum", 0) else 2)  # a signal in setup: as in training
 
     if command == "train":
         _check_train_words(rest)

@@ -394,8 +394,9 @@ def validate(cfg: DictConfig | Any) -> None:
             raise ConfigError(f"{key}={get(key)!r}: must be in [0, 1]")
     if not 0 <= get("seed") < 2**32:  # numpy's range
         raise ConfigError(f"seed={get('seed')!r}: must be in [0, 2**32)")
-    check_sampler(cfg.sampler, task, get("noise.kind"),
-                  sc_untrained=get("model.name") == "tiny" and not get("noise.self_conditioning_p"))
+    # a model from scratch that never learns self-conditioning; not checked on resume (a run saved before trains on)
+    sc_untrained = get("model.name") == "tiny" and not get("noise.self_conditioning_p") and not get("resume")
+    check_sampler(cfg.sampler, task, get("noise.kind"), sc_untrained=sc_untrained)
     if get("noise.loss_weight") == "inv_t" and not get("noise.eps") > 0:
         raise ConfigError(f"noise.eps={get('noise.eps')}: must be > 0 with noise.loss_weight=inv_t (1/t at t = 0)")
     if get("noise.loss_weight") == "inv_t" and get("noise.t_power") != 1:

@@ -79,7 +79,6 @@ def export(cfg) -> Path:
     if rcfg.model.get("quantize", "none") == "nf4":  # which model the export is, so another choice exports again
         source["merge_into"] = cfg.merge_into
     device = pick_device(cfg.device)  # a bad device= is refused even when the export is up to date
-    _check_out(out, run_dir)
     _remove_stale(out)
     if _recorded_source(out) == source:
         stale = _check_outputs(out, card=False)  # the card is read on its own, and rewritten below
@@ -89,6 +88,7 @@ def export(cfg) -> Path:
                                           if refreshed else ""))
             return out
         print(f"{out}: {stale or f'{CARD_FILE} is not the model card dgft wrote'}; exporting again")
+    _check_out(out, run_dir)  # an up-to-date export is this run's whatever path it was made from, and is not written
     quantized = rcfg.model.get("quantize", "none") == "nf4"
     if quantized or (rcfg.model.finetune == "lora" and rcfg.model.name != "tiny"):  # a pretrained base: streamed
         return export_streaming(cfg, rcfg, run_dir, out, checkpoint, source, device)
@@ -695,10 +695,10 @@ def _check_out(out: Path, run_dir: Path) -> None:
     if out.is_dir() and any(out.iterdir()) and not (out / RECORD_FILE).is_file():
         raise RunError(f"out={out}: exists and is not an earlier dgft export (no {RECORD_FILE}); the export replaces "
                        "the directory as a whole, so give a new or empty one")
-    other = _recorded_run(out)
-    if other is not None and Path(other) != run_dir.resolve():
-        raise RunError(f"out={out}: holds the export of another run ({other}), which this one would replace, its "
-                       "evaluations too; give another directory, or remove that export first")
+    other = _recorded_run(out)  # outside the run: another run's export must not be replaced (the run moved: said so)
+    if other is not None and Path(other) != run_dir.resolve() and run_dir.resolve() not in out.resolve().parents:
+        raise RunError(f"out={out}: holds the export of another run ({other}; or of this one, moved since), which "
+                       "this one would replace, its evaluations too; give another directory, or remove that export")
     parent = out.absolute().parent  # the export is written beside `out`: tried now, before minutes of loading
     while not parent.exists():
         parent = parent.parent

@@ -283,7 +283,7 @@ def _train(cfg, run_dir: Path, overrides: Sequence[str]) -> Path | None:
         if step == _TERM_AT_STEP:  # and a SIGTERM that arrives during this step
             os.kill(os.getpid(), signal.SIGTERM)
         bar.update(1)
-        stopping = stop["signal"] or over_time()
+        stopping = (stop["signal"] or over_time()) and step < last  # a signal during the last step stops nothing
         final = step == last or stopping  # the last step is always logged, and checked unless interrupted
         if step % cfg.trainer.log_every == 0 or step == 1 or final:
             loss = float(loss)
@@ -303,7 +303,8 @@ def _train(cfg, run_dir: Path, overrides: Sequence[str]) -> Path | None:
                 if k in row:
                     writer.add_scalar(f"train/{k}", row[k], step)
         paused = time.perf_counter()
-        if cfg.trainer.eval_every and (step % cfg.trainer.eval_every == 0 or (final and not stop["signal"])):
+        interrupted = stopping and stop["signal"]  # the final check is skipped only for a signal before the end
+        if cfg.trainer.eval_every and (step % cfg.trainer.eval_every == 0 or (final and not interrupted)):
             with averaged():
                 row = {"step": step, **task.quick_eval(model, eval_batch, cfg, eval_gen.manual_seed(cfg.seed))}
             metrics.write(json.dumps(row) + "\n")
@@ -744,7 +745,12 @@ def _jsonable(obj):
 
 
 class Interrupted(runs.RunError):
-    """A signal before the first step: nothing was trained, and a new run's directory is left as it was."""
+    """A signal before the first step: nothing was trained, and a new run's directory is left as it was. `signum`:
+    the signal's number (`dgft train` exits with 128 + it, as after a signal during training)."""
+
+    def __init__(self, message: str, signum: int = 0):
+        super().__init__(message)
+        self.signum = signum
 
 
 def _stop_during_setup() -> dict:
@@ -752,7 +758,7 @@ def _stop_during_setup() -> dict:
     released, a new run's files are removed and the data workers stop (SIGTERM used to end the process there and
     then, leaving them holding the lock) -> the handlers it replaced, by signal."""
     def handler(signum, frame):
-        raise Interrupted(f"{signal.Signals(signum).name} before the first step: nothing was trained")
+        raise Interrupted(f"{signal.Signals(signum).name} before the first step: nothing was trained", signum)
     return _on_stop_signals(handler)
 
 
@@ -777,10 +783,10 @@ def _install_signal_handlers(stop: dict) -> None:
 
 
 def _link_latest(run_dir: Path) -> None:
-    """outputs/<name>/latest -> the run whose training session ended last, so `dgft eval outputs/sudoku/latest` works; to the run itself when
-    it was reached through the link (`resume=outputs/sudoku/latest`), never to the link. With `hydra.run.dir`
-    elsewhere, a `latest` beside the run that dgft did not make (a file, a folder, a link out of the folder or to
-    something not a run) is left as it is."""
+    """outputs/<name>/latest -> the run whose training session ended last, so `dgft eval outputs/sudoku/latest`
+    works; to the run itself when it was reached through the link (`resume=outputs/sudoku/latest`), never to the
+    link. With `hydra.run.dir` elsewhere, a `latest` beside the run that dgft did not make (a file, a folder, a link
+    out of the folder or to something not a run) is left as it is."""
     run_dir = run_dir.resolve()
     link = run_dir.parent / "latest"
     try:

@@ -227,14 +227,31 @@ def test_out_that_is_not_an_export_is_never_replaced(tmp_path):
     # another run's export is not replaced by this run's (nor its evaluations kept under this run's weights)
     record = json.loads((exported / "export.json").read_text())
     assert record["run"] == str(run.resolve())
-    (exported / "export.json").write_text(json.dumps({**record, "run": "/elsewhere/other_run"}))
-    with pytest.raises(RunError, match=r"holds the export of another run \(/elsewhere/other_run\)"):
+    (exported / "export.json").write_text(json.dumps({**record, "run": "/elsewhere/other_run", "source": {}}))
+    with pytest.raises(RunError, match=r"holds the export of another run \(/elsewhere/other_run;"):
         export(export_cfg(run, out=str(exported)))
     # a folder that cannot be made or written: refused before any model loads
     for out, why in ((mine / "notes.txt" / "sub", "notes.txt is not a directory"),
                      (Path("/proc/dgft-export"), "cannot be written: /proc")):
         with pytest.raises(RunError, match=why):
             export(export_cfg(run, out=str(out)))
+
+
+def test_a_moved_run_keeps_its_export(tmp_path, capsys):
+    """A run moved (copied back from another machine, renamed) keeps its export: up to date while the run is
+    unchanged, and made again inside the run once it changed; only an export outside the run that another path
+    made is refused."""
+    run, _ = make_run(tmp_path, "full")
+    export(export_cfg(run))
+    moved = tmp_path / "moved"
+    run.rename(moved)
+    capsys.readouterr()
+    export(export_cfg(moved))
+    assert "up to date" in capsys.readouterr().out
+    record = json.loads((moved / "export" / "export.json").read_text())
+    (moved / "export" / "export.json").write_text(json.dumps({**record, "source": {}}))  # the run changed since
+    export(export_cfg(moved))
+    assert json.loads((moved / "export" / "export.json").read_text())["run"] == str(moved.resolve())
 
 
 def test_a_bad_device_is_refused_even_when_the_export_is_up_to_date(tmp_path):

@@ -184,7 +184,7 @@ def test_sigterm_while_generating_data_leaves_no_worker_no_lock_and_no_run(tmp_p
         time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)
     out = proc.communicate(timeout=120)[0]
-    assert proc.returncode == 2 and "SIGTERM before the first step" in out and "Traceback" not in out, out[-2000:]
+    assert proc.returncode == 143 and "SIGTERM before the first step" in out and "Traceback" not in out, out[-2000:]
     assert children, "no data workers seen"
     for _ in range(100):  # the workers end with their parent
         alive = [pid for pid in children if Path(f"/proc/{pid}").exists()
@@ -545,7 +545,9 @@ def test_a_signal_before_the_last_step_stops_the_run_and_one_during_it_does_not(
         assert summary["stopped_by"] == "SIGTERM"
         return
     assert out.returncode == 0 and "resume with" not in out.stdout + out.stderr, out.stderr[-2000:]
-    assert summary["stopped_by"] is None
+    assert summary["stopped_by"] is None and "stopping at step" not in out.stdout + out.stderr
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any(r["step"] == 7 and "loss" not in r for r in rows)  # its final held-out check, as without the signal
     unfinished = run.with_name("2026-01-01_00-00-00")  # older, and stopped before its end
     shutil.copytree(run, unfinished)
     shutil.rmtree(unfinished / "checkpoints" / "step-000007")
@@ -578,6 +580,20 @@ def test_a_resume_that_fails_in_setup_leaves_the_run_config_and_one_with_nothing
     assert out.returncode == 0, out.stderr[-2000:]
     summary = json.loads((run / "train_summary.json").read_text())
     assert summary["steps"] == 7 and summary["final_loss"] == final is not None
+
+
+def test_a_run_saved_before_a_config_check_still_resumes(tmp_path):
+    """A model from scratch trained without self-conditioning is no longer sampled with it (a config error for a new
+    run), but a run saved before that check, whose config asks for it, still resumes: the resume may not change
+    the sampler, so refusing it would leave the run stuck."""
+    run = tmp_path / "run"
+    off = ["noise.self_conditioning_p=0", "sampler.self_conditioning=false", "sampler.passes=1"]
+    assert _run(_cmd(tmp_path, run, *off)).returncode == 0
+    config = run / "config.yaml"
+    config.write_text(config.read_text().replace("self_conditioning: false", "self_conditioning: true"))
+    out = _run(_cmd(tmp_path, run, *off[:1], f"resume={run}", "trainer.max_steps=8"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads((run / "train_summary.json").read_text())["steps"] == 8
 
 
 def test_a_resume_on_another_thread_count_says_it_will_not_be_bitwise(tmp_path):
