@@ -193,7 +193,8 @@ def _help_without_schemas(run_hydra) -> None:
 HELP = {
     "eval": "dgft eval RUN|EXPORT [data=PATH] [key=value ...]\n\nEvaluate a run, or an export (`dgft export`'s "
             "directory; data= needed, no untrained baseline): every sampling mode side by side (Sudoku), pass@k "
-            "(infill). Writes RUN/eval/<name>.json, .md and _samples.jsonl (EXPORT/eval/ for an export).\n\n"
+            "(infill). Writes RUN/eval/<name>.json, .md, _samples.jsonl and, for Sudoku, _denoising.png (plot=true) "
+            "(EXPORT/eval/ for an export).\n\n"
             "Options (key=value):",
     "export": "dgft export RUN [out=DIR] [checkpoint=step-N]\n\nWrite a standalone model directory (safetensors, "
               "config, tokenizer, sampler settings); a LoRA adapter is merged and the merged logits checked against "
