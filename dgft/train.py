@@ -421,20 +421,20 @@ def keep_base(model, base_dir: Path) -> None:
 
 def check_vocabulary(task, cfg, model_vocab: int) -> None:
     """A pretrained model reads the task's token ids. A vocabulary the task builds (Sudoku's cell or digit tokens,
-    infill's BPE) is the right one only for a model trained on it (a dgft export of such a run); a pretrained
-    tokenizer's ids must fit the model's embeddings."""
+    infill's BPE) is the right one only for a model trained on it (a dgft export of such a run): another size is
+    refused. A pretrained tokenizer (task.tokenizer) is the model's own and is not checked here: tokenizers often
+    count a few added tokens that the embeddings leave out or pad past."""
     from dgft.config import ConfigError
 
-    own = not cfg.task.get("tokenizer")
-    if task.vocab_size == model_vocab or (not own and task.vocab_size < model_vocab):
+    if cfg.task.get("tokenizer") or task.vocab_size == model_vocab:
         return
     what = f"task.tokens={cfg.task.tokens}" if "tokens" in cfg.task else "the task's BPE"
-    source = f"{what}, built by dgft" if own else f"task.tokenizer={cfg.task.tokenizer}"
     hint = ("a pretrained DiffusionGemma reads text through its own tokenizer: recipe=sudoku_lora "
             "model.path=MODEL_DIR (task.tokens=text)" if cfg.task.name == "sudoku"
             else "set task.tokenizer to the model's directory")
     raise ConfigError(f"model.path={cfg.model.path}: the model's vocabulary has {model_vocab} tokens and the task's "
-                      f"({source}) {task.vocab_size}, so the model would read other tokens than it learnt; {hint}")
+                      f"({what}, built by dgft) {task.vocab_size}, so the model would read other tokens than it "
+                      f"learnt; {hint}")
 
 
 # --- pieces of a step -----------------------------------------------------------------------------
