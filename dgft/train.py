@@ -339,6 +339,9 @@ def _train(cfg, run_dir: Path, overrides: Sequence[str]) -> Path | None:
     summary = {"steps": step, "train_seconds": round(elapsed_s(), 1),  # all sessions of the run
                "session_seconds": round(time.time() - t0, 1), "final_loss": loss,
                "stopped_by": (stop["signal"] or "time_limit") if early else None}
+    if isinstance(getattr(batches, "counts", None), dict):  # infill: spans drawn, and those redrawn (all sessions)
+        summary["data_counts"] = dict(batches.counts)
+        say("training spans: " + ", ".join(f"{k} {v}" for k, v in batches.counts.items()))
     (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=1))
     (run_dir / runs.RESUMING).unlink(missing_ok=True)
     from dgft.plots import plot_loss
@@ -827,7 +830,7 @@ def _write_run_info(run_dir: Path, cfg, trainable: int, total: int, device, star
                        "base/": "a LoRA run's tiny base weights", "checkpoints/": "resumable checkpoints",
                        "metrics.jsonl": "training and held-out metrics", "tb/": "TensorBoard events",
                        "loss.png": "loss curve", "train.log": "what training said",
-                       "train_summary.json": "steps, seconds and final loss (written last)",
+                       "train_summary.json": "steps, seconds and final loss (written last); infill: spans drawn and redrawn",
                        "data/": "the held-out split (Sudoku: heldout.csv; infill: heldout.jsonl.gz)",
                        "eval/": "dgft eval results", "export/": "dgft export's standalone model"}}
     (run_dir / "run.json").write_text(json.dumps(info, indent=1))

@@ -64,6 +64,8 @@ def test_infill_train_eval_export(tmp_path):
         assert (run / name).exists(), name
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert any("loss" in r for r in rows) and any("clamped_exact" in r and "clamped_token_acc" in r for r in rows)
+    counts = json.loads((run / "train_summary.json").read_text())["data_counts"]  # spans redrawn: said, not silent
+    assert set(counts) == {"drawn", "too_long", "no_span"} and counts["drawn"] >= 4 * 4  # 4 steps of 4
     from dgft.plots import heldout_series  # loss.png's held-out curves: infill's keys too, not only Sudoku's
 
     assert "clamped_exact" in heldout_series(rows) and "clamped_token_acc" not in heldout_series(rows)
