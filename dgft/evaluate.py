@@ -15,7 +15,6 @@ Example: `dgft eval outputs/sudoku/2026-11-27_15-00-00 data=../shared/benchmarks
 
 from __future__ import annotations
 
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -23,8 +22,8 @@ from omegaconf import OmegaConf
 
 from dgft.config import ConfigError, SamplerConfig, check_sampler
 from dgft.export import check_export, is_export, load_export, read_settings
-from dgft.runs import (RunError, checkpoint_dir, load_model, load_tokenizer, real_run_dir, require_weights,
-                       stopped_early)
+from dgft.runs import (RunError, checkpoint_dir, load_model, load_tokenizer, note_stopped_early, real_run_dir,
+                       require_weights, stopped_early)
 from dgft.tasks import get_task
 from dgft.train import pick_device
 
@@ -49,8 +48,8 @@ def evaluate(cfg) -> dict:
         torch.set_num_threads(cfg.num_threads)
     if not export:
         require_weights(run, run_cfg, cfg.checkpoint)  # before the data: a run that never trained says so
-        if early := interrupted(cfg, run, run_cfg).get("stopped_early"):
-            print(f"note: {run}: {early} (`dgft train resume={run}` finishes it)", file=sys.stderr)
+        if not cfg.checkpoint:  # a checkpoint is what it is; the final weights of a stopped run are said to be so
+            note_stopped_early(run, run_cfg)
     if run_cfg.task.name == "infill":
         from dgft.tasks.infill.evaluate import evaluate_run
     else:

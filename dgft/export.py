@@ -34,8 +34,8 @@ from dgft.cache import replace_file
 from dgft.card import model_card, with_evaluations
 from dgft.config import ConfigError, ExportRecipe
 from dgft.model import denoise, encode, retie_encoder, unwrap
-from dgft.runs import (RunError, checkpoint_dir, keeps_average, load_config, load_model, real_run_dir, require_final,
-                       stopped_early)
+from dgft.runs import (RunError, checkpoint_dir, keeps_average, load_config, load_model, note_stopped_early,
+                       real_run_dir, require_final)
 from dgft.train import pick_device
 
 SAMPLER_FILE = "dgft_sampler.json"
@@ -73,14 +73,13 @@ def export(cfg) -> Path:
     out = Path(cfg.out) if cfg.out else run_dir / ("export" if checkpoint is None else f"export_{checkpoint.name}")
     if checkpoint is None:
         require_final(run_dir, rcfg)
-        if early := stopped_early(run_dir, rcfg):
-            print(f"note: {run_dir}: {early} (`dgft train resume={run_dir}` finishes it)", file=sys.stderr)
+        note_stopped_early(run_dir, rcfg)
     source = source_hashes(run_dir, rcfg, checkpoint)
     if rcfg.model.get("quantize", "none") == "nf4":  # which model the export is, so another choice exports again
         source["merge_into"] = cfg.merge_into
     device = pick_device(cfg.device)  # a bad device= is refused even when the export is up to date
     _remove_stale(out)
-    if _recorded_source(out) == source:
+    if _recorded(out, "source") == source:
         stale = _check_outputs(out, card=False)  # the card is read on its own, and rewritten below
         refreshed = _refresh_card(out, run_dir, checkpoint) if stale is None else None
         if refreshed is not None:
@@ -652,18 +651,11 @@ def _refresh_card(out: Path, run_dir: Path, checkpoint: Path | None) -> bool | N
     return True
 
 
-def _recorded_run(out: Path) -> str | None:
-    """The run an earlier export in `out` came from, as its export.json names it (exports before it did: None)."""
+def _recorded(out: Path, key: str):
+    """An earlier export's export.json entry `key` (`source`: the run files it was made from; `run`: that run's
+    path, which exports before session 32 lack); None when there is no such record."""
     try:
-        run = json.loads((out / RECORD_FILE).read_text())["run"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return run if isinstance(run, str) else None
-
-
-def _recorded_source(out: Path) -> dict | None:
-    try:
-        return json.loads((out / RECORD_FILE).read_text())["source"]
+        return json.loads((out / RECORD_FILE).read_text())[key]
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -695,8 +687,8 @@ def _check_out(out: Path, run_dir: Path) -> None:
     if out.is_dir() and any(out.iterdir()) and not (out / RECORD_FILE).is_file():
         raise RunError(f"out={out}: exists and is not an earlier dgft export (no {RECORD_FILE}); the export replaces "
                        "the directory as a whole, so give a new or empty one")
-    other = _recorded_run(out)  # outside the run: another run's export must not be replaced (the run moved: said so)
-    if other is not None and Path(other) != run_dir.resolve() and run_dir.resolve() not in out.resolve().parents:
+    other = _recorded(out, "run")  # outside the run: another run's export must not be replaced (the run moved: said so)
+    if isinstance(other, str) and Path(other) != run_dir.resolve() and run_dir.resolve() not in out.resolve().parents:
         raise RunError(f"out={out}: holds the export of another run ({other}; or of this one, moved since), which "
                        "this one would replace, its evaluations too; give another directory, or remove that export")
     parent = out.absolute().parent  # the export is written beside `out`: tried now, before minutes of loading

@@ -171,6 +171,16 @@ def stopped_early(run: Path, cfg) -> str | None:
     return f"its training was stopped by {ended.get('stopped_by')} {at}, before its schedule ended"
 
 
+def note_stopped_early(run: Path, cfg) -> str | None:
+    """`stopped_early`'s sentence, also said on stderr with the command that finishes the run (eval and export)."""
+    import sys
+
+    early = stopped_early(run, cfg)
+    if early:
+        print(f"note: {run}: {early} (`dgft train resume={run}` finishes it)", file=sys.stderr)
+    return early
+
+
 def read_yaml(path: Path):
     """A run's YAML record (config.yaml, .hydra/hydra.yaml), or a RunError naming the file and what is wrong (the
     parser's line and column)."""
