@@ -27,13 +27,57 @@ def sample_t(batch: int, eps: float, generator: torch.Generator | None = None, d
     return eps + (1 - eps) * (u if power == 1 else u ** (1 / power))
 
 
-def draw(support, shape: tuple[int, int], generator: torch.Generator | None = None, device=None) -> torch.Tensor:
-    """(B, L) tokens drawn uniformly from `support` at each position (the uniform prior)."""
+class RowGenerators:
+    """One seeded host generator per example of a batch, so that what an example draws depends on its own seed
+    alone: not on the batch it is in, its place there, or the batch's size. `dgft eval` seeds one per puzzle or
+    problem from (seed, its index in the file), so `limit=N` draws for its N what the whole file's evaluation does,
+    and `sampler.batch_size` or `batch_by` change no draw. Draws are made on the host and moved to the device.
+
+    A batch of C copies of each example (the sampler's views, copy-major: copy c of example b is row c * B + b)
+    draws each example's C rows from its own generator.
+    """
+
+    def __init__(self, seeds):
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+
+    def __len__(self) -> int:
+        return len(self.generators)
+
+    def randint(self, high: int, shape: tuple[int, int], device=None) -> torch.Tensor:
+        """(C * B, L) integers in [0, high): example b's C rows (c * B + b) from its generator, in one draw."""
+        rows, L = shape
+        B = len(self.generators)
+        if rows % B:
+            raise ValueError(f"{rows} rows drawn with {B} row generators: expected a multiple of {B}")
+        out = torch.stack([torch.randint(0, high, (rows // B, L), generator=g) for g in self.generators], 1)
+        return out.reshape(rows, L).to(device)
+
+    def multinomial(self, probs: torch.Tensor) -> torch.Tensor:
+        """(B, L, K) probabilities -> (B, L) one index per position, example b's from its generator."""
+        draws = [torch.multinomial(p, 1, generator=g)[:, 0] for p, g in zip(probs.cpu(), self.generators)]
+        return torch.stack(draws).to(probs.device)
+
+
+def example_seed(*key: int) -> int:
+    """A seed for one example's RowGenerators from integers such as (seed, index in the file, sample number),
+    mixed by numpy's SeedSequence, so that neighbouring keys start unrelated streams."""
+    import numpy as np
+
+    hi, lo = np.random.SeedSequence([int(k) for k in key]).generate_state(2, np.uint32)
+    return (int(hi) << 31) ^ int(lo)  # < 2**63
+
+
+def draw(support, shape: tuple[int, int], generator=None, device=None) -> torch.Tensor:
+    """(B, L) tokens drawn uniformly from `support` at each position (the uniform prior). `generator`: a
+    torch.Generator (one stream for the batch), RowGenerators (one per example), or None (torch's global one)."""
     B, L = shape
+    K = support if isinstance(support, int) else support.shape[-1]
+    if isinstance(generator, RowGenerators):
+        idx = generator.randint(K, (B, L), device)
+    else:
+        idx = torch.randint(0, K, (B, L), generator=generator, device=device)
     if isinstance(support, int):
-        return torch.randint(0, support, (B, L), generator=generator, device=device)
-    K = support.shape[-1]
-    idx = torch.randint(0, K, (B, L), generator=generator, device=device)
+        return idx
     return torch.gather(support.to(device).expand(B, L, K), 2, idx[..., None])[..., 0]
 
 

@@ -119,7 +119,9 @@ def accept_count(score: torch.Tensor, open_: torch.Tensor, rule: str, step: int,
 # --- the loop -------------------------------------------------------------------------------------
 @torch.no_grad()
 def sample(model, batch: dict, task, scfg, mode: str, noise_kind: str = "uniform", support: str = "answer",
-           generator: torch.Generator | None = None, record: bool = False, pad_id: int = 0) -> SampleResult:
+           generator=None, record: bool = False, pad_id: int = 0) -> SampleResult:
+    """`generator`: the noise's and a tempered pick's; a torch.Generator (one stream for the batch),
+    `noise.RowGenerators` (one per example: each example's draws independent of the rest of the batch), or None."""
     if mode not in MODES:
         raise ValueError(f"sampling mode {mode!r}: expected one of {', '.join(MODES)}")
     device = next(model.parameters()).device
@@ -129,16 +131,16 @@ def sample(model, batch: dict, task, scfg, mode: str, noise_kind: str = "uniform
     B, L = target.shape
     vocab = model.config.text_config.vocab_size if hasattr(model.config, "text_config") else model.config.vocab_size
     prior = choices if support == "answer" else vocab
-    if generator is not None and generator.device != device:  # a host generator seeds one on the model's device
+    if isinstance(generator, torch.Generator) and generator.device != device:  # a host one seeds one on the device
         generator = torch.Generator(device).manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
 
     mask_ids = N.mask_ids(noise_kind, batch)  # (L,) per-position mask tokens, for absorbing noise
     example_choices = batch["allowed"].to(device) if "allowed" in batch else None  # (B, L, K) bool, if any
 
-    def noise_like():
+    def noise_like(copies: int = 1):  # (copies * B, L), copy-major: copy c of example b is row c * B + b
         if noise_kind == "mask":
-            return mask_ids.to(device)[None].expand(B, L).clone()
-        return N.draw(prior, (B, L), generator, device)
+            return mask_ids.to(device)[None].expand(copies * B, L).clone()
+        return N.draw(prior, (copies * B, L), generator, device)
 
     if mode != "free":
         pinned = batch["fixed"].to(device)
@@ -309,7 +311,7 @@ class _Views:
         B, L = canvas.shape
         total = 0.0
         for c, (views, vs) in enumerate(zip(self.chunks, self.chunk_index)):
-            noise = torch.cat([self.noise_like() for _ in views])  # one (B, L) draw per view, in view order
+            noise = self.noise_like(len(views))  # (B, L) per view, view-major
             view_canvas = torch.where(self._at(vs, known), self._tokens(vs, index), noise)
             logits = denoise(self.model, self.caches[c], view_canvas, self.masks[c], sc_logits=self.sc[c])
             self.sc[c] = logits if self.self_conditioning else None
@@ -336,6 +338,8 @@ def _probs(scores, temperature: float):
 def _pick(probs, temperature: float, generator):
     if temperature <= 0:
         return probs.argmax(-1)
+    if isinstance(generator, N.RowGenerators):
+        return generator.multinomial(probs)
     B, L, K = probs.shape
     return torch.multinomial(probs.reshape(-1, K), 1, generator=generator).reshape(B, L)
 

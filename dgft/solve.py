@@ -10,8 +10,9 @@ prompt), so each blank's target is a placeholder. Answers are 16- or 81-characte
 left empty (in `rules` mode, a cell whose every digit a peer already held; in any mode, one still open when the
 steps ran out). The sampler is the one the model was trained for (an export's `dgft_sampler.json`, a run's
 config.yaml), with sampler overrides as keyword arguments (`steps=40`, checked as `dgft eval` checks them); `mode` is
-`free`, `clamped` or `rules` (`dgft eval` reports all three); `seed` seeds the sampler's own generator (the global
-ones are left alone). Only Sudoku with cell or digit tokens, and only the grid sizes the model was trained on.
+`free`, `clamped` or `rules` (`dgft eval` reports all three); `seed` seeds each puzzle's own noise generator, with
+its place in the list, as `dgft eval` seeds a file's (the global generators are left alone). Only Sudoku with cell or
+digit tokens, and only the grid sizes the model was trained on.
 """
 
 from __future__ import annotations
@@ -35,8 +36,6 @@ class Solver:
         self.task = get_task(settings.task)
 
     def __call__(self, puzzles: list[str], mode: str = "rules", seed: int = 0, **sampler) -> list[str]:
-        import torch
-
         from dgft.config import SamplerConfig, check_sampler
         from dgft.sampling import MODES
         from dgft.tasks.sudoku import grid as G
@@ -65,8 +64,7 @@ class Solver:
             grids.append(grid)
         recs = [SudokuRecord(grid, np.where(grid == 0, 1, grid), f"puzzle {i}")  # the target: read at the givens only
                 for i, grid in enumerate(grids)]
-        answers, _ = run_mode(self.model, self.task, recs, scfg, self.settings, mode, seed,
-                              generator=torch.Generator().manual_seed(seed), label="solve")
+        answers, _ = run_mode(self.model, self.task, recs, scfg, self.settings, mode, seed, label="solve")
         return [G.to_string(a) for a in answers]
 
 

@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from dgft import noise as N
@@ -197,3 +198,22 @@ def test_the_loss_is_normalised_over_the_accumulation_window(tmp_path, monkeypat
           "trainer.eval_every=0", "model.num_layers=1", "model.hidden_size=32", "model.num_heads=2",
           "model.num_kv_heads=1", "model.head_dim=16", "model.intermediate_size=64", "model.moe_intermediate_size=32"])
     assert seen == [1.5, 1.5]
+
+
+def test_row_generators_draw_each_example_from_its_own_seed_whatever_the_batch():
+    seeds = [N.example_seed(0, i) for i in range(4)]
+    assert len(set(seeds)) == 4 and seeds[1] == N.example_seed(0, 1) != N.example_seed(1, 1)
+    whole = N.RowGenerators(seeds).randint(9, (3 * 4, 81))  # 3 copies of 4 examples, copy-major
+    alone = N.RowGenerators(seeds[2:3]).randint(9, (3, 81))
+    assert torch.equal(whole.view(3, 4, 81)[:, 2], alone)  # example 2's copies, as if it were drawn alone
+    assert not torch.equal(whole.view(3, 4, 81)[:, 1], alone) and int(whole.max()) == 8 and int(whole.min()) == 0
+    support = torch.arange(81 * 9).view(81, 9)  # per-position token ids, as a task's answer tokens
+    tokens = N.draw(support, (4, 81), N.RowGenerators(seeds))
+    assert torch.equal(tokens[2:3], N.draw(support, (1, 81), N.RowGenerators(seeds[2:3])))
+    offset = tokens - support[:, 0]  # which of its position's 9 tokens each drew
+    assert ((offset >= 0) & (offset < 9)).all()
+    probs = torch.softmax(torch.randn(4, 81, 9, generator=torch.Generator().manual_seed(0)), -1)
+    picks = N.RowGenerators(seeds).multinomial(probs)
+    assert torch.equal(picks[2:3], N.RowGenerators(seeds[2:3]).multinomial(probs[2:3]))
+    with pytest.raises(ValueError, match="multiple of 4"):
+        N.RowGenerators(seeds).randint(9, (6, 81))

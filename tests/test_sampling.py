@@ -247,7 +247,7 @@ def test_views_map_each_view_back_to_the_puzzle(setup, monkeypatch, view_batch, 
     scfg = OmegaConf.structured(SamplerConfig(views=4, view_batch=view_batch))
     target = batch["target"]
     views = S._Views(model, task, scfg, 9, batch["choices"], target, batch["fixed"],
-                     lambda: torch.zeros_like(target))
+                     lambda copies=1: torch.zeros_like(target).repeat(copies, 1))
     assert not torch.equal(views.cells[1], views.cells[0]) and torch.equal(views.cells[0], torch.arange(81))
     assert len(views.chunks) == calls and sum(views.chunks, []) == [0, 1, 2, 3]
     views.encode(target, torch.ones_like(batch["fixed"]))
@@ -546,7 +546,29 @@ def test_views_average_their_log_probabilities(setup, monkeypatch):
                         torch.zeros(*canvas.shape, task.vocab_size))
     target = batch["target"]
     views = S._Views(model, task, OmegaConf.structured(SamplerConfig(views=4)), 9, batch["choices"], target,
-                     batch["fixed"], lambda: torch.zeros_like(target))
+                     batch["fixed"], lambda copies=1: torch.zeros_like(target).repeat(copies, 1))
     views.encode(target, batch["fixed"])
     scores = views.scores(target, batch["fixed"])
     assert torch.allclose(scores.exp().sum(-1), torch.ones(2, 81))
+
+
+@pytest.mark.parametrize("mode,views,temperature", [("rules", 3, 0.0), ("clamped", 1, 0.7), ("free", 1, 0.0)])
+def test_with_row_generators_a_puzzle_samples_as_it_would_alone(setup, mode, views, temperature):
+    """Each puzzle draws its noise (and a tempered pick) from its own generator: sampled in a batch of five, at any
+    place, it gets the answer and step count it gets alone, so `dgft eval limit=N` and `sampler.batch_size`
+    change no puzzle's draws. A shared generator gives the same puzzle other noise in another batch."""
+    from dgft import noise as N
+
+    cfg, task, model = setup
+    puzzles, solutions = _puzzles(9, 5, seed=11)
+    scfg = OmegaConf.structured(SamplerConfig(steps=20, acceptance="fixed", views=views, passes=2, reprompt=True,
+                                              temperature=temperature))
+    seeds = [N.example_seed(0, i) for i in range(5)]
+    whole = sample(model, task.encode(puzzles, solutions), task, scfg, mode, generator=N.RowGenerators(seeds))
+    for i in (0, 3):
+        alone = sample(model, task.encode(puzzles[i:i + 1], solutions[i:i + 1]), task, scfg, mode,
+                       generator=N.RowGenerators(seeds[i:i + 1]))
+        assert torch.equal(whole.canvas[i:i + 1], alone.canvas) and int(whole.steps[i]) == int(alone.steps[0])
+    shared = [sample(model, task.encode(p, s), task, scfg, mode, generator=torch.Generator().manual_seed(0)).canvas
+              for p, s in ((puzzles, solutions), (puzzles[3:4], solutions[3:4]))]
+    assert not torch.equal(shared[0][3:4], shared[1])

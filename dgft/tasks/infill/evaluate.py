@@ -34,6 +34,7 @@ import numpy as np
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
+from dgft import noise as N
 from dgft.cache import replace_file
 from dgft.evaluate import (claim_output, interrupted, made_by, output_name, provenance, provenance_line,
                            trained_model, trained_tokenizer)
@@ -41,7 +42,6 @@ from dgft.sampling import sample
 from dgft.tasks.infill import data as D
 from dgft.tasks.infill import humaneval as H
 from dgft.tasks.infill.task import InfillTask
-from dgft.train import seed_everything
 
 LENGTHS = ("model", "oracle")  # the model writes [EOS] itself / the true length is pinned
 KS = (1, 10, 100)
@@ -150,13 +150,14 @@ def sample_middles(model, task, batches, count: int, scfg, run_cfg, mode: str, l
 
     tokens_per_s: canvas positions sampled (B x L per batch, pinned ones included, as Sudoku counts every cell)
     per second of sampling."""
-    gen = seed_everything(seed)  # every mode and length from the same seed: comparable noise
     out: list[list[str]] = [[] for _ in range(count)]
     steps, seconds, tokens = [], 0.0, 0
     bar = tqdm(total=count * samples, desc=f"eval {mode}, {label}", unit="middle", leave=False)
     start = 0
     for batch in batches:
-        for _ in range(samples):
+        rows = range(start, start + len(batch["target"]))
+        for k in range(samples):  # example i's sample k: its own generator, seeded by (seed, i, k), in every mode
+            gen = N.RowGenerators([N.example_seed(seed, i, k) for i in rows])
             t0 = time.perf_counter()
             res = sample(model, batch, task, scfg, mode, run_cfg.noise.kind, run_cfg.noise.support, gen)
             seconds += time.perf_counter() - t0

@@ -18,6 +18,7 @@ import numpy as np
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
+from dgft import noise as N
 from dgft.cache import replace_file
 from dgft.config import ConfigError
 from dgft.evaluate import (claim_output, interrupted, made_by, output_name, provenance, provenance_line,
@@ -115,12 +116,11 @@ def warm_up(model, task, recs, scfg, run_cfg, seed: int) -> None:
 
 
 def run_mode(model, task, recs, scfg, run_cfg, mode: str, seed: int, record: bool = False, by_givens: bool = False,
-             generator=None, label: str = "eval"):
+             label: str = "eval"):
     """Sample answers for all records in one mode, batching same-size puzzles (`by_givens`: puzzles of one size and
     one number of givens, each group timed on its own). -> (answers, stats); stats["groups"] maps a group's
-    `givens_key` to its (seconds, canvas positions) when `by_givens`. `generator`: the sampler's; None:
-    `seed_everything(seed)`'s, which seeds the global generators too. `label` starts the progress bar's name."""
-    gen = generator if generator is not None else seed_everything(seed)
+    `givens_key` to its (seconds, canvas positions) when `by_givens`. Puzzle i draws its noise from its own
+    generator, seeded by (seed, i): the same in every mode and batch. `label` starts the progress bar's name."""
     answers: list = [None] * len(recs)
     steps, revisions = np.zeros(len(recs)), np.zeros(len(recs))
     history, elapsed, cells, done = None, 0.0, 0, 0
@@ -137,6 +137,7 @@ def run_mode(model, task, recs, scfg, run_cfg, mode: str, seed: int, record: boo
             solutions = np.stack([recs[i].solution for i in idx])
             batch = task.encode(puzzles, solutions)
             t0 = time.perf_counter()
+            gen = N.RowGenerators([N.example_seed(seed, i) for i in idx])
             res = sample(model, batch, task, scfg, mode, run_cfg.noise.kind, run_cfg.noise.support, gen,
                          record=record and history is None)
             group_s += time.perf_counter() - t0
