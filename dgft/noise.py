@@ -30,8 +30,10 @@ def sample_t(batch: int, eps: float, generator: torch.Generator | None = None, d
 class RowGenerators:
     """One seeded host generator per example of a batch, so that what an example draws depends on its own seed
     alone: not on the batch it is in, its place there, or the batch's size. `dgft eval` seeds one per puzzle or
-    problem from (seed, its index in the file), so `limit=N` draws for its N what the whole file's evaluation does,
-    and `sampler.batch_size` or `batch_by` change no draw. Draws are made on the host and moved to the device.
+    problem from (seed, its index among the examples evaluated: the file's, less lines skipped with
+    `on_error=skip` and, for infill, middles too long for the canvas), so `limit=N` draws for its N what the whole
+    file's evaluation does, and `sampler.batch_size` or `batch_by` change no draw. Draws are made on the host and
+    moved to the device.
 
     A batch of C copies of each example (the sampler's views, copy-major: copy c of example b is row c * B + b)
     draws each example's C rows from its own generator.
@@ -53,9 +55,16 @@ class RowGenerators:
         return out.reshape(rows, L).to(device)
 
     def multinomial(self, probs: torch.Tensor) -> torch.Tensor:
-        """(B, L, K) probabilities -> (B, L) one index per position, example b's from its generator."""
-        draws = [torch.multinomial(p, 1, generator=g)[:, 0] for p, g in zip(probs.cpu(), self.generators)]
-        return torch.stack(draws).to(probs.device)
+        """(B, L, K) probabilities -> (B, L) one index per position, drawn by inverting each position's cumulative
+        distribution at a uniform from its example's generator: only (B, L) uniforms come from the host, never the
+        (B, L, K) probabilities (K can be a whole vocabulary). An index of probability 0 is never drawn."""
+        B, L, _ = probs.shape
+        if B != len(self.generators):
+            raise ValueError(f"{B} rows drawn with {len(self.generators)} row generators")
+        u = torch.stack([torch.rand(L, generator=g, dtype=torch.float64) for g in self.generators])
+        cdf = probs.double().cumsum(-1)  # float64: a long vocabulary's sum stays exact enough to invert
+        u = (u.to(probs.device) * cdf[..., -1])[..., None]  # (B, L, 1), below each position's total
+        return torch.searchsorted(cdf, u, right=True)[..., 0]  # the first index whose cdf exceeds u: p > 0 there
 
 
 def example_seed(*key: int) -> int:

@@ -140,7 +140,10 @@ def sample(model, batch: dict, task, scfg, mode: str, noise_kind: str = "uniform
     def noise_like(copies: int = 1):  # (copies * B, L), copy-major: copy c of example b is row c * B + b
         if noise_kind == "mask":
             return mask_ids.to(device)[None].expand(copies * B, L).clone()
-        return N.draw(prior, (copies * B, L), generator, device)
+        if isinstance(generator, N.RowGenerators):  # each example's copies in one host draw
+            return N.draw(prior, (copies * B, L), generator, device)
+        # a copy per draw: a CUDA generator lays out one long draw differently, and view_batch must not matter
+        return torch.cat([N.draw(prior, (B, L), generator, device) for _ in range(copies)])
 
     if mode != "free":
         pinned = batch["fixed"].to(device)

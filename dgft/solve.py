@@ -44,6 +44,8 @@ class Solver:
 
         if mode not in MODES:
             raise ConfigError(f"mode={mode!r}: expected one of {', '.join(MODES)}")
+        if not 0 <= seed < 2**32:  # as dgft eval checks it
+            raise ConfigError(f"seed={seed}: must be in [0, 2**32)")
         unknown = sorted(set(sampler) - {f.name for f in fields(SamplerConfig)})
         if unknown:
             raise ConfigError(f"sampler option {unknown[0]!r}: not a sampler setting (dgft eval --help lists them)")

@@ -75,11 +75,8 @@ def test_train_eval_export(tmp_path, finetune, capsys):
             main(["eval", str(run), "limit=2", "baseline=false", "plot=false"])
         assert err.value.code == 2 and "limit 4 -> 2" in capsys.readouterr().err
         assert json.loads((run / "eval" / "heldout.json").read_text())["n"] == 4
-        main(["eval", str(run), "limit=2", "baseline=false", "plot=false", "overwrite=true", "sampler.batch_size=1"])
+        main(["eval", str(run), "limit=2", "baseline=false", "plot=false", "overwrite=true"])
         assert json.loads((run / "eval" / "heldout.json").read_text())["n"] == 2
-        again = [json.loads(x) for x in (run / "eval" / "heldout_samples.jsonl").read_text().splitlines()]
-        first_two = [(x["row"], x["index"], x["answer"], x["steps"]) for x in lines if x["index"] < 2]
-        assert [(x["row"], x["index"], x["answer"], x["steps"]) for x in again] == first_two  # each puzzle's own noise
         assert not (run / "eval" / "heldout_denoising.png").exists()  # the replaced evaluation's picture
         assert not list((run / "eval").glob(".*tmp*"))
 

@@ -180,6 +180,27 @@ def test_sampling_keeps_the_pinned_canvas_prefix_and_oracle_end(tok, mode):
     assert all(isinstance(m, str) for m in task.decode(res.canvas))
 
 
+def test_infill_eval_seeds_each_example_and_sample_by_its_place(tok):
+    """`dgft eval`'s infill sampling (sample_middles): example i's sample k draws from its own generator, seeded by
+    (seed, i, k), so the first examples alone or one per batch get the middles of the whole evaluation, at
+    temperature > 0 too. float64, where a batch's shape moves no logit enough to turn a choice."""
+    from dgft.model import build_tiny
+    from dgft.tasks.infill.evaluate import sample_middles
+
+    cfg = tiny_cfg(model={"canvas_length": 32}, sampler={"steps": 6, "temperature": 0.7})
+    task = InfillTask(InfillConfig(canvas_length=32), tokenizer=tok)
+    model = build_tiny(cfg.model, task.vocab_size, seed=0).eval().double()
+
+    def middles(examples, size, mode, seed=0):
+        batches = [task.encode(examples[i:i + size]) for i in range(0, len(examples), size)]
+        return sample_middles(model, task, batches, len(examples), cfg.sampler, cfg, mode, "test", 2, seed)[0]
+
+    for mode in ("free", "clamped"):
+        whole = middles(EXAMPLES, 4, mode)
+        assert middles(EXAMPLES[:3], 1, mode) == whole[:3] and middles(EXAMPLES, 3, mode) == whole
+        assert middles(EXAMPLES, 4, mode, seed=1) != whole and any(a != b for a, b in whole)  # samples differ
+
+
 def test_chat_infill_trains_and_evaluates_through_the_cli(tok, tmp_path):
     """recipe=infill with task.tokenizer at a saved chat tokenizer (the pretrained path, minus the weights)."""
     from dgft.cli import main

@@ -215,5 +215,10 @@ def test_row_generators_draw_each_example_from_its_own_seed_whatever_the_batch()
     probs = torch.softmax(torch.randn(4, 81, 9, generator=torch.Generator().manual_seed(0)), -1)
     picks = N.RowGenerators(seeds).multinomial(probs)
     assert torch.equal(picks[2:3], N.RowGenerators(seeds[2:3]).multinomial(probs[2:3]))
+    probs = torch.tensor([0.7, 0.0, 0.3, 0.0]).expand(4, 5000, 4)  # a tempered pick never draws what p = 0 forbids
+    counts = torch.bincount(N.RowGenerators(seeds).multinomial(probs).flatten(), minlength=4) / 20000
+    assert counts[1] == counts[3] == 0 and abs(float(counts[0]) - 0.7) < 0.02
     with pytest.raises(ValueError, match="multiple of 4"):
         N.RowGenerators(seeds).randint(9, (6, 81))
+    with pytest.raises(ValueError, match="3 rows drawn with 4"):
+        N.RowGenerators(seeds).multinomial(probs[:3])

@@ -552,23 +552,58 @@ def test_views_average_their_log_probabilities(setup, monkeypatch):
     assert torch.allclose(scores.exp().sum(-1), torch.ones(2, 81))
 
 
-@pytest.mark.parametrize("mode,views,temperature", [("rules", 3, 0.0), ("clamped", 1, 0.7), ("free", 1, 0.0)])
-def test_with_row_generators_a_puzzle_samples_as_it_would_alone(setup, mode, views, temperature):
+@pytest.mark.parametrize("mode,views,more", [("rules", 3, {}), ("clamped", 1, {"temperature": 0.7}), ("free", 1, {}),
+                                            ("rules", 2, {"revise": 0.5, "temperature": 0.5})])
+def test_with_row_generators_a_puzzle_samples_as_it_would_alone(setup, mode, views, more):
     """Each puzzle draws its noise (and a tempered pick) from its own generator: sampled in a batch of five, at any
-    place, it gets the answer and step count it gets alone, so `dgft eval limit=N` and `sampler.batch_size`
-    change no puzzle's draws. A shared generator gives the same puzzle other noise in another batch."""
+    place, all views in one call, it gets the answer and step count it gets alone with one view per call, so `dgft
+    eval limit=N`, `sampler.batch_size` and `view_batch` change no puzzle's draws. (In float64, where a batch's shape
+    moves no logit enough to turn a choice; in float32 it moves them by about 1e-6.) A shared generator gives the
+    same puzzle other noise in another batch."""
+    import copy
+
     from dgft import noise as N
 
     cfg, task, model = setup
+    model = copy.deepcopy(model).double()
     puzzles, solutions = _puzzles(9, 5, seed=11)
     scfg = OmegaConf.structured(SamplerConfig(steps=20, acceptance="fixed", views=views, passes=2, reprompt=True,
-                                              temperature=temperature))
+                                              view_batch=0, **more))
     seeds = [N.example_seed(0, i) for i in range(5)]
     whole = sample(model, task.encode(puzzles, solutions), task, scfg, mode, generator=N.RowGenerators(seeds))
     for i in (0, 3):
-        alone = sample(model, task.encode(puzzles[i:i + 1], solutions[i:i + 1]), task, scfg, mode,
-                       generator=N.RowGenerators(seeds[i:i + 1]))
+        alone = sample(model, task.encode(puzzles[i:i + 1], solutions[i:i + 1]), task,
+                       OmegaConf.merge(scfg, {"view_batch": 1}), mode, generator=N.RowGenerators(seeds[i:i + 1]))
         assert torch.equal(whole.canvas[i:i + 1], alone.canvas) and int(whole.steps[i]) == int(alone.steps[0])
+        assert int(whole.revisions[i]) == int(alone.revisions[0])
     shared = [sample(model, task.encode(p, s), task, scfg, mode, generator=torch.Generator().manual_seed(0)).canvas
               for p, s in ((puzzles, solutions), (puzzles[3:4], solutions[3:4]))]
     assert not torch.equal(shared[0][3:4], shared[1])
+
+
+def test_eval_seeds_each_puzzle_by_its_place_in_the_file(setup):
+    """`dgft eval`'s sampling (run_mode): puzzle i's noise is seeded by (seed, i), so the first N puzzles alone
+    (`limit=N`), one per batch (`sampler.batch_size`), or grouped by givens (`batch_by`) get the answers and steps
+    of the whole file's evaluation; another seed draws other noise. float64: see the test above."""
+    import copy
+
+    from dgft.tasks.sudoku.evaluate import run_mode
+    from dgft.tasks.sudoku.io import SudokuRecord
+
+    cfg, task, model = setup
+    model = copy.deepcopy(model).double()
+    puzzles, solutions = _puzzles(9, 6, seed=12)
+    recs = [SudokuRecord(p, s, f"line {i + 1}") for i, (p, s) in enumerate(zip(puzzles, solutions))]
+    scfg = OmegaConf.structured(SamplerConfig(steps=16, acceptance="fixed", views=2, passes=2, reprompt=True,
+                                              batch_size=6, temperature=0.5))
+
+    def answers(recs, seed=0, **kw):
+        got, stats = run_mode(model, task, recs, OmegaConf.merge(scfg, kw.pop("sampler", {})), cfg, "rules", seed,
+                              **kw)
+        return [a.tolist() for a in got], stats["steps"].tolist()
+
+    whole = answers(recs)
+    assert answers(recs[:3]) == (whole[0][:3], whole[1][:3])
+    assert answers(recs, sampler={"batch_size": 1}) == whole
+    assert answers(recs, by_givens=True) == whole
+    assert answers(recs, seed=1) != whole

@@ -32,6 +32,8 @@ def test_a_run_and_its_export_solve_as_eval_did(tmp_path):
     exec(code.replace("THIS_DIR", str(run / "export")), {})
     with pytest.raises(ConfigError, match="mode='all'"):
         solver(puzzles, mode="all")
+    with pytest.raises(ConfigError, match=r"seed=-1: must be in \[0, 2\*\*32\)"):
+        solver(puzzles, seed=-1)
     with pytest.raises(ValueError, match="puzzle 1: puzzle has 3 characters"):
         solver([puzzles[0], "123"])
     with pytest.raises(ConfigError, match="'step': not a sampler setting"):  # a typo is not silently dropped
