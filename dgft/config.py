@@ -256,12 +256,12 @@ class EvalRecipe:
     limit: int = 0  # evaluate only the first N puzzles (0: all)
     batch_by: str = "size"  # Sudoku: which puzzles share a sampling batch: "size" (one grid size), or "givens" (one
     # number of givens too: puzzles/s and tokens/s measured per number of givens, no row idles while the batch's
-    # emptier puzzles finish; smaller batches, and each puzzle draws other noise, so answers differ from "size"'s)
+    # emptier puzzles finish; smaller batches, each puzzle drawing its own noise as with "size")
     baseline: Optional[bool] = None  # also run the sampler with the run's model before training (Sudoku, rules
     # mode); None: true for a run, false for an export (which does not carry the model before training)
     checkpoint: Optional[str] = None  # evaluate this checkpoint (a dir, or step-N of the run), not the final weights
     overwrite: bool = False  # replace RUN/eval/<name>.* made with other settings (without: refused, naming them)
-    seed: int = 0  # seeds the sampler's noise
+    seed: int = 0  # seeds the sampler's noise: each puzzle's or example's own, with its place in the file
     device: str = "auto"  # "auto" (a GPU when there is one), "cpu", "cuda"
     num_threads: int = 0  # torch's CPU threads (0: its default, one per core); one per process on a shared machine
     plot: bool = True  # write a PNG of one puzzle being denoised (Sudoku)
