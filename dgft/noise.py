@@ -58,13 +58,14 @@ class RowGenerators:
         """(B, L, K) probabilities -> (B, L) one index per position, drawn by inverting each position's cumulative
         distribution at a uniform from its example's generator: only (B, L) uniforms come from the host, never the
         (B, L, K) probabilities (K can be a whole vocabulary). An index of probability 0 is never drawn."""
-        B, L, _ = probs.shape
+        B, L, K = probs.shape
         if B != len(self.generators):
             raise ValueError(f"{B} rows drawn with {len(self.generators)} row generators")
-        u = torch.stack([torch.rand(L, generator=g, dtype=torch.float64) for g in self.generators])
-        cdf = probs.double().cumsum(-1)  # float64: a long vocabulary's sum stays exact enough to invert
-        u = (u.to(probs.device) * cdf[..., -1])[..., None]  # (B, L, 1), below each position's total
-        return torch.searchsorted(cdf, u, right=True)[..., 0]  # the first index whose cdf exceeds u: p > 0 there
+        u = torch.stack([torch.rand(L, generator=g) for g in self.generators]).to(probs.device)
+        cdf = probs.float().cumsum(-1)  # non-decreasing, flat across an index of probability 0
+        idx = torch.searchsorted(cdf, (u * cdf[..., -1])[..., None], right=True)[..., 0]  # first cdf above u * total
+        last = K - 1 - (probs.flip(-1) > 0).int().argmax(-1)  # the last index of probability > 0
+        return torch.minimum(idx, last)  # where u * total rounded up to the total
 
 
 def example_seed(*key: int) -> int:

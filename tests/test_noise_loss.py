@@ -222,3 +222,11 @@ def test_row_generators_draw_each_example_from_its_own_seed_whatever_the_batch()
         N.RowGenerators(seeds).randint(9, (6, 81))
     with pytest.raises(ValueError, match="3 rows drawn with 4"):
         N.RowGenerators(seeds).multinomial(probs[:3])
+
+
+def test_a_row_generators_pick_never_lands_past_the_last_possible_index(monkeypatch):
+    """A uniform times a position's total can round up to the total; the pick is then the last index of probability
+    above 0, never one past the end or one the rules forbid."""
+    monkeypatch.setattr(N.torch, "rand", lambda n, generator=None: torch.ones(n))  # u = 1: the rounded-up case
+    probs = torch.tensor([[[0.25, 0.75, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]]])
+    assert N.RowGenerators([0]).multinomial(probs).tolist() == [[1, 0]]

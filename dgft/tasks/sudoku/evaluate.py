@@ -136,8 +136,8 @@ def run_mode(model, task, recs, scfg, run_cfg, mode: str, seed: int, record: boo
             puzzles = np.stack([recs[i].puzzle for i in idx])
             solutions = np.stack([recs[i].solution for i in idx])
             batch = task.encode(puzzles, solutions)
-            t0 = time.perf_counter()
             gen = N.RowGenerators([N.example_seed(seed, i) for i in idx])
+            t0 = time.perf_counter()
             res = sample(model, batch, task, scfg, mode, run_cfg.noise.kind, run_cfg.noise.support, gen,
                          record=record and history is None)
             group_s += time.perf_counter() - t0
