@@ -4,7 +4,8 @@ run's evaluations measured, each figure with the file it is read from.
 `model_card(run_dir, rcfg, checkpoint, step, checked)` -> the text; `dgft.export` writes it into every export,
 with `checked` saying how the export's logits compare with the run's (so whether the run's figures carry over).
 The card lists the run's evaluations there were when it was written; `dgft export` run again on an export that is
-up to date brings that list up to date (`with_evaluations`) and leaves the rest of the card as it was.
+up to date brings that list up to date (`with_evaluations`), adds the export's own (`dgft eval EXPORT`, in its
+`eval/`, those made with its present weights), and leaves the rest of the card as it was.
 """
 
 from __future__ import annotations
@@ -52,18 +53,20 @@ def model_card(run_dir: Path, rcfg, checkpoint: Path | None, step: int | None, c
     return "\n".join(lines) + "\n" + _evaluations_text(run_dir, checkpoint)
 
 
-def with_evaluations(card: str, run_dir: Path, checkpoint: Path | None) -> str | None:
-    """`card`, as `model_card` wrote it, with its list of the run's evaluations as they are now (all else kept);
-    None when the card has no such section where model_card puts it (edited by hand: not dgft's to rewrite)."""
+def with_evaluations(card: str, run_dir: Path, checkpoint: Path | None, export_dir: Path | None = None) -> str | None:
+    """`card`, as `model_card` wrote it, with its list of the run's evaluations as they are now, and of those made of
+    `export_dir` itself with its present weights (all else kept); None when the card has no such section where
+    model_card puts it (edited by hand: not dgft's to rewrite)."""
     head, marker, rest = card.partition(f"\n{EVALUATIONS}\n\n")
-    checked, gap, _ = rest.partition("\n\n")  # `checked` is one paragraph, then the list
+    checked, gap, _ = rest.partition("\n\n")  # `checked` is one paragraph, then the lists
     if not (marker and gap):
         return None
-    return head + marker + checked + gap + _evaluations_text(run_dir, checkpoint)
+    return head + marker + checked + gap + _evaluations_text(run_dir, checkpoint, export_dir)
 
 
-def _evaluations_text(run_dir: Path, checkpoint: Path | None) -> str:
-    return "\n".join(_evaluations(run_dir, checkpoint)).rstrip() + "\n"
+def _evaluations_text(run_dir: Path, checkpoint: Path | None, export_dir: Path | None = None) -> str:
+    own = _export_evaluations(export_dir) if export_dir is not None else []
+    return "\n".join(_evaluations(run_dir, checkpoint) + own).rstrip() + "\n"
 
 
 def _evaluations(run_dir: Path, checkpoint: Path | None) -> list[str]:
@@ -75,11 +78,7 @@ def _evaluations(run_dir: Path, checkpoint: Path | None) -> list[str]:
         if (result.get("checkpoint") is None) != (checkpoint is None) or (
                 checkpoint is not None and Path(result["checkpoint"]).name != checkpoint.name):
             continue  # another model's weights
-        scored = result.get("modes") or result["rows"]  # Sudoku's modes; infill's rows (mode, length)
-        exact = " / ".join(f"{m} {_figure(v)}" for m, v in scored.items() if isinstance(v, dict) and _figure(v))
-        baseline = result.get("baseline_untrained_rules", {}).get("exact")
-        rows.append(f"| `{result.get('data')}` | {result.get('n')} | {exact} | "
-                    f"{'' if baseline is None else f'{baseline:.1%}'} | `eval/{path.name}` |")
+        rows.append(_row(result, f"eval/{path.name}"))
     if not rows:
         return ["None recorded when this card was written (`dgft eval RUN data=FILE` writes them; `dgft export RUN` "
                 "again adds them here)."]
@@ -88,6 +87,40 @@ def _evaluations(run_dir: Path, checkpoint: Path | None) -> list[str]:
             "examples too long for the prompt counted as failures (`pass@1_all`), or exact middles where the file has "
             "no tests.", "",
             "| data | n | by mode | untrained baseline, rules | record |", "|---|---|---|---|---|", *rows]
+
+
+def _export_evaluations(export_dir: Path) -> list[str]:
+    """The card's lines for `dgft eval EXPORT` results in the export's own `eval/` whose weights (sha256, as the
+    result records them) are the export's present ones, as export.json lists them; [] when there are none."""
+    record = _read_json(export_dir / "export.json")
+    outputs = record.get("outputs") if isinstance(record, dict) else None
+    if not isinstance(outputs, dict):
+        return []
+    weights = {name: v.get("sha256") for name, v in outputs.items()
+               if name.endswith(".safetensors") and "/" not in name and isinstance(v, dict)}
+    rows = []
+    for path in sorted((export_dir / "eval").glob("*.json")):
+        result = _read_json(path)
+        if not isinstance(result, dict) or not isinstance(result.get("modes") or result.get("rows"), dict):
+            continue
+        if not weights or (result.get("export") or {}).get("weights_sha256") != weights:
+            continue  # made with weights an earlier export had
+        rows.append(_row(result, f"THIS_DIR/eval/{path.name}"))
+    if not rows:
+        return []
+    return ["", "Measured on this export itself, with its present weights (`dgft eval THIS_DIR data=FILE` writes them "
+            "in this folder's `eval/`):", "",
+            "| data | n | by mode | untrained baseline, rules | record |", "|---|---|---|---|---|", *rows]
+
+
+def _row(result: dict, record: str) -> str:
+    """One evaluation's line in a card's table: its data, how many, the headline figure per mode (or infill row), the
+    untrained baseline where there is one, and the file it is read from."""
+    scored = result.get("modes") or result["rows"]  # Sudoku's modes; infill's rows (mode, length)
+    exact = " / ".join(f"{m} {_figure(v)}" for m, v in scored.items() if isinstance(v, dict) and _figure(v))
+    baseline = result.get("baseline_untrained_rules", {}).get("exact")
+    return (f"| `{result.get('data')}` | {result.get('n')} | {exact} | "
+            f"{'' if baseline is None else f'{baseline:.1%}'} | `{record}` |")
 
 
 def _figure(scores: dict) -> str:

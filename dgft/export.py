@@ -629,15 +629,16 @@ def _pid_alive(pid: int) -> bool:
 
 def _refresh_card(out: Path, run_dir: Path, checkpoint: Path | None) -> bool | None:
     """An up-to-date export's model card, with the run's evaluations as they are now (they may have been made after
-    the export), and export.json's record of it: whether either was rewritten (the weights never are). The card is
-    written first, so an export killed between the two writes is mended by the next run of this. None when the
-    card is missing or its evaluations section is not where dgft puts it (edited by hand): export it again."""
+    the export) and the export's own made with its weights, and export.json's record of it: whether either was
+    rewritten (the weights never are). The card is written first, so an export killed between the two writes is
+    mended by the next run of this. None when the card is missing or its evaluations section is not where dgft
+    puts it (edited by hand): export it again."""
     card = out / CARD_FILE
     try:
         old = card.read_text()
     except (OSError, ValueError):
         return None
-    new = with_evaluations(old, run_dir, checkpoint)
+    new = with_evaluations(old, run_dir, checkpoint, out)
     if new is None:
         return None
     if new != old:

@@ -567,7 +567,7 @@ def test_export_again_lists_evaluations_made_since_in_its_card(tmp_path, capsys)
     (run / "eval").mkdir()
     (run / "eval" / "easy.json").write_text(json.dumps({"data": "easy.csv", "n": 2, "checkpoint": None,
                                                          "modes": {"rules": {"exact": 0.5}}}))
-    weights = mtimes(out)[out / "model.safetensors"]
+    weights_mtime = mtimes(out)[out / "model.safetensors"]
     before = (out / "export.json").read_text()
     capsys.readouterr()
     export(export_cfg(run))
@@ -575,7 +575,7 @@ def test_export_again_lists_evaluations_made_since_in_its_card(tmp_path, capsys)
     refreshed = (out / "README.md").read_text()
     assert "| `easy.csv` | 2 | rules exact 50.0% |" in refreshed and "`eval/easy.json`" in refreshed
     assert refreshed.split("## The run's evaluations")[0] == card.split("## The run's evaluations")[0]
-    assert _check_outputs(out) is None and mtimes(out)[out / "model.safetensors"] == weights
+    assert _check_outputs(out) is None and mtimes(out)[out / "model.safetensors"] == weights_mtime
     export(export_cfg(run))
     assert capsys.readouterr().out.strip() == f"{out}: up to date"
     # killed between the card and export.json: the next export mends the record, still without touching the weights
@@ -585,7 +585,18 @@ def test_export_again_lists_evaluations_made_since_in_its_card(tmp_path, capsys)
     check_export(out)  # an evaluation of the export meanwhile is not refused: the card is not the model
     export(export_cfg(run))
     assert "brought up to date" in capsys.readouterr().out and _check_outputs(out) is None
-    assert (out / "README.md").read_text() == refreshed and mtimes(out)[out / "model.safetensors"] == weights
+    assert (out / "README.md").read_text() == refreshed and mtimes(out)[out / "model.safetensors"] == weights_mtime
+    # `dgft eval EXPORT` results join the card at the next export, those of these weights only
+    weights = check_export(out)
+    (out / "eval").mkdir()
+    for name, sha in (("mine", weights["weights_sha256"]), ("older", {"model.safetensors": "0" * 64})):
+        (out / "eval" / f"{name}.json").write_text(json.dumps({"data": f"{name}.csv", "n": 3, "export": {
+            **weights, "weights_sha256": sha}, "modes": {"rules": {"exact": 1 / 3}}}))
+    export(export_cfg(run))
+    assert "brought up to date" in capsys.readouterr().out and _check_outputs(out) is None
+    own = (out / "README.md").read_text()
+    assert "| `mine.csv` | 3 | rules exact 33.3% |  | `THIS_DIR/eval/mine.json` |" in own and "older.csv" not in own
+    assert own.startswith(refreshed.rstrip()) and mtimes(out)[out / "model.safetensors"] == weights_mtime
     (out / "README.md").write_text("my own card\n")  # edited by hand: the export is made again, as before
     export(export_cfg(run))
     said = capsys.readouterr().out
