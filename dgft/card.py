@@ -16,6 +16,7 @@ from pathlib import Path
 from dgft.runs import stopped_early
 
 EVALUATIONS = "## The run's evaluations"
+TABLE_HEAD = ("| data | n | by mode | untrained baseline, rules | record |", "|---|---|---|---|---|")
 PUZZLES = {9: "003020600900305001001806400008102900700000008006708200002609500800203009005010300",  # Norvig's first
            4: "3102200002100320"}  # d1's first
 
@@ -71,10 +72,7 @@ def _evaluations_text(run_dir: Path, checkpoint: Path | None, export_dir: Path |
 
 def _evaluations(run_dir: Path, checkpoint: Path | None) -> list[str]:
     rows = []
-    for path in sorted((run_dir / "eval").glob("*.json")):
-        result = _read_json(path)
-        if not isinstance(result, dict) or not isinstance(result.get("modes") or result.get("rows"), dict):
-            continue
+    for path, result in _results(run_dir / "eval"):
         if (result.get("checkpoint") is None) != (checkpoint is None) or (
                 checkpoint is not None and Path(result["checkpoint"]).name != checkpoint.name):
             continue  # another model's weights
@@ -85,8 +83,7 @@ def _evaluations(run_dir: Path, checkpoint: Path | None) -> list[str]:
     return ["As `dgft eval` wrote them in the run's `eval/` folder when this card was written, each with the sampler "
             "settings its record names: exact answers per sampling mode (Sudoku); for infilling, pass@1 with the "
             "examples too long for the prompt counted as failures (`pass@1_all`), or exact middles where the file has "
-            "no tests.", "",
-            "| data | n | by mode | untrained baseline, rules | record |", "|---|---|---|---|---|", *rows]
+            "no tests.", "", *TABLE_HEAD, *rows]
 
 
 def _export_evaluations(export_dir: Path) -> list[str]:
@@ -99,18 +96,23 @@ def _export_evaluations(export_dir: Path) -> list[str]:
     weights = {name: v.get("sha256") for name, v in outputs.items()
                if name.endswith(".safetensors") and "/" not in name and isinstance(v, dict)}
     rows = []
-    for path in sorted((export_dir / "eval").glob("*.json")):
-        result = _read_json(path)
-        if not isinstance(result, dict) or not isinstance(result.get("modes") or result.get("rows"), dict):
-            continue
+    for path, result in _results(export_dir / "eval"):
         if not weights or (result.get("export") or {}).get("weights_sha256") != weights:
             continue  # made with weights an earlier export had
         rows.append(_row(result, f"THIS_DIR/eval/{path.name}"))
     if not rows:
         return []
     return ["", "Measured on this export itself, with its present weights (`dgft eval THIS_DIR data=FILE` writes them "
-            "in this folder's `eval/`):", "",
-            "| data | n | by mode | untrained baseline, rules | record |", "|---|---|---|---|---|", *rows]
+            "in this folder's `eval/`):", "", *TABLE_HEAD, *rows]
+
+
+def _results(folder: Path):
+    """(path, result) for each evaluation result in `folder` (its .json files that hold per-mode or per-row
+    figures), by name."""
+    for path in sorted(folder.glob("*.json")):
+        result = _read_json(path)
+        if isinstance(result, dict) and isinstance(result.get("modes") or result.get("rows"), dict):
+            yield path, result
 
 
 def _row(result: dict, record: str) -> str:
