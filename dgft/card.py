@@ -54,19 +54,21 @@ def model_card(run_dir: Path, rcfg, checkpoint: Path | None, step: int | None, c
     return "\n".join(lines) + "\n" + _evaluations_text(run_dir, checkpoint)
 
 
-def with_evaluations(card: str, run_dir: Path, checkpoint: Path | None, export_dir: Path | None = None) -> str | None:
+def with_evaluations(card: str, run_dir: Path, checkpoint: Path | None, export_dir: Path | None = None,
+                     weights: dict | None = None) -> str | None:
     """`card`, as `model_card` wrote it, with its list of the run's evaluations as they are now, and of those made of
-    `export_dir` itself with its present weights (all else kept); None when the card has no such section where
-    model_card puts it (edited by hand: not dgft's to rewrite)."""
+    `export_dir` itself with its present `weights` (file -> sha256) (all else kept); None when the card has no such
+    section where model_card puts it (edited by hand: not dgft's to rewrite)."""
     head, marker, rest = card.partition(f"\n{EVALUATIONS}\n\n")
     checked, gap, _ = rest.partition("\n\n")  # `checked` is one paragraph, then the lists
     if not (marker and gap):
         return None
-    return head + marker + checked + gap + _evaluations_text(run_dir, checkpoint, export_dir)
+    return head + marker + checked + gap + _evaluations_text(run_dir, checkpoint, export_dir, weights)
 
 
-def _evaluations_text(run_dir: Path, checkpoint: Path | None, export_dir: Path | None = None) -> str:
-    own = _export_evaluations(export_dir) if export_dir is not None else []
+def _evaluations_text(run_dir: Path, checkpoint: Path | None, export_dir: Path | None = None,
+                      weights: dict | None = None) -> str:
+    own = _export_evaluations(export_dir, weights) if export_dir is not None and weights else []
     return "\n".join(_evaluations(run_dir, checkpoint) + own).rstrip() + "\n"
 
 
@@ -86,18 +88,12 @@ def _evaluations(run_dir: Path, checkpoint: Path | None) -> list[str]:
             "no tests.", "", *TABLE_HEAD, *rows]
 
 
-def _export_evaluations(export_dir: Path) -> list[str]:
-    """The card's lines for `dgft eval EXPORT` results in the export's own `eval/` whose weights (sha256, as the
-    result records them) are the export's present ones, as export.json lists them; [] when there are none."""
-    record = _read_json(export_dir / "export.json")
-    outputs = record.get("outputs") if isinstance(record, dict) else None
-    if not isinstance(outputs, dict):
-        return []
-    weights = {name: v.get("sha256") for name, v in outputs.items()
-               if name.endswith(".safetensors") and "/" not in name and isinstance(v, dict)}
+def _export_evaluations(export_dir: Path, weights: dict) -> list[str]:
+    """The card's lines for `dgft eval EXPORT` results in the export's own `eval/` whose weights (file -> sha256, as
+    the result records them) are `weights`, the export's present ones; [] when there are none."""
     rows = []
     for path, result in _results(export_dir / "eval"):
-        if not weights or (result.get("export") or {}).get("weights_sha256") != weights:
+        if (result.get("export") or {}).get("weights_sha256") != weights:
             continue  # made with weights an earlier export had
         rows.append(_row(result, f"THIS_DIR/eval/{path.name}"))
     if not rows:

@@ -537,8 +537,13 @@ def check_export(path: str | Path) -> dict:
     changed = ckpt.mismatch(path, _but_card(outputs))  # `dgft export` may refresh the card meanwhile
     if changed:
         raise RunError(f"{path}: {changed} ({RECORD_FILE} lists what the export wrote); run `dgft export` again")
-    return {"step": step, "weights_sha256": {name: v["sha256"] for name, v in outputs.items()
-                                            if name.endswith(".safetensors") and "/" not in name}}
+    return {"step": step, "weights_sha256": weight_hashes(outputs)}
+
+
+def weight_hashes(outputs: dict) -> dict:
+    """The sha256 of each weight file `from_pretrained` reads, from export.json's `outputs` (name -> bytes, sha256):
+    what an evaluation of the export records, and what the card matches its evaluations against."""
+    return {name: v["sha256"] for name, v in outputs.items() if name.endswith(".safetensors") and "/" not in name}
 
 
 def require_tokenizer_files(path: Path) -> None:
@@ -638,12 +643,12 @@ def _refresh_card(out: Path, run_dir: Path, checkpoint: Path | None) -> bool | N
         old = card.read_text()
     except (OSError, ValueError):
         return None
-    new = with_evaluations(old, run_dir, checkpoint, out)
+    record = json.loads((out / RECORD_FILE).read_text())
+    new = with_evaluations(old, run_dir, checkpoint, out, weight_hashes(record["outputs"]))
     if new is None:
         return None
     if new != old:
         replace_file(card, new)
-    record = json.loads((out / RECORD_FILE).read_text())
     now = ckpt.file_records(out, [card])
     if record["outputs"].get(CARD_FILE) == now[CARD_FILE]:
         return new != old
