@@ -314,6 +314,40 @@ def test_a_bad_first_row_does_not_hide_the_solution_column(tmp_path):
     assert len(records) == 1 and "puzzle has 15" in skipped[0] and "solution has 15" in skipped[1]
 
 
+def test_a_record_whose_id_starts_with_a_hash_is_read_not_dropped(tmp_path):
+    """A CSV line starting with '#' is a comment only when its puzzle field is not a grid: ids like `#2` are records,
+    a commented-out headerless row (`#<puzzle>,<solution>`) and a remark are comments."""
+    text = (f"# exported 2026\nid,puzzle,solution\n1,{PUZZLE_4},{SOLUTION_4}\n#2,{PUZZLE_9},{SOLUTION_9}\n"
+            f"# a remark, with a comma\n#3,{PUZZLE_4[:-1]},{SOLUTION_4}\n")
+    path = _write(tmp_path, text)
+    records, skipped = read_puzzles(path, on_error="skip")
+    assert [r.source for r in records] == [f"{path}:3", f"{path}:4"]
+    assert to_string(records[1].solution) == SOLUTION_9
+    assert skipped == [f"{path}:6: puzzle has 15 characters, expected 16 or 81 (one a cell)"]
+    path = _write(tmp_path, f"#{PUZZLE_4},{SOLUTION_4}\n{PUZZLE_9},{SOLUTION_9}\n", "headerless.csv")
+    records, skipped = read_puzzles(path)
+    assert [r.source for r in records] == [f"{path}:2"] and skipped == []
+
+
+def test_a_bad_first_record_with_a_word_is_not_a_header(tmp_path):
+    """A grid a cell short beside a word is line 1's bad record (named as such, or skipped), not a header."""
+    path = _write(tmp_path, f"{PUZZLE_9[:-1]},easy\n{PUZZLE_9},easy\n")
+    with pytest.raises(PuzzleFileError, match=r"puzzles\.csv:1: puzzle has 80 characters"):
+        read_puzzles(path)
+    records, skipped = read_puzzles(path, on_error="skip")
+    assert [r.source for r in records] == [f"{path}:2"] and len(skipped) == 1
+
+
+def test_a_numbered_header_does_not_hide_the_solution_column(tmp_path):
+    """pandas writes `0,1` over unnamed columns: that line is a bad record, and the solutions below it are still
+    read and checked (a contradicting one is named), not replaced by the solver's."""
+    wrong = SOLUTION_9[::-1]
+    path = _write(tmp_path, f"0,1\n{PUZZLE_9},{SOLUTION_9}\n{PUZZLE_9},{wrong}\n")
+    records, skipped = read_puzzles(path, on_error="skip")
+    assert [r.source for r in records] == [f"{path}:2"]
+    assert "puzzles.csv:1: puzzle has 1 characters" in skipped[0] and "puzzles.csv:3: solution" in skipped[1]
+
+
 def test_an_infilling_file_given_to_a_sudoku_run_is_named_as_such(tmp_path):
     """JSON lines and gzip are infill problem files: said so, instead of a CSV header with no puzzle column."""
     import gzip

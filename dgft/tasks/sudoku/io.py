@@ -4,7 +4,9 @@ Two formats are read. Plain text has one 16- or 81-character grid a line ('0' or
 blank lines and lines starting with '#' are ignored). CSV (fields separated by commas, tabs or semicolons: whichever
 splits out a grid) has a puzzle column and optionally a solution column, found by header name (an exact
 `puzzle`/`solution` before a name that merely contains one) or, without a header, by position; line 1 is a
-header when it has a column name (a field starting with a letter) and no grid:
+header when it has a column name (a field starting with a letter) and nothing like a grid. A CSV line starting with
+'#' is a comment unless its puzzle field holds a grid, right or a few cells off (an id such as `#12` in a first
+column): a record is never dropped as a comment.
 
     Puzzle,Solution                       <- line 1: header ('puzzle'/'quiz', 'solution' columns)
     3102200002100320,3142243142131324     <- line 2: a 4x4 record, source "file.csv:2"
@@ -28,6 +30,7 @@ _HEADER_FIELD = re.compile(r"[A-Za-z_].*")  # a column name (`Puzzle`, `puzzle-s
                                             # with a digit or '.'
 _NOT_A_GRID = re.compile(r".*[A-Za-z].*|[0-9]{1,4}")  # a word (a name, a level) or a short number (a rating)
 _GRID_FIELD = re.compile(r"[0-9.]{16}(?:[0-9.]{65})?")  # a 16- or 81-character grid: never a column name
+_GRID_LIKE = re.compile(r"[0-9.]{10,}")  # a grid with a cell too many or too few: a bad record, never a column name
 _PUZZLE_NAMES = ("puzzle", "puzzles", "quiz", "quizzes")  # exact column names, before any name containing one
 _SOLUTION_NAMES = ("solution", "solutions")
 
@@ -111,14 +114,27 @@ def _read_text(path: Path, name: str) -> str:
 
 
 def _data_lines(text: str) -> list[tuple[int, str]]:
-    """(1-based line number, stripped line) for every line that is not blank or a '#' comment.
+    """(1-based line number, stripped line) for every line that is not blank ('#' lines included: which of them are
+    comments depends on the format).
 
     Lines end at '\\n' alone (a '\\r' before it goes with the stripping), as an editor counts them: `splitlines`
     would also break at form feeds, '\\x1c'-'\\x1e', '\\x85' and '\\u2028', shifting every later line number.
     """
     end = "\r" if "\n" not in text and "\r" in text else "\n"  # classic Mac OS line ends: '\r' alone
     numbered = ((number, line.strip()) for number, line in enumerate(text.split(end), start=1))
-    return [(number, line) for number, line in numbered if line and not line.startswith("#")]
+    return [(number, line) for number, line in numbered if line]
+
+
+def _is_comment(line: str, delimiter: str | None, puzzle_column: int) -> bool:
+    """A '#' line that is not a record: in plain text every one; in a CSV, one whose puzzle field is not, or not
+    nearly, a grid (`#12,<grid>,<solution>` under an `id,puzzle,solution` header is record 12, and a bad one if its
+    grid is a cell short)."""
+    if not line.startswith("#"):
+        return False
+    if delimiter is None:
+        return True
+    fields = _split(line, delimiter)
+    return not (len(fields) > puzzle_column and _GRID_LIKE.fullmatch(fields[puzzle_column]))
 
 
 def _delimiter(first: str, second: str | None) -> str | None:
@@ -154,9 +170,21 @@ def _fields(line: str, delimiter: str = ",") -> list[str]:
 
 
 def _is_header(fields: list[str]) -> bool:
-    """Line 1 of a CSV is a header when some field looks like a column name and none is a grid (a headerless
-    file's first record may carry a word too, such as `3102200002100320,3142243142131324,easy`)."""
-    return any(_HEADER_FIELD.fullmatch(f) for f in fields) and not any(_GRID_FIELD.fullmatch(f) for f in fields)
+    """Line 1 of a CSV is a header when some field looks like a column name and none is, or nearly is, a grid (a
+    headerless file's first record may carry a word too, such as `3102200002100320,3142243142131324,easy`, and its
+    grid may be a cell short: a bad record, not a header)."""
+    return any(_HEADER_FIELD.fullmatch(f) for f in fields) and not any(_GRID_LIKE.fullmatch(f) for f in fields)
+
+
+def _solution_beside(lines: list[tuple[int, str]], delimiter: str) -> int | None:
+    """A headerless CSV's solution column: the second field, unless the first line whose first field is a grid
+    carries a word or a short number there (`<puzzle>,easy`, `<puzzle>,3`: no solutions in the file). Lines before
+    it (`0,1`, the header pandas writes for unnamed columns) are bad records, not what decides."""
+    for _, line in lines:
+        fields = _split(line, delimiter)
+        if fields and _GRID_FIELD.fullmatch(fields[0]):
+            return None if len(fields) > 1 and _NOT_A_GRID.fullmatch(fields[1]) else 1
+    return 1
 
 
 def _pick(names: list[str], exact: tuple[str, ...], parts: tuple[str, ...], what: str, header: list[str],
@@ -221,35 +249,39 @@ def read_puzzles(
     name = str(path)
     text = _read_text(Path(path), name)
     lines = _data_lines(text)
-    if not lines:
+    uncommented = [(number, line) for number, line in lines if not line.startswith("#")]
+    if not uncommented:
         raise PuzzleFileError(f"{name}: no puzzles in file")
 
-    first = lines[0][1]
+    first = uncommented[0][1]
     if first.startswith(("{", "[")):
         raise PuzzleFileError(f"{name}:{lines[0][0]}: JSON, not a puzzle line; puzzle files hold one grid per line "
                               "or CSV (JSON lines of infilling problems are for infill runs)")
-    delimiter = _delimiter(first, lines[1][1] if len(lines) > 1 else None)
+    delimiter = _delimiter(first, uncommented[1][1] if len(uncommented) > 1 else None)
     is_csv = delimiter is not None
     puzzle_column, solution_column = 0, None
     if is_csv:
-        while len(lines) > 1:  # a spreadsheet's empty rows (`,,`) before the header
-            fields = _split(lines[0][1], delimiter)
+        while len(uncommented) > 1:  # a spreadsheet's empty rows (`,,`) before the header
+            fields = _split(uncommented[0][1], delimiter)
             if not fields or any(fields):  # a row the csv module refuses, or one with something in it
                 break
-            lines = lines[1:]
-        first = lines[0][1]
+            uncommented = uncommented[1:]
+        start, first = uncommented[0]
         header = _split(first, delimiter)  # not even a CSV row: a bad first record, reported (or skipped) below
         if _is_header(header):
-            puzzle_column, solution_column = _columns(header, f"{name}:{lines[0][0]}")
-            lines = lines[1:]
-        elif not (len(header) > 1 and _NOT_A_GRID.fullmatch(header[1])):  # a word or a rating beside each grid
-            solution_column = 1
+            puzzle_column, solution_column = _columns(header, f"{name}:{start}")
+            start += 1
+        else:
+            solution_column = _solution_beside(uncommented, delimiter)
+        lines = [(number, line) for number, line in lines if number >= start]
 
     records: list[SudokuRecord] = []
     skipped: list[str] = []
     for number, line in lines:
         if limit is not None and len(records) >= limit:
             break
+        if _is_comment(line, delimiter, puzzle_column):
+            continue
         where = f"{name}:{number}"
         try:
             fields = _fields(line, delimiter) if is_csv else [line]
