@@ -235,6 +235,27 @@ def test_clear_errors_name_the_path(tmp_path, monkeypatch):
         C.read_sources([str(locked)])
 
 
+def test_a_dangling_link_and_a_file_name_that_is_not_utf8(tmp_path):
+    """A link to nothing is an error naming it (also where the cache key is made); a file whose name is not UTF-8
+    cannot name a module, so it is listed as unusable, its bytes escaped, and the rest is read."""
+    import os
+
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    for i in range(3):
+        (proj / f"m{i}.py").write_text(unit_source(i))
+    odd = os.path.join(os.fsencode(proj), b"n\xffme.py")
+    with open(odd, "w") as f:
+        f.write(unit_source(7))
+    files, report = C.read_sources([str(proj)])
+    assert len(files) == 3 and report.found == 4
+    assert report.unparsable == [f"{proj}/n\\xffme.py: cannot name a module: its file name is not UTF-8"]
+    (proj / "gone.py").symlink_to(tmp_path / "nowhere.py")
+    cfg = InfillConfig(sources=[str(proj)], cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(C.CorpusError, match=re.escape(f"{proj / 'gone.py'}: cannot read (No such file")):
+        D.build_splits(cfg, log=lambda line: None)
+
+
 def test_saved_dataset_source(tmp_path):
     from datasets import Dataset
 

@@ -173,9 +173,12 @@ def read_sources(sources, max_file_bytes: int = 256_000, text_column: str | None
         if source != "stdlib" and is_dataset_dir(path):
             raw = _dataset_rows(path, text_column, unit_column)
         else:
-            raw = [(str(p), module_name(p, root), None, _read_text(p)) for p, root in find_files(str(source))]
+            raw = [_file_row(p, root) for p, root in find_files(str(source))]
         for where, module, unit, text in raw:
             report.found += 1
+            if module is None:
+                report.unparsable.append(f"{where}: cannot name a module: its file name is not UTF-8")
+                continue
             why, text = _check(text, max_file_bytes)
             if why is None:
                 try:
@@ -196,6 +199,15 @@ def read_sources(sources, max_file_bytes: int = 256_000, text_column: str | None
             files.append(SourceFile(where, module, unit or module.split(".")[0], text, tuple(functions)))
     report.kept = len(files)
     return files, report
+
+
+def _file_row(path: Path, root: Path) -> tuple[str, str | None, None, bytes | None]:
+    """(where, module, unit, content) of one file; a file name that is not UTF-8 (shown with its odd bytes escaped)
+    cannot name a module: module None, not read."""
+    where = os.fsencode(path).decode("utf-8", "backslashreplace")
+    if where != str(path):
+        return where, None, None, None
+    return where, module_name(path, root), None, _read_text(path)
 
 
 def _read_text(path: Path) -> bytes | str:

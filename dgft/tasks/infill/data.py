@@ -59,7 +59,10 @@ def _signature(sources) -> list:
         else:
             found = [p for p, _ in C.find_files(str(source))]
         for p in found:
-            st = p.stat()
+            try:
+                st = p.stat()
+            except OSError as err:  # a link to nothing, a file removed meanwhile
+                raise C.CorpusError(f"{p}: cannot read ({err.strerror or err})") from None
             out.append([str(p), st.st_size, st.st_mtime_ns])
     return out
 
