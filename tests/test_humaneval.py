@@ -83,6 +83,9 @@ def test_reads_jsonl_and_gz_skipping_blank_lines(tmp_path):
     ([PROBLEM, "[" * 100_000], r"p\.jsonl:2: bad JSON: RecursionError"),
     ([dict(PROBLEM, entry_point="")], r"p\.jsonl:1: entry_point '' is not a Python name"),
     ([dict(PROBLEM, entry_point="f(1)")], r"p\.jsonl:1: entry_point 'f\(1\)' is not a Python name"),
+    ([dict(PROBLEM, entry_point="class")], r"p\.jsonl:1: entry_point 'class' is not a Python name"),
+    ([PROBLEM, json.dumps(PROBLEM)[:-1] + ', "task_id": "test/9"}'],
+     r"p\.jsonl:2: key 'task_id' appears twice in one object"),
 ])
 def test_bad_problem_files_name_file_and_line(tmp_path, lines, message):
     with pytest.raises(InfillFileError, match=message):
@@ -100,6 +103,9 @@ def test_bad_files_are_named(tmp_path):
     (tmp_path / "latin.jsonl").write_bytes(json.dumps(PROBLEM).encode() + b"\n\xe9\n")
     with pytest.raises(InfillFileError, match=r"latin\.jsonl:2: not UTF-8"):
         read_problems(tmp_path / "latin.jsonl")
+    write(tmp_path / "packed.jsonl.gz", [PROBLEM], gz=True).rename(tmp_path / "packed.jsonl")
+    with pytest.raises(InfillFileError, match=r"packed\.jsonl: gzip-compressed, but not named \.jsonl\.gz"):
+        read_problems(tmp_path / "packed.jsonl")
     with pytest.raises(InfillFileError, match=r"s\.jsonl:1: missing key 'completion'"):
         read_samples(write(tmp_path / "s.jsonl", [{"task_id": "test/0"}]))
 

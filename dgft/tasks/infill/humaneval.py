@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import keyword
 import math
 import zlib
 from collections import Counter
@@ -69,7 +70,7 @@ def read_problems(path: str | Path) -> dict[str, Problem]:
         if record["task_id"] in problems:
             raise InfillFileError(f"{where}: task_id {record['task_id']!r} already at "
                                   f"{problems[record['task_id']].source}")
-        if not record["entry_point"].isidentifier():  # the test calls check(entry_point)
+        if not record["entry_point"].isidentifier() or keyword.iskeyword(record["entry_point"]):  # check(entry_point)
             raise InfillFileError(f"{where}: entry_point {record['entry_point']!r} is not a Python name")
         problems[record["task_id"]] = Problem(**{k: record[k] for k in PROBLEM_KEYS}, source=where)
     if not problems:
@@ -98,6 +99,8 @@ def _records(path, keys):
         with opener(path, "rb") as f:
             for lineno, raw in enumerate(f, start=1):
                 where = f"{path}:{lineno}"
+                if lineno == 1 and raw.startswith(b"\x1f\x8b"):
+                    raise InfillFileError(f"{path}: gzip-compressed, but not named .jsonl.gz (rename it)")
                 try:
                     line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # a byte-order mark, dropped
                 except UnicodeDecodeError as e:
@@ -105,7 +108,10 @@ def _records(path, keys):
                 if not line.strip():
                     continue
                 try:
-                    record = json.loads(line)
+                    record = json.loads(line, object_pairs_hook=_unique_keys)
+                except _DuplicateKey as e:
+                    raise InfillFileError(f"{where}: key {e.args[0]!r} appears twice in one object (which one "
+                                          "counts is ambiguous)") from None
                 except json.JSONDecodeError as e:
                     raise InfillFileError(f"{where}: bad JSON: {e.msg} at column {e.colno}") from None
                 except (ValueError, RecursionError) as e:  # an integer of over 4300 digits, nesting too deep
@@ -129,6 +135,19 @@ def _records(path, keys):
         raise InfillFileError(f"{path}:{lineno + 1}: broken gzip data ({e})") from None
     except OSError as e:
         raise InfillFileError(f"{path}: {e.strerror or e}") from None
+
+
+class _DuplicateKey(ValueError):
+    """A JSON object with a key twice (json.loads keeps the last silently)."""
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    seen = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise _DuplicateKey(key)
+        seen.add(key)
+    return dict(pairs)
 
 
 def _surrogate(text: str) -> int | None:
