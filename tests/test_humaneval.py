@@ -194,13 +194,33 @@ def test_eval_records_each_status_and_the_isolation(tmp_path):
     examples = [{"id": "test/0", "kind": "line", "middle": "    return "}]
     written = {"free/model": [["    return ", "    return 1"]], "free/oracle": [["    return ", "    return "]]}
     verdicts, box = E.run_tests(problems, examples, written, workers=2)
-    assert box["programs"] == 2 and box["statuses"] == {"passed": 1, "failed": 1} and "hook" in box["isolation"]
+    # the two middles written (the first is also the true one) and an empty middle, each run once
+    assert box["programs"] == 3 and box["statuses"] == {"passed": 1, "failed": 2} and "hook" in box["isolation"]
+    assert E.bounds_of(verdicts, examples) == {"reference_passes": 1.0, "reference_fails": [], "empty_passes": 0.0}
     compiled = {key: [[True, True]] for key in written}
     E.write_samples(tmp_path / "s.jsonl", examples, written, compiled, verdicts, {})
     rows = [json.loads(line) for line in (tmp_path / "s.jsonl").read_text().splitlines()]
     assert [(r["passed"], r["status"]) for r in rows] == [(True, "passed"), (False, "failed"),
                                                         (True, "passed"), (True, "passed")]
     assert all(r["reference"] == examples[r["index"]]["middle"] for r in rows)  # each line judged alone
+
+
+def test_a_task_whose_true_middle_fails_is_listed_and_said(capsys):
+    """A problem file can hold a task no middle passes (its canonical solution fails its tests): the result lists
+    it and says so, instead of counting it silently as the model's failure; an empty middle's score is beside it."""
+    from dgft.tasks.infill import evaluate as E
+
+    broken = dict(PROBLEM, task_id="test/1", canonical_solution="    return None  # ")
+    problems = {"test/0": Problem(**PROBLEM), "test/1": Problem(**broken)}
+    examples = [{"id": "test/0", "kind": "line", "middle": "    return "},
+                {"id": "test/1", "kind": "line", "middle": broken["canonical_solution"]}]
+    verdicts, _ = E.run_tests(problems, examples, {"free/model": [["    return "], ["    return "]]}, workers=2)
+    bounds = E.bounds_of(verdicts, examples)
+    assert bounds == {"reference_passes": 0.5, "reference_fails": ["test/1"], "empty_passes": 0.0}
+    assert "1 of 2 tasks fail their tests with their own true middle (first: test/1, failed)" in capsys.readouterr().out
+    result = {"humaneval": True, "samples": 1, "n": 2, "too_long": {}, "reference_compiles": 1.0, "data": "d",
+              "sampler": {"temperature": 0.0}, "run": "r", "seed": 0, "limit": 0, "rows": {}, **bounds}
+    assert "passes its tests in 50.0% (1 fail: test/1); an empty middle passes in 0.0%" in E.markdown("x", result)
 
 
 def test_each_kinds_pass_at_1_all_counts_its_left_out_middles():

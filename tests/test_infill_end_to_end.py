@@ -76,6 +76,7 @@ def test_infill_train_eval_export(tmp_path):
     result = json.loads((run / "eval" / "heldout.json").read_text())
     assert set(result["rows"]) == {"free/model", "free/oracle", "clamped/model", "clamped/oracle"}
     assert 0 < result["n"] <= 6 and not result["humaneval"] and result["sandbox"] is None
+    assert "reference_passes" not in result  # no tests to run
     for row in result["rows"].values():
         assert {"n", "exact", "exact_lines", "compiles", "mean_steps", "tokens_per_s", "by_kind"} <= set(row)
         assert "pass@1" not in row
@@ -88,6 +89,7 @@ def test_infill_train_eval_export(tmp_path):
     assert result["humaneval"] and result["n"] + sum(result["too_long"].values()) == len(data.read_text().splitlines())
     assert result["n"] > 0  # else every check below passes on nothing
     assert result["reference_compiles"] == 1.0
+    assert result["reference_passes"] == 1.0 and result["reference_fails"] == [] and 0 <= result["empty_passes"] < 1
     assert {"clamped/oracle", "clamped/oracle/rerank", "free/model/rerank"} <= set(result["rows"])
     for key, row in result["rows"].items():
         assert {"pass@1", "pass@1_all", "exact", "compiles"} <= set(row) and "pass@10" not in row

@@ -5,7 +5,10 @@ Data: a HumanEval-Infilling file (`.jsonl` or `.jsonl.gz`: task_id, entry_point,
 canonical_solution, test) or, by default, the run's held-out split (RUN/data/heldout.jsonl.gz: spans cut from
 modules never trained on; any file of such rows works). Each sampling mode (free, clamped) runs twice: with
 the model's own length (it writes [EOS] where it thinks the middle ends) and with the true length given
-(`oracle`: [EOS] and the padding after it pinned), so the gap between the two shows.
+(`oracle`: [EOS] and the padding after it pinned), so the gap between the two shows. On a HumanEval file the true
+middle and an empty one are run too, as a harness's bounds: `reference_passes` (a task whose own middle fails its
+tests, listed in `reference_fails` and said on stderr, can never count) and `empty_passes` (what writing nothing
+scores, through lines the tests do not catch).
 
 Scores, overall and per span kind: `exact` (the same string), `exact_lines` (equal up to trailing whitespace,
 HumanEval's exact_match), `compiles` (the window prefix + middle + suffix, or failing that its enclosing function,
@@ -87,12 +90,14 @@ def evaluate_run(cfg, run: Path, run_cfg, scfg, device) -> dict:
     verdicts, sandbox = run_tests(problems, examples, written, cfg.workers) if problems else (None, None)
 
     cut = [bool(c) for batch in own for c in batch["prompt_cut"]]  # the prompt is the same at both lengths
+    bounds = bounds_of(verdicts, examples)
     result = {"run": str(run), **settings, **interrupted(cfg, run, run_cfg), "n": len(examples),
               "too_long": dict(too_long),
               "prompt_cut": sum(cut),
               "prompt_cut_by_kind": dict(Counter(e["kind"] for e, c in zip(examples, cut) if c)),
               "prompt_tokens": int(task.prompt_tokens),
               "reference_compiles": float(np.mean([compiles(e, e["middle"]) for e in examples])) if examples else None,
+              **bounds,
               "device": str(device), "humaneval": problems is not None, "sandbox": sandbox, "rows": {},
               **made_by(data, device)}
     picks = {}
@@ -232,16 +237,31 @@ def _compiles(source: str) -> bool:
 
 
 def run_tests(problems: dict, examples: list[dict], written: dict, workers: int) -> tuple[dict, dict]:
-    """({(task_id, middle): status} for every distinct middle written, each run once in the sandbox,
-    {programs, statuses: {status: count}, isolation}). A program the sandbox could not set up raises
-    humaneval.SandboxError (from evaluate_samples)."""
-    todo = sorted({(e["id"], m) for rows in written.values() for e, ms in zip(examples, rows) for m in ms})
+    """({(task_id, middle): status} for every distinct middle written, and each example's true middle and an empty
+    one, each run once in the sandbox, {programs, statuses: {status: count}, isolation}). A program the sandbox
+    could not set up raises humaneval.SandboxError (from evaluate_samples)."""
+    todo = sorted({(e["id"], m) for rows in written.values() for e, ms in zip(examples, rows) for m in ms}
+                  | {(e["id"], m) for e in examples for m in (e["middle"], "")})
     tqdm.write(f"running {len(todo)} distinct programs in the sandbox ({workers} at a time) ...")
     t0 = time.time()
     out = H.evaluate_samples(problems, [H.Sample(t, m) for t, m in todo], ks=(1,), workers=workers)
     tqdm.write(f"sandbox: {dict(out['statuses'])} in {time.time() - t0:.0f} s ({out['isolation']})")
     return ({key: r["status"] for key, r in zip(todo, out["results"])},
             {"programs": len(todo), "statuses": out["statuses"], "isolation": out["isolation"]})
+
+
+def bounds_of(verdicts: dict | None, examples: list[dict]) -> dict:
+    """What the true middles and empty ones score ({} without tests): `reference_passes`, `reference_fails` (the
+    tasks whose own middle fails, said on stderr: no middle can pass them) and `empty_passes`."""
+    if verdicts is None or not examples:
+        return {}
+    status = [verdicts[(e["id"], e["middle"])] for e in examples]
+    fails = [(e["id"], s) for e, s in zip(examples, status) if s != "passed"]
+    if fails:
+        tqdm.write(f"warning: {len(fails)} of {len(examples)} tasks fail their tests with their own true middle "
+                   f"(first: {fails[0][0]}, {fails[0][1]}); no middle can pass them")
+    return {"reference_passes": 1 - len(fails) / len(examples), "reference_fails": [t for t, _ in fails],
+            "empty_passes": float(np.mean([verdicts[(e["id"], "")] == "passed" for e in examples]))}
 
 
 def _lookup(verdicts, examples, rows):
@@ -308,6 +328,11 @@ def markdown(name: str, result: dict) -> str:
     reference = result["reference_compiles"]
     note = (f"; {left} left out, longer than the canvas" if left else "") + \
         (f"; the true middle compiles in {reference:.0%}" if reference is not None else "")
+    if "reference_passes" in result:
+        fails = result["reference_fails"]
+        note += (f", passes its tests in {result['reference_passes']:.1%}"
+                 + (f" ({len(fails)} fail: {', '.join(fails[:5])}{' ...' * (len(fails) > 5)})" if fails else "")
+                 + f"; an empty middle passes in {result['empty_passes']:.1%}")
     if result.get("prompt_cut"):
         note += f"; {result['prompt_cut']} prompts cut to prompt_tokens={result['prompt_tokens']}"
     rerank = "; `rerank`: the first sample whose window, or failing that its enclosing function, compiles" if any(
