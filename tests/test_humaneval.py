@@ -217,7 +217,7 @@ def test_a_task_whose_true_middle_fails_is_listed_and_said(capsys):
     verdicts, _ = E.run_tests(problems, examples, {"free/model": [["    return "], ["    return "]]}, workers=2)
     bounds = E.bounds_of(verdicts, examples)
     assert bounds == {"reference_passes": 0.5, "reference_fails": ["test/1"], "empty_passes": 0.0}
-    assert "1 of 2 tasks fail their tests with their own true middle (first: test/1, failed)" in capsys.readouterr().out
+    assert "1 of 2 tasks fail their tests with their own true middle (first: test/1, failed)" in capsys.readouterr().err
     result = {"humaneval": True, "samples": 1, "n": 2, "too_long": {}, "reference_compiles": 1.0, "data": "d",
               "sampler": {"temperature": 0.0}, "run": "r", "seed": 0, "limit": 0, "rows": {}, **bounds}
     assert "passes its tests in 50.0% (1 fail: test/1); an empty middle passes in 0.0%" in E.markdown("x", result)

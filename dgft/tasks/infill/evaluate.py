@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
 import warnings
 from collections import Counter
@@ -259,7 +260,7 @@ def bounds_of(verdicts: dict | None, examples: list[dict]) -> dict:
     fails = [(e["id"], s) for e, s in zip(examples, status) if s != "passed"]
     if fails:
         tqdm.write(f"warning: {len(fails)} of {len(examples)} tasks fail their tests with their own true middle "
-                   f"(first: {fails[0][0]}, {fails[0][1]}); no middle can pass them")
+                   f"(first: {fails[0][0]}, {fails[0][1]}); no middle can pass them", file=sys.stderr)
     return {"reference_passes": 1 - len(fails) / len(examples), "reference_fails": [t for t, _ in fails],
             "empty_passes": float(np.mean([verdicts[(e["id"], "")] == "passed" for e in examples]))}
 
