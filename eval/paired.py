@@ -68,16 +68,21 @@ def pair_level(diffs: list[float]) -> str:
 def read(path: Path, row: str) -> dict[int, dict]:
     """index -> that puzzle's line for `row`; exits with file:line on a bad line."""
     out = {}
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            try:
-                rec = json.loads(line)
-                if rec["row"] == row:
-                    if rec["index"] in out:  # two files joined, say: the second would replace the first unseen
-                        sys.exit(f"{path}:{line_no}: puzzle index {rec['index']} of row {row!r} appears twice")
-                    out[rec["index"]] = rec
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                sys.exit(f"{path}:{line_no}: not a dgft eval samples line ({e})")
+    try:
+        with open(path, "rb") as f:  # bytes, decoded a line at a time: a bad byte is named with its own line
+            for line_no, raw in enumerate(f, 1):
+                try:
+                    rec = json.loads(raw.decode("utf-8"))
+                    if rec["row"] == row:
+                        if rec["index"] in out:  # two files joined, say: the second would replace the first unseen
+                            sys.exit(f"{path}:{line_no}: puzzle index {rec['index']} of row {row!r} appears twice")
+                        out[rec["index"]] = rec
+                except UnicodeDecodeError as e:
+                    sys.exit(f"{path}:{line_no}: not UTF-8 ({e.reason}); a dgft eval samples file is JSON lines")
+                except (json.JSONDecodeError, KeyError, TypeError) as e:
+                    sys.exit(f"{path}:{line_no}: not a dgft eval samples line ({e})")
+    except OSError as e:
+        sys.exit(f"{path}: cannot read ({e.strerror or e})")
     if not out:
         sys.exit(f"{path}: no lines for row {row!r} (rows are the eval's modes, or baseline_untrained_rules)")
     return out

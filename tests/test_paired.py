@@ -52,6 +52,12 @@ def test_different_puzzles_are_refused(tmp_path):
     bad.write_text('{"row": "rules", "index": 0}\nnot json\n')
     with pytest.raises(SystemExit, match="bad.jsonl:2"):
         paired.main([str(bad), str(b)])
+    with pytest.raises(SystemExit, match="gone.jsonl: cannot read"):
+        paired.main([str(tmp_path / "gone.jsonl"), str(b)])
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes(a.read_bytes() + b"\xe9\n")
+    with pytest.raises(SystemExit, match="latin.jsonl:3: not UTF-8"):
+        paired.main([str(latin), str(b)])
 
 
 def test_common_compares_the_shared_puzzles(tmp_path, capsys):

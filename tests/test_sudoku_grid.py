@@ -58,9 +58,9 @@ def test_string_round_trip_and_errors():
     assert from_string(to_string(grid)).tolist() == grid.tolist()
     with pytest.raises(ValueError, match="80 characters"):
         from_string("0" * 80)
-    with pytest.raises(ValueError, match=r"'x' at position 5"):
+    with pytest.raises(ValueError, match=r"'x' at character 6, row 2, column 2 "):
         from_string("00000x" + "0" * 10)
-    with pytest.raises(ValueError, match=r"'5' at position 0"):
+    with pytest.raises(ValueError, match=r"'5' at character 1, row 1, column 1 "):
         from_string("5" + "0" * 15)  # digit too large for 4x4
 
 

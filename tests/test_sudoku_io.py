@@ -66,7 +66,7 @@ WRONG_SOLUTION_4 = SOLUTION_4[1] + SOLUTION_4[0] + SOLUTION_4[2:]  # swapped: br
 CONTRADICTING_4 = "4213" "3142" "1324" "2431"  # valid grid, but its first cell is not the given 3
 BAD_LINES = {
     "wrong length": (f"{PUZZLE_4[:-1]},", "puzzle has 15 characters, expected 16 or 81"),
-    "bad character": (f"31x2{PUZZLE_4[4:]},", "puzzle has bad character 'x' at position 2"),
+    "bad character": (f"31x2{PUZZLE_4[4:]},", "puzzle has bad character 'x' at character 3, row 1, column 3"),
     "solution bad character": (f"{PUZZLE_4},{SOLUTION_4[:-1]}?", "solution has bad character '?'"),
     "size mismatch": (f"{PUZZLE_4},{SOLUTION_9}", "puzzle is 4x4 but solution is 9x9"),
     "givens break a rule": ("3300" + "0" * 12 + ",", "puzzle givens break a rule: digit 3 repeated in row 1"),

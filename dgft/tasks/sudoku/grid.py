@@ -458,5 +458,6 @@ def from_string(s: str, what: str = "grid") -> np.ndarray:
     n = isqrt(len(s))
     for position, char in enumerate(s):
         if char != "." and not ("0" <= char <= str(n)):
-            raise ValueError(f"{what} has bad character {char!r} at position {position} (expected 0-{n} or '.')")
+            raise ValueError(f"{what} has bad character {char!r} at character {position + 1}, row {position // n + 1}, "
+                             f"column {position % n + 1} (expected 0-{n} or '.')")
     return np.array([0 if char == "." else int(char) for char in s], dtype=np.int8)
