@@ -267,6 +267,14 @@ def test_saved_dataset_source(tmp_path):
     assert {f.unit for f in files} == {"repo0", "repo1", "repo2"} and files[0].module == "m0.py"
     with pytest.raises(C.CorpusError, match="no text column"):
         C.read_sources([str(tmp_path / "ds")], text_column="body")
+    from datasets import DatasetDict
+
+    mixed = DatasetDict(train=Dataset.from_list(rows[:3]),
+                        test=Dataset.from_list([{"text": r["content"], "path": r["path"]} for r in rows[3:]]))
+    mixed.save_to_disk(str(tmp_path / "mixed"))
+    with pytest.raises(C.CorpusError, match=re.escape(f"{tmp_path / 'mixed'}: its splits have different columns "
+                                                      "(test: path, text; train: content, path, repo_name)")):
+        C.read_sources([str(tmp_path / "mixed")])
 
 
 # --- split ----------------------------------------------------------------------------------------

@@ -258,6 +258,11 @@ def _dataset_rows(path: Path, text_column, unit_column):
     except Exception as err:  # datasets raises several types for a broken directory
         raise CorpusError(f"{path}: not a dataset saved with datasets.save_to_disk ({err})") from None
     if not isinstance(data, Dataset):
+        columns = {k: sorted(data[k].column_names) for k in sorted(data)}
+        if len({tuple(c) for c in columns.values()}) > 1:  # joined, the rows of one split would miss the others'
+            raise CorpusError(f"{path}: its splits have different columns ("
+                              + "; ".join(f"{k}: {', '.join(c)}" for k, c in columns.items())
+                              + "); give them the same columns, or save one split")
         try:
             data = concatenate_datasets([data[k] for k in sorted(data)])
         except Exception as err:  # splits with different columns
