@@ -233,24 +233,44 @@ def _resume_in_place(overrides: list[str]) -> list[str]:
 
 
 def _check_output_dir(overrides: list[str]) -> None:
-    """Fail with the path named, before Hydra tries to create a run directory it cannot create."""
+    """Fail with the path named, before Hydra writes into a run directory: an empty value (an unset shell variable
+    would train into the working directory), another run's directory or a folder holding other files, or one that
+    cannot be created."""
     target = _override(overrides, "hydra.run.dir", "outputs")
-    given = Path(target.strip("'\""))
-    path = given.absolute()
-    from dgft.runs import RunInUse, refuse_used
-
     resume = _override(overrides, "resume", "null")
     if target != "outputs" and resume in ("null", "None", ""):  # before Hydra rewrites another run's record
-        try:
-            refuse_used(given)
-        except RunInUse as err:
-            sys.exit(f"dgft train: error: {err}")
+        _check_new_dir(target, "hydra.run.dir")
+
+
+def _check_new_dir(target: str, key: str) -> None:
+    """A directory a new run (or sweep) may be written into: named, new or empty (or holding only what a refused
+    command left: Hydra's record and train.log), and creatable; else exit naming the key and the path."""
+    from dgft.runs import RunInUse, refuse_used
+
+    given = Path(target.strip("'\""))
+    if not target.strip("'\"").strip():
+        sys.exit(f"dgft train: error: {key} is empty (an unset shell variable?); give the directory to write into")
+    try:
+        refuse_used(given)
+    except RunInUse as err:
+        sys.exit(f"dgft train: error: {err}")
+    if given.is_dir():
+        other = sorted(p.name for p in given.iterdir() if p.name not in (".hydra", "train.log"))
+        if other:
+            listed = ", ".join(other[:5]) + (" ..." if len(other) > 5 else "")
+            sys.exit(f"dgft train: error: {key}={target} holds files that are not a run ({listed}); a new run "
+                     "writes into a new or empty directory")
+    path = given.absolute()
     while not path.exists():
         path = path.parent
     if not path.is_dir():
-        sys.exit(f"dgft train: error: cannot create the run directory {target}: {path} is not a directory")
-    if not os.access(path, os.W_OK | os.X_OK):
-        sys.exit(f"dgft train: error: cannot create the run directory {target}: {path} is not writable")
+        sys.exit(f"dgft train: error: cannot create {key}={target}: {path} is not a directory")
+    import tempfile
+
+    try:  # a real attempt: os.access says yes to root anywhere, /proc and /sys included
+        os.rmdir(tempfile.mkdtemp(prefix=".dgft-probe-", dir=path))
+    except OSError as err:
+        sys.exit(f"dgft train: error: cannot create {key}={target}: {path}: {err.strerror or err}")
 
 
 def _check_sweep(rest: list[str]) -> None:
@@ -274,11 +294,20 @@ def _check_sweep(rest: list[str]) -> None:
             continue  # where jobs write and how Hydra runs them: not the train config
         values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
         choices.append([f"{key}={v}" for v in values] if not o.is_delete() else [key])
-    for job in itertools.product(*choices):
+    jobs = list(itertools.product(*choices))
+    for job in jobs:
         try:
             compose_train(list(job))
         except ConfigError as err:
             sys.exit(f"dgft train: error: sweep job {' '.join(job)}: {err} (no job was started)")
+    given = [a for a in rest if a.lstrip("+").startswith("hydra.sweep.dir=")]
+    if given and not any(a.lstrip("+").startswith("hydra.sweep.subdir=") for a in rest):
+        sweep = _override(rest, "hydra.sweep.dir", "").strip("'\"")
+        if not sweep.strip():
+            sys.exit("dgft train: error: hydra.sweep.dir is empty (an unset shell variable?); give the directory "
+                     "to write the sweep into")
+        for number in range(len(jobs)):  # each job's directory, before Hydra writes its record into one
+            _check_new_dir(str(Path(sweep) / str(number)), "hydra.sweep.dir")
 
 
 _VALUED_FLAGS = {"--cfg", "-c", "--package", "-p", "--info", "-i", "--config-path", "-cp", "--config-name", "-cn",

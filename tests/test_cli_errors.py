@@ -160,3 +160,43 @@ def test_eval_takes_a_thread_count_and_records_it(tmp_path):
     with pytest.raises(SystemExit) as err:
         main(["eval", str(run), "num_threads=-1"])
     assert err.value.code == 2
+
+
+def _refused(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as err:
+        main(argv)
+    assert err.value.code not in (0, None)
+    return str(err.value.code) + capsys.readouterr().err
+
+
+def test_a_new_run_is_never_written_over_other_files(tmp_path, capsys, monkeypatch):
+    """`hydra.run.dir=$UNSET` would train into the working directory; a folder holding other files would have them
+    replaced; /proc cannot hold one (root's os.access says it can): each is refused before Hydra writes anything."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("mine")
+    assert "hydra.run.dir is empty (an unset shell variable?)" in _refused(["train", "hydra.run.dir="], capsys)
+    assert "hydra.run.dir is empty" in _refused(["train", "hydra.run.dir=''"], capsys)
+    mine = tmp_path / "mine"
+    (mine / "data").mkdir(parents=True)
+    (mine / "data" / "heldout.csv").write_text("MY DATA")
+    (mine / "loss.png").write_text("mine")
+    out = _refused(["train", f"hydra.run.dir={mine}"], capsys)
+    assert f"hydra.run.dir={mine} holds files that are not a run (data, loss.png)" in out
+    assert (mine / "data" / "heldout.csv").read_text() == "MY DATA" and sorted(p.name for p in mine.iterdir()) == [
+        "data", "loss.png"]
+    assert "cannot create hydra.run.dir=/proc/dgft-x: /proc:" in _refused(["train", "hydra.run.dir=/proc/dgft-x"],
+                                                                           capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "notes.txt"]
+
+
+def test_a_second_sweep_into_one_directory_leaves_the_first_ones_record(tmp_path, capsys):
+    """Hydra writes each job's record (.hydra/) before the job starts: a sweep whose job directory holds a run is
+    refused before that, so the run's record still says how it was made."""
+    sweep = tmp_path / "sw"
+    (sweep / "0" / ".hydra").mkdir(parents=True)
+    (sweep / "0" / "config.yaml").write_text("seed: 0\n")
+    (sweep / "0" / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    out = _refused(["train", "-m", "recipe=sudoku", "seed=1,2", f"hydra.sweep.dir={sweep}"], capsys)
+    assert f"{sweep / '0'} already holds a run (config.yaml)" in out
+    assert (sweep / "0" / ".hydra" / "config.yaml").read_text() == "seed: 0\n" and not (sweep / "1").exists()
+    assert "hydra.sweep.dir is empty" in _refused(["train", "-m", "seed=1,2", "hydra.sweep.dir="], capsys)
