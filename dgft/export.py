@@ -693,6 +693,10 @@ def _check_out(out: Path, run_dir: Path) -> None:
     if out.is_dir() and any(out.iterdir()) and not (out / RECORD_FILE).is_file():
         raise RunError(f"out={out}: exists and is not an earlier dgft export (no {RECORD_FILE}); the export replaces "
                        "the directory as a whole, so give a new or empty one")
+    foreign = _not_exported(out)
+    if foreign:
+        raise RunError(f"out={out}: holds files an export did not write ({', '.join(foreign[:5])}"
+                       f"{' ...' * (len(foreign) > 5)}), which replacing the export would delete; move them out")
     other = _recorded(out, "run")  # outside the run: another run's export must not be replaced (the run moved: said so)
     if isinstance(other, str) and Path(other) != run_dir.resolve() and run_dir.resolve() not in out.resolve().parents:
         raise RunError(f"out={out}: holds the export of another run ({other}; or of this one, moved since), which "
@@ -706,6 +710,24 @@ def _check_out(out: Path, run_dir: Path) -> None:
         os.rmdir(tempfile.mkdtemp(prefix=f".{out.name}.probe-", dir=parent))
     except OSError as err:
         raise RunError(f"out={out}: cannot be written: {parent}: {err.strerror or err}") from None
+
+
+_EXPORT_NAMES = re.compile(r"config\.json|generation_config\.json|.*\.safetensors(\.index\.json)?|"
+                           r"special_tokens_map\.json|merges\.txt|chat_template\..*")  # beside the named files
+
+
+def _not_exported(out: Path) -> list[str]:
+    """The names in an earlier export `out` that no export wrote: not in its record's outputs (the folders they
+    are in), nor its record, card, sampler settings, tokenizer or evaluations; an older record without outputs:
+    not a name an export writes."""
+    if not (out / RECORD_FILE).is_file():
+        return []
+    recorded = _recorded(out, "outputs")
+    kept = {RECORD_FILE, EVAL_DIR, CARD_FILE, SAMPLER_FILE, TOKENIZER_CONFIG, *TOKENIZER_VOCAB}
+    if isinstance(recorded, dict):
+        kept |= {Path(name).parts[0] for name in recorded}
+    return sorted(p.name for p in out.iterdir()
+                  if p.name not in kept and not (recorded is None and _EXPORT_NAMES.fullmatch(p.name)))
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:

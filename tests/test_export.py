@@ -224,6 +224,16 @@ def test_out_that_is_not_an_export_is_never_replaced(tmp_path):
     (exported / "export.json").write_text(json.dumps({"source": {}}))  # an earlier export of another state
     export(export_cfg(run, out=str(exported)))
     assert json.loads((exported / "export.json").read_text())["source"] and (exported / "config.json").is_file()
+    # files an export did not write are never deleted with it when it is made again (its evaluations are kept)
+    (exported / "NOTES.txt").write_text("mine")
+    (exported / "mystuff").mkdir()
+    record = json.loads((exported / "export.json").read_text())
+    (exported / "export.json").write_text(json.dumps({**record, "source": {}}))  # stale: to be made again
+    with pytest.raises(RunError, match=r"holds files an export did not write \(NOTES\.txt, mystuff\)"):
+        export(export_cfg(run, out=str(exported)))
+    assert (exported / "NOTES.txt").read_text() == "mine" and (exported / "mystuff").is_dir()
+    (exported / "NOTES.txt").unlink()
+    (exported / "mystuff").rmdir()
     # another run's export is not replaced by this run's (nor its evaluations kept under this run's weights)
     record = json.loads((exported / "export.json").read_text())
     assert record["run"] == str(run.resolve())
