@@ -17,6 +17,7 @@ from __future__ import annotations
 import inspect
 import math
 import re
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -295,17 +296,58 @@ def register() -> None:
     cs.store(name="export_schema", node=ExportRecipe)
 
 
-def typed_train_config(saved, source=None) -> DictConfig:
-    """A saved train config (RUN/config.yaml, named by `source` in errors) typed again with the schema of its task."""
+def typed_train_config(saved, source=None, missing: str = "fill") -> DictConfig:
+    """A saved train config (RUN/config.yaml, named by `source` in errors) typed again with the schema of its task.
+
+    A key this version does not know or a value of the wrong type is a ConfigError naming the key. A key the file
+    lacks (an edit, or a run from before the setting): `missing="fill"` takes its default and says so on stderr (an
+    evaluation or export); `"refuse"` is a ConfigError listing them (a resume, which would train differently)."""
     where = f"{source}: " if source else ""
     schema = TASK_SCHEMAS.get(OmegaConf.select(saved, "task.name") or "sudoku")
     if schema is None:
         raise ConfigError(f"{where}task.name={saved.task.name!r}: expected one of {', '.join(TASK_SCHEMAS)}")
+    typed = OmegaConf.structured(TrainRecipe(task=schema()))
     try:
-        return OmegaConf.merge(OmegaConf.structured(TrainRecipe(task=schema())), saved)
+        merged = OmegaConf.merge(typed, saved)
     except (OmegaConfBaseException, ValueError) as err:  # a key this version does not know, or a wrong type
         raise ConfigError(f"{where}{merge_problem(err)} (written by another version of dgft? a resumed run keeps its "
                           "saved config)") from err
+    lacking = [key for key in _leaf_keys(typed) if OmegaConf.select(saved, key, default=_ABSENT) is _ABSENT]
+    if lacking:
+        shown = lacking[:8]
+        more = f" and {len(lacking) - len(shown)} more" if len(lacking) > len(shown) else ""
+        defaults = ", ".join(f"{k}={OmegaConf.select(typed, k)}" for k in shown) + more
+        if missing == "refuse":
+            raise ConfigError(f"{where}no {', '.join(shown)}{more} (edited, or written by an older dgft?); a resumed "
+                              f"run trains with its saved config, so put them back (the defaults: {defaults})")
+        print(f"{where}no {', '.join(shown)}{more}; using the defaults: {defaults}", file=sys.stderr)
+    return merged
+
+
+_ABSENT = object()
+
+
+def _leaf_keys(node, prefix: str = "") -> list[str]:
+    """Dotted keys of a structured config's values (a dict-valued field counts as one value)."""
+    keys = []
+    for key in node:
+        child = node._get_node(key)
+        path = f"{prefix}{key}"
+        if isinstance(child, DictConfig) and child._metadata.object_type not in (None, dict):
+            keys += _leaf_keys(child, path + ".")
+        else:
+            keys.append(path)
+    return keys
+
+
+def refuse_empty(cfg, keys: tuple[str, ...]) -> None:
+    """`data=` or `out=` given with nothing after it (an unset shell variable, `data=$PUZZLES`) would fall back to
+    the default silently (the held-out split, RUN/export): a ConfigError naming the key instead."""
+    for key in keys:
+        value = cfg.get(key)
+        if isinstance(value, str) and not value.strip():
+            raise ConfigError(f"{key}= is empty (an unset shell variable?); give a value, or leave {key} out for its "
+                              "default")
 
 
 def merge_problem(err: Exception) -> str:

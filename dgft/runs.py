@@ -199,7 +199,9 @@ def load_config(run_dir: str | Path):
                if not isinstance(cfg, DictConfig) or k not in cfg]
     if missing:
         raise RunError(f"{path}: no {', '.join(missing)} key; is it a config written by `dgft train`?")
-    return cfg
+    from dgft.config import typed_train_config
+
+    return typed_train_config(cfg, source=path)  # a wrong type named here, not where a value is first used
 
 
 def checkpoint_dir(run_dir: Path, name: str) -> Path:

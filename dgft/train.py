@@ -599,7 +599,8 @@ def _resume_target(cfg, run_dir: Path, overrides: Sequence[str] = ()):
         raise ConfigError(f"resume={cfg.resume}: {run_dir} holds no config.yaml; nothing to resume")
     from dgft.config import typed_train_config
 
-    saved = typed_train_config(runs.read_yaml(run_dir / "config.yaml"), source=run_dir / "config.yaml")
+    saved = typed_train_config(runs.read_yaml(run_dir / "config.yaml"), source=run_dir / "config.yaml",
+                               missing="refuse")
     saved.resume = cfg.resume
     def refuse(source: Path = run_dir / "config.yaml") -> str:  # the record that says what the run was trained with
         return f" ({source}); a resumed run keeps its config, and only {', '.join(RESUME_MAY_CHANGE)} may change"
@@ -696,8 +697,8 @@ def _restore(path: Path, model, opt, sched, batches, gen, cfg, ema=None) -> tupl
         missing, unexpected = model.load_state_dict(state, strict=False)
         tied = {k for k in missing if "encoder" in k or k == "lm_head.weight"}
         if set(missing) - tied or unexpected:
-            raise RuntimeError(f"{path}: checkpoint does not match the model ({sorted(set(missing) - tied)[:3]} "
-                               f"missing, {sorted(unexpected)[:3]} unexpected)")
+            raise ckpt.CheckpointError(f"{path}: checkpoint does not match the model ({sorted(set(missing) - tied)[:3]} "
+                                       f"missing, {sorted(unexpected)[:3]} unexpected)")
         model.tie_weights()
     state = ckpt.load_trainer_state(path)
     opt.load_state_dict(state["optimizer"])
@@ -730,7 +731,11 @@ def _truncate_metrics(path: Path, step: int) -> None:
         except ValueError:
             say(f"{path}:{number}: not a JSON row (torn by the crash?); dropped")
             continue
-        if row.get("step", 0) <= step:
+        at = row.get("step", 0) if isinstance(row, dict) else None
+        if not isinstance(at, int) or isinstance(at, bool):
+            say(f"{path}:{number}: not a metrics row (an object with a whole-number step); dropped: {line[:80]}")
+            continue
+        if at <= step:
             keep.append(line)
     replace_file(path, "".join(line + "\n" for line in keep))
 

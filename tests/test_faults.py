@@ -258,7 +258,7 @@ def test_unwritable_output_dir_is_a_clear_error(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as err:
         main(_cmd(tmp_path, ro / "run")[3:])  # `dgft train ...`, in this process
     message = str(err.value.code) + capsys.readouterr().err
-    assert f"cannot create the run directory {ro / 'run'}" in message and f"{ro} is not writable" in message
+    assert f"cannot create hydra.run.dir={ro / 'run'}: {ro}: Permission denied" in message
     assert "Traceback" not in message and "Error executing job" not in message
     assert list(ro.iterdir()) == []
 
@@ -484,10 +484,43 @@ def test_torn_metrics_row_and_unknown_saved_key_on_resume(tmp_path):
     path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.0}\n{"step": 3, "lo')
     _truncate_metrics(path, 2)
     assert path.read_text() == '{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.0}\n'
+    path.write_text('{"step": 1, "loss": 2.0}\n[1, 2]\n{"step": "x"}\n{"step": 2, "loss": 1.0}\n{"step": 3}\n')
+    _truncate_metrics(path, 2)  # rows that are not metrics rows: dropped, said, not a traceback
+    assert path.read_text() == '{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.0}\n'
     saved = OmegaConf.create(OmegaConf.to_yaml(compose_train(["recipe=sudoku"]), resolve=True))
     saved.trainer.save_every = 5
     with pytest.raises(ConfigError, match=r"RUN/config.yaml: trainer.save_every"):
         typed_train_config(saved, source="RUN/config.yaml")
+
+
+def test_a_saved_config_lacking_a_key_is_refused_on_resume_and_said_on_eval(tmp_path, capsys):
+    """A resume trains with the run's saved config: a key the file lacks (an edit) would silently take the schema's
+    default (batch 64 where the run trained at 32), so it is refused, naming it and its default; an evaluation or
+    export takes the default and says so. A wrong type is named with the file and key before any work."""
+    from omegaconf import OmegaConf
+
+    from dgft.cli import compose_train
+    from dgft.config import ConfigError, typed_train_config
+    from dgft.runs import load_config
+
+    saved = OmegaConf.create(OmegaConf.to_yaml(compose_train(["recipe=sudoku"]), resolve=True))
+    del saved.trainer["batch_size"]
+    with pytest.raises(ConfigError, match=r"RUN/config.yaml: no trainer.batch_size \(edited, .*put them back \(the "
+                                          r"defaults: trainer.batch_size=64\)"):
+        typed_train_config(saved, source="RUN/config.yaml", missing="refuse")
+    with pytest.raises(ConfigError, match=r"no name, seed, device, resume, task.name, .* and \d+ more"):
+        typed_train_config(OmegaConf.create({}), source="RUN/config.yaml", missing="refuse")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(saved))
+    assert load_config(run).trainer.batch_size == 64
+    assert "config.yaml: no trainer.batch_size; using the defaults: trainer.batch_size=64" in capsys.readouterr().err
+    saved.trainer.batch_size = 32
+    saved.sampler.steps = "abc"
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(saved))
+    with pytest.raises(ConfigError, match=r"run/config.yaml: sampler.steps: Value 'abc' (of type 'str' )?could not be "
+                                          r"converted to Integer"):
+        load_config(run)
 
 
 def _tiny_model_cfg():
