@@ -97,7 +97,9 @@ def _known_errors():
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help", "help"):
+    if not argv:  # a script that lost its subcommand must not look as if it ran
+        sys.exit(f"dgft: no command given\n\n{USAGE}")
+    if argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return
     command, rest = argv[0], argv[1:]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from dgft.config import ConfigError, SamplerConfig, check_sampler
+from dgft.config import ConfigError, SamplerConfig, check_sampler, refuse_empty
 from dgft.export import check_export, is_export, load_export, read_settings
 from dgft.runs import (RunError, checkpoint_dir, load_model, load_tokenizer, note_stopped_early, real_run_dir,
                        require_weights, stopped_early)
@@ -31,6 +31,7 @@ from dgft.train import pick_device
 def evaluate(cfg) -> dict:
     if OmegaConf.is_missing(cfg, "run"):
         raise ConfigError("no run given: dgft eval RUN|EXPORT [data=PATH] [overrides ...]")
+    refuse_empty(cfg, ("run", "data", "name", "checkpoint"))
     run = real_run_dir(Path(cfg.run))
     run_cfg, export = read_settings(run)
     if cfg.baseline is None:  # an export does not carry the model before training, and infill has no baseline
@@ -107,6 +108,10 @@ def claim_output(out_dir: Path, name: str, settings: dict, overwrite: bool) -> N
 
     if out_dir.exists() and not out_dir.is_dir():
         raise RunError(f"{out_dir}: a file where the evaluations' folder goes; move it away")
+    blocked = [p.name for p in (out_dir / f"{name}.json", out_dir / f"{name}.md", out_dir / f"{name}_samples.jsonl")
+               if p.is_dir()]
+    if blocked:  # found now, not after the evaluation has run
+        raise RunError(f"{out_dir}: {', '.join(blocked)} is a folder where the result goes; move it away")
     old = out_dir / f"{name}.json"
     if overwrite or not old.exists():
         return

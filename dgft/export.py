@@ -32,7 +32,7 @@ from omegaconf import OmegaConf
 from dgft import checkpoint as ckpt
 from dgft.cache import replace_file
 from dgft.card import model_card, with_evaluations
-from dgft.config import ConfigError, ExportRecipe
+from dgft.config import ConfigError, ExportRecipe, refuse_empty
 from dgft.model import denoise, encode, retie_encoder, unwrap
 from dgft.runs import (RunError, checkpoint_dir, keeps_average, load_config, load_model, note_stopped_early,
                        real_run_dir, require_final)
@@ -59,6 +59,7 @@ def export(cfg) -> Path:
     cfg = OmegaConf.merge(OmegaConf.structured(ExportRecipe), cfg)  # a config built by hand: the schema's defaults
     if OmegaConf.is_missing(cfg, "run"):
         raise RunError("no run given: dgft export RUN [out=DIR] [checkpoint=step-N]")
+    refuse_empty(cfg, ("run", "out", "checkpoint"))
     for key in ("atol", "max_check_gb"):  # before minutes of loading and merging
         if not 0 <= cfg[key] < float("inf"):
             raise ConfigError(f"{key}={cfg[key]}: must be a finite number >= 0")

@@ -169,6 +169,12 @@ def _refused(argv, capsys) -> str:
     return str(err.value.code) + capsys.readouterr().err
 
 
+def test_no_command_is_an_error_and_help_is_not(capsys):
+    assert "dgft: no command given" in _refused([], capsys)
+    main(["--help"])
+    assert "usage: dgft {train,eval,export}" in capsys.readouterr().out
+
+
 def test_a_new_run_is_never_written_over_other_files(tmp_path, capsys, monkeypatch):
     """`hydra.run.dir=$UNSET` would train into the working directory; a folder holding other files would have them
     replaced; /proc cannot hold one (root's os.access says it can): each is refused before Hydra writes anything."""
@@ -200,3 +206,13 @@ def test_a_second_sweep_into_one_directory_leaves_the_first_ones_record(tmp_path
     assert f"{sweep / '0'} already holds a run (config.yaml)" in out
     assert (sweep / "0" / ".hydra" / "config.yaml").read_text() == "seed: 0\n" and not (sweep / "1").exists()
     assert "hydra.sweep.dir is empty" in _refused(["train", "-m", "seed=1,2", "hydra.sweep.dir="], capsys)
+
+
+@pytest.mark.parametrize("argv, key", [(["eval", "RUN", "data="], "data"), (["eval", "RUN", "name=''"], "name"),
+                                       (["eval", "run="], "run"), (["export", "RUN", "out="], "out"),
+                                       (["export", "RUN", "checkpoint="], "checkpoint")])
+def test_an_empty_value_is_not_taken_for_the_default(argv, key, capsys, tmp_path, monkeypatch):
+    """`data=$PUZZLES` with the variable unset would evaluate the held-out split under its name, `out=$DIR` export
+    into RUN/export: each is refused, naming the key."""
+    monkeypatch.chdir(tmp_path)
+    assert f"{key}= is empty (an unset shell variable?)" in _refused(argv, capsys)

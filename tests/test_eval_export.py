@@ -97,6 +97,11 @@ def test_a_damaged_export_is_named_and_its_evaluations_survive_a_killed_export(t
         _eval(export, data, "sampler.modes=[rules]")
     assert err.value.code == 2 and "a file where the evaluations' folder goes" in capsys.readouterr().err
     (export / "eval").unlink()
+    (export / "eval" / "puzzles.md").mkdir(parents=True)  # a folder where a result goes: refused before any work
+    with pytest.raises(SystemExit) as err:
+        _eval(export, data, "sampler.modes=[rules]", "name=puzzles")
+    assert err.value.code == 2 and "puzzles.md is a folder where the result goes" in capsys.readouterr().err
+    (export / "eval" / "puzzles.md").rmdir()
     _eval(export, data, "sampler.modes=[rules]")
 
     # an export killed between its swap and the move of the evaluations leaves them in .export.old-PID: the next
