@@ -67,7 +67,7 @@ def export(cfg) -> Path:
         raise ConfigError(f"merge_into={cfg.merge_into!r}: expected {' or '.join(MERGE_INTO)}")
     run_dir = real_run_dir(Path(cfg.run))  # the card and export.json name the run, not a `latest` link to it
     if not run_dir.is_dir():
-        raise RunError(f"{run_dir}: no such run directory")
+        raise RunError(f"{run_dir}: " + ("a file, not a run directory" if run_dir.exists() else "no such run directory"))
     rcfg = load_config(run_dir)
     checkpoint = checkpoint_dir(run_dir, cfg.checkpoint) if cfg.checkpoint else None
     # a checkpoint's export goes beside the final model's (RUN/export_step-N), as its evaluation does
@@ -451,6 +451,8 @@ def read_settings(path: str | Path):
     path = Path(path)
     if is_export(path):
         return read_export(path), True
+    if path.exists() and not path.is_dir():
+        raise RunError(f"{path}: a file, not a run directory or an export (dgft eval RUN [data={path}]?)")
     if path.is_dir() and not (path / "config.yaml").exists():
         raise RunError(f"{path}: neither a run directory (no config.yaml) nor an export (no {SAMPLER_FILE})")
     return load_config(path), False

@@ -216,3 +216,10 @@ def test_an_empty_value_is_not_taken_for_the_default(argv, key, capsys, tmp_path
     into RUN/export: each is refused, naming the key."""
     monkeypatch.chdir(tmp_path)
     assert f"{key}= is empty (an unset shell variable?)" in _refused(argv, capsys)
+
+
+@pytest.mark.parametrize("command", ["eval", "export"])
+def test_a_file_given_as_the_run_is_named_as_a_file(command, capsys, tmp_path):
+    puzzles = tmp_path / "puzzles.csv"
+    puzzles.write_text("x\n")
+    assert f"{puzzles}: a file, not a run directory" in _refused([command, f"run={puzzles}"], capsys)
