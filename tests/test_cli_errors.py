@@ -223,3 +223,17 @@ def test_a_file_given_as_the_run_is_named_as_a_file(command, capsys, tmp_path):
     puzzles = tmp_path / "puzzles.csv"
     puzzles.write_text("x\n")
     assert f"{puzzles}: a file, not a run directory" in _refused([command, f"run={puzzles}"], capsys)
+
+
+def test_eval_names_a_noise_kind_it_cannot_sample(tmp_path, capsys):
+    """An edited config.yaml's noise.kind would be sampled as uniform noise: named instead, before any model loads."""
+    from omegaconf import OmegaConf
+
+    from tests.conftest import tiny_cfg
+
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = tiny_cfg()
+    cfg.noise.kind = "weird"
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    assert "noise.kind='weird' in its config: expected one of uniform, mask" in _refused(["eval", str(run)], capsys)
