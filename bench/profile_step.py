@@ -3,15 +3,15 @@
 Two targets:
 - a train recipe (the default): the config is composed from the Hydra overrides given, exactly as `dgft train`
   composes it, and set up as `dgft.train.train` sets it up (task, generated data, batches, model, optimizer, LR
-  schedule; nothing is written to a run directory). Its step is `dgft train`'s: next batch + `_corrupt` on the
-  host, `_loss` under autocast, backward, gradient clipping + optimizer + scheduler.
+  schedule; nothing is written to a run directory). Its step is `dgft train`'s: next batch + `dgft.step.corrupt_batch` on the
+  host, `dgft.step.batch_loss` under autocast, backward, gradient clipping + optimizer + scheduler.
 - `--qlora`: the released DiffusionGemma-26B-A4B text architecture at `--depth` layers with random weights, NF4
   base (experts included) and LoRA r16, built and stepped as `bench/qlora_memory.py` does it (prompt 256 +
   canvas 256, batch 1, self-conditioning on every step, gradient checkpointing, paged 8-bit AdamW).
 
 What it measures, after `--warmup` steps:
 1. `--steps` steps that wait for the device after each phase: milliseconds of data (host: next batch +
-   `_corrupt`), forward + loss, backward, optimizer (clip, step, schedule, zero_grad; --qlora: step, zero_grad);
+   `corrupt_batch`), forward + loss, backward, optimizer (clip, step, schedule, zero_grad; --qlora: step, zero_grad);
    median over the steps.
 2. `--steps` steps as `dgft train` runs them (no wait inside the loop): wall ms per step and tokens/s, and the
    host's own ms per phase ("issue": the time to queue the phase's work; a hidden host-device sync adds its
@@ -49,7 +49,7 @@ from typing import Callable
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function, schedule
 
-PHASES = {"data": "data (next batch + _corrupt)", "forward": "forward + loss", "backward": "backward",
+PHASES = {"data": "data (next batch + corrupt_batch)", "forward": "forward + loss", "backward": "backward",
           "optimizer": "optimizer step"}
 SYNC_OPS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy",
             "aten::item", "aten::_local_scalar_dense")
@@ -78,6 +78,7 @@ class Fail(Exception):
 # --- the two targets ----------------------------------------------------------------------------
 def recipe_step(overrides: list[str]) -> Step:
     """`dgft train`'s setup and step for the composed config (`dgft.train.train`, minus the run directory)."""
+    from dgft import step as step_
     from dgft import train as T
     from dgft.cli import compose_train
     from dgft.model import count_parameters, torch_dtype, unwrap
@@ -104,12 +105,12 @@ def recipe_step(overrides: list[str]) -> Step:
     model.train()
 
     def data():
-        micro = [T._corrupt(next(batches), cfg, gen, vocab_size, task) for _ in range(cfg.trainer.grad_accum)]
+        micro = [step_.corrupt_batch(next(batches), cfg, gen, vocab_size, task) for _ in range(cfg.trainer.grad_accum)]
         n_scored = sum(float(m["count"]) for m in micro) or 1.0
         return micro, n_scored, sum(int(m["tokens"]) for m in micro)
 
     def loss(m, n_scored):
-        loss_sum, extra = T._loss(model, m, cfg, gen, device)
+        loss_sum, extra = step_.batch_loss(model, m, cfg, gen, device)
         return loss_sum / n_scored + extra
 
     def optimizer_step():
@@ -131,7 +132,7 @@ def qlora_step(depth: int, mode: str, group_size: int, tiny: bool, ar_weight: fl
     import qlora_memory as qm
 
     from dgft.model import count_parameters
-    from dgft.train import _loss
+    from dgft.step import batch_loss
 
     if tiny:
         qm.DEVICE, qm.DIMS = torch.device("cpu"), qm.TINY
@@ -153,7 +154,7 @@ def qlora_step(depth: int, mode: str, group_size: int, tiny: bool, ar_weight: fl
         return [qm.step_inputs(device, qm.DIMS["vocab_size"])], 256.0, 512
 
     def loss(m, canvas):
-        loss_sum, extra = _loss(model, m, cfg, gen, device)
+        loss_sum, extra = batch_loss(model, m, cfg, gen, device)
         return loss_sum / canvas + extra
 
     def optimizer_step():

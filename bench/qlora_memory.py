@@ -4,7 +4,7 @@ bf16 base vs 4-bit (NF4, experts included) base, at reduced depth, extrapolated 
 The released weights cannot be downloaded here, so the released text config (full width, full 262k
 vocabulary, 128 experts top-8) is built with fewer layers and random weights, created tensor by tensor
 on the GPU and placed by the streaming loader's own code path (`dgft.stream.Loader`), 4-bit slots
-quantized there exactly as a real checkpoint would be. The training step is dgft's own (`dgft.train._loss`):
+quantized there exactly as a real checkpoint would be. The training step is dgft's own (`dgft.step.batch_loss`):
 prompt 256 + canvas 256, batch 1, self-conditioning first pass on every step, LoRA r16 on attention and
 dense-MLP projections (shared by encoder and decoder; `--target-experts`: on the experts too), gradient
 checkpointing, AdamW (bf16) or paged 8-bit AdamW (nf4). Each depth uses (depth - 1) sliding-attention layers
@@ -121,7 +121,7 @@ def training_setup(model, quantize: str, device):
 
 
 def step_config(ar_weight: float):
-    """The config `dgft.train._loss` reads: a whole train config (the schema's defaults, so a setting the loss reads
+    """The config `dgft.step.batch_loss` reads: a whole train config (the schema's defaults, so a setting the loss reads
     later is there too), uniform noise, self-conditioning on every step."""
     from dgft.config import typed_train_config
 
@@ -132,7 +132,7 @@ def step_config(ar_weight: float):
 def measure(depth: int, quantize: str, steps: int, ar_weight: float, want_logits: bool):
     from dgft.model import denoise, encode
     from dgft.quant import quantized_bytes
-    from dgft.train import _loss
+    from dgft.step import batch_loss
 
     device = DEVICE
     cuda = device.type == "cuda"
@@ -162,7 +162,7 @@ def measure(depth: int, quantize: str, steps: int, ar_weight: float, want_logits
         sync()
         t = time.time()
         with torch.autocast(device.type, dtype=torch.bfloat16):
-            loss_sum, extra = _loss(model, batch, cfg, gen, device)
+            loss_sum, extra = batch_loss(model, batch, cfg, gen, device)
             loss = loss_sum / 256 + extra
         loss.backward()
         opt.step()

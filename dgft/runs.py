@@ -13,10 +13,12 @@ Example: `model, tokenizer, cfg = load_run("outputs/sudoku/2026-11-27_15-00-00")
 from __future__ import annotations
 
 import contextlib
+import logging
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
 
 
 class RunError(RuntimeError):
@@ -364,3 +366,28 @@ def real_run_dir(run: Path) -> Path:
         return Path(os.path.relpath(real)) if real.is_relative_to(Path.cwd()) else real
     except ValueError:  # another drive
         return real
+
+
+# --- what training says ------------------------------------------------------------------------
+_LOG = logging.getLogger("dgft.train.run")  # the run's own record, RUN/train.log (the console gets tqdm.write)
+_LOG.propagate = False
+
+
+def say(message: str) -> None:
+    """A line for the console (above the progress bar) and for the run's train.log."""
+    tqdm.write(message)
+    _LOG.info(message)
+
+
+@contextlib.contextmanager
+def logged_to(path: Path):
+    """`say` also writes to `path` (RUN/train.log) while this holds."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("[%(asctime)s] %(message)s"))
+    _LOG.addHandler(handler)
+    _LOG.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        _LOG.removeHandler(handler)
+        handler.close()

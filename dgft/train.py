@@ -5,14 +5,14 @@ whose logits self-condition the graded pass (probability p per example), cross-e
 positions normalised by their count over the whole accumulation window, AdamW (or Muon: dgft.optim), warmup + cosine.
 With `trainer.time_limit_min` the cosine follows the time used when that is further along than the steps, so
 a run ends at the schedule's floor whatever the device's speed. On CUDA a step waits for the device only when
-it logs (batches go through pinned memory, losses stay on the device until then).
+it logs (batches go through pinned memory, losses stay on the device until then). A step's noise and loss are
+`dgft.step`'s; the checkpoints a run resumes from, and resuming, are `dgft.resume`'s.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import math
 import os
 import random
@@ -24,20 +24,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from dgft import checkpoint as ckpt
-from dgft import noise as N
+from dgft import resume
 from dgft import runs
-from dgft.cache import replace_file
+from dgft import step as step_
 from dgft.config import validate
 from dgft.ema import EMA
+from dgft.model import (attach_lora, attention_layout, build_tiny, count_parameters, load_pretrained, load_quantized,
+                        quantize_tiny_, require_path, torch_dtype, unwrap)
 from dgft.optim import make_optimizer
-from dgft.loss import denoising_loss, encoder_ar_loss, loss_count
-from dgft.model import (attach_lora, attention_layout, build_tiny, count_parameters, denoise, encode, forbid_answers,
-                        load_pretrained, load_quantized, prompt_logits, quantize_tiny_, require_path, torch_dtype,
-                        unwrap)
+from dgft.runs import say
 from dgft.tasks import get_task
 
 
@@ -110,7 +109,7 @@ def train(cfg, run_dir: str | Path, overrides: Sequence[str] = ()) -> Path | Non
     before = {p.name for p in run_dir.iterdir()}
     handlers = _stop_during_setup()  # until the first step, where a signal finishes the step and checkpoints instead
     try:
-        with runs.writing(run_dir), _logged_to(run_dir / "train.log"):  # one `dgft train` at a time writes a run
+        with runs.writing(run_dir), runs.logged_to(run_dir / "train.log"):  # one `dgft train` at a time writes a run
             return _train(cfg, run_dir, overrides)
     except Exception as err:
         if not cfg.resume and not isinstance(err, runs.RunInUse):
@@ -136,36 +135,13 @@ def _remove_unstarted(run_dir: Path, before: set[str]) -> None:
                 path.unlink()
 
 
-_LOG = logging.getLogger("dgft.train.run")  # the run's own record, RUN/train.log (the console gets tqdm.write)
-_LOG.propagate = False
-
-
-def say(message: str) -> None:
-    """A line for the console (above the progress bar) and for the run's train.log."""
-    tqdm.write(message)
-    _LOG.info(message)
-
-
-@contextlib.contextmanager
-def _logged_to(path: Path):
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("[%(asctime)s] %(message)s"))
-    _LOG.addHandler(handler)
-    _LOG.setLevel(logging.INFO)
-    try:
-        yield
-    finally:
-        _LOG.removeHandler(handler)
-        handler.close()
-
-
 def _train(cfg, run_dir: Path, overrides: Sequence[str]) -> Path | None:
     # --- setup -------------------------------------------------------------------------------------
     resume_from = None
     if cfg.resume:
-        cfg, resume_from = _resume_target(cfg, run_dir, overrides)
+        cfg, resume_from = resume.resume_target(cfg, run_dir, overrides)
         validate(cfg)  # before the nothing-to-train check: trainer.max_steps=-5 is an error, not a finished run
-        if _finished(run_dir, resume_from, cfg):
+        if resume.finished(run_dir, resume_from, cfg):
             return None
     else:
         runs.refuse_used(run_dir)
@@ -209,8 +185,8 @@ def _train(cfg, run_dir: Path, overrides: Sequence[str]) -> Path | None:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.trainer, elapsed_s))
     start_step = 0
     if resume_from is not None:
-        start_step, clock["before"] = _restore(resume_from, model, opt, sched, batches, gen, cfg, ema)
-        _truncate_metrics(run_dir / "metrics.jsonl", start_step)
+        start_step, clock["before"] = resume.restore(resume_from, model, opt, sched, batches, gen, cfg, ema)
+        resume.truncate_metrics(run_dir / "metrics.jsonl", start_step)
         say(f"resumed from {resume_from} (step {start_step})")
         before = _last_session(run_dir).get("threads")
         if before and before != torch.get_num_threads():
@@ -248,14 +224,14 @@ def _train(cfg, run_dir: Path, overrides: Sequence[str]) -> Path | None:
         (run_dir / "train_summary.json").unlink(missing_ok=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     for step in range(start_step + 1, last + 1):
-        micro = [_corrupt(next(batches), cfg, gen, vocab_size, task) for _ in range(cfg.trainer.grad_accum)]
+        micro = [step_.corrupt_batch(next(batches), cfg, gen, vocab_size, task) for _ in range(cfg.trainer.grad_accum)]
         n_scored = sum(float(m["count"]) for m in micro) or 1.0
         loss_total = torch.zeros((), dtype=torch.float64, device=device)  # read back only when logged
         ar_total = torch.zeros((), dtype=torch.float64, device=device)
         for m in micro:
             try:
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-                    loss_sum, extra = _loss(model, m, cfg, gen, device, task)
+                    loss_sum, extra = step_.batch_loss(model, m, cfg, gen, device, task)
                 # the denoising sum over the window's scored tokens; the encoder's AR term (a per-micro-batch
                 # mean) averaged over the window, so grad_accum does not multiply its weight
                 (loss_sum / n_scored + extra / len(micro)).backward()
@@ -315,7 +291,7 @@ def _train(cfg, run_dir: Path, overrides: Sequence[str]) -> Path | None:
             say(f"step {step}: held-out " + ", ".join(f"{k} {v:.3f}" for k, v in row.items() if k != "step"))
             model.train()
         if cfg.trainer.ckpt_every and step % cfg.trainer.ckpt_every == 0 and step < cfg.trainer.max_steps:
-            _checkpoint(run_dir, step, model, opt, sched, batches, gen, cfg, elapsed_s(), ema)
+            resume.save_checkpoint(run_dir, step, model, opt, sched, batches, gen, cfg, elapsed_s(), ema)
             saved_step = step
         window["paused"] += time.perf_counter() - paused
         if stopping:
@@ -327,7 +303,7 @@ def _train(cfg, run_dir: Path, overrides: Sequence[str]) -> Path | None:
     # --- save --------------------------------------------------------------------------------------
     loss = float(loss) if step > start_step else _logged_loss(run_dir / "metrics.jsonl", step)
     if step != saved_step or not (run_dir / "checkpoints" / f"step-{step:06d}").is_dir():
-        _checkpoint(run_dir, step, model, opt, sched, batches, gen, cfg, elapsed_s(), ema)
+        resume.save_checkpoint(run_dir, step, model, opt, sched, batches, gen, cfg, elapsed_s(), ema)
     out = run_dir / ("adapter" if cfg.model.finetune == "lora" else "model")
     with averaged():
         ckpt.save_weights(model, out)
@@ -438,318 +414,6 @@ def check_vocabulary(task, cfg, model_vocab: int) -> None:
     raise ConfigError(f"model.path={cfg.model.path}: the model's vocabulary has {model_vocab} tokens and the task's "
                       f"({what}, built by dgft) {task.vocab_size}, so the model would read other tokens than it "
                       f"learnt; {hint}")
-
-
-# --- pieces of a step -----------------------------------------------------------------------------
-def _corrupt(batch: dict, cfg, gen, vocab_size: int, task=None) -> dict:
-    """Add noise level t, the corrupted canvas and the counts to a batch.
-
-    `count` is what the loss is normalised by: the scored positions, or their summed weight when the batch
-    weighs positions (`weight`, (B, L) float, from the batch or from the task's `position_weight` of the
-    positions the model is shown). With `noise.known_in_prompt` the positions the noise left alone
-    are also written into the prompt (the task's `known_prompt`), as `sampler.reprompt` does with accepted ones.
-    """
-    target, scored = batch["target"], batch["scored"]
-    givens = batch.get("givens", batch["fixed"])  # in the prompt always, even where corrupt_givens_p noised them
-    t = N.sample_t(target.shape[0], cfg.noise.eps, gen, power=cfg.noise.t_power)
-    support = batch["choices"] if cfg.noise.support == "answer" else vocab_size
-    noisy, hit = N.corrupt(cfg.noise.kind, target, t, ~batch["fixed"], support, N.mask_ids(cfg.noise.kind, batch), gen)
-    order_p = float(cfg.task.get("solver_order_p", 0.0))
-    if order_p > 0:
-        noisy, hit = _solver_ordered(batch, noisy, hit, order_p, cfg, gen, support, task)
-    wrong_p = float(cfg.task.get("wrong_known_p", 0.0))
-    if wrong_p > 0:
-        noisy = _wrong_known(batch, noisy, hit, wrong_p, gen, task)
-    weigh = getattr(task, "position_weight", None)  # a task's own weighting, given what the model is shown
-    if weigh is not None and "weight" not in batch:
-        weight = weigh(target, givens | ~hit, batch["size"])
-        batch = batch if weight is None else {**batch, "weight": weight * scored}
-    count = loss_count(scored, hit, cfg.noise.kind, cfg.noise.loss_weight, batch.get("weight"))
-    if cfg.noise.known_in_prompt:
-        batch = {**batch}
-        batch["prompt_ids"], batch["prompt_mask"] = task.known_prompt(target, givens, noisy, ~hit & ~givens,
-                                                                      batch["size"])
-    tokens = batch["prompt_mask"].sum() + target.numel()
-    return {**batch, "t": t, "noisy": noisy, "hit": hit, "count": count, "tokens": tokens}
-
-
-def _drawn_with_clean_givens(batch: dict, p: float, gen) -> torch.Tensor:
-    """(B,) bool: each example drawn with probability p, among those whose givens the noise leaves clean (not
-    freed by `task.corrupt_givens_p`)."""
-    fixed = batch["fixed"]
-    return (torch.rand(fixed.shape[0], generator=gen) < p) & (fixed == batch.get("givens", fixed)).all(-1)
-
-
-def _solver_ordered(batch: dict, noisy, hit, p: float, cfg, gen, support, task):
-    """`task.solver_order_p`: in that share of examples (those whose givens stay clean), the same number of
-    corrupted cells, moved onto the cells a solver fills last (the task's `solving_rank`, ties in random order),
-    so the clean ones are what it fills first: the states a sampler passes through, accepting its surest cell
-    first. Uniform random subsets of clean cells are far easier to complete than these (eval/RESULTS.md)."""
-    target, fixed = batch["target"], batch["fixed"]
-    rows = _drawn_with_clean_givens(batch, p, gen)
-    if not rows.any():
-        return noisy, hit
-    moved = N.order_hits(hit[rows], task.solving_key(target[rows], fixed[rows], batch["size"], gen))
-    ones = torch.ones(int(rows.sum()))
-    noisy, hit = noisy.clone(), hit.clone()
-    noisy[rows], _ = N.corrupt(cfg.noise.kind, target[rows], ones, moved, support, N.mask_ids(cfg.noise.kind, batch),
-                               gen)
-    hit[rows] = moved
-    return noisy, hit
-
-
-def _wrong_known(batch: dict, noisy, hit, p: float, gen, task):
-    """`task.wrong_known_p`: in that share of examples (those whose givens stay clean), one or two of the blank
-    cells the noise left clean (shown as known, in the prompt too with `noise.known_in_prompt`) get a wrong digit
-    no known peer holds (the task's `plant_wrong`), and are still scored with the true one: what a sampler's
-    mistaken acceptance looks like, so the model learns to doubt it rather than build on it (`sampler.revise`)."""
-    target, givens = batch["target"], batch.get("givens", batch["fixed"])
-    rows = _drawn_with_clean_givens(batch, p, gen)
-    if not rows.any():
-        return noisy
-    known = givens | ~hit
-    second = torch.rand(target.shape[0], generator=gen) < 0.5
-    planted = torch.zeros_like(hit)
-    for candidates in (rows, rows & second):
-        allowed = candidates[:, None] & ~hit & ~givens & ~planted & batch["scored"]
-        noisy, new = task.plant_wrong(noisy, allowed, known, batch["size"], gen)
-        planted |= new
-    return noisy
-
-
-def _to(x: torch.Tensor, device) -> torch.Tensor:
-    """Host tensor -> device; to CUDA through pinned memory, so the copy does not wait for the device."""
-    if device.type != "cuda":
-        return x.to(device)
-    return x.pin_memory().to(device, non_blocking=True)
-
-
-def _loss(model, m: dict, cfg, gen, device, task=None):
-    """Summed denoising loss of one micro-batch, plus the (already normalised) encoder AR term."""
-    ids, mask = _to(m["prompt_ids"], device), _to(m["prompt_mask"], device)
-    noisy = _to(m["noisy"], device)
-    want_hidden = cfg.noise.encoder_ar_weight > 0
-    enc = encode(model, ids, mask, return_hidden=want_hidden)
-    cache, hidden = enc if want_hidden else (enc, None)
-    sc_logits = sc_mask = None
-    if cfg.noise.self_conditioning_p > 0:
-        drawn = torch.rand(noisy.shape[0], generator=gen) < cfg.noise.self_conditioning_p  # on the host: no sync
-        if drawn.any():
-            # The first pass runs only for the examples that use it; the others get zero logits (masked anyway).
-            sc_mask, idx = _to(drawn, device), _to(drawn.nonzero()[:, 0], device)
-            with torch.no_grad():
-                sub_cache, passes = _select_cache(cache, idx), int(cfg.noise.get("self_conditioning_passes", 1))
-                sub = denoise(model, sub_cache, noisy[idx], mask[idx])
-                for _ in range(int(torch.randint(passes, (1,), generator=gen)) if passes > 1 else 0):
-                    sub = denoise(model, sub_cache, noisy[idx], mask[idx], sc_logits=sub)
-                sc_logits = torch.zeros(noisy.shape + (sub.shape[-1],), dtype=sub.dtype, device=device)
-                sc_logits[idx] = sub
-            rules_p = float(cfg.task.get("sc_rules_p", 0.0))
-            if rules_p > 0:  # these examples' first pass is fed back without the digits a shown peer holds
-                rows = drawn & (torch.rand(noisy.shape[0], generator=gen) < rules_p)
-                forbid = task.rules_forbid(m) & rows[:, None, None]
-                sc_logits = forbid_answers(sc_logits, _to(m["choices"], device), _to(forbid, device))
-    logits = denoise(model, cache, noisy, mask, sc_logits=sc_logits, sc_mask=sc_mask)
-    weight = _to(m["weight"], device) if "weight" in m else None
-    loss_sum, _ = denoising_loss(logits, _to(m["target"], device), _to(m["scored"], device), _to(m["hit"], device),
-                                 cfg.noise.kind, _to(m["t"], device), cfg.noise.loss_weight, weight)
-    extra = torch.zeros((), device=device)
-    if want_hidden:
-        ar_sum, ar_n = encoder_ar_loss(prompt_logits(model, hidden), ids, mask)
-        extra = cfg.noise.encoder_ar_weight * ar_sum / ar_n.clamp_min(1)
-    return loss_sum, extra
-
-
-def _select_cache(cache, idx):
-    """A copy of an encoder KV cache restricted to the batch rows `idx` (the original is untouched)."""
-    import copy
-
-    sub = copy.copy(cache)
-    sub.layers = [copy.copy(layer) for layer in cache.layers]
-    for layer in sub.layers:
-        layer.keys, layer.values = layer.keys[idx], layer.values[idx]
-    return sub
-
-
-def _checkpoint(run_dir, step, model, opt, sched, batches, gen, cfg, elapsed_s: float, ema=None):
-    """A resumable checkpoint: the trained weights (not the average), optimizer, schedule, RNGs, data, EMA."""
-    state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state(),
-             "gen_rng": gen.get_state(), **({"ema": ema.state_dict()} if ema else {})}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():  # e.g. LoRA dropout draws on the GPU
-        state["cuda_rng"] = torch.cuda.get_rng_state_all()
-    extra = {"step": step, "data": _jsonable(batches.state_dict()), "python_rng": _jsonable(random.getstate()),
-             "numpy_rng": _jsonable(np.random.get_state(legacy=False)), "elapsed_s": elapsed_s}
-    ckpt.save(run_dir, step, model, state, extra, keep_last=cfg.trainer.keep_last)
-
-
-RESUME_MAY_CHANGE = ("trainer.max_steps", "trainer.num_threads", "trainer.time_limit_min", "device",
-                     "task.cache_dir")  # where the data are cached: made again from the seed, the same
-
-
-def _resume_target(cfg, run_dir: Path, overrides: Sequence[str] = ()):
-    """(saved config of the run, its newest valid checkpoint); resume=auto picks the newest resumable run.
-
-    The run continues with its saved config. An override of a key in RESUME_MAY_CHANGE (e.g. more
-    trainer.max_steps) replaces the saved value; an override that gives any other key a value the run does not
-    have is refused, naming it, rather than ignored.
-    """
-    from dgft.config import ConfigError
-
-    if not (run_dir / "config.yaml").exists():
-        raise ConfigError(f"resume={cfg.resume}: {run_dir} holds no config.yaml; nothing to resume")
-    from dgft.config import typed_train_config
-
-    saved = typed_train_config(runs.read_yaml(run_dir / "config.yaml"), source=run_dir / "config.yaml",
-                               missing="refuse")
-    saved.resume = cfg.resume
-    def refuse(source: Path = run_dir / "config.yaml") -> str:  # the record that says what the run was trained with
-        return f" ({source}); a resumed run keeps its config, and only {', '.join(RESUME_MAY_CHANGE)} may change"
-    keys = _override_keys(overrides)
-    for key, _ in keys:  # first the keys that may change, so a group given too (trainer=cpu) compares with them
-        if key in RESUME_MAY_CHANGE:
-            OmegaConf.update(saved, key, OmegaConf.select(cfg, key))
-    for key, item in keys:
-        if key in RESUME_MAY_CHANGE:
-            continue
-        given, kept = OmegaConf.select(cfg, key), OmegaConf.select(saved, key)
-        if "." not in key and key not in cfg:  # a config group with no node of its own (recipe=X)
-            was = _run_choice(run_dir, key, saved)
-            if item.split("=", 1)[1] != was:
-                source = run_dir / ".hydra" / "hydra.yaml"  # where Hydra recorded the group's choice, if it did
-                source = source if source.exists() else run_dir / "config.yaml"
-                raise ConfigError(f"resume={cfg.resume}: {item}, but the run was trained with "
-                                  + (f"{key}={was}" if was is not None else f"a {key} it does not record")
-                                  + refuse(source))
-        elif key != "resume" and _plain(given) != _plain(kept):
-            has = f"the run's {key} settings differ" if isinstance(kept, DictConfig) else f"the run has {key}={kept}"
-            raise ConfigError(f"resume={cfg.resume}: {item}, but {has}" + refuse())
-    last = ckpt.latest_valid(run_dir)
-    if last is None:
-        raise ConfigError(f"resume={cfg.resume}: {run_dir}/checkpoints holds no valid checkpoint")
-    return saved, last
-
-
-def _finished(run_dir: Path, last: Path, cfg) -> bool:
-    """True (and says so) when a run to resume has nothing left to train: its newest checkpoint is at
-    trainer.max_steps, or past trainer.time_limit_min, and its final weights are saved. The run is left as it is."""
-    extra = ckpt.load_extra(last)
-    step, seconds = int(extra["step"]), float(extra.get("elapsed_s", 0.0))
-    limit = cfg.trainer.time_limit_min
-    if step >= cfg.trainer.max_steps:
-        why, key = f"step {step} of trainer.max_steps={cfg.trainer.max_steps}", "trainer.max_steps"
-    elif limit and seconds > 60 * limit:
-        why, key = f"{seconds / 60:.1f} min of trainer.time_limit_min={limit}", "trainer.time_limit_min"
-    else:
-        return False
-    saved = (runs.summary(run_dir) or {}).get("steps") == step  # written after the final weights, of that step
-    if not saved or not (run_dir / ("adapter" if cfg.model.finetune == "lora" else "model")).is_dir():
-        return False  # stopped between its last checkpoint and its weights (or killed when resumed): saved again
-    say(f"{run_dir}: nothing to train, the run is at {why} and its weights are saved; to train on, raise "
-        f"it: `dgft train resume={run_dir} {key}=...`")
-    return True
-
-
-def _run_choice(run_dir: Path, group: str, saved):
-    """The option a run was trained with for a config group: as Hydra recorded it (RUN/.hydra/hydra.yaml), else,
-    for `recipe`, the name the recipe gives the run; None when neither says."""
-    path = run_dir / ".hydra" / "hydra.yaml"
-    if path.exists():
-        choices = OmegaConf.select(runs.read_yaml(path), "hydra.runtime.choices", default=None) or {}
-        if group in choices:
-            return choices[group]
-    return saved.get("name") if group == "recipe" else None
-
-
-def _plain(value):
-    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
-
-
-def _override_keys(overrides: Sequence[str]) -> list[tuple[str, str]]:
-    """(config key, the override as typed) for each Hydra override that sets a key (`+key=v` and `++key=v` too);
-    a group choice (`noise=mask`) names a key whose value is a node; hydra.* are not in the config."""
-    keys = []
-    for item in overrides:
-        key = item.split("=", 1)[0].lstrip("+~")
-        if "=" in item and "@" not in key and not key.startswith("hydra."):
-            keys.append((key, item))
-    return keys
-
-
-def _restore(path: Path, model, opt, sched, batches, gen, cfg, ema=None) -> tuple[int, float]:
-    """Load weights, optimizer, scheduler, every RNG and the data position from a checkpoint.
-
-    -> (step, training seconds before it), the seconds counting against trainer.time_limit_min.
-    """
-    from safetensors.torch import load_file
-
-    if cfg.model.finetune == "lora":
-        from peft import set_peft_model_state_dict
-
-        from dgft.model import expert_lora_tensors, load_expert_lora
-
-        set_peft_model_state_dict(model, load_file(str(path / "adapter_model.safetensors")))
-        if expert_lora_tensors(model):  # LoRA on 4-bit experts: dgft's own, which peft does not load
-            load_expert_lora(model, path)
-    else:
-        state = {}
-        for f in sorted(path.glob("*.safetensors")):
-            state.update(load_file(str(f)))
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        tied = {k for k in missing if "encoder" in k or k == "lm_head.weight"}
-        if set(missing) - tied or unexpected:
-            raise ckpt.CheckpointError(f"{path}: checkpoint does not match the model ({sorted(set(missing) - tied)[:3]} "
-                                       f"missing, {sorted(unexpected)[:3]} unexpected)")
-        model.tie_weights()
-    state = ckpt.load_trainer_state(path)
-    opt.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["scheduler"])
-    if ema:
-        ema.load_state_dict(state["ema"])
-    torch.set_rng_state(state["torch_rng"])
-    if "cuda_rng" in state and torch.cuda.is_available() and torch.cuda.device_count() == len(state["cuda_rng"]):
-        torch.cuda.set_rng_state_all(state["cuda_rng"])  # another GPU count (or none): their draws start afresh
-    gen.set_state(state["gen_rng"])
-    extra = ckpt.load_extra(path)
-    batches.load_state_dict(extra["data"])
-    version, internal, gauss = extra["python_rng"]
-    random.setstate((version, tuple(internal), gauss))
-    np.random.set_state(extra["numpy_rng"])
-    return int(extra["step"]), float(extra.get("elapsed_s", 0.0))
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric rows logged after the checkpoint we resume from (they will be logged again), and a last row
-    torn by a crash mid-write, said aloud; the file is replaced whole, never left half rewritten."""
-    if not path.exists():
-        return
-    keep = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError:
-            say(f"{path}:{number}: not a JSON row (torn by the crash?); dropped")
-            continue
-        at = row.get("step", 0) if isinstance(row, dict) else None
-        if not isinstance(at, int) or isinstance(at, bool):
-            say(f"{path}:{number}: not a metrics row (an object with a whole-number step); dropped: {line[:80]}")
-            continue
-        if at <= step:
-            keep.append(line)
-    replace_file(path, "".join(line + "\n" for line in keep))
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
 
 
 class Interrupted(runs.RunError):

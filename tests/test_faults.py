@@ -89,7 +89,7 @@ def test_resume_keeps_the_run_config_and_refuses_other_changes(tmp_path):
 
     from dgft.cli import compose_train
     from dgft.config import ConfigError
-    from dgft.train import _resume_target
+    from dgft.resume import resume_target
 
     run = tmp_path / "run"
     (run / "checkpoints" / "step-000002").mkdir(parents=True)
@@ -99,7 +99,7 @@ def test_resume_keeps_the_run_config_and_refuses_other_changes(tmp_path):
 
     def resume(*extra):
         overrides = ["recipe=sudoku", f"resume={run}", *extra]
-        return _resume_target(compose_train(overrides), run, overrides)[0]
+        return resume_target(compose_train(overrides), run, overrides)[0]
 
     assert resume().trainer.max_steps == 200
     assert resume("trainer.max_steps=400", "trainer.num_threads=1").trainer.max_steps == 400
@@ -111,7 +111,7 @@ def test_resume_keeps_the_run_config_and_refuses_other_changes(tmp_path):
 
     def resume_with(*overrides):  # without the run's own recipe= in front
         overrides = [f"resume={run}", *overrides]
-        return _resume_target(compose_train(overrides), run, overrides)[0]
+        return resume_target(compose_train(overrides), run, overrides)[0]
 
     assert resume_with("recipe=sudoku").trainer.max_steps == 200  # the recipe's 3600 is not an explicit override
     for other in ("recipe=infill", "recipe=sudoku_gpu"):  # a recipe has no config node of its own to compare
@@ -336,13 +336,13 @@ def test_lora_with_no_matching_module_names_the_key(cfg):
 
 
 def test_out_of_memory_names_the_settings_that_help(tmp_path, monkeypatch, capsys):
-    from dgft import train as T
+    from dgft import step as S
     from dgft.cli import main
 
     def oom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(T, "_loss", oom)
+    monkeypatch.setattr(S, "batch_loss", oom)
     with pytest.raises(SystemExit) as err:
         main(_cmd(tmp_path, tmp_path / "run", "trainer.num_threads=0")[3:])
     msg = capsys.readouterr().err
@@ -478,14 +478,14 @@ def test_torn_metrics_row_and_unknown_saved_key_on_resume(tmp_path):
 
     from dgft.cli import compose_train
     from dgft.config import ConfigError, typed_train_config
-    from dgft.train import _truncate_metrics
+    from dgft.resume import truncate_metrics
 
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.0}\n{"step": 3, "lo')
-    _truncate_metrics(path, 2)
+    truncate_metrics(path, 2)
     assert path.read_text() == '{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.0}\n'
     path.write_text('{"step": 1, "loss": 2.0}\n[1, 2]\n{"step": "x"}\n{"step": 2, "loss": 1.0}\n{"step": 3}\n')
-    _truncate_metrics(path, 2)  # rows that are not metrics rows: dropped, said, not a traceback
+    truncate_metrics(path, 2)  # rows that are not metrics rows: dropped, said, not a traceback
     assert path.read_text() == '{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.0}\n'
     saved = OmegaConf.create(OmegaConf.to_yaml(compose_train(["recipe=sudoku"]), resolve=True))
     saved.trainer.save_every = 5

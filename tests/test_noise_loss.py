@@ -150,7 +150,7 @@ def test_known_in_prompt_lists_givens_and_the_cells_noise_left_clean():
     from conftest import tiny_cfg
     from dgft.tasks.sudoku import grid as G
     from dgft.tasks.sudoku.task import SudokuTask
-    from dgft.train import _corrupt
+    from dgft.step import corrupt_batch
 
     cfg = tiny_cfg()
     cfg.noise.known_in_prompt = True
@@ -158,7 +158,7 @@ def test_known_in_prompt_lists_givens_and_the_cells_noise_left_clean():
     rng = np.random.default_rng(0)
     made = [G.generate(9, givens=30, rng=rng, max_tries=1) for _ in range(4)]
     puzzles, solutions = np.stack([m[0] for m in made]), np.stack([m[1] for m in made])
-    out = _corrupt(task.encode(puzzles, solutions), OmegaConf.create(cfg), torch.Generator().manual_seed(0),
+    out = corrupt_batch(task.encode(puzzles, solutions), OmegaConf.create(cfg), torch.Generator().manual_seed(0),
                    task.vocab_size, task)
     for b in range(4):
         known = puzzles[b].copy()
@@ -175,7 +175,7 @@ def test_the_loss_is_normalised_over_the_accumulation_window(tmp_path, monkeypat
     (not each micro-batch by its own), and the encoder's AR term is averaged over the micro-batches. A stand-in loss
     whose gradient is known: each micro-batch's sum is count * w and its AR term 0.5 * w, for one weight w, so w's
     gradient is sum(count) / sum(count) + 2 * 0.5 / 2 = 1.5 (per micro-batch normalisation would give 3)."""
-    import dgft.train as T
+    import dgft.step as S
     from dgft.cli import main
 
     seen = []
@@ -191,7 +191,7 @@ def test_the_loss_is_normalised_over_the_accumulation_window(tmp_path, monkeypat
         seen.append(float(params[0].grad.flatten()[0]))
         return real_clip(params, max_norm)
 
-    monkeypatch.setattr(T, "_loss", stand_in)
+    monkeypatch.setattr(S, "batch_loss", stand_in)
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip)
     main(["train", f"hydra.run.dir={tmp_path / 'run'}", f"task.cache_dir={tmp_path / 'cache'}", "task.base_puzzles=12",
           "task.heldout_puzzles=4", "trainer.max_steps=2", "trainer.batch_size=4", "trainer.grad_accum=2",

@@ -110,15 +110,15 @@ def test_solving_rank_is_the_waves_of_singles():
 
 
 def test_solver_order_p_corrupts_the_cells_singles_fill_last():
-    from dgft.train import _corrupt
+    from dgft.step import corrupt_batch
 
     task = SudokuTask(tiny_cfg().task)
     rng = np.random.default_rng(7)
     puzzles, solutions = zip(*[G.generate(9, givens=26, rng=rng, max_tries=1)[:2] for _ in range(8)])
     batch = task.encode(np.stack(puzzles), np.stack(solutions), np.array([True] + [False] * 7))
-    ordered = _corrupt(batch, tiny_cfg(task={"solver_order_p": 1.0}), torch.Generator().manual_seed(0),
+    ordered = corrupt_batch(batch, tiny_cfg(task={"solver_order_p": 1.0}), torch.Generator().manual_seed(0),
                        task.vocab_size, task)
-    plain = _corrupt(batch, tiny_cfg(), torch.Generator().manual_seed(0), task.vocab_size, task)
+    plain = corrupt_batch(batch, tiny_cfg(), torch.Generator().manual_seed(0), task.vocab_size, task)
     assert torch.equal(ordered["hit"].sum(-1), plain["hit"].sum(-1))  # as many cells corrupted, other cells
     assert torch.equal(ordered["hit"][0], plain["hit"][0])  # givens corrupted too: left as drawn
     rank = task.solving_rank(batch["target"], batch["fixed"], 9)
@@ -132,15 +132,15 @@ def test_solver_order_p_corrupts_the_cells_singles_fill_last():
 
 
 def test_wrong_known_p_plants_rule_keeping_mistakes_among_the_known_cells():
-    from dgft.train import _corrupt
+    from dgft.step import corrupt_batch
 
     task = SudokuTask(tiny_cfg().task)
     rng = np.random.default_rng(8)
     puzzles, solutions = zip(*[G.generate(9, givens=26, rng=rng, max_tries=1)[:2] for _ in range(16)])
     batch = task.encode(np.stack(puzzles), np.stack(solutions), np.array([True] + [False] * 15))
     cfg = tiny_cfg(task={"wrong_known_p": 1.0}, noise={"known_in_prompt": True})
-    wrong = _corrupt(batch, cfg, torch.Generator().manual_seed(0), task.vocab_size, task)
-    plain = _corrupt(batch, tiny_cfg(noise={"known_in_prompt": True}), torch.Generator().manual_seed(0),
+    wrong = corrupt_batch(batch, cfg, torch.Generator().manual_seed(0), task.vocab_size, task)
+    plain = corrupt_batch(batch, tiny_cfg(noise={"known_in_prompt": True}), torch.Generator().manual_seed(0),
                      task.vocab_size, task)
     hit, target, fixed = wrong["hit"], batch["target"], batch["fixed"]
     assert torch.equal(hit, plain["hit"])  # the same cells corrupted; only clean cells change
@@ -172,20 +172,20 @@ def test_plant_wrong_leaves_rows_without_a_candidate():
 
 
 def test_singles_weight_weighs_single_cells_in_the_loss_count():
-    from dgft.train import _corrupt
+    from dgft.step import corrupt_batch
 
     cfg = tiny_cfg(task={"singles_weight": 3.0})
     task = SudokuTask(cfg.task)
     p, s, _ = G.generate(9, givens=30, rng=np.random.default_rng(1), max_tries=1)
     batch = task.encode(p[None], s[None])
-    out = _corrupt(batch, cfg, torch.Generator().manual_seed(0), task.vocab_size, task)
+    out = corrupt_batch(batch, cfg, torch.Generator().manual_seed(0), task.vocab_size, task)
     known = batch["fixed"] | ~out["hit"]
     singles = task.single_cells(batch["target"], known, 9)
     assert singles.any()
     want = torch.where(singles, 3.0, 1.0) * batch["scored"]
     assert torch.equal(out["weight"], want)
     assert float(out["count"]) == pytest.approx(float(want.sum()))
-    flat = _corrupt(batch, tiny_cfg(), torch.Generator().manual_seed(0), task.vocab_size, SudokuTask(tiny_cfg().task))
+    flat = corrupt_batch(batch, tiny_cfg(), torch.Generator().manual_seed(0), task.vocab_size, SudokuTask(tiny_cfg().task))
     assert "weight" not in flat and float(flat["count"]) == float(batch["scored"].sum())
 
 
@@ -208,14 +208,14 @@ def test_batched_prompts_equal_one_prompt_per_puzzle(tokens):
 def test_corrupted_givens_stay_in_the_known_cells_prompt():
     """With noise.known_in_prompt and corrupt_givens_p, a given noised in the canvas is still listed in the prompt,
     as `free` sampling shows it: the model learns to restore a listed cell from noise."""
-    from dgft.train import _corrupt
+    from dgft.step import corrupt_batch
 
     cfg = tiny_cfg(noise={"known_in_prompt": True})
     task = SudokuTask(cfg.task)
     p, s, _ = G.generate(9, givens=30, rng=np.random.default_rng(2), max_tries=1)
     batch = task.encode(np.stack([p, p]), np.stack([s, s]), corrupt_givens=np.array([True, False]))
     assert not batch["fixed"][0].any() and torch.equal(batch["givens"][0], batch["fixed"][1])
-    out = _corrupt(batch, cfg, torch.Generator().manual_seed(0), task.vocab_size, task)
+    out = corrupt_batch(batch, cfg, torch.Generator().manual_seed(0), task.vocab_size, task)
     noised_givens = out["hit"][0] & batch["givens"][0]
     assert noised_givens.any() and out["scored"][0][noised_givens].all()
     given_tokens = set(batch["target"][0][batch["givens"][0]].tolist())
@@ -226,7 +226,7 @@ def test_corrupted_givens_stay_in_the_known_cells_prompt():
 def test_sc_rules_p_feeds_the_first_pass_back_without_the_digits_a_shown_peer_holds(monkeypatch):
     """task.sc_rules_p=1 with self-conditioning on every example: the graded pass's self-conditioning puts no mass
     on a digit that a shown cell (given, or left clean by the noise) holds in the same row, column or box."""
-    import dgft.train as T
+    import dgft.step as T
     from dgft.model import build_tiny
 
     cfg = tiny_cfg(task={"sc_rules_p": 1.0}, noise={"self_conditioning_p": 1.0, "known_in_prompt": True})
@@ -235,7 +235,7 @@ def test_sc_rules_p_feeds_the_first_pass_back_without_the_digits_a_shown_peer_ho
     grids = [G.generate(9, givens=28, rng=rng, max_tries=1) for _ in range(3)]
     batch = task.encode(np.stack([g[0] for g in grids]), np.stack([g[1] for g in grids]))
     gen = torch.Generator().manual_seed(0)
-    m = T._corrupt(batch, cfg, gen, task.vocab_size, task)
+    m = T.corrupt_batch(batch, cfg, gen, task.vocab_size, task)
     forbid = task.rules_forbid(m)
     known = m["fixed"] | ~m["hit"]
     assert forbid.any() and not forbid[known].any()
@@ -244,7 +244,7 @@ def test_sc_rules_p_feeds_the_first_pass_back_without_the_digits_a_shown_peer_ho
     seen, real = [], T.denoise
     monkeypatch.setattr(T, "denoise", lambda *a, **k: seen.append(k.get("sc_logits")) or real(*a, **k))
     model = build_tiny(cfg.model, task.vocab_size, seed=0)
-    T._loss(model, m, cfg, gen, torch.device("cpu"), task)
+    T.batch_loss(model, m, cfg, gen, torch.device("cpu"), task)
     fed = torch.gather(seen[-1].softmax(-1), 2, m["choices"][None].expand(3, 81, 9))
     assert float(fed[forbid].max()) < 1e-6 and float(fed[~forbid].min()) > 0
 
@@ -253,14 +253,14 @@ def test_sc_rules_forbids_what_the_known_cells_show_even_a_planted_wrong_digit()
     """With task.wrong_known_p too, a planted cell shows a wrong digit: its open peers lose that digit from their
     self-conditioning (as sampling with self_conditioning_from=rules removes what the canvas holds), never the true
     one, which would give the mistake away."""
-    import dgft.train as T
+    import dgft.step as T
 
     cfg = tiny_cfg(task={"sc_rules_p": 1.0, "wrong_known_p": 1.0}, noise={"known_in_prompt": True})
     task = SudokuTask(cfg.task)
     rng = np.random.default_rng(5)
     grids = [G.generate(9, givens=28, rng=rng, max_tries=1) for _ in range(4)]
     batch = task.encode(np.stack([g[0] for g in grids]), np.stack([g[1] for g in grids]))
-    m = T._corrupt(batch, cfg, torch.Generator().manual_seed(1), task.vocab_size, task)
+    m = T.corrupt_batch(batch, cfg, torch.Generator().manual_seed(1), task.vocab_size, task)
     known = m["givens"] | ~m["hit"]
     planted = known & (m["noisy"] != m["target"])
     assert planted.any()
@@ -271,7 +271,7 @@ def test_sc_rules_forbids_what_the_known_cells_show_even_a_planted_wrong_digit()
 def test_self_conditioning_passes_chain_no_grad_passes_before_the_graded_one(monkeypatch):
     """noise.self_conditioning_passes=3: each batch runs 1 to 3 passes without gradient, each reading the one
     before, then the graded pass reads the last; every chain length occurs."""
-    import dgft.train as T
+    import dgft.step as T
     from dgft.model import build_tiny
 
     cfg = tiny_cfg(noise={"self_conditioning_p": 1.0, "self_conditioning_passes": 3})
@@ -291,7 +291,7 @@ def test_self_conditioning_passes_chain_no_grad_passes_before_the_graded_one(mon
     lengths = set()
     for _ in range(12):
         calls.clear()
-        T._loss(model, T._corrupt(batch, cfg, gen, task.vocab_size, task), cfg, gen, torch.device("cpu"), task)
+        T.batch_loss(model, T.corrupt_batch(batch, cfg, gen, task.vocab_size, task), cfg, gen, torch.device("cpu"), task)
         assert [grad for *_, grad in calls] == [False] * (len(calls) - 1) + [True]
         assert calls[0][0] is None
         for (_, before, _), (fed, _, _) in zip(calls[:-2], calls[1:-1]):
