@@ -12,18 +12,21 @@ steps ran out). The sampler is the one the model was trained for (an export's `d
 config.yaml), with sampler overrides as keyword arguments (`steps=40`, checked as `dgft eval` checks them); `mode` is
 `free`, `clamped` or `rules` (`dgft eval` reports all three); `seed` seeds each puzzle's own noise generator, with
 its place in the list, as `dgft eval` seeds a file's (the global generators are left alone). Only Sudoku with cell or
-digit tokens, and only the grid sizes the model was trained on.
+digit tokens, and only the grid sizes the model was trained on; a puzzle whose givens break a rule is refused, as
+`dgft eval` refuses its line.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, fields
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 from omegaconf import OmegaConf
 
-from dgft.config import ConfigError
+from omegaconf.errors import OmegaConfBaseException
+
+from dgft.config import ConfigError, merge_problem
 
 
 class Solver:
@@ -40,24 +43,33 @@ class Solver:
         from dgft.sampling import MODES
         from dgft.tasks.sudoku import grid as G
         from dgft.tasks.sudoku.evaluate import run_mode
-        from dgft.tasks.sudoku.io import SudokuRecord
+        from dgft.tasks.sudoku.io import SudokuRecord, first_conflict
 
         if mode not in MODES:
             raise ConfigError(f"mode={mode!r}: expected one of {', '.join(MODES)}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise ConfigError(f"seed={seed!r}: a whole number in [0, 2**32)")
         if not 0 <= seed < 2**32:  # as dgft eval checks it
             raise ConfigError(f"seed={seed}: must be in [0, 2**32)")
         unknown = sorted(set(sampler) - {f.name for f in fields(SamplerConfig)})
         if unknown:
             raise ConfigError(f"sampler option {unknown[0]!r}: not a sampler setting (dgft eval --help lists them)")
-        scfg = OmegaConf.merge(asdict(SamplerConfig()), self.settings.sampler, sampler)
+        try:
+            scfg = OmegaConf.merge(OmegaConf.structured(SamplerConfig), self.settings.sampler, sampler)
+        except (OmegaConfBaseException, ValueError) as err:  # a value of the wrong type: steps="abc"
+            raise ConfigError(f"sampler option {merge_problem(err)}") from None
         check_sampler(scfg, "sudoku", self.settings.noise.kind)
-        if isinstance(puzzles, str):
-            raise ValueError("puzzles: a list of puzzle strings, not one string")
+        if isinstance(puzzles, (str, bytes, dict)) or not isinstance(puzzles, (list, tuple, np.ndarray)):
+            raise TypeError(f"puzzles: a list of puzzle strings, not {type(puzzles).__name__}")
         sizes = [int(n) for n in self.settings.task.get("sizes") or G.GRID_SIDES]  # none saved: any, as eval allows
         grids = []
         for i, text in enumerate(puzzles):
+            if not isinstance(text, str):
+                raise TypeError(f"puzzle {i}: a string of 16 or 81 characters, not {type(text).__name__}")
             try:
                 grid = G.from_string(text, what="puzzle")
+                if G.rule_violations(grid):  # dgft eval refuses such a line too: no answer could be right
+                    raise ValueError(f"puzzle givens break a rule: {first_conflict(grid)}")
             except ValueError as error:
                 raise ValueError(f"puzzle {i}: {error}") from None
             if G.side(grid) not in sizes:

@@ -40,8 +40,20 @@ def test_a_run_and_its_export_solve_as_eval_did(tmp_path):
         solver(puzzles, step=3)
     with pytest.raises(ConfigError, match="sampler.steps"):
         solver(puzzles, steps=0)
-    with pytest.raises(ValueError, match="a list of puzzle strings"):
+    with pytest.raises(TypeError, match="puzzles: a list of puzzle strings, not str"):
         solver(puzzles[0])
+    with pytest.raises(TypeError, match="puzzles: a list of puzzle strings, not dict"):
+        solver({p: 1 for p in puzzles})
+    with pytest.raises(TypeError, match="puzzle 1: a string of 16 or 81 characters, not int"):
+        solver([puzzles[0], 123])
+    clash = "33" + "0" * 14 if len(puzzles[0]) == 16 else "33" + "0" * 79  # what eval refuses, the solver too
+    with pytest.raises(ValueError, match="puzzle 0: puzzle givens break a rule: digit 3 repeated in row 1"):
+        solver([clash])
+    for seed in ("1", 1.5, True):
+        with pytest.raises(ConfigError, match="seed=.*: a whole number"):
+            solver(puzzles, seed=seed)
+    with pytest.raises(ConfigError, match="sampler option steps: Value 'abc'"):
+        solver(puzzles, steps="abc")
 
 
 def test_a_4x4_model_refuses_9x9_puzzles_and_its_card_shows_a_4x4_one(tmp_path):
