@@ -126,6 +126,24 @@ def require_path(path) -> None:
     if not local.exists() and (path.startswith((".", "/", "~")) or os.sep in path.strip("/").split("/", 1)[-1]):
         raise ModelLoadError(f"model.path={path!r}: no such directory; pass model.path=/local/dir holding the "
                              "checkpoint (safetensors, config.json, tokenizer)")
+    if local.exists() and not local.is_dir():
+        raise ModelLoadError(f"model.path={path!r}: a file; pass the directory holding the checkpoint (safetensors, "
+                             "config.json, tokenizer)")
+    kind = _model_type(local / "config.json")
+    if kind is not None and kind != "diffusion_gemma":  # transformers would fail deep inside, naming none of it
+        raise ModelLoadError(f"model.path={path!r}: its config.json is a {kind!r} model, not DiffusionGemma "
+                             "(model_type 'diffusion_gemma')")
+
+
+def _model_type(config: Path) -> str | None:
+    """config.json's model_type; None when there is no such file, or it does not say (loading names the problem)."""
+    import json
+
+    try:
+        found = json.loads(config.read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return found if isinstance(found, str) else None
 
 
 def load_pretrained(path: str, dtype=None, trust_remote_code: bool = False) -> DiffusionGemmaForBlockDiffusion:

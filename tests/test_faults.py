@@ -275,6 +275,21 @@ def test_weights_load_only_from_safetensors(tmp_path):
         load_pretrained(str(d))
 
 
+def test_a_model_path_of_another_kind_of_model_or_a_file_is_named(tmp_path):
+    """A GPT-2 checkpoint at model.path failed deep inside transformers (a TypeError about a size); a file was taken
+    for a hub id. Both are named before anything loads (the checks dgft train runs first)."""
+    from dgft.model import ModelLoadError, require_path
+
+    d = tmp_path / "gpt2"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 8}))
+    with pytest.raises(ModelLoadError, match=r"its config.json is a 'gpt2' model, not DiffusionGemma"):
+        require_path(str(d))
+    (d / "weights.bin").write_text("x")
+    with pytest.raises(ModelLoadError, match=r"weights.bin': a file; pass the directory"):
+        require_path(str(d / "weights.bin"))
+
+
 def test_disk_full_keeps_previous_checkpoint_and_exits_nonzero(tmp_path, monkeypatch, capsys):
     """A writer that fails with ENOSPC from the second checkpoint on: clear error, exit 2, step 2 intact."""
     import errno
