@@ -149,6 +149,16 @@ def test_a_tokenizer_with_neither_markers_nor_template_is_refused_naming_both():
         InfillTask(InfillConfig(prompt_format="chat"), tokenizer=chat_code_tokenizer(template=None))
 
 
+def test_a_chat_template_that_does_not_render_is_named():
+    """A template with a syntax error was jinja's traceback from deep in the task's set-up."""
+    from dgft.model import ModelLoadError
+
+    broken = chat_code_tokenizer(template="{% for m in messages %}{{ m['content'] }")
+    with pytest.raises(ModelLoadError, match=r"its chat template does not render \(TemplateSyntaxError: .*mend "
+                                             r"chat_template in its tokenizer_config.json"):
+        InfillTask(InfillConfig(prompt_format="chat"), tokenizer=broken)
+
+
 def test_choices_hold_ordinary_tokens_padding_and_the_end(tok):
     task = InfillTask(InfillConfig(canvas_length=32), tokenizer=tok)
     choices = task.choices()

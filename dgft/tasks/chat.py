@@ -44,12 +44,26 @@ def end_of_turn_id(tokenizer) -> int | None:
 
 def user_turn_text(tokenizer, content: str) -> str:
     """The chat template over one user turn with `content`, then the generation prompt, as text."""
-    return tokenizer.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
-                                         tokenize=False)
+    return _user_turn(tokenizer, content, tokenize=False)
 
 
 def user_turn_ids(tokenizer, content: str) -> list[int]:
     """`user_turn_text` as token ids, as the template's own tokenization gives them."""
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
-                                        tokenize=True)
+    ids = _user_turn(tokenizer, content, tokenize=True)
     return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+
+
+def _user_turn(tokenizer, content: str, tokenize: bool):
+    """apply_chat_template over one user turn; a template that does not render (a syntax error, an error it raises
+    itself) is a ModelLoadError naming the tokenizer, not jinja's traceback."""
+    from jinja2 import TemplateError
+
+    try:
+        return tokenizer.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                             tokenize=tokenize)
+    except TemplateError as err:
+        from dgft.model import ModelLoadError
+
+        raise ModelLoadError(f"the tokenizer at {tokenizer.name_or_path!r}: its chat template does not render "
+                             f"({type(err).__name__}: {err}); mend chat_template in its tokenizer_config.json (or "
+                             "chat_template.jinja)") from None
