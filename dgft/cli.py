@@ -33,7 +33,7 @@ def recipes_dir() -> Path:
     env = os.environ.get("DGFT_RECIPES")
     path = Path(env) if env else Path(__file__).resolve().parent.parent / "recipes"
     if not (path / "train.yaml").exists():
-        sys.exit(f"dgft: recipes not found at {path}; install dgft from its checkout (pip install -e .) "
+        _exit(f"dgft: recipes not found at {path}; install dgft from its checkout (pip install -e .) "
                  f"or set DGFT_RECIPES to the recipes/ directory")
     return path
 
@@ -59,7 +59,7 @@ def _run_dir(name: str, resume) -> str:
     try:
         return run_dir_for(name, resume)
     except RunError as err:
-        sys.exit(f"dgft train: error: {err}")
+        _exit(f"dgft train: error: {err}")
 
 
 def _signal_exit_code(run) -> int:
@@ -98,13 +98,13 @@ def _known_errors():
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:  # a script that lost its subcommand must not look as if it ran
-        sys.exit(f"dgft: no command given\n\n{USAGE}")
+        _exit(f"dgft: no command given\n\n{USAGE}")
     if argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
-        sys.exit(f"dgft: unknown command {command!r}\n\n{USAGE}")
+        _exit(f"dgft: unknown command {command!r}\n\n{USAGE}")
     if command in ("eval", "export") and {"-h", "--help"} & set(rest):
         print(_option_help(command))
         sys.exit(0)
@@ -251,28 +251,29 @@ def _check_new_dir(target: str, key: str) -> None:
 
     given = Path(target.strip("'\""))
     if not target.strip("'\"").strip():
-        sys.exit(f"dgft train: error: {key} is empty (an unset shell variable?); give the directory to write into")
+        _exit(f"dgft train: error: {key} is empty (an unset shell variable?); give the directory to write into")
     try:
         refuse_used(given)
     except RunInUse as err:
-        sys.exit(f"dgft train: error: {err}")
+        _exit(f"dgft train: error: {err}")
     if given.is_dir():
         other = sorted(p.name for p in given.iterdir() if p.name not in (".hydra", "train.log"))
         if other:
             listed = ", ".join(other[:5]) + (" ..." if len(other) > 5 else "")
-            sys.exit(f"dgft train: error: {key}={target} holds files that are not a run ({listed}); a new run "
+            _exit(f"dgft train: error: {key}={target} holds files that are not a run ({listed}); a new run "
                      "writes into a new or empty directory")
     path = given.absolute()
     while not path.exists():
         path = path.parent
     if not path.is_dir():
-        sys.exit(f"dgft train: error: cannot create {key}={target}: {path} is not a directory")
+        _exit(f"dgft train: error: cannot create {key}={target}: {path} is not a directory")
     import tempfile
 
     try:  # a real attempt: os.access says yes to root anywhere, /proc and /sys included
         os.rmdir(tempfile.mkdtemp(prefix=".dgft-probe-", dir=path))
     except OSError as err:
-        sys.exit(f"dgft train: error: cannot create {key}={target}: {path}: {err.strerror or err}")
+        _exit(f"dgft train: error: cannot create {key}={target}: no directory can be made in {path} "
+              f"({err.strerror or err})")
 
 
 def _check_sweep(rest: list[str]) -> None:
@@ -301,12 +302,12 @@ def _check_sweep(rest: list[str]) -> None:
         try:
             compose_train(list(job))
         except ConfigError as err:
-            sys.exit(f"dgft train: error: sweep job {' '.join(job)}: {err} (no job was started)")
+            _exit(f"dgft train: error: sweep job {' '.join(job)}: {err} (no job was started)")
     given = [a for a in rest if a.lstrip("+").startswith("hydra.sweep.dir=")]
     if given and not any(a.lstrip("+").startswith("hydra.sweep.subdir=") for a in rest):
         sweep = _override(rest, "hydra.sweep.dir", "").strip("'\"")
         if not sweep.strip():
-            sys.exit("dgft train: error: hydra.sweep.dir is empty (an unset shell variable?); give the directory "
+            _exit("dgft train: error: hydra.sweep.dir is empty (an unset shell variable?); give the directory "
                      "to write the sweep into")
         for number in range(len(jobs)):  # each job's directory, before Hydra writes its record into one
             _check_new_dir(str(Path(sweep) / str(number)), "hydra.sweep.dir")
@@ -334,16 +335,16 @@ def _check_train_words(rest: list[str]) -> None:
     stray = _stray(rest)
     if stray is not None:
         hint = f"resume={stray}" if Path(stray).is_dir() else f"recipe={stray}"
-        sys.exit(f"dgft train: error: {stray!r} is not a key=value override; did you mean {hint}?")
+        _exit(f"dgft train: error: {stray!r} is not a key=value override; did you mean {hint}?")
 
 
 def _run_comes_first(command: str, rest: list[str]) -> None:
     """`dgft eval limit=1 RUN`: Hydra would call the path a grammar error; say where the run goes instead."""
     stray = _stray(rest)
     if stray is not None and command == "eval" and Path(stray).is_file():
-        sys.exit(f"dgft eval: error: {stray!r} is not a key=value override; did you mean data={stray}?")
+        _exit(f"dgft eval: error: {stray!r} is not a key=value override; did you mean data={stray}?")
     if stray is not None:
-        sys.exit(f"dgft {command}: error: {stray!r} is not a key=value override; the run directory comes first: "
+        _exit(f"dgft {command}: error: {stray!r} is not a key=value override; the run directory comes first: "
                  f"dgft {command} RUN [key=value ...] (or run={stray})")
 
 
@@ -368,6 +369,12 @@ def _remove_if_empty(run_dir: Path) -> None:
             if parent == Path.cwd() or any(parent.iterdir()):
                 break
             parent.rmdir()
+
+
+def _exit(message: str):
+    """A refusal before anything ran, on stderr, with the exit status of the errors found later (2)."""
+    print(message, file=sys.stderr)
+    sys.exit(2)
 
 
 def _quote(path: str) -> str:

@@ -296,12 +296,14 @@ def register() -> None:
     cs.store(name="export_schema", node=ExportRecipe)
 
 
-def typed_train_config(saved, source=None, missing: str = "fill") -> DictConfig:
+def typed_train_config(saved, source=None, missing: str = "fill", recorded=None) -> DictConfig:
     """A saved train config (RUN/config.yaml, named by `source` in errors) typed again with the schema of its task.
 
     A key this version does not know or a value of the wrong type is a ConfigError naming the key. A key the file
     lacks (an edit, or a run from before the setting): `missing="fill"` takes its default and says so on stderr (an
-    evaluation or export); `"refuse"` is a ConfigError listing them (a resume, which would train differently)."""
+    evaluation or export); `"refuse"` is a ConfigError listing them (a resume, which would train differently), with
+    the values `recorded` (a (path, config) pair: Hydra's record of the command, RUN/.hydra/config.yaml) gives them,
+    else their defaults."""
     where = f"{source}: " if source else ""
     schema = TASK_SCHEMAS.get(OmegaConf.select(saved, "task.name") or "sudoku")
     if schema is None:
@@ -318,10 +320,25 @@ def typed_train_config(saved, source=None, missing: str = "fill") -> DictConfig:
         more = f" and {len(lacking) - len(shown)} more" if len(lacking) > len(shown) else ""
         defaults = ", ".join(f"{k}={OmegaConf.select(typed, k)}" for k in shown) + more
         if missing == "refuse":
+            found = _recorded_values(recorded, shown)
+            values = (f"as {recorded[0]} records them: {found}" if found else f"the defaults: {defaults}")
             raise ConfigError(f"{where}no {', '.join(shown)}{more} (edited, or written by an older dgft?); a resumed "
-                              f"run trains with its saved config, so put them back (the defaults: {defaults})")
+                              f"run trains with its saved config, so put them back ({values})")
         print(f"{where}no {', '.join(shown)}{more}; using the defaults: {defaults}", file=sys.stderr)
     return merged
+
+
+def _recorded_values(recorded, keys: list[str]) -> str | None:
+    """"key=value, ..." for `keys` from a (path, config) record when it holds every one of them, else None."""
+    if recorded is None:
+        return None
+    try:
+        values = [OmegaConf.select(recorded[1], key, default=_ABSENT) for key in keys]
+    except OmegaConfBaseException:  # an interpolation the record cannot resolve alone
+        return None
+    if any(v is _ABSENT for v in values):
+        return None
+    return ", ".join(f"{k}={v}" for k, v in zip(keys, values))
 
 
 _ABSENT = object()
@@ -346,8 +363,8 @@ def refuse_empty(cfg, keys: tuple[str, ...]) -> None:
     for key in keys:
         value = cfg.get(key)
         if isinstance(value, str) and not value.strip():
-            raise ConfigError(f"{key}= is empty (an unset shell variable?); give a value, or leave {key} out for its "
-                              "default")
+            raise ConfigError(f"{key}= is empty (an unset shell variable?); give a value, or drop `{key}=` for "
+                              "its default")
 
 
 def merge_problem(err: Exception) -> str:

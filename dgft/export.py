@@ -67,7 +67,8 @@ def export(cfg) -> Path:
         raise ConfigError(f"merge_into={cfg.merge_into!r}: expected {' or '.join(MERGE_INTO)}")
     run_dir = real_run_dir(Path(cfg.run))  # the card and export.json name the run, not a `latest` link to it
     if not run_dir.is_dir():
-        raise RunError(f"{run_dir}: " + ("a file, not a run directory" if run_dir.exists() else "no such run directory"))
+        raise RunError(f"{run_dir}: "
+                       + ("a file, not a run directory" if run_dir.exists() else "no such run directory"))
     rcfg = load_config(run_dir)
     checkpoint = checkpoint_dir(run_dir, cfg.checkpoint) if cfg.checkpoint else None
     # a checkpoint's export goes beside the final model's (RUN/export_step-N), as its evaluation does

@@ -49,7 +49,7 @@ def resume_target(cfg, run_dir: Path, overrides: Sequence[str] = ()):
     from dgft.config import typed_train_config
 
     saved = typed_train_config(runs.read_yaml(run_dir / "config.yaml"), source=run_dir / "config.yaml",
-                               missing="refuse")
+                               missing="refuse", recorded=_hydra_record(run_dir))
     saved.resume = cfg.resume
     def refuse(source: Path = run_dir / "config.yaml") -> str:  # the record that says what the run was trained with
         return f" ({source}); a resumed run keeps its config, and only {', '.join(RESUME_MAY_CHANGE)} may change"
@@ -76,6 +76,17 @@ def resume_target(cfg, run_dir: Path, overrides: Sequence[str] = ()):
     if last is None:
         raise ConfigError(f"resume={cfg.resume}: {run_dir}/checkpoints holds no valid checkpoint")
     return saved, last
+
+
+def _hydra_record(run_dir: Path):
+    """(path, config) of what Hydra composed for the run's first command (RUN/.hydra/config.yaml), where the values
+    config.yaml has lost can be read; None when there is none, or it cannot be read."""
+    record = run_dir / ".hydra" / "config.yaml"
+    try:
+        found = runs.read_yaml(record) if record.exists() else None
+    except runs.RunError:
+        return None
+    return (record, found) if isinstance(found, DictConfig) else None
 
 
 def finished(run_dir: Path, last: Path, cfg) -> bool:
@@ -147,7 +158,8 @@ def restore(path: Path, model, opt, sched, batches, gen, cfg, ema=None) -> tuple
         tied = {k for k in missing if "encoder" in k or k == "lm_head.weight"}
         if set(missing) - tied or unexpected:
             raise ckpt.CheckpointError(f"{path}: checkpoint does not match the model "
-                                       f"({sorted(set(missing) - tied)[:3]} missing, {sorted(unexpected)[:3]} unexpected)")
+                                       f"({sorted(set(missing) - tied)[:3]} missing, "
+                                       f"{sorted(unexpected)[:3]} unexpected)")
         model.tie_weights()
     state = ckpt.load_trainer_state(path)
     opt.load_state_dict(state["optimizer"])

@@ -258,7 +258,7 @@ def test_unwritable_output_dir_is_a_clear_error(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as err:
         main(_cmd(tmp_path, ro / "run")[3:])  # `dgft train ...`, in this process
     message = str(err.value.code) + capsys.readouterr().err
-    assert f"cannot create hydra.run.dir={ro / 'run'}: {ro}: Permission denied" in message
+    assert f"cannot create hydra.run.dir={ro / 'run'}: no directory can be made in {ro} (Permission denied)" in message
     assert "Traceback" not in message and "Error executing job" not in message
     assert list(ro.iterdir()) == []
 
@@ -319,7 +319,7 @@ def test_output_dir_under_a_file_fails_with_the_path(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     out = _run(_cmd(tmp_path, blocker / "run"))
-    assert out.returncode == 1 and f"{blocker} is not a directory" in out.stderr
+    assert out.returncode == 2 and f"{blocker} is not a directory" in out.stderr
     assert "Traceback" not in out.stderr
 
 
@@ -525,6 +525,10 @@ def test_a_saved_config_lacking_a_key_is_refused_on_resume_and_said_on_eval(tmp_
         typed_train_config(saved, source="RUN/config.yaml", missing="refuse")
     with pytest.raises(ConfigError, match=r"no name, seed, device, resume, task.name, .* and \d+ more"):
         typed_train_config(OmegaConf.create({}), source="RUN/config.yaml", missing="refuse")
+    record = ("RUN/.hydra/config.yaml", OmegaConf.create({"trainer": {"batch_size": 4}}))  # what the run trained with
+    with pytest.raises(ConfigError, match=r"put them back \(as RUN/.hydra/config.yaml records them: "
+                                          r"trainer.batch_size=4\)"):
+        typed_train_config(saved, source="RUN/config.yaml", missing="refuse", recorded=record)
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.yaml").write_text(OmegaConf.to_yaml(saved))
