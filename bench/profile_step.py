@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import linecache
+import os
 import statistics
 import sys
 import time
@@ -334,10 +335,26 @@ def print_sites(sites: list[dict]) -> None:
 
 # --- main ---------------------------------------------------------------------------------------
 def _count(text: str) -> int:
-    n = int(text)
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: not a whole number") from None
     if n < 0:
         raise argparse.ArgumentTypeError(f"{text}: must be 0 or more")
     return n
+
+
+def _unwritable(path: Path) -> str | None:
+    """Why `path` cannot be written, tried for real (root's os.access says yes to /proc); None when it can. A file
+    the try creates is removed again."""
+    existed = path.exists()
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND))
+    except OSError as err:
+        return err.strerror or str(err)
+    if not existed:
+        path.unlink()
+    return None
 
 
 def parse_args(argv):
@@ -372,6 +389,8 @@ def parse_args(argv):
     for path in (args.out, args.trace):
         if path and not Path(path).absolute().parent.is_dir():
             ap.error(f"{path}: its directory does not exist")
+        if path and (why := _unwritable(Path(path))):  # now, not after minutes of measuring
+            ap.error(f"{path}: cannot be written ({why})")
     if args.trace and not args.profile_steps:
         ap.error("--trace needs --profile-steps 1 or more")
     return args
@@ -400,7 +419,8 @@ def main(argv: list[str] | None = None) -> dict:
         else:
             step = recipe_step(args.overrides)
     except (Fail, HydraException, OmegaConfBaseException, *_known_errors()) as err:  # bad override, no device
-        print(f"profile_step: error: {str(err).strip()}", file=sys.stderr)
+        why = f" ({str(err.__cause__).splitlines()[0]})" if err.__cause__ and str(err.__cause__) else ""
+        print(f"profile_step: error: {str(err).strip()}{why}", file=sys.stderr)
         sys.exit(2)
     cuda = step.device.type == "cuda"
     result["device"] = torch.cuda.get_device_name(step.device) if cuda else f"cpu ({torch.get_num_threads()} threads)"

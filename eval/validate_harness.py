@@ -22,7 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the dgft beside this script, installed or not
 
-from dgft.tasks.infill.humaneval import Sample, evaluate_samples, read_problems, read_samples  # noqa: E402
+from dgft.tasks.infill.humaneval import (InfillFileError, Sample, evaluate_samples, read_problems,  # noqa: E402
+                                         read_samples)
 
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "infill"
 
@@ -44,6 +45,16 @@ def main(argv=None) -> int:
     parser.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="folder with the benchmark files")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error(f"--workers {args.workers}: must be 1 or more")
+    try:
+        return _validate(args)
+    except InfillFileError as err:  # a missing or unreadable benchmark file: named, no traceback
+        print(f"validate_harness: error: {err} (--dir names the folder holding the benchmark files)", file=sys.stderr)
+        return 2
+
+
+def _validate(args) -> int:
     print(f"# harness validation: {platform.node()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
           f"{args.workers} workers")
     ok = True

@@ -50,6 +50,13 @@ def test_profile_step_bad_arguments_are_one_line(capsys):
             profile_step.main(argv)
         assert err.value.code == 2
         assert "error:" in capsys.readouterr().err
+    # each named, before any measuring: a count that is no number, a file that cannot be written, a bad value's reason
+    for argv, said in ((["--steps", "x"], "--steps: 'x': not a whole number"),
+                       (["--out", "/proc/dgft-x.json"], "/proc/dgft-x.json: cannot be written"),
+                       (["trainer.lr=abc"], "could not be converted to Float")):
+        with pytest.raises(SystemExit) as err:
+            profile_step.main(argv)
+        assert err.value.code == 2 and said in capsys.readouterr().err
 
 
 def test_solver_states_on_a_tiny_run(tmp_path, capsys):
