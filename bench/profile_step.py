@@ -111,7 +111,7 @@ def recipe_step(overrides: list[str]) -> Step:
         return micro, n_scored, sum(int(m["tokens"]) for m in micro)
 
     def loss(m, n_scored):
-        loss_sum, extra = step_.batch_loss(model, m, cfg, gen, device)
+        loss_sum, extra = step_.batch_loss(model, m, cfg, gen, device, task)
         return loss_sum / n_scored + extra
 
     def optimizer_step():

@@ -126,7 +126,8 @@ def step_config(ar_weight: float):
     from dgft.config import typed_train_config
 
     return typed_train_config(OmegaConf.create({"task": {"name": "sudoku"}, "noise": {
-        "encoder_ar_weight": ar_weight, "self_conditioning_p": 1.0, "kind": "uniform", "loss_weight": "flat"}}))
+        "encoder_ar_weight": ar_weight, "self_conditioning_p": 1.0, "kind": "uniform", "loss_weight": "flat"}}),
+        missing="quiet")
 
 
 def measure(depth: int, quantize: str, steps: int, ar_weight: float, want_logits: bool):

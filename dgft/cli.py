@@ -238,42 +238,37 @@ def _check_output_dir(overrides: list[str]) -> None:
     """Fail with the path named, before Hydra writes into a run directory: an empty value (an unset shell variable
     would train into the working directory), another run's directory or a folder holding other files, or one that
     cannot be created."""
-    target = _override(overrides, "hydra.run.dir", "outputs")
+    target = _override(overrides, "hydra.run.dir", None)
     resume = _override(overrides, "resume", "null")
-    if target != "outputs" and resume in ("null", "None", ""):  # before Hydra rewrites another run's record
+    if target is not None and resume in ("null", "None", ""):  # before Hydra rewrites another run's record
         _check_new_dir(target, "hydra.run.dir")
 
 
-def _check_new_dir(target: str, key: str) -> None:
-    """A directory a new run (or sweep) may be written into: named, new or empty (or holding only what a refused
-    command left: Hydra's record and train.log), and creatable; else exit naming the key and the path."""
-    from dgft.runs import RunInUse, refuse_used
+LEFT_BY_A_REFUSAL = {".hydra", "train.log", ".train.lock"}  # what a command refused before its first step leaves
 
+
+def _check_new_dir(target: str, key: str, shown: str | None = None) -> None:
+    """A directory a new run (or a sweep's job) may be written into: named, new or empty (or holding only what a
+    refused or killed command left), and creatable; else exit naming `shown` (default `key=target`)."""
+    from dgft.runs import RunInUse, cannot_make, refuse_used
+
+    shown = shown or f"{key}={target}"
     given = Path(target.strip("'\""))
     if not target.strip("'\"").strip():
         _exit(f"dgft train: error: {key} is empty (an unset shell variable?); give the directory to write into")
     try:
-        refuse_used(given)
+        refuse_used(given, key)
     except RunInUse as err:
         _exit(f"dgft train: error: {err}")
     if given.is_dir():
-        other = sorted(p.name for p in given.iterdir() if p.name not in (".hydra", "train.log"))
+        other = sorted(p.name for p in given.iterdir() if p.name not in LEFT_BY_A_REFUSAL)
         if other:
             listed = ", ".join(other[:5]) + (" ..." if len(other) > 5 else "")
-            _exit(f"dgft train: error: {key}={target} holds files that are not a run ({listed}); a new run "
-                     "writes into a new or empty directory")
-    path = given.absolute()
-    while not path.exists():
-        path = path.parent
-    if not path.is_dir():
-        _exit(f"dgft train: error: cannot create {key}={target}: {path} is not a directory")
-    import tempfile
-
-    try:  # a real attempt: os.access says yes to root anywhere, /proc and /sys included
-        os.rmdir(tempfile.mkdtemp(prefix=".dgft-probe-", dir=path))
-    except OSError as err:
-        _exit(f"dgft train: error: cannot create {key}={target}: no directory can be made in {path} "
-              f"({err.strerror or err})")
+            _exit(f"dgft train: error: {shown} holds files that are not a run ({listed}); a new run writes into a "
+                  "new or empty directory")
+    why = cannot_make(given)
+    if why:
+        _exit(f"dgft train: error: cannot create {shown}: {why}")
 
 
 def _check_sweep(rest: list[str]) -> None:
@@ -303,14 +298,21 @@ def _check_sweep(rest: list[str]) -> None:
             compose_train(list(job))
         except ConfigError as err:
             _exit(f"dgft train: error: sweep job {' '.join(job)}: {err} (no job was started)")
-    given = [a for a in rest if a.lstrip("+").startswith("hydra.sweep.dir=")]
-    if given and not any(a.lstrip("+").startswith("hydra.sweep.subdir=") for a in rest):
-        sweep = _override(rest, "hydra.sweep.dir", "").strip("'\"")
-        if not sweep.strip():
-            _exit("dgft train: error: hydra.sweep.dir is empty (an unset shell variable?); give the directory "
-                     "to write the sweep into")
-        for number in range(len(jobs)):  # each job's directory, before Hydra writes its record into one
-            _check_new_dir(str(Path(sweep) / str(number)), "hydra.sweep.dir")
+    sweep = _override(rest, "hydra.sweep.dir", None)
+    if sweep is None:
+        return  # outputs/<name>/multirun_<time>: new each time
+    sweep = sweep.strip("'\"")
+    if not sweep.strip():
+        _exit("dgft train: error: hydra.sweep.dir is empty (an unset shell variable?); give the directory to write "
+              "the sweep into")
+    if _override(rest, "hydra.sweep.subdir", None) is not None:  # job folders named by settings: checked as a whole
+        if Path(sweep).is_dir() and any(Path(sweep).iterdir()):
+            _exit(f"dgft train: error: hydra.sweep.dir={sweep} is not empty; with hydra.sweep.subdir set, a sweep "
+                  "writes into a new or empty directory (its jobs' folders are not known before Hydra names them)")
+        _check_new_dir(sweep, "hydra.sweep.dir")
+        return
+    for number in range(len(jobs)):  # each job's directory, before Hydra writes its record into one
+        _check_new_dir(str(Path(sweep) / str(number)), "hydra.sweep.dir", f"hydra.sweep.dir={sweep} (job {number})")
 
 
 _VALUED_FLAGS = {"--cfg", "-c", "--package", "-p", "--info", "-i", "--config-path", "-cp", "--config-name", "-cn",
@@ -363,7 +365,7 @@ def _remove_if_empty(run_dir: Path) -> None:
     before it began leaves nothing behind (`dgft.train.train` removes what it wrote itself)."""
     import shutil
 
-    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log"}:
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= LEFT_BY_A_REFUSAL:
         shutil.rmtree(run_dir, ignore_errors=True)
         for parent in list(run_dir.absolute().parents)[:2]:  # outputs/<name>/, outputs/, if that left them empty
             if parent == Path.cwd() or any(parent.iterdir()):

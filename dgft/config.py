@@ -296,26 +296,42 @@ def register() -> None:
     cs.store(name="export_schema", node=ExportRecipe)
 
 
-def typed_train_config(saved, source=None, missing: str = "fill", recorded=None) -> DictConfig:
+def typed_train_config(saved, source=None, missing: str = "fill", recorded=None, may_fill: tuple = ()) -> DictConfig:
     """A saved train config (RUN/config.yaml, named by `source` in errors) typed again with the schema of its task.
 
-    A key this version does not know or a value of the wrong type is a ConfigError naming the key. A key the file
-    lacks (an edit, or a run from before the setting): `missing="fill"` takes its default and says so on stderr (an
-    evaluation or export); `"refuse"` is a ConfigError listing them (a resume, which would train differently), with
-    the values `recorded` (a (path, config) pair: Hydra's record of the command, RUN/.hydra/config.yaml) gives them,
-    else their defaults."""
+    A value of the wrong type is a ConfigError naming the key. A key the file lacks (an edit, or a run from before
+    the setting) and a key this version does not know (a run from an older dgft, a setting since removed):
+    - `missing="fill"` (an evaluation or export) takes the defaults and drops the unknown keys, and says so on stderr;
+      `"quiet"` does the same without a word (a config built from a few keys, as the benches build one);
+    - `"refuse"` (a resume, which would train differently) is a ConfigError listing them, but for the keys in
+      `may_fill` (those a resume may change: their defaults, or the command line's values), with the values
+      `recorded` (a (path, config) pair: Hydra's record of the command, RUN/.hydra/config.yaml) gives them, else
+      their defaults."""
     where = f"{source}: " if source else ""
     schema = TASK_SCHEMAS.get(OmegaConf.select(saved, "task.name") or "sudoku")
     if schema is None:
         raise ConfigError(f"{where}task.name={saved.task.name!r}: expected one of {', '.join(TASK_SCHEMAS)}")
     typed = OmegaConf.structured(TrainRecipe(task=schema()))
+    unknown = _unknown_keys(typed, saved)
+    if unknown and missing == "refuse":
+        raise ConfigError(f"{where}{unknown[0]}: not a setting of this version of dgft (written by another version? a "
+                          "resumed run keeps its saved config)")
+    if unknown:
+        saved = OmegaConf.create(OmegaConf.to_container(saved))  # a copy: the caller's config stays as it was read
+        for key in unknown:
+            parent, _, leaf = key.rpartition(".")
+            node = OmegaConf.select(saved, parent) if parent else saved
+            del node[leaf]
+        if missing == "fill":
+            print(f"{where}{', '.join(unknown)}: not a setting of this version of dgft; left out", file=sys.stderr)
     try:
         merged = OmegaConf.merge(typed, saved)
-    except (OmegaConfBaseException, ValueError) as err:  # a key this version does not know, or a wrong type
+    except (OmegaConfBaseException, ValueError) as err:  # a wrong type
         raise ConfigError(f"{where}{merge_problem(err)} (written by another version of dgft? a resumed run keeps its "
                           "saved config)") from err
-    lacking = [key for key in _leaf_keys(typed) if OmegaConf.select(saved, key, default=_ABSENT) is _ABSENT]
-    if lacking:
+    lacking = [key for key in _leaf_keys(typed) if OmegaConf.select(saved, key, default=_ABSENT) is _ABSENT
+               and not (missing == "refuse" and key in may_fill)]
+    if lacking and missing != "quiet":
         shown = lacking[:8]
         more = f" and {len(lacking) - len(shown)} more" if len(lacking) > len(shown) else ""
         defaults = ", ".join(f"{k}={OmegaConf.select(typed, k)}" for k in shown) + more
@@ -326,6 +342,21 @@ def typed_train_config(saved, source=None, missing: str = "fill", recorded=None)
                               f"run trains with its saved config, so put them back ({values})")
         print(f"{where}no {', '.join(shown)}{more}; using the defaults: {defaults}", file=sys.stderr)
     return merged
+
+
+def _unknown_keys(typed, saved, prefix: str = "") -> list[str]:
+    """Dotted keys of `saved` that the structured config `typed` does not have (inside dict-valued fields: none)."""
+    out = []
+    if not isinstance(saved, DictConfig):
+        return out
+    for key in saved:
+        if key not in typed:
+            out.append(f"{prefix}{key}")
+            continue
+        child = typed._get_node(key)
+        if isinstance(child, DictConfig) and child._metadata.object_type not in (None, dict):
+            out += _unknown_keys(child, saved._get_node(key), f"{prefix}{key}.")
+    return out
 
 
 def _recorded_values(recorded, keys: list[str]) -> str | None:
@@ -376,13 +407,14 @@ def merge_problem(err: Exception) -> str:
 
 
 # --- range checks ---------------------------------------------------------------------------------
+NOISE_KINDS = ("uniform", "mask")  # uniform-state (DiffusionGemma's) and absorbing-state noise
 _CHOICES = {
     "model.name": ("tiny", "diffusiongemma"),
     "model.finetune": ("full", "lora"),
     "model.quantize": ("none", "nf4"),
     "model.dtype": ("auto", "bf16", "fp32"),
     "trainer.optimizer": ("adamw", "paged_adamw_8bit", "muon"),
-    "noise.kind": ("uniform", "mask"),
+    "noise.kind": NOISE_KINDS,
     "noise.support": ("answer", "vocab"),
     "noise.loss_weight": ("flat", "inv_t"),
     "device": ("auto", "cpu", "cuda"),

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from dgft.config import ConfigError, SamplerConfig, check_sampler, refuse_empty
+from dgft.config import NOISE_KINDS, ConfigError, SamplerConfig, check_sampler, refuse_empty
 from dgft.export import check_export, is_export, load_export, read_settings
 from dgft.runs import (RunError, checkpoint_dir, load_model, load_tokenizer, note_stopped_early, real_run_dir,
                        require_weights, stopped_early)
@@ -189,7 +189,7 @@ def check_options(cfg, run_cfg, scfg) -> None:
     name = run_cfg.task.name
     if name not in ("sudoku", "infill"):  # an export's file with another task is refused as it is read
         raise ConfigError(f"{cfg.run}: task.name={name!r} in its config.yaml is not a task dgft evaluates")
-    kinds = ("uniform", "mask")  # what the sampler's prior draws from: an edited record must not pass for uniform
+    kinds = NOISE_KINDS  # what the sampler's prior draws from: an edited record must not pass for uniform
     if run_cfg.noise.kind not in kinds:
         raise ConfigError(f"{cfg.run}: noise.kind={run_cfg.noise.kind!r} in its config: expected one of "
                           f"{', '.join(kinds)}")

@@ -22,7 +22,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -34,8 +33,8 @@ from dgft.cache import replace_file
 from dgft.card import model_card, with_evaluations
 from dgft.config import ConfigError, ExportRecipe, refuse_empty
 from dgft.model import denoise, encode, retie_encoder, unwrap
-from dgft.runs import (RunError, checkpoint_dir, keeps_average, load_config, load_model, note_stopped_early,
-                       real_run_dir, require_final)
+from dgft.runs import (RunError, cannot_make, checkpoint_dir, keeps_average, load_config, load_model,
+                       note_stopped_early, real_run_dir, require_final)
 from dgft.train import pick_device
 
 SAMPLER_FILE = "dgft_sampler.json"
@@ -705,15 +704,9 @@ def _check_out(out: Path, run_dir: Path) -> None:
     if isinstance(other, str) and Path(other) != run_dir.resolve() and run_dir.resolve() not in out.resolve().parents:
         raise RunError(f"out={out}: holds the export of another run ({other}; or of this one, moved since), which "
                        "this one would replace, its evaluations too; give another directory, or remove that export")
-    parent = out.absolute().parent  # the export is written beside `out`: tried now, before minutes of loading
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise RunError(f"out={out}: cannot be created: {parent} is not a directory")
-    try:
-        os.rmdir(tempfile.mkdtemp(prefix=f".{out.name}.probe-", dir=parent))
-    except OSError as err:
-        raise RunError(f"out={out}: cannot be written: {parent}: {err.strerror or err}") from None
+    why = cannot_make(out.absolute().parent)  # the export is written beside `out`: tried now, before minutes of loading
+    if why:
+        raise RunError(f"out={out}: cannot be created: {why}")
 
 
 _EXPORT_NAMES = re.compile(r"config\.json|generation_config\.json|.*\.safetensors(\.index\.json)?|"

@@ -49,7 +49,7 @@ def resume_target(cfg, run_dir: Path, overrides: Sequence[str] = ()):
     from dgft.config import typed_train_config
 
     saved = typed_train_config(runs.read_yaml(run_dir / "config.yaml"), source=run_dir / "config.yaml",
-                               missing="refuse", recorded=_hydra_record(run_dir))
+                               missing="refuse", recorded=_hydra_record(run_dir), may_fill=RESUME_MAY_CHANGE)
     saved.resume = cfg.resume
     def refuse(source: Path = run_dir / "config.yaml") -> str:  # the record that says what the run was trained with
         return f" ({source}); a resumed run keeps its config, and only {', '.join(RESUME_MAY_CHANGE)} may change"

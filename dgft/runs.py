@@ -74,13 +74,31 @@ def environment(device=None) -> dict:
             "argv": sys.argv[1:], "time": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
 
 
-def refuse_used(run_dir: Path) -> None:
+def refuse_used(run_dir: Path, key: str = "hydra.run.dir") -> None:
     """A fresh run must not write into another run's directory (one holding any of RUN_FILES; Hydra's record alone
-    does not count): its checkpoints, weights and metrics would mix."""
+    does not count): its checkpoints, weights and metrics would mix. `key` names the setting to change."""
     held = [name for name in RUN_FILES if (Path(run_dir) / name).exists()]
     if held:
         raise RunInUse(f"{run_dir} already holds a run ({', '.join(held)}); continue it with `dgft train "
-                       f"resume={run_dir}`, or give the new run another hydra.run.dir")
+                       f"resume={run_dir}`, or give the new run another {key}")
+
+
+def cannot_make(where: Path) -> str | None:
+    """Why no directory can be made at `where` (in its nearest existing ancestor, tried for real: os.access says yes
+    to root anywhere, /proc and /sys included); None when one can."""
+    import os
+    import tempfile
+
+    path = Path(where).absolute()
+    while not path.exists():
+        path = path.parent
+    if not path.is_dir():
+        return f"{path} is not a directory"
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".dgft-probe-", dir=path))
+    except OSError as err:
+        return f"no directory can be made in {path} ({err.strerror or err})"
+    return None
 
 
 @contextlib.contextmanager

@@ -43,7 +43,7 @@ class Solver:
         from dgft.sampling import MODES
         from dgft.tasks.sudoku import grid as G
         from dgft.tasks.sudoku.evaluate import run_mode
-        from dgft.tasks.sudoku.io import SudokuRecord, first_conflict
+        from dgft.tasks.sudoku.io import SudokuRecord, check_record
 
         if mode not in MODES:
             raise ConfigError(f"mode={mode!r}: expected one of {', '.join(MODES)}")
@@ -59,17 +59,18 @@ class Solver:
         except (OmegaConfBaseException, ValueError) as err:  # a value of the wrong type: steps="abc"
             raise ConfigError(f"sampler option {merge_problem(err)}") from None
         check_sampler(scfg, "sudoku", self.settings.noise.kind)
-        if isinstance(puzzles, (str, bytes, dict)) or not isinstance(puzzles, (list, tuple, np.ndarray)):
-            raise TypeError(f"puzzles: a list of puzzle strings, not {type(puzzles).__name__}")
+        if isinstance(puzzles, str):  # a ValueError, as it always was
+            raise ValueError("puzzles: a list of puzzle strings, not one string")
+        if isinstance(puzzles, (bytes, dict)) or not hasattr(puzzles, "__iter__"):
+            raise TypeError(f"puzzles: a list (or any iterable) of puzzle strings, not {type(puzzles).__name__}")
+        puzzles = list(puzzles)  # a generator or a pandas Series as well
         sizes = [int(n) for n in self.settings.task.get("sizes") or G.GRID_SIDES]  # none saved: any, as eval allows
         grids = []
         for i, text in enumerate(puzzles):
             if not isinstance(text, str):
                 raise TypeError(f"puzzle {i}: a string of 16 or 81 characters, not {type(text).__name__}")
-            try:
-                grid = G.from_string(text, what="puzzle")
-                if G.rule_violations(grid):  # dgft eval refuses such a line too: no answer could be right
-                    raise ValueError(f"puzzle givens break a rule: {first_conflict(grid)}")
+            try:  # as dgft eval reads a line: a puzzle whose givens break a rule has no right answer
+                grid, _ = check_record(text, None, check_solvable=False)
             except ValueError as error:
                 raise ValueError(f"puzzle {i}: {error}") from None
             if G.side(grid) not in sizes:

@@ -193,6 +193,18 @@ def test_a_new_run_is_never_written_over_other_files(tmp_path, capsys, monkeypat
     assert "cannot create hydra.run.dir=/proc/dgft-x: no directory can be made in /proc" in _refused(
         ["train", "hydra.run.dir=/proc/dgft-x"], capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "notes.txt"]
+    # `outputs` itself, holding other runs, is a directory like any other (it was the marker for "not given")
+    (tmp_path / "outputs" / "sudoku").mkdir(parents=True)
+    assert "hydra.run.dir=outputs holds files that are not a run (sudoku)" in _refused(
+        ["train", "hydra.run.dir=outputs"], capsys)
+    # what a run killed in its set-up leaves (Hydra's record, train.log, the lock) does not block the folder
+    killed = tmp_path / "killed"
+    (killed / ".hydra").mkdir(parents=True)
+    (killed / "train.log").write_text("")
+    (killed / ".train.lock").write_text("123\n")
+    from dgft.cli import _check_new_dir
+
+    _check_new_dir(str(killed), "hydra.run.dir")  # no exit
 
 
 def test_a_second_sweep_into_one_directory_leaves_the_first_ones_record(tmp_path, capsys):
@@ -203,9 +215,14 @@ def test_a_second_sweep_into_one_directory_leaves_the_first_ones_record(tmp_path
     (sweep / "0" / "config.yaml").write_text("seed: 0\n")
     (sweep / "0" / ".hydra" / "config.yaml").write_text("seed: 0\n")
     out = _refused(["train", "-m", "recipe=sudoku", "seed=1,2", f"hydra.sweep.dir={sweep}"], capsys)
-    assert f"{sweep / '0'} already holds a run (config.yaml)" in out
+    assert f"{sweep / '0'} already holds a run (config.yaml); continue it with `dgft train resume={sweep / '0'}`, " \
+           "or give the new run another hydra.sweep.dir" in out
     assert (sweep / "0" / ".hydra" / "config.yaml").read_text() == "seed: 0\n" and not (sweep / "1").exists()
     assert "hydra.sweep.dir is empty" in _refused(["train", "-m", "seed=1,2", "hydra.sweep.dir="], capsys)
+    # jobs named by a custom subdir cannot be foreseen: the sweep folder must be new or empty
+    out = _refused(["train", "-m", "seed=1,2", f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=s${seed}"], capsys)
+    assert f"hydra.sweep.dir={sweep} is not empty; with hydra.sweep.subdir set" in out
+    assert (sweep / "0" / ".hydra" / "config.yaml").read_text() == "seed: 0\n"
 
 
 @pytest.mark.parametrize("argv, key", [(["eval", "RUN", "data="], "data"), (["eval", "RUN", "name=''"], "name"),

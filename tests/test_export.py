@@ -242,7 +242,7 @@ def test_out_that_is_not_an_export_is_never_replaced(tmp_path):
         export(export_cfg(run, out=str(exported)))
     # a folder that cannot be made or written: refused before any model loads
     for out, why in ((mine / "notes.txt" / "sub", "notes.txt is not a directory"),
-                     (Path("/proc/dgft-export"), "cannot be written: /proc")):
+                     (Path("/proc/dgft-export"), "cannot be created: no directory can be made in /proc")):
         with pytest.raises(RunError, match=why):
             export(export_cfg(run, out=str(out)))
 

@@ -504,8 +504,8 @@ def test_torn_metrics_row_and_unknown_saved_key_on_resume(tmp_path):
     assert path.read_text() == '{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.0}\n'
     saved = OmegaConf.create(OmegaConf.to_yaml(compose_train(["recipe=sudoku"]), resolve=True))
     saved.trainer.save_every = 5
-    with pytest.raises(ConfigError, match=r"RUN/config.yaml: trainer.save_every"):
-        typed_train_config(saved, source="RUN/config.yaml")
+    with pytest.raises(ConfigError, match=r"RUN/config.yaml: trainer.save_every: not a setting"):
+        typed_train_config(saved, source="RUN/config.yaml", missing="refuse")
 
 
 def test_a_saved_config_lacking_a_key_is_refused_on_resume_and_said_on_eval(tmp_path, capsys):
@@ -525,6 +525,24 @@ def test_a_saved_config_lacking_a_key_is_refused_on_resume_and_said_on_eval(tmp_
         typed_train_config(saved, source="RUN/config.yaml", missing="refuse")
     with pytest.raises(ConfigError, match=r"no name, seed, device, resume, task.name, .* and \d+ more"):
         typed_train_config(OmegaConf.create({}), source="RUN/config.yaml", missing="refuse")
+    # keys a resume may change are filled (their defaults, or the command line's), not refused
+    lean = saved.copy()
+    del lean.trainer["time_limit_min"]
+    del lean.task["cache_dir"]
+    lean.trainer.batch_size = 32
+    from dgft.resume import RESUME_MAY_CHANGE
+
+    typed = typed_train_config(lean, source="RUN/config.yaml", missing="refuse", may_fill=RESUME_MAY_CHANGE)
+    assert typed.trainer.time_limit_min == 0 and typed.trainer.batch_size == 32
+    # a key this version does not know: refused on resume, left out (and said) on evaluation
+    old = saved.copy()
+    old.trainer.batch_size = 32
+    old.trainer.save_every = 5
+    with pytest.raises(ConfigError, match="trainer.save_every: not a setting of this version"):
+        typed_train_config(old, source="RUN/config.yaml", missing="refuse")
+    capsys.readouterr()
+    assert "save_every" not in typed_train_config(old, source="RUN/config.yaml").trainer
+    assert "RUN/config.yaml: trainer.save_every: not a setting of this version of dgft; left out" in capsys.readouterr().err
     record = ("RUN/.hydra/config.yaml", OmegaConf.create({"trainer": {"batch_size": 4}}))  # what the run trained with
     with pytest.raises(ConfigError, match=r"put them back \(as RUN/.hydra/config.yaml records them: "
                                           r"trainer.batch_size=4\)"):

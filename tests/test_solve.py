@@ -40,10 +40,11 @@ def test_a_run_and_its_export_solve_as_eval_did(tmp_path):
         solver(puzzles, step=3)
     with pytest.raises(ConfigError, match="sampler.steps"):
         solver(puzzles, steps=0)
-    with pytest.raises(TypeError, match="puzzles: a list of puzzle strings, not str"):
+    with pytest.raises(ValueError, match="puzzles: a list of puzzle strings, not one string"):
         solver(puzzles[0])
-    with pytest.raises(TypeError, match="puzzles: a list of puzzle strings, not dict"):
+    with pytest.raises(TypeError, match="puzzles: a list \\(or any iterable\\) of puzzle strings, not dict"):
         solver({p: 1 for p in puzzles})
+    assert solver((p for p in puzzles[:2]), steps=12) == solver(puzzles[:2], steps=12)  # any iterable
     with pytest.raises(TypeError, match="puzzle 1: a string of 16 or 81 characters, not int"):
         solver([puzzles[0], 123])
     clash = "33" + "0" * 14 if len(puzzles[0]) == 16 else "33" + "0" * 79  # what eval refuses, the solver too

@@ -356,6 +356,9 @@ def test_an_infilling_file_given_to_a_sudoku_run_is_named_as_such(tmp_path):
     jsonl.write_text('{"task_id": "t/0", "prompt": "def f():\\n", "suffix": "", "canonical_solution": "x"}\n')
     with pytest.raises(PuzzleFileError, match=r"problems\.jsonl:1: JSON, not a puzzle line.*infill runs"):
         read_puzzles(jsonl)
+    jsonl.write_text("# problems\n" + jsonl.read_text())  # the line named is the JSON's, after a comment
+    with pytest.raises(PuzzleFileError, match=r"problems\.jsonl:2: JSON, not a puzzle line"):
+        read_puzzles(jsonl)
     packed = tmp_path / "problems.jsonl.gz"
     packed.write_bytes(gzip.compress(jsonl.read_bytes()))
     with pytest.raises(PuzzleFileError, match=r"problems\.jsonl\.gz: gzip-compressed; puzzle files are plain text"):

@@ -66,7 +66,7 @@ def first_conflict(grid: np.ndarray) -> str:
     return "no repeated digit"
 
 
-def _check_record(puzzle_text: str, solution_text: str | None, check_solvable: bool) -> tuple:
+def check_record(puzzle_text: str, solution_text: str | None, check_solvable: bool) -> tuple:
     """Parse and validate one puzzle (and solution); ValueError describes the first problem."""
     puzzle = from_string(puzzle_text, what="puzzle")
     solution = from_string(solution_text, what="solution") if solution_text else None
@@ -255,7 +255,7 @@ def read_puzzles(
 
     first = uncommented[0][1]
     if first.startswith(("{", "[")):
-        raise PuzzleFileError(f"{name}:{lines[0][0]}: JSON, not a puzzle line; puzzle files hold one grid per line "
+        raise PuzzleFileError(f"{name}:{uncommented[0][0]}: JSON, not a puzzle line; puzzle files hold one grid per line "
                               "or CSV (JSON lines of infilling problems are for infill runs)")
     delimiter = _delimiter(first, uncommented[1][1] if len(uncommented) > 1 else None)
     is_csv = delimiter is not None
@@ -291,7 +291,7 @@ def read_puzzles(
                 raise ValueError(f"row has {len(fields)} fields, the puzzle is in field {puzzle_column + 1}")
             has_solution = solution_column is not None and solution_column < len(fields)
             solution_text = fields[solution_column] if has_solution else None
-            puzzle, solution = _check_record(fields[puzzle_column], solution_text, check_solvable)
+            puzzle, solution = check_record(fields[puzzle_column], solution_text, check_solvable)
         except ValueError as error:
             message = f"{where}: {error}"
             if on_error == "raise":
