@@ -354,7 +354,7 @@ def _unknown_keys(typed, saved, prefix: str = "") -> list[str]:
             out.append(f"{prefix}{key}")
             continue
         child = typed._get_node(key)
-        if isinstance(child, DictConfig) and child._metadata.object_type not in (None, dict):
+        if _is_section(child):
             out += _unknown_keys(child, saved._get_node(key), f"{prefix}{key}.")
     return out
 
@@ -375,13 +375,18 @@ def _recorded_values(recorded, keys: list[str]) -> str | None:
 _ABSENT = object()
 
 
+def _is_section(node) -> bool:
+    """A node of a structured config that is a dataclass of settings (trainer, model.lora), not a dict-valued field."""
+    return isinstance(node, DictConfig) and node._metadata.object_type not in (None, dict)
+
+
 def _leaf_keys(node, prefix: str = "") -> list[str]:
     """Dotted keys of a structured config's values (a dict-valued field counts as one value)."""
     keys = []
     for key in node:
         child = node._get_node(key)
         path = f"{prefix}{key}"
-        if isinstance(child, DictConfig) and child._metadata.object_type not in (None, dict):
+        if _is_section(child):
             keys += _leaf_keys(child, path + ".")
         else:
             keys.append(path)

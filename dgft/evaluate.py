@@ -189,10 +189,9 @@ def check_options(cfg, run_cfg, scfg) -> None:
     name = run_cfg.task.name
     if name not in ("sudoku", "infill"):  # an export's file with another task is refused as it is read
         raise ConfigError(f"{cfg.run}: task.name={name!r} in its config.yaml is not a task dgft evaluates")
-    kinds = NOISE_KINDS  # what the sampler's prior draws from: an edited record must not pass for uniform
-    if run_cfg.noise.kind not in kinds:
+    if run_cfg.noise.kind not in NOISE_KINDS:  # what the prior draws from: an edited record must not pass for uniform
         raise ConfigError(f"{cfg.run}: noise.kind={run_cfg.noise.kind!r} in its config: expected one of "
-                          f"{', '.join(kinds)}")
+                          f"{', '.join(NOISE_KINDS)}")
     out = None if cfg.name is None else str(cfg.name)
     if out is not None and (out in ("", ".", "..") or Path(out).name != out):
         raise ConfigError(f"name={out!r}: must be a plain file name, written as RUN/eval/<name>.json (no "
