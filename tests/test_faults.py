@@ -117,6 +117,15 @@ def test_resume_keeps_the_run_config_and_refuses_other_changes(tmp_path):
     for other in ("recipe=infill", "recipe=sudoku_gpu"):  # a recipe has no config node of its own to compare
         with pytest.raises(ConfigError, match=rf"{other}, but the run was trained with recipe=sudoku"):
             resume_with(other)
+    # a key config.yaml lost is refused with the value Hydra's record of the first command holds
+    lost = OmegaConf.to_container(saved, resolve=True)
+    del lost["trainer"]["batch_size"]
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(lost))
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml({**lost, "trainer": {"batch_size": 4}}))
+    with pytest.raises(ConfigError, match=r"no trainer.batch_size .*put them back \(as .*run/.hydra/config.yaml "
+                                          r"records them: trainer.batch_size=4\)"):
+        resume()
 
 
 def test_resume_with_another_recipe_is_refused_through_the_cli(tmp_path, capsys):
