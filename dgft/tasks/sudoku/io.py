@@ -53,7 +53,7 @@ class SudokuRecord:
         return int((self.puzzle != 0).sum())
 
 
-def first_conflict(grid: np.ndarray) -> str:
+def _first_conflict(grid: np.ndarray) -> str:
     """Where a grid first repeats a digit, e.g. "digit 5 twice in row 3" (1-based)."""
     n = side(grid)
     values = grid[units(n)]
@@ -71,7 +71,7 @@ def check_record(puzzle_text: str, solution_text: str | None, check_solvable: bo
     puzzle = from_string(puzzle_text, what="puzzle")
     solution = from_string(solution_text, what="solution") if solution_text else None
     if rule_violations(puzzle):
-        raise ValueError(f"puzzle givens break a rule: {first_conflict(puzzle)}")
+        raise ValueError(f"puzzle givens break a rule: {_first_conflict(puzzle)}")
     if solution is not None:
         n_puzzle, n_solution = side(puzzle), side(solution)
         if n_puzzle != n_solution:
@@ -79,7 +79,7 @@ def check_record(puzzle_text: str, solution_text: str | None, check_solvable: bo
         if (solution == 0).any():
             raise ValueError(f"solution has {int((solution == 0).sum())} blank cells")
         if rule_violations(solution):
-            raise ValueError(f"solution breaks a rule: {first_conflict(solution)}")
+            raise ValueError(f"solution breaks a rule: {_first_conflict(solution)}")
         if not is_solution(solution, puzzle):
             cell = int(np.flatnonzero((puzzle != 0) & (puzzle != solution))[0])
             n = side(puzzle)
@@ -255,8 +255,8 @@ def read_puzzles(
 
     first = uncommented[0][1]
     if first.startswith(("{", "[")):
-        raise PuzzleFileError(f"{name}:{uncommented[0][0]}: JSON, not a puzzle line; puzzle files hold one grid per line "
-                              "or CSV (JSON lines of infilling problems are for infill runs)")
+        raise PuzzleFileError(f"{name}:{uncommented[0][0]}: JSON, not a puzzle line; puzzle files hold one grid per "
+                              "line or CSV (JSON lines of infilling problems are for infill runs)")
     delimiter = _delimiter(first, uncommented[1][1] if len(uncommented) > 1 else None)
     is_csv = delimiter is not None
     puzzle_column, solution_column = 0, None
