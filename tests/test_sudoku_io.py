@@ -372,3 +372,17 @@ def test_repeated_puzzles_are_named():
     recs = [SudokuRecord(a, None, "f:1"), SudokuRecord(b, None, "f:2"), SudokuRecord(a.copy(), None, "f:3")]
     assert repeats(recs[:2]) is None
     assert repeats(recs) == "1 puzzle repeats an earlier one (first: f:3 is f:1)"
+
+
+def test_solving_a_long_file_without_solutions_shows_progress(tmp_path, capsys):
+    """Each puzzle of a file without solutions is solved for its label, seconds each for hard ones: a bar on stderr
+    says how far it is (not for a short file, nor for one with solutions)."""
+    from dgft.tasks.sudoku.io import SOLVING_BAR_FROM
+
+    plain = _write(tmp_path, f"{PUZZLE_4}\n" * SOLVING_BAR_FROM, "many.txt")
+    records, _ = read_puzzles(plain)
+    assert len(records) == SOLVING_BAR_FROM
+    assert "many.txt: solving (no solution column)" in capsys.readouterr().err
+    read_puzzles(_write(tmp_path, f"{PUZZLE_4}\n" * (SOLVING_BAR_FROM - 1), "few.txt"))
+    read_puzzles(_write(tmp_path, "puzzle,solution\n" + f"{PUZZLE_4},{SOLUTION_4}\n" * SOLVING_BAR_FROM))
+    assert "solving" not in capsys.readouterr().err

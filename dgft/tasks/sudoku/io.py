@@ -33,6 +33,7 @@ _GRID_FIELD = re.compile(r"[0-9.]{16}(?:[0-9.]{65})?")  # a 16- or 81-character 
 _GRID_LIKE = re.compile(r"[0-9.]{10,}")  # a grid with a cell too many or too few: a bad record, never a column name
 _PUZZLE_NAMES = ("puzzle", "puzzles", "quiz", "quizzes")  # exact column names, before any name containing one
 _SOLUTION_NAMES = ("solution", "solutions")
+SOLVING_BAR_FROM = 100  # lines: a file without solutions this long shows a progress bar while its puzzles are solved
 
 
 class PuzzleFileError(ValueError):
@@ -277,9 +278,13 @@ def read_puzzles(
 
     records: list[SudokuRecord] = []
     skipped: list[str] = []
+    solving = check_solvable and solution_column is None  # each puzzle solved for its label
+    bar = _solving_bar(name, min(len(lines), limit or len(lines))) if solving else None
     for number, line in lines:
         if limit is not None and len(records) >= limit:
             break
+        if bar is not None:
+            bar.update()
         if _is_comment(line, delimiter, puzzle_column):
             continue
         where = f"{name}:{number}"
@@ -299,11 +304,23 @@ def read_puzzles(
             skipped.append(message)
             continue
         records.append(SudokuRecord(puzzle=puzzle, solution=solution, source=where))
+    if bar is not None:
+        bar.close()
 
     if not records:
         first = f"; first: {skipped[0]}" if skipped else ""
         raise PuzzleFileError(f"{name}: no valid puzzles ({len(skipped)} lines skipped{first})")
     return records, skipped
+
+
+def _solving_bar(name: str, lines: int):
+    """A progress bar for reading a file without solutions, whose every puzzle the reference solver solves (a hard
+    9x9 can take seconds): shown from SOLVING_BAR_FROM lines, on stderr, gone when the file is read."""
+    if lines < SOLVING_BAR_FROM:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=lines, desc=f"{Path(name).name}: solving (no solution column)", unit="line", leave=False)
 
 
 def write_puzzles(path: str | Path, records: list[SudokuRecord]) -> None:
