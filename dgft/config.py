@@ -270,6 +270,9 @@ class EvalRecipe:
     rerank: bool = False  # infill: also report the first sample whose window (prefix + middle + suffix), or
     # failing that its enclosing function, compiles
     workers: int = 2  # infill: test programs run in the sandbox at once (HumanEval data)
+    isolation: str = "auto"  # infill: the sandbox's isolation (dgft.sandbox): "auto" (namespaces where the kernel
+    # allows them; without, a user who is not root runs them under the audit hook and seccomp, and root is refused),
+    # "namespaces", or "process" (the audit hook and seccomp alone, also as root: only for code you trust)
     sampler: SamplerOverrides = field(default_factory=SamplerOverrides)  # overrides of the run's sampler
 
 

@@ -208,6 +208,9 @@ def check_options(cfg, run_cfg, scfg) -> None:
         raise ConfigError(f"seed={cfg.seed}: must be in [0, 2**32)")
     if cfg.batch_by not in ("size", "givens"):
         raise ConfigError(f"batch_by={cfg.batch_by!r}: expected size or givens")
+    if cfg.isolation not in ("auto", "namespaces", "process"):
+        raise ConfigError(f"isolation={cfg.isolation!r}: expected auto, namespaces or process (the sandbox's, for "
+                          "infill's test programs)")
     # A run saved before a sampler setting existed lacks it: the schema's default fills it for the checks.
     check_sampler(OmegaConf.merge(asdict(SamplerConfig()), scfg), name, run_cfg.noise.kind,
                   sc_untrained=OmegaConf.select(run_cfg, "model.name", default=None) == "tiny"  # an export: unknown

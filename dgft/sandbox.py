@@ -8,11 +8,16 @@ verdict does not change from run to run; minimal environment, stdin /dev/null) i
 and process group of its own and a fresh temporary directory, removed afterwards. The layers, and who
 enforces them (`Verdict.isolation` names those that held for a run):
 
-- Always, by the kernel or this process: wall-clock timeout (SIGKILL); RLIMIT_CPU, RLIMIT_AS (memory),
-  RLIMIT_FSIZE, RLIMIT_NOFILE, RLIMIT_CORE = 0; output read to the end but kept only up to
-  `max_output_bytes`; at the end SIGKILL to its process group, to every process of its user id and to every
-  process whose command line holds its directory's name (forks that left the group), repeated until none
-  is left, and only then is the first process reaped.
+- Always, by the kernel or this process: wall-clock timeout (SIGKILL); RLIMIT_CPU, RLIMIT_AS (memory, per
+  process), RLIMIT_FSIZE, RLIMIT_NOFILE, RLIMIT_CORE = 0; the memory of all its processes together (proportional
+  set sizes, checked every POLL_S: over `memory_mb`, all are killed and the status is oom); output read to the end
+  but kept only up to `max_output_bytes`; at the end SIGKILL to its process group, to every process of its user
+  id and to every process whose command line holds its directory's name (forks that left the group), repeated
+  until none is left, and only then is the first process reaped.
+- Unless `seccomp=False`, by the kernel: a seccomp filter (`sandbox_child.SECCOMP_DENIED`, x86-64 and arm64)
+  fails with EPERM the calls no test program needs and that would get round the other layers: execve (another
+  program, or an interpreter without the audit hook), sockets, memory outside the address-space limit
+  (memfd_create, SysV shared memory), ptrace, mounts and namespaces, bpf, keys, userfaultfd, io_uring.
 - With namespaces ("namespaces", the default where the kernel allows; as root directly, otherwise inside
   a user namespace), by the kernel: new pid namespace (the first process's end kills everything it
   started), network namespace (no interface but a loopback that is down), IPC and UTS namespaces, and a
@@ -23,19 +28,22 @@ enforces them (`Verdict.isolation` names those that held for a run):
   and climb out of the new root.
 - As root, by the kernel: a user id of its own (FIRST_UID + pid, owning nothing), under which
   RLIMIT_NPROC holds (root is exempt from it). Without namespaces this needs the interpreter's
-  directories to be readable by others; a user namespace gets the same limit counted inside it.
+  directories to be readable by others; a user namespace gets the same limit counted inside it. Root with neither
+  is refused under "auto" (status error, ROOT_UNISOLATED): only an explicit "process" runs it as root.
 - Unless `guard=False`, by Python: an audit hook (PEP 578) that refuses sockets, subprocesses, exec,
   spawn, os.system, ctypes, writes/deletes/renames/chmods outside its directory, reads outside it and the
   interpreter, signals to processes outside its group, and forks beyond `max_processes - 1` (forked
-  children may not fork again). It is the only guard of files and network under "process" isolation, and
-  it is not a security boundary: code that means harm can get round it (`_posixsubprocess`, `os.open`
-  relative to a directory descriptor, tampering with the hook's state through introspection). Hence the
-  kernel layers come first.
+  children may not fork again). It is the only guard of files under "process" isolation, and it is not a
+  security boundary: code that means harm can get round it (`os.open` relative to a directory descriptor,
+  tampering with the hook's state through introspection; the builtins it calls are bound when it is installed,
+  so replacing `builtins.any` does not switch it off). Hence the kernel layers come first.
 - "passed" means the program ran to its last line: the guard writes `completed` on the status pipe after it, in
   the same interpreter. The program's `sys.argv` is `["program.py"]`, so the pipe is not handed to it, but code
   that means to can still find it (by trying descriptors, or in the guard's frame) and write the line itself
   before exiting early. The verdict holds against programs that fail or exit early, not against one written to
-  forge it.
+  forge it. What it writes there can forge its own verdict only: the guard writes `started` before the program's
+  first line, and no set-up error is read after it (such an error stops a whole evaluation), nor a signal the
+  boot stage's exit status does not confirm.
 
 Linux only. Under "process" isolation, killed forks become zombies of init until it reaps them. The
 program's side of all this is `dgft/sandbox_child.py`.
@@ -61,6 +69,11 @@ from pathlib import Path
 CHILD_PATH = Path(__file__).with_name("sandbox_child.py")
 FIRST_UID = 200_000_000  # sandbox user ids are FIRST_UID + the boot process's pid: unused, unique while it runs
 STATUSES = ("passed", "failed", "timeout", "oom", "killed", "error")
+POLL_S = 0.1  # how often the memory of a program's processes together is checked
+ROOT_UNISOLATED = ("no isolation for a program run by root here: the kernel refuses the namespaces, and a user id of "
+                   "its own needs the interpreter's directories readable by others; run as a user who is not root, "
+                   "make them readable (chmod o+rx), or pass isolation=process to accept the audit hook and seccomp "
+                   "alone, as root")
 
 
 @dataclass
@@ -91,21 +104,29 @@ class Verdict:
 def run_program(source: str, *, timeout_s: float = 3.0, memory_mb: int = 1024, file_size_mb: int = 16,
                 disk_mb: int = 64, max_processes: int = 16, max_open_files: int = 64,
                 max_output_bytes: int = 64 * 1024, isolation: str = "auto", guard: bool = True,
-                workroot: str | None = None) -> Verdict:
+                seccomp: bool = True, workroot: str | None = None) -> Verdict:
     """Run `source` as `__main__` in a sandbox; never raises for anything the program does.
 
     `memory_mb` is address space (Python itself takes about 30 MB); `disk_mb` is the size of the program's
     directory with namespaces (without, only `file_size_mb` per file holds); output beyond
     `max_output_bytes` per stream is read and dropped, keeping the head and the last 4 KiB. `isolation`:
-    "auto" (namespaces when the kernel allows), "namespaces" (status error when it does not) or "process".
-    `guard=False` leaves out the audit hook (to test the kernel layers alone). `workroot`: where the
-    temporary directory goes (default: the system's).
+    "auto" (namespaces when the kernel allows; else "process", but never as root without a user id of its own:
+    status error, saying why), "namespaces" (status error when the kernel does not allow them) or "process".
+    `memory_mb` also bounds the memory of all its processes together (`collect`'s check, every POLL_S).
+    `guard=False` leaves out the audit hook, `seccomp=False` the system-call filter (to test the other layers
+    alone). `workroot`: where the temporary directory goes (default: the system's).
     """
     if isolation not in ("auto", "namespaces", "process"):
         raise ValueError(f"isolation={isolation!r}: expected auto, namespaces or process")
+    program = source.encode("utf-8", "surrogatepass")  # a lone surrogate: not UTF-8, so the program fails to compile
+    room_mb = min(disk_mb, file_size_mb)
+    if len(program) > room_mb * 2**20:  # it could not be copied in: the program's fault, not the sandbox's
+        return Verdict("failed", None, "", "", False, False, 0.0, False, f"the program ({len(program):,} bytes) is "
+                       f"larger than the sandbox's file size limit ({room_mb} MB)", "not run", 0, None)
     if isolation == "auto":
         isolation = "namespaces" if namespaces_available() else "process"
-    program = source.encode("utf-8", "surrogatepass")  # a lone surrogate: not UTF-8, so the program fails to compile
+        if isolation == "process" and os.geteuid() == 0 and not readable_by_others(interpreter_paths()):
+            return Verdict("error", None, "", "", False, False, 0.0, False, ROOT_UNISOLATED, "none", 0, None)
     tmp = tempfile.mkdtemp(prefix="dgft-sandbox-", dir=workroot)
     workdir, root = os.path.join(tmp, "work"), os.path.join(tmp, "root")
     os.mkdir(workdir)
@@ -118,7 +139,7 @@ def run_program(source: str, *, timeout_s: float = 3.0, memory_mb: int = 1024, f
     cfg = {"status_fd": status_w, "isolation": isolation, "workdir": workdir, "root": root, "token": token,
            "read_roots": read_roots, "first_uid": FIRST_UID if own_uid else None, "guard": guard,
            "memory_mb": memory_mb, "file_size_mb": file_size_mb, "disk_mb": disk_mb,
-           "max_processes": max_processes, "max_open_files": max_open_files,
+           "max_processes": max_processes, "max_open_files": max_open_files, "seccomp": seccomp,
            "cpu_s": max(1, math.ceil(timeout_s)) + 1}
     argv = [sys.executable, "-I", "-S", "-B", str(CHILD_PATH), "boot", json.dumps(cfg)]
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
@@ -130,8 +151,10 @@ def run_program(source: str, *, timeout_s: float = 3.0, memory_mb: int = 1024, f
         os.close(status_w)
         status_w = -1
         uid = FIRST_UID + proc.pid if own_uid else None  # what the boot stage computes from its own pid
-        out, err, timed_out = collect(proc, start + timeout_s, max_output_bytes,
-                                      cleanup=lambda: kill_all(proc.pid, uid, token))
+        out, err, timed_out, held_mb = collect(proc, start + timeout_s, max_output_bytes,
+                                               cleanup=lambda: kill_all(proc.pid, uid, token),
+                                               memory=lambda: memory_mb_of(sandbox_processes(proc.pid, uid, token)),
+                                               memory_mb=memory_mb)
     finally:
         if status_w >= 0:
             os.close(status_w)
@@ -144,25 +167,37 @@ def run_program(source: str, *, timeout_s: float = 3.0, memory_mb: int = 1024, f
         remove_tree(tmp)
     wall = time.monotonic() - start
     verdict = judge(proc.returncode, status, out, err, timed_out, timeout_s, cfg["cpu_s"])
+    if held_mb is not None and not verdict["completed"]:
+        verdict.update(status="oom", detail=f"its processes together held {held_mb:,.0f} MB, over the memory limit "
+                                            f"of {memory_mb} MB")
     return Verdict(**verdict, stdout=out.text(), stderr=err.text(), stdout_truncated=out.truncated,
                    stderr_truncated=err.truncated, wall_s=wall, pgid=proc.pid, uid=uid,
                    isolation=verdict_isolation(status, guard))
 
 
-def collect(proc, deadline, cap, cleanup):
+def collect(proc, deadline, cap, cleanup, memory=None, memory_mb=None):
     """Read both streams until the first process has ended and they are closed, or the deadline passes
-    -> (stdout, stderr, timed_out). Once the first process has ended, `cleanup` kills what it left behind,
-    while the unreaped process still holds its pid (so neither its group id nor its user id can be reused)."""
+    -> (stdout, stderr, timed_out, held_mb). Once the first process has ended, `cleanup` kills what it left behind,
+    while the unreaped process still holds its pid (so neither its group id nor its user id can be reused).
+    Every POLL_S from the first, `memory()` (MB its processes hold together) is checked against `memory_mb`: over
+    it, `cleanup` kills them all and `held_mb` says how much they held (else None). RLIMIT_AS holds per process;
+    this holds for forks together (the kernel's seccomp filter keeps memory outside address spaces out)."""
     out, err = Capture(cap), Capture(cap)
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ, out)
     sel.register(proc.stderr, selectors.EVENT_READ, err)
-    ended = False
+    ended, held_mb, check_at = False, None, time.monotonic() + POLL_S
     while True:
         if not ended and exited(proc.pid):
             ended = True
             cleanup()
             deadline = min(deadline, time.monotonic() + 1.0)  # a stray holder of the pipes cannot stall us
+        elif not ended and memory is not None and time.monotonic() >= check_at:
+            check_at = time.monotonic() + POLL_S
+            held = memory()
+            if held > memory_mb:
+                held_mb = held
+                cleanup()  # its first process ends too, and the loop goes on as after any end
         now = time.monotonic()
         if (ended and not sel.get_map()) or now >= deadline:
             break
@@ -175,7 +210,7 @@ def collect(proc, deadline, cap, cleanup):
             else:
                 sel.unregister(key.fileobj)
     sel.close()
-    return out, err, not ended
+    return out, err, not ended, held_mb
 
 
 def exited(pid: int) -> bool:
@@ -214,13 +249,16 @@ class Capture:
 
 
 def judge(returncode, status, out, err, timed_out, timeout_s, cpu_s) -> dict:
-    """status, returncode, completed and detail of a run, from its end and its status-pipe lines."""
+    """status, returncode, completed and detail of a run, from its end and its status-pipe lines. Lines after
+    `started` may be the program's own: no set-up error is read there, and a `signal n` line counts only when the
+    boot stage exited 128 + n as it does after one. Never raises, whatever the lines say."""
     lines = status.splitlines()
-    signal_line = next((line for line in lines if line.startswith("signal ")), None)
-    if signal_line:  # the namespace's first process died of this signal (the boot stage exits 128 + n)
-        returncode = -int(signal_line.split()[1])
-    error = next((line[len("error "):] for line in lines if line.startswith("error ")), None)
-    completed = "completed" in lines
+    setup = lines[:lines.index("started")] if "started" in lines else lines
+    signals = {line[len("signal "):] for line in lines if line.startswith("signal ")}
+    if returncode is not None and returncode > 128 and str(returncode - 128) in signals:
+        returncode = 128 - returncode  # the namespace's first process died of this signal
+    error = next((line[len("error "):] for line in setup if line.startswith("error ")), None)
+    completed = "completed" in lines[len(setup):]
     last = next((line for line in reversed(err.text().splitlines()) if line.strip()), "")
     if error is not None and not completed:
         status_, detail = "error", f"sandbox set-up failed: {error}"
@@ -253,8 +291,30 @@ def signal_name(number: int) -> str:
 
 
 def verdict_isolation(status: str, guard: bool) -> str:
-    line = next((line for line in status.splitlines() if line.startswith("isolation ")), "isolation none")
-    return line[len("isolation "):] + (" hook" if guard else "")
+    """The layers that held, from the set-up lines (those before `started`, which the program cannot write)."""
+    lines = status.splitlines()
+    if "started" not in lines:
+        return "none"
+    setup = lines[:lines.index("started")]
+    line = next((line for line in setup if line.startswith("isolation ")), "isolation none")
+    return line[len("isolation "):] + (" seccomp" if "seccomp" in setup else "") + (" hook" if guard else "")
+
+
+def memory_mb_of(pids: list[int]) -> float:
+    """MB that processes hold together: the sum of their proportional set sizes (a page shared by n of them counts
+    1/n in each, so a fork's inherited pages count once), or resident sizes where /proc has no smaps_rollup."""
+    total_kb = 0
+    for pid in pids:
+        try:
+            text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+            total_kb += next(int(line.split()[1]) for line in text.splitlines() if line.startswith("Pss:"))
+        except (OSError, StopIteration, ValueError, IndexError):
+            try:
+                pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+                total_kb += pages * os.sysconf("SC_PAGE_SIZE") // 1024
+            except (OSError, ValueError, IndexError):
+                continue  # it ended meanwhile
+    return total_kb / 1024
 
 
 # --- cleanup -----------------------------------------------------------------------------------------

@@ -11,11 +11,14 @@ the process that execs stage `guard`; each parent reaps and exits as its child d
 process drops every capability first: as the namespace's root it could otherwise chroot again and climb out of the
 new root (`chroot` into a subdirectory, then `..`). Without namespaces
 `boot` chdirs and execs `guard` itself. Stage `guard` drops to the user id of its own (when started as
-root), sets the resource limits, installs the audit hook and runs `program.py`; after the program's last
-line it writes `completed` on the status pipe, so `os._exit(0)` halfway is not a pass.
+root), sets the resource limits, installs the seccomp filter and the audit hook and runs `program.py`; after the
+program's last line it writes `completed` on the status pipe, so `os._exit(0)` halfway is not a pass.
 
-Status pipe lines (the parent reads them after the end): `isolation <words>`, `error <message>`,
-`signal <n>` (the program died of signal n inside the namespaces), `completed`.
+Status pipe lines (the parent reads them after the end): `isolation <words>`, `seccomp` (the filter holds),
+`error <message>`, then `started` just before the program's first line; after it, `completed` (its last line ran)
+and `signal <n>` (the program died of signal n inside the namespaces; the parent believes it only when the boot
+stage's exit status says so too). A program can find the pipe and write lines after `started`: the parent reads
+no set-up error from there.
 """
 
 import json
@@ -193,8 +196,11 @@ def guard(cfg):
     resource.setrlimit(resource.RLIMIT_CPU, (cfg["cpu_s"], cfg["cpu_s"] + 1))  # soft: SIGXCPU, hard: SIGKILL
     with open("program.py", "rb") as f:
         source = f.read()
+    if cfg["seccomp"] and install_seccomp():
+        report(cfg, "seccomp")
     if cfg["guard"]:
         install_audit_hook(cfg["workdir"], cfg["read_roots"], cfg["max_processes"] - 1)
+    report(cfg, "started")  # what the pipe says after this line may be the program's: only set-up lines come before
     namespace = {"__name__": "__main__", "__file__": "program.py", "__builtins__": __builtins__}
     sys.argv[:] = ["program.py"]  # as `python program.py` shows it: the stage's config (the status pipe) is not
     # handed to the program (it could write `completed` itself); it stays in this frame, see `dgft.sandbox`
@@ -228,9 +234,75 @@ def flush():
             pass  # the program closed or replaced it: its business
 
 
+# System calls the program never gets (EPERM), by architecture: starting another program (execve, execveat: an
+# interpreter without the audit hook, a binary), memory the address-space limit does not count (memfd_create,
+# memfd_secret, SysV shared memory and message queues), sockets, reading or writing other processes (ptrace,
+# process_vm_*), and mounts, namespaces, chroot, file handles, keys, bpf, perf events, userfaultfd and io_uring.
+SECCOMP_DENIED = {
+    "x86_64": (0xC000003E, {59: "execve", 322: "execveat", 319: "memfd_create", 447: "memfd_secret", 29: "shmget",
+                            68: "msgget", 41: "socket", 101: "ptrace", 310: "process_vm_readv",
+                            311: "process_vm_writev", 272: "unshare", 308: "setns", 165: "mount", 166: "umount2",
+                            155: "pivot_root", 161: "chroot", 428: "open_tree", 429: "move_mount", 430: "fsopen",
+                            432: "fsmount", 442: "mount_setattr", 304: "open_by_handle_at", 248: "add_key",
+                            249: "request_key", 250: "keyctl", 321: "bpf", 298: "perf_event_open",
+                            323: "userfaultfd", 425: "io_uring_setup"}),
+    "aarch64": (0xC00000B7, {221: "execve", 281: "execveat", 279: "memfd_create", 447: "memfd_secret", 194: "shmget",
+                             186: "msgget", 198: "socket", 117: "ptrace", 270: "process_vm_readv",
+                             271: "process_vm_writev", 97: "unshare", 268: "setns", 40: "mount", 39: "umount2",
+                             41: "pivot_root", 51: "chroot", 428: "open_tree", 429: "move_mount", 430: "fsopen",
+                             432: "fsmount", 442: "mount_setattr", 265: "open_by_handle_at", 217: "add_key",
+                             218: "request_key", 219: "keyctl", 280: "bpf", 241: "perf_event_open",
+                             282: "userfaultfd", 425: "io_uring_setup"}),
+}
+PR_SET_SECCOMP, SECCOMP_MODE_FILTER, EPERM = 22, 2, 1
+
+
+def install_seccomp():
+    """A seccomp filter that fails SECCOMP_DENIED's calls with EPERM (any call of another architecture's ABI, and on
+    x86-64 every x32 call, too); the rest is allowed. False on an architecture without a list (nothing installed);
+    a filter the kernel refuses is a set-up error. Held by the kernel, whatever the program does in Python."""
+    import ctypes
+    import platform
+
+    arch = SECCOMP_DENIED.get(platform.machine())
+    if arch is None:
+        return False
+    audit_arch, denied = arch
+    ld, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, BPF_JMP|JGE|K, BPF_RET|K
+    allow, refuse = 0x7FFF0000, 0x00050000 | EPERM  # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO | EPERM
+    checks = [(jge, 0x40000000)] if audit_arch == 0xC000003E else []  # x32 calls: never
+    checks += [(jeq, nr) for nr in sorted(denied)]
+    code = [(ld, 0, 0, 4), (jeq, 1, 0, audit_arch), (ret, 0, 0, refuse), (ld, 0, 0, 0)]
+    for i, (op, k) in enumerate(checks):
+        code.append((op, len(checks) - i, 0, k))  # taken: jump over the rest and the allow, to the refusal
+    code += [(ret, 0, 0, allow), (ret, 0, 0, refuse)]
+
+    class Instruction(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
+                    ("k", ctypes.c_uint32)]
+
+    class Program(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(Instruction))]
+
+    table = (Instruction * len(code))(*code)
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_ulong]
+    for args in ((PR_SET_NO_NEW_PRIVS, 1, None, 0, 0),
+                 (PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(Program(len(code), table)), 0, 0)):
+        if prctl(*args) != 0:
+            raise OSError(ctypes.get_errno(), f"prctl{args[:2]}: {os.strerror(ctypes.get_errno())}")
+    return True
+
+
 def install_audit_hook(workdir, read_roots, forks_left):
-    """Refuse what the program should not do, at the Python level (see `dgft.sandbox` for its limits)."""
+    """Refuse what the program should not do, at the Python level (see `dgft.sandbox` for its limits). The builtins
+    it calls are bound here, so a program that replaces `builtins.any` does not switch it off."""
+    import builtins
+
     join, realpath, getcwd, readlink, fsdecode = os.path.join, os.path.realpath, os.getcwd, os.readlink, os.fsdecode
+    any, bool, int, isinstance, len, str = (builtins.any, builtins.bool, builtins.int, builtins.isinstance,
+                                            builtins.len, builtins.str)
+    PermissionError = builtins.PermissionError
     pid, pgid = os.getpid(), os.getpgrp()
     write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
     roots = [realpath(workdir)]

@@ -4,7 +4,8 @@ Every run is checked the same way (`after`): no process of its group, user id or
 alive, the canary file outside the sandbox is unchanged, nothing new appeared beside it or at the escape
 path in /tmp, and the sandbox's temporary directory is gone. Each program runs with all layers
 (`full`, namespaces when the kernel allows), with the audit hook and no namespaces (`hook`), and where it
-is safe to try, with the kernel layers alone (`kernel`: namespaces, no hook).
+is safe to try, with the kernel layers alone (`kernel`: namespaces and the seccomp filter, no hook) or the
+namespaces alone (`ns`).
 """
 
 import os
@@ -22,6 +23,7 @@ NS = namespaces_available()
 needs_ns = pytest.mark.skipif(not NS, reason="this kernel refuses the namespaces")
 MODES = {"full": {"isolation": "auto"}, "hook": {"isolation": "process"},
          "kernel": {"isolation": "namespaces", "guard": False},
+         "ns": {"isolation": "namespaces", "guard": False, "seccomp": False},
          "bare": {"isolation": "process", "guard": False}}  # only the final sweep: for harmless programs
 
 
@@ -57,7 +59,7 @@ def box(tmp_path, request):
 
 
 def modes(*names):
-    return pytest.mark.parametrize("mode", [pytest.param(m, marks=needs_ns) if m in ("full", "kernel") else m
+    return pytest.mark.parametrize("mode", [pytest.param(m, marks=needs_ns) if m in ("full", "kernel", "ns") else m
                                             for m in names])
 
 
@@ -265,21 +267,23 @@ def test_reading_the_users_files_fails(box, mode):
     assert v.detail.startswith("FileNotFoundError" if mode == "kernel" else "PermissionError: sandbox: open")
 
 
-@modes("full", "hook", "kernel")
+@modes("full", "hook", "kernel", "ns")
 def test_deleting_files_outside_fails(box, mode):
     for source in ("import os\nos.remove({canary!r})", "import shutil\nshutil.rmtree({home!r})",
                    "import os\nos.rename({canary!r}, 'mine.txt')"):
         v = box(source)
         assert v.status == "failed"
-        assert v.detail.startswith("FileNotFoundError" if mode == "kernel" else "PermissionError: sandbox:")
+        assert v.detail.startswith("FileNotFoundError" if mode in ("kernel", "ns") else "PermissionError: sandbox:")
     v = box("import subprocess\nsubprocess.run(['rm', '-rf', {home!r}], check=True)")
-    if mode == "kernel":  # rm runs, and finds nothing: the user's files are out of sight
+    if mode == "ns":  # rm runs, and finds nothing: the user's files are out of sight
         assert v.status == "passed"
+    elif mode == "kernel":  # the seccomp filter refuses execve
+        assert v.status == "failed" and v.detail.startswith("PermissionError: [Errno 1] Operation not permitted")
     else:
         assert v.status == "failed" and "subprocess.Popen refused" in v.detail
 
 
-@modes("full", "hook", "kernel")
+@modes("full", "hook", "kernel", "ns")
 def test_a_socket_reaches_nothing(box, mode):
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
@@ -291,7 +295,7 @@ def test_a_socket_reaches_nothing(box, mode):
         with pytest.raises(BlockingIOError):
             listener.accept()
     assert box("import socket\ns = socket.socket()\ns.bind(('0.0.0.0', 0))\ns.listen()").status \
-        == ("passed" if mode == "kernel" else "failed")  # with namespaces alone: its own empty network
+        == ("passed" if mode == "ns" else "failed")  # with namespaces alone: its own empty network
 
 
 @modes("full", "hook")
@@ -348,3 +352,71 @@ def test_a_set_up_failure_is_an_error_not_a_failure(tmp_path):
     v = run_program("print(1)", max_open_files=0, workroot=str(tmp_path))  # it cannot open program.py
     assert v.status == "error" and "set-up failed" in v.detail and not v.completed
     assert list(tmp_path.iterdir()) == []
+
+
+# --- what a program cannot do to the verdict, the evaluation or the host (session 35's probe) -----------------
+
+FORGE = ("import os\nfor fd in range(3, 64):\n    try:\n        os.write(fd, {lines!r})\n    except OSError:\n"
+         "        pass\nos._exit(0)")
+
+
+@modes("full", "hook")
+@pytest.mark.parametrize("lines", [b"signal x\n", b"error it was the sandbox\n", b"signal 9\n", b"isolation none\n"])
+def test_lines_a_program_writes_on_the_status_pipe_claim_no_set_up_error_and_raise_nothing(box, mode, lines):
+    """A program can find the status pipe; what it writes there after `started` is not the sandbox's word: no
+    set-up `error` (which would stop a whole evaluation), no signal its boot stage did not see, no exception out of
+    run_program, and the layers reported are those that held."""
+    v = box(FORGE.format(lines=lines))
+    assert v.status == "failed" and v.returncode == 0 and not v.completed, v
+    assert "hook" in v.isolation and v.isolation != "none hook"
+
+
+@modes("full", "hook")
+def test_replacing_a_builtin_does_not_switch_the_audit_hook_off(box, mode):
+    v = box("import builtins\nbuiltins.any = lambda it: True\nbuiltins.isinstance = lambda *a: False\n"
+            "open({escape!r}, 'w').write('x')")
+    assert v.status == "failed" and v.detail.startswith("PermissionError: sandbox: open refused"), v
+
+
+@modes("full", "hook", "kernel")
+def test_the_seccomp_filter_refuses_exec_memfd_and_shared_memory(box, mode):
+    """Calls the hook can be talked round and the address-space limit does not count: refused by the kernel."""
+    import platform
+
+    from dgft.sandbox_child import SECCOMP_DENIED
+
+    if platform.machine() not in SECCOMP_DENIED:
+        pytest.skip(f"no seccomp list for {platform.machine()}")
+    v = box("import os\nos.memfd_create('x')")
+    assert v.status == "failed" and v.detail.startswith("PermissionError: [Errno 1]") and "seccomp" in v.isolation
+    if mode == "kernel":  # without the hook, ctypes reaches libc: the filter alone refuses
+        v = box("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+                "print(libc.shmget(0, 2**20, 0o1600), ctypes.get_errno(), libc.execve(b'/bin/true', None, None))")
+        assert v.status == "passed" and v.stdout.split() == ["-1", "1", "-1"], v
+
+
+@modes("full", "hook")
+def test_forks_together_are_held_to_the_memory_limit(box, mode):
+    """RLIMIT_AS holds each process to memory_mb; three forks holding 150 MB each hold more together, and are
+    stopped as out of memory (the parent checks the processes' memory together)."""
+    v = box("import os, time\nfor _ in range(3):\n    if os.fork() == 0:\n"
+            "        block = bytearray(b'x') * (150 * 2**20)\n        time.sleep(30)\n        os._exit(0)\n"
+            "time.sleep(30)", memory_mb=256, timeout_s=10)
+    assert v.status == "oom" and "together" in v.detail and "256 MB" in v.detail and v.wall_s < 5, v
+
+
+def test_a_program_larger_than_the_sandbox_fails_without_running():
+    v = run_program("x = 1\n" + "#" * (2 * 2**20), file_size_mb=1)
+    assert v.status == "failed" and "larger than the sandbox's file size limit (1 MB)" in v.detail
+
+
+def test_auto_refuses_root_without_a_user_id_of_its_own(monkeypatch):
+    """Without namespaces, root keeps no layer but the hook and seccomp unless the program gets a user id of its
+    own: `auto` says so (status error, nothing run) rather than run it as root; isolation=process is the opt-in."""
+    import dgft.sandbox as S
+
+    monkeypatch.setattr(S, "namespaces_available", lambda: False)
+    monkeypatch.setattr(S, "readable_by_others", lambda paths: False)
+    monkeypatch.setattr(S.os, "geteuid", lambda: 0)
+    v = run_program("print(1)")
+    assert v.status == "error" and v.detail == S.ROOT_UNISOLATED and not v.completed

@@ -88,7 +88,7 @@ def evaluate_run(cfg, run: Path, run_cfg, scfg, device) -> dict:
                                                       f"{'true' if length == 'oracle' else 'own'} length", cfg.samples,
                                                       cfg.seed)
     compiled = {key: [[compiles(e, m) for m in ms] for e, ms in zip(examples, rows)] for key, rows in written.items()}
-    verdicts, sandbox = run_tests(problems, examples, written, cfg.workers) if problems else (None, None)
+    verdicts, sandbox = run_tests(problems, examples, written, cfg.workers, cfg.isolation) if problems else (None, None)
 
     cut = [bool(c) for batch in own for c in batch["prompt_cut"]]  # the prompt is the same at both lengths
     bounds = bounds_of(verdicts, examples)
@@ -237,15 +237,18 @@ def _compiles(source: str) -> bool:
     return True
 
 
-def run_tests(problems: dict, examples: list[dict], written: dict, workers: int) -> tuple[dict, dict]:
+def run_tests(problems: dict, examples: list[dict], written: dict, workers: int,
+              isolation: str = "auto") -> tuple[dict, dict]:
     """({(task_id, middle): status} for every distinct middle written, and each example's true middle and an empty
-    one, each run once in the sandbox, {programs, statuses: {status: count}, isolation}). A program the sandbox
-    could not set up raises humaneval.SandboxError (from evaluate_samples)."""
+    one, each run once in the sandbox (`isolation`: dgft.sandbox.run_program's), {programs, statuses: {status:
+    count}, isolation}). A program the sandbox could not set up raises humaneval.SandboxError (from
+    evaluate_samples)."""
     todo = sorted({(e["id"], m) for rows in written.values() for e, ms in zip(examples, rows) for m in ms}
                   | {(e["id"], m) for e in examples for m in (e["middle"], "")})
     tqdm.write(f"running {len(todo)} distinct programs in the sandbox ({workers} at a time) ...")
     t0 = time.time()
-    out = H.evaluate_samples(problems, [H.Sample(t, m) for t, m in todo], ks=(1,), workers=workers)
+    out = H.evaluate_samples(problems, [H.Sample(t, m) for t, m in todo], ks=(1,), workers=workers,
+                             isolation=isolation)
     tqdm.write(f"sandbox: {dict(out['statuses'])} in {time.time() - t0:.0f} s ({out['isolation']})")
     return ({key: r["status"] for key, r in zip(todo, out["results"])},
             {"programs": len(todo), "statuses": out["statuses"], "isolation": out["isolation"]})
