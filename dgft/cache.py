@@ -72,21 +72,32 @@ ROWS = "rows.json"  # beside a cached DatasetDict: each split's number of rows a
 
 
 def save_splits(splits, directory: Path, **kwargs) -> None:
-    """`splits.save_to_disk(directory, **kwargs)`, and each split's number of rows in directory/rows.json."""
+    """`splits.save_to_disk(directory, **kwargs)`, and in directory/rows.json each split's number of rows and the
+    sha256 of every file written."""
+    from dgft.checkpoint import file_records
+
     splits.save_to_disk(str(directory), **kwargs)
-    (Path(directory) / ROWS).write_text(json.dumps({k: len(v) for k, v in splits.items()}))
+    files = sorted(p for p in Path(directory).rglob("*") if p.is_file())
+    (Path(directory) / ROWS).write_text(json.dumps({"rows": {k: len(v) for k, v in splits.items()},
+                                                     "files": file_records(Path(directory), files)}))
 
 
 def load_splits(path: Path):
-    """The DatasetDict `save_splits` wrote; ValueError if a split's rows differ from the count written with it (a
-    damaged cache, to be built again) or the count is missing (a cache written before dgft recorded it)."""
+    """The DatasetDict `save_splits` wrote; ValueError if a file differs from the record written with it (size, then
+    sha256: an edit of the same length too) or a split's rows differ from its count (a damaged cache, to be built
+    again), or the record is missing or of an older form (a cache written before dgft recorded it)."""
     from datasets import load_from_disk
 
-    splits = load_from_disk(str(path))
+    from dgft.checkpoint import mismatch
+
     written = json.loads((Path(path) / ROWS).read_text())
+    changed = mismatch(Path(path), written["files"])
+    if changed:
+        raise ValueError(f"{path}: {changed}")
+    splits = load_from_disk(str(path))
     rows = {k: len(v) for k, v in splits.items()}
-    if rows != written:
-        raise ValueError(f"{path}: rows {rows}, written {written}")
+    if rows != written["rows"]:
+        raise ValueError(f"{path}: rows {rows}, written {written['rows']}")
     return splits
 
 

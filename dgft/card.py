@@ -25,7 +25,8 @@ def model_card(run_dir: Path, rcfg, checkpoint: Path | None, step: int | None, c
     """`checked`: one paragraph on how the export's logits compare with the run's model's."""
     if "\n\n" in checked:  # `with_evaluations` finds the list after it
         raise ValueError("model_card: `checked` must be one paragraph")
-    run = _read_json(run_dir / "run.json") or {}
+    run = _read_json(run_dir / "run.json")
+    run = {k: v for k, v in run.items() if isinstance(v, str)} if isinstance(run, dict) else {}  # an edit: unknown
     weights = f"checkpoint `{checkpoint.name}`" if checkpoint else "its final weights"
     early = None if checkpoint else stopped_early(run_dir, rcfg)
     made = ", ".join(x for x in (f"dgft {run['dgft']}" if run.get("dgft") else "",
@@ -73,11 +74,22 @@ def _evaluations_text(run_dir: Path, checkpoint: Path | None, export_dir: Path |
 
 
 def _evaluations(run_dir: Path, checkpoint: Path | None) -> list[str]:
-    rows = []
+    """The run's evaluations of the weights exported: of that checkpoint, or of the final weights, and where a result
+    records the weights' sha256 (since session 35), only while they are the weights now there (a result made before
+    a resume measured others)."""
+    from dgft.checkpoint import weight_hashes
+
+    rows, now = [], None
     for path, result in _results(run_dir / "eval"):
         if (result.get("checkpoint") is None) != (checkpoint is None) or (
                 checkpoint is not None and Path(result["checkpoint"]).name != checkpoint.name):
             continue  # another model's weights
+        if "weights_sha256" in result:
+            if now is None:
+                now = weight_hashes(checkpoint or next((run_dir / d for d in ("model", "adapter")
+                                                        if (run_dir / d).is_dir()), run_dir / "model"))
+            if result["weights_sha256"] != now:
+                continue  # the weights it measured were replaced since (a resumed run's)
         rows.append(_row(result, f"eval/{path.name}"))
     if not rows:
         return ["None recorded when this card was written (`dgft eval RUN data=FILE` writes them; `dgft export RUN` "

@@ -142,6 +142,17 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def weight_hashes(directory: Path) -> dict[str, str]:
+    """{file name: sha256} of the weight files (*.safetensors) `from_pretrained` reads from `directory`: what an
+    evaluation records of the weights it measured."""
+    return {p.name: sha256(p) for p in sorted(Path(directory).glob("*.safetensors"))}
+
+
+def model_files(directory: Path) -> list[Path]:
+    """The files that make a saved model or adapter what it is (weights and JSON configs, not its README)."""
+    return sorted(p for p in Path(directory).iterdir() if p.is_file() and p.suffix in (".safetensors", ".json"))
+
+
 def file_records(root: Path, files) -> dict[str, dict]:
     """{path relative to root: {bytes, sha256}} of `files`: what a manifest (a checkpoint's, an export's) records."""
     return {Path(p).relative_to(root).as_posix(): {"bytes": Path(p).stat().st_size, "sha256": sha256(Path(p))}
@@ -170,6 +181,9 @@ def problem(ckpt: Path, verify_hashes: bool = True) -> str | None:
     first file that differs from it)."""
     try:
         records = json.loads((ckpt / MANIFEST).read_text())["files"]
+        unlisted = sorted({p.name for p in Path(ckpt).iterdir() if p.is_file()} - set(records) - {MANIFEST})
+        if unlisted or EXTRA not in records:  # a manifest written last lists every file saved before it
+            return f"{MANIFEST} does not list {', '.join(unlisted or [EXTRA])}"
         return mismatch(ckpt, records, verify_hashes)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return f"missing or invalid {MANIFEST}"

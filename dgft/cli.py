@@ -154,6 +154,9 @@ def main(argv: list[str] | None = None) -> None:
             if command == "train" and cfg.get("resume") and isinstance(err, (ConfigError, RunError)):
                 _remove_refused_record(HydraConfig.get())  # a refusal: the run is as it was, its record too
             sys.exit(128 + err.signum if getattr(err, "signum", 0) else 2)  # a signal in setup: as in training
+        except KeyboardInterrupt:  # Ctrl-C in eval or export, a second one in training: no traceback, the shell's code
+            print(f"dgft {command}: interrupted (Ctrl-C)", file=sys.stderr)
+            sys.exit(130)
 
     if command == "train":
         _check_train_words(rest)
@@ -295,8 +298,12 @@ def _check_sweep(rest: list[str]) -> None:
     jobs = list(itertools.product(*choices))
     for job in jobs:
         try:
-            compose_train(list(job))
+            from dgft.train import pick_device
+
+            pick_device(compose_train(list(job)).device)  # device=cuda on a machine without one: before any job
         except ConfigError as err:
+            _exit(f"dgft train: error: sweep job {' '.join(job)}: {err} (no job was started)")
+        except Exception as err:  # noqa: BLE001 - Hydra's and OmegaConf's composition errors (a value of a wrong type)
             _exit(f"dgft train: error: sweep job {' '.join(job)}: {err} (no job was started)")
     sweep = _override(rest, "hydra.sweep.dir", None)
     if sweep is None:

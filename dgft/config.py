@@ -353,7 +353,7 @@ def _unknown_keys(typed, saved, prefix: str = "") -> list[str]:
     if not isinstance(saved, DictConfig):
         return out
     for key in saved:
-        if key not in typed:
+        if key not in typed.keys():  # `in typed` is False for a field without a default (MISSING: `run`)
             out.append(f"{prefix}{key}")
             continue
         child = typed._get_node(key)
@@ -467,6 +467,20 @@ def check_finite(node, prefix: str = "") -> None:
             raise ConfigError(f"{path}={value}: must be a finite number")
 
 
+def refuse_unknown(cfg, schema) -> None:
+    """Keys a composed config has that its schema (a structured config) does not: added with `+key=value`, or by a
+    recipe file. Nothing would read them, so a typo there would go unseen: a ConfigError naming them, and the nearest
+    setting. (Hydra answers a plain `trainer.lrr=1` with "to append use +trainer.lrr=1", which leads here.)"""
+    import difflib
+
+    unknown = _unknown_keys(schema, cfg)
+    if unknown:
+        near = difflib.get_close_matches(unknown[0], _leaf_keys(schema), n=1)
+        hint = f"; did you mean {near[0]}?" if near else ""
+        raise ConfigError(f"{', '.join(unknown)}: not a setting of dgft{hint} (a `+key=value` override or a recipe "
+                          "file adds keys that nothing reads)")
+
+
 def validate(cfg: DictConfig | Any) -> None:
     """Range and consistency checks on a composed train config; raises ConfigError naming the key."""
     get = lambda key: OmegaConf.select(cfg, key)  # noqa: E731
@@ -478,6 +492,7 @@ def validate(cfg: DictConfig | Any) -> None:
     if isinstance(cfg.task, DictConfig) and OmegaConf.get_type(cfg.task) not in (TASK_SCHEMAS[task], dict):
         raise ConfigError(f"task.name={task}: pick a task with `task={task}` (or a recipe), which brings its "
                           f"settings, rather than renaming the {OmegaConf.get_type(cfg.task).__name__} settings")
+    refuse_unknown(cfg, OmegaConf.structured(TrainRecipe(task=TASK_SCHEMAS[task]())))
     choices, positive, fractions, non_negative = _TASK_CHECKS[task]
     for key, allowed in {**_CHOICES, **choices}.items():
         if get(key) not in allowed:
@@ -625,6 +640,10 @@ def _validate_sudoku(get) -> None:
 
 
 def _validate_infill(get) -> None:  # its sampler's: check_sampler
+    if get("trainer.eval_every") and not get("task.heldout_share"):
+        raise ConfigError(f"task.heldout_share=0: trainer.eval_every={get('trainer.eval_every')} would check on no "
+                          "held-out code (and `dgft eval RUN` would find none); hold some out, or set "
+                          "trainer.eval_every=0")
     if get("noise.known_in_prompt"):
         raise ConfigError("noise.known_in_prompt=true: Sudoku only (an infill prompt has no place for accepted "
                           "tokens)")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from dgft.config import NOISE_KINDS, ConfigError, SamplerConfig, check_sampler, refuse_empty
+from dgft.config import NOISE_KINDS, ConfigError, EvalRecipe, SamplerConfig, check_sampler, refuse_empty, refuse_unknown
 from dgft.export import check_export, is_export, load_export, read_settings
 from dgft.runs import (RunError, checkpoint_dir, load_model, load_tokenizer, note_stopped_early, real_run_dir,
                        require_weights, stopped_early)
@@ -32,6 +32,7 @@ def evaluate(cfg) -> dict:
     if OmegaConf.is_missing(cfg, "run"):
         raise ConfigError("no run given: dgft eval RUN|EXPORT [data=PATH] [overrides ...]")
     refuse_empty(cfg, ("run", "data", "name", "checkpoint"))
+    refuse_unknown(cfg, OmegaConf.structured(EvalRecipe))
     run = real_run_dir(Path(cfg.run))
     run_cfg, export = read_settings(run)
     if cfg.baseline is None:  # an export does not carry the model before training, and infill has no baseline
@@ -178,9 +179,17 @@ def made_by(data: Path, device) -> dict:
 
 def provenance(cfg, run: Path) -> dict:
     """What an evaluation's result records about its own options: which weights (an export's: their step and
-    sha256, `export`), which sampling seed, how many."""
-    export = {"export": check_export(run)} if is_export(run) else {}
-    return {"checkpoint": str(cfg.checkpoint) if cfg.checkpoint else None, **export, "seed": int(cfg.seed),
+    sha256, `export`; a run's: the sha256 of each weight file, `weights_sha256`, so a card lists it only while the
+    run's weights are those it measured), which sampling seed, how many."""
+    from dgft.checkpoint import weight_hashes
+
+    if is_export(run):
+        weights = {"export": check_export(run)}
+    else:
+        src = checkpoint_dir(run, cfg.checkpoint) if cfg.checkpoint else next(
+            (run / d for d in ("model", "adapter") if (run / d).is_dir()), None)
+        weights = {"weights_sha256": weight_hashes(src)} if src is not None else {}
+    return {"checkpoint": str(cfg.checkpoint) if cfg.checkpoint else None, **weights, "seed": int(cfg.seed),
             "limit": int(cfg.limit)}
 
 

@@ -31,7 +31,7 @@ from omegaconf import OmegaConf
 from dgft import checkpoint as ckpt
 from dgft.cache import replace_file
 from dgft.card import model_card, with_evaluations
-from dgft.config import ConfigError, ExportRecipe, refuse_empty
+from dgft.config import ConfigError, ExportRecipe, refuse_empty, refuse_unknown
 from dgft.model import denoise, encode, retie_encoder, unwrap
 from dgft.runs import (RunError, cannot_make, checkpoint_dir, keeps_average, load_config, load_model,
                        note_stopped_early, real_run_dir, require_final)
@@ -55,6 +55,7 @@ class ExportError(RunError):
 
 def export(cfg) -> Path:
     # --- setup -------------------------------------------------------------------------------------
+    refuse_unknown(cfg, OmegaConf.structured(ExportRecipe))  # `+foo=1`: nothing would read it
     cfg = OmegaConf.merge(OmegaConf.structured(ExportRecipe), cfg)  # a config built by hand: the schema's defaults
     if OmegaConf.is_missing(cfg, "run"):
         raise RunError("no run given: dgft export RUN [out=DIR] [checkpoint=step-N]")
@@ -72,6 +73,8 @@ def export(cfg) -> Path:
     checkpoint = checkpoint_dir(run_dir, cfg.checkpoint) if cfg.checkpoint else None
     # a checkpoint's export goes beside the final model's (RUN/export_step-N), as its evaluation does
     out = Path(cfg.out) if cfg.out else run_dir / ("export" if checkpoint is None else f"export_{checkpoint.name}")
+    if out.is_symlink():  # the export goes where the link points, which stays a link (renaming into place would
+        out = out.resolve()  # replace the link itself)
     if checkpoint is None:
         require_final(run_dir, rcfg)
         note_stopped_early(run_dir, rcfg)
@@ -117,6 +120,7 @@ def export(cfg) -> Path:
         model.generation_config.save_pretrained(str(tmp))
         model = None  # one copy of the weights in memory at a time
         _copy_tokenizer(run_dir / "tokenizer", tmp)
+        _tokenizer_loads(tmp, run_dir / "tokenizer")
         (tmp / SAMPLER_FILE).write_text(json.dumps(sampler_settings(rcfg), indent=1))
 
         from transformers import DiffusionGemmaForBlockDiffusion
@@ -187,6 +191,7 @@ def export_streaming(cfg, rcfg, run_dir: Path, out: Path, checkpoint, source: di
         shutil.copytree(adapter, tmp / "adapter", ignore=shutil.ignore_patterns(ckpt.TRAINER_STATE, ckpt.EXTRA,
                                                                                  ckpt.MANIFEST))
         _copy_tokenizer(run_dir / "tokenizer", tmp)
+        _tokenizer_loads(tmp, run_dir / "tokenizer")
         (tmp / SAMPLER_FILE).write_text(json.dumps(sampler_settings(rcfg), indent=1))
         checks = {"merged_max_abs_diff": None, "quantization_gap_max_abs_diff": None}
         if summary["bytes"] <= cfg.max_check_gb * 1e9:
@@ -453,6 +458,9 @@ def read_settings(path: str | Path):
         return read_export(path), True
     if path.exists() and not path.is_dir():
         raise RunError(f"{path}: a file, not a run directory or an export (dgft eval RUN [data={path}]?)")
+    if not path.exists():
+        raise RunError(f"{path}: no such directory" + (" (an export: `dgft export RUN` makes it again)"
+                                                       if path.name.startswith("export") else ""))
     if path.is_dir() and not (path / "config.yaml").exists():
         raise RunError(f"{path}: neither a run directory (no config.yaml) nor an export (no {SAMPLER_FILE})")
     return load_config(path), False
@@ -536,7 +544,7 @@ def check_export(path: str | Path) -> dict:
         step = record.get("step")
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         print(f"{path}: no readable {RECORD_FILE} to check the files against; hashing the weights here")
-        return {"step": None, "weights_sha256": {p.name: ckpt.sha256(p) for p in sorted(path.glob("*.safetensors"))}}
+        return {"step": None, "weights_sha256": ckpt.weight_hashes(path)}
     changed = ckpt.mismatch(path, _but_card(outputs))  # `dgft export` may refresh the card meanwhile
     if changed:
         raise RunError(f"{path}: {changed} ({RECORD_FILE} lists what the export wrote); run `dgft export` again")
@@ -676,6 +684,18 @@ def _step(run_dir: Path, checkpoint: Path | None) -> int | None:
         return int(json.loads((run_dir / "train_summary.json").read_text())["steps"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def _tokenizer_loads(out: Path, src: Path) -> None:
+    """The export's tokenizer loads with AutoTokenizer, as its users will load it; else a RunError naming the run's
+    tokenizer, which it was copied from (its files can be there and still not load: an emptied tokenizer.json)."""
+    from transformers import AutoTokenizer
+
+    try:
+        AutoTokenizer.from_pretrained(str(out))
+    except Exception as err:  # noqa: BLE001 - tokenizers raise many types for a broken file
+        raise RunError(f"{src}: the run's tokenizer does not load ({type(err).__name__}: {str(err)[:200]}); the export "
+                       "would not either. Restore it (dgft train saved it with the run)") from err
 
 
 def _copy_tokenizer(src: Path, dst: Path) -> None:

@@ -74,7 +74,9 @@ def resume_target(cfg, run_dir: Path, overrides: Sequence[str] = ()):
             raise ConfigError(f"resume={cfg.resume}: {item}, but {has}" + refuse())
     last = ckpt.latest_valid(run_dir)
     if last is None:
-        raise ConfigError(f"resume={cfg.resume}: {run_dir}/checkpoints holds no valid checkpoint")
+        never = "" if (run_dir / "checkpoints").is_dir() else (
+            f" (it has none: it stopped before its first step; remove it, rm -r {run_dir}, and train again)")
+        raise ConfigError(f"resume={cfg.resume}: {run_dir}/checkpoints holds no valid checkpoint{never}")
     return saved, last
 
 
@@ -94,6 +96,11 @@ def finished(run_dir: Path, last: Path, cfg) -> bool:
     trainer.max_steps, or past trainer.time_limit_min, and its final weights are saved. The run is left as it is."""
     extra = ckpt.load_extra(last)
     step, seconds = int(extra["step"]), float(extra.get("elapsed_s", 0.0))
+    if step > cfg.trainer.max_steps:  # its weights would be saved as the run's end, midway through its schedule
+        from dgft.config import ConfigError
+
+        raise ConfigError(f"trainer.max_steps={cfg.trainer.max_steps}: below step {step} of the checkpoint to resume "
+                          f"({last}); a resume trains on from there, so give trainer.max_steps >= {step}")
     limit = cfg.trainer.time_limit_min
     if step >= cfg.trainer.max_steps:
         why, key = f"step {step} of trainer.max_steps={cfg.trainer.max_steps}", "trainer.max_steps"

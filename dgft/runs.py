@@ -78,6 +78,10 @@ def refuse_used(run_dir: Path, key: str = "hydra.run.dir") -> None:
     """A fresh run must not write into another run's directory (one holding any of RUN_FILES; Hydra's record alone
     does not count): its checkpoints, weights and metrics would mix. `key` names the setting to change."""
     held = [name for name in RUN_FILES if (Path(run_dir) / name).exists()]
+    if held == ["config.yaml"] and not (Path(run_dir) / "train_summary.json").exists():  # stopped in its set-up
+        raise RunInUse(f"{run_dir} holds a run that has not trained a step (config.yaml alone: it is setting up, or "
+                       f"was stopped while it did), so there is nothing to resume; unless a dgft train is running "
+                       f"there, remove it (rm -r {run_dir}) to train there again; or give the new run another {key}")
     if held:
         raise RunInUse(f"{run_dir} already holds a run ({', '.join(held)}); continue it with `dgft train "
                        f"resume={run_dir}`, or give the new run another {key}")
@@ -179,9 +183,14 @@ def _ended_by_itself(run: Path) -> bool:
 def stopped_early(run: Path, cfg) -> str | None:
     """A sentence when the run's final weights are those of a training a signal stopped before trainer.max_steps (its
     summary's `stopped_by` and `steps`): before the end of its learning-rate schedule, so not the model its recipe
-    trains. Else None: it ran to trainer.max_steps (a signal during the last step or the final save changes nothing)
-    or to its time limit, or it has no summary, which `require_weights` deals with."""
+    trains; or when final weights are there without a summary (written after them: killed between the two, or the
+    summary lost), so how far it trained is unknown. Else None: it ran to trainer.max_steps (a signal during the last
+    step or the final save changes nothing) or to its time limit, or it has neither weights nor summary, which
+    `require_weights` deals with."""
     ended = summary(run)
+    if ended is None and any((Path(run) / d).is_dir() for d in ("model", "adapter")):
+        return ("its final weights have no readable train_summary.json beside them (written after them), so whether "
+                "its training ran to the end of its schedule is unknown")
     if ended is None or ended.get("stopped_by") in (None, "time_limit"):  # as _ended_by_itself, from one read
         return None
     steps, planned = ended.get("steps"), int(cfg.trainer.max_steps)
@@ -237,6 +246,9 @@ def checkpoint_dir(run_dir: Path, name: str) -> Path:
         # the run's own checkpoints first: a relative name must not find another run's from the working directory
         for path in (run_dir / "checkpoints" / candidate, run_dir / candidate, Path(candidate)):
             if path.is_dir():
+                if path.resolve().parent != (run_dir / "checkpoints").resolve():  # its result and card would say
+                    raise RunError(f"checkpoint={name}: {path} is not one of {run_dir}'s checkpoints (in "  # this run
+                                   f"{run_dir / 'checkpoints'}); evaluate or export it from the run that saved it")
                 if wrong := ckpt.problem(path):
                     raise RunError(f"{path}: {wrong}; the checkpoint may be torn or changed since it was saved")
                 return path
@@ -271,7 +283,37 @@ def require_weights(run_dir: Path, cfg, checkpoint: str | Path | None = None) ->
         weights = src or Path(run_dir) / "adapter"
         if not (weights / "adapter_config.json").exists():
             raise RunError(f"{weights}: no LoRA adapter (adapter_config.json); did training finish?")
+    recorded = None if checkpoint else (summary(run_dir) or {}).get("weights")  # since session 35
+    if isinstance(recorded, dict):
+        from dgft import checkpoint as ckpt
+
+        try:
+            changed = ckpt.mismatch(weights, recorded)
+        except (KeyError, TypeError, ValueError):
+            changed = "its record in train_summary.json is unreadable"
+        if changed:
+            raise RunError(f"{weights}: {changed} since training saved it (train_summary.json's `weights`); these "
+                           "are not the weights the run trained")
+    trained = None if checkpoint else (summary(run_dir) or {}).get("settings_sha256")
+    if isinstance(trained, str) and trained_settings_digest(run_dir) != trained:
+        raise RunError(f"{Path(run_dir) / 'config.yaml'}: its training settings (task, model, noise, trainer) changed "
+                       "since training ended (train_summary.json records their sha256); eval and export read the "
+                       "run's model from them, so an edited copy would measure or export another model than the one "
+                       "trained. Put them back (the sampler's settings may change: an export carries them)")
     return weights
+
+
+def trained_settings_digest(run_dir: Path) -> str:
+    """sha256 of RUN/config.yaml's settings but the sampler's (what the trained model is: task, model, noise,
+    trainer), as read back from the file; the sampler's may be edited, as a run's export carries them."""
+    import hashlib
+    import json
+
+    settings = OmegaConf.to_container(read_yaml(Path(run_dir) / "config.yaml"), resolve=True)
+    if not isinstance(settings, dict):
+        return ""
+    settings.pop("sampler", None)
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def load_model(run_dir: str | Path, cfg=None, checkpoint: str | Path | None = None, device="cpu"):
@@ -306,10 +348,15 @@ def unreadable(path: Path):
     from dgft.model import ModelLoadError
 
     try:
+        from huggingface_hub.errors import StrictDataclassError  # transformers' config checks: an edited config.json
+    except ImportError:  # a huggingface_hub before strict dataclasses
+        StrictDataclassError = ValueError  # noqa: N806
+    try:
         yield
     except (RunError, ModelLoadError):
         raise
-    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as err:  # json's, torch's: the files
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError, TypeError, AttributeError,
+            StrictDataclassError) as err:  # json's, torch's, safetensors', transformers': the files
         raise RunError(f"{path}: could not load ({type(err).__name__}: {str(err)[:300]}); is the run complete and "
                        f"unmodified?") from err
 

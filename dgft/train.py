@@ -31,6 +31,7 @@ from dgft import checkpoint as ckpt
 from dgft import resume
 from dgft import runs
 from dgft import step as step_
+from dgft.cache import replace_file
 from dgft.config import validate
 from dgft.ema import EMA
 from dgft.model import (attach_lora, attention_layout, build_tiny, count_parameters, load_pretrained, load_quantized,
@@ -150,7 +151,7 @@ def _train(cfg, run_dir: Path, overrides: Sequence[str]) -> Path | None:
         torch.set_num_threads(cfg.trainer.num_threads)
     device = pick_device(cfg.device)
     if resume_from is None:  # a resume records its changes (more steps) when it trains, not if setup fails
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        replace_file(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     if cfg.model.name != "tiny":
         require_path(cfg.model.path)  # before the task reads a tokenizer from it
     task = get_task(cfg.task)
@@ -172,6 +173,10 @@ def _train(cfg, run_dir: Path, overrides: Sequence[str]) -> Path | None:
     task.write_heldout(splits["heldout"], run_dir / "data")
     batches = task.train_batches(splits["train"], cfg.trainer.batch_size, cfg.seed)
     eval_batch = task.eval_batches(splits["heldout"], cfg.trainer.eval_puzzles)
+    checked = sum(len(b["target"]) for b in eval_batch) if cfg.trainer.eval_every else None
+    if checked is not None and checked < cfg.trainer.eval_puzzles * max(len(cfg.task.get("sizes") or [1]), 1):
+        say(f"periodic checks: {checked} held-out examples in all, fewer than trainer.eval_puzzles="
+            f"{cfg.trainer.eval_puzzles}" + (" per size" if cfg.task.name == "sudoku" else "") + " (all there are)")
 
     model = trainable_model(model, cfg, task, device, gen, base_dir=run_dir / "base")
     vocab_size = unwrap(model).config.get_text_config().vocab_size
@@ -222,7 +227,7 @@ def _train(cfg, run_dir: Path, overrides: Sequence[str]) -> Path | None:
     if last > start_step and resume_from is not None:  # its final weights are stale until it ends: marked so
         (run_dir / runs.RESUMING).write_text(f"{start_step}\n")
         (run_dir / "train_summary.json").unlink(missing_ok=True)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        replace_file(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     for step in range(start_step + 1, last + 1):
         micro = [step_.corrupt_batch(next(batches), cfg, gen, vocab_size, task) for _ in range(cfg.trainer.grad_accum)]
         n_scored = sum(float(m["count"]) for m in micro) or 1.0
@@ -314,11 +319,13 @@ def _train(cfg, run_dir: Path, overrides: Sequence[str]) -> Path | None:
     early = step < cfg.trainer.max_steps  # a signal during the last step or the final save stops nothing
     summary = {"steps": step, "train_seconds": round(elapsed_s(), 1),  # all sessions of the run
                "session_seconds": round(time.time() - t0, 1), "final_loss": loss,
-               "stopped_by": (stop["signal"] or "time_limit") if early else None}
+               "stopped_by": (stop["signal"] or "time_limit") if early else None,
+               "weights": ckpt.file_records(out, ckpt.model_files(out)),  # both checked when the weights load
+               "settings_sha256": runs.trained_settings_digest(run_dir)}
     if isinstance(getattr(batches, "counts", None), dict):  # infill: spans drawn, and those redrawn (all sessions)
         summary["data_counts"] = dict(batches.counts)
         say("training spans: " + ", ".join(f"{k} {v}" for k, v in batches.counts.items()))
-    (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=1))
+    replace_file(run_dir / "train_summary.json", json.dumps(summary, indent=1))
     (run_dir / runs.RESUMING).unlink(missing_ok=True)
     from dgft.plots import plot_loss
 
@@ -478,7 +485,8 @@ def _last_session(run_dir: Path) -> dict:
     """RUN/run.json's record of the latest `dgft train` that wrote the run ({} when unreadable)."""
     with contextlib.suppress(ValueError, OSError, TypeError, AttributeError):
         info = json.loads((run_dir / "run.json").read_text())
-        return (info.get("sessions") or [info])[-1]
+        last = (info.get("sessions") or [info])[-1]
+        return last if isinstance(last, dict) else {}
     return {}
 
 
@@ -488,8 +496,16 @@ def _write_run_info(run_dir: Path, cfg, trainable: int, total: int, device, star
     path = run_dir / "run.json"
     sessions = []
     if start_step and path.exists():
-        with contextlib.suppress(ValueError, OSError):
+        try:
             sessions = json.loads(path.read_text()).get("sessions", [])
+            if not isinstance(sessions, list):
+                raise TypeError(f"`sessions` is a {type(sessions).__name__}")
+        except (ValueError, OSError, TypeError, AttributeError) as err:  # edited or torn: kept aside, not lost
+            kept = path.with_name(f"run.json.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
+            path.replace(kept)
+            say(f"{path}: not a record dgft can extend ({type(err).__name__}: {err}); kept as {kept.name}, and a "
+                "new record starts with this session")
+            sessions = []
     session = {**runs.environment(device), "device": str(device), "threads": torch.get_num_threads(),
                "start_step": start_step}
     info = {"recipe": cfg.name, "parameters": total, "trainable_parameters": trainable, **session,
@@ -502,4 +518,4 @@ def _write_run_info(run_dir: Path, cfg, trainable: int, total: int, device, star
                        "train_summary.json": "steps, seconds and final loss (written last); infill: spans drawn and redrawn",
                        "data/": "the held-out split (Sudoku: heldout.csv; infill: heldout.jsonl.gz)",
                        "eval/": "dgft eval results", "export/": "dgft export's standalone model"}}
-    (run_dir / "run.json").write_text(json.dumps(info, indent=1))
+    replace_file(run_dir / "run.json", json.dumps(info, indent=1))

@@ -84,8 +84,28 @@ def test_sudoku_cache_with_rows_missing_is_generated_again(tmp_path):
     assert len(load_from_disk(str(path))["train"]) == 5  # what datasets alone would train on
     messages = []
     again = build_splits(cfg, seed=1, workers=1, log=messages.append)
-    assert any("unreadable cache" in m and "written" in m for m in messages)
+    assert any("unreadable cache" in m and "the record says" in m for m in messages)  # the file's size
     assert list(again["train"]["puzzle"]) == first
+
+
+def test_a_cache_edited_in_place_is_generated_again(tmp_path):
+    """A same-length edit of a cached puzzle (rows and sizes unchanged) is caught by the files' sha256 recorded beside
+    them: the cache is generated again, not trained on."""
+    from omegaconf import OmegaConf
+
+    from dgft.config import TaskConfig
+    from dgft.data import build_splits, cache_key
+
+    cfg = OmegaConf.structured(TaskConfig(base_puzzles=10, heldout_puzzles=4, cache_dir=str(tmp_path)))
+    first = list(build_splits(cfg, seed=1, workers=1, log=lambda *_: None)["train"]["solution"])
+    arrow = next((tmp_path / f"sudoku-{cache_key(cfg, 1)}" / "train").glob("*.arrow"))
+    data = arrow.read_bytes()
+    at = data.index(first[0].encode())
+    arrow.write_bytes(data[:at] + bytes([data[at] ^ 1]) + data[at + 1:])  # one digit of a solution, same length
+    messages = []
+    again = build_splits(cfg, seed=1, workers=1, log=messages.append)
+    assert any("unreadable cache" in m and "changed since it was recorded" in m for m in messages), messages
+    assert list(again["train"]["solution"]) == first
 
 
 def test_replace_file_writes_whole_or_not_at_all(tmp_path):

@@ -214,9 +214,10 @@ def test_a_second_sweep_into_one_directory_leaves_the_first_ones_record(tmp_path
     (sweep / "0" / ".hydra").mkdir(parents=True)
     (sweep / "0" / "config.yaml").write_text("seed: 0\n")
     (sweep / "0" / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    (sweep / "0" / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n')  # it trained
     out = _refused(["train", "-m", "recipe=sudoku", "seed=1,2", f"hydra.sweep.dir={sweep}"], capsys)
-    assert f"{sweep / '0'} already holds a run (config.yaml); continue it with `dgft train resume={sweep / '0'}`, " \
-           "or give the new run another hydra.sweep.dir" in out
+    assert f"{sweep / '0'} already holds a run (config.yaml, metrics.jsonl); continue it with `dgft train " \
+           f"resume={sweep / '0'}`, or give the new run another hydra.sweep.dir" in out
     assert (sweep / "0" / ".hydra" / "config.yaml").read_text() == "seed: 0\n" and not (sweep / "1").exists()
     assert "hydra.sweep.dir is empty" in _refused(["train", "-m", "seed=1,2", "hydra.sweep.dir="], capsys)
     # jobs named by a custom subdir cannot be foreseen: the sweep folder must be new or empty
@@ -254,3 +255,64 @@ def test_eval_names_a_noise_kind_it_cannot_sample(tmp_path, capsys):
     cfg.noise.kind = "weird"
     (run / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     assert "noise.kind='weird' in its config: expected one of uniform, mask" in _refused(["eval", str(run)], capsys)
+
+
+def test_eval_names_an_isolation_the_sandbox_does_not_have(tmp_path, capsys):
+    from omegaconf import OmegaConf
+
+    from tests.conftest import tiny_cfg
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(tiny_cfg()))
+    assert "isolation='chroot': expected auto, namespaces or process" in _refused(["eval", str(run),
+                                                                                    "isolation=chroot"], capsys)
+
+
+def test_a_run_that_never_trained_and_a_missing_export_say_what_to_do(tmp_path, capsys):
+    """A run killed while it set up holds config.yaml alone: nothing to resume, so the message says to remove it; an
+    export folder that is not there is named as missing (not as a folder lacking config.yaml)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("seed: 0\n")
+    assert "holds a run that has not trained a step" in _refused(["train", "recipe=sudoku", f"hydra.run.dir={run}"],
+                                                                 capsys)
+    out = _refused(["eval", str(run / "export")], capsys)
+    assert f"{run / 'export'}: no such directory (an export: `dgft export RUN` makes it again)" in out
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train", "recipe=sudoku", "+trainer.lrr=1e-3"], "trainer.lrr: not a setting of dgft; did you mean trainer.lr?"),
+    (["train", "recipe=sudoku", "+new.key=1"], "new: not a setting of dgft"),
+    (["eval", "RUN", "+sampler.foo=1"], "sampler.foo: not a setting of dgft"),
+    (["export", "RUN", "+outt=x"], "outt: not a setting of dgft; did you mean out?")])
+def test_a_key_added_with_plus_that_nothing_reads_is_refused(argv, message, tmp_path, capsys):
+    """Hydra's answer to `trainer.lrr=1` is "to append use +trainer.lrr=1": the key would be written and never read.
+    Refused before anything runs (no run directory made), naming the nearest setting."""
+    argv = [str(tmp_path / "run") if a == "RUN" else a for a in argv]
+    if argv[0] == "train":
+        argv.append(f"hydra.run.dir={tmp_path / 'new'}")
+    else:
+        (tmp_path / "run").mkdir()
+    assert message in _refused(argv, capsys)
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("overrides,message", [(["recipe=infill", "task.heldout_share=0"],
+                                                "task.heldout_share=0: trainer.eval_every=")])
+def test_periodic_checks_on_fewer_held_out_examples_than_asked_are_refused(overrides, message):
+    from dgft.cli import compose_train
+    from dgft.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
+        compose_train(overrides)
+
+
+@pytest.mark.parametrize("values,message", [("trainer.lr=0.001,abc", "trainer.lr=abc"),
+                                            ("device=cpu,cuda", "device=cuda: no CUDA device found")])
+def test_a_sweep_job_that_cannot_run_is_refused_before_any_job_trains(values, message, tmp_path, capsys):
+    if "cuda" in values and torch.cuda.is_available():
+        pytest.skip("a machine with CUDA runs both")
+    out = _refused(["train", "-m", "recipe=sudoku", values, f"hydra.sweep.dir={tmp_path / 'sw'}"], capsys)
+    assert "sweep job" in out and message in out and "(no job was started)" in out and "Traceback" not in out
+    assert not (tmp_path / "sw").exists()

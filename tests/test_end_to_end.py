@@ -122,7 +122,7 @@ def test_the_last_step_is_logged_and_checked_and_checks_leave_training_alone(tmp
 def test_missing_run_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as err:
         main(["eval", str(tmp_path / "nope")])
-    assert err.value.code == 2 and "config.yaml" in capsys.readouterr().err
+    assert err.value.code == 2 and f"{tmp_path / 'nope'}: no such directory" in capsys.readouterr().err
 
 
 def test_eval_of_a_run_without_weights_names_the_weights_not_the_data(tmp_path, capsys):

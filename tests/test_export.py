@@ -68,7 +68,19 @@ def make_run(tmp_path, finetune: str, target_experts: bool = False):
                 p.add_(0.01 * torch.randn_like(p))
         model.save_pretrained(str(run / "model"))
         model.generation_config.save_pretrained(str(run / "model"))
+    record_weights(run)
     return run, logits_of(model)
+
+
+def record_weights(run: Path) -> None:
+    """train_summary.json as training writes it last, recording the final weights' files (as a resume does again)."""
+    from dgft.checkpoint import file_records, model_files
+    from dgft.runs import trained_settings_digest
+
+    weights = run / ("adapter" if (run / "adapter").is_dir() else "model")
+    (run / "train_summary.json").write_text(json.dumps({
+        "steps": OmegaConf.load(run / "config.yaml").trainer.max_steps, "stopped_by": None,
+        "weights": file_records(weights, model_files(weights)), "settings_sha256": trained_settings_digest(run)}))
 
 
 def export_cfg(run, **kw):
@@ -145,6 +157,7 @@ def test_lora_run_export_round_trip(tmp_path, capsys, target_experts):
     model = load_model(run)
     randomize_lora(model, seed=2)
     model.save_pretrained(str(run / "adapter"))
+    record_weights(run)  # as the resumed training that changed it would
     export(export_cfg(run))
     assert json.loads((out / "export.json").read_text())["source"] != record["source"]
     reloaded = DiffusionGemmaForBlockDiffusion.from_pretrained(str(out))
@@ -166,6 +179,10 @@ def test_adapter_that_does_not_load_is_refused(tmp_path):
     config = json.loads(path.read_text())
     config["target_modules"] = config["target_modules"].replace(r"encoder\.language_model", "decoder")
     path.write_text(json.dumps(config))
+    with pytest.raises(RunError, match="adapter_config.json .* not the weights the run trained"):
+        export(export_cfg(run))  # not the adapter training saved (train_summary.json); as if it were:
+    summary = json.loads((run / "train_summary.json").read_text())
+    (run / "train_summary.json").write_text(json.dumps({**summary, "weights": None}))
     with pytest.warns(UserWarning, match="missing adapter keys"), pytest.raises(ExportError, match="did not load"):
         export(export_cfg(run))
     assert not (run / "export").exists()
@@ -489,6 +506,7 @@ def test_a_lora_run_on_a_pretrained_base_is_merged_shard_by_shard_in_its_dtype(t
     cfg = OmegaConf.load(run / "config.yaml")
     cfg.model.name, cfg.model.path = "diffusiongemma", str(base)
     (run / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    record_weights(run)  # as a run trained on that base would have
     out = export(export_cfg(run))
     record = json.loads((out / "export.json").read_text())
     assert record["quantize"] == "none" and record["merge"]["merged_tensors"] > 0
@@ -649,5 +667,103 @@ def test_a_run_is_stopped_early_only_before_its_last_step(tmp_path):
                            f"its training was stopped by SIGTERM before step {planned}, before its schedule ended")):
         (run / "train_summary.json").write_text(json.dumps(summary))
         assert stopped_early(run, cfg) == note
-    (run / "train_summary.json").unlink()
-    assert stopped_early(run, cfg) is None  # no summary: require_weights says what is wrong
+    (run / "train_summary.json").unlink()  # weights without the summary written after them: killed between the two
+    assert "no readable train_summary.json" in stopped_early(run, cfg)
+    import shutil
+
+    shutil.rmtree(run / "model")
+    assert stopped_early(run, cfg) is None  # neither: require_weights says what is wrong
+
+
+def test_final_weights_changed_since_training_are_refused(tmp_path):
+    """train_summary.json records the final weights' files (size, sha256): an edited config.json (a layer fewer, a
+    norm's epsilon: from_pretrained loads either without a word) or weights replaced are not the run's model."""
+    run, _ = make_run(tmp_path, "full")
+    cfg = OmegaConf.load(run / "config.yaml")
+    load_model(run, cfg)
+    config = json.loads((run / "model" / "config.json").read_text())
+    config["text_config"]["rms_norm_eps"] = 0.5
+    (run / "model" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(RunError, match=r"config.json (has \d+ bytes|changed).*not the weights the run trained"):
+        load_model(run, cfg)
+
+
+def test_a_run_config_edited_after_training_is_refused(tmp_path):
+    """eval, export and the solver read what the model is (noise, model, task) from config.yaml: an edited copy
+    (noise.kind=mask on a uniform-noise model) would measure another model, so it is refused, naming the file; the
+    sampler's settings may change (an export carries them)."""
+    run, _ = make_run(tmp_path, "full")
+    text = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(text.replace("kind: uniform", "kind: mask"))
+    with pytest.raises(RunError, match=r"config.yaml: its training settings .* changed since training ended"):
+        load_model(run)
+    with pytest.raises(RunError, match=r"config.yaml: its training settings .* changed since training ended"):
+        export(export_cfg(run))
+    (run / "config.yaml").write_text(text)
+    cfg = OmegaConf.load(run / "config.yaml")
+    cfg.sampler.steps = 40  # the sampler's alone may change: an export carries them
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    load_model(run)
+
+
+def test_the_card_lists_a_run_evaluation_only_while_its_weights_are_there(tmp_path):
+    """A result records the sha256 of the weights it measured: one made before the weights were replaced (a resumed
+    run's) is left off the card, as an export's own are."""
+    from dgft.card import _evaluations
+    from dgft.checkpoint import weight_hashes
+
+    run, _ = make_run(tmp_path, "full")
+    (run / "eval").mkdir()
+    now = weight_hashes(run / "model")
+    for name, hashes in (("now", now), ("before", {"model.safetensors": "0" * 64}), ("old", None)):
+        result = {"data": f"{name}.csv", "n": 2, "checkpoint": None, "modes": {"rules": {"exact": 0.5}}}
+        (run / "eval" / f"{name}.json").write_text(json.dumps({**result, **({"weights_sha256": hashes} if hashes
+                                                                             else {})}))
+    listed = "\n".join(_evaluations(run, None))
+    assert "`now.csv`" in listed and "`old.csv`" in listed and "`before.csv`" not in listed  # old: no record kept
+
+
+def test_a_checkpoint_manifest_lists_every_file_it_seals(tmp_path):
+    from dgft import checkpoint as ckpt
+
+    step = tmp_path / "step-000002"
+    step.mkdir()
+    (step / ckpt.EXTRA).write_text("{}")
+    (step / ckpt.TRAINER_STATE).write_bytes(b"torn")
+    (step / ckpt.MANIFEST).write_text(json.dumps({"step": 2, "files": {}}))
+    assert "does not list extra.json, trainer_state.pt" in ckpt.problem(step)
+    (step / ckpt.MANIFEST).write_text(json.dumps({"step": 2, "files": ckpt.file_records(step, [step / ckpt.EXTRA])}))
+    assert "does not list trainer_state.pt" in ckpt.problem(step)
+    (step / ckpt.MANIFEST).write_text(json.dumps({"step": 2, "files": ckpt.file_records(
+        step, [step / ckpt.EXTRA, step / ckpt.TRAINER_STATE])}))
+    assert ckpt.problem(step) is None
+
+
+def test_a_tokenizer_that_does_not_load_is_not_exported(tmp_path):
+    """Its files are there (tokenizer.json, its config) but AutoTokenizer cannot load them: refused, nothing written."""
+    run, _ = make_run(tmp_path, "full")
+    (run / "tokenizer" / "tokenizer.json").write_text("{}")
+    with pytest.raises(RunError, match="tokenizer: the run's tokenizer does not load"):
+        export(export_cfg(run))
+    assert not (run / "export").exists() and not list(run.glob(".export.*"))
+
+
+def test_out_given_as_a_link_exports_where_it_points(tmp_path):
+    run, _ = make_run(tmp_path, "full")
+    (tmp_path / "target").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "target")
+    out = export(export_cfg(run, out=str(tmp_path / "link")))
+    assert out == tmp_path / "target" and (tmp_path / "target" / "model.safetensors").is_file()
+    assert (tmp_path / "link").is_symlink()
+    assert not list(tmp_path.glob(".link*")) and not list(tmp_path.glob(".target.*"))
+
+
+def test_a_checkpoint_of_another_run_is_refused(tmp_path):
+    """Its evaluation and its export's card would name this run as the one it came from."""
+    from dgft.runs import checkpoint_dir
+
+    run, _ = make_run(tmp_path, "full")
+    other = tmp_path / "other" / "checkpoints" / "step-000180"
+    other.mkdir(parents=True)
+    with pytest.raises(RunError, match="is not one of .*'s checkpoints .*from the run that saved it"):
+        checkpoint_dir(run, str(other))

@@ -92,8 +92,10 @@ def test_resume_keeps_the_run_config_and_refuses_other_changes(tmp_path):
     from dgft.resume import resume_target
 
     run = tmp_path / "run"
-    (run / "checkpoints" / "step-000002").mkdir(parents=True)
-    (run / "checkpoints" / "step-000002" / ckpt.MANIFEST).write_text(json.dumps({"step": 2, "files": {}}))
+    step = run / "checkpoints" / "step-000002"
+    step.mkdir(parents=True)
+    (step / ckpt.EXTRA).write_text(json.dumps({"step": 2}))  # sealed by a manifest that lists it: a valid checkpoint
+    (step / ckpt.MANIFEST).write_text(json.dumps({"step": 2, "files": ckpt.file_records(step, [step / ckpt.EXTRA])}))
     saved = compose_train(["recipe=sudoku", "trainer.max_steps=200", "trainer.lr=0.001"])
     (run / "config.yaml").write_text(OmegaConf.to_yaml(saved, resolve=True))
 
@@ -430,6 +432,9 @@ def test_resume_of_a_finished_run_leaves_it_as_it_is(tmp_path):
     assert not list((run / ".hydra").glob("resume-*"))  # no record of a command that trained nothing
     out = _run(_cmd(tmp_path, run, f"resume={run}", "trainer.max_steps=-5"))  # an error, not "nothing to train"
     assert out.returncode == 2 and "trainer.max_steps=-5: must be > 0" in out.stderr
+    out = _run(_cmd(tmp_path, run, f"resume={run}", "trainer.max_steps=3"))  # its checkpoint is past step 3: refused,
+    assert out.returncode == 2 and "trainer.max_steps=3: below step 7 of the checkpoint" in out.stderr  # not "done"
+    assert (run / "train_summary.json").read_text() == summary
 
     timed = tmp_path / "timed"
     assert _run(_cmd(tmp_path, timed, "trainer.max_steps=1000", "trainer.time_limit_min=0.0001")).returncode == 0
@@ -439,6 +444,23 @@ def test_resume_of_a_finished_run_leaves_it_as_it_is(tmp_path):
     assert out.returncode == 0 and "nothing to train" in out.stdout + out.stderr
     assert json.loads((timed / "train_summary.json").read_text())["steps"] == steps
     assert [c.name for c in ckpt.checkpoints(timed)][-1] == f"step-{steps:06d}"
+
+
+def test_an_unreadable_run_record_is_kept_aside_when_a_resume_adds_its_session(tmp_path):
+    """run.json keeps one record per training session; an edited or torn one is not silently replaced: it is kept
+    beside the new record, and said. An export's card reads what it can of it, never a traceback."""
+    run = tmp_path / "run"
+    assert _run(_cmd(tmp_path, run, "trainer.max_steps=4")).returncode == 0
+    (run / "run.json").write_text('{"sessions": 5, "dgft_commit": 7}')
+    out = _run(_cmd(tmp_path, run, f"resume={run}", "trainer.max_steps=6"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    kept = list(run.glob("run.json.unreadable-*"))
+    assert len(kept) == 1 and kept[0].read_text() == '{"sessions": 5, "dgft_commit": 7}'
+    assert "kept as run.json.unreadable-" in out.stdout + out.stderr
+    assert [s["start_step"] for s in json.loads((run / "run.json").read_text())["sessions"]] == [4]
+    (run / "run.json").write_text('{"sessions": "x", "dgft_commit": 7, "cpu": ["a"]}')
+    export = _run([sys.executable, "-m", "dgft.cli", "export", str(run)])
+    assert export.returncode == 0 and "Traceback" not in export.stderr, export.stderr[-2000:]
 
 
 def test_resume_of_no_such_run_creates_nothing(tmp_path):

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from dgft import checkpoint as ckpt
+from dgft.runs import RunError
 from test_faults import _cmd, _run
 
 
@@ -158,8 +159,8 @@ def test_checkpoint_names_find_the_run_own_checkpoint_before_the_working_directo
     monkeypatch.setattr(ckpt, "problem", lambda path: None)
     monkeypatch.chdir(tmp_path / "other")
     assert checkpoint_dir(tmp_path / "run", "checkpoints/step-000002") == tmp_path / "run/checkpoints/step-000002"
-    assert checkpoint_dir(tmp_path / "run", str(tmp_path / "other/checkpoints/step-000002")).parent.parent.name == \
-        "other"  # a path given in full is that path
+    with pytest.raises(RunError, match="is not one of .*run's checkpoints"):  # a path given in full is that path,
+        checkpoint_dir(tmp_path / "run", str(tmp_path / "other/checkpoints/step-000002"))  # and not this run's
 
 
 def test_eval_with_the_run_after_an_override_says_where_the_run_goes(capsys):
