@@ -85,15 +85,21 @@ def save_splits(splits, directory: Path, **kwargs) -> None:
 def load_splits(path: Path):
     """The DatasetDict `save_splits` wrote; ValueError if a file differs from the record written with it (size, then
     sha256: an edit of the same length too) or a split's rows differ from its count (a damaged cache, to be built
-    again), or the record is missing or of an older form (a cache written before dgft recorded it)."""
+    again), or the record is missing. A record from before dgft kept the files' hashes (rows alone) is checked by
+    its rows, as it was then."""
     from datasets import load_from_disk
 
     from dgft.checkpoint import mismatch
 
     written = json.loads((Path(path) / ROWS).read_text())
-    changed = mismatch(Path(path), written["files"])
-    if changed:
-        raise ValueError(f"{path}: {changed}")
+    if not isinstance(written, dict):
+        raise ValueError(f"{path / ROWS}: not a record of the cache")
+    if "files" in written:
+        changed = mismatch(Path(path), written["files"])
+        if changed:
+            raise ValueError(f"{path}: {changed}")
+    else:  # a cache from before dgft recorded its files (before session 35): its rows alone, as then
+        written = {"rows": written}
     splits = load_from_disk(str(path))
     rows = {k: len(v) for k, v in splits.items()}
     if rows != written["rows"]:

@@ -181,9 +181,10 @@ def problem(ckpt: Path, verify_hashes: bool = True) -> str | None:
     first file that differs from it)."""
     try:
         records = json.loads((ckpt / MANIFEST).read_text())["files"]
-        unlisted = sorted({p.name for p in Path(ckpt).iterdir() if p.is_file()} - set(records) - {MANIFEST})
-        if unlisted or EXTRA not in records:  # a manifest written last lists every file saved before it
-            return f"{MANIFEST} does not list {', '.join(unlisted or [EXTRA])}"
+        unlisted = sorted({p.name for p in Path(ckpt).iterdir() if p.is_file() and not p.name.startswith(".")}
+                          - set(records) - {MANIFEST})  # a copy's .DS_Store or .nfs* file is none of its own
+        if unlisted or not records:  # a manifest written last lists every file saved before it
+            return f"{MANIFEST} does not list {', '.join(unlisted) or 'any file'}"
         return mismatch(ckpt, records, verify_hashes)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return f"missing or invalid {MANIFEST}"

@@ -125,6 +125,8 @@ def claim_output(out_dir: Path, name: str, settings: dict, overwrite: bool) -> N
     defaults = {"sampler": json.loads(json.dumps(asdict(SamplerConfig())))}
     diff = []
     for key, value in now.items():
+        if key == "weights_sha256" and key not in before:  # a result from before dgft recorded it: not a difference
+            continue
         was = before.get(key)
         if isinstance(value, dict) and isinstance(was, dict):
             default = defaults.get(key, {})

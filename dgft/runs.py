@@ -296,23 +296,35 @@ def require_weights(run_dir: Path, cfg, checkpoint: str | Path | None = None) ->
                            "are not the weights the run trained")
     trained = None if checkpoint else (summary(run_dir) or {}).get("settings_sha256")
     if isinstance(trained, str) and trained_settings_digest(run_dir) != trained:
-        raise RunError(f"{Path(run_dir) / 'config.yaml'}: its training settings (task, model, noise, trainer) changed "
-                       "since training ended (train_summary.json records their sha256); eval and export read the "
-                       "run's model from them, so an edited copy would measure or export another model than the one "
-                       "trained. Put them back (the sampler's settings may change: an export carries them)")
+        raise RunError(f"{Path(run_dir) / 'config.yaml'}: its training settings (task, model, noise, trainer, seed) "
+                       "changed since training ended (train_summary.json records their sha256); eval and export read "
+                       "the run's model from them, so an edited copy would measure or export another model than the "
+                       "one trained. Put them back (the sampler's settings and paths such as model.path may change: "
+                       "runs.NOT_THE_MODEL)")
     return weights
 
 
+# config.yaml's keys left out of its digest: the sampler's (an export carries them, and they may be edited), where
+# things are (a pretrained base or a tokenizer moved to another disk or machine, the data cache) and how the run was
+# started or runs (its name, device, threads, resume): none changes what the trained model is
+NOT_THE_MODEL = ("sampler", "name", "device", "resume", "model.path", "task.tokenizer", "task.cache_dir",
+                 "task.sources", "trainer.num_threads")
+
+
 def trained_settings_digest(run_dir: Path) -> str:
-    """sha256 of RUN/config.yaml's settings but the sampler's (what the trained model is: task, model, noise,
-    trainer), as read back from the file; the sampler's may be edited, as a run's export carries them."""
+    """sha256 of RUN/config.yaml's settings but NOT_THE_MODEL's (what the trained model is: task, model, noise,
+    trainer, seed), as read back from the file."""
     import hashlib
     import json
 
     settings = OmegaConf.to_container(read_yaml(Path(run_dir) / "config.yaml"), resolve=True)
     if not isinstance(settings, dict):
         return ""
-    settings.pop("sampler", None)
+    for key in NOT_THE_MODEL:
+        section, _, leaf = key.rpartition(".")
+        node = settings.get(section) if section else settings
+        if isinstance(node, dict):
+            node.pop(leaf, None)
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -17,7 +17,10 @@ enforces them (`Verdict.isolation` names those that held for a run):
 - Unless `seccomp=False`, by the kernel: a seccomp filter (`sandbox_child.SECCOMP_DENIED`, x86-64 and arm64)
   fails with EPERM the calls no test program needs and that would get round the other layers: execve (another
   program, or an interpreter without the audit hook), sockets, memory outside the address-space limit
-  (memfd_create, SysV shared memory), ptrace, mounts and namespaces, bpf, keys, userfaultfd, io_uring.
+  (memfd_create, SysV shared memory, message queues), ptrace and pidfd_getfd, mounts, namespaces (unshare, setns,
+  clone with a CLONE_NEW* flag; clone3 gets ENOSYS, so the C library uses clone), bpf, keys, userfaultfd, io_uring.
+  The memory check runs over the process tree below the first process (a daemon the program double-forks stays
+  in it under namespaces, whose init adopts it) and can be overshot for up to POLL_S.
 - With namespaces ("namespaces", the default where the kernel allows; as root directly, otherwise inside
   a user namespace), by the kernel: new pid namespace (the first process's end kills everything it
   started), network namespace (no interface but a loopback that is down), IPC and UTS namespaces, and a
@@ -123,10 +126,10 @@ def run_program(source: str, *, timeout_s: float = 3.0, memory_mb: int = 1024, f
     if len(program) > room_mb * 2**20:  # it could not be copied in: the program's fault, not the sandbox's
         return Verdict("failed", None, "", "", False, False, 0.0, False, f"the program ({len(program):,} bytes) is "
                        f"larger than the sandbox's file size limit ({room_mb} MB)", "not run", 0, None)
+    if isolation == "auto" and (why := cannot_isolate(isolation)):  # "namespaces": its set-up error says it
+        return Verdict("error", None, "", "", False, False, 0.0, False, why, "none", 0, None)
     if isolation == "auto":
         isolation = "namespaces" if namespaces_available() else "process"
-        if isolation == "process" and os.geteuid() == 0 and not readable_by_others(interpreter_paths()):
-            return Verdict("error", None, "", "", False, False, 0.0, False, ROOT_UNISOLATED, "none", 0, None)
     tmp = tempfile.mkdtemp(prefix="dgft-sandbox-", dir=workroot)
     workdir, root = os.path.join(tmp, "work"), os.path.join(tmp, "root")
     os.mkdir(workdir)
@@ -153,7 +156,8 @@ def run_program(source: str, *, timeout_s: float = 3.0, memory_mb: int = 1024, f
         uid = FIRST_UID + proc.pid if own_uid else None  # what the boot stage computes from its own pid
         out, err, timed_out, held_mb = collect(proc, start + timeout_s, max_output_bytes,
                                                cleanup=lambda: kill_all(proc.pid, uid, token),
-                                               memory=lambda: memory_mb_of(sandbox_processes(proc.pid, uid, token)),
+                                               memory=lambda: memory_mb_of(process_tree(proc.pid)
+                                                                           or sandbox_processes(proc.pid, uid, token)),
                                                memory_mb=memory_mb)
     finally:
         if status_w >= 0:
@@ -300,6 +304,25 @@ def verdict_isolation(status: str, guard: bool) -> str:
     return line[len("isolation "):] + (" seccomp" if "seccomp" in setup else "") + (" hook" if guard else "")
 
 
+def process_tree(pid: int) -> list[int] | None:
+    """`pid` and every process below it (/proc's children lists: a few files, where scanning all of /proc costs
+    milliseconds every POLL_S); None where /proc has no children lists. Under namespaces a daemon the program
+    double-forks is still below (the namespace's init adopts it); under "process" isolation it leaves the tree, and
+    only its own RLIMIT_AS and the final sweep hold it."""
+    if not os.path.exists(f"/proc/{pid}/task/{pid}/children"):
+        return None
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        try:
+            for task in os.scandir(f"/proc/{current}/task"):
+                todo += [int(c) for c in Path(task.path, "children").read_text().split()]
+        except (OSError, ValueError):
+            continue  # it ended meanwhile
+    return found
+
+
 def memory_mb_of(pids: list[int]) -> float:
     """MB that processes hold together: the sum of their proportional set sizes (a page shared by n of them counts
     1/n in each, so a fork's inherited pages count once), or resident sizes where /proc has no smaps_rollup."""
@@ -434,9 +457,22 @@ def readable_by_others(paths: list[str]) -> bool:
 _NAMESPACES: bool | None = None
 
 
+def cannot_isolate(isolation: str) -> str | None:
+    """Why `run_program(..., isolation=isolation)` would run nothing here (ROOT_UNISOLATED for "auto" as root without
+    namespaces or a user id of its own; "namespaces" where the kernel refuses them), else None: asked before work
+    whose programs it will run, so the refusal comes first."""
+    if isolation == "auto" and not namespaces_available() and os.geteuid() == 0 \
+            and not readable_by_others(interpreter_paths()):
+        return ROOT_UNISOLATED
+    if isolation == "namespaces" and not namespaces_available():
+        return "the kernel refuses the namespaces here (unshare failed); pass isolation=auto or process"
+    return None
+
+
 def namespaces_available() -> bool:
     """Whether this kernel lets us enter the namespaces (probed once by running an empty program)."""
     global _NAMESPACES
     if _NAMESPACES is None:
-        _NAMESPACES = sys.platform == "linux" and run_program("", isolation="namespaces", timeout_s=10).passed
+        _NAMESPACES = sys.platform == "linux" and run_program("", isolation="namespaces", timeout_s=10,
+                                                              guard=False, seccomp=False).passed
     return _NAMESPACES

@@ -236,31 +236,36 @@ def flush():
 
 # System calls the program never gets (EPERM), by architecture: starting another program (execve, execveat: an
 # interpreter without the audit hook, a binary), memory the address-space limit does not count (memfd_create,
-# memfd_secret, SysV shared memory and message queues), sockets, reading or writing other processes (ptrace,
-# process_vm_*), and mounts, namespaces, chroot, file handles, keys, bpf, perf events, userfaultfd and io_uring.
+# memfd_secret, SysV shared memory, message queues), sockets, reading or writing other processes (ptrace,
+# process_vm_*, pidfd_getfd), and mounts, namespaces, chroot, file handles, keys, bpf, perf events, userfaultfd and
+# io_uring (clone into new namespaces: install_seccomp).
 SECCOMP_DENIED = {
     "x86_64": (0xC000003E, {59: "execve", 322: "execveat", 319: "memfd_create", 447: "memfd_secret", 29: "shmget",
-                            68: "msgget", 41: "socket", 101: "ptrace", 310: "process_vm_readv",
-                            311: "process_vm_writev", 272: "unshare", 308: "setns", 165: "mount", 166: "umount2",
+                            68: "msgget", 30: "shmat", 240: "mq_open", 41: "socket", 438: "pidfd_getfd",
+                            101: "ptrace", 310: "process_vm_readv", 311: "process_vm_writev", 272: "unshare", 308: "setns", 165: "mount", 166: "umount2",
                             155: "pivot_root", 161: "chroot", 428: "open_tree", 429: "move_mount", 430: "fsopen",
                             432: "fsmount", 442: "mount_setattr", 304: "open_by_handle_at", 248: "add_key",
                             249: "request_key", 250: "keyctl", 321: "bpf", 298: "perf_event_open",
                             323: "userfaultfd", 425: "io_uring_setup"}),
     "aarch64": (0xC00000B7, {221: "execve", 281: "execveat", 279: "memfd_create", 447: "memfd_secret", 194: "shmget",
-                             186: "msgget", 198: "socket", 117: "ptrace", 270: "process_vm_readv",
-                             271: "process_vm_writev", 97: "unshare", 268: "setns", 40: "mount", 39: "umount2",
+                             186: "msgget", 196: "shmat", 180: "mq_open", 198: "socket", 438: "pidfd_getfd",
+                             117: "ptrace", 270: "process_vm_readv", 271: "process_vm_writev", 97: "unshare", 268: "setns", 40: "mount", 39: "umount2",
                              41: "pivot_root", 51: "chroot", 428: "open_tree", 429: "move_mount", 430: "fsopen",
                              432: "fsmount", 442: "mount_setattr", 265: "open_by_handle_at", 217: "add_key",
                              218: "request_key", 219: "keyctl", 280: "bpf", 241: "perf_event_open",
                              282: "userfaultfd", 425: "io_uring_setup"}),
 }
-PR_SET_SECCOMP, SECCOMP_MODE_FILTER, EPERM = 22, 2, 1
+CLONE_CALLS = {"x86_64": (56, 435), "aarch64": (220, 435)}  # clone, clone3
+CLONE_NEW_ANY = 0x7E020000  # CLONE_NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET
+PR_SET_SECCOMP, SECCOMP_MODE_FILTER, EPERM, ENOSYS = 22, 2, 1, 38
 
 
 def install_seccomp():
     """A seccomp filter that fails SECCOMP_DENIED's calls with EPERM (any call of another architecture's ABI, and on
-    x86-64 every x32 call, too); the rest is allowed. False on an architecture without a list (nothing installed);
-    a filter the kernel refuses is a set-up error. Held by the kernel, whatever the program does in Python."""
+    x86-64 every x32 call, too), and clone with a new namespace in its flags; clone3, whose flags sit in memory the
+    filter cannot read, fails with ENOSYS, so the C library falls back to clone. The rest is allowed. False on an
+    architecture without a list (nothing installed); a filter the kernel refuses is a set-up error. Held by the
+    kernel, whatever the program does in Python."""
     import ctypes
     import platform
 
@@ -268,11 +273,15 @@ def install_seccomp():
     if arch is None:
         return False
     audit_arch, denied = arch
-    ld, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, BPF_JMP|JGE|K, BPF_RET|K
+    ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ/JGE/JSET|K, BPF_RET|K
     allow, refuse = 0x7FFF0000, 0x00050000 | EPERM  # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO | EPERM
+    clone, clone3 = CLONE_CALLS[platform.machine()]
     checks = [(jge, 0x40000000)] if audit_arch == 0xC000003E else []  # x32 calls: never
     checks += [(jeq, nr) for nr in sorted(denied)]
-    code = [(ld, 0, 0, 4), (jeq, 1, 0, audit_arch), (ret, 0, 0, refuse), (ld, 0, 0, 0)]
+    code = [(ld, 0, 0, 4), (jeq, 1, 0, audit_arch), (ret, 0, 0, refuse), (ld, 0, 0, 0),  # seccomp_data: nr, arch
+            (jeq, 0, 1, clone3), (ret, 0, 0, 0x00050000 | ENOSYS),
+            (jeq, 0, 4, clone), (ld, 0, 0, 16), (jset, 0, 1, CLONE_NEW_ANY),  # clone's flags: args[0], low half
+            (ret, 0, 0, refuse), (ret, 0, 0, allow)]
     for i, (op, k) in enumerate(checks):
         code.append((op, len(checks) - i, 0, k))  # taken: jump over the rest and the allow, to the refusal
     code += [(ret, 0, 0, allow), (ret, 0, 0, refuse)]
@@ -285,10 +294,11 @@ def install_seccomp():
         _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(Instruction))]
 
     table = (Instruction * len(code))(*code)
+    program = Program(len(code), table)  # both held here while the kernel copies the filter
     prctl = ctypes.CDLL(None, use_errno=True).prctl
     prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_ulong]
     for args in ((PR_SET_NO_NEW_PRIVS, 1, None, 0, 0),
-                 (PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(Program(len(code), table)), 0, 0)):
+                 (PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(program), 0, 0)):
         if prctl(*args) != 0:
             raise OSError(ctypes.get_errno(), f"prctl{args[:2]}: {os.strerror(ctypes.get_errno())}")
     return True

@@ -127,3 +127,21 @@ def test_replace_file_writes_whole_or_not_at_all(tmp_path):
     assert seen[0].startswith(".result.tmp-") and seen[0].endswith(".json")
     replace_file(path, lambda tmp: tmp.write_text("new"))
     assert path.read_text() == "new"
+
+
+def test_a_cache_from_before_file_records_still_loads_by_its_rows(tmp_path):
+    """rows.json of an older dgft holds each split's rows alone: the cache is checked by them, as then (an offline
+    machine keeps an infill cache it cannot build again), not thrown away."""
+    import json
+
+    from datasets import Dataset, DatasetDict
+
+    from dgft.cache import ROWS, load_splits, save_splits
+
+    splits = DatasetDict({"train": Dataset.from_dict({"x": [1, 2, 3]}), "heldout": Dataset.from_dict({"x": [4]})})
+    save_splits(splits, tmp_path / "c")
+    (tmp_path / "c" / ROWS).write_text(json.dumps({"train": 3, "heldout": 1}))
+    assert len(load_splits(tmp_path / "c")["train"]) == 3
+    (tmp_path / "c" / ROWS).write_text(json.dumps({"train": 2, "heldout": 1}))
+    with pytest.raises(ValueError, match="rows"):
+        load_splits(tmp_path / "c")

@@ -737,6 +737,39 @@ def test_a_checkpoint_manifest_lists_every_file_it_seals(tmp_path):
     (step / ckpt.MANIFEST).write_text(json.dumps({"step": 2, "files": ckpt.file_records(
         step, [step / ckpt.EXTRA, step / ckpt.TRAINER_STATE])}))
     assert ckpt.problem(step) is None
+    (step / ".DS_Store").write_bytes(b"x")  # a copy's hidden file is none of the checkpoint's
+    assert ckpt.problem(step) is None
+
+
+def test_the_settings_digest_is_the_model_not_where_things_are(tmp_path):
+    """A pretrained base or tokenizer moved to another disk (model.path), the sampler's settings, the device: not the
+    trained model, so they may change; the noise, the model's size, the seed may not."""
+    from dgft.runs import trained_settings_digest
+
+    run, _ = make_run(tmp_path, "full")
+    before = trained_settings_digest(run)
+    cfg = OmegaConf.load(run / "config.yaml")
+    cfg.model.path, cfg.sampler.steps, cfg.device, cfg.task.cache_dir = "/elsewhere", 7, "cpu", "/tmp/c"
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    assert trained_settings_digest(run) == before
+    for key, value in (("noise.kind", "mask"), ("model.hidden_size", 64), ("seed", 5)):
+        changed = OmegaConf.load(run / "config.yaml")
+        OmegaConf.update(changed, key, value)
+        (run / "config.yaml").write_text(OmegaConf.to_yaml(changed))
+        assert trained_settings_digest(run) != before, key
+        (run / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+
+
+def test_a_result_from_before_weights_were_recorded_is_replaced_by_a_rerun(tmp_path):
+    from dgft.evaluate import claim_output
+
+    (tmp_path / "eval").mkdir()
+    settings = {"data": "x.csv", "seed": 0, "limit": 0}
+    (tmp_path / "eval" / "x.json").write_text(json.dumps(settings))
+    claim_output(tmp_path / "eval", "x", {**settings, "weights_sha256": {"model.safetensors": "ab"}}, False)
+    (tmp_path / "eval" / "x.json").write_text(json.dumps({**settings, "weights_sha256": {"model.safetensors": "cd"}}))
+    with pytest.raises(Exception, match="weights_sha256"):  # other weights than the result measured
+        claim_output(tmp_path / "eval", "x", {**settings, "weights_sha256": {"model.safetensors": "ab"}}, False)
 
 
 def test_a_tokenizer_that_does_not_load_is_not_exported(tmp_path):

@@ -420,3 +420,38 @@ def test_auto_refuses_root_without_a_user_id_of_its_own(monkeypatch):
     monkeypatch.setattr(S.os, "geteuid", lambda: 0)
     v = run_program("print(1)")
     assert v.status == "error" and v.detail == S.ROOT_UNISOLATED and not v.completed
+
+
+@modes("full", "hook")
+def test_threads_still_start_under_the_seccomp_filter(box, mode):
+    """clone3 fails with ENOSYS (its flags are out of the filter's reach), so the C library starts threads by clone."""
+    v = box("import threading\nout = []\nt = threading.Thread(target=lambda: out.append(1))\nt.start()\nt.join()\n"
+            "print(out)")
+    assert v.status == "passed" and v.stdout == "[1]\n", v
+
+
+@modes("kernel")
+def test_clone_into_new_namespaces_is_refused(box, mode):
+    """A new user namespace would give the program every capability there (chroot again, climb out of the root)."""
+    import platform
+
+    from dgft.sandbox_child import CLONE_CALLS
+
+    if platform.machine() not in CLONE_CALLS:
+        pytest.skip(f"no seccomp list for {platform.machine()}")
+    clone = CLONE_CALLS[platform.machine()][0]
+    v = box("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+            f"print(libc.syscall({clone}, 0x10000000 | 17, 0, 0, 0, 0), ctypes.get_errno())")
+    assert v.status == "passed" and v.stdout.split() == ["-1", "1"], v
+
+
+def test_the_namespace_probe_and_an_up_front_refusal(monkeypatch):
+    """The probe runs the namespaces alone (no hook, no filter), so a kernel without seccomp still gets them; an
+    evaluation asks `cannot_isolate` before it samples, and gets ROOT_UNISOLATED where run_program would."""
+    import dgft.sandbox as S
+
+    monkeypatch.setattr(S, "namespaces_available", lambda: False)
+    monkeypatch.setattr(S, "readable_by_others", lambda paths: False)
+    monkeypatch.setattr(S.os, "geteuid", lambda: 0)
+    assert S.cannot_isolate("auto") == S.ROOT_UNISOLATED and S.cannot_isolate("process") is None
+    assert "kernel refuses the namespaces" in S.cannot_isolate("namespaces")

@@ -43,6 +43,7 @@ from dgft.cache import replace_file
 from dgft.evaluate import (claim_output, interrupted, made_by, output_name, provenance, provenance_line,
                            trained_model, trained_tokenizer)
 from dgft.sampling import sample
+from dgft.sandbox import cannot_isolate
 from dgft.tasks.infill import data as D
 from dgft.tasks.infill import humaneval as H
 from dgft.tasks.infill.task import InfillTask
@@ -60,6 +61,8 @@ def evaluate_run(cfg, run: Path, run_cfg, scfg, device) -> dict:
     data = Path(cfg.data) if cfg.data else run / "data" / "heldout.jsonl.gz"
     name = output_name(cfg, data.name.removesuffix(".gz").removesuffix(".jsonl"))
     examples, problems = read_examples(data)
+    if problems and (why := cannot_isolate(cfg.isolation)):  # before the sampling, which can take hours
+        raise H.SandboxError(f"isolation={cfg.isolation}: {why}")
     if cfg.limit:
         examples = examples[: cfg.limit]
     fit = task.fits(examples)

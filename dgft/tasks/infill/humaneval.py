@@ -221,4 +221,4 @@ def evaluate_samples(problems: dict[str, Problem], samples: list[Sample], ks=(1,
             "statuses": dict(Counter(r["status"] for r in results)),
             "missing": [t for t in problems if t not in n],
             "per_task": {t: {"n": n[t], "c": c[t]} for t in n}, "results": results,
-            "isolation": ", ".join(sorted({v.isolation for v in verdicts}))}
+            "isolation": ", ".join(sorted({v.isolation for v in verdicts} - {"not run"}))}

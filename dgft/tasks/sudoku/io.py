@@ -280,32 +280,34 @@ def read_puzzles(
     skipped: list[str] = []
     solving = check_solvable and solution_column is None  # each puzzle solved for its label
     bar = _solving_bar(name, min(len(lines), limit or len(lines))) if solving else None
-    for number, line in lines:
-        if limit is not None and len(records) >= limit:
-            break
+    try:
+        for number, line in lines:
+            if limit is not None and len(records) >= limit:
+                break
+            if bar is not None:
+                bar.update()
+            if _is_comment(line, delimiter, puzzle_column):
+                continue
+            where = f"{name}:{number}"
+            try:
+                fields = _fields(line, delimiter) if is_csv else [line]
+                if not any(fields):
+                    continue  # a row of empty fields: a blank line
+                if len(fields) <= puzzle_column:
+                    raise ValueError(f"row has {len(fields)} fields, the puzzle is in field {puzzle_column + 1}")
+                has_solution = solution_column is not None and solution_column < len(fields)
+                solution_text = fields[solution_column] if has_solution else None
+                puzzle, solution = check_record(fields[puzzle_column], solution_text, check_solvable)
+            except ValueError as error:
+                message = f"{where}: {error}"
+                if on_error == "raise":
+                    raise PuzzleFileError(message) from None
+                skipped.append(message)
+                continue
+            records.append(SudokuRecord(puzzle=puzzle, solution=solution, source=where))
+    finally:
         if bar is not None:
-            bar.update()
-        if _is_comment(line, delimiter, puzzle_column):
-            continue
-        where = f"{name}:{number}"
-        try:
-            fields = _fields(line, delimiter) if is_csv else [line]
-            if not any(fields):
-                continue  # a row of empty fields: a blank line
-            if len(fields) <= puzzle_column:
-                raise ValueError(f"row has {len(fields)} fields, the puzzle is in field {puzzle_column + 1}")
-            has_solution = solution_column is not None and solution_column < len(fields)
-            solution_text = fields[solution_column] if has_solution else None
-            puzzle, solution = check_record(fields[puzzle_column], solution_text, check_solvable)
-        except ValueError as error:
-            message = f"{where}: {error}"
-            if on_error == "raise":
-                raise PuzzleFileError(message) from None
-            skipped.append(message)
-            continue
-        records.append(SudokuRecord(puzzle=puzzle, solution=solution, source=where))
-    if bar is not None:
-        bar.close()
+            bar.close()
 
     if not records:
         first = f"; first: {skipped[0]}" if skipped else ""
