@@ -234,30 +234,36 @@ def flush():
             pass  # the program closed or replaced it: its business
 
 
-# System calls the program never gets (EPERM), by architecture: starting another program (execve, execveat: an
-# interpreter without the audit hook, a binary), memory the address-space limit does not count (memfd_create,
-# memfd_secret, SysV shared memory, message queues), sockets, reading or writing other processes (ptrace,
-# process_vm_*, pidfd_getfd), and mounts, namespaces, chroot, file handles, keys, bpf, perf events, userfaultfd and
-# io_uring (clone into new namespaces: install_seccomp).
-SECCOMP_DENIED = {
-    "x86_64": (0xC000003E, {59: "execve", 322: "execveat", 319: "memfd_create", 447: "memfd_secret", 29: "shmget",
-                            68: "msgget", 30: "shmat", 240: "mq_open", 41: "socket", 438: "pidfd_getfd",
-                            101: "ptrace", 310: "process_vm_readv", 311: "process_vm_writev", 272: "unshare",
-                            308: "setns", 165: "mount", 166: "umount2",
-                            155: "pivot_root", 161: "chroot", 428: "open_tree", 429: "move_mount", 430: "fsopen",
-                            432: "fsmount", 442: "mount_setattr", 304: "open_by_handle_at", 248: "add_key",
-                            249: "request_key", 250: "keyctl", 321: "bpf", 298: "perf_event_open",
-                            323: "userfaultfd", 425: "io_uring_setup"}),
-    "aarch64": (0xC00000B7, {221: "execve", 281: "execveat", 279: "memfd_create", 447: "memfd_secret", 194: "shmget",
-                             186: "msgget", 196: "shmat", 180: "mq_open", 198: "socket", 438: "pidfd_getfd",
-                             117: "ptrace", 270: "process_vm_readv", 271: "process_vm_writev", 97: "unshare",
-                             268: "setns", 40: "mount", 39: "umount2",
-                             41: "pivot_root", 51: "chroot", 428: "open_tree", 429: "move_mount", 430: "fsopen",
-                             432: "fsmount", 442: "mount_setattr", 265: "open_by_handle_at", 217: "add_key",
-                             218: "request_key", 219: "keyctl", 280: "bpf", 241: "perf_event_open",
-                             282: "userfaultfd", 425: "io_uring_setup"}),
-}
-CLONE_CALLS = {"x86_64": (56, 435), "aarch64": (220, 435)}  # clone, clone3
+# System calls the program never gets (EPERM): starting another program (execve, execveat: an interpreter without
+# the audit hook, a binary), memory the address-space limit does not count (memfd_create, memfd_secret, SysV shared
+# memory, message queues), sockets, reading or writing other processes (ptrace, process_vm_*, pidfd_getfd), and
+# mounts, namespaces, chroot, file handles, keys, bpf, perf events, userfaultfd and io_uring (clone into new
+# namespaces: install_seccomp).
+SECCOMP_DENIED = ("execve", "execveat", "memfd_create", "memfd_secret", "shmget", "shmat", "msgget", "mq_open",
+                  "socket", "ptrace", "process_vm_readv", "process_vm_writev", "pidfd_getfd", "unshare", "setns",
+                  "mount", "umount2", "pivot_root", "chroot", "open_tree", "move_mount", "fsopen", "fsmount",
+                  "mount_setattr", "open_by_handle_at", "add_key", "request_key", "keyctl", "bpf", "perf_event_open",
+                  "userfaultfd", "io_uring_setup")
+AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}  # the architectures with a table, and the filter's check
+SYSCALLS = {  # name: (x86-64 number, arm64 number)
+    "execve": (59, 221), "execveat": (322, 281), "memfd_create": (319, 279), "memfd_secret": (447, 447),
+    "shmget": (29, 194), "shmat": (30, 196), "msgget": (68, 186), "mq_open": (240, 180), "socket": (41, 198),
+    "ptrace": (101, 117), "process_vm_readv": (310, 270), "process_vm_writev": (311, 271), "pidfd_getfd": (438, 438),
+    "unshare": (272, 97), "setns": (308, 268), "mount": (165, 40), "umount2": (166, 39), "pivot_root": (155, 41),
+    "chroot": (161, 51), "open_tree": (428, 428), "move_mount": (429, 429), "fsopen": (430, 430),
+    "fsmount": (432, 432), "mount_setattr": (442, 442), "open_by_handle_at": (304, 265), "add_key": (248, 217),
+    "request_key": (249, 218), "keyctl": (250, 219), "bpf": (321, 280), "perf_event_open": (298, 241),
+    "userfaultfd": (323, 282), "io_uring_setup": (425, 425), "clone": (56, 220), "clone3": (435, 435)}
+
+
+def syscall_number(name, machine=None):
+    """`name`'s system-call number on this machine's architecture (platform.machine()); None without a table."""
+    import platform
+
+    machine = machine or platform.machine()
+    return SYSCALLS[name][list(AUDIT_ARCH).index(machine)] if machine in AUDIT_ARCH else None
+
+
 CLONE_NEW_ANY = 0x7E020000  # CLONE_NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET
 PR_SET_SECCOMP, SECCOMP_MODE_FILTER, EPERM, ENOSYS = 22, 2, 1, 38
 
@@ -271,13 +277,13 @@ def install_seccomp():
     import ctypes
     import platform
 
-    arch = SECCOMP_DENIED.get(platform.machine())
-    if arch is None:
+    audit_arch = AUDIT_ARCH.get(platform.machine())
+    if audit_arch is None:
         return False
-    audit_arch, denied = arch
+    denied = {syscall_number(name) for name in SECCOMP_DENIED}
     ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ/JGE/JSET|K, BPF_RET|K
     allow, refuse = 0x7FFF0000, 0x00050000 | EPERM  # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO | EPERM
-    clone, clone3 = CLONE_CALLS[platform.machine()]
+    clone, clone3 = syscall_number("clone"), syscall_number("clone3")
     checks = [(jge, 0x40000000)] if audit_arch == 0xC000003E else []  # x32 calls: never
     checks += [(jeq, nr) for nr in sorted(denied)]
     code = [(ld, 0, 0, 4), (jeq, 1, 0, audit_arch), (ret, 0, 0, refuse), (ld, 0, 0, 0),  # seccomp_data: nr, arch
