@@ -292,8 +292,8 @@ def require_weights(run_dir: Path, cfg, checkpoint: str | Path | None = None) ->
         except (KeyError, TypeError, ValueError):
             changed = "its record in train_summary.json is unreadable"
         if changed:
-            raise RunError(f"{weights}: {changed} since training saved it (train_summary.json's `weights`); these "
-                           "are not the weights the run trained")
+            raise RunError(f"{weights}: {changed} (train_summary.json's `weights` records them as training saved "
+                           "them); these are not the weights the run trained")
     trained = None if checkpoint else (summary(run_dir) or {}).get("settings_sha256")
     if isinstance(trained, str) and trained_settings_digest(run_dir) != trained:
         raise RunError(f"{Path(run_dir) / 'config.yaml'}: its training settings (task, model, noise, trainer, seed) "
@@ -414,8 +414,19 @@ def load_base(run_dir: str | Path, cfg, device="cpu"):
     quantized = cfg.model.get("quantize", "none") == "nf4"
     group = cfg.model.get("quant_group_size", 32)
     if cfg.model.name == "tiny":
-        base = one_expert_path(DiffusionGemmaForBlockDiffusion.from_pretrained(str(Path(run_dir) / "base"),
-                                                                               use_safetensors=True))
+        path = Path(run_dir) / "base"
+        if not (path / "config.json").is_file():
+            raise RunError(f"{path}: no base weights (config.json) for this LoRA run; the run wrote them when it "
+                           "started, so it is incomplete or was changed")
+        recorded = (summary(run_dir) or {}).get("base")
+        if isinstance(recorded, dict):
+            from dgft import checkpoint as ckpt
+
+            if changed := ckpt.mismatch(path, recorded):
+                raise RunError(f"{path}: {changed} (train_summary.json's `base` records it as training saved it); "
+                               "the adapter was trained on the base as it was")
+        with unreadable(path):
+            base = one_expert_path(DiffusionGemmaForBlockDiffusion.from_pretrained(str(path), use_safetensors=True))
         return quantize_tiny_(base, device, group) if quantized else base
     if quantized:
         return load_quantized(cfg.model.path, device, group)

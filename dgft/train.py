@@ -161,7 +161,8 @@ def _train(cfg, run_dir: Path, overrides: Sequence[str]) -> Path | None:
 
         raise ConfigError(f"noise.kind=mask: the task's tokenizer ({cfg.task.get('tokenizer') or 'built by the task'}) "
                           "has no mask token for absorbing noise to write; use noise=uniform or a tokenizer with one")
-    tokenizer.save_pretrained(str(run_dir / "tokenizer"))
+    _save_or_match(run_dir / "tokenizer", lambda d: tokenizer.save_pretrained(str(d)), "tokenizer",
+                   resumed=resume_from is not None)
 
     dtype = torch_dtype(cfg.model.dtype, device)
     model = load_base(cfg, device)  # pretrained weights first: a missing checkpoint fails in seconds
@@ -169,8 +170,8 @@ def _train(cfg, run_dir: Path, overrides: Sequence[str]) -> Path | None:
         check_vocabulary(task, cfg, unwrap(model).config.get_text_config().vocab_size)
 
     splits = task.build_splits(cfg.seed, log=say)
-    (run_dir / "data").mkdir(exist_ok=True)
-    task.write_heldout(splits["heldout"], run_dir / "data")
+    _save_or_match(run_dir / "data", lambda d: task.write_heldout(splits["heldout"], d), "held-out split",
+                   resumed=resume_from is not None)
     batches = task.train_batches(splits["train"], cfg.trainer.batch_size, cfg.seed)
     eval_batch = task.eval_batches(splits["heldout"], cfg.trainer.eval_puzzles)
     checked = sum(len(b["target"]) for b in eval_batch) if cfg.trainer.eval_every else None
@@ -321,6 +322,8 @@ def _train(cfg, run_dir: Path, overrides: Sequence[str]) -> Path | None:
                "session_seconds": round(time.time() - t0, 1), "final_loss": loss,
                "stopped_by": (stop["signal"] or "time_limit") if early else None,
                "weights": ckpt.file_records(out, ckpt.model_files(out)),  # both checked when the weights load
+               **({"base": ckpt.file_records(run_dir / "base", ckpt.model_files(run_dir / "base"))}
+                  if (run_dir / "base").is_dir() else {}),  # a tiny LoRA run's base, checked when it loads
                "settings_sha256": runs.trained_settings_digest(run_dir)}
     if isinstance(getattr(batches, "counts", None), dict):  # infill: spans drawn, and those redrawn (all sessions)
         summary["data_counts"] = dict(batches.counts)
@@ -479,6 +482,44 @@ def _link_latest(run_dir: Path) -> None:
             link.symlink_to(run_dir.name, target_is_directory=True)
     except OSError:
         pass
+
+
+def _save_or_match(target: Path, write, what: str, resumed: bool) -> None:
+    """`write(target)` for a new run. A resume writes into a temporary folder instead and refuses (ConfigError) when
+    what it made differs from the run's own: its data (an infill corpus, task.sources) changed since it started,
+    and its weights would be paired with another tokenizer, or its held-out split change mid-run. Compared as
+    content: a tokenizer by its vocabulary, a gzip file decompressed (its header holds a time)."""
+    import gzip
+    import tempfile
+
+    if not resumed or not target.is_dir():
+        target.mkdir(exist_ok=True)
+        write(target)
+        return
+    made = Path(tempfile.mkdtemp(prefix=".resume-check-", dir=target.parent))
+    try:
+        write(made)
+        for path in sorted(made.iterdir()):
+            kept = target / path.name
+            if not kept.is_file():
+                shutil.copy2(path, kept)  # a file an older run lacks: added
+                continue
+            if path.name == "tokenizer.json":
+                from tokenizers import Tokenizer
+
+                same = Tokenizer.from_file(str(path)).get_vocab() == Tokenizer.from_file(str(kept)).get_vocab()
+            elif path.suffix == ".gz":
+                same = gzip.decompress(path.read_bytes()) == gzip.decompress(kept.read_bytes())
+            else:
+                same = path.suffix == ".json" or path.read_bytes() == kept.read_bytes()  # configs: by the vocabulary
+            if not same:
+                from dgft.config import ConfigError
+
+                raise ConfigError(f"resume: the {what} made now differs from the run's own ({kept}): the data it "
+                                  "comes from (task.sources, or dgft's generator) changed since the run started; "
+                                  "resume with the data as they were, or train a new run")
+    finally:
+        shutil.rmtree(made, ignore_errors=True)
 
 
 def _last_session(run_dir: Path) -> dict:

@@ -800,3 +800,29 @@ def test_a_checkpoint_of_another_run_is_refused(tmp_path):
     other.mkdir(parents=True)
     with pytest.raises(RunError, match="is not one of .*'s checkpoints .*from the run that saved it"):
         checkpoint_dir(run, str(other))
+
+
+def test_a_lora_runs_base_is_checked_and_named(tmp_path):
+    """The adapter was trained on RUN/base as it was: a base changed since (train_summary.json's `base`) or missing
+    is refused, naming it, not loaded (eval's traceback before)."""
+    from safetensors.torch import load_file, save_file
+
+    run, _ = make_run(tmp_path, "lora")
+    summary = json.loads((run / "train_summary.json").read_text())
+    from dgft.checkpoint import file_records, model_files
+
+    summary["base"] = file_records(run / "base", model_files(run / "base"))
+    (run / "train_summary.json").write_text(json.dumps(summary))
+    load_model(run)
+    f = run / "base" / "model.safetensors"
+    tensors = load_file(str(f))
+    name = next(k for k, v in tensors.items() if v.is_floating_point())
+    tensors[name] = tensors[name] + 0.01  # the same size
+    save_file(tensors, str(f), metadata={"format": "pt"})
+    with pytest.raises(RunError, match=r"base: model.safetensors changed since it was recorded .* the adapter was"):
+        load_model(run)
+    import shutil
+
+    shutil.rmtree(run / "base")
+    with pytest.raises(RunError, match=r"base: no base weights \(config.json\) for this LoRA run"):
+        load_model(run)

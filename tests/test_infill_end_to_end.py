@@ -149,3 +149,52 @@ def test_infill_eval_errors_name_the_option(tmp_path, capsys):
     with pytest.raises(SystemExit) as err:
         main(["eval", str(run), f"data={bad}"])
     assert err.value.code == 2 and "bad.jsonl:2" in capsys.readouterr().err
+
+
+def test_a_resume_after_the_corpus_changed_is_refused(tmp_path, capsys):
+    """The tokenizer (a BPE trained on the corpus) and the held-out split come from task.sources: made again from an
+    edited corpus on resume, they would pair the weights with other token ids and change the held-out split
+    mid-run. Refused, naming the run's file; the run keeps its own."""
+    run = tmp_path / "run"
+    _train(tmp_path, run, "trainer.max_steps=2")
+    tokenizer = (run / "tokenizer" / "tokenizer.json").read_bytes()
+    corpus = tmp_path / "corpus"
+    for i in range(8):
+        (corpus / f"mod{i}.py").write_text(source(i).replace("return", "yield") + f"\n\ndef extra{i}(q):\n"
+                                                                                   f"    return q * {i}\n")
+    with pytest.raises(SystemExit) as err:
+        _train(tmp_path, run, "trainer.max_steps=4", f"resume={run}")
+    assert err.value.code == 2
+    assert "resume: the tokenizer made now differs from the run's own" in capsys.readouterr().err
+    assert (run / "tokenizer" / "tokenizer.json").read_bytes() == tokenizer
+    assert not list(run.glob(".resume-check-*"))
+
+
+def test_held_out_rows_with_an_empty_middle_or_an_unknown_kind_are_named(tmp_path):
+    from dgft.tasks.infill.evaluate import read_examples
+    from dgft.tasks.infill.humaneval import InfillFileError
+
+    row = {"kind": "line", "prefix": "def f():\n", "middle": "    return 1\n", "suffix": ""}
+    for bad, message in (({"middle": ""}, "an empty middle"), ({"kind": "Line"}, "kind 'Line': expected one of")):
+        path = tmp_path / "rows.jsonl"
+        path.write_text(json.dumps(row) + "\n" + json.dumps({**row, **bad}) + "\n")
+        with pytest.raises(InfillFileError, match=rf"rows.jsonl:2: {message}"):
+            read_examples(path)
+
+
+def test_corpus_files_that_are_not_regular_files_are_never_read(tmp_path):
+    """A FIFO would block the reader; /dev/zero behind a .py link would fill memory; a file over max_file_bytes is
+    skipped by its size, unread. Each is counted."""
+    import os
+
+    from dgft.tasks.infill.corpus import read_sources
+
+    corpus = tmp_path / "c"
+    corpus.mkdir()
+    (corpus / "good.py").write_text(source(1))
+    os.mkfifo(corpus / "pipe.py")
+    (corpus / "zero.py").symlink_to("/dev/zero")
+    (corpus / "big.py").write_text(source(2) * 200)
+    files, report = read_sources([str(corpus)], max_file_bytes=2000)
+    assert [f.path.rsplit("/", 1)[-1] for f in files] == ["good.py"]
+    assert report.skipped == {"not a regular file": 2, "too large": 1}

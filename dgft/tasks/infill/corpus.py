@@ -41,6 +41,7 @@ import hashlib
 import io
 import os
 import re
+import stat
 import sysconfig
 import tokenize
 import warnings
@@ -173,7 +174,7 @@ def read_sources(sources, max_file_bytes: int = 256_000, text_column: str | None
         if source != "stdlib" and is_dataset_dir(path):
             raw = _dataset_rows(path, text_column, unit_column)
         else:
-            raw = [_file_row(p, root) for p, root in find_files(str(source))]
+            raw = (_file_row(p, root, max_file_bytes) for p, root in find_files(str(source)))
         for where, module, unit, text in raw:
             report.found += 1
             if module is None:
@@ -201,13 +202,25 @@ def read_sources(sources, max_file_bytes: int = 256_000, text_column: str | None
     return files, report
 
 
-def _file_row(path: Path, root: Path) -> tuple[str, str | None, None, bytes | None]:
+def _file_row(path: Path, root: Path, max_file_bytes: int) -> tuple[str, str | None, None, bytes | None]:
     """(where, module, unit, content) of one file; a file name that is not UTF-8 (shown with its odd bytes escaped)
     cannot name a module: module None, not read."""
     where = os.fsencode(path).decode("utf-8", "backslashreplace")
     if where != str(path):
         return where, None, None, None
+    try:
+        info = path.stat()
+    except OSError as err:
+        raise CorpusError(f"{path}: cannot read ({err.strerror or err})") from None
+    if not stat.S_ISREG(info.st_mode):  # a FIFO would block, /dev/zero behind a link would fill memory
+        return where, module_name(path, root), None, _Skipped("not a regular file")
+    if info.st_size > max_file_bytes:  # not read at all
+        return where, module_name(path, root), None, _Skipped("too large")
     return where, module_name(path, root), None, _read_text(path)
+
+
+class _Skipped(str):
+    """A file's reason to be skipped, found before reading it (its content is never read)."""
 
 
 def _read_text(path: Path) -> bytes | str:
@@ -219,6 +232,8 @@ def _read_text(path: Path) -> bytes | str:
 
 def _check(data: bytes | str, max_file_bytes: int) -> tuple[str | None, str]:
     """(reason to skip or None, decoded text with "\\n" newlines)."""
+    if isinstance(data, _Skipped):
+        return str(data), ""
     if len(data) > max_file_bytes:
         return "too large", ""
     if isinstance(data, bytes):

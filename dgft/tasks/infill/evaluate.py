@@ -44,6 +44,7 @@ from dgft.evaluate import (claim_output, interrupted, made_by, output_name, prov
                            trained_model, trained_tokenizer)
 from dgft.sampling import sample
 from dgft.sandbox import cannot_isolate
+from dgft.tasks.infill import corpus as C
 from dgft.tasks.infill import data as D
 from dgft.tasks.infill import humaneval as H
 from dgft.tasks.infill.task import InfillTask
@@ -146,6 +147,12 @@ def read_examples(path: Path) -> tuple[list[dict], dict | None]:
         return [{**e, "id": e["path"]} for e in D.humaneval_examples(problems, kind)], problems
     by_kind: dict[str, list] = {}
     for where, row in H._records(path, ROW_KEYS):
+        if not isinstance(row["middle"], str) or not row["middle"].strip():
+            raise H.InfillFileError(f"{where}: an empty middle: nothing to infill, and writing nothing would score as "
+                                    "an exact match")
+        if row["kind"] not in C.KINDS:
+            raise H.InfillFileError(f"{where}: kind {row['kind']!r}: expected one of {', '.join(C.KINDS)} (results are "
+                                    "broken down by it)")
         row["id"] = f"{row.get('path', where)}::{row.get('function', '')}"
         by_kind.setdefault(row["kind"], []).append(row)
     turns = max(map(len, by_kind.values()))
