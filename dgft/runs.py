@@ -283,17 +283,8 @@ def require_weights(run_dir: Path, cfg, checkpoint: str | Path | None = None) ->
         weights = src or Path(run_dir) / "adapter"
         if not (weights / "adapter_config.json").exists():
             raise RunError(f"{weights}: no LoRA adapter (adapter_config.json); did training finish?")
-    recorded = None if checkpoint else (summary(run_dir) or {}).get("weights")  # since session 35
-    if isinstance(recorded, dict):
-        from dgft import checkpoint as ckpt
-
-        try:
-            changed = ckpt.mismatch(weights, recorded)
-        except (KeyError, TypeError, ValueError):
-            changed = "its record in train_summary.json is unreadable"
-        if changed:
-            raise RunError(f"{weights}: {changed} (train_summary.json's `weights` records them as training saved "
-                           "them); these are not the weights the run trained")
+    if not checkpoint:
+        _as_sealed(weights, run_dir, "weights", "these are not the weights the run trained")
     trained = None if checkpoint else (summary(run_dir) or {}).get("settings_sha256")
     if isinstance(trained, str) and trained_settings_digest(run_dir) != trained:
         raise RunError(f"{Path(run_dir) / 'config.yaml'}: its training settings (task, model, noise, trainer, seed) "
@@ -302,6 +293,24 @@ def require_weights(run_dir: Path, cfg, checkpoint: str | Path | None = None) ->
                        "one trained. Put them back (the sampler's settings and paths such as model.path may change: "
                        "runs.NOT_THE_MODEL)")
     return weights
+
+
+def _as_sealed(path: Path, run_dir, key: str, consequence: str) -> None:
+    """`path`'s files as train_summary.json's record `key` lists them (sizes, sha256: the final weights, a tiny LoRA
+    run's base), else a RunError naming the first difference and `consequence`; nothing to check without the record
+    (a run from before session 35)."""
+    recorded = (summary(run_dir) or {}).get(key)
+    if not isinstance(recorded, dict):
+        return
+    from dgft import checkpoint as ckpt
+
+    try:
+        changed = ckpt.mismatch(path, recorded)
+    except (KeyError, TypeError, ValueError):
+        changed = "its record in train_summary.json is unreadable"
+    if changed:
+        raise RunError(f"{path}: {changed} (train_summary.json's `{key}` records it as training saved it); "
+                       f"{consequence}")
 
 
 # config.yaml's keys left out of its digest: the sampler's (an export carries them, and they may be edited), where
@@ -418,13 +427,7 @@ def load_base(run_dir: str | Path, cfg, device="cpu"):
         if not (path / "config.json").is_file():
             raise RunError(f"{path}: no base weights (config.json) for this LoRA run; the run wrote them when it "
                            "started, so it is incomplete or was changed")
-        recorded = (summary(run_dir) or {}).get("base")
-        if isinstance(recorded, dict):
-            from dgft import checkpoint as ckpt
-
-            if changed := ckpt.mismatch(path, recorded):
-                raise RunError(f"{path}: {changed} (train_summary.json's `base` records it as training saved it); "
-                               "the adapter was trained on the base as it was")
+        _as_sealed(path, run_dir, "base", "the adapter was trained on the base as it was")
         with unreadable(path):
             base = one_expert_path(DiffusionGemmaForBlockDiffusion.from_pretrained(str(path), use_safetensors=True))
         return quantize_tiny_(base, device, group) if quantized else base
