@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dgft.runs import stopped_early
+from dgft.runs import final_weights_dir, stopped_early
 
 EVALUATIONS = "## The run's evaluations"
 TABLE_HEAD = ("| data | n | by mode | untrained baseline, rules | record |", "|---|---|---|---|---|")
@@ -86,8 +86,7 @@ def _evaluations(run_dir: Path, checkpoint: Path | None) -> list[str]:
             continue  # another model's weights
         if "weights_sha256" in result:
             if now is None:
-                now = weight_hashes(checkpoint or next((run_dir / d for d in ("model", "adapter")
-                                                        if (run_dir / d).is_dir()), run_dir / "model"))
+                now = weight_hashes(checkpoint or final_weights_dir(run_dir) or run_dir / "model")
             if result["weights_sha256"] != now:
                 continue  # the weights it measured were replaced since (a resumed run's)
         rows.append(_row(result, f"eval/{path.name}"))

@@ -22,8 +22,8 @@ from omegaconf import OmegaConf
 
 from dgft.config import NOISE_KINDS, ConfigError, EvalRecipe, SamplerConfig, check_sampler, refuse_empty, refuse_unknown
 from dgft.export import check_export, is_export, load_export, read_settings
-from dgft.runs import (RunError, checkpoint_dir, load_model, load_tokenizer, note_stopped_early, real_run_dir,
-                       require_weights, stopped_early)
+from dgft.runs import (RunError, checkpoint_dir, final_weights_dir, load_model, load_tokenizer, note_stopped_early,
+                       real_run_dir, require_weights, stopped_early)
 from dgft.tasks import get_task
 from dgft.train import pick_device
 
@@ -188,8 +188,7 @@ def provenance(cfg, run: Path) -> dict:
     if is_export(run):
         weights = {"export": check_export(run)}
     else:
-        src = checkpoint_dir(run, cfg.checkpoint) if cfg.checkpoint else next(
-            (run / d for d in ("model", "adapter") if (run / d).is_dir()), None)
+        src = checkpoint_dir(run, cfg.checkpoint) if cfg.checkpoint else final_weights_dir(run)
         weights = {"weights_sha256": weight_hashes(src)} if src is not None else {}
     return {"checkpoint": str(cfg.checkpoint) if cfg.checkpoint else None, **weights, "seed": int(cfg.seed),
             "limit": int(cfg.limit)}

@@ -161,6 +161,12 @@ def run_dir_for(name: str, resume) -> str:
     return str(runs[-1])
 
 
+def final_weights_dir(run: Path) -> Path | None:
+    """The run's final weights as training saved them, RUN/model (full) or RUN/adapter (LoRA); None when neither is
+    there."""
+    return next((Path(run) / d for d in ("model", "adapter") if (Path(run) / d).is_dir()), None)
+
+
 def summary(run: Path) -> dict | None:
     """RUN/train_summary.json, written when a training session ends (after the final weights); None when there is
     none (still training, killed, or a resume that has not ended) or it cannot be read."""
@@ -188,7 +194,7 @@ def stopped_early(run: Path, cfg) -> str | None:
     step or the final save changes nothing) or to its time limit, or it has neither weights nor summary, which
     `require_weights` deals with."""
     ended = summary(run)
-    if ended is None and any((Path(run) / d).is_dir() for d in ("model", "adapter")):
+    if ended is None and final_weights_dir(run) is not None:
         return ("its final weights have no readable train_summary.json beside them (written after them), so whether "
                 "its training ran to the end of its schedule is unknown")
     if ended is None or ended.get("stopped_by") in (None, "time_limit"):  # as _ended_by_itself, from one read
@@ -283,9 +289,10 @@ def require_weights(run_dir: Path, cfg, checkpoint: str | Path | None = None) ->
         weights = src or Path(run_dir) / "adapter"
         if not (weights / "adapter_config.json").exists():
             raise RunError(f"{weights}: no LoRA adapter (adapter_config.json); did training finish?")
+    ended = {} if checkpoint else summary(run_dir) or {}
     if not checkpoint:
-        _as_sealed(weights, run_dir, "weights", "these are not the weights the run trained")
-    trained = None if checkpoint else (summary(run_dir) or {}).get("settings_sha256")
+        _as_sealed(weights, ended.get("weights"), "weights", "these are not the weights the run trained")
+    trained = ended.get("settings_sha256")
     if isinstance(trained, str) and trained_settings_digest(run_dir) != trained:
         raise RunError(f"{Path(run_dir) / 'config.yaml'}: its training settings (task, model, noise, trainer, seed) "
                        "changed since training ended (train_summary.json records their sha256); eval and export read "
@@ -295,11 +302,10 @@ def require_weights(run_dir: Path, cfg, checkpoint: str | Path | None = None) ->
     return weights
 
 
-def _as_sealed(path: Path, run_dir, key: str, consequence: str) -> None:
-    """`path`'s files as train_summary.json's record `key` lists them (sizes, sha256: the final weights, a tiny LoRA
-    run's base), else a RunError naming the first difference and `consequence`; nothing to check without the record
-    (a run from before session 35)."""
-    recorded = (summary(run_dir) or {}).get(key)
+def _as_sealed(path: Path, recorded, key: str, consequence: str) -> None:
+    """`path`'s files as `recorded`, train_summary.json's record `key`, lists them (sizes, sha256: the final weights,
+    a tiny LoRA run's base), else a RunError naming the first difference and `consequence`; nothing to check without
+    the record (a run from before session 35)."""
     if not isinstance(recorded, dict):
         return
     from dgft import checkpoint as ckpt
@@ -427,7 +433,7 @@ def load_base(run_dir: str | Path, cfg, device="cpu"):
         if not (path / "config.json").is_file():
             raise RunError(f"{path}: no base weights (config.json) for this LoRA run; the run wrote them when it "
                            "started, so it is incomplete or was changed")
-        _as_sealed(path, run_dir, "base", "the adapter was trained on the base as it was")
+        _as_sealed(path, (summary(run_dir) or {}).get("base"), "base", "the adapter was trained on the base as it was")
         with unreadable(path):
             base = one_expert_path(DiffusionGemmaForBlockDiffusion.from_pretrained(str(path), use_safetensors=True))
         return quantize_tiny_(base, device, group) if quantized else base
