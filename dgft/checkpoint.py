@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 import warnings
 from pathlib import Path
 
@@ -29,12 +30,26 @@ class CheckpointError(RuntimeError):
     """A checkpoint could not be written; the previous one is intact."""
 
 
+_HASHED: dict[tuple, str] = {}  # (device, inode, size, mtime_ns, ctime_ns) -> sha256, for this process
+SETTLED_NS = 2_000_000_000  # a file changed more recently than this is always read: its times may not show a change
+
+
 def sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
+    """Hex sha256 of a file, read in 1 MiB chunks. A file this process has hashed, unchanged since (same inode,
+    size, modification and change times), is not read again: an eval or export checks the same weights against
+    train_summary.json, the manifest and its own record (gigabytes for a full fine-tune of a large model). A file's
+    times tick coarsely (milliseconds), so one written less than SETTLED_NS ago is not remembered (git's "racily
+    clean" files): a change in the same tick would look like none."""
+    info = os.stat(path)
+    key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+    if key in _HASHED:
+        return _HASHED[key]
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
+    if time.time_ns() - max(info.st_mtime_ns, info.st_ctime_ns) > SETTLED_NS:
+        _HASHED[key] = h.hexdigest()
     return h.hexdigest()
 
 
@@ -221,9 +236,16 @@ def latest_valid(run_dir: Path) -> Path | None:
 
 
 def prune(root: Path, keep_last: int) -> None:
-    """Delete all but the newest `keep_last` valid checkpoints (never the newest valid one)."""
-    valid = [c for c in sorted(root.glob("step-*"), key=lambda c: by_step(c.name)) if is_valid(c, verify_hashes=False)]
-    for old in valid[: max(len(valid) - max(keep_last, 1), 0)]:
+    """Delete all but the newest `keep_last` valid checkpoints (never the newest valid one), and the invalid ones
+    older than the oldest kept (torn or damaged: a resume skipped them, said so, and trained past them), each said."""
+    found = sorted(root.glob("step-*"), key=lambda c: by_step(c.name))
+    valid = [c for c in found if is_valid(c, verify_hashes=False)]
+    kept = valid[max(len(valid) - max(keep_last, 1), 0):]
+    for old in valid[: len(valid) - len(kept)]:
+        shutil.rmtree(old, ignore_errors=True)
+    for old in (c for c in found if kept and c not in valid and by_step(c.name) < by_step(kept[0].name)):
+        warnings.warn(f"{old}: {problem(old, verify_hashes=False)}; removed, as checkpoints before the kept "
+                      f"{kept[0].name} are", stacklevel=2)
         shutil.rmtree(old, ignore_errors=True)
 
 

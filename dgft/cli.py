@@ -126,10 +126,13 @@ def main(argv: list[str] | None = None) -> None:
     from dgft.config import ConfigError
     from dgft.runs import RunError, RunInUse
 
+    started = []  # set when Hydra has composed the config and calls the command: errors after it are not its
+
     @hydra.main(config_path=str(recipes_dir()), config_name=command, version_base="1.3")
     def _run(cfg) -> None:
         from hydra.core.hydra_config import HydraConfig
 
+        started.append(True)
         try:
             if command == "train":
                 from dgft.train import train
@@ -168,9 +171,55 @@ def main(argv: list[str] | None = None) -> None:
         _run_comes_first(command, rest)
     sys.argv = [f"dgft {command}"] + rest
     if command == "train" and {"-h", "--help"} & set(rest):
-        _help_without_schemas(_run)
+        _composed(lambda: _help_without_schemas(_run), command, started)
         return
-    _run()
+    _composed(_run, command, started)
+
+
+def _composed(run_hydra, command: str, started: list) -> None:
+    """Run the Hydra app with the errors of composing its config (a recipe file that is not valid YAML, a config or
+    key that does not exist, an override of the wrong type) said as dgft's other refusals are: one message on stderr,
+    naming the file, line or key as Hydra, OmegaConf or the YAML parser does, and exit status 2. Hydra itself prints a
+    traceback for some of them (the YAML parser's) and exits 1. An error from the command itself, after composition,
+    is left alone (the command catches the ones it knows; any other is a bug, with its traceback).
+    HYDRA_FULL_ERROR=1 in the environment keeps Hydra's own reports."""
+    import hydra.errors
+    import omegaconf.errors
+    import yaml
+
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        run_hydra()
+        return
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises, instead of printing and exiting
+    try:
+        run_hydra()
+    except (hydra.errors.HydraException, omegaconf.errors.OmegaConfBaseException, yaml.YAMLError) as err:
+        if started:
+            raise
+        _exit(f"dgft {command}: error: {_composition_message(err)}")
+    finally:
+        os.environ.pop("HYDRA_FULL_ERROR", None)
+
+
+def _composition_message(err: Exception) -> str:
+    """What went wrong composing the config, in Hydra's, OmegaConf's or the YAML parser's words, with a hint for the
+    usual slip: a recipe file without `# @package _global_` sets keys under `recipe.` that the schema lacks."""
+    import yaml
+
+    if isinstance(err, yaml.YAMLError):
+        return f"a config file is not valid YAML: {err}"
+    message = str(err).strip()
+    if getattr(err, "override", None) and err.override not in message:  # Hydra's grammar errors do not name it
+        message = f"override {err.override}: {message}"
+    cause = err.__cause__
+    if cause is not None and str(cause).strip() and str(cause).strip() not in message:
+        message += f"\n{str(cause).strip()}"
+    match = re.search(r"In '(recipe/[^']+)'", message)
+    if match and re.search(r"Key 'recipe' not in", message):
+        message += (f"\n(hint: {match.group(1)}.yaml sets its keys under `recipe.`; a recipe file starts with the "
+                    "line `# @package _global_`, as the recipes in recipes/recipe/ do, so that they are the "
+                    "config's own keys)")
+    return message
 
 
 def _help_without_schemas(run_hydra) -> None:

@@ -467,6 +467,46 @@ def check_finite(node, prefix: str = "") -> None:
             raise ConfigError(f"{path}={value}: must be a finite number")
 
 
+# Settings read only when another has one of some values: (key, the other, its values that read it). Given a value
+# of its own while the other has none of them, a setting changes nothing, which is said (`unread_settings`).
+_ARCHITECTURE = ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim", "intermediate_size",
+                 "num_experts", "top_k_experts", "moe_intermediate_size", "structured_init", "structured_attention")
+READ_ONLY_WITH = (("sampler.entropy_bound", "sampler.acceptance", ("entropy",)),
+                  ("sampler.confidence", "sampler.acceptance", ("confidence",)),
+                  ("trainer.muon_lr", "trainer.optimizer", ("muon",)),
+                  ("model.quant_group_size", "model.quantize", ("nf4",)),
+                  ("model.lora", "model.finetune", ("lora",)),
+                  *((f"model.{k}", "model.name", ("tiny",)) for k in _ARCHITECTURE))  # a pretrained model's own
+
+
+def unread_settings(cfg, given) -> list[str]:
+    """A sentence for each setting `given(key)` says was set (a train config: away from the schema's default; an
+    eval: on its command line) that nothing reads with `cfg`'s other settings (`sampler.entropy_bound` with
+    `sampler.acceptance=fixed`, LoRA's settings with full fine-tuning, a pretrained model's sizes): not an error, since
+    switching the other setting back reads it, but a user who set it would expect it to act."""
+    said = []
+    for key, other, reading in READ_ONLY_WITH:
+        value = OmegaConf.select(cfg, other, default=None)
+        if value is not None and value not in reading and given(key):
+            said.append(f"{key} is read only with {other}={' or '.join(reading)} (this config has {other}={value}); "
+                        "its value changes nothing here")
+    return said
+
+
+def unread_in_training(cfg) -> list[str]:
+    """`unread_settings` of a composed train config, a setting counting as set when its value is not the schema's
+    default (structured_init and structured_attention, which a pretrained model's recipe turns off: when on)."""
+    schema = OmegaConf.structured(TrainRecipe(task=TASK_SCHEMAS[cfg.task.name]()))
+
+    def given(key: str) -> bool:
+        value = OmegaConf.select(cfg, key, default=None)
+        if key.endswith(("structured_init", "structured_attention")):
+            return bool(value)
+        return value != OmegaConf.select(schema, key, default=None)
+
+    return unread_settings(cfg, given)
+
+
 def refuse_unknown(cfg, schema) -> None:
     """Keys a composed config has that its schema (a structured config) does not: added with `+key=value`, or by a
     recipe file. Nothing would read them, so a typo there would go unseen: a ConfigError naming them, and the nearest

@@ -15,15 +15,17 @@ Example: `dgft eval outputs/sudoku/2026-11-27_15-00-00 data=../shared/benchmarks
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from dgft.config import NOISE_KINDS, ConfigError, EvalRecipe, SamplerConfig, check_sampler, refuse_empty, refuse_unknown
+from dgft.config import (NOISE_KINDS, ConfigError, EvalRecipe, SamplerConfig, check_sampler, refuse_empty, refuse_unknown,
+                         unread_settings)
 from dgft.export import check_export, is_export, load_export, read_settings
 from dgft.runs import (RunError, checkpoint_dir, final_weights_dir, load_model, load_tokenizer, note_stopped_early,
-                       real_run_dir, require_weights, stopped_early)
+                       real_run_dir, require_heldout, require_weights, stopped_early)
 from dgft.tasks import get_task
 from dgft.train import pick_device
 
@@ -39,6 +41,9 @@ def evaluate(cfg) -> dict:
         cfg.baseline = not export and run_cfg.task.name == "sudoku"
     scfg = eval_sampler(cfg, run_cfg)
     check_options(cfg, run_cfg, scfg)
+    given = lambda key: OmegaConf.select(cfg, key) is not None  # noqa: E731 - on this command line
+    for line in unread_settings(OmegaConf.create({"sampler": scfg}), given):
+        print(f"note: {line}", file=sys.stderr)
     if export:
         check_export_options(cfg, run_cfg, run)
     elif cfg.checkpoint:  # found and its manifest checked once, before any model loads, as export does
@@ -93,6 +98,12 @@ def eval_sampler(cfg, run_cfg):
     return OmegaConf.merge(run_cfg.sampler, overrides)
 
 
+def data_file(cfg, run: Path, split: str) -> Path:
+    """The file an evaluation reads: `data=`, else the run's held-out split RUN/data/<split>, as training wrote it
+    (`runs.require_heldout`)."""
+    return Path(cfg.data) if cfg.data else require_heldout(run, run / "data" / split)
+
+
 def output_name(cfg, default: str) -> str:
     """RUN/eval/<name>.*: `name=`, else the data file's name, with the checkpoint's (`heldout_step-000500`), so
     that evaluating a checkpoint never overwrites the run's final model's results."""
@@ -137,6 +148,14 @@ def claim_output(out_dir: Path, name: str, settings: dict, overwrite: bool) -> N
     if diff:
         raise ConfigError(f"{old} holds an evaluation with other settings ({'; '.join(diff[:4])}"
                           f"{'; ...' if len(diff) > 4 else ''}): name=OTHER keeps both, overwrite=true replaces it")
+
+
+def replacing_result(out_dir: Path, name: str) -> None:
+    """Before an evaluation writes its files: the result it replaces loses its .json and .md first, so an evaluation
+    killed while writing leaves new files without a .json (unfinished, as it is), never beside the old .json that
+    would name them as its own."""
+    for suffix in (".json", ".md"):
+        (out_dir / f"{name}{suffix}").unlink(missing_ok=True)
 
 
 def provenance_line(result: dict) -> str:

@@ -81,6 +81,9 @@ def export(cfg) -> Path:
     source = source_hashes(run_dir, rcfg, checkpoint)
     if rcfg.model.get("quantize", "none") == "nf4":  # which model the export is, so another choice exports again
         source["merge_into"] = cfg.merge_into
+    elif cfg.merge_into != ExportRecipe.merge_into:
+        print(f"note: merge_into={cfg.merge_into} is read only for a 4-bit run (model.quantize=nf4); {run_dir} is "
+              f"not one, so it changes nothing here", file=sys.stderr)
     device = pick_device(cfg.device)  # a bad device= is refused even when the export is up to date
     _remove_stale(out)
     if _recorded(out, "source") == source:

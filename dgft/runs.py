@@ -31,6 +31,11 @@ class RunInUse(RunError):
 
 RESUMING = ".resuming"  # while a resumed run trains: its model/ (adapter/) is of before the resume
 RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoints", "model", "adapter", "train_summary.json")
+# what a run's own paths are, files or folders: one of the other kind where training writes is refused up front
+# (`refuse_misplaced`), not met as a traceback on resume
+RUN_KINDS = {**dict.fromkeys(("config.yaml", "metrics.jsonl", "train_summary.json", "run.json", "train.log",
+                              "loss.png"), "file"),
+             **dict.fromkeys(("checkpoints", "model", "adapter", "base", "tokenizer", "data", "tb"), "folder")}
 
 
 def environment(device=None) -> dict:
@@ -85,6 +90,16 @@ def refuse_used(run_dir: Path, key: str = "hydra.run.dir") -> None:
     if held:
         raise RunInUse(f"{run_dir} already holds a run ({', '.join(held)}); continue it with `dgft train "
                        f"resume={run_dir}`, or give the new run another {key}")
+
+
+def refuse_misplaced(run_dir: Path) -> None:
+    """A RunError naming the first of the run's own paths (RUN_KINDS) that is a folder where training writes a file,
+    or a file where it writes a folder (`metrics.jsonl/`: a copy gone wrong, a hand-made folder)."""
+    for name, kind in RUN_KINDS.items():
+        path = Path(run_dir) / name
+        if path.exists() and path.is_dir() != (kind == "folder"):
+            raise RunError(f"{path}: a {'file' if kind == 'folder' else 'folder'} where the run keeps its {name} "
+                           f"{kind}; move it away (nothing was trained)")
 
 
 def cannot_make(where: Path) -> str | None:
@@ -300,6 +315,16 @@ def require_weights(run_dir: Path, cfg, checkpoint: str | Path | None = None) ->
                        "one trained. Put them back (the sampler's settings and paths such as model.path may change: "
                        "runs.NOT_THE_MODEL)")
     return weights
+
+
+def require_heldout(run: Path, path: Path) -> Path:
+    """`path`, the run's held-out split (RUN/data/heldout.*, what `dgft eval RUN` reads without data=), refused
+    (RunError) when it is not as training wrote it (train_summary.json's `heldout` record): a file cut short by a full
+    disk or a copy, or edited, would be scored as if it were the whole split."""
+    _as_sealed(path.parent, {k: v for k, v in ((summary(run) or {}).get("heldout") or {}).items() if k == path.name}
+               or None, "heldout", "its figures would not be the run's held-out split's; evaluate the file as it is "
+               f"with data={path} name=OTHER, or train again")
+    return path
 
 
 def _as_sealed(path: Path, recorded, key: str, consequence: str) -> None:

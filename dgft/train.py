@@ -32,7 +32,7 @@ from dgft import resume
 from dgft import runs
 from dgft import step as step_
 from dgft.cache import replace_file
-from dgft.config import validate
+from dgft.config import unread_in_training, validate
 from dgft.ema import EMA
 from dgft.model import (attach_lora, attention_layout, build_tiny, count_parameters, load_pretrained, load_quantized,
                         quantize_tiny_, require_path, torch_dtype, unwrap)
@@ -140,6 +140,7 @@ def _train(cfg, run_dir: Path, overrides: Sequence[str]) -> Path | None:
     # --- setup -------------------------------------------------------------------------------------
     resume_from = None
     if cfg.resume:
+        runs.refuse_misplaced(run_dir)
         cfg, resume_from = resume.resume_target(cfg, run_dir, overrides)
         validate(cfg)  # before the nothing-to-train check: trainer.max_steps=-5 is an error, not a finished run
         if resume.finished(run_dir, resume_from, cfg):
@@ -210,6 +211,8 @@ def _train(cfg, run_dir: Path, overrides: Sequence[str]) -> Path | None:
     if cfg.trainer.warmup_steps >= cfg.trainer.max_steps:
         say(f"note: trainer.warmup_steps={cfg.trainer.warmup_steps} >= trainer.max_steps={cfg.trainer.max_steps}: "
             "the learning rate never leaves its warmup (a smoke test; for a model, raise max_steps)")
+    for line in unread_in_training(cfg):
+        say(f"note: {line}")
 
     stop = {"signal": None}
     _install_signal_handlers(stop)
@@ -324,7 +327,8 @@ def _train(cfg, run_dir: Path, overrides: Sequence[str]) -> Path | None:
                "weights": ckpt.file_records(out, ckpt.model_files(out)),  # both checked when the weights load
                **({"base": ckpt.file_records(run_dir / "base", ckpt.model_files(run_dir / "base"))}
                   if (run_dir / "base").is_dir() else {}),  # a tiny LoRA run's base, checked when it loads
-               "settings_sha256": runs.trained_settings_digest(run_dir)}
+               "settings_sha256": runs.trained_settings_digest(run_dir),
+               "heldout": ckpt.file_records(run_dir / "data", sorted((run_dir / "data").glob("heldout.*")))}
     if isinstance(getattr(batches, "counts", None), dict):  # infill: spans drawn, and those redrawn (all sessions)
         summary["data_counts"] = dict(batches.counts)
         say("training spans: " + ", ".join(f"{k} {v}" for k, v in batches.counts.items()))

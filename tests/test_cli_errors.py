@@ -316,3 +316,56 @@ def test_a_sweep_job_that_cannot_run_is_refused_before_any_job_trains(values, me
     out = _refused(["train", "-m", "recipe=sudoku", values, f"hydra.sweep.dir={tmp_path / 'sw'}"], capsys)
     assert "sweep job" in out and message in out and "(no job was started)" in out and "Traceback" not in out
     assert not (tmp_path / "sw").exists()
+
+
+def _recipe(tmp_path, name: str, text: str) -> str:
+    (tmp_path / "recipe").mkdir(exist_ok=True)
+    (tmp_path / "recipe" / f"{name}.yaml").write_text(text)
+    return f"--config-dir={tmp_path}"
+
+
+@pytest.mark.parametrize("name,text,said", [
+    ("broken", "# @package _global_\ndefaults:\n  - /recipe/sudoku\ntrainer: {max_steps: 3\n",
+     ["not valid YAML", "broken.yaml\", line 4, column 10"]),
+    ("unpackaged", "defaults:\n  - /recipe/sudoku\ntrainer:\n  max_steps: 3\n",
+     ["Key 'recipe' not in 'TrainRecipe'", "starts with the line `# @package _global_`"]),
+])
+def test_a_users_recipe_that_does_not_compose_is_named_without_a_traceback(tmp_path, capsys, monkeypatch, name, text,
+                                                                          said):
+    """A recipe of one's own (--config-dir) with a YAML syntax error, or without `# @package _global_`: one message
+    naming the file and line (or the key), exit 2, as every other refusal; Hydra printed the parser's traceback."""
+    monkeypatch.chdir(tmp_path)
+    flag = _recipe(tmp_path, name, text)
+    for args in (["train", flag, f"recipe={name}", "--cfg", "job"], ["train", flag, f"recipe={name}"]):
+        with pytest.raises(SystemExit) as err:
+            main(args)
+        out = capsys.readouterr()
+        assert err.value.code == 2, out.err
+        assert "Traceback" not in out.err and out.err.startswith("dgft train: error: "), out.err
+        assert all(s in out.err for s in said), out.err
+    assert not (tmp_path / "outputs").exists() and "HYDRA_FULL_ERROR" not in __import__("os").environ
+
+
+@pytest.mark.parametrize("args,said", [(["train", "recipe=nosuch"], "Could not find 'recipe/nosuch'"),
+                                       (["train", "trainer.lr=abc"], "could not be converted to Float"),
+                                       (["train", "trainer.lr=[1"], "trainer.lr=[1")])
+def test_composition_errors_exit_2_with_hydras_words(capsys, args, said):
+    with pytest.raises(SystemExit) as err:
+        main(args)
+    out = capsys.readouterr()
+    assert err.value.code == 2 and said in out.err and "Traceback" not in out.err, out.err
+
+
+def test_an_error_in_the_command_itself_keeps_its_traceback(tmp_path, monkeypatch):
+    """Only composition is turned into a message: an unexpected error once the command runs (a bug) still raises,
+    so it is reported with its traceback."""
+    import omegaconf.errors
+
+    import dgft.train
+
+    def broken(*_):
+        raise omegaconf.errors.ConfigKeyError("a bug inside the command")
+
+    monkeypatch.setattr(dgft.train, "train", broken)
+    with pytest.raises(omegaconf.errors.ConfigKeyError, match="a bug inside"):
+        main(["train", f"hydra.run.dir={tmp_path / 'run'}", "trainer.max_steps=1"])

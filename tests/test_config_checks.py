@@ -144,3 +144,50 @@ def test_a_pretrained_model_must_read_the_vocabulary_it_learnt():
     cfg.task.tokenizer = "/models/dg"  # a pretrained tokenizer is the model's own: not checked by size
     check_vocabulary(task, cfg, task.vocab_size + 64)
     check_vocabulary(task, cfg, task.vocab_size - 1)
+
+
+@pytest.mark.parametrize("recipe", ["sudoku", "sudoku_gpu", "sudoku_lora", "infill"])
+def test_shipped_recipes_set_nothing_they_do_not_read(recipe):
+    from dgft.config import unread_in_training
+
+    assert unread_in_training(_compose("train", [f"recipe={recipe}"])) == []
+
+
+@pytest.mark.parametrize("overrides,said", [
+    (["sampler.acceptance=fixed", "sampler.entropy_bound=0.3"], ["sampler.entropy_bound is read only with "
+                                                                  "sampler.acceptance=entropy"]),
+    (["sampler.confidence=0.5"], ["sampler.confidence is read only with sampler.acceptance=confidence"]),
+    (["model.lora.r=4"], ["model.lora is read only with model.finetune=lora (this config has model.finetune=full)"]),
+    (["trainer.muon_lr=0.01"], ["trainer.muon_lr is read only with trainer.optimizer=muon"]),
+    (["model.quant_group_size=64"], ["model.quant_group_size is read only with model.quantize=nf4"]),
+    (["recipe=sudoku_lora", "model=diffusiongemma", "model.num_layers=2"],
+     ["model.num_layers is read only with model.name=tiny"]),
+])
+def test_a_setting_nothing_reads_is_said(overrides, said):
+    """Set away from its default while another setting turns it off, a setting changes nothing: training says so
+    (a note, not an error). Those the recipe turns off itself (structured_init: false on a pretrained model) are
+    not said."""
+    from dgft.config import unread_in_training
+
+    notes = unread_in_training(_compose("train", overrides))
+    assert len(notes) == len(said) and all(s in n for s, n in zip(said, notes)), notes
+
+
+def test_eval_says_a_sampler_option_its_acceptance_does_not_read(tmp_path, capsys):
+    """`dgft eval RUN sampler.entropy_bound=0.3` on a run sampling with fixed acceptance: said on stderr (before the
+    run's weights are looked for, so a run without weights shows it too)."""
+    from omegaconf import OmegaConf
+
+    from dgft.cli import main
+    from tests.conftest import tiny_cfg
+
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = tiny_cfg()
+    cfg.sampler.acceptance = "fixed"
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    with pytest.raises(SystemExit):
+        main(["eval", str(run), "sampler.entropy_bound=0.3", "sampler.steps=8"])
+    err = capsys.readouterr().err
+    assert "note: sampler.entropy_bound is read only with sampler.acceptance=entropy" in err, err
+    assert "sampler.steps" not in err.split("error:")[0], err

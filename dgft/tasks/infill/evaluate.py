@@ -40,8 +40,8 @@ from tqdm.auto import tqdm
 
 from dgft import noise as N
 from dgft.cache import replace_file
-from dgft.evaluate import (claim_output, interrupted, made_by, output_name, provenance, provenance_line,
-                           trained_model, trained_tokenizer)
+from dgft.evaluate import (claim_output, data_file, interrupted, made_by, output_name, provenance, provenance_line,
+                           replacing_result, trained_model, trained_tokenizer)
 from dgft.sampling import sample
 from dgft.sandbox import cannot_isolate
 from dgft.tasks.infill import corpus as C
@@ -59,7 +59,7 @@ def evaluate_run(cfg, run: Path, run_cfg, scfg, device) -> dict:
     """`dgft eval RUN [data=PATH]` for an infill run or export (`dgft.evaluate` has done the shared setup)."""
     # --- data and model ----------------------------------------------------------------------------
     task = InfillTask(run_cfg.task, tokenizer=trained_tokenizer(run))
-    data = Path(cfg.data) if cfg.data else run / "data" / "heldout.jsonl.gz"
+    data = data_file(cfg, run, "heldout.jsonl.gz")
     name = output_name(cfg, data.name.removesuffix(".gz").removesuffix(".jsonl"))
     examples, problems = read_examples(data)
     if problems and (why := cannot_isolate(cfg.isolation)):  # before the sampling, which can take hours
@@ -119,6 +119,7 @@ def evaluate_run(cfg, run: Path, run_cfg, scfg, device) -> dict:
 
     # --- write ------------------------------------------------------------------------------------
     # each file whole; the .json, which names the settings, last
+    replacing_result(out_dir, name)
     replace_file(out_dir / f"{name}_samples.jsonl",
                  lambda tmp: write_samples(tmp, examples, written, compiled, verdicts, picks))
     replace_file(out_dir / f"{name}.md", markdown(name, result))

@@ -21,8 +21,8 @@ from tqdm.auto import tqdm
 from dgft import noise as N
 from dgft.cache import replace_file
 from dgft.config import ConfigError
-from dgft.evaluate import (claim_output, interrupted, made_by, output_name, provenance, provenance_line,
-                           trained_model)
+from dgft.evaluate import (claim_output, data_file, interrupted, made_by, output_name, provenance, provenance_line,
+                           replacing_result, trained_model)
 from dgft.metrics import SudokuAccuracy, aggregate, closest_solution, score_answer
 from dgft.sampling import sample
 from dgft.tasks import get_task
@@ -35,7 +35,7 @@ def evaluate_run(cfg, run: Path, run_cfg, scfg, device) -> dict:
     """`dgft eval RUN [data=PATH]` for a Sudoku run or export (`dgft.evaluate` has done the shared setup)."""
     # --- data and model ----------------------------------------------------------------------------
     task = get_task(run_cfg.task)
-    data = Path(cfg.data) if cfg.data else run / "data" / "heldout.csv"
+    data = data_file(cfg, run, "heldout.csv")
     name = output_name(cfg, data.stem)
     recs, skipped = read_puzzles(data, on_error=cfg.on_error, limit=cfg.limit or None)
     for msg in skipped:
@@ -73,6 +73,7 @@ def evaluate_run(cfg, run: Path, run_cfg, scfg, device) -> dict:
         result[key] = {**summarise(recs, *rows[key]), **breakdowns(recs, *rows[key], kinds)}
 
     # --- write: each file whole; the .json, which names the settings, last ---------------------------
+    replacing_result(out_dir, name)
     replace_file(out_dir / f"{name}_samples.jsonl", samples_text(recs, kinds, rows))
     png = out_dir / f"{name}_denoising.png"
     if cfg.plot and picture:
