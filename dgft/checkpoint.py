@@ -219,7 +219,7 @@ def by_step(name: str) -> tuple[int, str]:
 def checkpoints(run_dir: Path) -> list[Path]:
     """Checkpoint dirs of a run, oldest first (valid or not)."""
     root = Path(run_dir) / "checkpoints"
-    found = {p.name: p for p in root.glob("step-*")}
+    found = {p.name: p for p in root.glob("step-*") if p.is_dir()}  # step-000001.tar: not a checkpoint
     for p in root.glob(".old-step-*"):  # a crash between moving a step saved again aside and its new copy's rename
         found.setdefault(p.name[len(".old-"):], p)
     return [found[name] for name in sorted(found, key=by_step)]
@@ -237,8 +237,10 @@ def latest_valid(run_dir: Path) -> Path | None:
 
 def prune(root: Path, keep_last: int) -> None:
     """Delete all but the newest `keep_last` valid checkpoints (never the newest valid one), and the invalid ones
-    older than the oldest kept (torn or damaged: a resume skipped them, said so, and trained past them), each said."""
-    found = sorted(root.glob("step-*"), key=lambda c: by_step(c.name))
+    older than the oldest kept (torn or damaged: a resume skipped them, said so, and trained past them), each said.
+    Only folders named as dgft names them (step-<digits>): a copy the user named step-best is theirs."""
+    found = sorted((c for c in root.glob("step-*") if c.is_dir() and not c.is_symlink()  # step-best, step-9.tar:
+                    and c.name.removeprefix("step-").isdigit()), key=lambda c: by_step(c.name))  # not dgft's
     valid = [c for c in found if is_valid(c, verify_hashes=False)]
     kept = valid[max(len(valid) - max(keep_last, 1), 0):]
     for old in valid[: len(valid) - len(kept)]:

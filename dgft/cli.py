@@ -126,13 +126,15 @@ def main(argv: list[str] | None = None) -> None:
     from dgft.config import ConfigError
     from dgft.runs import RunError, RunInUse
 
-    started = []  # set when Hydra has composed the config and calls the command: errors after it are not its
+    started = {}  # "command": Hydra has composed the config and called the command (errors after it are not its)
 
     @hydra.main(config_path=str(recipes_dir()), config_name=command, version_base="1.3")
     def _run(cfg) -> None:
         from hydra.core.hydra_config import HydraConfig
 
-        started.append(True)
+        if started.pop("ours", False):  # the command's own errors: as Hydra reports them (a trimmed traceback)
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        started["command"] = True
         try:
             if command == "train":
                 from dgft.train import train
@@ -176,13 +178,13 @@ def main(argv: list[str] | None = None) -> None:
     _composed(_run, command, started)
 
 
-def _composed(run_hydra, command: str, started: list) -> None:
+def _composed(run_hydra, command: str, started: dict) -> None:
     """Run the Hydra app with the errors of composing its config (a recipe file that is not valid YAML, a config or
     key that does not exist, an override of the wrong type) said as dgft's other refusals are: one message on stderr,
     naming the file, line or key as Hydra, OmegaConf or the YAML parser does, and exit status 2. Hydra itself prints a
-    traceback for some of them (the YAML parser's) and exits 1. An error from the command itself, after composition,
-    is left alone (the command catches the ones it knows; any other is a bug, with its traceback).
-    HYDRA_FULL_ERROR=1 in the environment keeps Hydra's own reports."""
+    traceback for some of them (the YAML parser's) and exits 1. Errors once the command runs are Hydra's to report,
+    as before (the command catches the ones it knows; any other is a bug, with its traceback): the command unsets
+    HYDRA_FULL_ERROR when it starts. HYDRA_FULL_ERROR=1 in the environment keeps Hydra's own reports throughout."""
     import hydra.errors
     import omegaconf.errors
     import yaml
@@ -191,24 +193,35 @@ def _composed(run_hydra, command: str, started: list) -> None:
         run_hydra()
         return
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises, instead of printing and exiting
+    started["ours"] = True
     try:
         run_hydra()
     except (hydra.errors.HydraException, omegaconf.errors.OmegaConfBaseException, yaml.YAMLError) as err:
-        if started:
+        if started.get("command"):
             raise
-        _exit(f"dgft {command}: error: {_composition_message(err)}")
+        _exit(f"dgft {command}: error: {_composition_message(err, command)}")
     finally:
-        os.environ.pop("HYDRA_FULL_ERROR", None)
+        if started.pop("ours", False):
+            os.environ.pop("HYDRA_FULL_ERROR", None)
 
 
-def _composition_message(err: Exception) -> str:
+def _composition_message(err: Exception, command: str) -> str:
     """What went wrong composing the config, in Hydra's, OmegaConf's or the YAML parser's words, with a hint for the
-    usual slip: a recipe file without `# @package _global_` sets keys under `recipe.` that the schema lacks."""
+    usual slip: a recipe file without `# @package _global_` sets keys under `recipe.` that the schema lacks. A key
+    that does not exist is said as dgft says it (Hydra's advice, to append it with `+`, would be refused)."""
     import yaml
 
     if isinstance(err, yaml.YAMLError):
         return f"a config file is not valid YAML: {err}"
     message = str(err).strip()
+    unknown = re.match(r"Could not override '([^']+)'\.\s+To append to your config use \+", message)
+    if unknown:
+        from omegaconf import OmegaConf
+
+        from dgft.config import EvalRecipe, ExportRecipe, TrainRecipe, not_a_setting
+
+        schema = {"train": TrainRecipe, "eval": EvalRecipe, "export": ExportRecipe}[command]
+        return not_a_setting([unknown.group(1)], OmegaConf.structured(schema))
     if getattr(err, "override", None) and err.override not in message:  # Hydra's grammar errors do not name it
         message = f"override {err.override}: {message}"
     cause = err.__cause__
@@ -289,9 +302,17 @@ def _resume_in_place(overrides: list[str]) -> list[str]:
 def _check_output_dir(overrides: list[str]) -> None:
     """Fail with the path named, before Hydra writes into a run directory: an empty value (an unset shell variable
     would train into the working directory), another run's directory or a folder holding other files, or one that
-    cannot be created."""
+    cannot be created; for a resume, a run path of the wrong kind (`train.log/` a folder: Hydra's log would fail on
+    it before dgft's own check in training)."""
+    from dgft.runs import RunError, refuse_misplaced
+
     target = _override(overrides, "hydra.run.dir", None)
     resume = _override(overrides, "resume", "null")
+    if resume not in ("null", "None", "", "auto") and Path(resume.strip("'\"")).is_dir():
+        try:
+            refuse_misplaced(Path(resume.strip("'\"")))
+        except RunError as err:
+            _exit(f"dgft train: error: {err}")
     if target is not None and resume in ("null", "None", ""):  # before Hydra rewrites another run's record
         _check_new_dir(target, "hydra.run.dir")
 

@@ -468,12 +468,12 @@ def check_finite(node, prefix: str = "") -> None:
 
 
 # Settings read only when another has one of some values: (key, the other, its values that read it). Given a value
-# of its own while the other has none of them, a setting changes nothing, which is said (`unread_settings`).
+# of its own while the other has none of them, a setting changes nothing, which is said (`unread_settings`). Those
+# `validate` refuses instead are not listed (trainer.muon_lr without Muon, structured_attention on a pretrained model).
 _ARCHITECTURE = ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim", "intermediate_size",
-                 "num_experts", "top_k_experts", "moe_intermediate_size", "structured_init", "structured_attention")
+                 "num_experts", "top_k_experts", "moe_intermediate_size", "structured_init")
 READ_ONLY_WITH = (("sampler.entropy_bound", "sampler.acceptance", ("entropy",)),
                   ("sampler.confidence", "sampler.acceptance", ("confidence",)),
-                  ("trainer.muon_lr", "trainer.optimizer", ("muon",)),
                   ("model.quant_group_size", "model.quantize", ("nf4",)),
                   ("model.lora", "model.finetune", ("lora",)),
                   *((f"model.{k}", "model.name", ("tiny",)) for k in _ARCHITECTURE))  # a pretrained model's own
@@ -495,12 +495,12 @@ def unread_settings(cfg, given) -> list[str]:
 
 def unread_in_training(cfg) -> list[str]:
     """`unread_settings` of a composed train config, a setting counting as set when its value is not the schema's
-    default (structured_init and structured_attention, which a pretrained model's recipe turns off: when on)."""
+    default (structured_init, which a pretrained model's recipe turns off: when on)."""
     schema = OmegaConf.structured(TrainRecipe(task=TASK_SCHEMAS[cfg.task.name]()))
 
     def given(key: str) -> bool:
         value = OmegaConf.select(cfg, key, default=None)
-        if key.endswith(("structured_init", "structured_attention")):
+        if key.endswith("structured_init"):
             return bool(value)
         return value != OmegaConf.select(schema, key, default=None)
 
@@ -511,14 +511,18 @@ def refuse_unknown(cfg, schema) -> None:
     """Keys a composed config has that its schema (a structured config) does not: added with `+key=value`, or by a
     recipe file. Nothing would read them, so a typo there would go unseen: a ConfigError naming them, and the nearest
     setting. (Hydra answers a plain `trainer.lrr=1` with "to append use +trainer.lrr=1", which leads here.)"""
-    import difflib
-
     unknown = _unknown_keys(schema, cfg)
     if unknown:
-        near = difflib.get_close_matches(unknown[0], _leaf_keys(schema), n=1)
-        hint = f"; did you mean {near[0]}?" if near else ""
-        raise ConfigError(f"{', '.join(unknown)}: not a setting of dgft{hint} (a `+key=value` override or a recipe "
-                          "file adds keys that nothing reads)")
+        raise ConfigError(f"{not_a_setting(unknown, schema)} (a `+key=value` override or a recipe file adds keys "
+                          "that nothing reads)")
+
+
+def not_a_setting(keys: list[str], schema) -> str:
+    """"KEYS: not a setting of dgft; did you mean NEAREST?" (the nearest of the schema's keys to the first)."""
+    import difflib
+
+    near = difflib.get_close_matches(keys[0], _leaf_keys(schema), n=1)
+    return f"{', '.join(keys)}: not a setting of dgft" + (f"; did you mean {near[0]}?" if near else "")
 
 
 def validate(cfg: DictConfig | Any) -> None:

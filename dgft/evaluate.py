@@ -100,16 +100,28 @@ def eval_sampler(cfg, run_cfg):
 
 def data_file(cfg, run: Path, split: str) -> Path:
     """The file an evaluation reads: `data=`, else the run's held-out split RUN/data/<split>, as training wrote it
-    (`runs.require_heldout`)."""
-    return Path(cfg.data) if cfg.data else require_heldout(run, run / "data" / split)
+    (`runs.require_heldout`). A pipe or a device is refused: the file is read twice, for its records and for the
+    sha256 its result records, and a pipe gives everything to the first reading (a process substitution's result
+    recorded the hash of nothing) or blocks the second for good (a FIFO)."""
+    if not cfg.data:
+        return require_heldout(run, run / "data" / split)
+    path = Path(cfg.data)
+    if path.exists() and not path.is_file() and not path.is_dir():  # a folder: each task's reader names it
+        raise ConfigError(f"data={cfg.data}: not a regular file (a pipe, a device, or a process substitution such "
+                          "as <(...)); save it to a file and evaluate that")
+    return path
 
 
 def output_name(cfg, default: str) -> str:
     """RUN/eval/<name>.*: `name=`, else the data file's name, with the checkpoint's (`heldout_step-000500`), so
     that evaluating a checkpoint never overwrites the run's final model's results."""
-    if cfg.name:
-        return str(cfg.name)
-    return f"{default}_{Path(cfg.checkpoint).name}" if cfg.checkpoint else default
+    name = str(cfg.name) if cfg.name else f"{default}_{Path(cfg.checkpoint).name}" if cfg.checkpoint else default
+    longest = f"{name}_denoising.png"  # the longest of the files it names
+    if len(longest.encode()) > 255:  # a file system's limit on one name
+        raise ConfigError(f"the result name {name[:40]}... ({len(name.encode())} bytes, "
+                          f"{'name=' if cfg.name else 'from the data file'}) is too long for its files' names "
+                          f"(RUN/eval/{name[:8]}..._denoising.png must fit in 255 bytes); give a shorter name=")
+    return name
 
 
 def claim_output(out_dir: Path, name: str, settings: dict, overwrite: bool) -> None:
@@ -173,8 +185,14 @@ def provenance_line(result: dict) -> str:
     what = "Export" if result.get("export") else "Run"
     return (f"{what} {result.get('run')}, {weights}; sampler " + ", ".join(f"{k}={s[k]}" for k in keys)
             + ("; batched by number of givens" if result.get("batch_by") == "givens" else "")
-            + f"; seed {result.get('seed')}; " + (f"the first {result['limit']}" if result.get("limit") else "all")
-            + " of the file.\n\n")
+            + f"; seed {result.get('seed')}; " + _how_much(result) + " of the file.\n\n")
+
+
+def _how_much(result: dict) -> str:
+    """"the first N" of the file when `limit` cut it short, else "all" (a limit larger than the file read all)."""
+    limit, n = result.get("limit"), result.get("n")
+    read = n + sum((result.get("too_long") or {}).values()) if isinstance(n, int) else None  # infill: left out
+    return f"the first {limit}" if limit and (read is None or read >= limit) else "all"
 
 
 def interrupted(cfg, run: Path, run_cfg) -> dict:

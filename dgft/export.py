@@ -33,7 +33,7 @@ from dgft.cache import replace_file
 from dgft.card import model_card, with_evaluations
 from dgft.config import ConfigError, ExportRecipe, refuse_empty, refuse_unknown
 from dgft.model import denoise, encode, retie_encoder, unwrap
-from dgft.runs import (RunError, cannot_make, checkpoint_dir, keeps_average, load_config, load_model,
+from dgft.runs import (RUN_KINDS, RunError, cannot_make, checkpoint_dir, keeps_average, load_config, load_model,
                        note_stopped_early, real_run_dir, require_final)
 from dgft.train import pick_device
 
@@ -709,6 +709,9 @@ def _copy_tokenizer(src: Path, dst: Path) -> None:
             shutil.copy2(path, dst / path.name)
 
 
+RUN_OWN = (*(name for name, kind in RUN_KINDS.items() if kind == "folder"), "eval")  # folders a run writes
+
+
 def _check_out(out: Path, run_dir: Path) -> None:
     """`out` is replaced as a whole, so it must be new, empty or an earlier export (it holds RECORD_FILE), and
     must not hold the run: anything else there would be deleted."""
@@ -716,6 +719,10 @@ def _check_out(out: Path, run_dir: Path) -> None:
         raise RunError(f"out={out}: is a file; give a directory for the export")
     if out.resolve() in (run_dir.resolve(), *run_dir.resolve().parents):
         raise RunError(f"out={out}: holds the run {run_dir}, which the export would replace; give another directory")
+    inside = next((d for d in RUN_OWN if (run_dir / d).resolve() in (out.resolve(), *out.resolve().parents)), None)
+    if inside is not None:  # training prunes checkpoints/, a resume rewrites model/ (the run's export/ goes beside)
+        raise RunError(f"out={out}: inside the run's {inside}/, which training and resuming write (and prune); give "
+                       f"a directory of its own (the default is {run_dir / 'export'})")
     if out.is_dir() and any(out.iterdir()) and not (out / RECORD_FILE).is_file():
         raise RunError(f"out={out}: exists and is not an earlier dgft export (no {RECORD_FILE}); the export replaces "
                        "the directory as a whole, so give a new or empty one")

@@ -35,6 +35,9 @@ def save_checkpoint(run_dir, step, model, opt, sched, batches, gen, cfg, elapsed
     ckpt.save(run_dir, step, model, state, extra, keep_last=cfg.trainer.keep_last)
 
 
+_ABSENT = object()  # OmegaConf.select's default: a key the saved config does not have
+
+
 def resume_target(cfg, run_dir: Path, overrides: Sequence[str] = ()):
     """(saved config of the run, its newest valid checkpoint); resume=auto picks the newest resumable run.
 
@@ -70,7 +73,9 @@ def resume_target(cfg, run_dir: Path, overrides: Sequence[str] = ()):
                                   + (f"{key}={was}" if was is not None else f"a {key} it does not record")
                                   + refuse(source))
         elif key != "resume" and _plain(given) != _plain(kept):
-            has = f"the run's {key} settings differ" if isinstance(kept, DictConfig) else f"the run has {key}={kept}"
+            has = (f"the run's {key} settings differ" if isinstance(kept, DictConfig)
+                   else f"{key} is no setting of the run (a `+key` added it)"
+                   if OmegaConf.select(saved, key, default=_ABSENT) is _ABSENT else f"the run has {key}={kept}")
             raise ConfigError(f"resume={cfg.resume}: {item}, but {has}" + refuse())
     last = ckpt.latest_valid(run_dir)
     if last is None:

@@ -328,7 +328,7 @@ def _train(cfg, run_dir: Path, overrides: Sequence[str]) -> Path | None:
                **({"base": ckpt.file_records(run_dir / "base", ckpt.model_files(run_dir / "base"))}
                   if (run_dir / "base").is_dir() else {}),  # a tiny LoRA run's base, checked when it loads
                "settings_sha256": runs.trained_settings_digest(run_dir),
-               "heldout": ckpt.file_records(run_dir / "data", sorted((run_dir / "data").glob("heldout.*")))}
+               "heldout": runs.heldout_records(run_dir / "data")}
     if isinstance(getattr(batches, "counts", None), dict):  # infill: spans drawn, and those redrawn (all sessions)
         summary["data_counts"] = dict(batches.counts)
         say("training spans: " + ", ".join(f"{k} {v}" for k, v in batches.counts.items()))

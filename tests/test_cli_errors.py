@@ -70,7 +70,7 @@ def test_a_run_folder_with_grammar_characters_in_its_name_is_the_run(tmp_path, c
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit):
         main(["eval", "x=y"])  # no folder of that name: an override, which the eval schema does not have
-    assert "Could not override 'x'" in capsys.readouterr().err
+    assert "x: not a setting of dgft" in capsys.readouterr().err
 
 
 
@@ -335,6 +335,7 @@ def test_a_users_recipe_that_does_not_compose_is_named_without_a_traceback(tmp_p
     """A recipe of one's own (--config-dir) with a YAML syntax error, or without `# @package _global_`: one message
     naming the file and line (or the key), exit 2, as every other refusal; Hydra printed the parser's traceback."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)  # set, Hydra's own reports are kept
     flag = _recipe(tmp_path, name, text)
     for args in (["train", flag, f"recipe={name}", "--cfg", "job"], ["train", flag, f"recipe={name}"]):
         with pytest.raises(SystemExit) as err:
@@ -346,19 +347,24 @@ def test_a_users_recipe_that_does_not_compose_is_named_without_a_traceback(tmp_p
     assert not (tmp_path / "outputs").exists() and "HYDRA_FULL_ERROR" not in __import__("os").environ
 
 
-@pytest.mark.parametrize("args,said", [(["train", "recipe=nosuch"], "Could not find 'recipe/nosuch'"),
-                                       (["train", "trainer.lr=abc"], "could not be converted to Float"),
-                                       (["train", "trainer.lr=[1"], "trainer.lr=[1")])
-def test_composition_errors_exit_2_with_hydras_words(capsys, args, said):
+@pytest.mark.parametrize("args,said", [
+    (["train", "recipe=nosuch"], "Could not find 'recipe/nosuch'"),
+    (["train", "trainer.lr=abc"], "could not be converted to Float"),
+    (["train", "trainer.lr=[1"], "override trainer.lr=[1: "),
+    (["train", "trainer.lrr=1"], "trainer.lrr: not a setting of dgft; did you mean trainer.lr?"),  # not Hydra's
+    (["eval", "/tmp", "limitt=3"], "limitt: not a setting of dgft; did you mean limit?"),  # "append with +"
+])
+def test_composition_errors_exit_2_with_hydras_words(capsys, monkeypatch, args, said):
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     with pytest.raises(SystemExit) as err:
         main(args)
     out = capsys.readouterr()
     assert err.value.code == 2 and said in out.err and "Traceback" not in out.err, out.err
 
 
-def test_an_error_in_the_command_itself_keeps_its_traceback(tmp_path, monkeypatch):
-    """Only composition is turned into a message: an unexpected error once the command runs (a bug) still raises,
-    so it is reported with its traceback."""
+def test_an_error_in_the_command_itself_keeps_its_traceback(tmp_path, monkeypatch, capsys):
+    """Only composition is turned into a message: an unexpected error once the command runs (a bug) is Hydra's to
+    report, with its traceback and exit 1, as before."""
     import omegaconf.errors
 
     import dgft.train
@@ -366,6 +372,10 @@ def test_an_error_in_the_command_itself_keeps_its_traceback(tmp_path, monkeypatc
     def broken(*_):
         raise omegaconf.errors.ConfigKeyError("a bug inside the command")
 
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     monkeypatch.setattr(dgft.train, "train", broken)
-    with pytest.raises(omegaconf.errors.ConfigKeyError, match="a bug inside"):
+    with pytest.raises(SystemExit) as err:
         main(["train", f"hydra.run.dir={tmp_path / 'run'}", "trainer.max_steps=1"])
+    said = capsys.readouterr().err
+    assert err.value.code == 1 and "Traceback" in said and "a bug inside the command" in said, said
+    assert "dgft train: error" not in said and "HYDRA_FULL_ERROR" not in __import__("os").environ

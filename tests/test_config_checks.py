@@ -115,8 +115,6 @@ def test_a_pretrained_model_ignores_the_architecture_keys():
 
 def test_eval_refuses_passes_without_self_conditioning():
     """check_sampler is shared: `dgft eval RUN sampler.self_conditioning=false` on a two-pass run names both keys."""
-    from omegaconf import OmegaConf
-
     from dgft.evaluate import check_options, eval_sampler
 
     cfg = _compose("eval", ["run=/tmp/x", "sampler.self_conditioning=false"])
@@ -158,7 +156,6 @@ def test_shipped_recipes_set_nothing_they_do_not_read(recipe):
                                                                   "sampler.acceptance=entropy"]),
     (["sampler.confidence=0.5"], ["sampler.confidence is read only with sampler.acceptance=confidence"]),
     (["model.lora.r=4"], ["model.lora is read only with model.finetune=lora (this config has model.finetune=full)"]),
-    (["trainer.muon_lr=0.01"], ["trainer.muon_lr is read only with trainer.optimizer=muon"]),
     (["model.quant_group_size=64"], ["model.quant_group_size is read only with model.quantize=nf4"]),
     (["recipe=sudoku_lora", "model=diffusiongemma", "model.num_layers=2"],
      ["model.num_layers is read only with model.name=tiny"]),

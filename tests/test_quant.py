@@ -1,7 +1,5 @@
 """4-bit DiffusionGemma: NF4 experts (per-group dequantization, exact gradients), streaming load, QLoRA."""
 
-import json
-
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -9,9 +7,9 @@ from omegaconf import OmegaConf
 pytest.importorskip("bitsandbytes")
 
 from dgft import quant, stream  # noqa: E402
-from dgft.model import attach_lora, build_tiny, denoise, encode  # noqa: E402
+from dgft.model import attach_lora, denoise, encode  # noqa: E402
 
-from conftest import MOE, tiny_moe  # noqa: E402
+from conftest import tiny_moe  # noqa: E402
 
 
 

@@ -76,7 +76,7 @@ def test_an_evaluation_killed_while_replacing_another_leaves_no_result_naming_it
     assert (run / "eval" / "heldout_samples.jsonl").exists()
 
 
-@pytest.mark.parametrize("name,make", [("metrics.jsonl", "folder"), ("checkpoints", "file")])
+@pytest.mark.parametrize("name,make", [("metrics.jsonl", "folder"), ("checkpoints", "file"), ("train.log", "folder")])
 def test_a_resume_names_a_path_of_the_wrong_kind(trained, tmp_path, capsys, name, make):
     """`metrics.jsonl/` a folder (or `checkpoints` a file): a traceback on resume before; now a refusal naming it,
     with nothing trained or changed."""
@@ -104,10 +104,15 @@ def test_torn_checkpoints_before_the_kept_ones_are_pruned(tmp_path):
     for torn in (torn_old, torn_new):
         torn.mkdir(parents=True)
         (torn / "model.safetensors").write_bytes(b"cut")
+    mine = tmp_path / "checkpoints" / "step-best"  # a user's copy, under a name dgft never gives: left alone
+    mine.mkdir()
+    (mine / "model.safetensors").write_bytes(b"mine")
+    (tmp_path / "checkpoints" / "step-000001.tar").write_bytes(b"an archive")
     with pytest.warns(UserWarning, match="step-000001: .*removed, as checkpoints before the kept step-000002 are"):
         for step in (2, 3):
             ckpt.save(tmp_path, step, model, {"x": torch.zeros(1)}, {"step": step}, keep_last=1)
-    assert [c.name for c in ckpt.checkpoints(tmp_path)] == ["step-000003", "step-000009"]
+    assert [c.name for c in ckpt.checkpoints(tmp_path)] == ["step-best", "step-000003", "step-000009"]
+    assert (tmp_path / "checkpoints" / "step-000001.tar").is_file()
 
 
 def test_a_settled_file_is_hashed_once_a_fresh_one_each_time(tmp_path, monkeypatch):
@@ -129,3 +134,79 @@ def test_a_settled_file_is_hashed_once_a_fresh_one_each_time(tmp_path, monkeypat
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns))  # a change of its times: read again
     ckpt.sha256(path)
     assert len(reads) == 2
+
+
+def test_a_resume_with_an_added_key_names_it_as_no_setting_of_the_run(trained, tmp_path, capsys):
+    """`dgft train resume=RUN +trainer.lrr=1` said "but the run has trainer.lrr=None", as if the run had the key."""
+    run = _copy(trained, tmp_path)
+    with pytest.raises(SystemExit) as err:
+        main(["train", f"resume={run}", "+trainer.lrr=1"])
+    said = capsys.readouterr().err
+    assert err.value.code == 2 and "trainer.lrr is no setting of the run" in said and "None" not in said, said
+
+
+def test_a_held_out_split_compressed_again_is_the_same_split_and_a_missing_one_is_named(tmp_path):
+    """An infill run's split is a .jsonl.gz, whose header holds a time: gunzipped and gzipped again it is another
+    file with the same examples, still the split (a resume compares it so too). Missing, the reader names it."""
+    import gzip
+
+    from dgft.runs import RunError, heldout_records, require_heldout
+
+    data = tmp_path / "run" / "data"
+    data.mkdir(parents=True)
+    split = data / "heldout.jsonl.gz"
+    split.write_bytes(gzip.compress(b'{"kind": "line"}\n', mtime=1))
+    (tmp_path / "run" / "train_summary.json").write_text(json.dumps({"heldout": heldout_records(data)}))
+    split.write_bytes(gzip.compress(gzip.decompress(split.read_bytes()), mtime=2, compresslevel=1))
+    assert require_heldout(tmp_path / "run", split) == split
+    split.write_bytes(gzip.compress(b'{"kind": "multi_line"}\n', mtime=1))
+    with pytest.raises(RunError, match="heldout.jsonl.gz (has|changed)"):
+        require_heldout(tmp_path / "run", split)
+    split.unlink()
+    assert require_heldout(tmp_path / "run", split) == split  # the reader says "file not found"
+
+
+def test_eval_refuses_a_pipe_and_a_result_name_too_long_for_a_file(trained, tmp_path, capsys):
+    """`data=<(cat file)`: the puzzles came from one reading of the pipe and the recorded sha256 from a second one,
+    of nothing (a FIFO blocked the second for good). A result name too long for a file name was an OSError traceback."""
+    import signal
+
+    run = _copy(trained, tmp_path)
+    fifo = tmp_path / "puzzles.csv"
+    os.mkfifo(fifo)
+
+    def hung(*_):
+        raise TimeoutError("the evaluation blocked on the FIFO")
+
+    before = signal.signal(signal.SIGALRM, hung)  # a regression fails here instead of hanging the suite
+    signal.alarm(120)
+    try:
+        for args, said in ((["data=" + str(fifo)], "not a regular file"),
+                           (["name=" + "n" * 250], "too long for its files' names")):
+            with pytest.raises(SystemExit) as err:
+                main(["eval", str(run), "baseline=false", *args])
+            out = capsys.readouterr().err
+            assert err.value.code == 2 and said in out and "Traceback" not in out, out
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, before)
+
+
+def test_an_export_into_a_folder_the_run_writes_is_refused(trained, tmp_path, capsys):
+    """`out=RUN/checkpoints/step-000001`: exported, then deleted by the next resume's pruning (it is no valid
+    checkpoint). Any folder the run writes is refused; the run's own export/ beside them is the default."""
+    run = _copy(trained, tmp_path)
+    for inside in ("checkpoints/step-000001", "model/sub"):
+        with pytest.raises(SystemExit) as err:
+            main(["export", str(run), f"out={run / inside}"])
+        out = capsys.readouterr().err
+        assert err.value.code == 2 and f"inside the run's {inside.split('/')[0]}/" in out, out
+        assert not (run / inside).exists()
+
+
+def test_a_limit_larger_than_the_file_is_said_as_all_of_it():
+    from dgft.evaluate import provenance_line
+
+    assert provenance_line({"limit": 100, "n": 5, "seed": 0}).endswith("; seed 0; all of the file.\n\n")
+    assert provenance_line({"limit": 5, "n": 5, "seed": 0}).endswith("the first 5 of the file.\n\n")
+    assert "the first 4 of" in provenance_line({"limit": 4, "n": 2, "too_long": {"line": 2}, "seed": 0})

@@ -386,3 +386,39 @@ def test_solving_a_long_file_without_solutions_shows_progress(tmp_path, capsys):
     read_puzzles(_write(tmp_path, f"{PUZZLE_4}\n" * (SOLVING_BAR_FROM - 1), "few.txt"))
     read_puzzles(_write(tmp_path, "puzzle,solution\n" + f"{PUZZLE_4},{SOLUTION_4}\n" * SOLVING_BAR_FROM))
     assert "solving" not in capsys.readouterr().err
+
+
+def test_a_hash_id_record_with_a_typo_in_its_grid_is_named_not_dropped(tmp_path):
+    """`#1,<grid with an x>,<solution>` under an id,puzzle,solution header was taken for a comment (its puzzle field
+    did not match the grid pattern) and dropped without a count, even with on_error=raise. A field of mostly digits
+    is a record, to be named; a remark stays a comment."""
+    typo = PUZZLE_9[:5] + "x" + PUZZLE_9[6:]
+    spaced = " ".join(PUZZLE_9[i:i + 9] for i in range(0, 81, 9))
+    text = (f"id,puzzle,solution\n#0,{PUZZLE_9},{SOLUTION_9}\n#1,{typo},{SOLUTION_9}\n#2,{spaced},{SOLUTION_9}\n"
+            "# 2026-01-01, made by hand, checked\n")
+    path = _write(tmp_path, text)
+    with pytest.raises(PuzzleFileError, match=r"puzzles\.csv:3: puzzle has bad character 'x'"):
+        read_puzzles(path)
+    records, skipped = read_puzzles(path, on_error="skip")
+    assert [r.source for r in records] == [f"{path}:2"] and len(skipped) == 2
+    assert skipped[1].startswith(f"{path}:4: puzzle has 89 characters")
+
+
+def test_hash_id_records_without_a_header_are_named(tmp_path):
+    """Every line `#n,<grid>,<solution>` and no header: all comments, so "no puzzles in file" hid 2 records; now the
+    first is named, with the header that makes them records."""
+    path = _write(tmp_path, f"#0,{PUZZLE_9},{SOLUTION_9}\n#1,{PUZZLE_4},{SOLUTION_4}\n")
+    with pytest.raises(PuzzleFileError, match=r"puzzles\.csv:1: every line starts with '#'.*needs a header line"):
+        read_puzzles(path)
+    with pytest.raises(PuzzleFileError, match=r"puzzles\.txt: no puzzles in file"):
+        read_puzzles(_write(tmp_path, "# only a remark, 2026\n# 12, 34\n", "puzzles.txt"))
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le"])
+def test_a_utf16_file_is_named_as_such(tmp_path, encoding):
+    """Saved as UTF-16 (with or without its byte-order mark), a file was "not UTF-8 (byte 0xff)" or a header
+    "['i\\x00d\\x00', ...] has no puzzle column"."""
+    path = tmp_path / "puzzles.csv"
+    path.write_bytes(f"id,puzzle,solution\n0,{PUZZLE_9},{SOLUTION_9}\n".encode(encoding))
+    with pytest.raises(PuzzleFileError, match=r"puzzles\.csv: UTF-16 text .* save it as UTF-8"):
+        read_puzzles(path)

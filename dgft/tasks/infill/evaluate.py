@@ -62,6 +62,7 @@ def evaluate_run(cfg, run: Path, run_cfg, scfg, device) -> dict:
     data = data_file(cfg, run, "heldout.jsonl.gz")
     name = output_name(cfg, data.name.removesuffix(".gz").removesuffix(".jsonl"))
     examples, problems = read_examples(data)
+    origin = made_by(data, device)  # the file's sha256 as it was read, not hours later after the sampling
     if problems and (why := cannot_isolate(cfg.isolation)):  # before the sampling, which can take hours
         raise H.SandboxError(f"isolation={cfg.isolation}: {why}")
     if cfg.limit:
@@ -104,7 +105,7 @@ def evaluate_run(cfg, run: Path, run_cfg, scfg, device) -> dict:
               "reference_compiles": float(np.mean([compiles(e, e["middle"]) for e in examples])) if examples else None,
               **bounds,
               "device": str(device), "humaneval": problems is not None, "sandbox": sandbox, "rows": {},
-              **made_by(data, device)}
+              **origin}
     picks = {}
     for key in written:
         passed = _lookup(verdicts, examples, written[key])

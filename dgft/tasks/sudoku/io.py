@@ -5,8 +5,8 @@ blank lines and lines starting with '#' are ignored). CSV (fields separated by c
 splits out a grid) has a puzzle column and optionally a solution column, found by header name (an exact
 `puzzle`/`solution` before a name that merely contains one) or, without a header, by position; line 1 is a
 header when it has a column name (a field starting with a letter) and nothing like a grid. A CSV line starting with
-'#' is a comment unless its puzzle field holds a grid, right or a few cells off (an id such as `#12` in a first
-column): a record is never dropped as a comment.
+'#' is a comment unless its puzzle field is mostly digits: a grid, right or not (a cell off, a typo; the line's '#'
+an id such as `#12` in a first column): a record is never dropped as a comment.
 
     Puzzle,Solution                       <- line 1: header ('puzzle'/'quiz', 'solution' columns)
     3102200002100320,3142243142131324     <- line 2: a 4x4 record, source "file.csv:2"
@@ -106,6 +106,11 @@ def _read_text(path: Path, name: str) -> str:
     if data.startswith(b"\x1f\x8b"):
         raise PuzzleFileError(f"{name}: gzip-compressed; puzzle files are plain text (decompress it; a .jsonl.gz "
                               "of infilling problems is for infill runs)")
+    head = data[:200]
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or (len(head) >= 4 and (head[1::2].count(0) == len(head[1::2])
+                                                                           or head[0::2].count(0) == len(head[0::2]))):
+        raise PuzzleFileError(f"{name}: UTF-16 text (as some Windows editors and Excel save it); puzzle files are "
+                              "UTF-8: save it as UTF-8")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
@@ -135,7 +140,18 @@ def _is_comment(line: str, delimiter: str | None, puzzle_column: int) -> bool:
     if delimiter is None:
         return True
     fields = _split(line, delimiter)
-    return not (len(fields) > puzzle_column and _GRID_LIKE.fullmatch(fields[puzzle_column]))
+    if len(fields) <= puzzle_column:
+        return True
+    field = fields[puzzle_column]  # the '#' in it: a row commented out (`#<puzzle>,<solution>`), not an id before it
+    return field.startswith("#") or not _grid_ish(field)
+
+
+def _grid_ish(field: str) -> bool:
+    """A field that is meant as a grid, right or not: ten characters or more, mostly digits and '.' (a grid a cell
+    off, or with a typo, spaces or '-' blanks in it, is a bad record to name, never a comment to drop); a comment's
+    words are not."""
+    cells = field.replace(" ", "")
+    return len(cells) >= 10 and sum(c in "0123456789." for c in cells) >= 0.75 * len(cells)
 
 
 def _delimiter(first: str, second: str | None) -> str | None:
@@ -252,6 +268,12 @@ def read_puzzles(
     lines = _data_lines(text)
     uncommented = [(number, line) for number, line in lines if not line.startswith("#")]
     if not uncommented:
+        records = next((number for number, line in lines
+                        if any(_grid_ish(f) for d in (",", "\t", ";") for f in _split(line, d)[1:])), None)
+        if records is not None:  # `#1,<grid>,<solution>` lines with no header to say which field is the puzzle
+            raise PuzzleFileError(f"{name}:{records}: every line starts with '#', so each is a comment, though this "
+                                  "one holds a grid; a CSV whose records start with a '#' id needs a header line "
+                                  "(e.g. id,puzzle,solution) naming its columns")
         raise PuzzleFileError(f"{name}: no puzzles in file")
 
     first = uncommented[0][1]
