@@ -218,10 +218,16 @@ def _composition_message(err: Exception, command: str) -> str:
     if unknown:
         from omegaconf import OmegaConf
 
-        from dgft.config import EvalRecipe, ExportRecipe, TrainRecipe, not_a_setting
+        from dgft.config import TASK_SCHEMAS, EvalRecipe, ExportRecipe, TrainRecipe, not_a_setting
 
+        key = unknown.group(1)
+        tasks = [name for name, schema in TASK_SCHEMAS.items()
+                 if command == "train" and key.startswith("task.") and key[5:] in OmegaConf.structured(schema)]
+        if tasks:  # the other task's: the suggestion would be a near name of this one's
+            return (f"{key}: a setting of the {' and '.join(tasks)} task, not of the task this command trains (pick "
+                    f"it with recipe={tasks[0]} or task={tasks[0]})")
         schema = {"train": TrainRecipe, "eval": EvalRecipe, "export": ExportRecipe}[command]
-        return not_a_setting([unknown.group(1)], OmegaConf.structured(schema))
+        return not_a_setting([key], OmegaConf.structured(schema))
     if getattr(err, "override", None) and err.override not in message:  # Hydra's grammar errors do not name it
         message = f"override {err.override}: {message}"
     cause = err.__cause__
@@ -302,17 +308,9 @@ def _resume_in_place(overrides: list[str]) -> list[str]:
 def _check_output_dir(overrides: list[str]) -> None:
     """Fail with the path named, before Hydra writes into a run directory: an empty value (an unset shell variable
     would train into the working directory), another run's directory or a folder holding other files, or one that
-    cannot be created; for a resume, a run path of the wrong kind (`train.log/` a folder: Hydra's log would fail on
-    it before dgft's own check in training)."""
-    from dgft.runs import RunError, refuse_misplaced
-
+    cannot be created."""
     target = _override(overrides, "hydra.run.dir", None)
     resume = _override(overrides, "resume", "null")
-    if resume not in ("null", "None", "", "auto") and Path(resume.strip("'\"")).is_dir():
-        try:
-            refuse_misplaced(Path(resume.strip("'\"")))
-        except RunError as err:
-            _exit(f"dgft train: error: {err}")
     if target is not None and resume in ("null", "None", ""):  # before Hydra rewrites another run's record
         _check_new_dir(target, "hydra.run.dir")
 
@@ -374,7 +372,8 @@ def _check_sweep(rest: list[str]) -> None:
         except ConfigError as err:
             _exit(f"dgft train: error: sweep job {' '.join(job)}: {err} (no job was started)")
         except Exception as err:  # noqa: BLE001 - Hydra's and OmegaConf's composition errors (a value of a wrong type)
-            _exit(f"dgft train: error: sweep job {' '.join(job)}: {err} (no job was started)")
+            _exit(f"dgft train: error: sweep job {' '.join(job)}: {_composition_message(err, 'train')} (no job was "
+                  "started)")
     sweep = _override(rest, "hydra.sweep.dir", None)
     if sweep is None:
         return  # outputs/<name>/multirun_<time>: new each time

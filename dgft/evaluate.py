@@ -116,11 +116,12 @@ def output_name(cfg, default: str) -> str:
     """RUN/eval/<name>.*: `name=`, else the data file's name, with the checkpoint's (`heldout_step-000500`), so
     that evaluating a checkpoint never overwrites the run's final model's results."""
     name = str(cfg.name) if cfg.name else f"{default}_{Path(cfg.checkpoint).name}" if cfg.checkpoint else default
-    longest = f"{name}_denoising.png"  # the longest of the files it names
+    longest = f".{name}_denoising.tmp-{'9' * 7}.png"  # the longest file written for it: a temporary (cache.replace_file)
     if len(longest.encode()) > 255:  # a file system's limit on one name
         raise ConfigError(f"the result name {name[:40]}... ({len(name.encode())} bytes, "
                           f"{'name=' if cfg.name else 'from the data file'}) is too long for its files' names "
-                          f"(RUN/eval/{name[:8]}..._denoising.png must fit in 255 bytes); give a shorter name=")
+                          f"({len(longest.encode()) - len(name.encode())} bytes more must fit in 255); give a "
+                          "shorter name=")
     return name
 
 

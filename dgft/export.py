@@ -721,8 +721,8 @@ def _check_out(out: Path, run_dir: Path) -> None:
         raise RunError(f"out={out}: holds the run {run_dir}, which the export would replace; give another directory")
     inside = next((d for d in RUN_OWN if (run_dir / d).resolve() in (out.resolve(), *out.resolve().parents)), None)
     if inside is not None:  # training prunes checkpoints/, a resume rewrites model/ (the run's export/ goes beside)
-        raise RunError(f"out={out}: inside the run's {inside}/, which training and resuming write (and prune); give "
-                       f"a directory of its own (the default is {run_dir / 'export'})")
+        raise RunError(f"out={out}: inside the run's {inside}/, which dgft writes and replaces (training, resuming, "
+                       f"pruning, evaluating); give a directory of its own (the default is {run_dir / 'export'})")
     if out.is_dir() and any(out.iterdir()) and not (out / RECORD_FILE).is_file():
         raise RunError(f"out={out}: exists and is not an earlier dgft export (no {RECORD_FILE}); the export replaces "
                        "the directory as a whole, so give a new or empty one")

@@ -167,12 +167,14 @@ def run_dir_for(name: str, resume) -> str:
     if resume != "auto":
         if not (Path(str(resume)) / "config.yaml").is_file():
             raise RunError(f"resume={resume}: no such run (no {Path(str(resume)) / 'config.yaml'})")
+        refuse_misplaced(Path(str(resume)))  # here, before Hydra opens the run's train.log
         return str(resume)
     runs = [p for p in sorted(Path("outputs", name).glob("20*")) if p.is_dir() and not _ended_by_itself(p)
             and latest_valid(p) is not None]
     if not runs:
         raise RunError(f"resume=auto: no unfinished run with a valid checkpoint under outputs/{name}/ (a finished "
                        f"one continues with resume=RUN trainer.max_steps=N)")
+    refuse_misplaced(runs[-1])
     return str(runs[-1])
 
 

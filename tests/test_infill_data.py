@@ -256,6 +256,21 @@ def test_a_dangling_link_and_a_file_name_that_is_not_utf8(tmp_path):
         D.build_splits(cfg, log=lambda line: None)
 
 
+def test_links_to_folders_in_a_corpus_are_counted_not_silently_passed_over(tmp_path):
+    """os.walk does not follow a link to a folder (one to a parent would loop): its files were left out without a
+    word. They are still not read, but the report counts and names the links."""
+    proj, elsewhere = tmp_path / "proj", tmp_path / "vendor"
+    proj.mkdir()
+    elsewhere.mkdir()
+    (proj / "m0.py").write_text(unit_source(0))
+    (elsewhere / "m1.py").write_text(unit_source(1))
+    (proj / "vendor").symlink_to(elsewhere, target_is_directory=True)
+    files, report = C.read_sources([str(proj)])
+    assert len(files) == 1 and report.unfollowed == [str(proj / "vendor")]
+    assert "1 link to a folder not followed (first: " in report.summary()
+    assert report.to_dict()["unfollowed"] == [str(proj / "vendor")]
+
+
 def test_saved_dataset_source(tmp_path):
     from datasets import Dataset
 

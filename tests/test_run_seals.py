@@ -182,7 +182,8 @@ def test_eval_refuses_a_pipe_and_a_result_name_too_long_for_a_file(trained, tmp_
     signal.alarm(120)
     try:
         for args, said in ((["data=" + str(fifo)], "not a regular file"),
-                           (["name=" + "n" * 250], "too long for its files' names")):
+                           (["name=" + "n" * 250], "too long for its files' names"),
+                           (["name=" + "n" * 235], "too long for its files' names")):  # its temporary's would be
             with pytest.raises(SystemExit) as err:
                 main(["eval", str(run), "baseline=false", *args])
             out = capsys.readouterr().err
@@ -210,3 +211,21 @@ def test_a_limit_larger_than_the_file_is_said_as_all_of_it():
     assert provenance_line({"limit": 100, "n": 5, "seed": 0}).endswith("; seed 0; all of the file.\n\n")
     assert provenance_line({"limit": 5, "n": 5, "seed": 0}).endswith("the first 5 of the file.\n\n")
     assert "the first 4 of" in provenance_line({"limit": 4, "n": 2, "too_long": {"line": 2}, "seed": 0})
+
+
+def test_resume_auto_names_a_run_path_of_the_wrong_kind_before_hydra_opens_its_log(trained, tmp_path, monkeypatch):
+    """`train.log/` a folder in the run resume=auto picks: Hydra's log handler failed on it with a traceback."""
+    import shutil
+
+    from dgft.runs import RunError, run_dir_for
+
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "outputs" / "sudoku" / "2026-01-01_00-00-00"
+    shutil.copytree(trained, run, symlinks=True)
+    summary = json.loads((run / "train_summary.json").read_text())
+    (run / "train_summary.json").write_text(json.dumps({**summary, "stopped_by": "SIGTERM", "steps": 2}))
+    assert run_dir_for("sudoku", "auto") == str(run.relative_to(tmp_path))
+    (run / "train.log").unlink(missing_ok=True)
+    (run / "train.log").mkdir()
+    with pytest.raises(RunError, match="train.log: a folder where the run keeps its train.log file"):
+        run_dir_for("sudoku", "auto")

@@ -422,3 +422,24 @@ def test_a_utf16_file_is_named_as_such(tmp_path, encoding):
     path.write_bytes(f"id,puzzle,solution\n0,{PUZZLE_9},{SOLUTION_9}\n".encode(encoding))
     with pytest.raises(PuzzleFileError, match=r"puzzles\.csv: UTF-16 text .* save it as UTF-8"):
         read_puzzles(path)
+
+
+def test_comments_with_dates_and_numbers_stay_comments_and_dash_blanks_are_records(tmp_path):
+    """The rule that keeps '#'-id records must not take a remark holding a date or a time for one (the puzzle column
+    is not the first here, so the remark's second field is where the puzzle would be)."""
+    dashed = PUZZLE_9.replace("0", "-")
+    text = ("id,puzzle,solution\n# d1 test subset, 2026-01-01, first 2\n# created, 2026-01-01 12:00:00\n"
+            f"1,{PUZZLE_4},{SOLUTION_4}\n#2,{dashed[:40]}x{dashed[41:]},{SOLUTION_9}\n")
+    records, skipped = read_puzzles(_write(tmp_path, text), on_error="skip")
+    assert [r.source.rsplit(":", 1)[1] for r in records] == ["4"]
+    assert len(skipped) == 1 and ":5: puzzle has bad character '-'" in skipped[0]
+
+
+@pytest.mark.parametrize("text", [f"#{PUZZLE_9},{SOLUTION_9}\n#{PUZZLE_4},{SOLUTION_4}\n",
+                                  "# made, 2026-01-01\n", "\0" * 64])
+def test_rows_all_commented_out_a_remark_or_zeros_are_no_puzzles_not_a_header_or_utf16(tmp_path, text):
+    path = tmp_path / "puzzles.csv"
+    path.write_bytes(text.encode())
+    with pytest.raises(PuzzleFileError) as err:
+        read_puzzles(path)
+    assert "header line" not in str(err.value) and "UTF-16" not in str(err.value), err.value

@@ -99,10 +99,15 @@ class CorpusReport:
     skipped: Counter = field(default_factory=Counter)  # reason -> files ("too large", "generated", ...)
     unparsable: list = field(default_factory=list)  # "path: reason" for files that do not decode or parse
     duplicates: int = 0
+    unfollowed: list = field(default_factory=list)  # links to folders, not followed: their files are not counted
 
     def summary(self) -> str:
         parts = [f"{self.kept} of {self.found} files kept"]
         parts += [f"{n} {why}" for why, n in sorted(self.skipped.items())]
+        if self.unfollowed:
+            n = len(self.unfollowed)
+            parts.append(f"{n} {'link to a folder' if n == 1 else 'links to folders'} not followed (first: "
+                         f"{self.unfollowed[0]}; give the folder itself as a source to read it)")
         if self.duplicates:
             parts.append(f"{self.duplicates} duplicates")
         if self.unparsable:
@@ -111,7 +116,8 @@ class CorpusReport:
 
     def to_dict(self) -> dict:
         return {"found": self.found, "kept": self.kept, "skipped": dict(self.skipped),
-                "unparsable": list(self.unparsable), "duplicates": self.duplicates}
+                "unparsable": list(self.unparsable), "duplicates": self.duplicates,
+                **({"unfollowed": list(self.unfollowed)} if self.unfollowed else {})}
 
 
 # --- finding sources ------------------------------------------------------------------------------
@@ -124,8 +130,10 @@ def is_dataset_dir(path: Path) -> bool:
                                                                  "state.json"))
 
 
-def find_files(source: str) -> list[tuple[Path, Path]]:
-    """(file, root) for one file or directory source, sorted; the root names modules. Errors name the path."""
+def find_files(source: str, links: list | None = None) -> list[tuple[Path, Path]]:
+    """(file, root) for one file or directory source, sorted; the root names modules. Errors name the path. Links
+    to folders are not followed (a link to a parent would loop); given `links`, each is appended to it, to be
+    counted."""
     stdlib = source == "stdlib"
     root = stdlib_dir() if stdlib else Path(os.path.expanduser(source))
     if not root.exists():
@@ -139,6 +147,8 @@ def find_files(source: str) -> list[tuple[Path, Path]]:
     for dirpath, dirnames, filenames in os.walk(root, onerror=_raise_walk_error):
         dirnames[:] = sorted(d for d in dirnames if d not in skip_dirs and not d.startswith(".")
                              and not (stdlib and d.startswith("config-")))
+        if links is not None:
+            links += [Path(dirpath) / d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
         for name in sorted(filenames):
             if not name.endswith(".py"):
                 continue
@@ -171,10 +181,11 @@ def read_sources(sources, max_file_bytes: int = 256_000, text_column: str | None
     report, files, seen = CorpusReport(), [], set()
     for source in sources:
         path = Path(os.path.expanduser(str(source)))
+        links: list[Path] = []  # links to folders under a directory source
         if source != "stdlib" and is_dataset_dir(path):
             raw = _dataset_rows(path, text_column, unit_column)
         else:
-            raw = (_file_row(p, root, max_file_bytes) for p, root in find_files(str(source)))
+            raw = (_file_row(p, root, max_file_bytes) for p, root in find_files(str(source), links))
         for where, module, unit, text in raw:
             report.found += 1
             if module is None:
@@ -198,6 +209,7 @@ def read_sources(sources, max_file_bytes: int = 256_000, text_column: str | None
                 continue
             seen.add(key)
             files.append(SourceFile(where, module, unit or module.split(".")[0], text, tuple(functions)))
+        report.unfollowed += [str(link) for link in links]
     report.kept = len(files)
     return files, report
 

@@ -107,8 +107,8 @@ def _read_text(path: Path, name: str) -> str:
         raise PuzzleFileError(f"{name}: gzip-compressed; puzzle files are plain text (decompress it; a .jsonl.gz "
                               "of infilling problems is for infill runs)")
     head = data[:200]
-    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or (len(head) >= 4 and (head[1::2].count(0) == len(head[1::2])
-                                                                           or head[0::2].count(0) == len(head[0::2]))):
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or (len(head) >= 4 and any(head)  # all NUL: not text at all
+                                                       and not (head[1::2].strip(b"\0") and head[0::2].strip(b"\0"))):
         raise PuzzleFileError(f"{name}: UTF-16 text (as some Windows editors and Excel save it); puzzle files are "
                               "UTF-8: save it as UTF-8")
     try:
@@ -147,11 +147,12 @@ def _is_comment(line: str, delimiter: str | None, puzzle_column: int) -> bool:
 
 
 def _grid_ish(field: str) -> bool:
-    """A field that is meant as a grid, right or not: ten characters or more, mostly digits and '.' (a grid a cell
-    off, or with a typo, spaces or '-' blanks in it, is a bad record to name, never a comment to drop); a comment's
-    words are not."""
+    """A field that is meant as a grid, right or not: fourteen characters or more (a 4x4 grid two cells short), nine
+    in ten of them digits or blanks ('.', '-', '_', '*'), spaces aside: a grid a cell off, or with a typo, spaces or
+    '-' blanks in it, is a bad record to name, never a comment to drop. A comment's words, a date (2026-01-01) or a
+    time are not."""
     cells = field.replace(" ", "")
-    return len(cells) >= 10 and sum(c in "0123456789." for c in cells) >= 0.75 * len(cells)
+    return len(cells) >= 14 and sum(c in "0123456789.-_*" for c in cells) >= 0.9 * len(cells)
 
 
 def _delimiter(first: str, second: str | None) -> str | None:
@@ -268,8 +269,9 @@ def read_puzzles(
     lines = _data_lines(text)
     uncommented = [(number, line) for number, line in lines if not line.startswith("#")]
     if not uncommented:
-        records = next((number for number, line in lines
-                        if any(_grid_ish(f) for d in (",", "\t", ";") for f in _split(line, d)[1:])), None)
+        records = next((number for number, line in lines for d in (",", "\t", ";")  # `#<id>,<grid>`, not a row
+                        if (fields := _split(line, d))[1:] and not _grid_ish(fields[0][1:])  # commented out whole
+                        and any(_grid_ish(f) for f in fields[1:])), None)
         if records is not None:  # `#1,<grid>,<solution>` lines with no header to say which field is the puzzle
             raise PuzzleFileError(f"{name}:{records}: every line starts with '#', so each is a comment, though this "
                                   "one holds a grid; a CSV whose records start with a '#' id needs a header line "
