@@ -443,3 +443,13 @@ def test_rows_all_commented_out_a_remark_or_zeros_are_no_puzzles_not_a_header_or
     with pytest.raises(PuzzleFileError) as err:
         read_puzzles(path)
     assert "header line" not in str(err.value) and "UTF-16" not in str(err.value), err.value
+
+
+def test_a_solution_of_the_other_size_is_named_as_such():
+    """A 9x9 puzzle beside a 16-character solution was "solution has bad character '8' ... (expected 0-4 or '.')"."""
+    from dgft.tasks.sudoku.io import check_record
+
+    with pytest.raises(ValueError, match="puzzle is 9x9 but solution is 4x4"):
+        check_record(PUZZLE_9, SOLUTION_4, True)
+    with pytest.raises(ValueError, match="puzzle is 4x4 but solution is 9x9"):
+        check_record(PUZZLE_4, SOLUTION_9, True)

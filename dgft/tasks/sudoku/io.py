@@ -70,6 +70,9 @@ def _first_conflict(grid: np.ndarray) -> str:
 def check_record(puzzle_text: str, solution_text: str | None, check_solvable: bool) -> tuple:
     """Parse and validate one puzzle (and solution); ValueError describes the first problem."""
     puzzle = from_string(puzzle_text, what="puzzle")
+    if solution_text and len(solution_text.strip()) in (16, 81) and len(solution_text.strip()) != puzzle.size:
+        n, m = side(puzzle), int(round(len(solution_text.strip()) ** 0.5))  # before its digits are read as the size's
+        raise ValueError(f"puzzle is {n}x{n} but solution is {m}x{m}")
     solution = from_string(solution_text, what="solution") if solution_text else None
     if rule_violations(puzzle):
         raise ValueError(f"puzzle givens break a rule: {_first_conflict(puzzle)}")
