@@ -218,14 +218,11 @@ def _composition_message(err: Exception, command: str) -> str:
     if unknown:
         from omegaconf import OmegaConf
 
-        from dgft.config import TASK_SCHEMAS, EvalRecipe, ExportRecipe, TrainRecipe, not_a_setting
+        from dgft.config import EvalRecipe, ExportRecipe, TrainRecipe, not_a_setting, other_task_setting
 
         key = unknown.group(1)
-        tasks = [name for name, schema in TASK_SCHEMAS.items()
-                 if command == "train" and key.startswith("task.") and key[5:] in OmegaConf.structured(schema)]
-        if tasks:  # the other task's: the suggestion would be a near name of this one's
-            return (f"{key}: a setting of the {' and '.join(tasks)} task, not of the task this command trains (pick "
-                    f"it with recipe={tasks[0]} or task={tasks[0]})")
+        if command == "train" and (other := other_task_setting(key, None)):  # the task composed is not known here
+            return other
         schema = {"train": TrainRecipe, "eval": EvalRecipe, "export": ExportRecipe}[command]
         return not_a_setting([key], OmegaConf.structured(schema))
     if getattr(err, "override", None) and err.override not in message:  # Hydra's grammar errors do not name it

@@ -518,11 +518,29 @@ def refuse_unknown(cfg, schema) -> None:
 
 
 def not_a_setting(keys: list[str], schema) -> str:
-    """"KEYS: not a setting of dgft; did you mean NEAREST?" (the nearest of the schema's keys to the first)."""
+    """"KEYS: not a setting of dgft; did you mean NEAREST?" (the nearest of the schema's keys to the first), or, for
+    another task's setting (`task.sources` on a Sudoku run), whose task it is."""
     import difflib
 
+    task = OmegaConf.select(schema, "task.name", default=None) if "task" in schema else None
+    if other := other_task_setting(keys[0], task):
+        return other
     near = difflib.get_close_matches(keys[0], _leaf_keys(schema), n=1)
     return f"{', '.join(keys)}: not a setting of dgft" + (f"; did you mean {near[0]}?" if near else "")
+
+
+def other_task_setting(key: str, task: str | None) -> str | None:
+    """"task.sources: a setting of the infill task ..." when `key` is a task's setting, of a task other than `task`
+    (None: the task is not known, so any), else None. The recipe is the way to that task: `task=infill` alone keeps
+    the Sudoku recipe's own task settings, which the infill task refuses."""
+    leaf = key.removeprefix("task.").split(".")[0]
+    if not key.startswith("task.") or not leaf:
+        return None
+    tasks = [name for name, schema in TASK_SCHEMAS.items() if name != task and leaf in OmegaConf.structured(schema)]
+    if not tasks:
+        return None
+    return (f"{key}: a setting of the {' and '.join(tasks)} task, not of the task this config trains (for a run of "
+            f"that task, give recipe={tasks[0]})")
 
 
 def validate(cfg: DictConfig | Any) -> None:

@@ -165,9 +165,10 @@ def run_dir_for(name: str, resume) -> str:
             except OSError as err:
                 raise RunError(f"cannot create the run directory {path}: {err.strerror or err}") from err
     if resume != "auto":
+        if Path(str(resume)).is_dir():
+            refuse_misplaced(Path(str(resume)))  # here, before Hydra opens the run's train.log
         if not (Path(str(resume)) / "config.yaml").is_file():
             raise RunError(f"resume={resume}: no such run (no {Path(str(resume)) / 'config.yaml'})")
-        refuse_misplaced(Path(str(resume)))  # here, before Hydra opens the run's train.log
         return str(resume)
     runs = [p for p in sorted(Path("outputs", name).glob("20*")) if p.is_dir() and not _ended_by_itself(p)
             and latest_valid(p) is not None]

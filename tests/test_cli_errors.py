@@ -353,7 +353,9 @@ def test_a_users_recipe_that_does_not_compose_is_named_without_a_traceback(tmp_p
     (["train", "trainer.lr=[1"], "override trainer.lr=[1: "),
     (["train", "trainer.lrr=1"], "trainer.lrr: not a setting of dgft; did you mean trainer.lr?"),  # not Hydra's
     (["eval", "/tmp", "limitt=3"], "limitt: not a setting of dgft; did you mean limit?"),  # "append with +"
-    (["train", "task.sources=x"], "task.sources: a setting of the infill task, not of the task this command trains"),
+    (["train", "task.sources=x"], "task.sources: a setting of the infill task, not of the task this config trains "
+                                  "(for a run of that task, give recipe=infill)"),
+    (["train", "+task.sources=x"], "task.sources: a setting of the infill task"),  # refuse_unknown's path
     (["train", "-m", "trainer.lrr=1,2"], "sweep job trainer.lrr=1: trainer.lrr: not a setting of dgft; did you "
                                          "mean trainer.lr?"),
 ])

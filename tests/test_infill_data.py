@@ -268,7 +268,11 @@ def test_links_to_folders_in_a_corpus_are_counted_not_silently_passed_over(tmp_p
     files, report = C.read_sources([str(proj)])
     assert len(files) == 1 and report.unfollowed == [str(proj / "vendor")]
     assert "1 link to a folder not followed (first: " in report.summary()
-    assert report.to_dict()["unfollowed"] == [str(proj / "vendor")]
+    assert report.to_dict()["unfollowed"] == 1 and report.to_dict()["unfollowed_first"] == [str(proj / "vendor")]
+    (proj / "m0.py").unlink()  # its only files behind the link: named in the refusal
+    with pytest.raises(C.CorpusError, match=re.escape(f"{proj}: no .py files under it (links to folders are not "
+                                                      f"followed: {proj / 'vendor'}")):
+        C.read_sources([str(proj)])
 
 
 def test_saved_dataset_source(tmp_path):

@@ -76,7 +76,8 @@ def test_an_evaluation_killed_while_replacing_another_leaves_no_result_naming_it
     assert (run / "eval" / "heldout_samples.jsonl").exists()
 
 
-@pytest.mark.parametrize("name,make", [("metrics.jsonl", "folder"), ("checkpoints", "file"), ("train.log", "folder")])
+@pytest.mark.parametrize("name,make", [("metrics.jsonl", "folder"), ("checkpoints", "file"), ("train.log", "folder"),
+                                       ("config.yaml", "folder")])
 def test_a_resume_names_a_path_of_the_wrong_kind(trained, tmp_path, capsys, name, make):
     """`metrics.jsonl/` a folder (or `checkpoints` a file): a traceback on resume before; now a refusal naming it,
     with nothing trained or changed."""

@@ -428,7 +428,7 @@ def test_comments_with_dates_and_numbers_stay_comments_and_dash_blanks_are_recor
     """The rule that keeps '#'-id records must not take a remark holding a date or a time for one (the puzzle column
     is not the first here, so the remark's second field is where the puzzle would be)."""
     dashed = PUZZLE_9.replace("0", "-")
-    text = ("id,puzzle,solution\n# d1 test subset, 2026-01-01, first 2\n# created, 2026-01-01 12:00:00\n"
+    text = ("id,puzzle,solution\n# d1 test subset, 2026-01-01, first 2\n# created, 2026-01-01 12:00\n"
             f"1,{PUZZLE_4},{SOLUTION_4}\n#2,{dashed[:40]}x{dashed[41:]},{SOLUTION_9}\n")
     records, skipped = read_puzzles(_write(tmp_path, text), on_error="skip")
     assert [r.source.rsplit(":", 1)[1] for r in records] == ["4"]
@@ -450,6 +450,6 @@ def test_a_solution_of_the_other_size_is_named_as_such():
     from dgft.tasks.sudoku.io import check_record
 
     with pytest.raises(ValueError, match="puzzle is 9x9 but solution is 4x4"):
-        check_record(PUZZLE_9, SOLUTION_4, True)
+        check_record(PUZZLE_9, SOLUTION_9[:16], True)  # digits above 4: read as a 4x4 grid's, a bad character
     with pytest.raises(ValueError, match="puzzle is 4x4 but solution is 9x9"):
         check_record(PUZZLE_4, SOLUTION_9, True)

@@ -107,7 +107,8 @@ class CorpusReport:
         if self.unfollowed:
             n = len(self.unfollowed)
             parts.append(f"{n} {'link to a folder' if n == 1 else 'links to folders'} not followed (first: "
-                         f"{self.unfollowed[0]}; give the folder itself as a source to read it)")
+                         f"{self.unfollowed[0]}; a folder behind a link is read when it is itself one of "
+                         "task.sources)")
         if self.duplicates:
             parts.append(f"{self.duplicates} duplicates")
         if self.unparsable:
@@ -117,7 +118,8 @@ class CorpusReport:
     def to_dict(self) -> dict:
         return {"found": self.found, "kept": self.kept, "skipped": dict(self.skipped),
                 "unparsable": list(self.unparsable), "duplicates": self.duplicates,
-                **({"unfollowed": list(self.unfollowed)} if self.unfollowed else {})}
+                **({"unfollowed": len(self.unfollowed), "unfollowed_first": list(self.unfollowed[:20])}
+                   if self.unfollowed else {})}
 
 
 # --- finding sources ------------------------------------------------------------------------------
@@ -143,12 +145,11 @@ def find_files(source: str, links: list | None = None) -> list[tuple[Path, Path]
             raise CorpusError(f"{root}: not a .py file")
         return [(root, root.parent)]
     skip_dirs = STDLIB_SKIP_DIRS if stdlib else ANY_SKIP_DIRS
-    out = []
+    out, linked = [], []
     for dirpath, dirnames, filenames in os.walk(root, onerror=_raise_walk_error):
         dirnames[:] = sorted(d for d in dirnames if d not in skip_dirs and not d.startswith(".")
                              and not (stdlib and d.startswith("config-")))
-        if links is not None:
-            links += [Path(dirpath) / d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
+        linked += [Path(dirpath) / d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
         for name in sorted(filenames):
             if not name.endswith(".py"):
                 continue
@@ -156,7 +157,11 @@ def find_files(source: str, links: list | None = None) -> list[tuple[Path, Path]
                 continue
             out.append((Path(dirpath) / name, root))
     if not out:
-        raise CorpusError(f"{root}: no .py files under it")
+        behind = ", ".join(map(str, linked[:3]))
+        raise CorpusError(f"{root}: no .py files under it" + (f" (links to folders are not followed: {behind}; give "
+                                                             "the folder a link points to as a source)" if behind else ""))
+    if links is not None:
+        links += linked
     return out
 
 

@@ -70,8 +70,9 @@ def _first_conflict(grid: np.ndarray) -> str:
 def check_record(puzzle_text: str, solution_text: str | None, check_solvable: bool) -> tuple:
     """Parse and validate one puzzle (and solution); ValueError describes the first problem."""
     puzzle = from_string(puzzle_text, what="puzzle")
-    if solution_text and len(solution_text.strip()) in (16, 81) and len(solution_text.strip()) != puzzle.size:
-        n, m = side(puzzle), int(round(len(solution_text.strip()) ** 0.5))  # before its digits are read as the size's
+    other = re.fullmatch(r"[0-9.]{16}|[0-9.]{81}", (solution_text or "").strip())  # a whole grid, of which size
+    if other and len(other.group()) != puzzle.size:  # said before its digits are read as the puzzle's size's
+        n, m = side(puzzle), int(round(len(other.group()) ** 0.5))
         raise ValueError(f"puzzle is {n}x{n} but solution is {m}x{m}")
     solution = from_string(solution_text, what="solution") if solution_text else None
     if rule_violations(puzzle):
@@ -150,12 +151,14 @@ def _is_comment(line: str, delimiter: str | None, puzzle_column: int) -> bool:
 
 
 def _grid_ish(field: str) -> bool:
-    """A field that is meant as a grid, right or not: fourteen characters or more (a 4x4 grid two cells short), nine
-    in ten of them digits or blanks ('.', '-', '_', '*'), spaces aside: a grid a cell off, or with a typo, spaces or
-    '-' blanks in it, is a bad record to name, never a comment to drop. A comment's words, a date (2026-01-01) or a
-    time are not."""
+    """A field that is meant as a grid, right or not: fourteen characters or more (a 4x4 grid two cells short), spaces
+    aside, all digits or '.' but for two at most (a typo), or with '-', '_' or '*' as the blank (six or more of it):
+    a grid a cell off, or with a typo, spaces or '-' blanks in it, is a bad record to name, never a comment to drop.
+    A comment's words, a date or a time (2026-01-01 12:00: three others) are not."""
     cells = field.replace(" ", "")
-    return len(cells) >= 14 and sum(c in "0123456789.-_*" for c in cells) >= 0.9 * len(cells)
+    others = [c for c in cells if c not in "0123456789."]
+    blank = next((b for b in "-_*" if cells.count(b) >= 6), None)
+    return len(cells) >= 14 and sum(c != blank for c in others) <= 2
 
 
 def _delimiter(first: str, second: str | None) -> str | None:
