@@ -176,6 +176,26 @@ def main(argv: list[str] | None = None) -> None:
         _composed(lambda: _help_without_schemas(_run), command, started)
         return
     _composed(_run, command, started)
+    if command == "train" and {"--cfg", "-c"} & set(rest) and not {"-m", "--multirun"} & set(rest):
+        _check_printed(rest)
+
+
+def _check_printed(rest: list[str]) -> None:
+    """`dgft train --cfg job`: Hydra prints the composed config without dgft's checks (ranges, unknown keys, the
+    device); they run after it, so a config training would refuse says so, naming the key, with exit 2. Not for a
+    resume (checked against the run's own config) nor a config composed from a directory of one's own."""
+    if {"--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn"} & {a.split("=")[0] for a in rest}:
+        return
+    overrides = [a for a in _plain_words(rest) if not a.lstrip("+~").startswith("hydra.")]  # not the train config
+    if _override(overrides, "resume", "null") not in ("null", "None", ""):
+        return
+    from dgft.config import ConfigError
+    from dgft.train import pick_device
+
+    try:
+        pick_device(compose_train(overrides).device)
+    except ConfigError as err:
+        _exit(f"dgft train: error: {err} (training would refuse the config printed above)")
 
 
 def _composed(run_hydra, command: str, started: dict) -> None:
@@ -392,17 +412,21 @@ _VALUED_FLAGS = {"--cfg", "-c", "--package", "-p", "--info", "-i", "--config-pat
                  "--config-dir", "-cd", "--experimental-rerun"}  # Hydra's flags that take the next word
 
 
-def _stray(args: list[str]) -> str | None:
-    """The first word that is neither a key=value override, a flag nor a flag's value (`--cfg job`)."""
+def _plain_words(args: list[str]):
+    """The words of a command line that are neither flags nor a flag's value (`--cfg job`): overrides, and strays."""
     after_flag = False
     for a in args:
         if after_flag and "=" not in a and not a.startswith("-"):
             after_flag = False
             continue
         after_flag = a in _VALUED_FLAGS
-        if "=" not in a and not a.startswith(("-", "~")):
-            return a
-    return None
+        if not a.startswith("-"):
+            yield a
+
+
+def _stray(args: list[str]) -> str | None:
+    """The first word that is neither a key=value override, a flag nor a flag's value (`--cfg job`)."""
+    return next((a for a in _plain_words(args) if "=" not in a and not a.startswith("~")), None)
 
 
 def _check_train_words(rest: list[str]) -> None:

@@ -384,3 +384,17 @@ def test_an_error_in_the_command_itself_keeps_its_traceback(tmp_path, monkeypatc
     said = capsys.readouterr().err
     assert err.value.code == 1 and "Traceback" in said and "a bug inside the command" in said, said
     assert "dgft train: error" not in said and "HYDRA_FULL_ERROR" not in __import__("os").environ
+
+
+def test_cfg_job_says_when_training_would_refuse_the_config_it_printed(capsys, monkeypatch):
+    """`dgft train --cfg job` printed any config Hydra could compose, a negative learning rate or an unknown `+key`
+    included, with exit 0; the config is still printed, then refused as training would refuse it."""
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    with pytest.raises(SystemExit) as err:
+        main(["train", "--cfg", "job", "trainer.lr=-1"])
+    out = capsys.readouterr()
+    assert err.value.code == 2 and "lr: -1" in out.out, out
+    assert "trainer.lr=-1.0: must be > 0 (training would refuse the config printed above)" in out.err
+    main(["train", "--cfg", "job", "trainer.max_steps=5"])  # a config training takes: printed, exit 0
+    out = capsys.readouterr()
+    assert "max_steps: 5" in out.out and out.err == ""
