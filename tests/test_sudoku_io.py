@@ -111,7 +111,7 @@ def test_file_level_errors(tmp_path):
         read_puzzles(tmp_path / "missing.csv")
     with pytest.raises(PuzzleFileError, match="no puzzles"):
         read_puzzles(_write(tmp_path, "# only a comment\n\n", "empty.txt"))
-    with pytest.raises(PuzzleFileError, match="no valid puzzles"):
+    with pytest.raises(PuzzleFileError, match=r"no puzzles in file \(only its header, line 1\)"):  # not "0 skipped"
         read_puzzles(_write(tmp_path, "puzzle,solution\n", "header_only.csv"))
     with pytest.raises(PuzzleFileError, match="no valid puzzles .1 lines skipped"):
         read_puzzles(_write(tmp_path, "12\n", "all_bad.txt"), on_error="skip")
@@ -453,3 +453,14 @@ def test_a_solution_of_the_other_size_is_named_as_such():
         check_record(PUZZLE_9, SOLUTION_9[:16], True)  # digits above 4: read as a 4x4 grid's, a bad character
     with pytest.raises(ValueError, match="puzzle is 4x4 but solution is 9x9"):
         check_record(PUZZLE_4, SOLUTION_9, True)
+
+
+@pytest.mark.parametrize("sep", [";", ",", "\t"])
+def test_excels_separator_line_is_read_as_such(tmp_path, sep):
+    """Excel writes `sep=;` as a CSV's first line to name its separator: it was read as a header without a puzzle
+    column."""
+    path = _write(tmp_path, f"sep={sep}\npuzzle{sep}solution\n{PUZZLE_9}{sep}{SOLUTION_9}\n")
+    records, skipped = read_puzzles(path)
+    assert [r.source for r in records] == [f"{path}:3"] and skipped == []
+    assert to_string(records[0].solution) == SOLUTION_9
+

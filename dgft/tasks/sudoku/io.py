@@ -284,13 +284,22 @@ def read_puzzles(
                                   "(e.g. id,puzzle,solution) naming its columns")
         raise PuzzleFileError(f"{name}: no puzzles in file")
 
+    excel = re.fullmatch(r"sep=([,;]?)", uncommented[0][1])  # Excel's first line naming its separator (a tab is
+    # stripped with the line's white space)
+    if excel:
+        lines = [(number, line) for number, line in lines if number != uncommented[0][0]]
+        uncommented = uncommented[1:]
+        if not uncommented:
+            raise PuzzleFileError(f"{name}: no puzzles in file (only Excel's separator line)")
     first = uncommented[0][1]
     if first.startswith(("{", "[")):
         raise PuzzleFileError(f"{name}:{uncommented[0][0]}: JSON, not a puzzle line; puzzle files hold one grid per "
                               "line or CSV (JSON lines of infilling problems are for infill runs)")
     delimiter = _delimiter(first, uncommented[1][1] if len(uncommented) > 1 else None)
+    if excel:
+        delimiter = excel.group(1) or "\t"
     is_csv = delimiter is not None
-    puzzle_column, solution_column = 0, None
+    puzzle_column, solution_column, header_line = 0, None, None
     if is_csv:
         while len(uncommented) > 1:  # a spreadsheet's empty rows (`,,`) before the header
             fields = _split(uncommented[0][1], delimiter)
@@ -301,7 +310,7 @@ def read_puzzles(
         header = _split(first, delimiter)  # not even a CSV row: a bad first record, reported (or skipped) below
         if _is_header(header):
             puzzle_column, solution_column = _columns(header, f"{name}:{start}")
-            start += 1
+            header_line, start = start, start + 1
         else:
             solution_column = _solution_beside(uncommented, delimiter)
         lines = [(number, line) for number, line in lines if number >= start]
@@ -339,6 +348,8 @@ def read_puzzles(
         if bar is not None:
             bar.close()
 
+    if not records and not skipped and header_line is not None:
+        raise PuzzleFileError(f"{name}: no puzzles in file (only its header, line {header_line})")
     if not records:
         first = f"; first: {skipped[0]}" if skipped else ""
         raise PuzzleFileError(f"{name}: no valid puzzles ({len(skipped)} lines skipped{first})")
