@@ -230,3 +230,21 @@ def test_resume_auto_names_a_run_path_of_the_wrong_kind_before_hydra_opens_its_l
     (run / "train.log").mkdir()
     with pytest.raises(RunError, match="train.log: a folder where the run keeps its train.log file"):
         run_dir_for("sudoku", "auto")
+
+
+def test_export_says_merge_into_changes_nothing_for_a_run_that_is_not_4bit(trained, tmp_path, capsys):
+    run = _copy(trained, tmp_path)
+    main(["export", str(run), "merge_into=base"])
+    assert ("note: merge_into=base is read only for a 4-bit run (model.quantize=nf4)" in capsys.readouterr().err)
+    assert (run / "export" / "config.json").is_file()
+
+
+def test_a_result_name_with_the_results_suffix_drops_it(capsys):
+    from omegaconf import OmegaConf
+
+    from dgft.evaluate import output_name
+
+    assert output_name(OmegaConf.create({"name": "easy50.json", "checkpoint": None}), "x") == "easy50"
+    assert "note: name=easy50.json: the result is named easy50" in capsys.readouterr().err
+    assert output_name(OmegaConf.create({"name": "v1.2", "checkpoint": None}), "x") == "v1.2"
+    assert output_name(OmegaConf.create({"name": ".json", "checkpoint": None}), "x") == ".json"
