@@ -117,10 +117,11 @@ def output_name(cfg, default: str) -> str:
     that evaluating a checkpoint never overwrites the run's final model's results. `name=easy50.json` is easy50 (the
     suffixes are the evaluation's own: easy50.json.json was written), said on stderr."""
     name = str(cfg.name) if cfg.name else f"{default}_{Path(cfg.checkpoint).name}" if cfg.checkpoint else default
-    if cfg.name and name.endswith((".json", ".md")) and name.rsplit(".", 1)[0]:
-        print(f"note: name={name}: the result is named {name.rsplit('.', 1)[0]} (its files take their own "
-              "suffixes: .json, .md, _samples.jsonl)", file=sys.stderr)
-        name = name.rsplit(".", 1)[0]
+    stem = name.rsplit(".", 1)[0]
+    if cfg.name and name.endswith((".json", ".md")) and stem:
+        print(f"note: name={name}: the result is named {stem} (its files take their own suffixes: .json, .md, "
+              "_samples.jsonl)", file=sys.stderr)
+        name = stem
     longest = f".{name}_denoising.tmp-{'9' * 7}.png"  # the longest file written for it: a temporary (cache.replace_file)
     if len(longest.encode()) > 255:  # a file system's limit on one name
         raise ConfigError(f"the result name {name[:40]}... ({len(name.encode())} bytes, "

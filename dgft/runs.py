@@ -323,17 +323,22 @@ def require_weights(run_dir: Path, cfg, checkpoint: str | Path | None = None) ->
 def heldout_records(data_dir: Path) -> dict:
     """train_summary.json's `heldout`: RUN/data/heldout.*'s size and sha256, and a gzip file's content's sha256 too
     (its header holds a time: the same examples compressed again are another file, and still the split)."""
-    import gzip
-    import hashlib
-
     from dgft import checkpoint as ckpt
 
     files = sorted(Path(data_dir).glob("heldout.*"))
     records = ckpt.file_records(Path(data_dir), files)
     for path in files:
         if path.suffix == ".gz":
-            records[path.name]["content_sha256"] = hashlib.sha256(gzip.decompress(path.read_bytes())).hexdigest()
+            records[path.name]["content_sha256"] = _content_sha256(path)
     return records
+
+
+def _content_sha256(path: Path) -> str:
+    """sha256 of a gzip file's content, decompressed (OSError, EOFError or zlib.error when it is not whole gzip)."""
+    import gzip
+    import hashlib
+
+    return hashlib.sha256(gzip.decompress(path.read_bytes())).hexdigest()
 
 
 def require_heldout(run: Path, path: Path) -> Path:
@@ -341,8 +346,6 @@ def require_heldout(run: Path, path: Path) -> Path:
     (RunError) when it is not as training wrote it (train_summary.json's `heldout` record): a file cut short by a full
     disk or a copy, or edited, would be scored as if it were the whole split. A missing one is left to the reader,
     which names it; a run without the record (before session 36) is not checked."""
-    import gzip
-    import hashlib
     import zlib
 
     record = ((summary(run) or {}).get("heldout") or {}).get(path.name)
@@ -351,7 +354,7 @@ def require_heldout(run: Path, path: Path) -> Path:
     content = record.get("content_sha256")
     if content is not None:  # compressed again, the same examples are the same split
         try:
-            if hashlib.sha256(gzip.decompress(path.read_bytes())).hexdigest() == content:
+            if _content_sha256(path) == content:
                 return path
         except (OSError, EOFError, zlib.error):  # gzip.BadGzipFile is an OSError: cut short, or not gzip
             pass

@@ -140,7 +140,6 @@ def _train(cfg, run_dir: Path, overrides: Sequence[str]) -> Path | None:
     # --- setup -------------------------------------------------------------------------------------
     resume_from = None
     if cfg.resume:
-        runs.refuse_misplaced(run_dir)
         cfg, resume_from = resume.resume_target(cfg, run_dir, overrides)
         validate(cfg)  # before the nothing-to-train check: trainer.max_steps=-5 is an error, not a finished run
         if resume.finished(run_dir, resume_from, cfg):
