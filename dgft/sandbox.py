@@ -12,7 +12,8 @@ enforces them (`Verdict.isolation` names those that held for a run):
   process), RLIMIT_FSIZE, RLIMIT_NOFILE, RLIMIT_CORE = 0; the memory of all its processes together (proportional
   set sizes, checked every POLL_S: over `memory_mb`, all are killed and the status is oom); output read to the end
   but kept only up to `max_output_bytes`; at the end SIGKILL to its process group, to every process of its user
-  id and to every process whose command line holds its directory's name (forks that left the group), repeated
+  id and to every stage of it, forks that left the group included (`is_stage`: this interpreter running stage `boot`
+  or `guard` with a config that names its directory; a host process that merely names it is left alone), repeated
   until none is left, and only then is the first process reaped.
 - Unless `seccomp=False`, by the kernel: a seccomp filter (`sandbox_child.SECCOMP_DENIED`, x86-64 and arm64)
   fails with EPERM the calls no test program needs and that would get round the other layers: execve (another
@@ -344,8 +345,8 @@ def memory_mb_of(pids: list[int]) -> float:
 
 
 def kill_all(pgid: int, uid: int | None, token: str):
-    """SIGKILL the process group, every process of `uid` and every process whose command line holds
-    `token` (forks of the sandbox's interpreters that left the group), until none is left."""
+    """SIGKILL the process group, every process of `uid` and every stage of the sandbox whose config holds `token`
+    (forks of the sandbox's interpreters that left the group; `is_stage`), until none is left."""
     for _ in range(50):
         victims = sandbox_processes(pgid, uid, token)
         if not victims:
@@ -364,7 +365,7 @@ def kill_all(pgid: int, uid: int | None, token: str):
 
 
 def sandbox_processes(pgid: int, uid: int | None, token: str, include_zombies: bool = False) -> list[int]:
-    """Live processes that belong to a sandbox run (its group, its uid, or its token on the command line)."""
+    """Live processes that belong to a sandbox run: its group, its uid, or a stage of it (`is_stage`)."""
     found = []
     me = os.getpid()
     for entry in os.scandir("/proc"):
@@ -378,12 +379,21 @@ def sandbox_processes(pgid: int, uid: int | None, token: str, include_zombies: b
             owner = os.stat(entry.path).st_uid
             hit = pg == pgid or (uid is not None and owner == uid)
             if not hit:
-                hit = token.encode() in Path(entry.path, "cmdline").read_bytes()
+                hit = is_stage(Path(entry.path, "cmdline").read_bytes(), token)
         except (OSError, IndexError, ValueError):
             continue
         if hit:
             found.append(int(entry.name))
     return found
+
+
+def is_stage(cmdline: bytes, token: str) -> bool:
+    """Whether a /proc command line is a stage of this sandbox or a fork of one (`<this python> ... boot|guard
+    <config>`, the config holding `token`). A process whose command line merely mentions the token (`ls` of the
+    sandbox's directory, an editor) is none of the sandbox's: the sweep leaves it alone."""
+    args = cmdline.rstrip(b"\0").split(b"\0")
+    return (len(args) >= 3 and args[-2] in (b"boot", b"guard") and args[-1].startswith(b"{")
+            and token.encode() in args[-1] and args[0] == os.fsencode(sys.executable))
 
 
 def _alive_group(pgid: int) -> bool:

@@ -8,16 +8,18 @@ is safe to try, with the kernel layers alone (`kernel`: namespaces and the secco
 namespaces alone (`ns`).
 """
 
+import json
 import os
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from dgft.sandbox import STATUSES, Capture, namespaces_available, run_program, sandbox_processes
+from dgft.sandbox import STATUSES, Capture, kill_all, namespaces_available, run_program, sandbox_processes
 
 NS = namespaces_available()
 needs_ns = pytest.mark.skipif(not NS, reason="this kernel refuses the namespaces")
@@ -455,3 +457,24 @@ def test_the_namespace_probe_and_an_up_front_refusal(monkeypatch):
     monkeypatch.setattr(S.os, "geteuid", lambda: 0)
     assert S.cannot_isolate("auto") == S.ROOT_UNISOLATED and S.cannot_isolate("process") is None
     assert "kernel refuses the namespaces" in S.cannot_isolate("namespaces")
+
+
+def test_the_sweep_kills_the_sandboxs_stages_only(tmp_path):
+    """The final sweep finds forks that left the group by their stage's command line; a host process that merely
+    names the sandbox's directory (`ls`, an editor, `tail -f` of a file in it) is not one of them and lives on."""
+    token = f"dgft-sandbox-{uuid.uuid4().hex}"
+    sleep = "import time\ntime.sleep(60)"
+    host = subprocess.Popen([sys.executable, "-c", sleep, f"/tmp/{token}/work/notes.txt"])
+    stage = subprocess.Popen([sys.executable, "-c", sleep, "guard", json.dumps({"token": token})],
+                             start_new_session=True)
+    leader = subprocess.Popen([sys.executable, "-c", sleep], start_new_session=True)  # the run's group
+    try:
+        time.sleep(0.3)  # both have exec'd: /proc shows their command lines
+        assert sorted(sandbox_processes(leader.pid, None, token)) == sorted([leader.pid, stage.pid])
+        kill_all(leader.pid, None, token)
+        assert stage.wait(5) == -9 and leader.wait(5) == -9
+        assert host.poll() is None, "the sweep killed a host process that only named the sandbox's directory"
+    finally:
+        for p in (host, stage, leader):
+            p.kill()
+            p.wait()
