@@ -595,6 +595,32 @@ _SAMPLER_POSITIVE = ["steps", "batch_size", "views", "passes"]
 _SAMPLER_NON_NEGATIVE = ["temperature", "entropy_bound", "view_batch"]
 
 
+def check_sampler_values(sampler) -> None:
+    """The range checks of the sampler's own settings, whatever the task: `check_sampler`'s first, and
+    `dgft.sampling.sample`'s for callers that build settings themselves. A key `sampler` lacks is not checked
+    (the sampler takes its default). Raises ConfigError naming the key."""
+    def get(key):
+        return OmegaConf.select(sampler, key, default=None) if isinstance(sampler, DictConfig) else \
+            getattr(sampler, key, None)
+
+    check_finite({k: get(k) for k in (*_SAMPLER_CHOICES, *_SAMPLER_POSITIVE, *_SAMPLER_NON_NEGATIVE, "confidence",
+                                      "revise")}, "sampler")
+    for key, allowed in _SAMPLER_CHOICES.items():
+        if get(key) is not None and get(key) not in allowed:
+            raise ConfigError(f"sampler.{key}={get(key)!r}: expected one of {', '.join(allowed)}")
+    for key in _SAMPLER_POSITIVE:
+        if get(key) is not None and not get(key) > 0:
+            raise ConfigError(f"sampler.{key}={get(key)!r}: must be > 0")
+    for key in _SAMPLER_NON_NEGATIVE:
+        if get(key) is not None and get(key) < 0:
+            raise ConfigError(f"sampler.{key}={get(key)!r}: must be >= 0")
+    if get("confidence") is not None and not 0 < get("confidence") <= 1:
+        raise ConfigError(f"sampler.confidence={get('confidence')!r}: must be in (0, 1] (acceptance=confidence "
+                          "takes positions at least this probable)")
+    if get("revise") is not None and not 0 <= get("revise") < 1:
+        raise ConfigError(f"sampler.revise={get('revise')!r}: must be in [0, 1) (0: acceptances are final)")
+
+
 def check_sampler(sampler, task: str, noise_kind: str, sc_untrained: bool = False) -> None:
     """Range checks on sampler settings: a train config's `sampler`, or a run's merged with `dgft eval`'s
     overrides (the same keys, the same messages); raises ConfigError naming the key. `sc_untrained`: the model was
@@ -606,20 +632,7 @@ def check_sampler(sampler, task: str, noise_kind: str, sc_untrained: bool = Fals
                           "start; set sampler.self_conditioning=false (and sampler.passes=1)")
     check_finite(OmegaConf.to_container(sampler, resolve=True) if isinstance(sampler, DictConfig) else dict(sampler),
                  "sampler")
-    for key, allowed in _SAMPLER_CHOICES.items():
-        if get(key) not in allowed:
-            raise ConfigError(f"sampler.{key}={get(key)!r}: expected one of {', '.join(allowed)}")
-    for key in _SAMPLER_POSITIVE:
-        if not get(key) > 0:
-            raise ConfigError(f"sampler.{key}={get(key)!r}: must be > 0")
-    for key in _SAMPLER_NON_NEGATIVE:
-        if get(key) < 0:
-            raise ConfigError(f"sampler.{key}={get(key)!r}: must be >= 0")
-    if not 0 < get("confidence") <= 1:
-        raise ConfigError(f"sampler.confidence={get('confidence')!r}: must be in (0, 1] (acceptance=confidence "
-                          "takes positions at least this probable)")
-    if not 0 <= get("revise") < 1:
-        raise ConfigError(f"sampler.revise={get('revise')!r}: must be in [0, 1) (0: acceptances are final)")
+    check_sampler_values(sampler)
     if get("revise") > 0 and noise_kind != "uniform":
         raise ConfigError(f"sampler.revise={get('revise')}: needs noise.kind=uniform (a mask-noise model never "
                           "scores an unmasked token); set sampler.revise=0")

@@ -1,5 +1,7 @@
 """The sampler on an untrained tiny model: pinned cells never change, `rules` never breaks a rule."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -581,6 +583,29 @@ def test_with_row_generators_a_puzzle_samples_as_it_would_alone(setup, mode, vie
     assert not torch.equal(shared[0][3:4], shared[1])
 
 
+def test_a_finished_puzzle_is_not_revised_while_its_batch_goes_on(setup):
+    """With `sampler.revise`, a puzzle that finished stays finished while a slower one in its batch still samples:
+    alone it would stop, so reopening its cells would give it other steps, revisions and digits in another batch."""
+    import copy
+
+    from dgft import noise as N
+
+    cfg, task, model = setup
+    model = copy.deepcopy(model).double()
+    puzzles, solutions = _puzzles(9, 2, seed=5)
+    puzzles[0] = solutions[0]
+    puzzles[0, 0] = 0  # one blank: done at its first step
+    scfg = OmegaConf.structured(SamplerConfig(steps=30, acceptance="fixed", revise=0.5, temperature=1.0))
+    for seed in range(3):
+        seeds = [N.example_seed(seed, i) for i in range(2)]
+        whole = sample(model, task.encode(puzzles, solutions), task, scfg, "clamped", generator=N.RowGenerators(seeds))
+        alone = sample(model, task.encode(puzzles[:1], solutions[:1]), task, scfg, "clamped",
+                       generator=N.RowGenerators(seeds[:1]))
+        assert torch.equal(whole.canvas[:1], alone.canvas) and int(whole.steps[0]) == int(alone.steps[0]) == 1
+        assert int(whole.revisions[0]) == int(alone.revisions[0])
+        assert int(whole.steps[1]) > 1  # the other puzzle went on
+
+
 def test_eval_seeds_each_puzzle_by_its_place_in_the_file(setup):
     """`dgft eval`'s sampling (run_mode): puzzle i's noise is seeded by (seed, i), so the first N puzzles alone
     (`limit=N`), one per batch (`sampler.batch_size`), or grouped by givens (`batch_by`) get the answers and steps
@@ -607,3 +632,22 @@ def test_eval_seeds_each_puzzle_by_its_place_in_the_file(setup):
     assert answers(recs, sampler={"batch_size": 1}) == whole
     assert answers(recs, by_givens=True) == whole
     assert answers(recs, seed=1) != whole
+
+
+@pytest.mark.parametrize("bad,named", [({"steps": 0}, "sampler.steps=0"), ({"passes": 0}, "sampler.passes=0"),
+                                       ({"acceptance": "entropie"}, "sampler.acceptance='entropie'"),
+                                       ({"view_batch": -1}, "sampler.view_batch=-1"),
+                                       ({"confidence": 1.5}, "sampler.confidence=1.5"),
+                                       ({"temperature": float("nan")}, "sampler.temperature=nan"),
+                                       ({"noise_kind": "uniforme"}, "noise_kind='uniforme'")])
+def test_sample_called_directly_refuses_settings_that_cannot_work(setup, bad, named):
+    """dgft's commands check the sampler's settings when the config is composed; a caller of `sample` who builds
+    them alone gets the same refusal, naming the setting, not zero steps of [PAD], an UnboundLocalError deep in
+    the loop, or an acceptance rule that is only looked up when a step needs it."""
+    cfg, task, model = setup
+    puzzles, solutions = _puzzles(4, 1, seed=1)
+    settings = {k: v for k, v in bad.items() if k != "noise_kind"}
+    scfg = OmegaConf.merge(OmegaConf.structured(SamplerConfig(steps=4)), settings)
+    with pytest.raises(ValueError, match=re.escape(named)):
+        sample(model, task.encode(puzzles, solutions), task, scfg, "clamped",
+               noise_kind=bad.get("noise_kind", "uniform"))
