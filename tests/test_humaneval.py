@@ -148,6 +148,14 @@ def test_exact_match_keeps_indentation():
     assert not exact_match("x = 2\n", "x = 1\n")
 
 
+def test_exact_match_needs_the_line_break_that_ends_the_line():
+    """Without its line break the middle joins the suffix's first line in the program: no match, and no program."""
+    problem = Problem("HumanEval/0", "f", "def f(x):\n", "    return x\n", "    x += 1\n", "def check(f):\n    pass\n")
+    assert not exact_match("    x += 1", problem.canonical_solution)  # the program reads "    x += 1    return x"
+    assert exact_match("    x += 1  \r\n\n", problem.canonical_solution)
+    assert exact_match("x = ", "x =") and not exact_match("x =\n", "x =")
+
+
 def test_upstream_examples_score_thirty_percent(tmp_path):
     """Upstream's self-test (`example_samples.jsonl`, written out here): pass@1 0.3, pass@10 1.0, hostile
     completions (rm -rf, sleep, input) end with a verdict."""

@@ -258,3 +258,32 @@ def test_a_size_outside_task_sizes_is_a_config_error_not_a_key_error():
         t.encode(p, s)
     with pytest.raises(ConfigError, match="4x4"):
         t.decode(torch.zeros(2, 96, dtype=torch.long), 4)
+
+
+def test_answers_that_are_not_a_grid_are_counted_not_only_emptied(monkeypatch):
+    """An answer whose layout the model overwrote is scored as empty, which breaks no rule: the result counts such
+    answers (`malformed`) and the .md names them, so an empty answer's 0 rule violations is not read as a good one."""
+    import dgft.tasks.sudoku.evaluate as E
+    from dgft.sampling import SampleResult
+    from dgft.tasks.sudoku.io import SudokuRecord
+
+    t = task(sizes=(4,), canvas=24)
+    p, s = puzzles(n=4, count=2, seed=1)
+    recs = [SudokuRecord(p[i], s[i], f"test:{i + 1}") for i in range(2)]
+
+    def overwritten(model, batch, task_, scfg, mode, kind, support, gen, record=False):
+        canvas = batch["target"].clone()  # both solved, but the first answer's newline holds a digit
+        structure = [i for i in range(24) if i not in set(t.layout(4)["cells"].tolist())]
+        canvas[0, structure[0]] = t.layout(4)["digits"][0]
+        return SampleResult(canvas, torch.ones(len(canvas)), [], torch.zeros(len(canvas)))
+
+    monkeypatch.setattr(E, "sample", overwritten)
+    scfg = OmegaConf.structured(SamplerConfig(steps=8, views=1))
+    run_cfg = OmegaConf.create({"noise": {"kind": "uniform", "support": "vocab"}})
+    answers, stats = E.run_mode(None, t, recs, scfg, run_cfg, "free", seed=0)
+    summary = E.summarise(recs, answers, stats)
+    assert summary["malformed"] == 1 and summary["exact"] == 0.5 and summary["rule_violations"] == 0
+    result = {"modes": {"free": {**summary, **E.breakdowns(recs, answers, stats, E.difficulty(recs))}},
+              "skipped_lines": 0, "n": 2, "data": "test"}
+    monkeypatch.setattr(E, "provenance_line", lambda result: "")
+    assert "Answers that were not a grid" in E.markdown("test", result) and "free 1" in E.markdown("test", result)

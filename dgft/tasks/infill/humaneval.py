@@ -168,9 +168,13 @@ def program(problem: Problem, middle: str) -> str:
 
 
 def exact_match(middle: str, canonical: str) -> bool:
-    """Equal up to trailing whitespace on each line and trailing blank lines (indentation counts)."""
+    """Equal up to trailing whitespace on each line and trailing blank lines (indentation counts). Whether the
+    middle ends its last line counts too: `program` joins a middle without its line break onto the suffix's first
+    line, so `"return x"` for `"return x\\n"` is no match (it seldom even compiles)."""
     def norm(text):
-        return "\n".join(line.rstrip() for line in text.rstrip().splitlines())
+        body = text.rstrip()
+        ends_line = any(c in "\r\n" for c in text[len(body):])
+        return "\n".join(line.rstrip() for line in body.splitlines()), ends_line
     return norm(middle) == norm(canonical)
 
 

@@ -306,7 +306,7 @@ class InfillTask:
         """Exact match of predicted middles, overall and per kind.
 
         `exact`: the same string, indentation and newlines included; `exact_lines`: equal up to trailing
-        whitespace on each line and trailing blank lines (HumanEval-Infilling's `exact_match`).
+        whitespace on each line and trailing blank lines (`humaneval.exact_match`: a missing final line break counts).
         """
         from dgft.tasks.infill.humaneval import exact_match
 

@@ -124,6 +124,7 @@ def run_mode(model, task, recs, scfg, run_cfg, mode: str, seed: int, record: boo
     generator, seeded by (seed, i): the same in every mode and batch. `label` starts the progress bar's name."""
     answers: list = [None] * len(recs)
     steps, revisions = np.zeros(len(recs)), np.zeros(len(recs))
+    malformed = np.zeros(len(recs), dtype=bool)  # a text answer whose layout the model overwrote: scored empty
     history, elapsed, cells, done = None, 0.0, 0, 0
     batches = defaultdict(list)  # group -> the indices of its puzzles, groups in order of first appearance
     for i, r in enumerate(recs):
@@ -144,10 +145,12 @@ def run_mode(model, task, recs, scfg, run_cfg, mode: str, seed: int, record: boo
             group_s += time.perf_counter() - t0
             group_cells += res.canvas.numel()  # canvas positions: the cells, or a text answer's every token
             digits = task.decode(res.canvas, batch["size"])
+            bad = np.zeros(len(idx), dtype=bool)
             if hasattr(task, "well_formed"):  # a text answer whose structure was overwritten is not a grid
-                digits[~task.well_formed(res.canvas, batch["size"])] = 0
+                bad = ~task.well_formed(res.canvas, batch["size"])
+                digits[bad] = 0
             for j, i in enumerate(idx):
-                answers[i] = digits[j]
+                answers[i], malformed[i] = digits[j], bad[j]
                 steps[i], revisions[i] = int(res.steps[j]), int(res.revisions[j])
             if res.history:
                 n = batch["size"]
@@ -162,7 +165,7 @@ def run_mode(model, task, recs, scfg, run_cfg, mode: str, seed: int, record: boo
             groups[group] = (group_s, group_cells)
     bar.close()
     return answers, {"steps": steps, "revisions": revisions, "seconds": elapsed, "cells": cells, "history": history,
-                     "groups": groups}
+                     "groups": groups, "malformed": malformed}
 
 
 def givens_key(rec) -> str:
@@ -180,7 +183,7 @@ def samples_text(recs, kinds, rows: dict) -> str:
         for i, (r, a, kind, score) in enumerate(zip(recs, answers, kinds, scores_of(recs, answers, stats))):
             rec = {"row": row, "index": i, "source": r.source, "puzzle": G.to_string(r.puzzle),
                    "solution": G.to_string(r.solution), "difficulty": kind, "answer": G.to_string(a),
-                   **score, "steps": int(stats["steps"][i])}
+                   **score, "malformed": bool(stats.get("malformed", [False] * len(recs))[i]), "steps": int(stats["steps"][i])}
             lines.append(json.dumps(rec) + "\n")
     return "".join(lines)
 
@@ -198,7 +201,8 @@ def summarise(recs, answers, stats) -> dict:
     out = metric.compute(predictions=[G.to_string(a) for a in answers],
                          references=[G.to_string(r.solution) for r in recs],
                          puzzles=[G.to_string(r.puzzle) for r in recs])
-    out.pop("malformed")  # dgft's own answers are always grids (an ill-formed text answer is emptied before)
+    # dgft's answers reach the metric as grids: a text answer that was not one was emptied (run_mode), and counted
+    out["malformed"] = int(np.sum(stats.get("malformed", 0)))
     secs = max(stats["seconds"], 1e-9)
     return {**out, "mean_steps": float(stats["steps"].mean()) if len(recs) else 0.0,
             "mean_revisions": float(stats["revisions"].mean()) if len(recs) else 0.0,
@@ -269,6 +273,10 @@ def markdown(name: str, result: dict) -> str:
             f"{g[k]['exact']:.1%}, {g[k]['mean_steps']:.1f}, {g[k]['puzzles_per_s']:.2f}, {g[k]['tokens_per_s']:.0f}"
             for _, g in timed) + " |"
             for k in keys]
+    broken = [f"{mode} {m['malformed']}" for mode, m in entries if m.get("malformed")]
+    if broken:
+        rows += ["", "Answers that were not a grid (the model overwrote the text's layout; scored as empty, so they "
+                 "break no rule): " + ", ".join(broken) + "."]
     revised = [f"{mode} {m['mean_revisions']:.2f}" for mode, m in entries if m.get("mean_revisions")]
     if revised:
         rows += ["", "Acceptances the model took back per puzzle (sampler.revise): " + ", ".join(revised) + "."]
