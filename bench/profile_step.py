@@ -62,8 +62,8 @@ ROOT = Path(__file__).resolve().parent.parent
 @dataclass
 class Step:
     """One training step cut into phases. `data()` -> (micro-batches, loss normaliser, tokens), on the host;
-    `loss(micro, normaliser)` -> the scalar to backward; `optimizer_step()`; `autocast()` wraps forward and
-    backward, as `dgft.train` does."""
+    `loss(micro, normaliser)` -> the scalar to backward; `optimizer_step()`; `autocast()` wraps the forward only,
+    as `dgft.train` does (a custom autograd Function's backward would otherwise run under it too)."""
     device: torch.device
     data: Callable[[], tuple[list, float, int]]
     loss: Callable[[dict, float], torch.Tensor]
@@ -193,10 +193,10 @@ def run_step(step: Step, wait: bool) -> tuple[dict, int]:
         with step.autocast():
             with record_function("dgft.forward"):
                 loss = step.loss(m, norm)
-            lap("forward")
-            with record_function("dgft.backward"):
-                loss.backward()
-            lap("backward")
+        lap("forward")
+        with record_function("dgft.backward"):
+            loss.backward()
+        lap("backward")
     with record_function("dgft.optimizer"):
         step.optimizer_step()
     lap("optimizer")

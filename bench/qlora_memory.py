@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 import zlib
@@ -37,7 +38,7 @@ RELEASED = dict(vocab_size=262144, hidden_size=2816, intermediate_size=2112, num
 GIB = 1024**3
 DIMS = RELEASED
 DEVICE = torch.device("cuda")
-GROUP = 16  # experts dequantized at once (--group-size)
+GROUP = 32  # experts dequantized at once (--group-size; model.quant_group_size's default)
 EXPERT_LORA = False  # --target-experts: LoRA on the experts too (LoraNF4Experts on the 4-bit base, peft on bf16)
 
 
@@ -175,7 +176,7 @@ def measure(depth: int, quantize: str, steps: int, ar_weight: float, want_logits
                weights_gib=weights / GIB, load_peak_gib=load_peak / GIB, steps=steps,
                peak_gib=torch.cuda.max_memory_allocated() / GIB if cuda else 0.0,
                reserved_gib=torch.cuda.max_memory_reserved() / GIB if cuda else 0.0,
-               step_s=sorted(times)[len(times) // 2], loss=float(loss), quantized_gib=quantized_bytes(model) / GIB,
+               step_s=statistics.median(times), loss=float(loss), quantized_gib=quantized_bytes(model) / GIB,
                trainable=sum(p.numel() for p in params))
     del model, opt
     if cuda:
@@ -205,7 +206,8 @@ def main():
     ap.add_argument("--ar-weight", type=float, default=0.0, help="encoder AR co-loss weight in the main matrix")
     ap.add_argument("--out", default="qlora_memory.json")
     ap.add_argument("--tiny", action="store_true", help="tiny dims on the CPU: checks this script, measures nothing")
-    ap.add_argument("--group-size", type=int, default=16, help="experts dequantized at once (nf4)")
+    ap.add_argument("--group-size", type=int, default=32,
+                    help="experts dequantized at once (nf4; default: model.quant_group_size's, 32)")
     ap.add_argument("--target-experts", action="store_true", help="LoRA r16 on the experts too")
     args = ap.parse_args()
     global DEVICE, DIMS, GROUP, EXPERT_LORA

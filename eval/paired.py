@@ -74,6 +74,13 @@ def read(path: Path, row: str) -> dict[int, dict]:
                 try:
                     rec = json.loads(raw.decode("utf-8"))
                     if rec["row"] == row:
+                        missing = [k for k in ("index", "puzzle", "exact", "difficulty") if k not in rec]
+                        if missing:  # an infill samples file, say, or a line cut by hand
+                            sys.exit(f"{path}:{line_no}: no {', '.join(missing)}: not a line of a Sudoku eval's "
+                                     "samples file")
+                        if not isinstance(rec["exact"], bool) or not isinstance(rec["index"], int):
+                            sys.exit(f"{path}:{line_no}: exact={rec['exact']!r}, index={rec['index']!r}: expected "
+                                     "true or false, and a whole number")
                         if rec["index"] in out:  # two files joined, say: the second would replace the first unseen
                             sys.exit(f"{path}:{line_no}: puzzle index {rec['index']} of row {row!r} appears twice")
                         out[rec["index"]] = rec

@@ -36,7 +36,7 @@ def timed(label, problems, samples, workers, ks=(1,)):
     print(f"\n## {label}\n{passed}/{len(samples)} passed ({passed / len(samples):.2%}); "
           + ", ".join(f"{k} {v:.4f}" for k, v in result.items() if k.startswith("pass@"))
           + f"; statuses {dict(Counter(r['status'] for r in result['results']))}; wall {wall:.1f} s "
-          f"({wall / len(samples) * 1000:.0f} ms a program, {workers} workers)")
+          f"({wall / len(samples) * 1000:.0f} ms of wall time per program, {workers} at once)")
     return result
 
 

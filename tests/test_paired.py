@@ -49,8 +49,16 @@ def test_different_puzzles_are_refused(tmp_path):
     with pytest.raises(SystemExit, match="not of the same puzzles"):
         paired.main([str(a), str(b)])
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"row": "rules", "index": 0}\nnot json\n')
+    bad.write_text(a.read_text().splitlines()[0] + '\nnot json\n')
     with pytest.raises(SystemExit, match="bad.jsonl:2"):
+        paired.main([str(bad), str(b)])
+    # a line without the fields compared (an infill samples line, say) or with `exact` as text: named, not a
+    # KeyError, and "false" is not counted as solved
+    bad.write_text('{"row": "rules", "index": 0, "exact": false}\n')
+    with pytest.raises(SystemExit, match="bad.jsonl:1: no puzzle, difficulty"):
+        paired.main([str(bad), str(b)])
+    bad.write_text(a.read_text().replace('"exact": false', '"exact": "false"'))
+    with pytest.raises(SystemExit, match="bad.jsonl:2: exact='false'"):
         paired.main([str(bad), str(b)])
     with pytest.raises(SystemExit, match="gone.jsonl: cannot read"):
         paired.main([str(tmp_path / "gone.jsonl"), str(b)])
