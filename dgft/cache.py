@@ -17,10 +17,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from dgft.config import ConfigError
+
+ABANDONED_S = 24 * 3600  # a build's copy untouched this long was left by a killed process
 
 
 class CacheError(ConfigError):
@@ -48,11 +51,20 @@ def _unusable(directory: Path, problem: str, err: OSError | None = None) -> Cach
 def publish(path: Path, write: Callable[[Path], None]) -> None:
     """Build the directory `path` by `write(tmp)` into a fresh per-process directory, then rename it into place.
 
-    If `path` exists by then (built meanwhile by another process), this process's copy is discarded.
+    If `path` exists by then (built meanwhile by another process), this process's copy is discarded. A copy a killed
+    process left (`<name>.tmp<pid>`, untouched for ABANDONED_S) is removed: no build takes that long, and another
+    machine's process may be building one in a shared cache (its pid says nothing here).
     """
     path = Path(path)
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)  # left by a killed process that had this pid
+    for left in path.parent.glob(f"{path.name}.tmp*") if path.parent.is_dir() else ():
+        try:
+            if left.name.removeprefix(f"{path.name}.tmp").isdigit() and \
+                    time.time() - left.stat().st_mtime > ABANDONED_S and not left.is_symlink():
+                shutil.rmtree(left, ignore_errors=True)
+        except OSError:
+            continue  # removed meanwhile
     try:
         ensure_dir(path.parent)
         try:

@@ -195,14 +195,25 @@ def problem(ckpt: Path, verify_hashes: bool = True) -> str | None:
     """None for a checkpoint whose manifest checks out; else what is wrong, in a few words (no manifest, or the
     first file that differs from it)."""
     try:
-        records = json.loads((ckpt / MANIFEST).read_text())["files"]
+        manifest = json.loads((ckpt / MANIFEST).read_text())
+        records = manifest["files"]
         unlisted = sorted({p.name for p in Path(ckpt).iterdir() if p.is_file() and not p.name.startswith(".")}
                           - set(records) - {MANIFEST})  # a copy's .DS_Store or .nfs* file is none of its own
         if unlisted or not records:  # a manifest written last lists every file saved before it
             return f"{MANIFEST} does not list {', '.join(unlisted) or 'any file'}"
-        return mismatch(ckpt, records, verify_hashes)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return f"missing or invalid {MANIFEST}"
+    wrong = mismatch(ckpt, records, verify_hashes)
+    number = Path(ckpt).name.rpartition("step-")[2]
+    if wrong is None and number.isdigit():  # a resume trains on from the step its files say: the name's
+        try:
+            said = {manifest.get("step"), json.loads((ckpt / EXTRA).read_text()).get("step") if EXTRA in records
+                    else int(number)}
+        except (OSError, ValueError, AttributeError):
+            return f"{EXTRA} is not a JSON object"
+        if said != {int(number)}:
+            return f"its {MANIFEST} and {EXTRA} say step {' and '.join(map(str, said))}, its name {int(number)}"
+    return wrong
 
 
 def is_valid(ckpt: Path, verify_hashes: bool = True) -> bool:
@@ -236,8 +247,9 @@ def latest_valid(run_dir: Path) -> Path | None:
 
 
 def prune(root: Path, keep_last: int) -> None:
-    """Delete all but the newest `keep_last` valid checkpoints (never the newest valid one), and the invalid ones
-    older than the oldest kept (torn or damaged: a resume skipped them, said so, and trained past them), each said.
+    """Delete all but the newest `keep_last` valid checkpoints (never the newest valid one), the invalid ones
+    older than the oldest kept (torn or damaged: a resume skipped them, said so, and trained past them) and the
+    `.tmp-step-*` folders a killed run left half-written, each said.
     Only folders named as dgft names them (step-<digits>): a copy the user named step-best is theirs."""
     found = sorted((c for c in root.glob("step-*") if c.is_dir() and not c.is_symlink()  # step-best, step-9.tar:
                     and c.name.removeprefix("step-").isdigit()), key=lambda c: by_step(c.name))  # not dgft's
@@ -249,6 +261,10 @@ def prune(root: Path, keep_last: int) -> None:
         warnings.warn(f"{old}: {problem(old, verify_hashes=False)}; removed, as checkpoints before the kept "
                       f"{kept[0].name} are", stacklevel=2)
         shutil.rmtree(old, ignore_errors=True)
+    for left in root.glob(".tmp-step-*"):  # half-written by a killed run (this one's own was renamed into place)
+        if left.is_dir() and not left.is_symlink() and left.name.removeprefix(".tmp-step-").isdigit():
+            warnings.warn(f"{left}: a checkpoint a killed run left half-written; removed", stacklevel=2)
+            shutil.rmtree(left, ignore_errors=True)
 
 
 def load_trainer_state(ckpt: Path) -> dict:

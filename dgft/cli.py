@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 
@@ -159,9 +160,13 @@ def main(argv: list[str] | None = None) -> None:
             if command == "train" and cfg.get("resume") and isinstance(err, (ConfigError, RunError)):
                 _remove_refused_record(HydraConfig.get())  # a refusal: the run is as it was, its record too
             sys.exit(128 + err.signum if getattr(err, "signum", 0) else 2)  # a signal in setup: as in training
-        except KeyboardInterrupt:  # Ctrl-C in eval or export, a second one in training: no traceback, the shell's code
-            print(f"dgft {command}: interrupted (Ctrl-C)", file=sys.stderr)
-            sys.exit(130)
+        except KeyboardInterrupt as err:  # Ctrl-C in eval or export, a second signal in training: no traceback, the
+            signum = getattr(err, "signum", signal.SIGINT)  # shell's code (130 for Ctrl-C, 143 for SIGTERM)
+            how = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+            again = (f", a second time: stopped without a checkpoint; `dgft train resume="
+                     f"{HydraConfig.get().runtime.output_dir}` goes on from the last one") if hasattr(err, "signum") else ""
+            print(f"dgft {command}: interrupted ({how}){again}", file=sys.stderr)
+            sys.exit(128 + signum)
 
     if command == "train":
         _check_train_words(rest)

@@ -183,14 +183,16 @@ class TrainBatches:
         w = np.asarray(task_cfg.size_weights, dtype=float)
         self.weights = w / w.sum()
         self.pool = {}
+        # the columns read whole, split here: `Dataset.filter` would write index files into the published cache,
+        # which its record does not cover and datasets reuses (an edit of them changed the training data unseen)
+        sizes, all_puzzles, all_solutions, all_orders = (split[k] for k in ("size", "puzzle", "solution", "order"))
         for n in self.sizes:
-            rows = split.filter(lambda r, n=n: r["size"] == n)
-            L = n * n
-            orders = np.full((len(rows), L), -1, dtype=np.int64)
-            for i, o in enumerate(rows["order"]):
-                orders[i, :len(o)] = o
-            self.pool[n] = (np.stack([G.from_string(p) for p in rows["puzzle"]]),
-                            np.stack([G.from_string(s) for s in rows["solution"]]), orders)
+            rows = [i for i, size in enumerate(sizes) if size == n]
+            orders = np.full((len(rows), n * n), -1, dtype=np.int64)
+            for j, i in enumerate(rows):
+                orders[j, :len(all_orders[i])] = all_orders[i]
+            self.pool[n] = (np.stack([G.from_string(all_puzzles[i]) for i in rows]),
+                            np.stack([G.from_string(all_solutions[i]) for i in rows]), orders)
 
     def __iter__(self):
         return self

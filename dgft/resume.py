@@ -31,11 +31,44 @@ def save_checkpoint(run_dir, step, model, opt, sched, batches, gen, cfg, elapsed
     if torch.cuda.is_available() and torch.cuda.is_initialized():  # e.g. LoRA dropout draws on the GPU
         state["cuda_rng"] = torch.cuda.get_rng_state_all()
     extra = {"step": step, "data": _jsonable(batches.state_dict()), "python_rng": _jsonable(random.getstate()),
-             "numpy_rng": _jsonable(np.random.get_state(legacy=False)), "elapsed_s": elapsed_s}
+             "numpy_rng": _jsonable(np.random.get_state(legacy=False)), "elapsed_s": elapsed_s,
+             "settings": trained_settings(cfg)}
     ckpt.save(run_dir, step, model, state, extra, keep_last=cfg.trainer.keep_last)
 
 
 _ABSENT = object()  # OmegaConf.select's default: a key the saved config does not have
+
+
+def trained_settings(cfg) -> dict[str, object]:
+    """{dotted key: value} of the settings a checkpoint was trained with: what RUN/config.yaml must still say when the
+    run resumes from it (`edited_settings`). Those a resume may change are left out, and so is what the run's
+    `settings_sha256` leaves out (runs.NOT_THE_MODEL: the sampler, paths that may move)."""
+    flat, skip = {}, (*RESUME_MAY_CHANGE, *runs.NOT_THE_MODEL)
+
+    def walk(node, prefix):
+        for key, value in node.items():
+            path = f"{prefix}{key}"
+            if path in skip:
+                continue
+            if isinstance(value, dict):
+                walk(value, f"{path}.")
+            else:
+                flat[path] = value
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return flat
+
+
+def edited_settings(saved, last: Path) -> str | None:
+    """What RUN/config.yaml says otherwise than the checkpoint `last` recorded when it was trained (a hand edit:
+    the optimizer's state would keep the old learning rate, while other keys would change the training and the
+    run's record would name values it was never trained with), or None. Keys one side lacks (a checkpoint of an older
+    dgft, a setting added since) are not compared."""
+    recorded = ckpt.load_extra(last).get("settings")
+    if not isinstance(recorded, dict):
+        return None
+    now = trained_settings(saved)
+    changed = [f"{k}={now[k]!r} (trained with {v!r})" for k, v in recorded.items() if k in now and now[k] != v]
+    return ", ".join(changed) if changed else None
 
 
 def resume_target(cfg, run_dir: Path, overrides: Sequence[str] = ()):
@@ -56,7 +89,7 @@ def resume_target(cfg, run_dir: Path, overrides: Sequence[str] = ()):
     saved.resume = cfg.resume
     def refuse(source: Path = run_dir / "config.yaml") -> str:  # the record that says what the run was trained with
         return f" ({source}); a resumed run keeps its config, and only {', '.join(RESUME_MAY_CHANGE)} may change"
-    keys = _override_keys(overrides)
+    keys = list(dict(_override_keys(overrides)).items())  # a key given twice: its last value is the one in effect
     for key, _ in keys:  # first the keys that may change, so a group given too (trainer=cpu) compares with them
         if key in RESUME_MAY_CHANGE:
             OmegaConf.update(saved, key, OmegaConf.select(cfg, key))
@@ -79,9 +112,17 @@ def resume_target(cfg, run_dir: Path, overrides: Sequence[str] = ()):
             raise ConfigError(f"resume={cfg.resume}: {item}, but {has}" + refuse())
     last = ckpt.latest_valid(run_dir)
     if last is None:
-        never = "" if (run_dir / "checkpoints").is_dir() else (
-            f" (it has none: it stopped before its first step; remove it, rm -r {run_dir}, and train again)")
+        never = "" if ckpt.checkpoints(run_dir) else (
+            " (it has none: it stopped before its first checkpoint was written, "
+            + (f"every trainer.ckpt_every={saved.trainer.ckpt_every} steps" if saved.trainer.ckpt_every else
+               "trainer.ckpt_every=0: at a stop signal or the end only")
+            + f"; remove it, rm -r {run_dir}, and train again)")
         raise ConfigError(f"resume={cfg.resume}: {run_dir}/checkpoints holds no valid checkpoint{never}")
+    edited = edited_settings(saved, last)
+    if edited:
+        raise ConfigError(f"resume={cfg.resume}: {run_dir / 'config.yaml'} says {edited}, but {last.name} was trained "
+                          "with the values in brackets: the file was edited since. Put those back (only "
+                          f"{', '.join(RESUME_MAY_CHANGE)} may change, given on the command line), or train a new run")
     return saved, last
 
 
@@ -99,8 +140,11 @@ def _hydra_record(run_dir: Path):
 def finished(run_dir: Path, last: Path, cfg) -> bool:
     """True (and says so) when a run to resume has nothing left to train: its newest checkpoint is at
     trainer.max_steps, or past trainer.time_limit_min, and its final weights are saved. The run is left as it is."""
-    extra = ckpt.load_extra(last)
-    step, seconds = int(extra["step"]), float(extra.get("elapsed_s", 0.0))
+    try:
+        extra = ckpt.load_extra(last)
+        step, seconds = int(extra["step"]), float(extra.get("elapsed_s", 0.0))
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise unrestorable(last, err) from err
     if step > cfg.trainer.max_steps:  # its weights would be saved as the run's end, midway through its schedule
         from dgft.config import ConfigError
 
@@ -116,6 +160,8 @@ def finished(run_dir: Path, last: Path, cfg) -> bool:
     saved = (runs.summary(run_dir) or {}).get("steps") == step  # written after the final weights, of that step
     if not saved or not (run_dir / ("adapter" if cfg.model.finetune == "lora" else "model")).is_dir():
         return False  # stopped between its last checkpoint and its weights (or killed when resumed): saved again
+    if (run_dir / runs.RESUMING).exists():  # a resume killed around its final save: saved again, the mark cleared
+        return False
     say(f"{run_dir}: nothing to train, the run is at {why} and its weights are saved; to train on, raise "
         f"it: `dgft train resume={run_dir} {key}=...`")
     return True
@@ -173,27 +219,42 @@ def restore(path: Path, model, opt, sched, batches, gen, cfg, ema=None) -> tuple
                                        f"({sorted(set(missing) - tied)[:3]} missing, "
                                        f"{sorted(unexpected)[:3]} unexpected)")
         model.tie_weights()
-    state = ckpt.load_trainer_state(path)
-    opt.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["scheduler"])
-    if ema:
-        ema.load_state_dict(state["ema"])
-    torch.set_rng_state(state["torch_rng"])
-    if "cuda_rng" in state and torch.cuda.is_available() and torch.cuda.device_count() == len(state["cuda_rng"]):
-        torch.cuda.set_rng_state_all(state["cuda_rng"])  # another GPU count (or none): their draws start afresh
-    gen.set_state(state["gen_rng"])
-    extra = ckpt.load_extra(path)
-    batches.load_state_dict(extra["data"])
-    version, internal, gauss = extra["python_rng"]
-    random.setstate((version, tuple(internal), gauss))
-    np.random.set_state(extra["numpy_rng"])
-    return int(extra["step"]), float(extra.get("elapsed_s", 0.0))
+    try:  # files that check out against the manifest, written so: a bug, or an edit sealed again by hand
+        state = ckpt.load_trainer_state(path)
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        if ema:
+            ema.load_state_dict(state["ema"])
+        torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and torch.cuda.is_available() and torch.cuda.device_count() == len(state["cuda_rng"]):
+            torch.cuda.set_rng_state_all(state["cuda_rng"])  # another GPU count (or none): their draws start afresh
+        gen.set_state(state["gen_rng"])
+        extra = ckpt.load_extra(path)
+        batches.load_state_dict(extra["data"])
+        version, internal, gauss = extra["python_rng"]
+        random.setstate((version, tuple(internal), gauss))
+        np.random.set_state(extra["numpy_rng"])
+        return int(extra["step"]), float(extra.get("elapsed_s", 0.0))
+    except Exception as err:  # noqa: BLE001 -- whatever the state holds, the message names the checkpoint
+        raise unrestorable(path, err) from err
+
+
+def unrestorable(path: Path, err: Exception) -> ckpt.CheckpointError:
+    what = f"no {err}" if isinstance(err, KeyError) else f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+    if "weights_only" in str(err):  # torch's advice to unpickle it whole would run whatever the file holds
+        what = f"{ckpt.TRAINER_STATE} is not a file torch loads as plain tensors ({type(err).__name__})"
+    return ckpt.CheckpointError(
+        f"{path}: its files match its manifest, yet its training state cannot be restored ({what}). Move it "
+        f"aside (mv {path} {path.parent / ('unusable-' + path.name)}) and resume from the checkpoint before it")
 
 
 def truncate_metrics(path: Path, step: int) -> None:
     """Drop metric rows logged after the checkpoint we resume from (they will be logged again), and a last row
     torn by a crash mid-write, said aloud; the file is replaced whole, never left half rewritten."""
     if not path.exists():
+        if step:
+            say(f"note: {path} is missing: the rows of steps 1-{step} (logged before the checkpoint) are lost; the "
+                f"resumed run logs from step {step + 1} on, and its loss curve starts there")
         return
     keep = []
     for number, line in enumerate(path.read_text().splitlines(), 1):

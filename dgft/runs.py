@@ -87,9 +87,20 @@ def refuse_used(run_dir: Path, key: str = "hydra.run.dir") -> None:
         raise RunInUse(f"{run_dir} holds a run that has not trained a step (config.yaml alone: it is setting up, or "
                        f"was stopped while it did), so there is nothing to resume; unless a dgft train is running "
                        f"there, remove it (rm -r {run_dir}) to train there again; or give the new run another {key}")
+    if held and "train_summary.json" not in held and not _any_checkpoint(Path(run_dir)):  # killed before one
+        raise RunInUse(f"{run_dir} holds a run stopped before its first checkpoint ({', '.join(held)}), so there is "
+                       f"nothing to resume; unless a dgft train is running there, remove it (rm -r {run_dir}) to train "
+                       f"there again; or give the new run another {key}")
     if held:
         raise RunInUse(f"{run_dir} already holds a run ({', '.join(held)}); continue it with `dgft train "
                        f"resume={run_dir}`, or give the new run another {key}")
+
+
+def _any_checkpoint(run_dir: Path) -> bool:
+    """Whether the run holds a checkpoint folder at all, complete or not (a resume names those it cannot use)."""
+    from dgft.checkpoint import checkpoints
+
+    return bool(checkpoints(run_dir))
 
 
 def refuse_misplaced(run_dir: Path) -> None:

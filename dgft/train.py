@@ -143,6 +143,11 @@ def _train(cfg, run_dir: Path, overrides: Sequence[str]) -> Path | None:
         cfg, resume_from = resume.resume_target(cfg, run_dir, overrides)
         validate(cfg)  # before the nothing-to-train check: trainer.max_steps=-5 is an error, not a finished run
         if resume.finished(run_dir, resume_from, cfg):
+            if not (run_dir / "loss.png").exists():  # killed after its summary, before the picture and the link
+                from dgft.plots import plot_loss
+
+                plot_loss(run_dir / "metrics.jsonl", run_dir / "loss.png")
+                _link_latest(run_dir)
             return None
     else:
         runs.refuse_used(run_dir)
@@ -458,10 +463,18 @@ def _on_stop_signals(handler) -> dict:
     return replaced
 
 
+class StoppedAgain(KeyboardInterrupt):
+    """A second stop signal during training: stop now, without a checkpoint; `signum` is the second signal's."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
 def _install_signal_handlers(stop: dict) -> None:
     def handler(signum, frame):
         if stop["signal"]:  # second signal: stop now
-            raise KeyboardInterrupt
+            raise StoppedAgain(signum)
         stop["signal"] = signal.Signals(signum).name
         tqdm.write(f"{stop['signal']}: finishing this step and writing a checkpoint (again to abort)")
     _on_stop_signals(handler)
@@ -518,9 +531,9 @@ def _save_or_match(target: Path, write, what: str, resumed: bool) -> None:
             if not same:
                 from dgft.config import ConfigError
 
-                raise ConfigError(f"resume: the {what} made now differs from the run's own ({kept}): the data it "
-                                  "comes from (task.sources, or dgft's generator) changed since the run started; "
-                                  "resume with the data as they were, or train a new run")
+                raise ConfigError(f"resume: the {what} made now differs from the run's own ({kept}): that file "
+                                  "was edited, or the data it comes from (task.sources, or dgft's generator) changed "
+                                  "since the run started; resume with both as they were, or train a new run")
     finally:
         shutil.rmtree(made, ignore_errors=True)
 

@@ -145,3 +145,25 @@ def test_a_cache_from_before_file_records_still_loads_by_its_rows(tmp_path):
     (tmp_path / "c" / ROWS).write_text(json.dumps({"train": 2, "heldout": 1}))
     with pytest.raises(ValueError, match="rows"):
         load_splits(tmp_path / "c")
+
+
+def test_drawing_batches_writes_nothing_into_the_cache(tmp_path):
+    """The training batches read the cached split without writing into its directory: an index file written there
+    (datasets' `filter` did) is not covered by the cache's record, and datasets reused it, so an edit of it changed
+    the training data without a word. The pools are the split's rows of each size, in order."""
+    import numpy as np
+    from omegaconf import OmegaConf
+
+    from dgft.config import TaskConfig
+    from dgft.data import TrainBatches, build_splits, cache_key
+    from dgft.tasks.sudoku import grid as G
+
+    cfg = OmegaConf.structured(TaskConfig(base_puzzles=12, heldout_puzzles=4, cache_dir=str(tmp_path)))
+    split = build_splits(cfg, seed=1, workers=1, log=lambda *_: None)["train"]
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    batches = TrainBatches(split, None, cfg, batch_size=4, seed=0)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert (tmp_path / f"sudoku-{cache_key(cfg, 1)}").is_dir()
+    for n in cfg.sizes:
+        of_size = [s for s, size in zip(split["solution"], split["size"]) if size == n]
+        assert np.array_equal(batches.pool[n][1], np.stack([G.from_string(s) for s in of_size]))

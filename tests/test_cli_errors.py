@@ -216,8 +216,12 @@ def test_a_second_sweep_into_one_directory_leaves_the_first_ones_record(tmp_path
     (sweep / "0" / ".hydra" / "config.yaml").write_text("seed: 0\n")
     (sweep / "0" / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n')  # it trained
     out = _refused(["train", "-m", "recipe=sudoku", "seed=1,2", f"hydra.sweep.dir={sweep}"], capsys)
-    assert f"{sweep / '0'} already holds a run (config.yaml, metrics.jsonl); continue it with `dgft train " \
-           f"resume={sweep / '0'}`, or give the new run another hydra.sweep.dir" in out
+    assert f"{sweep / '0'} holds a run stopped before its first checkpoint (config.yaml, metrics.jsonl), so there is " \
+           "nothing to resume" in out and "another hydra.sweep.dir" in out  # with no checkpoint, resume= cannot help
+    (sweep / "0" / "checkpoints" / "step-000001").mkdir(parents=True)
+    out = _refused(["train", "-m", "recipe=sudoku", "seed=1,2", f"hydra.sweep.dir={sweep}"], capsys)
+    assert f"{sweep / '0'} already holds a run (config.yaml, metrics.jsonl, checkpoints); continue it with `dgft " \
+           f"train resume={sweep / '0'}`, or give the new run another hydra.sweep.dir" in out
     assert (sweep / "0" / ".hydra" / "config.yaml").read_text() == "seed: 0\n" and not (sweep / "1").exists()
     assert "hydra.sweep.dir is empty" in _refused(["train", "-m", "seed=1,2", "hydra.sweep.dir="], capsys)
     # jobs named by a custom subdir cannot be foreseen: the sweep folder must be new or empty

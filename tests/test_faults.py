@@ -706,3 +706,33 @@ def test_a_resume_on_another_thread_count_says_it_will_not_be_bitwise(tmp_path):
                 if a != "trainer.num_threads=1"] + ["trainer.num_threads=2"])
     assert out.returncode == 0, out.stderr[-2000:]
     assert "note: 2 threads, where the session before ran on 1" in out.stdout + out.stderr
+
+
+def test_a_second_signal_stops_at_once_and_is_named(tmp_path, monkeypatch, capsys):
+    """The first SIGTERM finishes the step and checkpoints; a second one stops at once. It was reported as Ctrl-C,
+    exit 130; it is now named (SIGTERM, exit 143, as the shell reports it) with the command that goes on."""
+    import dgft.train as T
+    from dgft.cli import main
+
+    stop = {"signal": None}
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        T._install_signal_handlers(stop)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop["signal"] == "SIGTERM"
+        with pytest.raises(T.StoppedAgain) as again:
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert again.value.signum == signal.SIGTERM and isinstance(again.value, KeyboardInterrupt)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+    def stopped(cfg, run_dir, overrides=()):
+        raise T.StoppedAgain(signal.SIGTERM)
+
+    monkeypatch.setattr(T, "train", stopped)
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit) as err:
+        main(["train", f"hydra.run.dir={run}", f"task.cache_dir={tmp_path / 'cache'}"])
+    said = capsys.readouterr().err
+    assert err.value.code == 143 and "interrupted (SIGTERM), a second time" in said and f"resume={run}" in said, said

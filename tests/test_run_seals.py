@@ -116,6 +116,117 @@ def test_torn_checkpoints_before_the_kept_ones_are_pruned(tmp_path):
     assert (tmp_path / "checkpoints" / "step-000001.tar").is_file()
 
 
+def test_half_written_checkpoints_and_caches_of_killed_runs_are_removed(tmp_path):
+    """A run killed while writing a checkpoint left `.tmp-step-N` for good (a full fine-tune's weights), and one
+    killed while generating its data left `<cache>.tmp<pid>`: the next checkpoint removes the first, said; the next
+    cache built beside the second removes it once it is a day old (a younger one may be another machine's build)."""
+    from dgft.cache import ABANDONED_S, publish
+    from dgft.model import build_tiny
+
+    model = build_tiny(_tiny_model_cfg(), 812)
+    left = tmp_path / "checkpoints" / ".tmp-step-000011"
+    left.mkdir(parents=True)
+    (left / "model.safetensors").write_bytes(b"half")
+    with pytest.warns(UserWarning, match=r"\.tmp-step-000011: a checkpoint a killed run left half-written; removed"):
+        ckpt.save(tmp_path, 12, model, {"x": torch.zeros(1)}, {"step": 12}, keep_last=1)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-000012"]
+
+    cache = tmp_path / "cache"
+    old, young = cache / "sudoku-abc.tmp4242", cache / "sudoku-abc.tmp4343"
+    for d in (old, young):
+        d.mkdir(parents=True)
+        (d / "rows.json").write_text("{}")
+    os.utime(old, (time.time() - ABANDONED_S - 60,) * 2)
+    publish(cache / "sudoku-abc", lambda tmp: tmp.mkdir() or (tmp / "rows.json").write_text("{}"))
+    assert sorted(p.name for p in cache.iterdir()) == ["sudoku-abc", "sudoku-abc.tmp4343"]
+
+
+def test_a_resume_killed_around_its_final_save_is_finished_by_the_next_resume(trained, tmp_path, capsys):
+    """A resume killed after writing train_summary.json but before removing `.resuming` (or after writing
+    `.resuming` but before it trained) left a run that `dgft train resume=RUN` called finished and `dgft eval RUN`
+    refused as mid-resume, each sending the user to the other. The next resume saves the final weights again from
+    the checkpoint (the same weights) and clears the mark; the run then evaluates."""
+    from dgft import runs
+
+    run = _copy(trained, tmp_path)
+    before = ckpt.weight_hashes(run / "model")
+    (run / runs.RESUMING).write_text("4\n")
+    main(["train", f"resume={run}"])
+    assert not (run / runs.RESUMING).exists() and ckpt.weight_hashes(run / "model") == before
+    assert "nothing to train" not in capsys.readouterr().out
+    main(["eval", str(run), "baseline=false", "plot=false", "sampler.modes=[rules]", "limit=1"])
+    (run / "loss.png").unlink()  # killed after the summary, before the picture: made by the next resume
+    main(["train", f"resume={run}"])  # finished now, and said so
+    assert "nothing to train" in capsys.readouterr().out and (run / "loss.png").is_file()
+
+
+def test_a_resume_refuses_a_config_edited_since_its_checkpoint(trained, tmp_path, capsys):
+    """RUN/config.yaml edited by hand (lr 0.003 -> 0.01) was resumed without a word: the optimizer's state kept the
+    old rate, while the record (and train_summary's settings_sha256) named the new one; other keys would have changed
+    the training. Each checkpoint records its settings, and a resume names the keys that differ."""
+    run = _copy(trained, tmp_path)
+    config = run / "config.yaml"
+    text = config.read_text()
+    assert "  lr: 0.003\n" in text and "  warmup_steps: " in text
+    config.write_text(text.replace("  lr: 0.003\n", "  lr: 0.01\n"))
+    with pytest.raises(SystemExit) as err:
+        main(["train", f"resume={run}", "trainer.max_steps=6"])
+    said = capsys.readouterr().err
+    assert err.value.code == 2 and "trainer.lr=0.01 (trained with 0.003)" in said and "was trained" in said, said
+    config.write_text(text)  # put back: the resume trains on
+    main(["train", f"resume={run}", "trainer.max_steps=6"])
+    assert json.loads((run / "train_summary.json").read_text())["steps"] == 6
+
+
+def _reseal(checkpoint):
+    """The manifest written again over the checkpoint's files as they are now (what a hand edit would do)."""
+    files = ckpt.file_records(checkpoint, [p for p in sorted(checkpoint.iterdir()) if p.name != ckpt.MANIFEST])
+    step = int(checkpoint.name.removeprefix("step-"))
+    (checkpoint / ckpt.MANIFEST).write_text(json.dumps({"step": step, "files": files}))
+
+
+def test_a_checkpoint_that_matches_its_manifest_but_cannot_be_restored_is_named(trained, tmp_path, capsys):
+    """Files sealed again after an edit pass the manifest: a step in extra.json other than the folder's was trusted
+    (the run resumed past steps it never trained), and an unreadable trainer state was a traceback advising
+    weights_only=False. The first is now a checkpoint skipped for the one before (said); the second names the
+    checkpoint and how to resume from the one before."""
+    run = _copy(trained, tmp_path)
+    newest = ckpt.checkpoints(run)[-1]
+    assert newest.name == "step-000004"
+    extra = json.loads((newest / ckpt.EXTRA).read_text())
+    (newest / ckpt.EXTRA).write_text(json.dumps({**extra, "step": 6}))
+    _reseal(newest)
+    with pytest.warns(UserWarning, match="step-000004: its manifest.json and extra.json say step"):
+        assert ckpt.latest_valid(run).name == "step-000002"
+    (newest / ckpt.EXTRA).write_text(json.dumps(extra))
+    (newest / ckpt.TRAINER_STATE).write_bytes(b"not a pickle")
+    _reseal(newest)
+    with pytest.raises(SystemExit) as err:
+        main(["train", f"resume={run}", "trainer.max_steps=6"])
+    said = capsys.readouterr().err
+    assert err.value.code == 2 and "step-000004: its files match its manifest" in said and "mv " in said, said
+    assert "weights_only" not in said
+
+
+def test_a_run_killed_before_its_first_checkpoint_is_named_as_such(trained, tmp_path, capsys):
+    """Killed after some steps but before its first checkpoint, a run was said to have "stopped before its first
+    step", and a fresh train in its folder sent the user to `resume=`, which had nothing to resume."""
+    import shutil
+
+    run = _copy(trained, tmp_path)
+    for name in ("checkpoints", "model", "train_summary.json"):
+        shutil.rmtree(run / name) if (run / name).is_dir() else (run / name).unlink()
+    (run / "checkpoints" / ".tmp-step-000002").mkdir(parents=True)  # the first, half-written
+    with pytest.raises(SystemExit):
+        main(["train", f"resume={run}"])
+    said = capsys.readouterr().err
+    assert "stopped before its first checkpoint was written, every trainer.ckpt_every=2 steps" in said, said
+    with pytest.raises(SystemExit):
+        main(["train", f"hydra.run.dir={run}", "trainer.max_steps=4", *TINY])
+    said = capsys.readouterr().err
+    assert "stopped before its first checkpoint" in said and f"rm -r {run}" in said and "resume=" not in said, said
+
+
 def test_a_settled_file_is_hashed_once_a_fresh_one_each_time(tmp_path, monkeypatch):
     import hashlib
 
@@ -144,6 +255,9 @@ def test_a_resume_with_an_added_key_names_it_as_no_setting_of_the_run(trained, t
         main(["train", f"resume={run}", "+trainer.lrr=1"])
     said = capsys.readouterr().err
     assert err.value.code == 2 and "trainer.lrr is no setting of the run" in said and "None" not in said, said
+    with pytest.raises(SystemExit):  # a key given twice: the value in effect (the last) is quoted, not the first
+        main(["train", f"resume={run}", "seed=0", "seed=4"])
+    assert "seed=4, but the run has seed=0" in capsys.readouterr().err
 
 
 def test_a_held_out_split_compressed_again_is_the_same_split_and_a_missing_one_is_named(tmp_path):
@@ -248,3 +362,13 @@ def test_a_result_name_with_the_results_suffix_drops_it(capsys):
     assert "note: name=easy50.json: the result is named easy50" in capsys.readouterr().err
     assert output_name(OmegaConf.create({"name": "v1.2", "checkpoint": None}), "x") == "v1.2"
     assert output_name(OmegaConf.create({"name": ".json", "checkpoint": None}), "x") == ".json"
+
+
+def test_a_resume_without_its_metrics_file_says_what_is_lost(tmp_path, capsys):
+    """metrics.jsonl deleted before a resume: its rows up to the checkpoint were lost without a word."""
+    from dgft.resume import truncate_metrics
+
+    truncate_metrics(tmp_path / "metrics.jsonl", 10)
+    assert "metrics.jsonl is missing: the rows of steps 1-10" in capsys.readouterr().out
+    truncate_metrics(tmp_path / "metrics.jsonl", 0)  # a run that had trained nothing has lost nothing
+    assert capsys.readouterr().out == ""
