@@ -5,12 +5,12 @@ decoder call per view; `0` stacks all V along the batch, one call each. The mode
 (`recipe=sudoku` unless overridden), built untrained: a step's cost does not depend on the weights. The puzzles
 are generated here (9x9 at `--givens`, seeded), never a benchmark file.
 
-After one untimed step with each value, for each `--view-batch` value, alternated `--repeats` times: `sample()`
-in `rules` mode with `sampler.steps = --steps` (with `acceptance=fixed`, every step makes the same calls as in a
-full run), timed as a whole, and
-reported as seconds per step: the call's time over `--steps`, so its fixed costs (the first encoding, the set-up)
-are spread over few steps and the figure falls as `--steps` grows; the ratio to the first value is what to read. The canvases must be equal for every value (the
-same decisions); the script exits 1 if they are not. On CUDA it also reports peak memory.
+After one untimed step with each value, for each `--view-batch` value, alternated `--repeats` times: `sample()` in
+`rules` mode with `sampler.steps = --steps` (with `acceptance=fixed`, every step makes the same calls as in a full
+run), timed as a whole, and reported as seconds per step: the call's time over `--steps`, so its fixed costs (the
+first encoding, the set-up) are spread over few steps and the figure falls as `--steps` grows; the ratio to the
+first value is what to read. The canvases must be equal for every value (the same decisions); the script exits 1 if
+they are not. On CUDA it also reports peak memory.
 
     python bench/sample_views.py                                  # CPU: batch 64, 16 views, view_batch 1 and 0
     python bench/sample_views.py --device cuda --batch 512 recipe=sudoku_gpu

@@ -201,18 +201,18 @@ def problem(ckpt: Path, verify_hashes: bool = True) -> str | None:
                           - set(records) - {MANIFEST})  # a copy's .DS_Store or .nfs* file is none of its own
         if unlisted or not records:  # a manifest written last lists every file saved before it
             return f"{MANIFEST} does not list {', '.join(unlisted) or 'any file'}"
+        wrong = mismatch(ckpt, records, verify_hashes)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return f"missing or invalid {MANIFEST}"
-    wrong = mismatch(ckpt, records, verify_hashes)
     number = Path(ckpt).name.rpartition("step-")[2]
     if wrong is None and number.isdigit():  # a resume trains on from the step its files say: the name's
         try:
-            said = {manifest.get("step"), json.loads((ckpt / EXTRA).read_text()).get("step") if EXTRA in records
-                    else int(number)}
+            extra = json.loads((ckpt / EXTRA).read_text()).get("step") if EXTRA in records else int(number)
         except (OSError, ValueError, AttributeError):
             return f"{EXTRA} is not a JSON object"
-        if said != {int(number)}:
-            return f"its {MANIFEST} and {EXTRA} say step {' and '.join(map(str, said))}, its name {int(number)}"
+        if manifest.get("step") != int(number) or extra != int(number):
+            return (f"its name says step {int(number)}, its {MANIFEST} {manifest.get('step')} and its {EXTRA} "
+                    f"{extra}")
     return wrong
 
 

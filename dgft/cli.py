@@ -163,9 +163,7 @@ def main(argv: list[str] | None = None) -> None:
         except KeyboardInterrupt as err:  # Ctrl-C in eval or export, a second signal in training: no traceback, the
             signum = getattr(err, "signum", signal.SIGINT)  # shell's code (130 for Ctrl-C, 143 for SIGTERM)
             how = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-            again = (f", a second time: stopped without a checkpoint; `dgft train resume="
-                     f"{HydraConfig.get().runtime.output_dir}` goes on from the last one") if hasattr(err, "signum") else ""
-            print(f"dgft {command}: interrupted ({how}){again}", file=sys.stderr)
+            print(f"dgft {command}: interrupted ({how}){_stopped_again(err)}", file=sys.stderr)
             sys.exit(128 + signum)
 
     if command == "train":
@@ -311,6 +309,19 @@ def _override(overrides: list[str], key: str, default: str) -> str:
     """The value an override list gives `key` (the last one, as Hydra takes it; `+key=` and `++key=` too)."""
     values = [o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith(f"{key}=")]
     return values[-1] if values else default
+
+
+def _stopped_again(err: BaseException) -> str:
+    """What a second stop signal during training left: the checkpoint a resume goes on from, or none."""
+    run = getattr(err, "run_dir", None)
+    if run is None:
+        return ""
+    from dgft.checkpoint import latest_valid
+
+    last = latest_valid(run)
+    return (", a second time: stopped without a new checkpoint; "
+            + (f"`dgft train resume={run}` goes on from {last.name}" if last else
+               "the run had written none yet, so there is nothing to resume"))
 
 
 def _resume_in_place(overrides: list[str]) -> list[str]:

@@ -185,7 +185,8 @@ class TrainBatches:
         self.pool = {}
         # the columns read whole, split here: `Dataset.filter` would write index files into the published cache,
         # which its record does not cover and datasets reuses (an edit of them changed the training data unseen)
-        sizes, all_puzzles, all_solutions, all_orders = (split[k] for k in ("size", "puzzle", "solution", "order"))
+        columns = split[:]  # every column as one list, read in one go (row by row they are slow)
+        sizes, all_puzzles, all_solutions, all_orders = (columns[k] for k in ("size", "puzzle", "solution", "order"))
         for n in self.sizes:
             rows = [i for i, size in enumerate(sizes) if size == n]
             orders = np.full((len(rows), n * n), -1, dtype=np.int64)

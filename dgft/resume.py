@@ -7,6 +7,7 @@ left to train, and `truncate_metrics` drops what was logged after the checkpoint
 from __future__ import annotations
 
 import json
+import pickle
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -87,6 +88,13 @@ def resume_target(cfg, run_dir: Path, overrides: Sequence[str] = ()):
     saved = typed_train_config(runs.read_yaml(run_dir / "config.yaml"), source=run_dir / "config.yaml",
                                missing="refuse", recorded=_hydra_record(run_dir), may_fill=RESUME_MAY_CHANGE)
     saved.resume = cfg.resume
+    last = ckpt.latest_valid(run_dir)
+    edited = edited_settings(saved, last) if last is not None else None  # first: the values below are the file's
+    if edited:
+        raise ConfigError(f"resume={cfg.resume}: {run_dir / 'config.yaml'} says {edited}, but {last.name} was trained "
+                          "with the values in brackets: the file was edited since. Put those back (only "
+                          f"{', '.join(RESUME_MAY_CHANGE)} may change, given on the command line), or train a new run")
+
     def refuse(source: Path = run_dir / "config.yaml") -> str:  # the record that says what the run was trained with
         return f" ({source}); a resumed run keeps its config, and only {', '.join(RESUME_MAY_CHANGE)} may change"
     keys = list(dict(_override_keys(overrides)).items())  # a key given twice: its last value is the one in effect
@@ -110,7 +118,6 @@ def resume_target(cfg, run_dir: Path, overrides: Sequence[str] = ()):
                    else f"{key} is no setting of the run (a `+key` added it)"
                    if OmegaConf.select(saved, key, default=_ABSENT) is _ABSENT else f"the run has {key}={kept}")
             raise ConfigError(f"resume={cfg.resume}: {item}, but {has}" + refuse())
-    last = ckpt.latest_valid(run_dir)
     if last is None:
         never = "" if ckpt.checkpoints(run_dir) else (
             " (it has none: it stopped before its first checkpoint was written, "
@@ -118,11 +125,6 @@ def resume_target(cfg, run_dir: Path, overrides: Sequence[str] = ()):
                "trainer.ckpt_every=0: at a stop signal or the end only")
             + f"; remove it, rm -r {run_dir}, and train again)")
         raise ConfigError(f"resume={cfg.resume}: {run_dir}/checkpoints holds no valid checkpoint{never}")
-    edited = edited_settings(saved, last)
-    if edited:
-        raise ConfigError(f"resume={cfg.resume}: {run_dir / 'config.yaml'} says {edited}, but {last.name} was trained "
-                          "with the values in brackets: the file was edited since. Put those back (only "
-                          f"{', '.join(RESUME_MAY_CHANGE)} may change, given on the command line), or train a new run")
     return saved, last
 
 
@@ -235,7 +237,10 @@ def restore(path: Path, model, opt, sched, batches, gen, cfg, ema=None) -> tuple
         random.setstate((version, tuple(internal), gauss))
         np.random.set_state(extra["numpy_rng"])
         return int(extra["step"]), float(extra.get("elapsed_s", 0.0))
-    except Exception as err:  # noqa: BLE001 -- whatever the state holds, the message names the checkpoint
+    except torch.OutOfMemoryError:
+        raise  # the machine's limit, not the checkpoint's fault
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, EOFError, RuntimeError,
+            pickle.UnpicklingError) as err:  # what a state file or extra.json of the wrong content raises
         raise unrestorable(path, err) from err
 
 

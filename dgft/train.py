@@ -112,6 +112,9 @@ def train(cfg, run_dir: str | Path, overrides: Sequence[str] = ()) -> Path | Non
     try:
         with runs.writing(run_dir), runs.logged_to(run_dir / "train.log"):  # one `dgft train` at a time writes a run
             return _train(cfg, run_dir, overrides)
+    except StoppedAgain as err:
+        err.run_dir = run_dir  # the run the message names, whatever hydra.run.dir said
+        raise
     except Exception as err:
         if not cfg.resume and not isinstance(err, runs.RunInUse):
             _remove_unstarted(run_dir, before)

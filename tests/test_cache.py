@@ -164,6 +164,12 @@ def test_drawing_batches_writes_nothing_into_the_cache(tmp_path):
     batches = TrainBatches(split, None, cfg, batch_size=4, seed=0)
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
     assert (tmp_path / f"sudoku-{cache_key(cfg, 1)}").is_dir()
+    rows = split[:]
     for n in cfg.sizes:
-        of_size = [s for s, size in zip(split["solution"], split["size"]) if size == n]
-        assert np.array_equal(batches.pool[n][1], np.stack([G.from_string(s) for s in of_size]))
+        of_size = [i for i, size in enumerate(rows["size"]) if size == n]
+        puzzles, solutions, orders = batches.pool[n]
+        assert np.array_equal(puzzles, np.stack([G.from_string(rows["puzzle"][i]) for i in of_size]))
+        assert np.array_equal(solutions, np.stack([G.from_string(rows["solution"][i]) for i in of_size]))
+        for j, i in enumerate(of_size):  # each solving order, padded with -1 to the grid's cells
+            order = rows["order"][i]
+            assert orders[j, :len(order)].tolist() == list(order) and (orders[j, len(order):] == -1).all()

@@ -727,12 +727,21 @@ def test_a_second_signal_stops_at_once_and_is_named(tmp_path, monkeypatch, capsy
         for s, handler in previous.items():
             signal.signal(s, handler)
 
+    run = tmp_path / "run"
+
     def stopped(cfg, run_dir, overrides=()):
-        raise T.StoppedAgain(signal.SIGTERM)
+        err = T.StoppedAgain(signal.SIGTERM)
+        err.run_dir = run
+        raise err
 
     monkeypatch.setattr(T, "train", stopped)
-    run = tmp_path / "run"
     with pytest.raises(SystemExit) as err:
         main(["train", f"hydra.run.dir={run}", f"task.cache_dir={tmp_path / 'cache'}"])
     said = capsys.readouterr().err
-    assert err.value.code == 143 and "interrupted (SIGTERM), a second time" in said and f"resume={run}" in said, said
+    assert err.value.code == 143 and "interrupted (SIGTERM), a second time" in said, said
+    assert "nothing to resume" in said and "resume=" not in said  # no checkpoint yet
+    (run / "checkpoints" / "step-000003").mkdir(parents=True)
+    monkeypatch.setattr("dgft.checkpoint.latest_valid", lambda r: r / "checkpoints" / "step-000003")
+    with pytest.raises(SystemExit):
+        main(["train", f"hydra.run.dir={tmp_path / 'other'}", f"task.cache_dir={tmp_path / 'cache'}"])
+    assert f"`dgft train resume={run}` goes on from step-000003" in capsys.readouterr().err

@@ -153,7 +153,8 @@ def test_exact_match_needs_the_line_break_that_ends_the_line():
     problem = Problem("HumanEval/0", "f", "def f(x):\n", "    return x\n", "    x += 1\n", "def check(f):\n    pass\n")
     assert not exact_match("    x += 1", problem.canonical_solution)  # the program reads "    x += 1    return x"
     assert exact_match("    x += 1  \r\n\n", problem.canonical_solution)
-    assert exact_match("x = ", "x =") and not exact_match("x =\n", "x =")
+    assert not exact_match("    x += 1\n    ", problem.canonical_solution)  # "        return x": indented
+    assert exact_match("", "\n") and exact_match("x =", "x =") and not exact_match("x =\n", "x =")
 
 
 def test_upstream_examples_score_thirty_percent(tmp_path):

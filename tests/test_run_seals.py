@@ -173,6 +173,9 @@ def test_a_resume_refuses_a_config_edited_since_its_checkpoint(trained, tmp_path
         main(["train", f"resume={run}", "trainer.max_steps=6"])
     said = capsys.readouterr().err
     assert err.value.code == 2 and "trainer.lr=0.01 (trained with 0.003)" in said and "was trained" in said, said
+    with pytest.raises(SystemExit):  # the trained value given back on the command line: the file is named first
+        main(["train", f"resume={run}", "trainer.lr=0.003"])
+    assert "trainer.lr=0.01 (trained with 0.003)" in capsys.readouterr().err
     config.write_text(text)  # put back: the resume trains on
     main(["train", f"resume={run}", "trainer.max_steps=6"])
     assert json.loads((run / "train_summary.json").read_text())["steps"] == 6
@@ -196,9 +199,15 @@ def test_a_checkpoint_that_matches_its_manifest_but_cannot_be_restored_is_named(
     extra = json.loads((newest / ckpt.EXTRA).read_text())
     (newest / ckpt.EXTRA).write_text(json.dumps({**extra, "step": 6}))
     _reseal(newest)
-    with pytest.warns(UserWarning, match="step-000004: its manifest.json and extra.json say step"):
+    with pytest.warns(UserWarning, match="step-000004: its name says step 4, its manifest.json 4 and its extra.json 6"):
         assert ckpt.latest_valid(run).name == "step-000002"
     (newest / ckpt.EXTRA).write_text(json.dumps(extra))
+    _reseal(newest)
+    manifest = json.loads((newest / ckpt.MANIFEST).read_text())
+    manifest["files"][ckpt.EXTRA]["bytes"] = None  # valid JSON of the wrong shape: invalid, not a traceback
+    (newest / ckpt.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.warns(UserWarning, match="step-000004: missing or invalid manifest.json"):
+        assert ckpt.latest_valid(run).name == "step-000002"
     (newest / ckpt.TRAINER_STATE).write_bytes(b"not a pickle")
     _reseal(newest)
     with pytest.raises(SystemExit) as err:

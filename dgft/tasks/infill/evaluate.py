@@ -11,13 +11,13 @@ tests, listed in `reference_fails` and said on stderr, can never count) and `emp
 scores, through lines the tests do not catch).
 
 Scores, overall and per span kind: `exact` (the same string), `exact_lines` (equal up to trailing whitespace on each
-line and trailing blank lines, but not a missing final line break: `humaneval.exact_match`), `compiles` (the window
-prefix + middle + suffix, or failing that its enclosing function, compiles) and, for HumanEval files, `pass@1`: the
-program prompt + middle + suffix + tests run in `dgft.sandbox`, the only place model-written code runs. With
-`samples=N` every score is the mean over the N samples and pass@k is the unbiased estimator for k = 1, 10, 100 up to
-N. `rerank=true` adds a row per mode and length: of the N samples, the first that compiles as above (Python's
-`compile()`, which runs nothing), or the first sample when none does. Middles longer than the canvas cannot be
-written: they are left out and counted (`too_long`); `pass@1_all` counts them as failures, overall and per kind.
+line and trailing blank lines, what the suffix's first line continues compared as it is: `humaneval.exact_match`),
+`compiles` (the window prefix + middle + suffix, or failing that its enclosing function, compiles) and, for HumanEval
+files, `pass@1`: the program prompt + middle + suffix + tests run in `dgft.sandbox`, the only place model-written code
+runs. With `samples=N` every score is the mean over the N samples and pass@k is the unbiased estimator for k = 1, 10,
+100 up to N. `rerank=true` adds a row per mode and length: of the N samples, the first that compiles as above
+(Python's `compile()`, which runs nothing), or the first sample when none does. Middles longer than the canvas cannot
+be written: they are left out and counted (`too_long`); `pass@1_all` counts them as failures, overall and per kind.
 `workers` sandboxed programs run at once; the result keeps the sandbox's isolation and the count of each status
 (`sandbox`), the samples file each middle's status. A program the sandbox could not set up stops the evaluation
 (humaneval.SandboxError): it ran none of the middle, so it is no failure of the model. tokens/s counts every canvas

@@ -168,13 +168,15 @@ def program(problem: Problem, middle: str) -> str:
 
 
 def exact_match(middle: str, canonical: str) -> bool:
-    """Equal up to trailing whitespace on each line and trailing blank lines (indentation counts). Whether the
-    middle ends its last line counts too: `program` joins a middle without its line break onto the suffix's first
-    line, so `"return x"` for `"return x\\n"` is no match (it seldom even compiles)."""
+    """Equal up to trailing whitespace on each whole line and trailing blank lines (indentation counts). What follows
+    the middle's last line break is compared as it is: `program` joins it onto the suffix's first line, so
+    `"return x"` for `"return x\\n"` is no match, nor is `"return x\\n    "` (they seldom even compile)."""
     def norm(text):
-        body = text.rstrip()
-        ends_line = any(c in "\r\n" for c in text[len(body):])
-        return "\n".join(line.rstrip() for line in body.splitlines()), ends_line
+        *lines, joined = text.split("\n")  # whole lines, then the part the suffix's first line continues
+        lines = [line.rstrip() for line in lines]
+        while lines and not lines[-1]:
+            lines.pop()
+        return lines, joined
     return norm(middle) == norm(canonical)
 
 

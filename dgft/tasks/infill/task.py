@@ -306,7 +306,8 @@ class InfillTask:
         """Exact match of predicted middles, overall and per kind.
 
         `exact`: the same string, indentation and newlines included; `exact_lines`: equal up to trailing
-        whitespace on each line and trailing blank lines (`humaneval.exact_match`: a missing final line break counts).
+        whitespace on each whole line and trailing blank lines (`humaneval.exact_match`: what follows the last line
+        break counts as it is).
         """
         from dgft.tasks.infill.humaneval import exact_match
 

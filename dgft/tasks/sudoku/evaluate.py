@@ -183,7 +183,8 @@ def samples_text(recs, kinds, rows: dict) -> str:
         for i, (r, a, kind, score) in enumerate(zip(recs, answers, kinds, scores_of(recs, answers, stats))):
             rec = {"row": row, "index": i, "source": r.source, "puzzle": G.to_string(r.puzzle),
                    "solution": G.to_string(r.solution), "difficulty": kind, "answer": G.to_string(a),
-                   **score, "malformed": bool(stats.get("malformed", [False] * len(recs))[i]), "steps": int(stats["steps"][i])}
+                   **score, "malformed": bool(stats.get("malformed", [False] * len(recs))[i]),
+                   "steps": int(stats["steps"][i])}
             lines.append(json.dumps(rec) + "\n")
     return "".join(lines)
 

@@ -177,9 +177,10 @@ class SudokuTextTask(SudokuTask):
         return canvas_values[:, self.layout(n)["cells"].to(canvas_values.device)]
 
     def well_formed(self, canvas: torch.Tensor, n: int) -> np.ndarray:
-        """(B,) bool: the answer's structure (newlines, end of turn, padding) is the layout's. `free` sampling pins
-        nothing, and an answer whose structure the model overwrote is not a grid, whatever its cell positions hold
-        (the evaluation scores it as all blank)."""
+        """(B,) bool: the answer's structure (newlines, end of turn, padding) is the layout's. dgft's sampler pins
+        the layout in every mode (`always_pinned`), but a canvas from elsewhere (another sampler, an edited samples
+        file) may not keep it: an answer whose structure was overwritten is not a grid, whatever its cell positions
+        hold (the evaluation scores it as all blank, and counts it in `malformed`)."""
         lay = self.layout(n)
         structure = torch.ones(canvas.shape[-1], dtype=torch.bool)
         structure[lay["cells"]] = False
