@@ -207,10 +207,10 @@ def problem(ckpt: Path, verify_hashes: bool = True) -> str | None:
     number = Path(ckpt).name.rpartition("step-")[2]
     if wrong is None and number.isdigit():  # a resume trains on from the step its files say: the name's
         try:
-            extra = json.loads((ckpt / EXTRA).read_text()).get("step") if EXTRA in records else int(number)
+            extra = json.loads((ckpt / EXTRA).read_text()).get("step", int(number)) if EXTRA in records else int(number)
         except (OSError, ValueError, AttributeError):
             return f"{EXTRA} is not a JSON object"
-        if manifest.get("step") != int(number) or extra != int(number):
+        if manifest.get("step", int(number)) != int(number) or extra != int(number):  # one without: restore names it
             return (f"its name says step {int(number)}, its {MANIFEST} {manifest.get('step')} and its {EXTRA} "
                     f"{extra}")
     return wrong
