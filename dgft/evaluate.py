@@ -158,6 +158,8 @@ def claim_output(out_dir: Path, name: str, settings: dict, overwrite: bool) -> N
         if key == "weights_sha256" and key not in before:  # a result from before dgft recorded it: not a difference
             continue
         was = before.get(key)
+        if key == "data" and was != value and _same_data(before, value):  # typed from elsewhere: the same file
+            continue
         if isinstance(value, dict) and isinstance(was, dict):
             default = defaults.get(key, {})
             diff += [f"{key}.{k} {was.get(k)!r} -> {value.get(k)!r}" for k in sorted(set(value) | set(was))
@@ -167,6 +169,20 @@ def claim_output(out_dir: Path, name: str, settings: dict, overwrite: bool) -> N
     if diff:
         raise ConfigError(f"{old} holds an evaluation with other settings ({'; '.join(diff[:4])}"
                           f"{'; ...' if len(diff) > 4 else ''}): name=OTHER keeps both, overwrite=true replaces it")
+
+
+def _same_data(before: dict, data: str) -> bool:
+    """Whether `data` (a path as typed now) is the file an earlier result measured: the same file once resolved, or
+    the same content (its recorded sha256), whatever path each command was given from wherever it ran."""
+    from dgft.checkpoint import sha256
+
+    path = Path(data)
+    if before.get("data_path") == str(path.resolve()):
+        return True
+    try:
+        return before.get("data_sha256") is not None and path.is_file() and sha256(path) == before["data_sha256"]
+    except OSError:
+        return False
 
 
 def replacing_result(out_dir: Path, name: str) -> None:
@@ -199,7 +215,8 @@ def _how_much(result: dict) -> str:
     """"the first N" of the file when `limit` cut it short, else "all" (a limit larger than the file read all)."""
     limit, n = result.get("limit"), result.get("n")
     read = n + sum((result.get("too_long") or {}).values()) if isinstance(n, int) else None  # infill: left out
-    return f"the first {limit}" if limit and (read is None or read >= limit) else "all"
+    order = f" ({result['limit_order']})" if result.get("limit_order") else ""  # infill's held-out rows
+    return f"the first {limit}{order}" if limit and (read is None or read >= limit) else "all"
 
 
 def interrupted(cfg, run: Path, run_cfg) -> dict:

@@ -90,7 +90,7 @@ def export(cfg) -> Path:
         stale = _check_outputs(out, card=False)  # the card is read on its own, and rewritten below
         refreshed = _refresh_card(out, run_dir, checkpoint) if stale is None else None
         if refreshed is not None:
-            print(f"{out}: up to date" + ("; its model card's list of the run's evaluations brought up to date"
+            print(f"{out}: up to date" + ("; its model card's lists of evaluations brought up to date"
                                           if refreshed else ""))
             return out
         print(f"{out}: {stale or f'{CARD_FILE} is not the model card dgft wrote'}; exporting again")

@@ -76,6 +76,7 @@ def environment(device=None) -> dict:
     return {"dgft": version("dgft"), "dgft_commit": commit, "python": platform.python_version(),
             **{name: version(name) for name in ("torch", "transformers", "peft", "numpy", "hydra-core")},
             "host": socket.gethostname(), "platform": platform.platform(), "cpu": cpu, "gpu": gpu,
+            "command": sys.argv[0],  # "dgft train" (the CLI names it so), or the script that called dgft
             "argv": sys.argv[1:], "time": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
 
 

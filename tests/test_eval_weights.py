@@ -331,3 +331,27 @@ def test_a_result_names_its_settings_and_is_not_replaced_by_other_ones(tmp_path)
     claim_output(tmp_path, "p", {**other, "sampler": {**other["sampler"], "passes": 1}}, overwrite=False)
     with pytest.raises(ConfigError, match=r"sampler\.passes None -> 2\)"):
         claim_output(tmp_path, "p", {**other, "sampler": {**other["sampler"], "passes": 2}}, overwrite=False)
+
+
+def test_the_same_data_file_typed_from_elsewhere_is_a_re_run(tmp_path, monkeypatch):
+    """`dgft eval RUN` from another folder types the held-out split's path otherwise ("run/data/heldout.csv" against
+    "/abs/run/data/heldout.csv"): the same file, so a re-run, not "an evaluation with other settings". Another file
+    with other content still is."""
+    from dgft.cache import replace_file
+    from dgft.checkpoint import sha256
+    from dgft.config import ConfigError
+    from dgft.evaluate import claim_output
+
+    data = tmp_path / "run" / "data" / "heldout.csv"
+    data.parent.mkdir(parents=True)
+    data.write_text("puzzle\n" + "1" * 16 + "\n")
+    monkeypatch.chdir(tmp_path)
+    before = {"data": "run/data/heldout.csv", "seed": 0, "data_path": str(data.resolve()), "data_sha256": sha256(data)}
+    replace_file(tmp_path / "p.json", json.dumps(before))
+    claim_output(tmp_path, "p", {"data": str(data), "seed": 0}, overwrite=False)
+    copy = tmp_path / "copy.csv"  # the same content elsewhere: the same data
+    copy.write_bytes(data.read_bytes())
+    claim_output(tmp_path, "p", {"data": str(copy), "seed": 0}, overwrite=False)
+    copy.write_text("puzzle\n" + "2" * 16 + "\n")
+    with pytest.raises(ConfigError, match="other settings \\(data 'run/data/heldout.csv' -> "):
+        claim_output(tmp_path, "p", {"data": str(copy), "seed": 0}, overwrite=False)

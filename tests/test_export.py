@@ -599,7 +599,7 @@ def test_export_again_lists_evaluations_made_since_in_its_card(tmp_path, capsys)
     before = (out / "export.json").read_text()
     capsys.readouterr()
     export(export_cfg(run))
-    assert "up to date; its model card's list of the run's evaluations brought up to date" in capsys.readouterr().out
+    assert "up to date; its model card's lists of evaluations brought up to date" in capsys.readouterr().out
     refreshed = (out / "README.md").read_text()
     assert "| `easy.csv` | 2 | rules exact 50.0% |" in refreshed and "`eval/easy.json`" in refreshed
     assert refreshed.split("## The run's evaluations")[0] == card.split("## The run's evaluations")[0]

@@ -283,3 +283,32 @@ def test_a_problem_file_missing_a_key_on_its_first_line_is_named_as_one(tmp_path
     row = {k: v for k, v in PROBLEM.items() if k != "test"}
     with pytest.raises(InfillFileError, match=r"h\.jsonl:1: missing key 'test'$"):
         read_examples(write(tmp_path / "h.jsonl", [row, PROBLEM]))
+
+
+def test_reports_of_a_held_out_limit_a_problem_line_without_its_ids_and_no_program_run(tmp_path):
+    """Found by a session-37 probe: `limit=5` on the held-out split takes rows in turn by kind, while the .md said
+    "the first 5 of the file"; a HumanEval line without task_id and entry_point was named by the held-out format's
+    keys; a result whose every middle was left out printed "0 distinct programs, ; isolation: ."; 1 of 5 tasks
+    failing gave reference_passes 0.19999999999999996."""
+    from dgft.evaluate import _how_much
+    from dgft.tasks.infill import evaluate as E
+
+    assert _how_much({"limit": 5, "n": 5, "limit_order": "taken in turn by kind"}) == \
+        "the first 5 (taken in turn by kind)"
+    assert _how_much({"limit": 5, "n": 5}) == "the first 5"
+    nameless = {k: v for k, v in PROBLEM.items() if k not in ("task_id", "entry_point")}
+    with pytest.raises(InfillFileError, match=r"h\.jsonl:1: missing key"):
+        try:
+            E.read_examples(write(tmp_path / "h.jsonl", [nameless]))
+        except InfillFileError as err:
+            assert "task_id" in str(err) and "'kind'" not in str(err), err
+            raise
+    examples = [{"id": f"t/{i}", "kind": "line", "middle": "m"} for i in range(5)]
+    verdicts = {(e["id"], m): "passed" if (e["id"] == "t/0" and m == "m") else "failed"
+                for e in examples for m in ("m", "")}
+    assert E.bounds_of(verdicts, examples)["reference_passes"] == 0.2
+    result = {"humaneval": True, "samples": 1, "n": 0, "too_long": {"line": 2}, "reference_compiles": None,
+              "data": "d", "sampler": {"temperature": 0.0}, "run": "r", "seed": 0, "limit": 2, "rows": {},
+              "sandbox": {"programs": 0, "statuses": {}, "isolation": ""}}
+    text = E.markdown("x", result)
+    assert "no program ran (every middle was left out)" in text and "isolation: ." not in text

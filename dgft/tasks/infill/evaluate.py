@@ -99,6 +99,7 @@ def evaluate_run(cfg, run: Path, run_cfg, scfg, device) -> dict:
     cut = [bool(c) for batch in own for c in batch["prompt_cut"]]  # the prompt is the same at both lengths
     bounds = bounds_of(verdicts, examples)
     result = {"run": str(run), **settings, **interrupted(cfg, run, run_cfg), "n": len(examples),
+              **({"limit_order": "taken in turn by kind"} if cfg.limit and problems is None else {}),
               "too_long": dict(too_long),
               "prompt_cut": sum(cut),
               "prompt_cut_by_kind": dict(Counter(e["kind"] for e, c in zip(examples, cut) if c)),
@@ -144,7 +145,7 @@ def read_examples(path: Path) -> tuple[list[dict], dict | None]:
     records.close()
     if first is None:
         raise H.InfillFileError(f"{path}: no examples")
-    if "task_id" in first[1] or "entry_point" in first[1]:
+    if {"task_id", "entry_point", "canonical_solution", "test"} & set(first[1]):  # a key only HumanEval's have
         problems = H.read_problems(path)
         kind = next((k for marker, k in FILE_KINDS.items() if marker in Path(path).name), "humaneval")
         return [{**e, "id": e["path"]} for e in D.humaneval_examples(problems, kind)], problems
@@ -277,7 +278,7 @@ def bounds_of(verdicts: dict | None, examples: list[dict]) -> dict:
     if fails:
         tqdm.write(f"warning: {len(fails)} of {len(examples)} tasks fail their tests with their own true middle "
                    f"(first: {fails[0][0]}, {fails[0][1]}); no middle can pass them", file=sys.stderr)
-    return {"reference_passes": 1 - len(fails) / len(examples), "reference_fails": [t for t, _ in fails],
+    return {"reference_passes": (len(examples) - len(fails)) / len(examples), "reference_fails": [t for t, _ in fails],
             "empty_passes": float(np.mean([verdicts[(e["id"], "")] == "passed" for e in examples]))}
 
 
@@ -361,7 +362,9 @@ def markdown(name: str, result: dict) -> str:
             + _table(["mode", "length", "pick", "n", "exact", "exact (lines)", "compiles", *ks, "mean steps",
                       "tokens/s"], main))
     box = result.get("sandbox")
-    if box:
+    if box and not box["programs"]:
+        text += "\nSandbox: no program ran (every middle was left out).\n"
+    elif box:
         text += (f"\nSandbox: {box['programs']} distinct programs, "
                  + ", ".join(f"{n} {status}" for status, n in sorted(box["statuses"].items()))
                  + f"; isolation: {box['isolation']}.\n")
