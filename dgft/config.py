@@ -600,11 +600,16 @@ def check_sampler_values(sampler) -> None:
     `dgft.sampling.sample`'s for callers that build settings themselves. A key `sampler` lacks is not checked
     (the sampler takes its default). Raises ConfigError naming the key."""
     def get(key):
-        return OmegaConf.select(sampler, key, default=None) if isinstance(sampler, DictConfig) else \
-            getattr(sampler, key, None)
+        if isinstance(sampler, DictConfig):
+            return OmegaConf.select(sampler, key, default=None)
+        return sampler.get(key) if isinstance(sampler, dict) else getattr(sampler, key, None)
 
-    check_finite({k: get(k) for k in (*_SAMPLER_CHOICES, *_SAMPLER_POSITIVE, *_SAMPLER_NON_NEGATIVE, "confidence",
-                                      "revise")}, "sampler")
+    if isinstance(sampler, (DictConfig, dict)):  # every float setting, the ones checked below and the rest
+        check_finite(OmegaConf.to_container(sampler, resolve=True) if isinstance(sampler, DictConfig)
+                     else dict(sampler), "sampler")
+    else:
+        check_finite({k: get(k) for k in (*_SAMPLER_CHOICES, *_SAMPLER_POSITIVE, *_SAMPLER_NON_NEGATIVE,
+                                          "confidence", "revise")}, "sampler")
     for key, allowed in _SAMPLER_CHOICES.items():
         if get(key) is not None and get(key) not in allowed:
             raise ConfigError(f"sampler.{key}={get(key)!r}: expected one of {', '.join(allowed)}")
@@ -630,8 +635,6 @@ def check_sampler(sampler, task: str, noise_kind: str, sc_untrained: bool = Fals
         raise ConfigError("sampler.self_conditioning=true: with noise.self_conditioning_p=0 a model trained from "
                           "scratch never reads self-conditioning, so the weights that read it keep their random "
                           "start; set sampler.self_conditioning=false (and sampler.passes=1)")
-    check_finite(OmegaConf.to_container(sampler, resolve=True) if isinstance(sampler, DictConfig) else dict(sampler),
-                 "sampler")
     check_sampler_values(sampler)
     if get("revise") > 0 and noise_kind != "uniform":
         raise ConfigError(f"sampler.revise={get('revise')}: needs noise.kind=uniform (a mask-noise model never "
