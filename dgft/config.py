@@ -416,6 +416,7 @@ def merge_problem(err: Exception) -> str:
 
 # --- range checks ---------------------------------------------------------------------------------
 NOISE_KINDS = ("uniform", "mask")  # uniform-state (DiffusionGemma's) and absorbing-state noise
+NOISE_SUPPORTS = ("answer", "vocab")  # where uniform noise draws its tokens: the task's answer tokens, or the vocab
 _CHOICES = {
     "model.name": ("tiny", "diffusiongemma"),
     "model.finetune": ("full", "lora"),
@@ -423,7 +424,7 @@ _CHOICES = {
     "model.dtype": ("auto", "bf16", "fp32"),
     "trainer.optimizer": ("adamw", "paged_adamw_8bit", "muon"),
     "noise.kind": NOISE_KINDS,
-    "noise.support": ("answer", "vocab"),
+    "noise.support": NOISE_SUPPORTS,
     "noise.loss_weight": ("flat", "inv_t"),
     "device": ("auto", "cpu", "cuda"),
 }

@@ -67,7 +67,7 @@ from dataclasses import dataclass, field
 import torch
 
 from dgft import noise as N
-from dgft.config import NOISE_KINDS, check_sampler_values
+from dgft.config import NOISE_KINDS, NOISE_SUPPORTS, check_sampler_values
 from dgft.model import denoise, encode, forbid_answers
 
 MODES = ("free", "clamped", "rules")
@@ -125,9 +125,10 @@ def sample(model, batch: dict, task, scfg, mode: str, noise_kind: str = "uniform
     `noise.RowGenerators` (one per example: each example's draws independent of the rest of the batch), or None."""
     if mode not in MODES:
         raise ValueError(f"sampling mode {mode!r}: expected one of {', '.join(MODES)}")
-    if noise_kind not in NOISE_KINDS or support not in ("answer", "vocab"):
+    if noise_kind not in NOISE_KINDS or support not in NOISE_SUPPORTS:
         raise ValueError(f"noise_kind={noise_kind!r}, support={support!r}: expected noise_kind "
-                         f"{' or '.join(NOISE_KINDS)} and support answer or vocab (the run's noise.kind and support)")
+                         f"{' or '.join(NOISE_KINDS)} and support {' or '.join(NOISE_SUPPORTS)} (the run's noise.kind "
+                         "and support)")
     check_sampler_values(scfg)  # dgft's commands checked them already; a caller of its own may not have
     device = next(model.parameters()).device
     prompt_ids, prompt_mask = batch["prompt_ids"].to(device), batch["prompt_mask"].to(device)
