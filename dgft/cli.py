@@ -254,6 +254,18 @@ def _composition_message(err: Exception, command: str) -> str:
     if cause is not None and str(cause).strip() and str(cause).strip() not in message:
         message += f"\n{str(cause).strip()}"
     match = re.search(r"In '(recipe/[^']+)'", message)
+    composed = re.search(r"full_key: (task\.\S+)\s.*object_type=(\w+)", message, re.S)
+    if match and composed:  # `task=infill` beside a Sudoku recipe: the recipe's task settings meet another task
+        from dgft.config import TASK_SCHEMAS
+
+        task = next((name for name, schema in TASK_SCHEMAS.items() if schema.__name__ == composed.group(2)), None)
+        if task is not None:
+            resumed = _override(sys.argv[1:], "resume", "null") not in ("null", "None", "")
+            message += (f"\n(hint: {match.group(1)}.yaml sets {composed.group(1)} for its own task, which the {task} "
+                        f"task does not have: `task={task}` alone keeps that recipe; "
+                        + ("a resumed run keeps its recipe and task, so train a new run with "
+                           if resumed else "for a run of the {task} task, give ").format(task=task)
+                        + f"recipe={task})")
     if match and re.search(r"Key 'recipe' not in", message):
         message += (f"\n(hint: {match.group(1)}.yaml sets its keys under `recipe.`; a recipe file starts with the "
                     "line `# @package _global_`, as the recipes in recipes/recipe/ do, so that they are the "

@@ -13,7 +13,15 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import LogFormatter, MaxNLocator  # noqa: E402
+
+
+class PlainLog(LogFormatter):
+    """A log axis's labels as plain numbers (0.3, 2, 10), on the ticks matplotlib's own log labels would show,
+    rather than its "3x10^-1" and "6.48x10^0"."""
+
+    def __call__(self, x, pos=None):
+        return f"{x:g}" if super().__call__(x, pos) else ""
 
 
 def heldout_series(rows: list[dict]) -> dict[str, list[tuple[int, float]]]:
@@ -40,6 +48,8 @@ def plot_loss(metrics_path: str | Path, out: str | Path) -> None:
     ax.set_ylabel("cross-entropy")
     if any(loss > 0 for _, loss in train):  # a loss of 0 throughout (a perfect model) stays on a linear axis
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(PlainLog())
+        ax.yaxis.set_minor_formatter(PlainLog(labelOnlyBase=False))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()

@@ -360,6 +360,13 @@ def test_a_users_recipe_that_does_not_compose_is_named_without_a_traceback(tmp_p
     (["train", "task.sources=x"], "task.sources: a setting of the infill task, not of the task this config trains "
                                   "(for a run of that task, give recipe=infill)"),
     (["train", "+task.sources=x"], "task.sources: a setting of the infill task"),  # refuse_unknown's path
+    (["train", "task=infill"], "recipe/sudoku.yaml sets task.corrupt_givens_p for its own task, which the infill "
+                               "task does not have: `task=infill` alone keeps that recipe; for a run of the infill "
+                               "task, give recipe=infill"),
+    (["train", "recipe=infill", "task=sudoku"], "the sudoku task does not have: `task=sudoku` alone keeps that "
+                                                "recipe; for a run of the sudoku task, give recipe=sudoku"),
+    (["train", "resume=outputs/sudoku/nosuch", "task=infill"], "a resumed run keeps its recipe and task, so train a "
+                                                               "new run with recipe=infill"),
     (["train", "-m", "trainer.lrr=1,2"], "sweep job trainer.lrr=1: trainer.lrr: not a setting of dgft; did you "
                                          "mean trainer.lr?"),
 ])

@@ -45,3 +45,15 @@ def test_denoising_cells_empty_open_filled_and_given_look_different(tmp_path):
     plots.plot_denoising(frames, accepted, np.array([1, 0, 0, 0] * 4), np.array([1, 2, 3, 4] * 4),
                          tmp_path / "d.png", title="t")
     assert (tmp_path / "d.png").stat().st_size > 0
+
+
+def test_the_loss_axis_labels_are_plain_numbers(tmp_path, monkeypatch):
+    """A loss from 6.5 down to 0.3 on a log axis: its labels read 0.3 and 2, not matplotlib's "3x10^-1" mathtext."""
+    shown = _figure(monkeypatch)
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("\n".join(json.dumps({"step": s, "loss": v}) for s, v in [(1, 6.5), (50, 2.0), (100, 0.3)]))
+    plots.plot_loss(metrics, tmp_path / "loss.png")
+    ax = shown[0].axes[0]
+    labels = [t.get_text() for t in ax.get_yticklabels() + ax.get_yticklabels(minor=True) if t.get_text()]
+    assert "0.3" in labels and "2" in labels and "1" in labels, labels
+    assert not any("times" in label or "^" in label for label in labels), labels

@@ -283,7 +283,9 @@ def test_answers_that_are_not_a_grid_are_counted_not_only_emptied(monkeypatch):
     answers, stats = E.run_mode(None, t, recs, scfg, run_cfg, "free", seed=0)
     summary = E.summarise(recs, answers, stats)
     assert summary["malformed"] == 1 and summary["exact"] == 0.5 and summary["rule_violations"] == 0
-    result = {"modes": {"free": {**summary, **E.breakdowns(recs, answers, stats, E.difficulty(recs))}},
-              "skipped_lines": 0, "n": 2, "data": "test"}
+    parts = E.breakdowns(recs, answers, stats, E.difficulty(recs))  # the groups count theirs too
+    for part in ("by_givens", "by_difficulty"):
+        assert sum(g["malformed"] for g in parts[part].values()) == 1, parts[part]
+    result = {"modes": {"free": {**summary, **parts}}, "skipped_lines": 0, "n": 2, "data": "test"}
     monkeypatch.setattr(E, "provenance_line", lambda result: "")
     assert "Answers that were not a grid" in E.markdown("test", result) and "free 1" in E.markdown("test", result)

@@ -215,12 +215,14 @@ def breakdowns(recs, answers, stats, kinds) -> dict:
     each such group was sampled in batches of its own (`batch_by=givens`; with mixed batches speed is not split)."""
     size = [f"{G.side(r.puzzle)}x{G.side(r.puzzle)}" for r in recs]
     scores = scores_of(recs, answers, stats)
-    by_givens = grouped(scores, stats["steps"], [givens_key(r) for r in recs], numeric=True)
+    malformed = stats.get("malformed", np.zeros(len(recs), dtype=bool))
+    by_givens = grouped(scores, stats["steps"], [givens_key(r) for r in recs], numeric=True, malformed=malformed)
     for key, (secs, cells) in stats.get("groups", {}).items():
         secs = max(secs, 1e-9)
         by_givens[key] |= {"puzzles_per_s": by_givens[key]["n"] / secs, "tokens_per_s": cells / secs}
     return {"by_givens": by_givens,
-            "by_difficulty": grouped(scores, stats["steps"], [f"{s}/{k}" for s, k in zip(size, kinds)])}
+            "by_difficulty": grouped(scores, stats["steps"], [f"{s}/{k}" for s, k in zip(size, kinds)],
+                                     malformed=malformed)}
 
 
 def difficulty(recs) -> list[str]:
@@ -229,9 +231,10 @@ def difficulty(recs) -> list[str]:
     return ["singles" if G.singles_solvable(r.puzzle) else "harder" for r in recs]
 
 
-def grouped(scores: list[dict], steps, keys: list[str], numeric: bool = False) -> dict:
+def grouped(scores: list[dict], steps, keys: list[str], numeric: bool = False, malformed=None) -> dict:
     """The scores (`dgft.metrics.aggregate` of each puzzle's `score_answer`) and mean steps of the puzzles under each
-    key, keys sorted by grid size and then by name (by number when `numeric`: "9x9/30" is 30 givens)."""
+    key, and how many of their answers were `malformed` (per puzzle, when given), keys sorted by grid size and then by
+    name (by number when `numeric`: "9x9/30" is 30 givens)."""
     groups = defaultdict(list)
     for i, key in enumerate(keys):
         groups[key].append(i)
@@ -241,7 +244,8 @@ def grouped(scores: list[dict], steps, keys: list[str], numeric: bool = False) -
         return int(size.split("x")[0]), int(rest) if numeric else rest
 
     return {key: {**aggregate([scores[i] for i in groups[key]]),
-                  "mean_steps": float(np.mean([steps[i] for i in groups[key]]))}
+                  "mean_steps": float(np.mean([steps[i] for i in groups[key]])),
+                  **({} if malformed is None else {"malformed": int(sum(bool(malformed[i]) for i in groups[key]))})}
             for key in sorted(groups, key=order)}
 
 
