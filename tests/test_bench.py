@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -119,3 +120,49 @@ def test_qlora_benches_step_on_the_tiny_architecture(tmp_path, capsys):
     profile_step = _load("profile_step")
     r = profile_step.main(["--qlora", "--tiny", "--warmup", "0", "--steps", "1", "--profile-steps", "0"])
     assert r["timing"]["step_ms"] > 0 and r["setup"]["mode"] == "nf4"
+
+
+def _bench_sudoku(tmp_path, run, *args, fail=""):
+    """eval/bench_sudoku.sh with a stand-in `python3` on PATH that records each dgft eval it is given (one line of
+    arguments), writes a table for it, and fails the one whose arguments hold `fail`."""
+    import subprocess
+
+    bench, bin_ = tmp_path / "bench", tmp_path / "bin"
+    bench.mkdir()
+    bin_.mkdir()
+    for f in ("norvig_easy50.csv", "norvig_top95.csv", "d1_4x4_test_sudoku.csv"):
+        (bench / f).write_text("x\n")
+    log = tmp_path / "calls"
+    (bin_ / "python3").write_text(f'#!/bin/sh\necho "$*" >> {log}\nmkdir -p {run}/eval\n'
+                                  f'echo "table $#" > "{run}/eval/t$(wc -l < {log} | tr -d " ").md"\n'
+                                  + (f'case "$*" in *{fail}*) exit 2 ;; esac\n' if fail else ""))
+    (bin_ / "python3").chmod(0o755)
+    script = Path(__file__).parent.parent / "eval" / "bench_sudoku.sh"
+    env = {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}", "BENCH": str(bench)}
+    done = subprocess.run(["bash", str(script), str(run), *args], env=env, capture_output=True, text=True)
+    return done, log.read_text().splitlines()
+
+
+def test_bench_sudoku_names_each_evaluation_and_reports_every_table_when_one_fails(tmp_path):
+    """`name=X` is one name per evaluation in dgft, so the script gives each set its own (X_norvig_easy50, ...), and
+    a refused evaluation (a name in use) no longer stops the others nor hides their tables; it exits 2 naming it."""
+    run = tmp_path / "run"
+    run.mkdir()
+    done, calls = _bench_sudoku(tmp_path, run, "limit=3", "name=quick", fail="norvig_top95")
+    assert len(calls) == 4, calls
+    names = [next(a for a in c.split() if a.startswith("name=")) for c in calls]
+    assert names == ["name=quick_norvig_easy50", "name=quick_norvig_top95", "name=quick_d1_4x4_test_sudoku",
+                     "name=quick_heldout"]
+    assert all("limit=3" in c and c.count("name=") == 1 for c in calls)
+    assert done.returncode == 2 and "not evaluated: norvig_top95" in done.stderr, done.stderr
+    assert done.stdout.count("table") == 4  # every table written, the failed one's too
+
+
+def test_bench_sudoku_on_an_export_skips_the_held_out_split(tmp_path):
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "dgft_sampler.json").write_text("{}")
+    done, calls = _bench_sudoku(tmp_path, export)
+    assert done.returncode == 0, done.stderr
+    assert len(calls) == 3 and all("data=" in c and "name=" not in c for c in calls), calls
+    assert "carries no held-out split" in done.stderr
