@@ -121,8 +121,18 @@ def load_splits(path: Path):
 
 def replace_file(path: Path, content: str | Callable[[Path], None]) -> None:
     """Write the file `path` whole or not at all: `content` (text, or a function writing the file it is given) goes
-    into a temporary beside it, with the same suffix for writers that go by it, which is then renamed over `path`;
-    the temporary never stays."""
+    into a temporary beside it (`written_beside`), which is then renamed over `path`; the temporary never stays."""
+    tmp = written_beside(path, content)
+    try:
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def written_beside(path: Path, content: str | Callable[[Path], None]) -> Path:
+    """`content` (text, or a function writing the file it is given) written whole into a temporary beside `path`,
+    with the same suffix for writers that go by it -> the temporary, for the caller to rename into place; removed
+    when the writing fails."""
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
     try:
@@ -130,6 +140,7 @@ def replace_file(path: Path, content: str | Callable[[Path], None]) -> None:
             tmp.write_text(content, encoding="utf-8")
         else:
             content(tmp)
-        os.replace(tmp, path)
-    finally:
+    except BaseException:
         tmp.unlink(missing_ok=True)
+        raise
+    return tmp

@@ -15,6 +15,7 @@ Example: `dgft eval outputs/sudoku/2026-11-27_15-00-00 data=../shared/benchmarks
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -132,18 +133,62 @@ def output_name(cfg, default: str) -> str:
 
 
 def claim_output(out_dir: Path, name: str, settings: dict, overwrite: bool) -> None:
-    """Refuse to replace RUN/eval/<name>.json when it holds an evaluation made with other `settings` (data, weights,
-    seed, limit, sampler, ...): a ConfigError naming what differs. The same settings again (a re-run) replace it, as
-    `overwrite=true` replaces any; an unreadable result is replaced."""
-    import json
-
+    """Refuse, before any work, to replace RUN/eval/<name>.json when it holds an evaluation made with other
+    `settings` (data, weights, seed, limit, sampler, ...): a ConfigError naming what differs. The same settings again
+    (a re-run) replace it, as `overwrite=true` replaces any; an unreadable result is replaced. `hold_result` checks
+    again, holding the name."""
     if out_dir.exists() and not out_dir.is_dir():
         raise RunError(f"{out_dir}: a file where the evaluations' folder goes; move it away")
+    if out_dir.is_symlink() and not out_dir.exists():
+        raise RunError(f"{out_dir}: a link to {os.readlink(out_dir)}, which does not exist; make it, or remove the "
+                       "link")
     blocked = [p.name for p in (out_dir / f"{name}.json", out_dir / f"{name}.md", out_dir / f"{name}_samples.jsonl")
                if p.is_dir()]
     if blocked:  # found now, not after the evaluation has run
         raise RunError(f"{out_dir}: {', '.join(blocked)} is a folder where the result goes; move it away")
-    old = out_dir / f"{name}.json"
+    _check_settings(out_dir / f"{name}.json", settings, overwrite)
+
+
+def hold_result(out_dir: Path, name: str, settings: dict, overwrite: bool):
+    """RUN/eval/<name>.* for this evaluation, once its model has loaded and before it samples: the folder made and
+    written to (a read-only or full one is refused now, not after the sampling), held against another `dgft eval` of
+    the same name until `write_result` (two at once left one's answers under the other's settings), and its settings
+    checked again (`claim_output`), as another evaluation may have written it since. -> the claim (an open file: a
+    context manager), for `write_result`."""
+    import fcntl
+
+    try:
+        out_dir.mkdir(exist_ok=True)
+        claim = open(out_dir / f".{name}.lock", "a+")  # it stays: a lock is taken, never waited for
+    except OSError as err:
+        raise RunError(f"{out_dir}: the results cannot be written there ({err.strerror or err}); nothing was "
+                       "evaluated. Make it writable, or evaluate a copy of the run (or its export) elsewhere") from err
+    try:
+        fcntl.flock(claim, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        claim.seek(0)
+        holder = claim.read().strip() or "unknown"
+        claim.close()
+        raise RunError(f"{out_dir / name}.*: another `dgft eval` (pid {holder}) is writing this result now; wait for "
+                       "it to end, or give this one another name=") from None
+    try:
+        claim.seek(0)
+        claim.truncate()
+        claim.write(f"{os.getpid()}\n")
+        claim.flush()
+        _check_settings(out_dir / f"{name}.json", settings, overwrite)
+    except BaseException as err:
+        claim.close()
+        if isinstance(err, OSError):
+            raise RunError(f"{out_dir}: the results cannot be written there ({err.strerror or err}); nothing was "
+                           "evaluated") from err
+        raise
+    return claim
+
+
+def _check_settings(old: Path, settings: dict, overwrite: bool) -> None:
+    import json
+
     if overwrite or not old.exists():
         return
     try:
@@ -185,12 +230,40 @@ def _same_data(before: dict, data: str) -> bool:
         return False
 
 
-def replacing_result(out_dir: Path, name: str) -> None:
-    """Before an evaluation writes its files: the result it replaces loses its .json and .md first, so an evaluation
-    killed while writing leaves new files without a .json (unfinished, as it is), never beside the old .json that
-    would name them as its own."""
-    for suffix in (".json", ".md"):
-        (out_dir / f"{name}{suffix}").unlink(missing_ok=True)
+def write_result(claim, out_dir: Path, name: str, files: dict) -> None:
+    """Write an evaluation's files ({path: text, a function writing the file it is given, or None to remove it}, in
+    order, the .json last), then let go of the `claim_output` claim. Each is first written whole beside its place,
+    so a full disk leaves the result that was there as it was (said, naming the file); then the result replaced loses
+    its .json and .md, and the new files take their places, the .json last: an evaluation killed in between leaves
+    new files without a .json (unfinished, as it is), never beside an old .json that would name them as its own."""
+    from dgft.cache import written_beside
+
+    staged = {}
+    try:
+        for path, content in files.items():
+            staged[path] = None if content is None else written_beside(path, content)
+    except BaseException as err:  # a full disk, or a picture that failed: nothing of this result is left
+        for tmp in staged.values():
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
+        claim.close()
+        if not isinstance(err, OSError):
+            raise
+        raise RunError(f"{out_dir}: could not write the result {name} ({err.strerror or err}); the one that was there "
+                       "is as it was, and this evaluation's answers are lost: make room, then run it again") from err
+    try:
+        for suffix in (".json", ".md"):
+            (out_dir / f"{name}{suffix}").unlink(missing_ok=True)
+        for path, tmp in staged.items():
+            if tmp is None:
+                path.unlink(missing_ok=True)
+            else:
+                os.replace(tmp, path)
+    finally:
+        for tmp in staged.values():
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
+        claim.close()
 
 
 def provenance_line(result: dict) -> str:

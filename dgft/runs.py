@@ -158,6 +158,22 @@ def writing(run_dir: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def training_now(run_dir: Path) -> str | None:
+    """The pid of a `dgft train` writing the run now (it holds RUN/.train.lock: `writing`), else None."""
+    import fcntl
+
+    try:
+        with open(Path(run_dir) / ".train.lock") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                return f.read().strip() or "unknown"
+            fcntl.flock(f, fcntl.LOCK_UN)
+    except OSError:  # no lock file: no dgft train ever wrote the run here
+        return None
+    return None
+
+
 def run_dir_for(name: str, resume) -> str:
     """Where a training run writes: a new outputs/<name>/<timestamp>, or (resume=RUN / resume=auto) the run
     being continued; `auto` is the newest unfinished run under outputs/<name>/ with a valid checkpoint."""
@@ -294,10 +310,14 @@ def checkpoint_dir(run_dir: Path, name: str) -> Path:
 
 
 def require_final(run_dir: Path, cfg) -> Path:
-    """The run's final weights (RUN/model, or RUN/adapter for LoRA), refused while they are stale: a resumed run
+    """The run's final weights (RUN/model, or RUN/adapter for LoRA), refused while a `dgft train` writes the run
+    (`training_now`) and while they are stale: a resumed run
     marks itself (RUN/.resuming) from its first step until it has saved its new final weights and its summary, so
     weights beside the mark are those of before a resume that has not ended (or was killed)."""
     weights = Path(run_dir) / ("model" if cfg.model.finetune == "full" else "adapter")
+    if (pid := training_now(run_dir)) is not None:  # its final weights and their record are not whole yet
+        raise RunError(f"{run_dir}: a `dgft train` (pid {pid}) is writing this run now; its final weights are read "
+                       "once it has ended: wait for it, or use one of its checkpoints (checkpoint=step-N)")
     if weights.is_dir() and (Path(run_dir) / RESUMING).exists():
         raise RunError(f"{weights}: saved before the run was resumed, and the resumed training has not ended "
                        f"({Path(run_dir) / RESUMING}); use one of its checkpoints (checkpoint=step-N), or let the "

@@ -147,9 +147,7 @@ def _train(cfg, run_dir: Path, overrides: Sequence[str]) -> Path | None:
         validate(cfg)  # before the nothing-to-train check: trainer.max_steps=-5 is an error, not a finished run
         if resume.finished(run_dir, resume_from, cfg):
             if not (run_dir / "loss.png").exists():  # killed after its summary, before the picture and the link
-                from dgft.plots import plot_loss
-
-                plot_loss(run_dir / "metrics.jsonl", run_dir / "loss.png")
+                _draw_loss(run_dir)
                 _link_latest(run_dir)
             return None
     else:
@@ -321,10 +319,15 @@ def _train(cfg, run_dir: Path, overrides: Sequence[str]) -> Path | None:
     if step != saved_step or not (run_dir / "checkpoints" / f"step-{step:06d}").is_dir():
         resume.save_checkpoint(run_dir, step, model, opt, sched, batches, gen, cfg, elapsed_s(), ema)
     out = run_dir / ("adapter" if cfg.model.finetune == "lora" else "model")
-    with averaged():
-        ckpt.save_weights(model, out)
-    if cfg.model.finetune == "full":
-        model.generation_config.save_pretrained(str(out))
+    try:
+        with averaged():
+            ckpt.save_weights(model, out)
+        if cfg.model.finetune == "full":
+            model.generation_config.save_pretrained(str(out))
+    except Exception as err:  # a full disk: OSError, or safetensors' own error
+        raise ckpt.CheckpointError(
+            f"could not save the final weights to {out}: {getattr(err, 'strerror', None) or err}. Checkpoint "
+            f"step-{step:06d} is intact: once there is space, `dgft train resume={run_dir}` saves them") from err
     writer.close()
     metrics.close()
     early = step < cfg.trainer.max_steps  # a signal during the last step or the final save stops nothing
@@ -339,16 +342,32 @@ def _train(cfg, run_dir: Path, overrides: Sequence[str]) -> Path | None:
     if isinstance(getattr(batches, "counts", None), dict):  # infill: spans drawn, and those redrawn (all sessions)
         summary["data_counts"] = dict(batches.counts)
         say("training spans: " + ", ".join(f"{k} {v}" for k, v in batches.counts.items()))
-    replace_file(run_dir / "train_summary.json", json.dumps(summary, indent=1))
+    try:
+        replace_file(run_dir / "train_summary.json", json.dumps(summary, indent=1))
+    except OSError as err:
+        raise ckpt.CheckpointError(
+            f"could not write {run_dir / 'train_summary.json'}: {err.strerror or err}. The final weights and "
+            f"checkpoint step-{step:06d} are saved: once there is space, `dgft train resume={run_dir}` ends the "
+            "run") from err
     (run_dir / runs.RESUMING).unlink(missing_ok=True)
-    from dgft.plots import plot_loss
-
-    plot_loss(run_dir / "metrics.jsonl", run_dir / "loss.png")
+    _draw_loss(run_dir)
     _link_latest(run_dir)
     say(f"done: {step} steps in {summary['train_seconds']} s; weights in {out}")
     if stop["signal"] and early:
         say(f"interrupted: resume with `dgft train resume={run_dir}`")
     return run_dir
+
+
+def _draw_loss(run_dir: Path) -> None:
+    """RUN/loss.png, whole or not at all (a resume that finds none draws it); a picture that cannot be written (a full
+    disk) is said, and the training, whose weights and summary are saved, still ends as it should."""
+    from dgft.plots import plot_loss
+
+    try:
+        replace_file(run_dir / "loss.png", lambda tmp: plot_loss(run_dir / "metrics.jsonl", tmp))
+    except OSError as err:
+        say(f"warning: could not draw {run_dir / 'loss.png'} ({err.strerror or err}); the training is saved, and "
+            f"`dgft train resume={run_dir}` draws it once there is space")
 
 
 def _logged_loss(path: Path, step: int) -> float | None:

@@ -63,7 +63,7 @@ def test_an_export_evaluates_as_its_run_did(tmp_path, capsys):
     with pytest.raises(SystemExit) as err:
         main(["eval", str(export)])
     assert err.value.code == 2 and "carries no held-out split: pass data=PATH" in capsys.readouterr().err
-    assert sorted(p.name for p in (export / "eval").iterdir()) == ["heldout.json", "heldout.md",
+    assert sorted(p.name for p in (export / "eval").iterdir()) == [".heldout.lock", "heldout.json", "heldout.md",
                                                                   "heldout_samples.jsonl"]
 
 

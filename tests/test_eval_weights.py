@@ -355,3 +355,70 @@ def test_the_same_data_file_typed_from_elsewhere_is_a_re_run(tmp_path, monkeypat
     copy.write_text("puzzle\n" + "2" * 16 + "\n")
     with pytest.raises(ConfigError, match="other settings \\(data 'run/data/heldout.csv' -> "):
         claim_output(tmp_path, "p", {"data": str(copy), "seed": 0}, overwrite=False)
+
+
+def test_an_evaluation_holds_its_name_and_writes_its_files_whole_or_not_at_all(tmp_path, monkeypatch):
+    """Two `dgft eval` of one name at once left one's answers under the other's settings: the second is refused,
+    naming the first. A full disk while writing left no result at all (the old one removed first): it is said, and
+    the result that was there stays whole, with no temporary beside it."""
+    import errno
+    import os
+
+    from dgft.evaluate import hold_result, write_result
+    from dgft.runs import RunError
+
+    out, settings = tmp_path / "eval", {"data": "p.csv", "seed": 0}
+    claim = hold_result(out, "p", settings, overwrite=False)  # makes eval/, and holds eval/<name> for this one
+    with pytest.raises(RunError, match=rf"another `dgft eval` \(pid {os.getpid()}\) is writing this result now; "
+                                       "wait for it to end, or give this one another name="):
+        hold_result(out, "p", settings, overwrite=False)
+    hold_result(out, "q", settings, overwrite=False).close()  # another name is another result
+    files = lambda json_text: {out / "p_samples.jsonl": "a\n", out / "p.md": "md\n", out / "p.json": json_text}  # noqa: E731
+    write_result(claim, out, "p", files(json.dumps(settings)))
+    claim = hold_result(out, "p", settings, overwrite=False)  # let go once written: a re-run takes it
+
+    def full(tmp):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(RunError, match=r"could not write the result p \(No space left on device\); the one that was "
+                                       "there is as it was"):
+        write_result(claim, out, "p", {out / "p_samples.jsonl": "b\n", out / "p.md": "other\n", out / "p.json": full})
+    assert (out / "p_samples.jsonl").read_text() == "a\n" and (out / "p.md").read_text() == "md\n"
+    assert json.loads((out / "p.json").read_text()) == settings
+    assert sorted(f.name for f in out.iterdir()) == [".p.lock", ".q.lock", "p.json", "p.md", "p_samples.jsonl"]
+    hold_result(out, "p", settings, overwrite=False).close()  # the failed writing let go of it too
+
+
+def test_a_results_folder_that_cannot_be_written_is_refused_before_anything_is_sampled(tmp_path, monkeypatch):
+    import dgft.evaluate as E
+    from dgft.runs import RunError
+
+    def denied(*_a, **_k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(E, "open", denied, raising=False)  # read-only for root too, which chmod is not
+    with pytest.raises(RunError, match=r"eval: the results cannot be written there \(Permission denied\); nothing was "
+                                       "evaluated"):
+        E.hold_result(tmp_path / "eval", "p", {}, overwrite=False)
+    monkeypatch.undo()
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(RunError, match=r"link: a link to .*nowhere, which does not exist"):
+        E.claim_output(tmp_path / "link", "p", {}, overwrite=False)
+
+
+def test_a_run_being_trained_is_not_evaluated_or_exported_from_its_final_weights(tmp_path):
+    """While a `dgft train` holds the run (its final weights and their record not whole yet), eval and export of
+    its final weights say so, naming the process, rather than reading half-written ones or advising a resume."""
+    import os
+
+    from dgft import runs
+
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = OmegaConf.create({"model": {"finetune": "full"}})
+    with runs.writing(run):
+        assert runs.training_now(run) == str(os.getpid())
+        with pytest.raises(runs.RunError, match=rf"a `dgft train` \(pid {os.getpid()}\) is writing this run now; "
+                                                r".*checkpoint=step-N"):
+            runs.require_final(run, cfg)
+    assert runs.training_now(run) is None and runs.require_final(run, cfg) == run / "model"

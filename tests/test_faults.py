@@ -326,6 +326,48 @@ def test_disk_full_keeps_previous_checkpoint_and_exits_nonzero(tmp_path, monkeyp
     assert not list((run / "checkpoints").glob(".tmp-*"))
 
 
+def test_a_full_disk_at_the_final_save_is_said_and_a_resume_saves_again(tmp_path, monkeypatch, capsys):
+    """The final weights, or the loss picture, on a full disk: the first was a traceback (exit 1) with no way on, the
+    second a traceback after a finished training, with a torn loss.png a resume never redrew. Now the first is said
+    (exit 2) and a resume saves the weights; the second is a warning, and a resume draws the picture."""
+    import errno
+
+    import dgft.plots
+    from dgft.cli import main
+
+    real = ckpt.save_weights
+
+    def full_at_the_end(model, out):
+        if Path(out).name == "model":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(model, out)
+
+    monkeypatch.setattr(ckpt, "save_weights", full_at_the_end)
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit) as err:
+        main(_cmd(tmp_path, run, "trainer.num_threads=0")[3:])
+    msg = capsys.readouterr().err
+    assert err.value.code == 2 and "Traceback" not in msg
+    assert (f"could not save the final weights to {run / 'model'}: No space left on device. Checkpoint step-000007 is "
+            f"intact: once there is space, `dgft train resume={run}` saves them") in msg, msg
+    assert not (run / "train_summary.json").exists()
+    monkeypatch.setattr(ckpt, "save_weights", real)
+
+    def no_picture(metrics, out):
+        Path(out).write_bytes(b"")  # torn, as a full disk leaves it
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(dgft.plots, "plot_loss", no_picture)
+    main(["train", f"resume={run}", "trainer.num_threads=0"])  # saves the weights; the picture fails, said
+    assert (run / "model" / "model.safetensors").is_file() and (run / "train_summary.json").is_file()
+    assert not (run / "loss.png").exists() and not list(run.glob(".loss*"))  # no torn picture, no temporary
+    said = capsys.readouterr()
+    assert f"warning: could not draw {run / 'loss.png'} (No space left on device)" in said.out + said.err
+    monkeypatch.undo()
+    main(["train", f"resume={run}", "trainer.num_threads=0"])  # nothing to train: the picture is drawn
+    assert (run / "loss.png").stat().st_size > 0
+
+
 def test_output_dir_under_a_file_fails_with_the_path(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")

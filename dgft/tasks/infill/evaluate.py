@@ -40,9 +40,8 @@ from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from dgft import noise as N
-from dgft.cache import replace_file
-from dgft.evaluate import (claim_output, data_file, interrupted, made_by, output_name, provenance, provenance_line,
-                           replacing_result, trained_model, trained_tokenizer)
+from dgft.evaluate import (claim_output, data_file, hold_result, interrupted, made_by, output_name, provenance,
+                           provenance_line, trained_model, trained_tokenizer, write_result)
 from dgft.sampling import sample
 from dgft.sandbox import cannot_isolate
 from dgft.tasks.infill import corpus as C
@@ -79,56 +78,58 @@ def evaluate_run(cfg, run: Path, run_cfg, scfg, device) -> dict:
                 "sampler": OmegaConf.to_container(scfg)}
     claim_output(out_dir, name, settings, cfg.overwrite)
     model = trained_model(cfg, run, run_cfg, device)
-    out_dir.mkdir(exist_ok=True)
+    with hold_result(out_dir, name, settings, cfg.overwrite) as claim:  # eval/<name>: this one's until written
+        # --- sample every mode with both lengths, then score (tests in the sandbox) --------------------
+        chunks = [examples[start:start + scfg.batch_size] for start in range(0, len(examples), scfg.batch_size)]
+        own = [task.encode(chunk) for chunk in chunks]  # encoded once for every mode; the oracle's batches, which carry
+        # (B, L, vocabulary) masks, one at a time
+        written, stats = {}, {}
+        for mode in scfg.modes:
+            for length in LENGTHS:
+                key = f"{mode}/{length}"
+                batches = own if length == "model" else (task.encode(chunk, oracle_length=True) for chunk in chunks)
+                written[key], stats[key] = sample_middles(
+                    model, task, batches, len(examples), scfg, run_cfg, mode,
+                    f"{'true' if length == 'oracle' else 'own'} length", cfg.samples, cfg.seed)
+        compiled = {key: [[compiles(e, m) for m in ms] for e, ms in zip(examples, rows)]
+                    for key, rows in written.items()}
+        verdicts, sandbox = (run_tests(problems, examples, written, cfg.workers, cfg.isolation) if problems
+                             else (None, None))
 
-    # --- sample every mode with both lengths, then score (tests in the sandbox) --------------------
-    chunks = [examples[start:start + scfg.batch_size] for start in range(0, len(examples), scfg.batch_size)]
-    own = [task.encode(chunk) for chunk in chunks]  # encoded once for every mode; the oracle's batches, which carry
-    # (B, L, vocabulary) masks, one at a time
-    written, stats = {}, {}
-    for mode in scfg.modes:
-        for length in LENGTHS:
-            key = f"{mode}/{length}"
-            batches = own if length == "model" else (task.encode(chunk, oracle_length=True) for chunk in chunks)
-            written[key], stats[key] = sample_middles(model, task, batches, len(examples), scfg, run_cfg, mode,
-                                                      f"{'true' if length == 'oracle' else 'own'} length", cfg.samples,
-                                                      cfg.seed)
-    compiled = {key: [[compiles(e, m) for m in ms] for e, ms in zip(examples, rows)] for key, rows in written.items()}
-    verdicts, sandbox = run_tests(problems, examples, written, cfg.workers, cfg.isolation) if problems else (None, None)
+        cut = [bool(c) for batch in own for c in batch["prompt_cut"]]  # the prompt is the same at both lengths
+        bounds = bounds_of(verdicts, examples)
+        result = {"run": str(run), **settings, **interrupted(cfg, run, run_cfg), "n": len(examples),
+                  **({"limit_order": "taken in turn by kind"} if cfg.limit and problems is None else {}),
+                  "too_long": dict(too_long),
+                  "prompt_cut": sum(cut),
+                  "prompt_cut_by_kind": dict(Counter(e["kind"] for e, c in zip(examples, cut) if c)),
+                  "prompt_tokens": int(task.prompt_tokens),
+                  "reference_compiles": (float(np.mean([compiles(e, e["middle"]) for e in examples])) if examples
+                                         else None),
+                  **bounds,
+                  "device": str(device), "humaneval": problems is not None, "sandbox": sandbox, "rows": {},
+                  **origin}
+        picks = {}
+        for key in written:
+            passed = _lookup(verdicts, examples, written[key])
+            rows = {key: (written[key], compiled[key], passed)}
+            if cfg.rerank:
+                picks[key] = [next((s for s, ok in enumerate(c) if ok), 0) for c in compiled[key]]
+                rows[f"{key}/rerank"] = tuple(_pick(x, picks[key]) if x is not None else None
+                                              for x in (written[key], compiled[key], passed))
+            for row, (middles, comp, ok) in rows.items():
+                result["rows"][row] = {**summarise(examples, middles, comp, ok, sum(too_long.values())),
+                                       **stats[key], "by_kind": by_kind(examples, middles, comp, ok, too_long)}
 
-    cut = [bool(c) for batch in own for c in batch["prompt_cut"]]  # the prompt is the same at both lengths
-    bounds = bounds_of(verdicts, examples)
-    result = {"run": str(run), **settings, **interrupted(cfg, run, run_cfg), "n": len(examples),
-              **({"limit_order": "taken in turn by kind"} if cfg.limit and problems is None else {}),
-              "too_long": dict(too_long),
-              "prompt_cut": sum(cut),
-              "prompt_cut_by_kind": dict(Counter(e["kind"] for e, c in zip(examples, cut) if c)),
-              "prompt_tokens": int(task.prompt_tokens),
-              "reference_compiles": float(np.mean([compiles(e, e["middle"]) for e in examples])) if examples else None,
-              **bounds,
-              "device": str(device), "humaneval": problems is not None, "sandbox": sandbox, "rows": {},
-              **origin}
-    picks = {}
-    for key in written:
-        passed = _lookup(verdicts, examples, written[key])
-        rows = {key: (written[key], compiled[key], passed)}
-        if cfg.rerank:
-            picks[key] = [next((s for s, ok in enumerate(c) if ok), 0) for c in compiled[key]]
-            rows[f"{key}/rerank"] = tuple(_pick(x, picks[key]) if x is not None else None
-                                          for x in (written[key], compiled[key], passed))
-        for row, (middles, comp, ok) in rows.items():
-            result["rows"][row] = {**summarise(examples, middles, comp, ok, sum(too_long.values())),
-                                   **stats[key], "by_kind": by_kind(examples, middles, comp, ok, too_long)}
-
-    # --- write ------------------------------------------------------------------------------------
-    # each file whole; the .json, which names the settings, last
-    replacing_result(out_dir, name)
-    replace_file(out_dir / f"{name}_samples.jsonl",
-                 lambda tmp: write_samples(tmp, examples, written, compiled, verdicts, picks))
-    replace_file(out_dir / f"{name}.md", markdown(name, result))
-    replace_file(out_dir / f"{name}.json", json.dumps(result, indent=1))
-    print(markdown(name, result))
-    return result
+        # --- write ------------------------------------------------------------------------------------
+        # each file whole; the .json, which names the settings, last
+        write_result(claim, out_dir, name, {
+            out_dir / f"{name}_samples.jsonl":
+                lambda tmp: write_samples(tmp, examples, written, compiled, verdicts, picks),
+            out_dir / f"{name}.md": markdown(name, result),
+            out_dir / f"{name}.json": json.dumps(result, indent=1)})
+        print(markdown(name, result))
+        return result
 
 
 # --- data -----------------------------------------------------------------------------------------

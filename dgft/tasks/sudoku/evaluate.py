@@ -19,10 +19,9 @@ from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from dgft import noise as N
-from dgft.cache import replace_file
 from dgft.config import ConfigError
-from dgft.evaluate import (claim_output, data_file, interrupted, made_by, output_name, provenance, provenance_line,
-                           replacing_result, trained_model)
+from dgft.evaluate import (claim_output, data_file, hold_result, interrupted, made_by, output_name, provenance,
+                           provenance_line, trained_model, write_result)
 from dgft.metrics import SudokuAccuracy, aggregate, closest_solution, score_answer
 from dgft.sampling import sample
 from dgft.tasks import get_task
@@ -49,46 +48,43 @@ def evaluate_run(cfg, run: Path, run_cfg, scfg, device) -> dict:
                 "sampler": OmegaConf.to_container(scfg)}
     claim_output(out_dir, name, settings, cfg.overwrite)
     model = trained_model(cfg, run, run_cfg, device)
-    out_dir.mkdir(exist_ok=True)
+    with hold_result(out_dir, name, settings, cfg.overwrite) as claim:  # eval/<name>: this one's until written
+        # --- sample every mode, then the untrained baseline --------------------------------------------
+        result = {"run": str(run), **settings, **interrupted(cfg, run, run_cfg), "n": len(recs),
+                  "skipped_lines": len(skipped), "device": str(device), "modes": {}, **made_by(data, device)}
+        warm_up(model, task, recs, scfg, run_cfg, cfg.seed)
+        picture = None
+        kinds = difficulty(recs)
+        by_givens = cfg.batch_by == "givens"
+        rows = {}  # row name -> (answers, stats)
+        for mode in scfg.modes:
+            rows[mode] = run_mode(model, task, recs, scfg, run_cfg, mode, cfg.seed, record=(mode == "rules"),
+                                  by_givens=by_givens)
+            result["modes"][mode] = {**summarise(recs, *rows[mode]), **breakdowns(recs, *rows[mode], kinds)}
+            picture = picture or rows[mode][1].get("history")
+        if cfg.baseline:
+            from dgft.evaluate import untrained_model
 
-    # --- sample every mode, then the untrained baseline --------------------------------------------
-    result = {"run": str(run), **settings, **interrupted(cfg, run, run_cfg), "n": len(recs),
-              "skipped_lines": len(skipped), "device": str(device), "modes": {}, **made_by(data, device)}
-    warm_up(model, task, recs, scfg, run_cfg, cfg.seed)
-    picture = None
-    kinds = difficulty(recs)
-    by_givens = cfg.batch_by == "givens"
-    rows = {}  # row name -> (answers, stats)
-    for mode in scfg.modes:
-        rows[mode] = run_mode(model, task, recs, scfg, run_cfg, mode, cfg.seed, record=(mode == "rules"),
-                              by_givens=by_givens)
-        result["modes"][mode] = {**summarise(recs, *rows[mode]), **breakdowns(recs, *rows[mode], kinds)}
-        picture = picture or rows[mode][1].get("history")
-    if cfg.baseline:
-        from dgft.evaluate import untrained_model
+            baseline = untrained_model(run_cfg, run, device, dtype=next(model.parameters()).dtype)
+            key = "baseline_untrained_rules"
+            rows[key] = run_mode(baseline, task, recs, scfg, run_cfg, "rules", cfg.seed, by_givens=by_givens)
+            result[key] = {**summarise(recs, *rows[key]), **breakdowns(recs, *rows[key], kinds)}
 
-        baseline = untrained_model(run_cfg, run, device, dtype=next(model.parameters()).dtype)
-        key = "baseline_untrained_rules"
-        rows[key] = run_mode(baseline, task, recs, scfg, run_cfg, "rules", cfg.seed, by_givens=by_givens)
-        result[key] = {**summarise(recs, *rows[key]), **breakdowns(recs, *rows[key], kinds)}
+        # --- write: each file whole; the .json, which names the settings, last ---------------------------
+        files = {out_dir / f"{name}_samples.jsonl": samples_text(recs, kinds, rows),
+                 out_dir / f"{name}_denoising.png": None}  # None: an earlier evaluation's picture, of settings replaced
+        if cfg.plot and picture:
+            from dgft.plots import plot_denoising
 
-    # --- write: each file whole; the .json, which names the settings, last ---------------------------
-    replacing_result(out_dir, name)
-    replace_file(out_dir / f"{name}_samples.jsonl", samples_text(recs, kinds, rows))
-    png = out_dir / f"{name}_denoising.png"
-    if cfg.plot and picture:
-        from dgft.plots import plot_denoising
-
-        rec, frames, accepted = picture  # right and wrong as against the solution the answer heads for
-        solution = closest_solution(rec.puzzle, rec.solution, frames[-1])
-        replace_file(png, lambda tmp: plot_denoising(frames, accepted, rec.puzzle, solution, tmp,
-                                                     title=f"{name}: {rec.source}, rules mode"))
-    else:
-        png.unlink(missing_ok=True)  # an earlier evaluation's picture, of settings these results replace
-    replace_file(out_dir / f"{name}.md", markdown(name, result))
-    replace_file(out_dir / f"{name}.json", json.dumps(result, indent=1))
-    print(markdown(name, result))
-    return result
+            rec, frames, accepted = picture  # right and wrong as against the solution the answer heads for
+            solution = closest_solution(rec.puzzle, rec.solution, frames[-1])
+            files[out_dir / f"{name}_denoising.png"] = lambda tmp: plot_denoising(
+                frames, accepted, rec.puzzle, solution, tmp, title=f"{name}: {rec.source}, rules mode")
+        files[out_dir / f"{name}.md"] = markdown(name, result)
+        files[out_dir / f"{name}.json"] = json.dumps(result, indent=1)
+        write_result(claim, out_dir, name, files)
+        print(markdown(name, result))
+        return result
 
 
 def check_sizes(recs, sizes, data) -> None:
