@@ -26,7 +26,7 @@ from dgft.config import (NOISE_KINDS, ConfigError, EvalRecipe, SamplerConfig, ch
                          unread_settings)
 from dgft.export import check_export, is_export, load_export, read_settings
 from dgft.runs import (RunError, checkpoint_dir, final_weights_dir, load_model, load_tokenizer, note_stopped_early,
-                       real_run_dir, require_heldout, require_weights, stopped_early)
+                       real_run_dir, require_heldout, require_weights, stopped_early, take_lock)
 from dgft.tasks import get_task
 from dgft.train import pick_device
 
@@ -155,33 +155,18 @@ def hold_result(out_dir: Path, name: str, settings: dict, overwrite: bool):
     the same name until `write_result` (two at once left one's answers under the other's settings), and its settings
     checked again (`claim_output`), as another evaluation may have written it since. -> the claim (an open file: a
     context manager), for `write_result`."""
-    import fcntl
-
     try:
         out_dir.mkdir(exist_ok=True)
-        claim = open(out_dir / f".{name}.lock", "a+")  # it stays: a lock is taken, never waited for
+        claim = take_lock(out_dir / f".{name}.lock", lambda holder: RunError(
+            f"{out_dir / name}.*: another `dgft eval` (pid {holder}) is writing this result now; wait for it to end, "
+            "or give this one another name="))
     except OSError as err:
         raise RunError(f"{out_dir}: the results cannot be written there ({err.strerror or err}); nothing was "
                        "evaluated. Make it writable, or evaluate a copy of the run (or its export) elsewhere") from err
     try:
-        fcntl.flock(claim, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        claim.seek(0)
-        holder = claim.read().strip() or "unknown"
-        claim.close()
-        raise RunError(f"{out_dir / name}.*: another `dgft eval` (pid {holder}) is writing this result now; wait for "
-                       "it to end, or give this one another name=") from None
-    try:
-        claim.seek(0)
-        claim.truncate()
-        claim.write(f"{os.getpid()}\n")
-        claim.flush()
         _check_settings(out_dir / f"{name}.json", settings, overwrite)
-    except BaseException as err:
+    except BaseException:
         claim.close()
-        if isinstance(err, OSError):
-            raise RunError(f"{out_dir}: the results cannot be written there ({err.strerror or err}); nothing was "
-                           "evaluated") from err
         raise
     return claim
 

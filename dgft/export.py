@@ -17,6 +17,7 @@ Example: `dgft export outputs/sudoku/<run>`, then
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -34,7 +35,7 @@ from dgft.card import model_card, with_evaluations
 from dgft.config import ConfigError, ExportRecipe, refuse_empty, refuse_unknown
 from dgft.model import denoise, encode, retie_encoder, unwrap
 from dgft.runs import (RUN_KINDS, RunError, cannot_make, checkpoint_dir, keeps_average, load_config, load_model,
-                       note_stopped_early, real_run_dir, require_final)
+                       note_stopped_early, real_run_dir, require_final, take_lock)
 from dgft.train import pick_device
 
 SAMPLER_FILE = "dgft_sampler.json"
@@ -85,6 +86,18 @@ def export(cfg) -> Path:
         print(f"note: merge_into={cfg.merge_into} is read only for a 4-bit run (model.quantize=nf4); {run_dir} is "
               f"not one, so it changes nothing here", file=sys.stderr)
     device = pick_device(cfg.device)  # a bad device= is refused even when the export is up to date
+    try:  # two exports to one place at once: the second is refused (they raced to rename into place)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        held = take_lock(out.parent / f".{out.name}.lock", lambda holder: RunError(
+            f"{out}: another `dgft export` (pid {holder}) is writing it now; wait for it to end"))
+    except OSError:  # nothing can be written there: _check_out says so (an export up to date stays as it is)
+        held = contextlib.nullcontext()
+    with held:
+        return _export_to(cfg, rcfg, run_dir, out, checkpoint, source, device)
+
+
+def _export_to(cfg, rcfg, run_dir: Path, out: Path, checkpoint: Path | None, source: dict, device) -> Path:
+    """`dgft export`, once its settings are checked, holding `out` (`.<out>.lock` beside it)."""
     _remove_stale(out)
     if _recorded(out, "source") == source:
         stale = _check_outputs(out, card=False)  # the card is read on its own, and rewritten below
@@ -114,7 +127,6 @@ def export(cfg) -> Path:
         _require(merged_diff, cfg.atol, "merged model vs adapter")
 
     # --- save (beside `out`, renamed into place) ---------------------------------------------------
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -132,30 +133,38 @@ def cannot_make(where: Path) -> str | None:
     return None
 
 
+def take_lock(path: Path, refused: Callable[[str], Exception]):
+    """Open `path` (a file that stays) and lock it without waiting -> the open file, which holds the lock until it is
+    closed (a context manager); when another process holds it, `refused(its pid)` is raised. The holder's pid is
+    written in the file, for the next one's message."""
+    import fcntl
+    import os
+
+    lock = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.seek(0)
+            raise refused(lock.read().strip() or "unknown") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+    except BaseException:
+        lock.close()
+        raise
+    return lock
+
+
 @contextlib.contextmanager
 def writing(run_dir: Path):
     """Hold RUN/.train.lock while training writes the run: a second `dgft train` on the same directory (a resume of
     a run still training, or two runs started into one directory) is refused, naming the process."""
-    import fcntl
-    import os
-
-    path = Path(run_dir) / ".train.lock"
-    with open(path, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            f.seek(0)
-            holder = f.read().strip() or "unknown"
-            raise RunInUse(f"{run_dir}: another `dgft train` (pid {holder}) is writing this run; wait for it to end, "
-                           f"or stop it (it checkpoints on Ctrl-C) before resuming") from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"{os.getpid()}\n")
-        f.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with take_lock(Path(run_dir) / ".train.lock", lambda holder: RunInUse(
+            f"{run_dir}: another `dgft train` (pid {holder}) is writing this run; wait for it to end, or stop it (it "
+            "checkpoints on Ctrl-C) before resuming")):
+        yield
 
 
 def training_now(run_dir: Path) -> str | None:
@@ -331,6 +340,9 @@ def require_weights(run_dir: Path, cfg, checkpoint: str | Path | None = None) ->
     if not checkpoint:
         require_final(run_dir, cfg)
     src = Path(checkpoint) if checkpoint else None
+    if src is not None and not src.is_dir():  # found when the command began: removed since
+        raise RunError(f"{src}: no longer there (a training still running keeps only its last trainer.keep_last "
+                       "checkpoints); pick a newer one")
     if cfg.model.finetune == "full":
         weights = src or Path(run_dir) / "model"
         if not (weights / "config.json").exists():
@@ -456,8 +468,9 @@ def load_model(run_dir: str | Path, cfg=None, checkpoint: str | Path | None = No
         base = load_base(run_dir, cfg, device=device if quantized else "cpu")
         with unreadable(weights):
             model = load_adapter(base, weights)
-    if checkpoint:
-        apply_average_(model, checkpoint, cfg)
+    if checkpoint and keeps_average(cfg):  # only then has a checkpoint an average to read
+        with unreadable(Path(checkpoint)):
+            apply_average_(model, checkpoint, cfg)
     return (model if cfg.model.get("quantize", "none") == "nf4" else model.to(device)).eval()
 
 

@@ -104,6 +104,8 @@ def train(cfg, run_dir: str | Path, overrides: Sequence[str] = ()) -> Path | Non
     run_dir = Path(run_dir)
     if cfg.resume:
         run_dir = Path(runs.run_dir_for(cfg.name, cfg.resume))  # the run being continued, whatever hydra.run.dir says
+        if why := runs.cannot_make(run_dir):  # read-only: said now, not as a traceback from its first write
+            raise runs.RunError(f"resume={cfg.resume}: {why}; a resumed run writes its checkpoints and weights there")
     else:
         validate(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -391,12 +391,13 @@ def test_an_evaluation_holds_its_name_and_writes_its_files_whole_or_not_at_all(t
 
 def test_a_results_folder_that_cannot_be_written_is_refused_before_anything_is_sampled(tmp_path, monkeypatch):
     import dgft.evaluate as E
+    import dgft.runs
     from dgft.runs import RunError
 
     def denied(*_a, **_k):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(E, "open", denied, raising=False)  # read-only for root too, which chmod is not
+    monkeypatch.setattr(dgft.runs, "open", denied, raising=False)  # read-only for root too, which chmod is not
     with pytest.raises(RunError, match=r"eval: the results cannot be written there \(Permission denied\); nothing was "
                                        "evaluated"):
         E.hold_result(tmp_path / "eval", "p", {}, overwrite=False)
@@ -422,3 +423,14 @@ def test_a_run_being_trained_is_not_evaluated_or_exported_from_its_final_weights
                                                 r".*checkpoint=step-N"):
             runs.require_final(run, cfg)
     assert runs.training_now(run) is None and runs.require_final(run, cfg) == run / "model"
+
+
+def test_a_checkpoint_removed_since_the_command_began_is_named(tmp_path):
+    """`checkpoint=step-N` of a run still training, pruned between eval's check and its load: named as gone, not
+    "no model weights; did training finish?" (or, for an averaging run, a FileNotFoundError traceback)."""
+    from dgft.runs import RunError, require_weights
+
+    gone = tmp_path / "checkpoints" / "step-000020"
+    with pytest.raises(RunError, match=r"step-000020: no longer there \(a training still running keeps only its last "
+                                       r"trainer\.keep_last checkpoints\)"):
+        require_weights(tmp_path, OmegaConf.create({"model": {"finetune": "full"}}), gone)

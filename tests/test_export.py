@@ -145,7 +145,7 @@ def test_lora_run_export_round_trip(tmp_path, capsys, target_experts):
     assert record["merged_max_abs_diff"] <= record["atol"] == 1e-4
     assert record["reload_max_abs_diff"] <= 1e-4
     assert "adapter/adapter_model.safetensors" in record["source"]
-    assert not list(run.glob(".export.*"))  # no temporary dirs left
+    assert not list(run.glob(".export.[to]*-*"))  # no temporary dirs left
 
     before = mtimes(out)
     capsys.readouterr()
@@ -168,7 +168,7 @@ def test_logit_mismatch_raises_and_writes_nothing(tmp_path):
     run, _ = make_run(tmp_path, "lora")
     with pytest.raises(ExportError, match="merged model vs adapter: max"):
         export(export_cfg(run, atol=0.0, out=str(tmp_path / "out")))
-    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.[to]*-*"))
 
 
 def test_adapter_that_does_not_load_is_refused(tmp_path):
@@ -290,6 +290,20 @@ def test_a_bad_device_is_refused_even_when_the_export_is_up_to_date(tmp_path):
         export(export_cfg(run, device="tpu"))
 
 
+def test_a_second_export_to_the_same_place_at_once_is_refused(tmp_path):
+    """Two exports of one run at once raced to rename their folders into place (the second failed with "Directory
+    not empty", a traceback): the second is refused, naming the first; once it has ended, the place is free."""
+    import os
+
+    from dgft.runs import RunError, take_lock
+
+    run, _ = make_run(tmp_path, "full")
+    with take_lock(run / ".export.lock", RuntimeError):  # as a running `dgft export` of RUN/export holds it
+        with pytest.raises(RunError, match=rf"export: another `dgft export` \(pid {os.getpid()}\) is writing it now"):
+            export(export_cfg(run))
+    assert export(export_cfg(run)) == run / "export"
+
+
 def test_export_into_an_existing_empty_directory(tmp_path):
     """`out` may be new, empty or an earlier export: an empty directory (made ahead, a mount point) takes the export."""
     from transformers import DiffusionGemmaForBlockDiffusion
@@ -363,7 +377,7 @@ def test_streaming_merge_errors_are_reported_as_export_errors(tmp_path, capsys):
     with pytest.raises(ExportError, match="has shape"):
         export(export_cfg(run))
     assert "has shape" in cli_error(["export", str(run)], capsys)
-    assert not (run / "export").exists() and not list(run.glob(".export.*"))
+    assert not (run / "export").exists() and not list(run.glob(".export.[to]*-*"))
 
     empty = tmp_path / "empty-base"
     empty.mkdir()
@@ -372,7 +386,7 @@ def test_streaming_merge_errors_are_reported_as_export_errors(tmp_path, capsys):
     with pytest.raises(ExportError, match="no model.safetensors"):
         export(export_cfg(run))
     assert "no model.safetensors" in cli_error(["export", str(run)], capsys)
-    assert not (run / "export").exists() and not list(run.glob(".export.*"))
+    assert not (run / "export").exists() and not list(run.glob(".export.[to]*-*"))
 
 
 def test_up_to_date_only_when_the_exported_files_are_intact(tmp_path, capsys):
@@ -561,7 +575,7 @@ def test_a_wrong_shard_by_shard_merge_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(M, "_delta", lambda tensor, *a, **k: real(tensor, *a, **k) + 0.1)
     with pytest.raises(ExportError, match="merged model vs adapter on the unquantized base"):
         export(export_cfg(run))
-    assert not (run / "export").exists() and not list(run.glob(".export.*"))
+    assert not (run / "export").exists() and not list(run.glob(".export.[to]*-*"))
 
 
 def test_an_export_from_before_model_cards_is_made_again(tmp_path, capsys):
@@ -778,7 +792,7 @@ def test_a_tokenizer_that_does_not_load_is_not_exported(tmp_path):
     (run / "tokenizer" / "tokenizer.json").write_text("{}")
     with pytest.raises(RunError, match="tokenizer: the run's tokenizer does not load"):
         export(export_cfg(run))
-    assert not (run / "export").exists() and not list(run.glob(".export.*"))
+    assert not (run / "export").exists() and not list(run.glob(".export.[to]*-*"))
 
 
 def test_out_given_as_a_link_exports_where_it_points(tmp_path):
@@ -788,7 +802,7 @@ def test_out_given_as_a_link_exports_where_it_points(tmp_path):
     out = export(export_cfg(run, out=str(tmp_path / "link")))
     assert out == tmp_path / "target" and (tmp_path / "target" / "model.safetensors").is_file()
     assert (tmp_path / "link").is_symlink()
-    assert not list(tmp_path.glob(".link*")) and not list(tmp_path.glob(".target.*"))
+    assert not list(tmp_path.glob(".link*")) and not list(tmp_path.glob(".target.[to]*-*"))
 
 
 def test_a_checkpoint_of_another_run_is_refused(tmp_path):

@@ -368,6 +368,32 @@ def test_a_full_disk_at_the_final_save_is_said_and_a_resume_saves_again(tmp_path
     assert (run / "loss.png").stat().st_size > 0
 
 
+def test_a_resume_of_a_run_it_cannot_write_is_refused_before_it_starts(tmp_path, monkeypatch, capsys):
+    """A read-only run resumed: a PermissionError traceback from its first write (root ignores chmod, so the folder's
+    refusal is simulated where dgft tries it)."""
+    import tempfile
+
+    from dgft.cli import main
+
+    run = tmp_path / "run"
+    assert _run(_cmd(tmp_path, run)).returncode == 0
+    real = tempfile.mkdtemp
+
+    def read_only(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir) == run:
+            raise PermissionError(13, "Permission denied")
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkdtemp", read_only)
+    with pytest.raises(SystemExit) as err:
+        main(["train", f"resume={run}", "trainer.max_steps=9"])
+    msg = capsys.readouterr().err
+    assert err.value.code == 2 and "Traceback" not in msg
+    assert (f"resume={run}: no directory can be made in {run} (Permission denied); a resumed run writes its "
+            "checkpoints and weights there") in msg, msg
+    assert not list((run / ".hydra").glob("resume-*"))  # a refused resume leaves no record
+
+
 def test_output_dir_under_a_file_fails_with_the_path(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
