@@ -256,10 +256,14 @@ def _composition_message(err: Exception, command: str) -> str:
     match = re.search(r"In '(recipe/[^']+)'", message)
     composed = re.search(r"full_key: (task\.\S+)\s.*object_type=(\w+)", message, re.S)
     if match and composed:  # `task=infill` beside a Sudoku recipe: the recipe's task settings meet another task
+        from omegaconf import OmegaConf
+
         from dgft.config import TASK_SCHEMAS
 
         task = next((name for name, schema in TASK_SCHEMAS.items() if schema.__name__ == composed.group(2)), None)
-        if task is not None:
+        leaf = composed.group(1).split(".")[1]
+        own = [name for name, schema in TASK_SCHEMAS.items() if leaf in OmegaConf.structured(schema)]
+        if task is not None and own and _override(sys.argv[1:], "task", None) is not None:  # not a misspelt key
             resumed = _override(sys.argv[1:], "resume", "null") not in ("null", "None", "")
             message += (f"\n(hint: {match.group(1)}.yaml sets {composed.group(1)} for its own task, which the {task} "
                         f"task does not have: `task={task}` alone keeps that recipe; "

@@ -161,7 +161,8 @@ def hold_result(out_dir: Path, name: str, settings: dict, overwrite: bool):
             f"{out_dir / name}.*: another `dgft eval` (pid {holder}) is writing this result now; wait for it to end, "
             "or give this one another name="))
     except OSError as err:
-        raise RunError(f"{out_dir}: the results cannot be written there ({err.strerror or err}); nothing was "
+        where = f": {Path(err.filename).name}" if err.filename and Path(err.filename) != out_dir else ""
+        raise RunError(f"{out_dir}: the results cannot be written there ({err.strerror or err}{where}); nothing was "
                        "evaluated. Make it writable, or evaluate a copy of the run (or its export) elsewhere") from err
     try:
         _check_settings(out_dir / f"{name}.json", settings, overwrite)
@@ -217,7 +218,7 @@ def _same_data(before: dict, data: str) -> bool:
 
 def write_result(claim, out_dir: Path, name: str, files: dict) -> None:
     """Write an evaluation's files ({path: text, a function writing the file it is given, or None to remove it}, in
-    order, the .json last), then let go of the `claim_output` claim. Each is first written whole beside its place,
+    order, the .json last), then let go of the `hold_result` claim. Each is first written whole beside its place,
     so a full disk leaves the result that was there as it was (said, naming the file); then the result replaced loses
     its .json and .md, and the new files take their places, the .json last: an evaluation killed in between leaves
     new files without a .json (unfinished, as it is), never beside an old .json that would name them as its own."""

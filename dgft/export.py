@@ -17,7 +17,6 @@ Example: `dgft export outputs/sudoku/<run>`, then
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -86,18 +85,6 @@ def export(cfg) -> Path:
         print(f"note: merge_into={cfg.merge_into} is read only for a 4-bit run (model.quantize=nf4); {run_dir} is "
               f"not one, so it changes nothing here", file=sys.stderr)
     device = pick_device(cfg.device)  # a bad device= is refused even when the export is up to date
-    try:  # two exports to one place at once: the second is refused (they raced to rename into place)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        held = take_lock(out.parent / f".{out.name}.lock", lambda holder: RunError(
-            f"{out}: another `dgft export` (pid {holder}) is writing it now; wait for it to end"))
-    except OSError:  # nothing can be written there: _check_out says so (an export up to date stays as it is)
-        held = contextlib.nullcontext()
-    with held:
-        return _export_to(cfg, rcfg, run_dir, out, checkpoint, source, device)
-
-
-def _export_to(cfg, rcfg, run_dir: Path, out: Path, checkpoint: Path | None, source: dict, device) -> Path:
-    """`dgft export`, once its settings are checked, holding `out` (`.<out>.lock` beside it)."""
     _remove_stale(out)
     if _recorded(out, "source") == source:
         stale = _check_outputs(out, card=False)  # the card is read on its own, and rewritten below
@@ -108,6 +95,19 @@ def _export_to(cfg, rcfg, run_dir: Path, out: Path, checkpoint: Path | None, sou
             return out
         print(f"{out}: {stale or f'{CARD_FILE} is not the model card dgft wrote'}; exporting again")
     _check_out(out, run_dir)  # an up-to-date export is this run's whatever path it was made from, and is not written
+    try:  # two exports to one place at once: the second is refused (they raced to rename into place)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        held = take_lock(out.parent / f".{out.name}.lock", lambda holder: RunError(
+            f"{out}: another `dgft export` (pid {holder}) is writing it now; wait for it to end"))
+    except OSError as err:
+        raise RunError(f"out={out}: cannot be written ({err.strerror or err}: {err.filename})") from err
+    with held:
+        return _write_export(cfg, rcfg, run_dir, out, checkpoint, source, device)
+
+
+def _write_export(cfg, rcfg, run_dir: Path, out: Path, checkpoint: Path | None, source: dict, device) -> Path:
+    """The export itself, once `out` is checked and held (`.<out>.lock` beside it): streamed shard by shard from a
+    pretrained base, else loaded whole, merged, checked and saved beside `out`, then renamed into place."""
     quantized = rcfg.model.get("quantize", "none") == "nf4"
     if quantized or (rcfg.model.finetune == "lora" and rcfg.model.name != "tiny"):  # a pretrained base: streamed
         return export_streaming(cfg, rcfg, run_dir, out, checkpoint, source, device)

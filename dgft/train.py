@@ -327,9 +327,10 @@ def _train(cfg, run_dir: Path, overrides: Sequence[str]) -> Path | None:
         if cfg.model.finetune == "full":
             model.generation_config.save_pretrained(str(out))
     except Exception as err:  # a full disk: OSError, or safetensors' own error
+        mend = "once there is space" if isinstance(err, OSError) else "once that is mended"
         raise ckpt.CheckpointError(
             f"could not save the final weights to {out}: {getattr(err, 'strerror', None) or err}. Checkpoint "
-            f"step-{step:06d} is intact: once there is space, `dgft train resume={run_dir}` saves them") from err
+            f"step-{step:06d} is intact: {mend}, `dgft train resume={run_dir}` saves them") from err
     writer.close()
     metrics.close()
     early = step < cfg.trainer.max_steps  # a signal during the last step or the final save stops nothing

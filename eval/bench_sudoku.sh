@@ -23,7 +23,10 @@ trap 'rm -f "$stamp"' EXIT
 failed=""
 evaluate() {  # evaluate WHAT [overrides ...]: one dgft eval, named NAME_<WHAT> when name= was given
   local what=$1; shift
-  python3 -m dgft eval "$RUN" "$@" ${args[@]+"${args[@]}"} ${name:+"name=${name}_$what"} || failed="$failed $what"
+  local rc=0
+  python3 -m dgft eval "$RUN" "$@" ${args[@]+"${args[@]}"} ${name:+"name=${name}_$what"} || rc=$?
+  if [ "$rc" -ge 128 ]; then exit "$rc"; fi  # Ctrl-C (130) or a signal: stop here, as dgft eval did
+  if [ "$rc" -ne 0 ]; then failed="$failed $what"; fi
 }
 for f in $FILES; do
   evaluate "${f%.csv}" data="$BENCH/$f"
@@ -33,7 +36,7 @@ if [ -f "$RUN/dgft_sampler.json" ]; then  # an export carries no held-out split
 else
   evaluate heldout  # the run's own generated held-out split
 fi
-find -L "$RUN/eval" -name '*.md' -newer "$stamp" -print0 | sort -z | xargs -0 -r cat
+if [ -d "$RUN/eval" ]; then find -L "$RUN/eval" -name '*.md' -newer "$stamp" -print0 | sort -z | xargs -0 -r cat; fi
 if [ -n "$failed" ]; then  # the others' tables are above; dgft eval said why each of these did not run
   echo "bench_sudoku.sh: not evaluated:$failed (see dgft eval's message above each)" >&2
   exit 2

@@ -122,20 +122,20 @@ def test_qlora_benches_step_on_the_tiny_architecture(tmp_path, capsys):
     assert r["timing"]["step_ms"] > 0 and r["setup"]["mode"] == "nf4"
 
 
-def _bench_sudoku(tmp_path, run, *args, fail=""):
+def _bench_sudoku(tmp_path, run, *args, fail="", status=2, write=True):
     """eval/bench_sudoku.sh with a stand-in `python3` on PATH that records each dgft eval it is given (one line of
-    arguments), writes a table for it, and fails the one whose arguments hold `fail`."""
+    arguments), writes a table for it (`write`), and fails with `status` the one whose arguments hold `fail`."""
     import subprocess
 
     bench, bin_ = tmp_path / "bench", tmp_path / "bin"
-    bench.mkdir()
-    bin_.mkdir()
+    bench.mkdir(exist_ok=True)
+    bin_.mkdir(exist_ok=True)
     for f in ("norvig_easy50.csv", "norvig_top95.csv", "d1_4x4_test_sudoku.csv"):
         (bench / f).write_text("x\n")
     log = tmp_path / "calls"
-    (bin_ / "python3").write_text(f'#!/bin/sh\necho "$*" >> {log}\nmkdir -p {run}/eval\n'
-                                  f'echo "table $#" > "{run}/eval/t$(wc -l < {log} | tr -d " ").md"\n'
-                                  + (f'case "$*" in *{fail}*) exit 2 ;; esac\n' if fail else ""))
+    table = f'mkdir -p {run}/eval\necho "table $#" > "{run}/eval/t$(wc -l < {log} | tr -d " ").md"\n'
+    (bin_ / "python3").write_text(f'#!/bin/sh\necho "$*" >> {log}\n' + (table if write else "")
+                                  + (f'case "$*" in *{fail}*) exit {status} ;; esac\n' if fail else ""))
     (bin_ / "python3").chmod(0o755)
     script = Path(__file__).parent.parent / "eval" / "bench_sudoku.sh"
     env = {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}", "BENCH": str(bench)}
@@ -156,6 +156,21 @@ def test_bench_sudoku_names_each_evaluation_and_reports_every_table_when_one_fai
     assert all("limit=3" in c and c.count("name=") == 1 for c in calls)
     assert done.returncode == 2 and "not evaluated: norvig_top95" in done.stderr, done.stderr
     assert done.stdout.count("table") == 4  # every table written, the failed one's too
+
+
+def test_bench_sudoku_stops_at_ctrl_c_and_names_what_failed_when_nothing_ran(tmp_path):
+    """dgft eval ends a Ctrl-C with exit 130 (not by the signal): the script stops there, with that status, rather
+    than go on to the next set; evaluations all refused before any result folder exists are still named."""
+    run = tmp_path / "run"
+    run.mkdir()
+    done, calls = _bench_sudoku(tmp_path, run, fail="norvig_top95", status=130)
+    assert done.returncode == 130 and len(calls) == 2, (done.returncode, calls)
+    (tmp_path / "calls").unlink()
+    other = tmp_path / "other"
+    other.mkdir()
+    done, calls = _bench_sudoku(tmp_path, other, fail="dgft", write=False)  # every evaluation refused, no eval/
+    assert done.returncode == 2 and len(calls) == 4, done.stderr
+    assert "not evaluated: norvig_easy50 norvig_top95 d1_4x4_test_sudoku heldout" in done.stderr, done.stderr
 
 
 def test_bench_sudoku_on_an_export_skips_the_held_out_split(tmp_path):

@@ -333,6 +333,8 @@ def _recipe(tmp_path, name: str, text: str) -> str:
      ["not valid YAML", "broken.yaml\", line 4, column 10"]),
     ("unpackaged", "defaults:\n  - /recipe/sudoku\ntrainer:\n  max_steps: 3\n",
      ["Key 'recipe' not in 'TrainRecipe'", "starts with the line `# @package _global_`"]),
+    ("misspelt", "# @package _global_\ndefaults:\n  - override /task: sudoku\ntask:\n  corupt_givens_p: 0.1\n",
+     ["corupt_givens_p"]),  # a misspelt task key: no hint about picking another task
 ])
 def test_a_users_recipe_that_does_not_compose_is_named_without_a_traceback(tmp_path, capsys, monkeypatch, name, text,
                                                                           said):
@@ -348,6 +350,7 @@ def test_a_users_recipe_that_does_not_compose_is_named_without_a_traceback(tmp_p
         assert err.value.code == 2, out.err
         assert "Traceback" not in out.err and out.err.startswith("dgft train: error: "), out.err
         assert all(s in out.err for s in said), out.err
+        assert "alone keeps that recipe" not in out.err, out.err
     assert not (tmp_path / "outputs").exists() and "HYDRA_FULL_ERROR" not in __import__("os").environ
 
 

@@ -236,6 +236,7 @@ def test_out_that_is_not_an_export_is_never_replaced(tmp_path):
         with pytest.raises(RunError, match=why):
             export(export_cfg(run, out=str(out)))
         assert sorted(p.name for p in run.iterdir()) == before and (mine / "notes.txt").read_text() == "keep me"
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"] and not list(tmp_path.glob(".mine*"))  # no lock
     exported = tmp_path / "exported"
     export(export_cfg(run, out=str(exported)))
     (exported / "export.json").write_text(json.dumps({"source": {}}))  # an earlier export of another state
