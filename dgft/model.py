@@ -129,10 +129,39 @@ def require_path(path) -> None:
     if local.exists() and not local.is_dir():
         raise ModelLoadError(f"model.path={path!r}: a file; pass the directory holding the checkpoint (safetensors, "
                              "config.json, tokenizer)")
+    if (why := hub_unreachable(path)) is not None:
+        raise ModelLoadError(f"model.path={path!r}: {why}; pass model.path=/local/dir holding the checkpoint "
+                             "(safetensors, config.json, tokenizer)")
     kind = _model_type(local / "config.json")
     if kind is not None and kind != "diffusion_gemma":  # transformers would fail deep inside, naming none of it
         raise ModelLoadError(f"model.path={path!r}: its config.json is a {kind!r} model, not DiffusionGemma "
                              "(model_type 'diffusion_gemma')")
+
+
+def hub_unreachable(repo_id: str, timeout_s: float = 3.0) -> str | None:
+    """Why a hub id cannot be read from here, said in a few seconds: transformers would retry for about a minute
+    before failing. None when it may be: a local path, a copy in the hub cache, or a hub that answers a connection."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if Path(os.path.expanduser(str(repo_id))).exists():
+        return None
+    try:
+        if isinstance(try_to_load_from_cache(str(repo_id), "config.json"), str):
+            return None  # transformers reads it from the cache
+    except ValueError:  # not a hub id either: the loader names it
+        return None
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set and the hub cache holds no copy"
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
+                                 timeout=timeout_s).close()
+    except OSError as err:
+        return f"no local directory, no copy in the hub cache, and the hub ({url.hostname}) cannot be reached ({err})"
+    return None
 
 
 def _model_type(config: Path) -> str | None:

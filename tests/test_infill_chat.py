@@ -248,3 +248,37 @@ def test_an_unreachable_tokenizer_says_to_pass_a_local_model_path(tmp_path, monk
     with pytest.raises(ModelLoadError) as err:  # a local directory without a tokenizer: no hub advice
         load_tokenizer(tmp_path / "empty")
     assert "model.path" not in str(err.value)
+
+
+def test_a_hub_id_without_a_hub_is_named_in_seconds(tmp_path, monkeypatch):
+    """recipe=sudoku_lora without model.path: transformers retried the hub for about a minute (32 warnings) before
+    failing. A hub id with no local copy, no cached one and no hub that answers is named at once, for model.path and
+    for a text task's tokenizer; a local path or a cached copy is left to the loaders."""
+    import socket
+
+    import huggingface_hub
+
+    from dgft import model as M
+    from dgft.tasks.chat import load_tokenizer
+
+    tried = []
+
+    def refused(address, timeout=None):
+        tried.append((address, timeout))
+        raise OSError(111, "Connection refused")
+
+    monkeypatch.setattr(socket, "create_connection", refused)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    with pytest.raises(M.ModelLoadError, match=r"model\.path='nobody/no-such-model': no local directory, no copy in "
+                                               r"the hub cache, and the hub \(.+\) cannot be reached .*Connection "
+                                               r"refused.*; pass model\.path=/local/dir"):
+        M.require_path("nobody/no-such-model")
+    with pytest.raises(M.ModelLoadError, match=r"task\.tokenizer='nobody/no-such-model': no local directory"):
+        load_tokenizer("nobody/no-such-model")
+    assert tried and all(timeout == 3.0 for _, timeout in tried)
+    assert M.hub_unreachable(str(tmp_path)) is None  # a local directory: never the network
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo, name: "/cache/config.json")
+    assert M.hub_unreachable("nobody/cached") is None
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo, name: None)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    assert M.hub_unreachable("nobody/no-such-model") == "HF_HUB_OFFLINE is set and the hub cache holds no copy"

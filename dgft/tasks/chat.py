@@ -18,8 +18,11 @@ def load_tokenizer(path, key: str = "task.tokenizer"):
     """A pretrained tokenizer from a directory or hub id; ModelLoadError naming `key` when there is none."""
     from transformers import AutoTokenizer
 
-    from dgft.model import ModelLoadError
+    from dgft.model import ModelLoadError, hub_unreachable
 
+    if (why := hub_unreachable(str(path))) is not None:
+        raise ModelLoadError(f"{key}={path!r}: {why}; pass model.path=/local/dir holding the checkpoint (its "
+                             "tokenizer is read from there), or set task.tokenizer")
     try:
         return AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError) as err:
