@@ -228,6 +228,10 @@ def test_a_second_sweep_into_one_directory_leaves_the_first_ones_record(tmp_path
     out = _refused(["train", "-m", "seed=1,2", f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=s${seed}"], capsys)
     assert f"hydra.sweep.dir={sweep} is not empty; with hydra.sweep.subdir set" in out
     assert (sweep / "0" / ".hydra" / "config.yaml").read_text() == "seed: 0\n"
+    # one subdir for every job: the first job trained, then the second was refused (naming hydra.run.dir)
+    out = _refused(["train", "-m", "seed=1,2", f"hydra.sweep.dir={sweep}_new", "hydra.sweep.subdir=same"], capsys)
+    assert "hydra.sweep.subdir=same names one folder for all 2 jobs of the sweep" in out and "no job was started" in out
+    assert not (sweep.parent / f"{sweep.name}_new").exists()
 
 
 @pytest.mark.parametrize("argv, key", [(["eval", "RUN", "data="], "data"), (["eval", "RUN", "name=''"], "name"),
