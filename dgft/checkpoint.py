@@ -135,8 +135,12 @@ def save(run_dir: Path, step: int, model, trainer_state: dict, extra: dict, keep
         if old.exists() and not final.exists():
             os.replace(old, final)
         previous = latest_valid(run_dir)
+        try:  # torch's own words for a full disk name no disk ("unexpected pos ..."): the free space does
+            free = f" ({shutil.disk_usage(root).free / 2**20:.0f} MiB free there)"
+        except OSError:
+            free = ""
         raise CheckpointError(
-            f"could not write checkpoint step {step} to {final}: {getattr(err, 'strerror', None) or err}. "
+            f"could not write checkpoint step {step} to {final}: {getattr(err, 'strerror', None) or err}{free}. "
             + (f"The previous checkpoint {previous} is intact; resume with `dgft train resume={run_dir}` "
                f"once there is space." if previous else "No earlier checkpoint exists.")) from err
     shutil.rmtree(old, ignore_errors=True)

@@ -4,6 +4,7 @@ Each test injects one fault and asserts the documented outcome; eval/RESULTS.md 
 """
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -322,6 +323,7 @@ def test_disk_full_keeps_previous_checkpoint_and_exits_nonzero(tmp_path, monkeyp
     assert err.value.code == 2
     msg = capsys.readouterr().err
     assert "No space left on device" in msg and "step-000002" in msg and "resume" in msg
+    assert re.search(r"No space left on device \(\d+ MiB free there\)", msg), msg  # torch's words name no disk
     assert [c.name for c in ckpt.checkpoints(run)] == ["step-000002"] and ckpt.is_valid(ckpt.checkpoints(run)[0])
     assert not list((run / "checkpoints").glob(".tmp-*"))
 
