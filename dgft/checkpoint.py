@@ -131,14 +131,14 @@ def save(run_dir: Path, step: int, model, trainer_state: dict, extra: dict, keep
         os.replace(tmp, final)
         _fsync_dir(root)
     except Exception as err:  # a full disk reaches here as OSError, or as safetensors' or torch's own error
+        try:  # torch's own words for a full disk name no disk ("unexpected pos ..."): the free space does (before the
+            free = f" ({shutil.disk_usage(root).free / 2**20:.0f} MiB free there)"  # partial checkpoint is removed)
+        except OSError:
+            free = ""
         shutil.rmtree(tmp, ignore_errors=True)
         if old.exists() and not final.exists():
             os.replace(old, final)
         previous = latest_valid(run_dir)
-        try:  # torch's own words for a full disk name no disk ("unexpected pos ..."): the free space does
-            free = f" ({shutil.disk_usage(root).free / 2**20:.0f} MiB free there)"
-        except OSError:
-            free = ""
         raise CheckpointError(
             f"could not write checkpoint step {step} to {final}: {getattr(err, 'strerror', None) or err}{free}. "
             + (f"The previous checkpoint {previous} is intact; resume with `dgft train resume={run_dir}` "

@@ -427,7 +427,7 @@ def _check_sweep(rest: list[str]) -> None:
     if len(jobs) > 1 and subdir is not None and "${" not in subdir:  # every job into one folder: the second refused
         _exit(f"dgft train: error: hydra.sweep.subdir={subdir} names one folder for all {len(jobs)} jobs of the sweep, "
               f"and a folder holds one run; give it a part that differs per job, e.g. "
-              f"hydra.sweep.subdir='{subdir.strip(chr(39))}_${{hydra.job.num}}' (no job was started)")
+              f"hydra.sweep.subdir='{subdir.strip(chr(39) + chr(34))}_${{hydra.job.num}}' (no job was started)")
     sweep = _override(rest, "hydra.sweep.dir", None)
     if sweep is None:
         return  # outputs/<name>/multirun_<time>: new each time

@@ -138,9 +138,14 @@ def require_path(path) -> None:
                              "(model_type 'diffusion_gemma')")
 
 
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
 def hub_unreachable(repo_id: str, timeout_s: float = 3.0) -> str | None:
-    """Why a hub id cannot be read from here, said in a few seconds: transformers would retry for about a minute
-    before failing. None when it may be: a local path, a copy in the hub cache, or a hub that answers a connection."""
+    """Why a hub id cannot be read from here, said in seconds (a connection tried for `timeout_s`, after a name
+    lookup the system bounds): transformers would retry for about a minute before failing. None when it may be
+    read: a local path, a repo the hub cache knows (any of its model or tokenizer files), a proxy (the hub's client
+    goes through it; a direct connection says nothing), or a hub that answers a connection."""
     import socket
     from urllib.parse import urlparse
 
@@ -149,13 +154,18 @@ def hub_unreachable(repo_id: str, timeout_s: float = 3.0) -> str | None:
     if Path(os.path.expanduser(str(repo_id))).exists():
         return None
     try:
-        if isinstance(try_to_load_from_cache(str(repo_id), "config.json"), str):
-            return None  # transformers reads it from the cache
+        for name in ("config.json", "tokenizer_config.json", "tokenizer.json"):
+            if try_to_load_from_cache(str(repo_id), name) is not None:
+                return None  # cached (or known absent there: the repo was read before), as transformers reads it
     except ValueError:  # not a hub id either: the loader names it
         return None
     if constants.HF_HUB_OFFLINE:
         return "HF_HUB_OFFLINE is set and the hub cache holds no copy"
+    if any(os.environ.get(name) for name in PROXY_VARIABLES):
+        return None
     url = urlparse(constants.ENDPOINT)
+    if not url.hostname:  # an endpoint without a scheme: the hub's client names it
+        return None
     try:
         socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
                                  timeout=timeout_s).close()

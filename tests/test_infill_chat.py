@@ -269,6 +269,8 @@ def test_a_hub_id_without_a_hub_is_named_in_seconds(tmp_path, monkeypatch):
 
     monkeypatch.setattr(socket, "create_connection", refused)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    for name in M.PROXY_VARIABLES:  # a machine's own proxy would skip the check
+        monkeypatch.delenv(name, raising=False)
     with pytest.raises(M.ModelLoadError, match=r"model\.path='nobody/no-such-model': no local directory, no copy in "
                                                r"the hub cache, and the hub \(.+\) cannot be reached .*Connection "
                                                r"refused.*; pass model\.path=/local/dir"):
@@ -279,6 +281,16 @@ def test_a_hub_id_without_a_hub_is_named_in_seconds(tmp_path, monkeypatch):
     assert M.hub_unreachable(str(tmp_path)) is None  # a local directory: never the network
     monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo, name: "/cache/config.json")
     assert M.hub_unreachable("nobody/cached") is None
+    tokenizer_only = object()  # what the cache answers for a file it knows the repo lacks (a tokenizer's config.json)
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache",
+                        lambda repo, name: "/cache/tokenizer.json" if name == "tokenizer.json" else tokenizer_only)
+    assert M.hub_unreachable("nobody/a-tokenizer") is None
     monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo, name: None)
+    for name in M.PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     assert M.hub_unreachable("nobody/no-such-model") == "HF_HUB_OFFLINE is set and the hub cache holds no copy"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")  # the hub's client goes through it: not tried
+    tried.clear()
+    assert M.hub_unreachable("nobody/no-such-model") is None and not tried

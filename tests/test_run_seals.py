@@ -58,22 +58,42 @@ def test_a_held_out_split_cut_short_is_refused_and_named(trained, tmp_path, caps
 def test_an_evaluation_killed_while_replacing_another_leaves_no_result_naming_its_files(trained, tmp_path,
                                                                                           monkeypatch):
     """overwrite=true, killed after the new samples were written: the old .json (and .md) named the new samples as
-    its own. Now they go first: what is left is new files without a .json, an unfinished evaluation."""
+    its own. Now every file is first written beside its place: killed then, the old result stays whole; killed
+    between the renames, the old .json and .md are gone first, leaving new files without a .json (unfinished)."""
+    import os
+
+    import dgft.evaluate
     import dgft.tasks.sudoku.evaluate as sudoku_eval
 
     run = _copy(trained, tmp_path)
     main(["eval", str(run), "baseline=false", "sampler.modes=[rules]"])
-    assert (run / "eval" / "heldout.json").exists() and (run / "eval" / "heldout.md").exists()
+    old = {f.name: f.read_bytes() for f in (run / "eval").iterdir() if not f.name.startswith(".")}
+    assert {"heldout.json", "heldout.md", "heldout_samples.jsonl"} <= set(old)
 
     def killed(*_, **__):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(sudoku_eval, "markdown", killed)  # after the samples, before the .md and the .json
+    monkeypatch.setattr(sudoku_eval, "markdown", killed)  # while the new files are made: nothing replaced yet
     with pytest.raises(SystemExit) as err:
         main(["eval", str(run), "baseline=false", "sampler.modes=[rules]", "overwrite=true", "seed=5"])
     assert err.value.code == 130
+    assert {f.name: f.read_bytes() for f in (run / "eval").iterdir() if not f.name.startswith(".")} == old
+    monkeypatch.undo()
+    renamed = []
+
+    def killed_after_the_first(src, dst):
+        if renamed:
+            raise KeyboardInterrupt
+        renamed.append(dst)
+        os.rename(src, dst)
+
+    monkeypatch.setattr(dgft.evaluate.os, "replace", killed_after_the_first)  # the samples in place, then killed
+    with pytest.raises(SystemExit) as err:
+        main(["eval", str(run), "baseline=false", "sampler.modes=[rules]", "overwrite=true", "seed=5"])
+    assert err.value.code == 130 and [p.name for p in renamed] == ["heldout_samples.jsonl"]
     assert not (run / "eval" / "heldout.json").exists() and not (run / "eval" / "heldout.md").exists()
-    assert (run / "eval" / "heldout_samples.jsonl").exists()
+    assert (run / "eval" / "heldout_samples.jsonl").read_bytes() != old["heldout_samples.jsonl"]
+    assert not [f.name for f in (run / "eval").iterdir() if ".tmp-" in f.name]  # no temporary left
 
 
 @pytest.mark.parametrize("name,make", [("metrics.jsonl", "folder"), ("checkpoints", "file"), ("train.log", "folder"),
