@@ -25,8 +25,8 @@ from omegaconf import OmegaConf
 from dgft.config import (NOISE_KINDS, ConfigError, EvalRecipe, SamplerConfig, check_sampler, refuse_empty, refuse_unknown,
                          unread_settings)
 from dgft.export import check_export, is_export, load_export, read_settings
-from dgft.runs import (RunError, checkpoint_dir, final_weights_dir, load_model, load_tokenizer, note_stopped_early,
-                       real_run_dir, require_heldout, require_weights, stopped_early, take_lock)
+from dgft.runs import (RunError, checkpoint_dir, final_weights_dir, held_by, load_model, load_tokenizer,
+                       note_stopped_early, real_run_dir, require_heldout, require_weights, stopped_early, take_lock)
 from dgft.tasks import get_task
 from dgft.train import pick_device
 
@@ -146,7 +146,14 @@ def claim_output(out_dir: Path, name: str, settings: dict, overwrite: bool) -> N
                if p.is_dir()]
     if blocked:  # found now, not after the evaluation has run
         raise RunError(f"{out_dir}: {', '.join(blocked)} is a folder where the result goes; move it away")
+    if (holder := held_by(out_dir / f".{name}.lock")) is not None:  # said now; `hold_result` takes it
+        raise _in_use(out_dir, name, holder)
     _check_settings(out_dir / f"{name}.json", settings, overwrite)
+
+
+def _in_use(out_dir: Path, name: str, holder: str) -> RunError:
+    return RunError(f"{out_dir / name}.*: another `dgft eval` (pid {holder}) is writing this result now; wait for it "
+                    "to end, or give this one another name=")
 
 
 def hold_result(out_dir: Path, name: str, settings: dict, overwrite: bool):
@@ -157,9 +164,7 @@ def hold_result(out_dir: Path, name: str, settings: dict, overwrite: bool):
     context manager), for `write_result`."""
     try:
         out_dir.mkdir(exist_ok=True)
-        claim = take_lock(out_dir / f".{name}.lock", lambda holder: RunError(
-            f"{out_dir / name}.*: another `dgft eval` (pid {holder}) is writing this result now; wait for it to end, "
-            "or give this one another name="))
+        claim = take_lock(out_dir / f".{name}.lock", lambda holder: _in_use(out_dir, name, holder))
     except OSError as err:
         where = f": {Path(err.filename).name}" if err.filename and Path(err.filename) != out_dir else ""
         raise RunError(f"{out_dir}: the results cannot be written there ({err.strerror or err}{where}); nothing was "

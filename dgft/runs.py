@@ -167,20 +167,25 @@ def writing(run_dir: Path):
         yield
 
 
-def training_now(run_dir: Path) -> str | None:
-    """The pid of a `dgft train` writing the run now (it holds RUN/.train.lock: `writing`), else None."""
+def held_by(path: Path) -> str | None:
+    """The pid written in a lock file `take_lock` holds now (another process's), else None (no such file, or free)."""
     import fcntl
 
     try:
-        with open(Path(run_dir) / ".train.lock") as f:
+        with open(path) as f:
             try:
                 fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except OSError:
                 return f.read().strip() or "unknown"
             fcntl.flock(f, fcntl.LOCK_UN)
-    except OSError:  # no lock file: no dgft train ever wrote the run here
+    except OSError:  # no lock file: never taken here
         return None
     return None
+
+
+def training_now(run_dir: Path) -> str | None:
+    """The pid of a `dgft train` writing the run now (it holds RUN/.train.lock: `writing`), else None."""
+    return held_by(Path(run_dir) / ".train.lock")
 
 
 def run_dir_for(name: str, resume) -> str:
