@@ -265,11 +265,10 @@ def _composition_message(err: Exception, command: str) -> str:
         own = [name for name, schema in TASK_SCHEMAS.items() if leaf in OmegaConf.structured(schema)]
         if task is not None and own and _override(sys.argv[1:], "task", None) is not None:  # not a misspelt key
             resumed = _override(sys.argv[1:], "resume", "null") not in ("null", "None", "")
+            then = ("a resumed run keeps its recipe and task, so train a new run with" if resumed
+                    else f"for a run of the {task} task, give")
             message += (f"\n(hint: {match.group(1)}.yaml sets {composed.group(1)} for its own task, which the {task} "
-                        f"task does not have: `task={task}` alone keeps that recipe; "
-                        + ("a resumed run keeps its recipe and task, so train a new run with "
-                           if resumed else "for a run of the {task} task, give ").format(task=task)
-                        + f"recipe={task})")
+                        f"task does not have: `task={task}` alone keeps that recipe; {then} recipe={task})")
     if match and re.search(r"Key 'recipe' not in", message):
         message += (f"\n(hint: {match.group(1)}.yaml sets its keys under `recipe.`; a recipe file starts with the "
                     "line `# @package _global_`, as the recipes in recipes/recipe/ do, so that they are the "

@@ -229,20 +229,15 @@ def write_result(claim, out_dir: Path, name: str, files: dict) -> None:
     new files without a .json (unfinished, as it is), never beside an old .json that would name them as its own."""
     from dgft.cache import written_beside
 
-    staged = {}
+    staged = {}  # path -> its written temporary (None: to be removed)
     try:
-        for path, content in files.items():
-            staged[path] = None if content is None else written_beside(path, content)
-    except BaseException as err:  # a full disk, or a picture that failed: nothing of this result is left
-        for tmp in staged.values():
-            if tmp is not None:
-                tmp.unlink(missing_ok=True)
-        claim.close()
-        if not isinstance(err, OSError):
-            raise
-        raise RunError(f"{out_dir}: could not write the result {name} ({err.strerror or err}); the one that was there "
-                       "is as it was, and this evaluation's answers are lost: make room, then run it again") from err
-    try:
+        try:
+            for path, content in files.items():
+                staged[path] = None if content is None else written_beside(path, content)
+        except OSError as err:  # a full disk: nothing of this result is left, the one before is whole
+            raise RunError(f"{out_dir}: could not write the result {name} ({err.strerror or err}); the one that was "
+                           "there is as it was, and this evaluation's answers are lost: make room, then run it "
+                           "again") from err
         for suffix in (".json", ".md"):
             (out_dir / f"{name}{suffix}").unlink(missing_ok=True)
         for path, tmp in staged.items():
@@ -250,7 +245,7 @@ def write_result(claim, out_dir: Path, name: str, files: dict) -> None:
                 path.unlink(missing_ok=True)
             else:
                 os.replace(tmp, path)
-    finally:
+    finally:  # a temporary not renamed (a failure, a kill) never stays
         for tmp in staged.values():
             if tmp is not None:
                 tmp.unlink(missing_ok=True)

@@ -123,12 +123,13 @@ def evaluate_run(cfg, run: Path, run_cfg, scfg, device) -> dict:
 
         # --- write ------------------------------------------------------------------------------------
         # each file whole; the .json, which names the settings, last
+        summary = markdown(name, result)
         write_result(claim, out_dir, name, {
             out_dir / f"{name}_samples.jsonl":
                 lambda tmp: write_samples(tmp, examples, written, compiled, verdicts, picks),
-            out_dir / f"{name}.md": markdown(name, result),
+            out_dir / f"{name}.md": summary,
             out_dir / f"{name}.json": json.dumps(result, indent=1)})
-        print(markdown(name, result))
+        print(summary)
         return result
 
 

@@ -80,10 +80,10 @@ def evaluate_run(cfg, run: Path, run_cfg, scfg, device) -> dict:
             solution = closest_solution(rec.puzzle, rec.solution, frames[-1])
             files[out_dir / f"{name}_denoising.png"] = lambda tmp: plot_denoising(
                 frames, accepted, rec.puzzle, solution, tmp, title=f"{name}: {rec.source}, rules mode")
-        files[out_dir / f"{name}.md"] = markdown(name, result)
+        files[out_dir / f"{name}.md"] = summary = markdown(name, result)
         files[out_dir / f"{name}.json"] = json.dumps(result, indent=1)
         write_result(claim, out_dir, name, files)
-        print(markdown(name, result))
+        print(summary)
         return result
 
 
