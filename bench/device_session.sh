@@ -16,6 +16,10 @@
 # and 128, the QLoRA step profiled) has timeouts summing to 205 s, the QLoRA bench 65 s (2 depths and 3 timed
 # steps, as run 2 of eval/RESULTS.md).
 # Expects the wheels of ../shared/tools/device-wheels.sh on PYTHONPATH.
+# The device tool carries the working tree with .gpu and .whl, 64 MiB in all: in session 39 they came to 62.4 MiB
+# (tracked files 16.4 MB, .gpu 3.5 MB, .whl 45.4 MB), 1.6 MiB to spare. The sudoku part imports no bitsandbytes
+# (dgft imports it only for nf4 and paged_adamw_8bit), so a call of that part alone may leave its wheel (43 MB) out:
+#   mv .whl/bitsandbytes-*.whl /tmp/   (before the call; put it back after)
 set -uo pipefail
 OUT=$1
 MINUTES=${2:-4.5}

@@ -561,6 +561,10 @@ def check_export(path: str | Path) -> dict:
         print(f"{path}: no readable {RECORD_FILE} to check the files against; hashing the weights here")
         return {"step": None, "weights_sha256": ckpt.weight_hashes(path)}
     changed = ckpt.mismatch(path, _but_card(outputs))  # `dgft export` may refresh the card meanwhile
+    if changed and changed.startswith(SAMPLER_FILE + " "):
+        raise RunError(f"{path}: {changed} ({RECORD_FILE} lists what the export wrote). The sampler settings an "
+                       f"export was made with stay as made: pass other ones as overrides (`dgft eval EXPORT "
+                       f"sampler.views=1`, `solver(puzzles, views=1)`), and run `dgft export` again to restore the file")
     if changed:
         raise RunError(f"{path}: {changed} ({RECORD_FILE} lists what the export wrote); run `dgft export` again")
     return {"step": step, "weights_sha256": weight_hashes(outputs)}

@@ -9,7 +9,8 @@ The puzzles need no solution: the sampler reads the target only at the givens, w
 prompt), so each blank's target is a placeholder. Answers are 16- or 81-character strings, '0' where a cell was
 left empty (in `rules` mode, a cell whose every digit a peer already held; in any mode, one still open when the
 steps ran out). The sampler is the one the model was trained for (an export's `dgft_sampler.json`, a run's
-config.yaml), with sampler overrides as keyword arguments (`steps=40`, checked as `dgft eval` checks them); `mode` is
+config.yaml; an export's files are checked against its export.json, as `dgft eval` checks them), with sampler
+overrides as keyword arguments (`steps=40`, checked as `dgft eval` checks them); `mode` is
 `free`, `clamped` or `rules` (`dgft eval` reports all three); `seed` seeds each puzzle's own noise generator, with
 its place in the list, as `dgft eval` seeds a file's (the global generators are left alone). Only Sudoku with cell or
 digit tokens, and only the grid sizes the model was trained on; a puzzle whose givens break a rule is refused, as
@@ -85,7 +86,7 @@ class Solver:
 
 def load_solver(path: str | Path, device: str = "auto") -> Solver:
     """A Solver for an export directory (it has `dgft_sampler.json`) or a `dgft train` run directory."""
-    from dgft.export import load_export, read_settings
+    from dgft.export import check_export, load_export, read_settings
     from dgft.runs import load_model
     from dgft.train import pick_device
 
@@ -95,5 +96,7 @@ def load_solver(path: str | Path, device: str = "auto") -> Solver:
     if settings.task.name != "sudoku" or settings.task.get("tokens", "cell") == "text":
         raise ConfigError(f"{path}: task {settings.task.name!r} (tokens={settings.task.get('tokens')}): "
                           "dgft.solve is for Sudoku models with cell or digit tokens")
+    if export:  # every file as the export wrote it, as `dgft eval EXPORT` checks (a run's are checked on load)
+        check_export(path)
     model = load_export(path, dev) if export else load_model(path, settings, device=dev)
     return Solver(model, settings, dev)

@@ -2,6 +2,7 @@
 exactly as `dgft eval` did with the listed solutions (the sampler reads the target only at the givens)."""
 
 import json
+import shutil
 
 import pytest
 
@@ -57,7 +58,7 @@ def test_a_run_and_its_export_solve_as_eval_did(tmp_path):
         solver(puzzles, steps="abc")
 
 
-def test_a_4x4_model_refuses_9x9_puzzles_and_its_card_shows_a_4x4_one(tmp_path):
+def test_a_4x4_model_refuses_9x9_puzzles_and_its_card_shows_a_4x4_one(tmp_path, capsys):
     run = tmp_path / "run"
     _train(tmp_path, run, "task.sizes=[4]", "task.size_weights=[1.0]")
     main(["export", str(run)])
@@ -67,6 +68,33 @@ def test_a_4x4_model_refuses_9x9_puzzles_and_its_card_shows_a_4x4_one(tmp_path):
     with pytest.raises(ConfigError, match="puzzle 0 is 9x9, but the model was trained with task.sizes=\\[4\\]"):
         solver(["0" * 81])
     assert len(solver(["3102200002100320"])[0]) == 16
+    # an export's files are checked as `dgft eval EXPORT` checks them: an edited sampler file is refused by both,
+    # pointing at overrides; changed weights are named (the solver loaded either without a word)
+    edited = tmp_path / "edited"
+    shutil.copytree(run / "export", edited)
+    settings = json.loads((edited / "dgft_sampler.json").read_text())
+    settings["sampler"]["steps"] = 3
+    (edited / "dgft_sampler.json").write_text(json.dumps(settings, indent=1))
+    with pytest.raises(RunError, match=r"dgft_sampler.json changed since .*pass other ones as overrides"):
+        load_solver(edited, device="cpu")
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["eval", str(edited), "data=" + str(_four_by_four(tmp_path)), "plot=false"])
+    assert "dgft_sampler.json changed since" in capsys.readouterr().err
+    tampered = tmp_path / "tampered"
+    shutil.copytree(run / "export", tampered)
+    weights = tampered / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    with pytest.raises(RunError, match="model.safetensors changed since it was recorded"):
+        load_solver(tampered, device="cpu")
+
+
+def _four_by_four(tmp_path):
+    path = tmp_path / "four.csv"
+    path.write_text("puzzle\n3102200002100320\n")
+    return path
 
 
 def test_what_is_not_a_model_is_named(tmp_path):
