@@ -202,6 +202,8 @@ def _check_settings(old: Path, settings: dict, overwrite: bool) -> None:
                      if was.get(k, default.get(k)) != value.get(k, default.get(k))]
         elif was != value:
             diff.append(f"{key} {was!r} -> {value!r}")
+    if not diff and (edited := _data_edited(before, now.get("data"))):  # the same path, other content
+        diff.append(edited)
     if diff:
         raise ConfigError(f"{old} holds an evaluation with other settings ({'; '.join(diff[:4])}"
                           f"{'; ...' if len(diff) > 4 else ''}): name=OTHER keeps both, overwrite=true replaces it")
@@ -219,6 +221,22 @@ def _same_data(before: dict, data: str) -> bool:
         return before.get("data_sha256") is not None and path.is_file() and sha256(path) == before["data_sha256"]
     except OSError:
         return False
+
+
+def _data_edited(before: dict, data) -> str | None:
+    """What differs when `data` is the file an earlier result measured, by path, but its content changed since (the
+    earlier result then measured puzzles or tasks that are gone); None otherwise."""
+    from dgft.checkpoint import sha256
+
+    if not data or not before.get("data_sha256") or not Path(data).is_file():
+        return None
+    try:
+        now = sha256(Path(data))
+    except OSError:
+        return None
+    if now == before["data_sha256"]:
+        return None
+    return f"the content of {data}: sha256 {before['data_sha256'][:12]}... -> {now[:12]}..."
 
 
 def write_result(claim, out_dir: Path, name: str, files: dict) -> None:
@@ -361,7 +379,8 @@ def check_options(cfg, run_cfg, scfg) -> None:
     if cfg.batch_by != "size":
         raise ConfigError(f"batch_by={cfg.batch_by}: batching by number of givens is for Sudoku runs")
     if cfg.rerank and cfg.samples < 2:
-        raise ConfigError("rerank=true: needs samples >= 2 to choose among (and sampler.temperature > 0)")
+        raise ConfigError("rerank=true: needs samples >= 2 to choose among (each sample starts from its own noise; "
+                          "sampler.temperature > 0 makes them differ more)")
     if cfg.samples > 1 and scfg.temperature == 0 and run_cfg.noise.kind == "mask":
         raise ConfigError(f"samples={cfg.samples}: with mask noise and sampler.temperature=0 every sample is the "
                           "same; set sampler.temperature > 0")

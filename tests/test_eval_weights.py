@@ -355,6 +355,14 @@ def test_the_same_data_file_typed_from_elsewhere_is_a_re_run(tmp_path, monkeypat
     copy.write_text("puzzle\n" + "2" * 16 + "\n")
     with pytest.raises(ConfigError, match="other settings \\(data 'run/data/heldout.csv' -> "):
         claim_output(tmp_path, "p", {"data": str(copy), "seed": 0}, overwrite=False)
+    # the same path with other content (the file edited since): the earlier result measured other puzzles, and a
+    # re-run would replace it without a word
+    data.write_text("puzzle\n" + "3" * 16 + "\n")
+    for typed in ("run/data/heldout.csv", str(data)):
+        with pytest.raises(ConfigError, match=r"other settings \(the content of .*heldout.csv: sha256 "
+                                              + before["data_sha256"][:12]):
+            claim_output(tmp_path, "p", {"data": typed, "seed": 0}, overwrite=False)
+    claim_output(tmp_path, "p", {"data": str(data), "seed": 0}, overwrite=True)
 
 
 def test_an_evaluation_holds_its_name_and_writes_its_files_whole_or_not_at_all(tmp_path, monkeypatch):

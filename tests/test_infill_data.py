@@ -413,6 +413,15 @@ def test_too_long_middles_are_refused_and_counted(tok):
     assert task.fits([long, short]).tolist() == [False, True]
     with pytest.raises(ValueError, match="does not fit canvas_length=6"):
         task.encode([long])
+    from collections import Counter
+
+    from dgft.tasks.infill.evaluate import left_out
+    # eval says the room a middle has: the canvas less its prefix tokens (it said the whole canvas's 48)
+    prefixed = InfillTask(InfillConfig(canvas_length=48, canvas_prefix_tokens=5), tokenizer=tok)
+    said = left_out(prefixed, Counter({"line": 2, "random_span": 1}))
+    assert said == ("left out 3 middles longer than the canvas (43 tokens with [EOS], the canvas's 48 less its 5 "
+                    "prefix tokens): line 2, random_span 1")
+    assert "(6 tokens with [EOS]):" in left_out(task, Counter({"line": 1}))
 
 
 # --- cached splits and batches --------------------------------------------------------------------

@@ -71,8 +71,7 @@ def evaluate_run(cfg, run: Path, run_cfg, scfg, device) -> dict:
     too_long = Counter(e["kind"] for e, ok in zip(examples, fit) if not ok)
     examples = [e for e, ok in zip(examples, fit) if ok]
     if too_long:
-        tqdm.write(f"left out {sum(too_long.values())} middles longer than the canvas ({task.canvas_length} tokens "
-                   f"with [EOS]): " + ", ".join(f"{k} {n}" for k, n in sorted(too_long.items())))
+        tqdm.write(left_out(task, too_long))
     out_dir = run / "eval"
     settings = {"data": str(data), **provenance(cfg, run), "samples": cfg.samples, "rerank": bool(cfg.rerank),
                 "sampler": OmegaConf.to_container(scfg)}
@@ -268,6 +267,15 @@ def run_tests(problems: dict, examples: list[dict], written: dict, workers: int,
     tqdm.write(f"sandbox: {dict(out['statuses'])} in {time.time() - t0:.0f} s ({out['isolation']})")
     return ({key: r["status"] for key, r in zip(todo, out["results"])},
             {"programs": len(todo), "statuses": out["statuses"], "isolation": out["isolation"]})
+
+
+def left_out(task: InfillTask, too_long: Counter) -> str:
+    """What eval says of the middles it leaves out: how many of each kind, and the room a middle has (the canvas less
+    its prefix tokens, [EOS] included)."""
+    room = f"{task.canvas_length - task.context} tokens with [EOS]" + (
+        f", the canvas's {task.canvas_length} less its {task.context} prefix tokens" if task.context else "")
+    return (f"left out {sum(too_long.values())} middles longer than the canvas ({room}): "
+            + ", ".join(f"{k} {n}" for k, n in sorted(too_long.items())))
 
 
 def bounds_of(verdicts: dict | None, examples: list[dict]) -> dict:
