@@ -228,15 +228,19 @@ def _data_edited(before: dict, data) -> str | None:
     earlier result then measured puzzles or tasks that are gone); None otherwise."""
     from dgft.checkpoint import sha256
 
-    if not data or not before.get("data_sha256") or not Path(data).is_file():
+    was = before.get("data_sha256")
+    if not data or not isinstance(was, str) or not Path(data).is_file():  # none recorded, or a record edited by hand
         return None
     try:
         now = sha256(Path(data))
     except OSError:
         return None
-    if now == before["data_sha256"]:
+    if now == was:
         return None
-    return f"the content of {data}: sha256 {before['data_sha256'][:12]}... -> {now[:12]}..."
+    where, measured = str(Path(data).resolve()), before.get("data_path")
+    if isinstance(measured, str) and measured != where:  # the same words typed from another folder: another file
+        return f"data {data} is {where}, the result measured {measured}: sha256 {was[:12]}... -> {now[:12]}..."
+    return f"the content of {data}: sha256 {was[:12]}... -> {now[:12]}..."
 
 
 def write_result(claim, out_dir: Path, name: str, files: dict) -> None:

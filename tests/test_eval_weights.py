@@ -362,7 +362,16 @@ def test_the_same_data_file_typed_from_elsewhere_is_a_re_run(tmp_path, monkeypat
         with pytest.raises(ConfigError, match=r"other settings \(the content of .*heldout.csv: sha256 "
                                               + before["data_sha256"][:12]):
             claim_output(tmp_path, "p", {"data": typed, "seed": 0}, overwrite=False)
-    claim_output(tmp_path, "p", {"data": str(data), "seed": 0}, overwrite=True)
+    # the same relative path typed from another folder names another file: said as such
+    other = tmp_path / "elsewhere" / "run" / "data" / "heldout.csv"
+    other.parent.mkdir(parents=True)
+    other.write_text("puzzle\n" + "4" * 16 + "\n")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    with pytest.raises(ConfigError, match=r"data run/data/heldout.csv is .*elsewhere.*, the result measured "):
+        claim_output(tmp_path, "p", {"data": "run/data/heldout.csv", "seed": 0}, overwrite=False)
+    # a result edited by hand (a number for its data_sha256) is replaced, as any unreadable one is
+    replace_file(tmp_path / "p.json", json.dumps({**before, "data_sha256": 5}))
+    claim_output(tmp_path, "p", {"data": "run/data/heldout.csv", "seed": 0}, overwrite=False)
 
 
 def test_an_evaluation_holds_its_name_and_writes_its_files_whole_or_not_at_all(tmp_path, monkeypatch):

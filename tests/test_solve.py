@@ -80,7 +80,8 @@ def test_a_4x4_model_refuses_9x9_puzzles_and_its_card_shows_a_4x4_one(tmp_path, 
     capsys.readouterr()
     with pytest.raises(SystemExit):
         main(["eval", str(edited), "data=" + str(_four_by_four(tmp_path)), "plot=false"])
-    assert "dgft_sampler.json changed since" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert "dgft_sampler.json changed since" in said and "pass other ones as overrides" in said, said
     tampered = tmp_path / "tampered"
     shutil.copytree(run / "export", tampered)
     weights = tampered / "model.safetensors"
