@@ -571,6 +571,9 @@ def validate(cfg: DictConfig | Any) -> None:
             raise ConfigError(f"{key}={get(key)!r}: must be in [0, 1]")
     if not 0 <= get("seed") < 2**32:  # numpy's range
         raise ConfigError(f"seed={get('seed')!r}: must be in [0, 2**32)")
+    if isinstance(get("task.cache_dir"), str) and not get("task.cache_dir").strip():  # it went into the working dir
+        raise ConfigError("task.cache_dir= is empty (an unset shell variable?); give a directory, or drop "
+                          "`task.cache_dir=` for its default")
     # a model from scratch that never learns self-conditioning; not checked on resume (a run saved before trains on)
     sc_untrained = get("model.name") == "tiny" and not get("noise.self_conditioning_p") and not get("resume")
     check_sampler(cfg.sampler, task, get("noise.kind"), sc_untrained=sc_untrained)
@@ -677,8 +680,9 @@ def _validate_sudoku(get) -> None:
     if get("task.sc_rules_p") and not get("noise.self_conditioning_p"):
         raise ConfigError(f"task.sc_rules_p={get('task.sc_rules_p')}: shapes the self-conditioning of training "
                           "examples, and noise.self_conditioning_p=0 gives none; set task.sc_rules_p=0")
-    if len(weights) != len(sizes) or any(w < 0 for w in weights) or sum(weights) <= 0:
-        raise ConfigError(f"task.size_weights={weights}: one non-negative weight per entry of task.sizes")
+    if len(weights) != len(sizes) or any(w < 0 for w in weights) or not 0 < sum(weights) < math.inf:
+        raise ConfigError(f"task.size_weights={weights}: one non-negative weight per entry of task.sizes (their sum "
+                          "finite and > 0)")
     if get("task.tokens") == "text":
         if not get("task.tokenizer"):
             raise ConfigError("task.tokenizer: task.tokens=text needs the pretrained tokenizer (dir or hub id)")
@@ -692,6 +696,10 @@ def _validate_sudoku(get) -> None:
     blanks = list(get("task.blank_fraction"))
     if len(blanks) != 2 or not 0 < blanks[0] <= blanks[1] < 1:
         raise ConfigError(f"task.blank_fraction={blanks}: need [low, high] with 0 < low <= high < 1")
+    for n in sizes:  # the share of blanks is rounded to whole cells: a puzzle with none has nothing to learn
+        if round(n * n * (1 - blanks[1])) >= n * n:
+            raise ConfigError(f"task.blank_fraction={blanks}: a {n}x{n} puzzle would have no blank cell ({blanks[1]} "
+                              f"of {n * n} cells rounds to none); the high end needs at least {1 / (n * n):.3f}")
     if not get("task.singles_weight") > 0:
         raise ConfigError(f"task.singles_weight={get('task.singles_weight')}: must be > 0 "
                           "(1 weighs every cell the same)")

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from dgft.cache import ensure_dir, load_splits, publish, save_splits
+from dgft.config import ConfigError
 from dgft.tasks.sudoku import grid as G
 from dgft.tasks.sudoku.io import SudokuRecord
 from dgft.tasks.sudoku.task import equivalence_key
@@ -72,12 +73,15 @@ def _die_with_parent() -> None:
 
 
 def _generate(n: int, count: int, seed: int, split: str, blank_fraction, workers: int, keep=None) -> list[dict]:
-    """`count` rows accepted by `keep`, generated in seeded rounds (independent of the number of workers)."""
+    """`count` rows accepted by `keep`, generated in seeded rounds (independent of the number of workers); fewer
+    when `keep` accepted nothing in 20 rounds running (4x4 settings whose few symmetry classes all fall on the
+    other split's side), or after 1000 rounds."""
     tag = {"train": 0, "heldout": 1}[split]
     rows: list[dict] = []
+    idle = 0
     for round_ in range(1000):
         need = count - len(rows)
-        if need <= 0:
+        if need <= 0 or idle >= 20:
             break
         chunks = math.ceil(need / _CHUNK)
         seeds = np.random.SeedSequence([seed, n, tag, round_]).spawn(chunks)
@@ -94,7 +98,9 @@ def _generate(n: int, count: int, seed: int, split: str, blank_fraction, workers
             pool.shutdown()
         else:
             parts = [_generate_chunk(j) for j in jobs]
-        rows += [row for part in parts for row in part if keep is None or keep(row)]
+        kept = [row for part in parts for row in part if keep is None or keep(row)]
+        idle = 0 if kept else idle + 1
+        rows += kept
     return rows[:count]
 
 
@@ -139,6 +145,25 @@ def build_splits(task_cfg, seed: int, workers: int | None = None, log=print):
     heldout, dropped = disjoint_heldout(train, heldout)
     if dropped:
         log(f"dropped {dropped} held-out puzzles equivalent to a training puzzle")
+    for n in task_cfg.sizes:  # a split without a size trains or checks nothing of it: said before anything is cached
+        made = {name: sum(r["size"] == n for r in rows) for name, rows in (("training", train), ("held-out", heldout))}
+        asked = {"training": task_cfg.base_puzzles, "held-out": task_cfg.heldout_puzzles}
+        givens = sorted({sum(c != "0" for c in r["puzzle"]) for r in train + heldout if r["size"] == n})
+        got = (f"{givens[0]}-{givens[-1]} givens" if len(givens) > 1 else f"{givens[0]} givens") if givens else \
+            "none made"
+        for name, count in made.items():
+            if count == 0:
+                raise ConfigError(f"task.blank_fraction={list(task_cfg.blank_fraction)}, seed={seed}: no {n}x{n} "
+                                  f"puzzle for the {name} split ({got}). Minimal {n}x{n} puzzles with so many givens "
+                                  "fall in few symmetry classes, and a class belongs to one split; give a wider "
+                                  "task.blank_fraction, another seed, or task.sizes without it")
+            if count < asked[name]:
+                log(f"warning: {count} {n}x{n} {name} puzzles of the {asked[name]} asked: no more distinct ones "
+                    f"with task.blank_fraction={list(task_cfg.blank_fraction)} ({got})")
+        low, high = _givens_range(n, task_cfg.blank_fraction)
+        if givens and (givens[0] > high or givens[-1] < low):
+            log(f"note: {n}x{n} puzzles have {got}, outside the {low}-{high} that task.blank_fraction asks: a puzzle "
+                "keeps at least its base's minimal givens")
     splits = DatasetDict({"train": Dataset.from_list(train), "heldout": Dataset.from_list(heldout)})
     publish(path, lambda tmp: save_splits(splits, tmp))
     return load_splits(path)

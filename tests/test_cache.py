@@ -173,3 +173,25 @@ def test_drawing_batches_writes_nothing_into_the_cache(tmp_path):
         for j, i in enumerate(of_size):  # each solving order, padded with -1 to the grid's cells
             order = rows["order"][i]
             assert orders[j, :len(order)].tolist() == list(order) and (orders[j, len(order):] == -1).all()
+
+
+def test_settings_that_leave_a_split_without_a_size_are_named_before_anything_is_cached(tmp_path):
+    """4x4 puzzles with 15 givens fall in two symmetry classes, and a class belongs to one split: with seed 1 neither
+    is held out. The held-out split was empty without a word (or, 4x4 alone, a datasets IndexError after minutes of
+    rounds); a range no puzzle reaches was ignored without a word."""
+    from omegaconf import OmegaConf
+
+    from dgft.config import ConfigError, TaskConfig
+    from dgft.data import build_splits
+
+    cfg = OmegaConf.structured(TaskConfig(base_puzzles=10, heldout_puzzles=4, cache_dir=str(tmp_path / "c"),
+                                          sizes=[4], size_weights=[1.0], blank_fraction=[0.04, 0.06]))
+    with pytest.raises(ConfigError, match=r"seed=1: no 4x4 puzzle for the held-out split \(15 givens\)"):
+        build_splits(cfg, seed=1, workers=1, log=lambda *_: None)
+    assert not any((tmp_path / "c").iterdir())
+    said = []
+    cfg = OmegaConf.structured(TaskConfig(base_puzzles=10, heldout_puzzles=4, cache_dir=str(tmp_path / "c"),
+                                          blank_fraction=[0.9, 0.95]))
+    build_splits(cfg, seed=0, workers=1, log=said.append)
+    assert any(m.startswith("note: 9x9 puzzles have") and "outside the 4-8 that task.blank_fraction asks" in m
+               for m in said), said

@@ -47,6 +47,10 @@ BAD = [
     (["model.num_heads=0"], "model.num_heads"),
     (["task.blank_fraction=[0.5,0.6,0.7]"], "task.blank_fraction"),
     (["task.blank_fraction=[0.5]"], "task.blank_fraction"),
+    # accepted, then trained on puzzles with no blank cell (loss 0), a sum that overflows, a cache in the working dir
+    (["task.blank_fraction=[0.001,0.002]"], "task.blank_fraction"),
+    (["task.size_weights=[1e308,1e308]"], "task.size_weights"),
+    (["task.cache_dir="], "task.cache_dir"),
     # sampler settings the sampler would silently ignore
     (["sampler.passes=2", "sampler.self_conditioning=false"], "sampler.passes"),
     (["sampler.self_conditioning_from=rules", "sampler.self_conditioning=false", "sampler.passes=1"],
