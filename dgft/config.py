@@ -696,10 +696,10 @@ def _validate_sudoku(get) -> None:
     blanks = list(get("task.blank_fraction"))
     if len(blanks) != 2 or not 0 < blanks[0] <= blanks[1] < 1:
         raise ConfigError(f"task.blank_fraction={blanks}: need [low, high] with 0 < low <= high < 1")
-    for n in sizes:  # the share of blanks is rounded to whole cells: a puzzle with none has nothing to learn
-        if round(n * n * (1 - blanks[1])) >= n * n:
-            raise ConfigError(f"task.blank_fraction={blanks}: a {n}x{n} puzzle would have no blank cell ({blanks[1]} "
-                              f"of {n * n} cells rounds to none); the high end needs at least {1 / (n * n):.3f}")
+    for n in sizes:  # the share of blanks is rounded to whole cells (as data._givens_range): none, nothing to learn
+        if round(n * n * (1 - blanks[0])) >= n * n:
+            raise ConfigError(f"task.blank_fraction={blanks}: some {n}x{n} puzzles would have no blank cell (a share "
+                              f"of {blanks[0]} of its {n * n} cells rounds to none); raise the low end")
     if not get("task.singles_weight") > 0:
         raise ConfigError(f"task.singles_weight={get('task.singles_weight')}: must be > 0 "
                           "(1 weighs every cell the same)")

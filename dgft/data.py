@@ -74,15 +74,16 @@ def _die_with_parent() -> None:
 
 def _generate(n: int, count: int, seed: int, split: str, blank_fraction, workers: int, keep=None) -> list[dict]:
     """`count` rows accepted by `keep`, generated in seeded rounds (independent of the number of workers); fewer
-    when `keep` accepted none of the last 1,000 puzzles made (4x4 settings whose few symmetry classes all fall on the
-    other split's side: at the 4x4 held-out split's 20% of classes, 1,000 misses in a row are a 1e-97 chance), or
-    after 1000 rounds. Which puzzles are made does not depend on when it stops."""
+    when `keep` accepted none of the last 20,000 puzzles made (4x4 settings whose few symmetry classes all fall on the
+    other split's side; a seed whose held-out classes hold 1% of the puzzles misses 20,000 in a row with a chance of
+    1e-87), or after 1000 rounds, whichever comes first. The rows are the first of those the rounds made before
+    this stop existed."""
     tag = {"train": 0, "heldout": 1}[split]
     rows: list[dict] = []
     idle = 0  # puzzles made since `keep` last accepted one
     for round_ in range(1000):
         need = count - len(rows)
-        if need <= 0 or idle >= 1000:
+        if need <= 0 or idle >= 20_000:
             break
         chunks = math.ceil(need / _CHUNK)
         seeds = np.random.SeedSequence([seed, n, tag, round_]).spawn(chunks)
@@ -155,12 +156,12 @@ def build_splits(task_cfg, seed: int, workers: int | None = None, log=print):
         for name, count in made.items():
             if count == 0:
                 raise ConfigError(f"task.blank_fraction={list(task_cfg.blank_fraction)}, seed={seed}: no {n}x{n} "
-                                  f"puzzle for the {name} split ({got}). Minimal {n}x{n} puzzles with so many givens "
-                                  "fall in few symmetry classes, and a class belongs to one split; give a wider "
+                                  f"puzzle for the {name} split ({got}). Minimal {n}x{n} puzzles fall in few symmetry "
+                                  "classes (fewer with more givens), and a class belongs to one split; give a wider "
                                   "task.blank_fraction, another seed, or task.sizes without it")
             if count < asked[name]:
-                log(f"warning: {count} {n}x{n} {name} puzzles of the {asked[name]} asked: no more distinct ones "
-                    f"with task.blank_fraction={list(task_cfg.blank_fraction)} ({got})")
+                log(f"warning: {count} {n}x{n} {name} puzzles of the {asked[name]} asked: no more were made for that "
+                    f"split with task.blank_fraction={list(task_cfg.blank_fraction)} and seed {seed} ({got})")
         low, high = _givens_range(n, task_cfg.blank_fraction)
         if givens and (givens[0] > high or givens[-1] < low):
             log(f"note: {n}x{n} puzzles have {got}, outside the {low}-{high} that task.blank_fraction asks: a puzzle "

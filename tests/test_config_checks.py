@@ -49,6 +49,7 @@ BAD = [
     (["task.blank_fraction=[0.5]"], "task.blank_fraction"),
     # accepted, then trained on puzzles with no blank cell (loss 0), a sum that overflows, a cache in the working dir
     (["task.blank_fraction=[0.001,0.002]"], "task.blank_fraction"),
+    (["task.blank_fraction=[0.01,0.5]"], "task.blank_fraction"),  # 4x4 puzzles with 8-16 givens: some full
     (["task.size_weights=[1e308,1e308]"], "task.size_weights"),
     (["task.cache_dir="], "task.cache_dir"),
     # sampler settings the sampler would silently ignore
