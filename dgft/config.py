@@ -181,7 +181,9 @@ class TrainerConfig:
     optimizer: str = "adamw"  # "adamw" (torch, fused on CUDA), "paged_adamw_8bit" (bitsandbytes; CUDA only) or "muon"
     # (torch's Muon on the hidden weight matrices, AdamW on the rest: dgft.optim)
     muon_lr: float = 0.0  # optimizer=muon: the matrices' learning rate (0: trainer.lr, as the rest has)
-    log_every: int = 10  # steps between logged training rows (> 0; step 1 is always logged)
+    log_every: int = 10  # steps between logged training rows (> 0; step 1 is always logged); a row's loss is its
+    # step's (not the interval's mean), its tokens_per_s counts every prompt and canvas token trained on, over the
+    # training time alone (not the periodic checks' or checkpoints')
     num_threads: int = 0  # torch CPU threads (0: torch's default)
     ema_decay: float = 0.0  # > 0: evaluate and save an exponential moving average of the weights (dgft.ema)
 

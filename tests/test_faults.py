@@ -489,6 +489,23 @@ def test_resume_in_place_keeps_eval_rows_tensorboard_and_the_recipe_record(tmp_p
     assert f"({run / '.hydra' / 'hydra.yaml'})" in out.stderr  # where Hydra recorded the choice
 
 
+def test_a_resume_that_extends_max_steps_follows_the_stretched_schedule_from_its_first_step(tmp_path):
+    """`trainer.max_steps=N` on resume stretches the cosine over N steps; the first resumed step took the rate the
+    checkpoint saved for the old schedule (the floor, for a finished run), the next ones the new schedule's."""
+    def rates(run):
+        rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        return {r["step"]: r["lr"] for r in rows if "lr" in r}
+
+    short, straight = tmp_path / "short", tmp_path / "straight"
+    assert _run(_cmd(tmp_path, short, "trainer.max_steps=4", "trainer.warmup_steps=1")).returncode == 0
+    out = _run(_cmd(tmp_path, short, f"resume={short}", "trainer.max_steps=8", "trainer.warmup_steps=1"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert _run(_cmd(tmp_path, straight, "trainer.max_steps=8", "trainer.warmup_steps=1")).returncode == 0
+    resumed, whole = rates(short), rates(straight)
+    assert [resumed[step] for step in range(5, 9)] == [whole[step] for step in range(5, 9)], (resumed, whole)
+    assert resumed[4] < whole[4]  # the first session's schedule ended at 4 steps
+
+
 def test_resume_of_a_finished_run_leaves_it_as_it_is(tmp_path):
     """Nothing left to train (max_steps reached, or the time limit already used): said, and the run untouched; a
     time-limited run does not sneak in one more step per resume."""
