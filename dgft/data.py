@@ -75,9 +75,9 @@ def _die_with_parent() -> None:
 def _generate(n: int, count: int, seed: int, split: str, blank_fraction, workers: int, keep=None) -> list[dict]:
     """`count` rows accepted by `keep`, generated in seeded rounds (independent of the number of workers); fewer
     when `keep` accepted none of the last 20,000 puzzles made (4x4 settings whose few symmetry classes all fall on the
-    other split's side; a seed whose held-out classes hold 1% of the puzzles misses 20,000 in a row with a chance of
-    1e-87), or after 1000 rounds, whichever comes first. The rows are the first of those the rounds made before
-    this stop existed."""
+    other split's side), or after 1000 rounds, whichever comes first (a split whose classes are rare, 1% of the
+    puzzles, can end a puzzle or two short at the round cap; `build_splits` says so). The rows are the first of those
+    the rounds made before the 20,000 stop existed."""
     tag = {"train": 0, "heldout": 1}[split]
     rows: list[dict] = []
     idle = 0  # puzzles made since `keep` last accepted one
