@@ -194,53 +194,44 @@ def _check_settings(old: Path, settings: dict, overwrite: bool) -> None:
         if key == "weights_sha256" and key not in before:  # a result from before dgft recorded it: not a difference
             continue
         was = before.get(key)
-        if key == "data" and was != value and _same_data(before, value):  # typed from elsewhere: the same file
-            continue
-        if isinstance(value, dict) and isinstance(was, dict):
+        if key == "data":
+            if difference := _data_difference(before, value):
+                diff.append(difference)
+        elif isinstance(value, dict) and isinstance(was, dict):
             default = defaults.get(key, {})
             diff += [f"{key}.{k} {was.get(k)!r} -> {value.get(k)!r}" for k in sorted(set(value) | set(was))
                      if was.get(k, default.get(k)) != value.get(k, default.get(k))]
         elif was != value:
             diff.append(f"{key} {was!r} -> {value!r}")
-    if not diff and (edited := _data_edited(before, now.get("data"))):  # the same path, other content
-        diff.append(edited)
     if diff:
         raise ConfigError(f"{old} holds an evaluation with other settings ({'; '.join(diff[:4])}"
                           f"{'; ...' if len(diff) > 4 else ''}): name=OTHER keeps both, overwrite=true replaces it")
 
 
-def _same_data(before: dict, data: str) -> bool:
-    """Whether `data` (a path as typed now) is the file an earlier result measured: the same file once resolved, or
-    the same content (its recorded sha256), whatever path each command was given from wherever it ran."""
+def _data_difference(before: dict, data) -> str | None:
+    """What differs between the data file an earlier result measured and `data` (a path as typed now), or None for the
+    same data. With a recorded sha256, the content decides, whatever path each command was given from wherever it
+    ran: other content is another file typed, the same words naming another file from another folder, or the file
+    edited since. Without one (an older result, or a file unreadable now), the path as typed or resolved."""
     from dgft.checkpoint import sha256
 
-    path = Path(data)
-    if before.get("data_path") == str(path.resolve()):
-        return True
+    was, recorded = before.get("data"), before.get("data_sha256")
+    path = Path(data) if data else None
     try:
-        return before.get("data_sha256") is not None and path.is_file() and sha256(path) == before["data_sha256"]
+        now = sha256(path) if isinstance(recorded, str) and path is not None and path.is_file() else None
     except OSError:
-        return False
-
-
-def _data_edited(before: dict, data) -> str | None:
-    """What differs when `data` is the file an earlier result measured, by path, but its content changed since (the
-    earlier result then measured puzzles or tasks that are gone); None otherwise."""
-    from dgft.checkpoint import sha256
-
-    was = before.get("data_sha256")
-    if not data or not isinstance(was, str) or not Path(data).is_file():  # none recorded, or a record edited by hand
+        now = None
+    if now is None:
+        same = was == data or (path is not None and before.get("data_path") == str(path.resolve()))
+        return None if same else f"data {was!r} -> {data!r}"
+    if now == recorded:
         return None
-    try:
-        now = sha256(Path(data))
-    except OSError:
-        return None
-    if now == was:
-        return None
-    where, measured = str(Path(data).resolve()), before.get("data_path")
-    if isinstance(measured, str) and measured != where:  # the same words typed from another folder: another file
-        return f"data {data} is {where}, the result measured {measured}: sha256 {was[:12]}... -> {now[:12]}..."
-    return f"the content of {data}: sha256 {was[:12]}... -> {now[:12]}..."
+    where, measured = str(path.resolve()), before.get("data_path")
+    if measured == where or (not isinstance(measured, str) and was == data):  # the file itself, edited since
+        return f"the content of {data}: sha256 {recorded[:12]}... -> {now[:12]}..."
+    if was == data:  # the same words typed from another folder: another file
+        return f"data {data} is {where}, the result measured {measured}: sha256 {recorded[:12]}... -> {now[:12]}..."
+    return f"data {was!r} -> {data!r}"
 
 
 def write_result(claim, out_dir: Path, name: str, files: dict) -> None:

@@ -203,9 +203,8 @@ def _train(cfg, run_dir: Path, overrides: Sequence[str]) -> Path | None:
         # the next step's rate by this schedule: with trainer.max_steps (or time_limit_min) extended, the checkpoint's
         # is the old schedule's (a run at its floor took one more step there, then jumped); with nothing extended and
         # no time limit, the checkpoint's float (a time-limited rate follows the clock)
-        factor = lr_lambda(cfg.trainer, elapsed_s)(sched.last_epoch)
-        for group, base in zip(opt.param_groups, sched.base_lrs):
-            group["lr"] = base * factor
+        for group, base, rate in zip(opt.param_groups, sched.base_lrs, sched.lr_lambdas):
+            group["lr"] = base * rate(sched.last_epoch)  # as sched.step() sets it
         sched._last_lr = [group["lr"] for group in opt.param_groups]  # what get_last_lr() reads
         resume.truncate_metrics(run_dir / "metrics.jsonl", start_step)
         say(f"resumed from {resume_from} (step {start_step})")
