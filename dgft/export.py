@@ -34,7 +34,7 @@ from dgft.card import model_card, with_evaluations
 from dgft.config import ConfigError, ExportRecipe, refuse_empty, refuse_unknown
 from dgft.model import denoise, encode, retie_encoder, unwrap
 from dgft.runs import (RUN_KINDS, RunError, cannot_make, checkpoint_dir, keeps_average, load_config, load_model,
-                       note_stopped_early, real_run_dir, require_final, take_lock)
+                       no_weights, note_stopped_early, real_run_dir, require_final, take_lock)
 from dgft.train import pick_device
 
 SAMPLER_FILE = "dgft_sampler.json"
@@ -277,7 +277,11 @@ def export_streaming(cfg, rcfg, run_dir: Path, out: Path, checkpoint, source: di
                   f"{checks['quantization_gap_max_abs_diff']:.2e} on the check batch, so the run's evaluations do "
                   "not carry over to the export")
         else:
-            print(f"max |logit diff| vs the run's model {checks['quantization_gap_max_abs_diff']:.2e}")
+            gap = checks["quantization_gap_max_abs_diff"]
+            print(f"max |logit diff| vs the run's model {gap:.2e}" + (
+                f", over atol {cfg.atol} (the run's base in model.dtype={rcfg.model.dtype}, the export's weights as "
+                f"stored): the run's evaluations do not carry over; `dgft eval {out} data=FILE` measures the export"
+                if gap > cfg.atol else ""))
     return out
 
 
@@ -337,7 +341,13 @@ def _streamed_note(rcfg, checks: dict, cfg) -> str:
     if rounding is not None:
         return (f"The merged weights are stored in the base's dtype, which moves the logits by up to {rounding:.1e} "
                 "on the check batch (export.json): these figures are the unrounded model's.")
-    return _figures_hold(checks["merged_max_abs_diff"], cfg.atol)
+    gap = checks.get("quantization_gap_max_abs_diff")
+    if gap is not None and gap > cfg.atol:  # the run's base in another dtype than the export's weights (model.dtype)
+        return (f"The run's model gives logits up to {gap:.1e} from this export's on the check batch (export.json; "
+                f"over atol {cfg.atol}: its base as training loaded it, model.dtype={rcfg.model.dtype}, the export's "
+                "weights as stored): these figures are the run's model's; `dgft eval THIS_DIR data=FILE` measures "
+                "this export itself.")
+    return _figures_hold(max(checks["merged_max_abs_diff"], gap or 0.0), cfg.atol)
 
 
 def _figures_hold(diff: float, atol: float) -> str:
@@ -422,8 +432,7 @@ def source_hashes(run_dir: Path, rcfg, checkpoint: Path | None) -> dict[str, str
     weights = checkpoint or run_dir / ("adapter" if lora else "model")
     marker = weights / ("adapter_config.json" if lora else "config.json")
     if not marker.exists():
-        raise RunError(f"{weights}: no {'LoRA adapter' if lora else 'model weights'} ({marker.name}); "
-                       f"did training finish?")
+        raise RunError(no_weights(run_dir, weights, lora, checkpoint=checkpoint is not None))
     files = [run_dir / "config.yaml", *_weight_files(weights)]
     if lora and rcfg.model.name == "tiny":
         if not (run_dir / "base" / "config.json").exists():

@@ -9,6 +9,8 @@ one) agrees with the answer on the most blank cells, so an answer on its way to 
 marked wrong where it differs from the listed one. Over puzzles with no blank cell at all (fully given puzzles,
 which puzzle files may hold) there is nothing to score and `cell_accuracy` is None (null in JSON, "n/a" in the
 eval tables), not 0.0: such an answer can be exact, and a 0% beside 100% exact would read as a failure.
+Likewise `givens_kept` is averaged over the puzzles that have givens (an empty grid has none to keep, and counting
+it as 1.0 would raise the figure with nothing tested), and is None when none has any.
 
 A prediction that is not a grid of the puzzle's size (model text cut short, a stray character) scores as an empty
 answer: not exact, no blank cell right, no given kept, and counts in `malformed`. A puzzle or reference that is not
@@ -58,7 +60,7 @@ def score_answer(puzzle: np.ndarray, solution: np.ndarray, answer: np.ndarray) -
     else:
         right = int(((answer == closest_solution(puzzle, solution, answer)) & blanks).sum())
     return {"exact": exact, "blanks_right": right, "blanks": int(blanks.sum()),
-            "givens_kept": float((answer[givens] == puzzle[givens]).mean()) if givens.any() else 1.0,
+            "givens_kept": float((answer[givens] == puzzle[givens]).mean()) if givens.any() else None,
             "rule_violations": int(G.rule_violations(answer))}
 
 
@@ -66,15 +68,17 @@ def aggregate(scores: list[dict]) -> dict:
     """Scores of many puzzles -> n, exact, cell_accuracy, givens_kept, rule_violations (mean per puzzle).
 
     cell_accuracy is over all the puzzles' blank cells together, and None when they have none (no puzzles, or
-    only fully given ones): no blank cells to score.
+    only fully given ones): no blank cells to score. givens_kept is the mean over the puzzles with givens, and
+    None when there are none (no puzzles, or only empty grids): no givens to keep.
     """
     n = len(scores)
     if n == 0:
-        return {"n": 0, "exact": 0.0, "cell_accuracy": None, "givens_kept": 0.0, "rule_violations": 0.0}
+        return {"n": 0, "exact": 0.0, "cell_accuracy": None, "givens_kept": None, "rule_violations": 0.0}
     blanks = sum(s["blanks"] for s in scores)
+    kept = [s["givens_kept"] for s in scores if s["givens_kept"] is not None]
     return {"n": n, "exact": sum(s["exact"] for s in scores) / n,
             "cell_accuracy": sum(s["blanks_right"] for s in scores) / blanks if blanks else None,
-            "givens_kept": sum(s["givens_kept"] for s in scores) / n,
+            "givens_kept": sum(kept) / len(kept) if kept else None,
             "rule_violations": sum(s["rule_violations"] for s in scores) / n}
 
 

@@ -339,6 +339,20 @@ def require_final(run_dir: Path, cfg) -> Path:
     return weights
 
 
+def no_weights(run_dir: Path, weights: Path, lora: bool, checkpoint: bool = False) -> str:
+    """Why a run's final weights (or a checkpoint's) are missing, and, for final weights, the checkpoints a run
+    stopped before its end still has (a crash, a kill): the way on."""
+    from dgft.checkpoint import checkpoints
+
+    what = "a LoRA adapter (adapter_config.json)" if lora else "model weights (config.json)"
+    steps = [] if checkpoint else [c.name for c in checkpoints(run_dir) if not c.name.startswith(".")]
+    if not steps:
+        return f"{weights}: no {what}; did training finish?"
+    return (f"{weights}: no {what}: training did not finish, and the run has {len(steps)} checkpoint(s), the last "
+            f"{steps[-1]}; pass checkpoint={steps[-1]} to use it, or finish training with `dgft train "
+            f"resume={run_dir}`")
+
+
 def require_weights(run_dir: Path, cfg, checkpoint: str | Path | None = None) -> Path:
     """The directory `load_model` reads (the final model/ or adapter/, or the checkpoint's), refused with a
     RunError naming it when it holds no weights (a run that never finished) or they are stale (`require_final`)."""
@@ -348,14 +362,9 @@ def require_weights(run_dir: Path, cfg, checkpoint: str | Path | None = None) ->
     if src is not None and not src.is_dir():  # found when the command began: removed since
         raise RunError(f"{src}: no longer there (a training still running keeps only its last trainer.keep_last "
                        "checkpoints); pick a newer one")
-    if cfg.model.finetune == "full":
-        weights = src or Path(run_dir) / "model"
-        if not (weights / "config.json").exists():
-            raise RunError(f"{weights}: no model weights (config.json); did training finish?")
-    else:
-        weights = src or Path(run_dir) / "adapter"
-        if not (weights / "adapter_config.json").exists():
-            raise RunError(f"{weights}: no LoRA adapter (adapter_config.json); did training finish?")
+    weights = src or Path(run_dir) / ("model" if cfg.model.finetune == "full" else "adapter")
+    if not (weights / ("config.json" if cfg.model.finetune == "full" else "adapter_config.json")).exists():
+        raise RunError(no_weights(run_dir, weights, cfg.model.finetune == "lora", checkpoint=src is not None))
     ended = {} if checkpoint else summary(run_dir) or {}
     if not checkpoint:
         _as_sealed(weights, ended.get("weights"), "weights", "these are not the weights the run trained")
@@ -551,7 +560,26 @@ def load_base(run_dir: str | Path, cfg, device="cpu"):
         return quantize_tiny_(base, device, group) if quantized else base
     if quantized:
         return load_quantized(cfg.model.path, device, group)
-    return load_pretrained(cfg.model.path, dtype=torch.bfloat16, trust_remote_code=cfg.model.trust_remote_code)
+    return load_pretrained(cfg.model.path, dtype=trained_dtype(run_dir, cfg),
+                           trust_remote_code=cfg.model.trust_remote_code)
+
+
+def trained_dtype(run_dir: str | Path, cfg) -> torch.dtype:
+    """The dtype training loaded a pretrained base in, so that evaluation and export use the model that trained:
+    `model.dtype`, or for `auto` what the run's last training session chose (run.json: its dtype, or for a run
+    recorded before dgft wrote one, bf16 on a CUDA device and fp32 elsewhere)."""
+    import json
+
+    if cfg.model.dtype in ("fp32", "bf16"):
+        return {"fp32": torch.float32, "bf16": torch.bfloat16}[cfg.model.dtype]
+    try:
+        sessions = json.loads((Path(run_dir) / "run.json").read_text()).get("sessions") or [{}]
+        last = sessions[-1] if isinstance(sessions[-1], dict) else {}
+    except (OSError, ValueError, AttributeError, TypeError, IndexError):
+        last = {}
+    if last.get("dtype") in ("float32", "bfloat16"):
+        return getattr(torch, last["dtype"])
+    return torch.bfloat16 if str(last.get("device", "")).startswith("cuda") else torch.float32
 
 
 def load_tokenizer(run_dir: str | Path):

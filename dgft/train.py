@@ -218,7 +218,7 @@ def _train(cfg, run_dir: Path, overrides: Sequence[str]) -> Path | None:
     # a resumed run's events past its checkpoint are dropped, as metrics.jsonl's rows are
     writer = SummaryWriter(str(run_dir / "tb"), purge_step=start_step + 1 if start_step else None)
     metrics = open(run_dir / "metrics.jsonl", "a")
-    _write_run_info(run_dir, cfg, trainable, total, device, start_step)
+    _write_run_info(run_dir, cfg, trainable, total, device, start_step, dtype)
     say(f"run dir: {run_dir}\nmodel: {total / 1e6:.2f}M parameters ({trainable / 1e6:.2f}M trained), "
         f"device {device}, dtype {dtype}")
     if cfg.trainer.warmup_steps >= cfg.trainer.max_steps:
@@ -578,7 +578,8 @@ def _last_session(run_dir: Path) -> dict:
     return {}
 
 
-def _write_run_info(run_dir: Path, cfg, trainable: int, total: int, device, start_step: int = 0) -> None:
+def _write_run_info(run_dir: Path, cfg, trainable: int, total: int, device, start_step: int = 0,
+                    dtype: torch.dtype = torch.float32) -> None:
     """RUN/run.json: what the run is and what made it. Its top level is the latest session's; `sessions` keeps one
     record per `dgft train` that wrote the run (a resume adds one), each with the step it started from."""
     path = run_dir / "run.json"
@@ -594,8 +595,8 @@ def _write_run_info(run_dir: Path, cfg, trainable: int, total: int, device, star
             say(f"{path}: not a record dgft can extend ({type(err).__name__}: {err}); kept as {kept.name}, and a "
                 "new record starts with this session")
             sessions = []
-    session = {**runs.environment(device), "device": str(device), "threads": torch.get_num_threads(),
-               "start_step": start_step}
+    session = {**runs.environment(device), "device": str(device), "dtype": str(dtype).removeprefix("torch."),
+               "threads": torch.get_num_threads(), "start_step": start_step}
     info = {"recipe": cfg.name, "parameters": total, "trainable_parameters": trainable, **session,
             "sessions": [*sessions, session],
             "layout": {"config.yaml": "resolved config", ".hydra/": "Hydra's record of each command (overrides)",

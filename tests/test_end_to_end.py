@@ -139,6 +139,25 @@ def test_eval_of_a_run_without_weights_names_the_weights_not_the_data(tmp_path, 
     assert err.value.code == 2 and "no model weights" in said and "heldout.csv" not in said
 
 
+def test_a_run_stopped_before_its_end_names_its_checkpoints(tmp_path, capsys):
+    """A crashed or killed run has checkpoints but no final weights: eval and export said only "did training
+    finish?"; they name the last checkpoint now, and checkpoint= it works."""
+    import shutil
+
+    run = tmp_path / "run"
+    _train(tmp_path, run, "trainer.max_steps=2", "trainer.eval_every=0", "trainer.ckpt_every=1")
+    shutil.rmtree(run / "model")
+    (run / "train_summary.json").unlink()
+    for command in ("eval", "export"):
+        with pytest.raises(SystemExit) as err:
+            main([command, str(run), *(["limit=1"] if command == "eval" else [])])
+        said = capsys.readouterr().err
+        assert err.value.code == 2 and "no model weights (config.json): training did not finish" in said
+        assert "the last step-000002; pass checkpoint=step-000002" in said and f"resume={run}" in said
+    main(["export", str(run), "checkpoint=step-000002"])
+    assert (run / "export_step-000002" / "config.json").is_file()
+
+
 def test_help(capsys):
     main(["--help"])
     assert "train" in capsys.readouterr().out

@@ -269,6 +269,28 @@ def test_rule_violations_and_givens_kept_are_means_over_puzzles():
     assert out["givens_kept"] == pytest.approx(2.5 / 3) and out["exact"] == pytest.approx(2 / 3)
 
 
+def test_givens_kept_leaves_out_puzzles_without_givens():
+    """An empty grid has no givens to keep: it counted as 1.0 in the mean, raising the figure with nothing tested.
+    It is left out of the mean now, and a set of empty grids only has givens_kept None ("n/a" in the table)."""
+    from dgft.metrics import aggregate, score_answer
+    from dgft.tasks.sudoku import grid as G
+    from dgft.tasks.sudoku.evaluate import markdown
+
+    puzzle = G.from_string("1200340000000000")
+    sol = G.solve(puzzle, limit=1)[0]
+    lost = sol.copy()
+    lost[[0, 1]] = sol[[1, 0]]  # two of its four givens lost
+    empty = np.zeros_like(puzzle)
+    assert score_answer(empty, sol, sol)["givens_kept"] is None
+    out = aggregate([score_answer(puzzle, sol, lost), score_answer(empty, sol, sol)])
+    assert out["givens_kept"] == 0.5 and out["n"] == 2 and out["exact"] == 0.5  # it was (0.5 + 1.0) / 2
+    only_empty = {**aggregate([score_answer(empty, sol, sol)]), "mean_steps": 16.0, "puzzles_per_s": 1.0,
+                  "tokens_per_s": 16.0}
+    assert only_empty["givens_kept"] is None and aggregate([])["givens_kept"] is None
+    table = markdown("empty", {"n": 1, "skipped_lines": 0, "data": "empty.csv", "modes": {"free": only_empty}})
+    assert "| free | 1 | 100.0% | 100.0% | n/a |" in table
+
+
 def test_the_metric_scores_a_malformed_prediction_as_wrong():
     """A prediction that is not a grid of the puzzle's size (cut model text, a stray character) is an empty answer,
     counted in `malformed`; it aborted the whole `compute` without saying which. A bad puzzle names its index."""

@@ -537,6 +537,48 @@ def test_a_lora_run_on_a_pretrained_base_is_merged_shard_by_shard_in_its_dtype(t
 
 
 
+def test_a_lora_run_on_a_pretrained_base_is_evaluated_and_exported_in_the_dtype_it_trained_in(tmp_path):
+    """The run's base was loaded in bf16 whatever model.dtype said, so a run trained in fp32 was evaluated (and the
+    export compared) on a model that never trained, and the card said the export's figures hold. The base now loads
+    in model.dtype, or for auto in the dtype run.json recorded; a gap over atol is said on the card."""
+    from transformers import DiffusionGemmaForBlockDiffusion
+
+    from dgft.model import load_adapter
+    from dgft.runs import load_model, trained_dtype
+
+    run, _ = make_run(tmp_path, "lora")
+    base = tmp_path / "pretrained"
+    DiffusionGemmaForBlockDiffusion.from_pretrained(str(run / "base"), use_safetensors=True).save_pretrained(str(base))
+    cfg = OmegaConf.load(run / "config.yaml")
+    cfg.model.name, cfg.model.path, cfg.model.dtype = "diffusiongemma", str(base), "fp32"
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    record_weights(run)
+    model = load_model(run, cfg)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    fp32 = load_adapter(DiffusionGemmaForBlockDiffusion.from_pretrained(str(base), dtype=torch.float32), run / "adapter")
+    torch.testing.assert_close(logits_of(model), logits_of(fp32), rtol=0, atol=1e-5)
+    out = export(export_cfg(run))
+    record = json.loads((out / "export.json").read_text())
+    assert record["quantization_gap_max_abs_diff"] <= record["atol"]
+    assert "The export gives the run's logits" in (out / "README.md").read_text()
+    # auto: what the training session chose (run.json), else bf16 on CUDA and fp32 elsewhere
+    cfg.model.dtype = "auto"
+    assert trained_dtype(run, cfg) == torch.float32  # no run.json
+    (run / "run.json").write_text(json.dumps({"sessions": [{"device": "cuda:0"}]}))
+    assert trained_dtype(run, cfg) == torch.bfloat16
+    (run / "run.json").write_text(json.dumps({"sessions": [{"device": "cuda:0", "dtype": "float32"}]}))
+    assert trained_dtype(run, cfg) == torch.float32
+    # trained in bf16 on a base stored in fp32: the export (fp32 weights) is not the run's model, and says so
+    cfg.model.dtype = "bf16"
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    record_weights(run)
+    assert {p.dtype for n, p in load_model(run, cfg).named_parameters() if "lora_" not in n} == {torch.bfloat16}
+    out = export(OmegaConf.merge(export_cfg(run), {"out": str(tmp_path / "bf16")}))
+    record = json.loads((out / "export.json").read_text())
+    assert record["quantization_gap_max_abs_diff"] > record["atol"] >= record["merged_max_abs_diff"]
+    assert "these figures are the run's model's" in (out / "README.md").read_text()
+
+
 def test_an_adapter_says_how_it_loads(tmp_path):
     """peft's blank model card said nothing, and plain `PeftModel.from_pretrained` adapts the encoder only (the
     decoder shares its weights through dgft's loader): every saved adapter carries a README saying so."""

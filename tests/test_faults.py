@@ -544,7 +544,8 @@ def test_an_unreadable_run_record_is_kept_aside_when_a_resume_adds_its_session(t
     kept = list(run.glob("run.json.unreadable-*"))
     assert len(kept) == 1 and kept[0].read_text() == '{"sessions": 5, "dgft_commit": 7}'
     assert "kept as run.json.unreadable-" in out.stdout + out.stderr
-    assert [s["start_step"] for s in json.loads((run / "run.json").read_text())["sessions"]] == [4]
+    sessions = json.loads((run / "run.json").read_text())["sessions"]
+    assert [s["start_step"] for s in sessions] == [4] and sessions[0]["dtype"] == "float32"  # what eval loads a base in
     (run / "run.json").write_text('{"sessions": "x", "dgft_commit": 7, "cpu": ["a"]}')
     export = _run([sys.executable, "-m", "dgft.cli", "export", str(run)])
     assert export.returncode == 0 and "Traceback" not in export.stderr, export.stderr[-2000:]

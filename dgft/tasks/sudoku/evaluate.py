@@ -253,7 +253,8 @@ def markdown(name: str, result: dict) -> str:
         entries.append(("rules, untrained baseline", result["baseline_untrained_rules"]))
     for mode, m in entries:
         cell = "n/a" if m["cell_accuracy"] is None else f"{m['cell_accuracy']:.1%}"  # no blank cells to score
-        rows.append(f"| {mode} | {m['n']} | {m['exact']:.1%} | {cell} | {m['givens_kept']:.1%} | "
+        kept = "n/a" if m["givens_kept"] is None else f"{m['givens_kept']:.1%}"  # no givens to keep
+        rows.append(f"| {mode} | {m['n']} | {m['exact']:.1%} | {cell} | {kept} | "
                     f"{m['rule_violations']:.2f} | {m['mean_steps']:.1f} | {m['puzzles_per_s']:.2f} | "
                     f"{m['tokens_per_s']:.0f} |")
     kinds = sorted({k for _, m in entries for k in m.get("by_difficulty", {})})
