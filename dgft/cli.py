@@ -20,6 +20,7 @@ import os
 import re
 import signal
 import sys
+import warnings
 from pathlib import Path
 
 COMMANDS = {"train": "train a model (Hydra overrides follow)",
@@ -96,7 +97,16 @@ def _known_errors():
             OutOfMemory, SandboxError)
 
 
+def _format_warning(message, category, filename, lineno, line=None, _default=warnings.formatwarning):
+    """dgft's own notices (a torn checkpoint passed over, a stale one removed) as one line, `warning: ...`, not with
+    the source line that raised them; other libraries' warnings as Python prints them."""
+    if category is UserWarning and Path(filename).parent.name == "dgft":
+        return f"warning: {message}\n"
+    return _default(message, category, filename, lineno, line)
+
+
 def main(argv: list[str] | None = None) -> None:
+    warnings.formatwarning = _format_warning
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:  # a script that lost its subcommand must not look as if it ran
         _exit(f"dgft: no command given\n\n{USAGE}")
@@ -219,7 +229,8 @@ def _composed(run_hydra, command: str, started: dict) -> None:
     started["ours"] = True
     try:
         run_hydra()
-    except (hydra.errors.HydraException, omegaconf.errors.OmegaConfBaseException, yaml.YAMLError) as err:
+    except (hydra.errors.HydraException, omegaconf.errors.OmegaConfBaseException, yaml.YAMLError,
+            ValueError) as err:  # ValueError: Hydra's own flags that do not go together (`-m --cfg job`)
         if started.get("command"):
             raise
         _exit(f"dgft {command}: error: {_composition_message(err, command)}")

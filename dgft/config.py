@@ -317,7 +317,7 @@ def typed_train_config(saved, source=None, missing: str = "fill", recorded=None,
     if schema is None:
         raise ConfigError(f"{where}task.name={saved.task.name!r}: expected one of {', '.join(TASK_SCHEMAS)}")
     typed = OmegaConf.structured(TrainRecipe(task=schema()))
-    unknown = _unknown_keys(typed, saved)
+    unknown = unknown_settings(saved)
     if unknown and missing == "refuse":
         raise ConfigError(f"{where}{unknown[0]}: not a setting of this version of dgft (written by another version? a "
                           "resumed run keeps its saved config)")
@@ -347,6 +347,12 @@ def typed_train_config(saved, source=None, missing: str = "fill", recorded=None,
                               f"run trains with its saved config, so put them back ({values})")
         print(f"{where}no {', '.join(shown)}{more}; using the defaults: {defaults}", file=sys.stderr)
     return merged
+
+
+def unknown_settings(saved) -> list[str]:
+    """Dotted keys of a saved train config that this version of dgft does not know ([] when its task is unknown)."""
+    schema = TASK_SCHEMAS.get(OmegaConf.select(saved, "task.name") or "sudoku")
+    return [] if schema is None else _unknown_keys(OmegaConf.structured(TrainRecipe(task=schema())), saved)
 
 
 def _unknown_keys(typed, saved, prefix: str = "") -> list[str]:

@@ -370,6 +370,12 @@ def require_weights(run_dir: Path, cfg, checkpoint: str | Path | None = None) ->
         _as_sealed(weights, ended.get("weights"), "weights", "these are not the weights the run trained")
     trained = ended.get("settings_sha256")
     if isinstance(trained, str) and trained_settings_digest(run_dir) != trained:
+        from dgft.config import unknown_settings
+
+        if unknown := unknown_settings(read_yaml(Path(run_dir) / "config.yaml")):  # left out of the model, not the sha
+            raise RunError(f"{Path(run_dir) / 'config.yaml'}: changed since training ended (train_summary.json "
+                           f"records its settings' sha256): it holds {', '.join(unknown)}, which this version of dgft "
+                           "does not know (added by hand?); remove them")
         raise RunError(f"{Path(run_dir) / 'config.yaml'}: its training settings (task, model, noise, trainer, seed) "
                        "changed since training ended (train_summary.json records their sha256); eval and export read "
                        "the run's model from them, so an edited copy would measure or export another model than the "

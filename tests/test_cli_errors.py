@@ -376,6 +376,9 @@ def test_a_users_recipe_that_does_not_compose_is_named_without_a_traceback(tmp_p
                                                                "new run with recipe=infill"),
     (["train", "-m", "trainer.lrr=1,2"], "sweep job trainer.lrr=1: trainer.lrr: not a setting of dgft; did you "
                                          "mean trainer.lr?"),
+    (["train", "-m", "seed=7,8", "--cfg", "job"], "dgft train: error: Only one of --run, --multirun, --cfg"),  # Hydra's
+    (["train", "--experimental-rerun", "/nowhere/config.pickle"], "dgft train: error: File /nowhere/config.pickle "
+                                                                  "does not exist"),  # ValueErrors: were tracebacks
 ])
 def test_composition_errors_exit_2_with_hydras_words(capsys, monkeypatch, args, said):
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
@@ -416,3 +419,17 @@ def test_cfg_job_says_when_training_would_refuse_the_config_it_printed(capsys, m
     main(["train", "--cfg", "job", "trainer.max_steps=5"])  # a config training takes: printed, exit 0
     out = capsys.readouterr()
     assert "max_steps: 5" in out.out and out.err == ""
+
+
+def test_dgfts_own_warnings_print_as_one_line():
+    """A torn checkpoint passed over on resume printed as `.../dgft/resume.py:91: UserWarning: ...` and the source
+    line; dgft's own notices are `warning: ...` now, other libraries' as Python prints them."""
+    import warnings
+
+    from dgft.cli import _format_warning
+
+    main(["--help"])  # installs it
+    assert warnings.formatwarning is _format_warning
+    assert _format_warning("step-000020: torn", UserWarning, "/x/dgft/resume.py", 91) == "warning: step-000020: torn\n"
+    other = _format_warning("deprecated", FutureWarning, "/x/transformers/a.py", 3, "x = 1")
+    assert other.startswith("/x/transformers/a.py:3: FutureWarning: deprecated")
