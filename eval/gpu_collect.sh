@@ -43,7 +43,7 @@ PY
 } > "$OUT/results.md"
 if [ -d "$RUN" ]; then
   tmp=$(mktemp)  # never a half-written run.tar.gz in OUT, if the device's time limit strikes mid-way
-  (cd "$RUN" && tar czf "$tmp" $(ls -d eval config.yaml run.json data/heldout.csv 2>/dev/null)) \
+  (cd "$RUN" && tar czf "$tmp" --exclude 'eval/.*.lock' $(ls -d eval config.yaml run.json data/heldout.csv 2>/dev/null)) \
     && cp "$tmp" "$OUT/run.tar.gz"
   rm -f "$tmp"
 fi
