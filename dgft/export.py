@@ -293,14 +293,14 @@ def _trained_weights(base_dir: Path, group_size: int, device):
 
     from dgft.merge import MergeError
     from dgft.quant import as_trained, make_slots
-    from dgft.stream import StreamLoadError, buffer_names, shard_files, skeleton
+    from dgft.stream import StreamLoadError, buffer_names, config_errors, shard_files, skeleton
 
     shard_files(base_dir)  # an empty or missing base: named as the merge names it
     if not (base_dir / "config.json").is_file():  # transformers would give a default config instead
         raise StreamLoadError(f"{base_dir}: no config.json")
     try:
         config = DiffusionGemmaConfig.from_pretrained(str(base_dir))
-    except (OSError, ValueError) as err:
+    except config_errors() as err:
         raise StreamLoadError(f"{base_dir}: no readable DiffusionGemma config.json ({err})") from err
     core = skeleton(config)  # on the meta device: no memory
     buffers = buffer_names(core)

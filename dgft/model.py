@@ -187,6 +187,8 @@ def _model_type(config: Path) -> str | None:
 
 def load_pretrained(path: str, dtype=None, trust_remote_code: bool = False) -> DiffusionGemmaForBlockDiffusion:
     """Load weights from a local dir or hub id; a clear error when they are not there."""
+    from dgft.stream import config_errors
+
     require_path(path)
     local = Path(os.path.expanduser(path))
     try:
@@ -194,7 +196,7 @@ def load_pretrained(path: str, dtype=None, trust_remote_code: bool = False) -> D
             str(local) if local.exists() else path, dtype=dtype, trust_remote_code=trust_remote_code,
             use_safetensors=True,
         )
-    except (OSError, ValueError) as err:
+    except config_errors() as err:
         raise ModelLoadError(
             f"model.path={path!r}: could not load DiffusionGemma weights ({type(err).__name__}: "
             f"{str(err).splitlines()[0]}). Download the checkpoint where a hub is reachable and pass its local "

@@ -226,7 +226,8 @@ class NF4Experts(nn.Module):
             return self.gate_up
         if name == "down_proj":
             return self.down
-        raise KeyError(name)
+        raise KeyError(f"not an expert weight of the model (expected gate_up_proj or down_proj), shape "
+                       f"{tuple(self.gate_up.shape)} or {tuple(self.down.shape)}")
 
     def route(self, index: torch.Tensor):
         """Sort the (token, k) assignments by expert -> (order, token of each, counts as a host list, counts as

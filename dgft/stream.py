@@ -64,6 +64,10 @@ class _Lazy:
     def __getitem__(self, item):
         return self._slice[item]
 
+    def get_dtype(self) -> str:
+        """safetensors' name of the stored dtype ("BF16", "F32", "I8", ...)."""
+        return self._slice.get_dtype()
+
 
 def iter_checkpoint(path: Path):
     """(shard file, tensor name, lazy source) for every tensor of every shard, one shard open at a time."""
@@ -124,18 +128,44 @@ class Loader:
         self.aliases = _aliases(self.model)
         self.buffers = _buffers(self.model)
         self.done: set[str] = set()
+        self.filled: dict[tuple, str] = {}  # what each placed tensor filled (a tied twin fills its twin's) -> its name
+
+    def _fill(self, target: tuple, name: str, where: str, same=None) -> bool:
+        """Record that `name` fills `target`; False if a copy filled it already and `same()` says it is equal (a
+        tied twin stored twice, alike), a StreamLoadError if it is not, or when it cannot be compared (4-bit)."""
+        first = self.filled.get(target)
+        if first is None:
+            self.filled[target] = name
+            return True
+        if same is not None and same():
+            return False
+        twin = "the same tensor twice" if first == name else f"a tied twin of {first}, placed already"
+        raise StreamLoadError(f"{where}{name}: {twin}, " + ("with other values" if same is not None else
+                              "and a 4-bit weight is read from one copy") + "; a checkpoint stores each tied weight "
+                              "once (as transformers' save_pretrained does)")
 
     def place(self, name: str, source, where: str = "") -> None:
+        prefix, _, leaf = name.rpartition(".")
+        slot = self.slots.get(prefix)
+        if slot is not None and (isinstance(slot, quant.NF4Experts) or leaf == "weight"):
+            self._fill((id(slot), leaf), name, where)
+        if slot is not None and (isinstance(slot, quant.NF4Experts) or leaf == "weight") and not _floating(source):
+            raise StreamLoadError(f"{where}{name}: {_dtype_name(source)} values for a floating-point weight")
         try:
             placed = quant.place(self.slots, name, source, self.device)
         except (ValueError, IndexError, KeyError) as err:  # a 4-bit slot's checks (shape; a tensor it has no place
             # for, e.g. an FP8 scale): named, as every mismatch here is
-            raise StreamLoadError(f"{where}{name}: {err}") from None
+            message = err.args[0] if isinstance(err, KeyError) and err.args else err
+            raise StreamLoadError(f"{where}{name}: {message}") from None
         if placed:
             self.done.add(name)
             return
         if name in self.buffers:
             tensor = source if torch.is_tensor(source) else source[:]
+            module, key = self.buffers[name][0]
+            old = module._buffers[key]
+            if tuple(old.shape) != tuple(tensor.shape):
+                raise StreamLoadError(f"{where}{name}: shape {tuple(tensor.shape)}, model expects {tuple(old.shape)}")
             for module, key in self.buffers[name]:
                 module._buffers[key] = tensor.to(module._buffers[key].dtype)
             self.done.add(name)
@@ -149,7 +179,13 @@ class Loader:
         old = module._parameters[attr]
         if old is not None and tuple(old.shape) != tuple(tensor.shape):
             raise StreamLoadError(f"{where}{name}: shape {tuple(tensor.shape)}, model expects {tuple(old.shape)}")
+        if old is not None and old.dtype.is_floating_point and not tensor.is_floating_point():
+            raise StreamLoadError(f"{where}{name}: {_dtype_name(tensor)} values for a floating-point weight")
         dtype = self.dtype if tensor.is_floating_point() else tensor.dtype
+        if not self._fill((id(module), attr), name, where, same=lambda: torch.equal(
+                module._parameters[attr], tensor.to(device, dtype))):
+            self.done.add(name)  # a tied twin stored twice, alike: placed already
+            return
         param = nn.Parameter(tensor.to(device, dtype), requires_grad=False)
         for module, attr in holders:
             module._parameters[attr] = param
@@ -158,12 +194,14 @@ class Loader:
     def finish(self):
         """Buffers to their devices; error naming any weight that never arrived."""
         missing = sorted({n for n, p in self.model.named_parameters() if p.is_meta})
-        for m in set(self.slots.values()):
-            if isinstance(m, quant.NF4Experts):
-                for stack_name in ("gate_up", "down"):
-                    stack = getattr(m, stack_name)
-                    if not bool(stack.filled.all()):
-                        missing.append(f"experts.{stack_name} ({int((~stack.filled).sum())} experts unfilled)")
+        experts = {id(m): (prefix, m) for prefix, m in self.slots.items()  # the decoder's name, set last: the one
+                   if isinstance(m, quant.NF4Experts)}  # transformers' save_pretrained stores
+        for prefix, m in experts.values():
+            for stack_name in ("gate_up", "down"):
+                stack = getattr(m, stack_name)
+                if not bool(stack.filled.all()):
+                    missing.append(f"{prefix}.{stack_name}_proj ({int((~stack.filled).sum())} of {stack.shape[0]} "
+                                   "experts unfilled)")
         if missing:
             shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
             raise StreamLoadError(f"checkpoint lacks {len(missing)} weight(s): {shown}")
@@ -175,6 +213,27 @@ class Loader:
         return self.model
 
 
+def _floating(source) -> bool:
+    """Whether a tensor or a lazy source (a safetensors slice: get_dtype) holds floating-point values."""
+    if torch.is_tensor(source):
+        return source.is_floating_point()
+    return source.get_dtype().startswith(("F", "BF")) if hasattr(source, "get_dtype") else True  # random_source
+
+
+def _dtype_name(source) -> str:
+    return str(source.dtype).removeprefix("torch.") if torch.is_tensor(source) else source.get_dtype()
+
+
+def config_errors() -> tuple[type[Exception], ...]:
+    """What reading a config.json transformers cannot use raises: OSError, ValueError, and (huggingface_hub 1.x) its
+    strict dataclass checks (`num_hidden_layers` against `layer_types`), which are neither."""
+    try:
+        from huggingface_hub.errors import StrictDataclassError
+    except ImportError:  # a huggingface_hub before strict dataclasses
+        return (OSError, ValueError)
+    return (OSError, ValueError, StrictDataclassError)
+
+
 def load_streaming(path, quantize: str = "nf4", device="cuda", dtype=torch.bfloat16, group_size: int = 32):
     """A DiffusionGemma from a local checkpoint dir, streamed shard by shard (4-bit if quantize="nf4")."""
     from transformers import DiffusionGemmaConfig
@@ -182,7 +241,7 @@ def load_streaming(path, quantize: str = "nf4", device="cuda", dtype=torch.bfloa
     path = Path(path).expanduser()
     try:
         config = DiffusionGemmaConfig.from_pretrained(str(path))
-    except (OSError, ValueError) as err:
+    except config_errors() as err:
         raise StreamLoadError(f"{path}: no readable DiffusionGemma config.json ({err})") from err
     loader = Loader(config, quantize, device, dtype, group_size=group_size)
     for file, name, source in iter_checkpoint(path):

@@ -217,6 +217,45 @@ def test_streaming_load_names_what_is_missing(tmp_path):
         stream.load_streaming(tmp_path, quantize="nf4", device="cpu")
 
 
+@pytest.mark.parametrize("quantize", ["nf4", "none"])
+def test_streaming_load_refuses_what_would_load_wrong(tmp_path, quantize):
+    """Each loaded without a word before: a buffer of another shape (the forward then failed, or broadcast), a tied
+    twin stored twice with other values (the last copy won), integer values for an expert weight (quantized, or kept
+    as int8); a missing expert stack did not name its layer, and a config.json transformers' checks refuse was a
+    bare traceback."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    _saved(tmp_path)
+    good = load_file(tmp_path / "model.safetensors")
+    layer = "model.decoder.layers.1"
+
+    def refused(tensors, match):
+        save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
+        with pytest.raises(stream.StreamLoadError, match=match):
+            stream.load_streaming(tmp_path, quantize=quantize, device="cpu")
+
+    refused({**good, f"{layer}.layer_scalar": torch.zeros(5)}, rf"{layer}.layer_scalar: shape \(5,\), model expects \(1,\)")
+    twin = "model.encoder.language_model.layers.0.self_attn.q_proj.weight"
+    refused({**good, twin: torch.full((64, 64), 7.0)}, rf"{twin}: a tied twin of model.decoder.layers.0.self_attn.q_proj.weight")
+    refused({**good, f"{layer}.experts.down_proj": torch.zeros(4, 64, 64, dtype=torch.int8)},
+            rf"{layer}.experts.down_proj: (int8|I8) values for a floating-point weight")
+    refused({k: v for k, v in good.items() if k != f"{layer}.experts.gate_up_proj"},
+            r"lacks 1 weight\(s\): model\.(decoder|encoder\.language_model)\.layers\.1\.experts\.gate_up_proj")
+    if quantize == "none":  # a twin stored twice alike is the same model: loaded
+        router = "model.decoder.layers.0.router.proj.weight"
+        save_file({**good, router.replace("model.decoder", "model.encoder.language_model"): good[router].clone()},
+                  tmp_path / "model.safetensors", metadata={"format": "pt"})
+        stream.load_streaming(tmp_path, quantize=quantize, device="cpu")
+    save_file(good, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["text_config"]["layer_types"] = config["text_config"]["layer_types"][:1]  # fewer than num_hidden_layers
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(stream.StreamLoadError, match="no readable DiffusionGemma config.json"):
+        stream.load_streaming(tmp_path, quantize=quantize, device="cpu")
+
+
 def test_a_missing_or_damaged_shard_is_named(tmp_path):
     import json
 
