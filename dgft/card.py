@@ -35,7 +35,7 @@ def model_card(run_dir: Path, rcfg, checkpoint: Path | None, step: int | None, c
                                  f"GPU {run['gpu']}" if run.get("gpu") else "") if x)
     quantized = rcfg.model.get("quantize", "none") == "nf4"
     lines = [f"# {rcfg.name}: a DiffusionGemmaForBlockDiffusion exported by dgft", "",
-             f"From the run `{run_dir}` ({weights}, step {step}): recipe `{rcfg.name}`, model `{rcfg.model.name}`, "
+             f"From the run `{Path(run_dir).resolve()}` ({weights}, step {step}): recipe `{rcfg.name}`, model `{rcfg.model.name}`, "
              f"{rcfg.model.finetune} fine-tuning{' on a 4-bit base' if quantized else ''}, noise "
              f"`{rcfg.noise.kind}`, seed {rcfg.get('seed')}" + (f"; {made}" if made else "") + "."
              + (f" **Note: {early}.**" if early else ""), "",

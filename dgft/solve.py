@@ -52,6 +52,9 @@ class Solver:
             raise ConfigError(f"seed={seed!r}: a whole number in [0, 2**32)")
         if not 0 <= seed < 2**32:  # as dgft eval checks it
             raise ConfigError(f"seed={seed}: must be in [0, 2**32)")
+        if "modes" in sampler:  # a sampler setting that solve does not read: one mode per call
+            raise ConfigError(f"sampler option 'modes'={sampler['modes']!r}: solve samples one mode per call; pass "
+                              "mode='rules' (or 'clamped', 'free')")
         unknown = sorted(set(sampler) - {f.name for f in fields(SamplerConfig)})
         if unknown:
             raise ConfigError(f"sampler option {unknown[0]!r}: not a sampler setting (dgft eval --help lists them)")

@@ -158,6 +158,26 @@ def test_a_run_stopped_before_its_end_names_its_checkpoints(tmp_path, capsys):
     assert (run / "export_step-000002" / "config.json").is_file()
 
 
+def test_the_denoising_picture_ends_at_its_puzzles_own_last_step(tmp_path, monkeypatch):
+    """The batch steps on until its slowest puzzle is done; the picture's puzzle (the batch's first) was shown up to
+    the batch's last step (e.g. "step 53" for a puzzle done in 49), its frames after its end all alike."""
+    import dgft.plots
+
+    run = tmp_path / "run"
+    _train(tmp_path, run, "trainer.eval_every=0")
+    puzzles = tmp_path / "p.txt"
+    puzzles.write_text("1234341221434320\n1000000000000000\n")  # one blank, then fifteen, in one batch
+    shown = {}
+    plot = dgft.plots.plot_denoising
+    monkeypatch.setattr(dgft.plots, "plot_denoising", lambda frames, *a, **k: (shown.update(frames=frames),
+                                                                              plot(frames, *a, **k)))
+    main(["eval", str(run), f"data={puzzles}", "baseline=false", "sampler.modes=[rules]",
+          "sampler.acceptance=fixed", "sampler.steps=15"])
+    steps = [json.loads(line)["steps"] for line in (run / "eval" / "p_samples.jsonl").read_text().splitlines()]
+    assert steps[0] == 1 < steps[1]
+    assert len(shown["frames"]) == 1
+
+
 def test_help(capsys):
     main(["--help"])
     assert "train" in capsys.readouterr().out

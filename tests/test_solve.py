@@ -28,7 +28,7 @@ def test_a_run_and_its_export_solve_as_eval_did(tmp_path):
             assert solver(puzzles, mode=mode, steps=12) == [x["answer"] for x in mine], (where, mode)
     # the export's model card names the run's evaluation and its code runs as written
     card = (run / "export" / "README.md").read_text()
-    assert f"`{run}`" in card and "`eval/heldout.json`" in card and "figures hold for it" in card
+    assert f"`{run.resolve()}`" in card and "`eval/heldout.json`" in card and "figures hold for it" in card
     code = "\n".join(line[4:] for line in card.splitlines() if line.startswith("    "))
     exec(code.replace("THIS_DIR", str(run / "export")), {})
     with pytest.raises(ConfigError, match="mode='all'"):
@@ -41,6 +41,8 @@ def test_a_run_and_its_export_solve_as_eval_did(tmp_path):
         solver(puzzles, step=3)
     with pytest.raises(ConfigError, match="sampler.steps"):
         solver(puzzles, steps=0)
+    with pytest.raises(ConfigError, match="'modes'=\\['clamped'\\]: solve samples one mode per call"):
+        solver(puzzles, modes=["clamped"])  # was accepted and not read: rules answers
     with pytest.raises(ValueError, match="puzzles: a list of puzzle strings, not one string"):
         solver(puzzles[0])
     with pytest.raises(TypeError, match="puzzles: a list \\(or any iterable\\) of puzzle strings, not dict"):
