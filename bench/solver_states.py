@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the dgft besi
 
 from dgft import noise as N  # noqa: E402
 from dgft.model import denoise, encode  # noqa: E402
-from dgft.runs import load_config, load_model  # noqa: E402
+from dgft.runs import RunError, load_config, load_model  # noqa: E402
 from dgft.sampling import doubted  # noqa: E402
 from dgft.tasks import get_task  # noqa: E402
 from dgft.tasks.sudoku.io import read_puzzles  # noqa: E402
@@ -124,11 +124,15 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = load_config(args.run)
-    task = get_task(cfg.task)
-    if not hasattr(task, "solving_rank") or cfg.task.get("tokens") == "text":
-        raise SystemExit(f"{args.run}: a Sudoku run with task.tokens=cell or digit is needed")
-    model = load_model(args.run, cfg).eval()
+    try:
+        cfg = load_config(args.run)
+        task = get_task(cfg.task)
+        if not hasattr(task, "solving_rank") or cfg.task.get("tokens") == "text":
+            raise SystemExit(f"{args.run}: a Sudoku run with task.tokens=cell or digit is needed")
+        model = load_model(args.run, cfg).eval()
+    except RunError as err:  # not a run, or a damaged one: named, as dgft eval names it
+        print(f"solver_states: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     data = Path(args.data) if args.data else Path(args.run) / "data" / "heldout.csv"
     records = [r for r in read_puzzles(data)[0] if r.puzzle.size == 81][: args.puzzles]
     if not records:

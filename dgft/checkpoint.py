@@ -21,6 +21,12 @@ from pathlib import Path
 
 import torch
 
+
+class Notice(UserWarning):
+    """What dgft says of a run's checkpoints while it goes on (one passed over as torn, one removed): the CLI prints
+    it as one line, `warning: ...`."""
+
+
 MANIFEST = "manifest.json"
 TRAINER_STATE = "trainer_state.pt"  # optimizer and scheduler: the only pickle, loaded with weights_only=True
 EXTRA = "extra.json"  # step, RNG states, data position, elapsed seconds
@@ -246,7 +252,7 @@ def latest_valid(run_dir: Path) -> Path | None:
         wrong = problem(ckpt)
         if wrong is None:
             return ckpt
-        warnings.warn(f"{ckpt}: {wrong}; using an earlier checkpoint", stacklevel=2)
+        warnings.warn(f"{ckpt}: {wrong}; using an earlier checkpoint", Notice, stacklevel=2)
     return None
 
 
@@ -263,11 +269,11 @@ def prune(root: Path, keep_last: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
     for old in (c for c in found if kept and c not in valid and by_step(c.name) < by_step(kept[0].name)):
         warnings.warn(f"{old}: {problem(old, verify_hashes=False)}; removed, as checkpoints before the kept "
-                      f"{kept[0].name} are", stacklevel=2)
+                      f"{kept[0].name} are", Notice, stacklevel=2)
         shutil.rmtree(old, ignore_errors=True)
     for left in root.glob(".tmp-step-*"):  # half-written by a killed run (this one's own was renamed into place)
         if left.is_dir() and not left.is_symlink() and left.name.removeprefix(".tmp-step-").isdigit():
-            warnings.warn(f"{left}: a checkpoint a killed run left half-written; removed", stacklevel=2)
+            warnings.warn(f"{left}: a checkpoint a killed run left half-written; removed", Notice, stacklevel=2)
             shutil.rmtree(left, ignore_errors=True)
 
 

@@ -98,9 +98,11 @@ def _known_errors():
 
 
 def _format_warning(message, category, filename, lineno, line=None, _default=warnings.formatwarning):
-    """dgft's own notices (a torn checkpoint passed over, a stale one removed) as one line, `warning: ...`, not with
-    the source line that raised them; other libraries' warnings as Python prints them."""
-    if category is UserWarning and Path(filename).parent.name == "dgft":
+    """dgft's own notices (`checkpoint.Notice`: a torn checkpoint passed over, a stale one removed) as one line,
+    `warning: ...`, not with the source line that raised them; other warnings as Python prints them."""
+    from dgft.checkpoint import Notice
+
+    if issubclass(category, Notice):
         return f"warning: {message}\n"
     return _default(message, category, filename, lineno, line)
 
@@ -229,14 +231,25 @@ def _composed(run_hydra, command: str, started: dict) -> None:
     started["ours"] = True
     try:
         run_hydra()
-    except (hydra.errors.HydraException, omegaconf.errors.OmegaConfBaseException, yaml.YAMLError,
-            ValueError) as err:  # ValueError: Hydra's own flags that do not go together (`-m --cfg job`)
+    except (hydra.errors.HydraException, omegaconf.errors.OmegaConfBaseException, yaml.YAMLError) as err:
         if started.get("command"):
             raise
         _exit(f"dgft {command}: error: {_composition_message(err, command)}")
+    except ValueError as err:  # Hydra's own flags that do not go together (`-m --cfg job`); dgft's own: a bug
+        if started.get("command") or not _raised_by_hydra(err):
+            raise
+        _exit(f"dgft {command}: error: {err}")
     finally:
         if started.pop("ours", False):
             os.environ.pop("HYDRA_FULL_ERROR", None)
+
+
+def _raised_by_hydra(err: BaseException) -> bool:
+    """Whether `err` was raised inside Hydra's own code (its command-line checks), not dgft's."""
+    import traceback
+
+    frames = traceback.extract_tb(err.__traceback__)
+    return bool(frames) and "hydra" in Path(frames[-1].filename).parts
 
 
 def _composition_message(err: Exception, command: str) -> str:

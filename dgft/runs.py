@@ -342,14 +342,17 @@ def require_final(run_dir: Path, cfg) -> Path:
 def no_weights(run_dir: Path, weights: Path, lora: bool, checkpoint: bool = False) -> str:
     """Why a run's final weights (or a checkpoint's) are missing, and, for final weights, the checkpoints a run
     stopped before its end still has (a crash, a kill): the way on."""
-    from dgft.checkpoint import checkpoints
+    from dgft.checkpoint import checkpoints, is_valid
 
     what = "a LoRA adapter (adapter_config.json)" if lora else "model weights (config.json)"
-    steps = [] if checkpoint else [c.name for c in checkpoints(run_dir) if not c.name.startswith(".")]
+    if not checkpoint and summary(run_dir) is not None:  # training ended and wrote them: removed since
+        return f"{weights}: no {what}, though training ended (train_summary.json); were they moved or deleted?"
+    steps = [] if checkpoint else [c.name for c in checkpoints(run_dir)
+                                   if not c.name.startswith(".") and is_valid(c, verify_hashes=False)]
     if not steps:
         return f"{weights}: no {what}; did training finish?"
-    return (f"{weights}: no {what}: training did not finish, and the run has {len(steps)} checkpoint(s), the last "
-            f"{steps[-1]}; pass checkpoint={steps[-1]} to use it, or finish training with `dgft train "
+    return (f"{weights}: no {what}: training did not finish, and the run has {len(steps)} whole checkpoint(s), the "
+            f"last {steps[-1]}; pass checkpoint={steps[-1]} to use it, or finish training with `dgft train "
             f"resume={run_dir}`")
 
 

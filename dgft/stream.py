@@ -130,27 +130,50 @@ class Loader:
         self.done: set[str] = set()
         self.filled: dict[tuple, str] = {}  # what each placed tensor filled (a tied twin fills its twin's) -> its name
 
-    def _fill(self, target: tuple, name: str, where: str, same=None) -> bool:
+    def _fill(self, target: tuple, name: str, where: str, same) -> bool:
         """Record that `name` fills `target`; False if a copy filled it already and `same()` says it is equal (a
-        tied twin stored twice, alike), a StreamLoadError if it is not, or when it cannot be compared (4-bit)."""
+        tied twin stored twice, alike, as a plain safetensors dump of a state_dict stores it), and a StreamLoadError
+        if it is not (which copy would win is the order of the file)."""
         first = self.filled.get(target)
         if first is None:
             self.filled[target] = name
             return True
-        if same is not None and same():
+        if same():
             return False
         twin = "the same tensor twice" if first == name else f"a tied twin of {first}, placed already"
-        raise StreamLoadError(f"{where}{name}: {twin}, " + ("with other values" if same is not None else
-                              "and a 4-bit weight is read from one copy") + "; a checkpoint stores each tied weight "
-                              "once (as transformers' save_pretrained does)")
+        raise StreamLoadError(f"{where}{name}: {twin}, with other values; encoder and decoder share this weight, so "
+                              "the checkpoint must hold one value for it")
+
+    def _same_4bit(self, name: str, source) -> bool:
+        """Whether a second copy of a 4-bit weight quantizes to the codes its first copy did (expert by expert)."""
+        prefix, _, leaf = name.rpartition(".")
+        slot = self.slots[prefix]
+        if isinstance(slot, quant.NF4Experts):
+            stack = slot.stack(leaf)
+            if tuple(source.shape) != tuple(stack.shape):
+                return False
+            one = quant.NF4Stack(1, *stack.shape[1:], dtype=stack.dtype, device=stack.packed.device)
+            for e in range(stack.shape[0]):
+                one.set(0, source[e])
+                if not all(torch.equal(getattr(one, b)[0], getattr(stack, b)[e])
+                           for b in ("packed", "qabsmax", "absmax2", "offset")):
+                    return False
+            return True
+        tensor = source if torch.is_tensor(source) else source[:]
+        if tuple(tensor.shape) != (slot.out_features, slot.in_features):
+            return False
+        have = quant._bnb_functional().dequantize_4bit(slot.weight.data, slot.weight.quant_state)
+        return torch.equal(quant.as_trained(self.slots, name, tensor, device=self.device), have.to(torch.bfloat16).cpu())
 
     def place(self, name: str, source, where: str = "") -> None:
         prefix, _, leaf = name.rpartition(".")
         slot = self.slots.get(prefix)
-        if slot is not None and (isinstance(slot, quant.NF4Experts) or leaf == "weight"):
-            self._fill((id(slot), leaf), name, where)
-        if slot is not None and (isinstance(slot, quant.NF4Experts) or leaf == "weight") and not _floating(source):
-            raise StreamLoadError(f"{where}{name}: {_dtype_name(source)} values for a floating-point weight")
+        if slot is not None and (isinstance(slot, quant.NF4Experts) or leaf == "weight"):  # a 4-bit weight
+            if not _floating(source):
+                raise StreamLoadError(f"{where}{name}: {_dtype_name(source)} values for a floating-point weight")
+            if not self._fill((id(slot), leaf), name, where, same=lambda: self._same_4bit(name, source)):
+                self.done.add(name)  # a tied twin stored twice, alike: placed already
+                return
         try:
             placed = quant.place(self.slots, name, source, self.device)
         except (ValueError, IndexError, KeyError) as err:  # a 4-bit slot's checks (shape; a tensor it has no place

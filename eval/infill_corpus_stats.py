@@ -100,5 +100,10 @@ def main(cache_dir: str) -> dict:
 
 
 if __name__ == "__main__":
-    cache = sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(prefix="dgft-infill-")
-    print(json.dumps(main(cache), indent=1))
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("cache", nargs="?", help="where the corpus and tokenizer are built (default: a fresh temporary "
+                                             "directory)")
+    args = ap.parse_args()
+    print(json.dumps(main(args.cache or tempfile.mkdtemp(prefix="dgft-infill-")), indent=1))

@@ -428,8 +428,24 @@ def test_dgfts_own_warnings_print_as_one_line():
 
     from dgft.cli import _format_warning
 
+    from dgft.checkpoint import Notice
+
     main(["--help"])  # installs it
     assert warnings.formatwarning is _format_warning
-    assert _format_warning("step-000020: torn", UserWarning, "/x/dgft/resume.py", 91) == "warning: step-000020: torn\n"
+    assert _format_warning("step-000020: torn", Notice, "/x/dgft/resume.py", 91) == "warning: step-000020: torn\n"
     other = _format_warning("deprecated", FutureWarning, "/x/transformers/a.py", 3, "x = 1")
     assert other.startswith("/x/transformers/a.py:3: FutureWarning: deprecated")
+    torch_said = _format_warning("a torch notice", UserWarning, "/x/dgft/model.py", 3, "x = 1")  # stacklevel into dgft
+    assert torch_said.startswith("/x/dgft/model.py:3: UserWarning: a torch notice")
+
+
+def test_a_value_error_from_dgfts_own_code_before_the_command_keeps_its_traceback(monkeypatch):
+    """Hydra's own flag errors are ValueErrors said as one line; one raised by dgft's code (a bug) is not cut short."""
+    from dgft.cli import _composed
+
+    def broken():
+        raise ValueError("a bug in dgft")
+
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    with pytest.raises(ValueError, match="a bug in dgft"):
+        _composed(broken, "train", {})

@@ -137,6 +137,7 @@ def test_eval_of_a_run_without_weights_names_the_weights_not_the_data(tmp_path, 
         main(["eval", str(run)])
     said = capsys.readouterr().err
     assert err.value.code == 2 and "no model weights" in said and "heldout.csv" not in said
+    assert "though training ended (train_summary.json); were they moved or deleted?" in said
 
 
 def test_a_run_stopped_before_its_end_names_its_checkpoints(tmp_path, capsys):
@@ -156,6 +157,11 @@ def test_a_run_stopped_before_its_end_names_its_checkpoints(tmp_path, capsys):
         assert "the last step-000002; pass checkpoint=step-000002" in said and f"resume={run}" in said
     main(["export", str(run), "checkpoint=step-000002"])
     assert (run / "export_step-000002" / "config.json").is_file()
+    with open(run / "checkpoints" / "step-000002" / "model.safetensors", "r+b") as torn:
+        torn.truncate(100)
+    with pytest.raises(SystemExit):
+        main(["export", str(run)])
+    assert "1 whole checkpoint(s), the last step-000001; pass checkpoint=step-000001" in capsys.readouterr().err
 
 
 def test_the_denoising_picture_ends_at_its_puzzles_own_last_step(tmp_path, monkeypatch):

@@ -243,11 +243,20 @@ def test_streaming_load_refuses_what_would_load_wrong(tmp_path, quantize):
             rf"{layer}.experts.down_proj: (int8|I8) values for a floating-point weight")
     refused({k: v for k, v in good.items() if k != f"{layer}.experts.gate_up_proj"},
             r"lacks 1 weight\(s\): model\.(decoder|encoder\.language_model)\.layers\.1\.experts\.gate_up_proj")
-    if quantize == "none":  # a twin stored twice alike is the same model: loaded
-        router = "model.decoder.layers.0.router.proj.weight"
-        save_file({**good, router.replace("model.decoder", "model.encoder.language_model"): good[router].clone()},
-                  tmp_path / "model.safetensors", metadata={"format": "pt"})
-        stream.load_streaming(tmp_path, quantize=quantize, device="cpu")
+    experts = f"{layer}.experts.gate_up_proj"
+    twin = experts.replace("model.decoder", "model.encoder.language_model")
+    refused({**good, twin: good[experts] * 2}, rf"{twin}: a tied twin of {experts}, placed already, with other values")
+    # every twin stored twice, alike (a plain safetensors dump of the state_dict): the same model, loaded
+    full = {k: v.clone() for k, v in tiny_moe(torch.bfloat16).state_dict().items()}
+    save_file(full, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    assert len(full) > len(good)
+    twice = stream.load_streaming(tmp_path, quantize=quantize, device="cpu")
+    save_file(good, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    once = stream.load_streaming(tmp_path, quantize=quantize, device="cpu")
+    ids, canvas = torch.randint(10, 200, (2, 8)), torch.randint(10, 200, (2, 16))
+    with torch.no_grad():
+        assert torch.equal(denoise(twice, encode(twice, ids, torch.ones_like(ids)), canvas, torch.ones_like(ids)),
+                           denoise(once, encode(once, ids, torch.ones_like(ids)), canvas, torch.ones_like(ids)))
     save_file(good, tmp_path / "model.safetensors", metadata={"format": "pt"})
     config = json.loads((tmp_path / "config.json").read_text())
     config["text_config"]["layer_types"] = config["text_config"]["layer_types"][:1]  # fewer than num_hidden_layers

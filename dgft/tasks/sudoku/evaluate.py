@@ -152,9 +152,9 @@ def run_mode(model, task, recs, scfg, run_cfg, mode: str, seed: int, record: boo
                 n = batch["size"]
                 accepted = [task.at_cells(a, n)[0].numpy() for _, a in res.history]
                 frames = [task.decode(c, n)[0] * a for (c, _), a in zip(res.history, accepted)]
-                while len(frames) > 1 and np.array_equal(frames[-1], frames[-2]) and np.array_equal(
-                        accepted[-1], accepted[-2]):  # the batch stepped on for slower puzzles: not this one's steps
-                    frames, accepted = frames[:-1], accepted[:-1]
+                while len(frames) > max(1, int(res.steps[0])) and np.array_equal(frames[-1], frames[-2]) and \
+                        np.array_equal(accepted[-1], accepted[-2]):  # the batch stepped on for slower puzzles
+                    frames, accepted = frames[:-1], accepted[:-1]  # (not below its own steps: a stall is shown)
                 history = (recs[idx[0]], frames, accepted)
             done += len(idx)
             bar.update(len(idx))
