@@ -353,7 +353,8 @@ def _streamed_note(rcfg, checks: dict, cfg) -> str:
 def _figures_hold(diff: float, atol: float) -> str:
     """The model card's sentence for an export checked against the run's model within `atol`."""
     return (f"The export gives the run's logits to within {diff:.1e} on the check batch (atol {atol}; export.json), "
-            "so these figures hold for it.")
+            "so these figures hold for it (up to float rounding: where two choices are that close, a sampled answer "
+            "can differ; `dgft eval THIS_DIR data=FILE` measures the export itself).")
 
 
 # --- merge and check ------------------------------------------------------------------------------

@@ -12,6 +12,8 @@ eval tables), not 0.0: such an answer can be exact, and a 0% beside 100% exact w
 Likewise `givens_kept` is averaged over the puzzles that have givens (an empty grid has none to keep, and counting
 it as 1.0 would raise the figure with nothing tested), and is None when none has any.
 
+Predictions, references and puzzles are 81- or 16-character strings of digits ('0' or '.' blank), as dgft's tasks
+decode a canvas (`task.decode`): a model's raw text (rows on lines, an end-of-turn marker) is decoded to that first.
 A prediction that is not a grid of the puzzle's size (model text cut short, a stray character) scores as an empty
 answer: not exact, no blank cell right, no given kept, and counts in `malformed`. A puzzle or reference that is not
 a grid is a ValueError naming its index.

@@ -344,7 +344,7 @@ def no_weights(run_dir: Path, weights: Path, lora: bool, checkpoint: bool = Fals
     stopped before its end still has (a crash, a kill): the way on."""
     from dgft.checkpoint import checkpoints, is_valid
 
-    what = "a LoRA adapter (adapter_config.json)" if lora else "model weights (config.json)"
+    what = "LoRA adapter (adapter_config.json)" if lora else "model weights (config.json)"
     if not checkpoint and summary(run_dir) is not None:  # training ended and wrote them: removed since
         return f"{weights}: no {what}, though training ended (train_summary.json); were they moved or deleted?"
     steps = [] if checkpoint else [c.name for c in checkpoints(run_dir)

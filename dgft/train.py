@@ -454,7 +454,10 @@ def check_vocabulary(task, cfg, model_vocab: int) -> None:
     count a few added tokens that the embeddings leave out or pad past."""
     from dgft.config import ConfigError
 
-    if cfg.task.get("tokenizer") or task.vocab_size == model_vocab:
+    if cfg.task.get("tokenizer"):
+        fit_vocabulary(task, model_vocab, say)
+        return
+    if task.vocab_size == model_vocab:
         return
     what = f"task.tokens={cfg.task.tokens}" if "tokens" in cfg.task else "the task's BPE"
     hint = ("a pretrained DiffusionGemma reads text through its own tokenizer: recipe=sudoku_lora "
@@ -463,6 +466,27 @@ def check_vocabulary(task, cfg, model_vocab: int) -> None:
     raise ConfigError(f"model.path={cfg.model.path}: the model's vocabulary has {model_vocab} tokens and the task's "
                       f"({what}, built by dgft) {task.vocab_size}, so the model would read other tokens than it "
                       f"learnt; {hint}")
+
+
+def fit_vocabulary(task, model_vocab: int, log=print) -> None:
+    """A pretrained tokenizer counting more tokens than the model's embeddings (added tokens past them, as some
+    releases have): the task's answer tokens are kept to the ids the model reads (`fit_vocabulary` of a task that
+    draws from the whole vocabulary: infill), said. A tokenizer whose own vocabulary, which text is read into, is
+    past them is not the model's: a ConfigError."""
+    from dgft.config import ConfigError
+
+    if task.vocab_size <= model_vocab:
+        return
+    own = getattr(getattr(task, "tokenizer", None), "vocab_size", None)  # transformers': without added tokens
+    if isinstance(own, int) and own > model_vocab:
+        raise ConfigError(f"task.tokenizer: its vocabulary has {own} tokens and the model (model.path) {model_vocab} "
+                          "embeddings, so text would be read as ids the model does not have: is it the model's own "
+                          "tokenizer?")
+    if hasattr(task, "fit_vocabulary"):
+        dropped = task.fit_vocabulary(model_vocab)
+        if dropped:
+            log(f"note: the tokenizer has {task.vocab_size} tokens and the model {model_vocab} embeddings: the "
+                f"{dropped} ids past them are left out of the noise and of the answers")
 
 
 class Interrupted(runs.RunError):

@@ -168,6 +168,27 @@ def test_choices_hold_ordinary_tokens_padding_and_the_end(tok):
     assert len(others) == len(tok) - len(CHAT_SPECIALS)
 
 
+def test_a_tokenizer_counting_tokens_past_the_models_embeddings(tok):
+    """Added tokens past a pretrained model's embeddings (some releases count a few) were among the answer's
+    choices, so the noise drew them and step 1 failed with an IndexError; they are left out now, said. A tokenizer
+    whose own vocabulary is past them (not the model's) is refused before any data are made."""
+    import copy
+
+    from dgft.train import fit_vocabulary
+
+    extra = copy.deepcopy(tok)
+    extra.add_tokens(["<extra_a>", "<extra_b>"])
+    n = len(tok)  # the model's embeddings: every token but the two added
+    task = InfillTask(InfillConfig(canvas_length=32), tokenizer=extra)
+    assert int(task.choices().max()) >= n
+    said = []
+    fit_vocabulary(task, n, said.append)
+    assert int(task.choices().max()) < n and len(said) == 1 and "the 2 ids past them are left out" in said[0]
+    with pytest.raises(ConfigError, match=rf"task.tokenizer: its vocabulary has {tok.vocab_size} tokens and the model "
+                                          r"\(model.path\) 300 embeddings"):
+        fit_vocabulary(InfillTask(InfillConfig(canvas_length=32), tokenizer=tok), 300)
+
+
 @pytest.mark.parametrize("mode", ["clamped", "free"])
 def test_sampling_keeps_the_pinned_canvas_prefix_and_oracle_end(tok, mode):
     from dgft.model import build_tiny
