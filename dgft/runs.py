@@ -346,7 +346,8 @@ def no_weights(run_dir: Path, weights: Path, lora: bool, checkpoint: bool = Fals
 
     what = "LoRA adapter (adapter_config.json)" if lora else "model weights (config.json)"
     if not checkpoint and summary(run_dir) is not None:  # training ended and wrote them: removed since
-        return f"{weights}: no {what}, though training ended (train_summary.json); were they moved or deleted?"
+        return (f"{weights}: no {what}, though training ended (train_summary.json); "
+                f"{'was it' if lora else 'were they'} moved or deleted?")
     steps = [] if checkpoint else [c.name for c in checkpoints(run_dir)
                                    if not c.name.startswith(".") and is_valid(c, verify_hashes=False)]
     if not steps:

@@ -127,7 +127,6 @@ class Loader:
         self.slots = quant.make_slots(self.model, self.device, dtype, group_size) if quantize == "nf4" else {}
         self.aliases = _aliases(self.model)
         self.buffers = _buffers(self.model)
-        self.done: set[str] = set()
         self.filled: dict[tuple, str] = {}  # what each placed tensor filled (a tied twin fills its twin's) -> its name
 
     def _fill(self, target: tuple, name: str, where: str, same) -> bool:
@@ -172,8 +171,7 @@ class Loader:
             if not _floating(source):
                 raise StreamLoadError(f"{where}{name}: {_dtype_name(source)} values for a floating-point weight")
             if not self._fill((id(slot), leaf), name, where, same=lambda: self._same_4bit(name, source)):
-                self.done.add(name)  # a tied twin stored twice, alike: placed already
-                return
+                return  # a tied twin stored twice, alike: placed already
         try:
             placed = quant.place(self.slots, name, source, self.device)
         except (ValueError, IndexError, KeyError) as err:  # a 4-bit slot's checks (shape; a tensor it has no place
@@ -181,7 +179,6 @@ class Loader:
             message = err.args[0] if isinstance(err, KeyError) and err.args else err
             raise StreamLoadError(f"{where}{name}: {message}") from None
         if placed:
-            self.done.add(name)
             return
         if name in self.buffers:
             tensor = source if torch.is_tensor(source) else source[:]
@@ -191,7 +188,6 @@ class Loader:
                 raise StreamLoadError(f"{where}{name}: shape {tuple(tensor.shape)}, model expects {tuple(old.shape)}")
             for module, key in self.buffers[name]:
                 module._buffers[key] = tensor.to(module._buffers[key].dtype)
-            self.done.add(name)
             return
         holders = self.aliases.get(name)
         if holders is None:
@@ -207,12 +203,10 @@ class Loader:
         dtype = self.dtype if tensor.is_floating_point() else tensor.dtype
         if not self._fill((id(module), attr), name, where, same=lambda: torch.equal(
                 module._parameters[attr], tensor.to(device, dtype))):
-            self.done.add(name)  # a tied twin stored twice, alike: placed already
-            return
+            return  # a tied twin stored twice, alike: placed already
         param = nn.Parameter(tensor.to(device, dtype), requires_grad=False)
         for module, attr in holders:
             module._parameters[attr] = param
-        self.done.add(name)
 
     def finish(self):
         """Buffers to their devices; error naming any weight that never arrived."""

@@ -450,12 +450,13 @@ def keep_base(model, base_dir: Path) -> None:
 def check_vocabulary(task, cfg, model_vocab: int) -> None:
     """A pretrained model reads the task's token ids. A vocabulary the task builds (Sudoku's cell or digit tokens,
     infill's BPE) is the right one only for a model trained on it (a dgft export of such a run): another size is
-    refused. A pretrained tokenizer (task.tokenizer) is the model's own and is not checked here: tokenizers often
-    count a few added tokens that the embeddings leave out or pad past."""
+    refused. A pretrained tokenizer (task.tokenizer) is the model's own, and its size may differ (tokenizers often
+    count a few added tokens that the embeddings leave out or pad past): only ids past the embeddings that text or
+    an answer can hold are refused (`check_pretrained_tokenizer`)."""
     from dgft.config import ConfigError
 
     if cfg.task.get("tokenizer"):
-        fit_vocabulary(task, model_vocab, say)
+        check_pretrained_tokenizer(task, model_vocab)
         return
     if task.vocab_size == model_vocab:
         return
@@ -468,25 +469,22 @@ def check_vocabulary(task, cfg, model_vocab: int) -> None:
                       f"learnt; {hint}")
 
 
-def fit_vocabulary(task, model_vocab: int, log=print) -> None:
-    """A pretrained tokenizer counting more tokens than the model's embeddings (added tokens past them, as some
-    releases have): the task's answer tokens are kept to the ids the model reads (`fit_vocabulary` of a task that
-    draws from the whole vocabulary: infill), said. A tokenizer whose own vocabulary, which text is read into, is
-    past them is not the model's: a ConfigError."""
+def check_pretrained_tokenizer(task, model_vocab: int) -> None:
+    """A pretrained tokenizer may count more tokens than the model has embeddings (added special tokens past them,
+    as some releases have): harmless while no id past them can be read from text or be an answer's token. A
+    ConfigError naming the first such token otherwise (a tokenizer that is not the model's, or tokens added to it)."""
     from dgft.config import ConfigError
 
-    if task.vocab_size <= model_vocab:
+    tok = getattr(task, "tokenizer", None)
+    if tok is None or len(tok) <= model_vocab:
         return
-    own = getattr(getattr(task, "tokenizer", None), "vocab_size", None)  # transformers': without added tokens
-    if isinstance(own, int) and own > model_vocab:
-        raise ConfigError(f"task.tokenizer: its vocabulary has {own} tokens and the model (model.path) {model_vocab} "
-                          "embeddings, so text would be read as ids the model does not have: is it the model's own "
-                          "tokenizer?")
-    if hasattr(task, "fit_vocabulary"):
-        dropped = task.fit_vocabulary(model_vocab)
-        if dropped:
-            log(f"note: the tokenizer has {task.vocab_size} tokens and the model {model_vocab} embeddings: the "
-                f"{dropped} ids past them are left out of the noise and of the answers")
+    special = set(tok.all_special_ids) | {i for i, added in tok.added_tokens_decoder.items() if added.special}
+    ends = {getattr(task, a, None) for a in ("pad", "end", "pad_id", "end_id")} - {None}  # the answer's own
+    past = [i for i in range(model_vocab, len(tok)) if i not in special or i in ends]
+    if past:
+        raise ConfigError(f"task.tokenizer: {len(past)} of its tokens that text or answers are read into are past the "
+                          f"model's {model_vocab} embeddings (model.path), the first {tok.convert_ids_to_tokens(past[0])!r} "
+                          f"(id {past[0]}): is it the model's own tokenizer?")
 
 
 class Interrupted(runs.RunError):

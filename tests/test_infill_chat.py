@@ -169,24 +169,26 @@ def test_choices_hold_ordinary_tokens_padding_and_the_end(tok):
 
 
 def test_a_tokenizer_counting_tokens_past_the_models_embeddings(tok):
-    """Added tokens past a pretrained model's embeddings (some releases count a few) were among the answer's
-    choices, so the noise drew them and step 1 failed with an IndexError; they are left out now, said. A tokenizer
-    whose own vocabulary is past them (not the model's) is refused before any data are made."""
+    """Tokens past a pretrained model's embeddings were among the answer's choices (the noise drew them) and could
+    be read from text: step 1 ended in an IndexError, a run directory left half-made. Special tokens past them (some
+    releases count a few) are harmless and pass; a token text or an answer can hold is refused, named."""
     import copy
 
-    from dgft.train import fit_vocabulary
+    from dgft.train import check_pretrained_tokenizer
 
+    n = len(tok)  # the model's embeddings: every token of the fixture
+    special = copy.deepcopy(tok)
+    special.add_special_tokens({"additional_special_tokens": ["<image_soft_token>"]})
+    assert len(special) == n + 1
+    check_pretrained_tokenizer(InfillTask(InfillConfig(canvas_length=32), tokenizer=special), n)
     extra = copy.deepcopy(tok)
-    extra.add_tokens(["<extra_a>", "<extra_b>"])
-    n = len(tok)  # the model's embeddings: every token but the two added
-    task = InfillTask(InfillConfig(canvas_length=32), tokenizer=extra)
-    assert int(task.choices().max()) >= n
-    said = []
-    fit_vocabulary(task, n, said.append)
-    assert int(task.choices().max()) < n and len(said) == 1 and "the 2 ids past them are left out" in said[0]
-    with pytest.raises(ConfigError, match=rf"task.tokenizer: its vocabulary has {tok.vocab_size} tokens and the model "
-                                          r"\(model.path\) 300 embeddings"):
-        fit_vocabulary(InfillTask(InfillConfig(canvas_length=32), tokenizer=tok), 300)
+    extra.add_tokens(["<extra_a>", "<extra_b>"])  # ordinary added tokens: text holding them is read into them
+    with pytest.raises(ConfigError, match=rf"task.tokenizer: 2 of its tokens that text or answers are read into are "
+                                          rf"past the model's {n} embeddings \(model.path\), the first '<extra_a>' "
+                                          rf"\(id {n}\)"):
+        check_pretrained_tokenizer(InfillTask(InfillConfig(canvas_length=32), tokenizer=extra), n)
+    with pytest.raises(ConfigError, match="past the model's 300 embeddings"):  # the tokenizer of another model
+        check_pretrained_tokenizer(InfillTask(InfillConfig(canvas_length=32), tokenizer=tok), 300)
 
 
 @pytest.mark.parametrize("mode", ["clamped", "free"])

@@ -76,11 +76,7 @@ def evaluate_run(cfg, run: Path, run_cfg, scfg, device) -> dict:
     settings = {"data": str(data), **provenance(cfg, run), "samples": cfg.samples, "rerank": bool(cfg.rerank),
                 "sampler": OmegaConf.to_container(scfg)}
     claim_output(out_dir, name, settings, cfg.overwrite)
-    from dgft.model import unwrap
-    from dgft.train import fit_vocabulary
-
     model = trained_model(cfg, run, run_cfg, device)
-    fit_vocabulary(task, unwrap(model).config.get_text_config().vocab_size, tqdm.write)  # as training kept them
     with hold_result(out_dir, name, settings, cfg.overwrite) as claim:  # eval/<name>: this one's until written
         # --- sample every mode with both lengths, then score (tests in the sandbox) --------------------
         chunks = [examples[start:start + scfg.batch_size] for start in range(0, len(examples), scfg.batch_size)]

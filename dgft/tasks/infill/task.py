@@ -190,19 +190,6 @@ class InfillTask:
         self._special = torch.zeros(len(tok), dtype=torch.bool)
         self._special[sorted(special)] = True
 
-    def fit_vocabulary(self, n: int) -> int:
-        """A pretrained tokenizer may count more tokens than the model has embeddings (added tokens the embeddings
-        leave out): drop ids >= `n` from the answer's choices (the noise draws and the sampler picks among them),
-        -> how many were dropped. A ConfigError when the padding or end token is one of them."""
-        from dgft.config import ConfigError
-
-        if self.pad >= n or self.end >= n:
-            raise ConfigError(f"task.tokenizer={self.cfg.get('tokenizer')}: its padding ({self.pad}) or end ({self.end}) "
-                              f"token is past the model's {n} embeddings")
-        keep = self._choices < n
-        self._choices = self._choices[keep]
-        return int((~keep).sum())
-
     @property
     def vocab_size(self) -> int:
         if self.tokenizer is None:
