@@ -48,6 +48,21 @@ def _unusable(directory: Path, problem: str, err: OSError | None = None) -> Cach
     return CacheError(f"{directory}: {problem}{why}; set task.cache_dir to a writable directory")
 
 
+def discard(path: Path) -> None:
+    """Remove a damaged cache entry (a folder, or a file where one belongs), so it can be built again; a CacheError
+    naming it when it cannot be removed (another user's files in a shared cache), before minutes of making data
+    that could not be put there. Gone meanwhile (another process rebuilding it) is fine."""
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    except OSError as err:
+        if path.exists():
+            raise CacheError(f"{path}: a damaged cache entry that cannot be removed ({type(err).__name__}: "
+                             f"{err.strerror or err}); remove it, or set task.cache_dir to another directory") from err
+
+
 def publish(path: Path, write: Callable[[Path], None]) -> None:
     """Build the directory `path` by `write(tmp)` into a fresh per-process directory, then rename it into place.
 

@@ -20,13 +20,12 @@ import json
 import math
 import multiprocessing
 import os
-import shutil
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from dgft.cache import ensure_dir, load_splits, publish, save_splits
+from dgft.cache import discard, ensure_dir, load_splits, publish, save_splits
 from dgft.config import ConfigError
 from dgft.tasks.sudoku import grid as G
 from dgft.tasks.sudoku.io import SudokuRecord
@@ -132,8 +131,8 @@ def build_splits(task_cfg, seed: int, workers: int | None = None, log=print):
         try:
             return load_splits(path)
         except Exception as err:  # a torn, cut short or corrupted cache is regenerated, not trusted
+            discard(path)  # or a CacheError naming it, before making data that could not be put there
             log(f"{path}: unreadable cache ({type(err).__name__}: {err}); generating it again")
-            shutil.rmtree(path, ignore_errors=True)
     ensure_dir(path.parent)
     workers = workers or min(os.cpu_count() or 1, 4)
     train, heldout = [], []

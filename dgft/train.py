@@ -319,6 +319,10 @@ def _train(cfg, run_dir: Path, overrides: Sequence[str]) -> Path | None:
         if stopping:
             why = f"signal {stop['signal']}" if stop["signal"] else f"time limit {cfg.trainer.time_limit_min} min"
             say(f"stopping at step {step} ({why})")
+            if not stop["signal"] and step <= cfg.trainer.warmup_steps:  # the cosine never began
+                say(f"note: the time limit came during warmup (step {step} of trainer.warmup_steps="
+                    f"{cfg.trainer.warmup_steps}): the run ends at its warmup rate, not annealed; give a longer "
+                    "trainer.time_limit_min or fewer trainer.warmup_steps")
             break
     bar.close()
 

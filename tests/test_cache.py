@@ -61,6 +61,35 @@ def test_sudoku_cache_without_its_index_is_generated_again(tmp_path):
     assert _leftovers(tmp_path) == []
 
 
+def test_a_file_in_place_of_a_cache_entry_is_replaced_and_one_that_cannot_be_removed_is_named(tmp_path, monkeypatch):
+    """A file where the cache entry belongs: `rmtree(ignore_errors=True)` left it, the new data's rename failed without
+    a word, and reading them back was a bare NotADirectoryError after the data were made. It is removed now; an
+    entry that cannot be removed (another user's, in a shared cache) is a CacheError naming it, before generating."""
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    from dgft.cache import CacheError
+    from dgft.config import TaskConfig
+    from dgft.data import build_splits, cache_key
+
+    cfg = OmegaConf.structured(TaskConfig(base_puzzles=10, heldout_puzzles=4, cache_dir=str(tmp_path)))
+    path = tmp_path / f"sudoku-{cache_key(cfg, 1)}"
+    path.write_text("junk")
+    assert len(build_splits(cfg, seed=1, workers=1, log=lambda *_: None)["train"]) > 0 and path.is_dir()
+    (path / "rows.json").write_text("torn")
+
+    def refused(*_a, **_k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(shutil, "rmtree", refused)
+    said = []
+    with pytest.raises(CacheError, match=rf"{path}: a damaged cache entry that cannot be removed \(PermissionError: "
+                                         r"Permission denied\); remove it, or set task.cache_dir"):
+        build_splits(cfg, seed=1, workers=1, log=said.append)
+    assert said == []  # nothing made for nothing
+
+
 def test_sudoku_cache_with_rows_missing_is_generated_again(tmp_path):
     """A cache file cut short where datasets' record batches end loads without error, rows missing: the counts
     written beside the splits catch it, and the cache is generated again rather than trained on short."""

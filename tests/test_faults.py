@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from dgft import checkpoint as ckpt
@@ -524,9 +525,14 @@ def test_resume_of_a_finished_run_leaves_it_as_it_is(tmp_path):
     assert (run / "train_summary.json").read_text() == summary
 
     timed = tmp_path / "timed"
-    assert _run(_cmd(tmp_path, timed, "trainer.max_steps=1000", "trainer.time_limit_min=0.0001")).returncode == 0
+    first = _run(_cmd(tmp_path, timed, "trainer.max_steps=1000", "trainer.time_limit_min=0.0001"))
+    assert first.returncode == 0
     steps = json.loads((timed / "train_summary.json").read_text())["steps"]
     assert steps < 1000
+    warmup = OmegaConf.load(timed / "config.yaml").trainer.warmup_steps
+    assert steps <= warmup  # 6 ms: within the warmup, said, as the run ends at a warmup rate, not annealed
+    assert f"note: the time limit came during warmup (step {steps} of trainer.warmup_steps={warmup})" in \
+        first.stdout + first.stderr
     out = _run(_cmd(tmp_path, timed, "trainer.max_steps=1000", "trainer.time_limit_min=0.0001", f"resume={timed}"))
     assert out.returncode == 0 and "nothing to train" in out.stdout + out.stderr
     assert json.loads((timed / "train_summary.json").read_text())["steps"] == steps

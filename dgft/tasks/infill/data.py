@@ -20,14 +20,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import sys
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-from dgft.cache import ensure_dir, load_splits, publish, save_splits
+from dgft.cache import discard, ensure_dir, load_splits, publish, save_splits
 from dgft.config import ConfigError
 from dgft.tasks.infill import corpus as C
 from dgft.tasks.infill.task import setting
@@ -92,8 +91,8 @@ def build_splits(task_cfg, log=print):
             json.loads((path / "report.json").read_text())
             return load_splits(path)
         except Exception as err:  # a torn, cut short or corrupted cache is rebuilt, not trusted
+            discard(path)  # or a CacheError naming it, before making data that could not be put there
             log(f"{path}: unreadable cache ({type(err).__name__}: {err}); building it again")
-            shutil.rmtree(path, ignore_errors=True)
     ensure_dir(path.parent)
     sources = list(setting(task_cfg, "sources"))
     log(f"reading the infilling corpus from {', '.join(map(str, sources))} ...")
