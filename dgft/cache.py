@@ -14,6 +14,7 @@ text)` or `replace_file(path, lambda tmp: fig.savefig(tmp))`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -48,19 +49,45 @@ def _unusable(directory: Path, problem: str, err: OSError | None = None) -> Cach
     return CacheError(f"{directory}: {problem}{why}; set task.cache_dir to a writable directory")
 
 
-def discard(path: Path) -> None:
-    """Remove a damaged cache entry (a folder, or a file where one belongs), so it can be built again; a CacheError
-    naming it when it cannot be removed (another user's files in a shared cache), before minutes of making data
-    that could not be put there. Gone meanwhile (another process rebuilding it) is fine."""
+def discard(path: Path, seen: int | None = None) -> bool:
+    """Take a damaged cache entry (a folder, or a file where one belongs) out of the way, so it can be built again:
+    moved aside under a name of this process's, then removed. -> False when the entry there is no longer the one
+    this process found damaged (inode `seen`): another process rebuilt it meanwhile, and it is left in place. Gone
+    meanwhile is fine. A CacheError naming it when it cannot be moved (another user's, in a shared cache), before
+    minutes of making data that could not be put there."""
+    aside = path.with_name(f"{path.name}.discard{os.getpid()}")
+    _remove(aside)  # left by a killed process that had this pid
     try:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return True  # another process took it out of the way
     except OSError as err:
-        if path.exists():
-            raise CacheError(f"{path}: a damaged cache entry that cannot be removed ({type(err).__name__}: "
-                             f"{err.strerror or err}); remove it, or set task.cache_dir to another directory") from err
+        raise CacheError(f"{path}: a damaged cache entry that cannot be removed ({type(err).__name__}: "
+                         f"{err.strerror or err}); remove it, or set task.cache_dir to another directory") from err
+    if seen is not None and aside.lstat().st_ino != seen:  # rebuilt by another process: put back, not ours
+        with contextlib.suppress(OSError):
+            os.rename(aside, path)
+        _remove(aside)  # only if a third copy took its place meanwhile
+        return False
+    _remove(aside)
+    return True
+
+
+def entry_id(path: Path) -> int | None:
+    """The inode of the cache entry at `path` (what `discard` compares), or None when there is none."""
+    try:
+        return path.lstat().st_ino
+    except FileNotFoundError:
+        return None
+
+
+def _remove(path: Path) -> None:
+    """Remove a folder or file if there, errors ignored (the name it held is free either way)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
 
 
 def publish(path: Path, write: Callable[[Path], None]) -> None:

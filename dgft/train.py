@@ -460,7 +460,7 @@ def check_vocabulary(task, cfg, model_vocab: int) -> None:
     from dgft.config import ConfigError
 
     if cfg.task.get("tokenizer"):
-        check_pretrained_tokenizer(task, model_vocab)
+        check_pretrained_tokenizer(task, model_vocab, mask_noise=cfg.noise.kind == "mask")
         return
     if task.vocab_size == model_vocab:
         return
@@ -473,9 +473,10 @@ def check_vocabulary(task, cfg, model_vocab: int) -> None:
                       f"learnt; {hint}")
 
 
-def check_pretrained_tokenizer(task, model_vocab: int) -> None:
+def check_pretrained_tokenizer(task, model_vocab: int, mask_noise: bool = False) -> None:
     """A pretrained tokenizer may count more tokens than the model has embeddings (added special tokens past them,
-    as some releases have): harmless while no id past them can be read from text or be an answer's token. A
+    as some releases have): harmless while no id past them reaches the model: read from text, an answer's token,
+    the prompt's frame (the chat template's tokens, FIM markers), or the mask token of absorbing noise. A
     ConfigError naming the first such token otherwise (a tokenizer that is not the model's, or tokens added to it)."""
     from dgft.config import ConfigError
 
@@ -483,8 +484,16 @@ def check_pretrained_tokenizer(task, model_vocab: int) -> None:
     if tok is None or len(tok) <= model_vocab:
         return
     special = set(tok.all_special_ids) | {i for i, added in tok.added_tokens_decoder.items() if added.special}
-    ends = {getattr(task, a, None) for a in ("pad", "end", "pad_id", "end_id")} - {None}  # the answer's own
-    past = [i for i in range(model_vocab, len(tok)) if i not in special or i in ends]
+    used = {getattr(task, a, None) for a in ("pad", "end", "pad_id", "end_id")}  # the answer's own
+    used |= set((getattr(task, "markers", None) or {}).values()) | {i for part in getattr(task, "frame", ()) for i in part}
+    if mask_noise:
+        used.add(tok.mask_token_id)
+    if getattr(tok, "chat_template", None):  # the template's own tokens frame every prompt
+        with contextlib.suppress(Exception):  # a template that does not render is the task's to name
+            text = tok.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False,
+                                           add_generation_prompt=True)
+            used |= set(tok(text, add_special_tokens=False)["input_ids"])
+    past = [i for i in range(model_vocab, len(tok)) if i not in special or i in used]
     if past:
         raise ConfigError(f"task.tokenizer: {len(past)} of its tokens that text or answers are read into are past the "
                           f"model's {model_vocab} embeddings (model.path), the first {tok.convert_ids_to_tokens(past[0])!r} "

@@ -65,7 +65,8 @@ def test_a_file_in_place_of_a_cache_entry_is_replaced_and_one_that_cannot_be_rem
     """A file where the cache entry belongs: `rmtree(ignore_errors=True)` left it, the new data's rename failed without
     a word, and reading them back was a bare NotADirectoryError after the data were made. It is removed now; an
     entry that cannot be removed (another user's, in a shared cache) is a CacheError naming it, before generating."""
-    import shutil
+    import os
+    from pathlib import Path
 
     from omegaconf import OmegaConf
 
@@ -79,15 +80,38 @@ def test_a_file_in_place_of_a_cache_entry_is_replaced_and_one_that_cannot_be_rem
     assert len(build_splits(cfg, seed=1, workers=1, log=lambda *_: None)["train"]) > 0 and path.is_dir()
     (path / "rows.json").write_text("torn")
 
-    def refused(*_a, **_k):
-        raise PermissionError(13, "Permission denied")
+    rename = os.rename
 
-    monkeypatch.setattr(shutil, "rmtree", refused)
+    def refused(src, dst):  # a sticky shared folder: another user's entry cannot be moved
+        if Path(src) == path:
+            raise PermissionError(13, "Permission denied")
+        rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", refused)
     said = []
     with pytest.raises(CacheError, match=rf"{path}: a damaged cache entry that cannot be removed \(PermissionError: "
                                          r"Permission denied\); remove it, or set task.cache_dir"):
         build_splits(cfg, seed=1, workers=1, log=said.append)
     assert said == []  # nothing made for nothing
+
+
+def test_discarding_a_damaged_entry_leaves_one_another_process_rebuilt(tmp_path):
+    """Two trainings on one damaged cache: the one that discards it second must not remove the entry the first has
+    built again meanwhile (it found the damaged one, another inode), nor fail when the first took it already."""
+    from dgft.cache import discard, entry_id
+
+    entry = tmp_path / "sudoku-x"
+    entry.mkdir()
+    (entry / "rows.json").write_text("torn")
+    seen = entry_id(entry)
+    aside = tmp_path / "elsewhere"
+    entry.rename(aside)  # the other process takes it out of the way ...
+    entry.mkdir()  # ... and publishes its new copy
+    (entry / "rows.json").write_text("new")
+    assert discard(entry, seen) is False and (entry / "rows.json").read_text() == "new"
+    assert discard(entry, entry_id(entry)) is True and not entry.exists()
+    assert discard(entry, seen) is True  # gone meanwhile: nothing to do
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere"]
 
 
 def test_sudoku_cache_with_rows_missing_is_generated_again(tmp_path):

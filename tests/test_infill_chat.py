@@ -189,6 +189,18 @@ def test_a_tokenizer_counting_tokens_past_the_models_embeddings(tok):
         check_pretrained_tokenizer(InfillTask(InfillConfig(canvas_length=32), tokenizer=extra), n)
     with pytest.raises(ConfigError, match="past the model's 300 embeddings"):  # the tokenizer of another model
         check_pretrained_tokenizer(InfillTask(InfillConfig(canvas_length=32), tokenizer=tok), 300)
+    # special tokens the task puts in front of the model: the chat template's, and absorbing noise's mask token
+    framed = copy.deepcopy(tok)
+    framed.add_special_tokens({"additional_special_tokens": ["<|im_start|>"]})
+    framed.chat_template = CHAT_TEMPLATE.replace("<start_of_turn>", "<|im_start|>")
+    with pytest.raises(ConfigError, match=rf"the first '<\|im_start\|>' \(id {n}\)"):
+        check_pretrained_tokenizer(InfillTask(InfillConfig(canvas_length=32), tokenizer=framed), n)
+    masked = copy.deepcopy(tok)
+    masked.add_special_tokens({"mask_token": "<new_mask>"})
+    task = InfillTask(InfillConfig(canvas_length=32), tokenizer=masked)
+    check_pretrained_tokenizer(task, n)  # uniform noise never writes it
+    with pytest.raises(ConfigError, match=rf"the first '<new_mask>' \(id {n}\)"):
+        check_pretrained_tokenizer(task, n, mask_noise=True)
 
 
 @pytest.mark.parametrize("mode", ["clamped", "free"])
