@@ -197,6 +197,9 @@ def _check_settings(old: Path, settings: dict, overwrite: bool) -> None:
         if key == "data":
             if difference := _data_difference(before, value):
                 diff.append(difference)
+        elif key == "checkpoint" and isinstance(was, str) and isinstance(value, str):  # of this run: its name
+            if Path(was).name != Path(value).name:  # decides, typed from wherever (its path is relative to there)
+                diff.append(f"{key} {Path(was).name!r} -> {Path(value).name!r}")
         elif isinstance(value, dict) and isinstance(was, dict):
             default = defaults.get(key, {})
             diff += [f"{key}.{k} {was.get(k)!r} -> {value.get(k)!r}" for k in sorted(set(value) | set(was))
@@ -339,6 +342,9 @@ def check_options(cfg, run_cfg, scfg) -> None:
     if out is not None and (out in ("", ".", "..") or Path(out).name != out):
         raise ConfigError(f"name={out!r}: must be a plain file name, written as RUN/eval/<name>.json (no "
                           "directories)")
+    if out is not None and out.startswith("."):
+        raise ConfigError(f"name={out!r}: a name starting with '.' would hide the result files (RUN/eval/{out}.json); "
+                          "give one that does not")
     if cfg.samples < 1 or cfg.workers < 1:
         raise ConfigError(f"samples={cfg.samples}, workers={cfg.workers}: both must be >= 1")
     if cfg.num_threads < 0:

@@ -3,6 +3,7 @@ checkpoint of a run that averages its weights is evaluated and exported as that 
 never overwrite the final model's, and a partial answer is scored against the solution it heads for."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -110,6 +111,20 @@ def test_a_checkpoints_results_keep_their_own_name_and_record_it(tmp_path):
     assert (run / "eval" / "heldout_step-000002_samples.jsonl").exists()
     md = (run / "eval" / "heldout_step-000002.md").read_text()
     assert "checkpoint " in md and "step-000002" in md and "seed 5" in md and "the first 1 " in md
+    # the same evaluation typed from another folder (its checkpoint path is relative to where it ran): a repeat,
+    # not "other settings"; and a name that would hide the result files is refused
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    cwd = os.getcwd()
+    os.chdir(elsewhere)
+    try:
+        main(["eval", str(run.resolve()), "limit=1", "baseline=false", "plot=false", "checkpoint=step-2", "seed=5",
+              "sampler.modes=[rules]"])
+        with pytest.raises(SystemExit) as err:
+            main(["eval", str(run.resolve()), "limit=1", "name=.json"])
+        assert err.value.code == 2
+    finally:
+        os.chdir(cwd)
 
 
 def test_checkpoints_by_number_and_runs_through_a_link(tmp_path, monkeypatch, capsys):
