@@ -485,7 +485,8 @@ def check_pretrained_tokenizer(task, model_vocab: int, mask_noise: bool = False)
         return
     special = set(tok.all_special_ids) | {i for i, added in tok.added_tokens_decoder.items() if added.special}
     used = {getattr(task, a, None) for a in ("pad", "end", "pad_id", "end_id")}  # the answer's own
-    used |= set((getattr(task, "markers", None) or {}).values()) | {i for part in getattr(task, "frame", ()) for i in part}
+    used |= set((getattr(task, "markers", None) or {}).values())  # FIM markers
+    used |= {i for part in getattr(task, "frame", ()) for i in part}  # the prompt's frame around the code
     if mask_noise:
         used.add(tok.mask_token_id)
     if getattr(tok, "chat_template", None):  # the template's own tokens frame every prompt
@@ -495,9 +496,10 @@ def check_pretrained_tokenizer(task, model_vocab: int, mask_noise: bool = False)
             used |= set(tok(text, add_special_tokens=False)["input_ids"])
     past = [i for i in range(model_vocab, len(tok)) if i not in special or i in used]
     if past:
-        raise ConfigError(f"task.tokenizer: {len(past)} of its tokens that text or answers are read into are past the "
-                          f"model's {model_vocab} embeddings (model.path), the first {tok.convert_ids_to_tokens(past[0])!r} "
-                          f"(id {past[0]}): is it the model's own tokenizer?")
+        first = tok.convert_ids_to_tokens(past[0])
+        raise ConfigError(f"task.tokenizer: {len(past)} of its tokens that reach the model (text, answers, the "
+                          f"prompt's frame) are past the model's {model_vocab} embeddings (model.path), the first "
+                          f"{first!r} (id {past[0]}): is it the model's own tokenizer?")
 
 
 class Interrupted(runs.RunError):

@@ -183,8 +183,8 @@ def test_a_tokenizer_counting_tokens_past_the_models_embeddings(tok):
     check_pretrained_tokenizer(InfillTask(InfillConfig(canvas_length=32), tokenizer=special), n)
     extra = copy.deepcopy(tok)
     extra.add_tokens(["<extra_a>", "<extra_b>"])  # ordinary added tokens: text holding them is read into them
-    with pytest.raises(ConfigError, match=rf"task.tokenizer: 2 of its tokens that text or answers are read into are "
-                                          rf"past the model's {n} embeddings \(model.path\), the first '<extra_a>' "
+    with pytest.raises(ConfigError, match=rf"task.tokenizer: 2 of its tokens that reach the model \(text, answers, the "
+                                          rf"prompt's frame\) are past the model's {n} embeddings \(model.path\), the first '<extra_a>' "
                                           rf"\(id {n}\)"):
         check_pretrained_tokenizer(InfillTask(InfillConfig(canvas_length=32), tokenizer=extra), n)
     with pytest.raises(ConfigError, match="past the model's 300 embeddings"):  # the tokenizer of another model
