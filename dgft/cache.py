@@ -74,10 +74,11 @@ def discard(path: Path, seen: int | None = None) -> bool:
 
 
 def entry_id(path: Path) -> int | None:
-    """The inode of the cache entry at `path` (what `discard` compares), or None when there is none."""
+    """The inode of the cache entry at `path` (what `discard` compares), or None when there is none (or the cache
+    folder is not one: `ensure_dir` names that)."""
     try:
         return path.lstat().st_ino
-    except FileNotFoundError:
+    except OSError:
         return None
 
 
