@@ -504,17 +504,14 @@ def unreadable(path: Path):
     from safetensors import SafetensorError
 
     from dgft.model import ModelLoadError
+    from dgft.stream import config_errors
 
-    try:
-        from huggingface_hub.errors import StrictDataclassError  # transformers' config checks: an edited config.json
-    except ImportError:  # a huggingface_hub before strict dataclasses
-        StrictDataclassError = ValueError  # noqa: N806
     try:
         yield
     except (RunError, ModelLoadError):
         raise
-    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError, TypeError, AttributeError,
-            StrictDataclassError) as err:  # json's, torch's, safetensors', transformers': the files
+    except (KeyError, RuntimeError, SafetensorError, TypeError, AttributeError,
+            *config_errors()) as err:  # json's, torch's, safetensors', transformers' (an edited config.json): the files
         raise RunError(f"{path}: could not load ({type(err).__name__}: {str(err)[:300]}); is the run complete and "
                        f"unmodified?") from err
 
