@@ -21,6 +21,7 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from dgft.config import ConfigError
 
@@ -71,6 +72,22 @@ def discard(path: Path, seen: int | None = None) -> bool:
         return False
     _remove(aside)
     return True
+
+
+def cached(path: Path, load: Callable[[], Any], log, redo: str = "building"):
+    """The cache entry at `path` as `load()` reads it, or None when there is none or it is damaged: then it is taken
+    out of the way (`discard`, or a CacheError naming it) and said, to be made again. An entry another process built
+    again meanwhile is read."""
+    seen = entry_id(path)  # the entry found damaged, not one another process builds meanwhile
+    if seen is None:
+        return None
+    try:
+        return load()
+    except Exception as err:  # a torn, cut short or corrupted cache is made again, not trusted
+        if not discard(path, seen):  # rebuilt meanwhile by another process: theirs, read
+            return load()
+        log(f"{path}: unreadable cache ({type(err).__name__}: {err}); {redo} it again")
+        return None
 
 
 def entry_id(path: Path) -> int | None:

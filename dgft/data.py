@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dgft.cache import discard, ensure_dir, entry_id, load_splits, publish, save_splits
+from dgft.cache import cached, ensure_dir, load_splits, publish, save_splits
 from dgft.config import ConfigError
 from dgft.tasks.sudoku import grid as G
 from dgft.tasks.sudoku.io import SudokuRecord
@@ -127,14 +127,8 @@ def build_splits(task_cfg, seed: int, workers: int | None = None, log=print):
     from datasets import Dataset, DatasetDict
 
     path = Path(os.path.expanduser(task_cfg.cache_dir)) / f"sudoku-{cache_key(task_cfg, seed)}"
-    seen = entry_id(path)  # the entry found damaged, not one another process builds meanwhile
-    if seen is not None:
-        try:
-            return load_splits(path)
-        except Exception as err:  # a torn, cut short or corrupted cache is regenerated, not trusted
-            if not discard(path, seen):  # rebuilt meanwhile by another process: theirs, read
-                return load_splits(path)
-            log(f"{path}: unreadable cache ({type(err).__name__}: {err}); generating it again")
+    if (splits := cached(path, lambda: load_splits(path), log, "generating")) is not None:
+        return splits
     ensure_dir(path.parent)
     workers = workers or min(os.cpu_count() or 1, 4)
     train, heldout = [], []

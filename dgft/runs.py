@@ -575,18 +575,23 @@ def trained_dtype(run_dir: str | Path, cfg) -> torch.dtype:
     """The dtype training loaded a pretrained base in, so that evaluation and export use the model that trained:
     `model.dtype`, or for `auto` what the run's last training session chose (run.json: its dtype, or for a run
     recorded before dgft wrote one, bf16 on a CUDA device and fp32 elsewhere)."""
-    import json
-
     if cfg.model.dtype in ("fp32", "bf16"):
         return {"fp32": torch.float32, "bf16": torch.bfloat16}[cfg.model.dtype]
-    try:
-        sessions = json.loads((Path(run_dir) / "run.json").read_text()).get("sessions") or [{}]
-        last = sessions[-1] if isinstance(sessions[-1], dict) else {}
-    except (OSError, ValueError, AttributeError, TypeError, IndexError):
-        last = {}
+    last = last_session(run_dir)
     if last.get("dtype") in ("float32", "bfloat16"):
         return getattr(torch, last["dtype"])
     return torch.bfloat16 if str(last.get("device", "")).startswith("cuda") else torch.float32
+
+
+def last_session(run_dir: str | Path) -> dict:
+    """RUN/run.json's record of the latest `dgft train` that wrote the run ({} when unreadable)."""
+    import json
+
+    with contextlib.suppress(ValueError, OSError, TypeError, AttributeError):
+        info = json.loads((Path(run_dir) / "run.json").read_text())
+        last = (info.get("sessions") or [info])[-1]
+        return last if isinstance(last, dict) else {}
+    return {}
 
 
 def load_tokenizer(run_dir: str | Path):

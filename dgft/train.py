@@ -208,7 +208,7 @@ def _train(cfg, run_dir: Path, overrides: Sequence[str]) -> Path | None:
         sched._last_lr = [group["lr"] for group in opt.param_groups]  # what get_last_lr() reads
         resume.truncate_metrics(run_dir / "metrics.jsonl", start_step)
         say(f"resumed from {resume_from} (step {start_step})")
-        before = _last_session(run_dir).get("threads")
+        before = runs.last_session(run_dir).get("threads")
         if before and before != torch.get_num_threads():
             say(f"note: {torch.get_num_threads()} threads, where the session before ran on {before}: sums round "
                 "otherwise, so the run will not be bitwise the one an uninterrupted session makes")
@@ -604,15 +604,6 @@ def _save_or_match(target: Path, write, what: str, resumed: bool) -> None:
                                   "since the run started; resume with both as they were, or train a new run")
     finally:
         shutil.rmtree(made, ignore_errors=True)
-
-
-def _last_session(run_dir: Path) -> dict:
-    """RUN/run.json's record of the latest `dgft train` that wrote the run ({} when unreadable)."""
-    with contextlib.suppress(ValueError, OSError, TypeError, AttributeError):
-        info = json.loads((run_dir / "run.json").read_text())
-        last = (info.get("sessions") or [info])[-1]
-        return last if isinstance(last, dict) else {}
-    return {}
 
 
 def _write_run_info(run_dir: Path, cfg, trainable: int, total: int, device, start_step: int = 0,

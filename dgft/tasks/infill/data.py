@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dgft.cache import discard, ensure_dir, entry_id, load_splits, publish, save_splits
+from dgft.cache import cached, ensure_dir, load_splits, publish, save_splits
 from dgft.config import ConfigError
 from dgft.tasks.infill import corpus as C
 from dgft.tasks.infill.task import setting
@@ -86,15 +86,12 @@ def build_splits(task_cfg, log=print):
     from datasets import Dataset, DatasetDict
 
     path = cache_path(task_cfg)
-    seen = entry_id(path)  # the entry found damaged, not one another process builds meanwhile
-    if seen is not None:
-        try:
-            json.loads((path / "report.json").read_text())
-            return load_splits(path)
-        except Exception as err:  # a torn, cut short or corrupted cache is rebuilt, not trusted
-            if not discard(path, seen):  # rebuilt meanwhile by another process: theirs, read
-                return load_splits(path)
-            log(f"{path}: unreadable cache ({type(err).__name__}: {err}); building it again")
+    def load():
+        json.loads((path / "report.json").read_text())  # written with the splits: a cache without it is torn
+        return load_splits(path)
+
+    if (splits := cached(path, load, log)) is not None:
+        return splits
     ensure_dir(path.parent)
     sources = list(setting(task_cfg, "sources"))
     log(f"reading the infilling corpus from {', '.join(map(str, sources))} ...")
